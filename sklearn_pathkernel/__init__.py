@@ -1,0 +1,22 @@
+"""A trained network's path kernel, usable everywhere scikit-learn takes a kernel.
+
+Every model learned by gradient descent is approximately a kernel machine
+whose kernel, the path kernel, sums the dot products of the model's parameter
+gradients at two inputs along the path the parameters took while training
+(P. Domingos, arXiv:2012.00152).
+"""
+
+from ._estimators import PathKernelClassifier, PathKernelRegressor
+from ._path import path_kernel, tangent_kernel
+from ._trajectory import Trajectory
+
+__version__ = "0.1.0.dev0"
+
+__all__ = [
+    "PathKernelClassifier",
+    "PathKernelRegressor",
+    "Trajectory",
+    "path_kernel",
+    "tangent_kernel",
+    "__version__",
+]

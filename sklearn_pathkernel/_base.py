@@ -1,0 +1,236 @@
+"""Shared estimator base: parameters, validation, device, training, kernel."""
+
+import copy
+from numbers import Integral, Real
+
+import numpy as np
+import torch
+from sklearn.base import BaseEstimator, _fit_context
+from sklearn.utils import check_random_state
+from sklearn.utils._param_validation import Interval, StrOptions
+from sklearn.utils.validation import (
+    _check_sample_weight,
+    check_array,
+    check_is_fitted,
+    validate_data,
+)
+
+from ._network import ACTIVATIONS, build_module, check_module_output, forward, make_mlp
+from ._path import path_kernel
+from ._training import train
+from ._validation import DTYPES, resolve_device, to_tensor
+
+# Rows per forward pass at predict time: bounds activation memory on large X.
+_PREDICT_CHUNK = 8192
+
+
+class BasePathKernelEstimator(BaseEstimator):
+    """Train a torch network by gradient descent and record its path.
+
+    Subclasses say how targets become network outputs and which loss is used
+    (``_encode_targets``); everything else, training, recording and the path
+    kernel, lives here. Not meant to be used directly.
+    """
+
+    _parameter_constraints: dict = {
+        "hidden_layer_sizes": [
+            "array-like",
+            Interval(Integral, 1, None, closed="left"),
+        ],
+        "activation": [StrOptions(set(ACTIVATIONS))],
+        "module": [None, callable],
+        "learning_rate": [Interval(Real, 0, None, closed="neither")],
+        "max_iter": [Interval(Integral, 1, None, closed="left")],
+        "batch_size": [None, Interval(Integral, 1, None, closed="left")],
+        "shuffle": ["boolean"],
+        "alpha": [Interval(Real, 0, None, closed="left")],
+        "tol": [Interval(Real, 0, None, closed="left")],
+        "n_iter_no_change": [Interval(Integral, 1, None, closed="left")],
+        "record_every": [Interval(Integral, 1, None, closed="left")],
+        "device": [str, torch.device],
+        "dtype": [StrOptions(set(DTYPES))],
+        "random_state": ["random_state"],
+        "verbose": ["verbose"],
+    }
+
+    def __init__(
+        self,
+        hidden_layer_sizes=(100,),
+        *,
+        activation="tanh",
+        module=None,
+        learning_rate=0.1,
+        max_iter=200,
+        batch_size=None,
+        shuffle=True,
+        alpha=0.0,
+        tol=1e-4,
+        n_iter_no_change=10,
+        record_every=1,
+        device="auto",
+        dtype="float32",
+        random_state=None,
+        verbose=0,
+    ):
+        self.hidden_layer_sizes = hidden_layer_sizes
+        self.activation = activation
+        self.module = module
+        self.learning_rate = learning_rate
+        self.max_iter = max_iter
+        self.batch_size = batch_size
+        self.shuffle = shuffle
+        self.alpha = alpha
+        self.tol = tol
+        self.n_iter_no_change = n_iter_no_change
+        self.record_every = record_every
+        self.device = device
+        self.dtype = dtype
+        self.random_state = random_state
+        self.verbose = verbose
+
+    # -- subclass hooks ---------------------------------------------------
+    def _validate_targets(self, X, y):
+        """Return ``(X, y)`` validated; sets ``n_features_in_``."""
+        raise NotImplementedError
+
+    def _encode_targets(self, y):
+        """Return ``(targets (n, O) float array, loss, fitted attributes)``.
+
+        The attributes (e.g. ``classes_``) are a dict that ``fit`` assigns
+        together with the others once training has finished.
+        """
+        raise NotImplementedError
+
+    # -- fitting ----------------------------------------------------------
+    @_fit_context(prefer_skip_nested_validation=True)
+    def fit(self, X, y, sample_weight=None):
+        """Train the network by gradient descent and record its path.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+            Training data; standardize it (e.g. with ``StandardScaler``).
+        y : array-like of shape (n_samples,) or (n_samples, n_targets)
+            Targets.
+        sample_weight : array-like of shape (n_samples,), default=None
+            Non-negative weights; each step averages its rows' losses with
+            weights ``s_i / sum_{j in batch} s_j``.
+
+        Returns
+        -------
+        self : object
+            The fitted estimator.
+        """
+        X, y = self._validate_targets(X, y)
+        sample_weight = _check_sample_weight(
+            sample_weight, X, dtype=np.float64, ensure_non_negative=True
+        )
+        if not sample_weight.sum() > 0:
+            raise ValueError("sample_weight must not be all zero.")
+        targets, loss, target_attributes = self._encode_targets(y)
+        device = resolve_device(self.device)
+        dtype = DTYPES[self.dtype]
+        seed = int(check_random_state(self.random_state).randint(np.iinfo(np.int32).max))
+        generator = torch.Generator().manual_seed(seed)
+
+        X_t = to_tensor(X, dtype=dtype, device=device, name="X")
+        Y_t = to_tensor(targets, dtype=dtype, device=device, name="y")
+        module = self._initial_module(X.shape[1], targets.shape[1], generator, seed)
+        module = module.to(device=device, dtype=dtype)
+        check_module_output(module, X_t[:2], targets.shape[1])
+
+        result = train(
+            module,
+            X_t,
+            Y_t,
+            loss,
+            sample_weight=torch.tensor(sample_weight, dtype=dtype, device=device),
+            learning_rate=self.learning_rate,
+            max_iter=self.max_iter,
+            batch_size=self.batch_size,
+            shuffle=self.shuffle,
+            alpha=self.alpha,
+            tol=self.tol,
+            n_iter_no_change=self.n_iter_no_change,
+            record_every=self.record_every,
+            generator=generator,
+            verbose=self.verbose,
+            owner=type(self).__name__,
+        )
+        # Assigned together at the end: an interrupted fit changes nothing.
+        self.module_ = module
+        self.trajectory_ = result.trajectory
+        self.loss_curve_ = result.loss_curve
+        self.n_iter_ = result.n_iter
+        self.n_outputs_ = targets.shape[1]
+        for name, value in target_attributes.items():
+            setattr(self, name, value)
+        return self
+
+    def _initial_module(self, n_features, n_outputs, generator, seed):
+        if self.module is not None:
+            return build_module(self.module, n_features, n_outputs, seed=seed)
+        sizes = self.hidden_layer_sizes
+        sizes = [sizes] if isinstance(sizes, Integral) else list(sizes)
+        if not all(isinstance(s, Integral) and s > 0 for s in sizes):
+            raise ValueError(
+                "The 'hidden_layer_sizes' parameter must hold positive integers; "
+                f"got {self.hidden_layer_sizes!r} instead."
+            )
+        return make_mlp(
+            n_features, n_outputs, sizes, self.activation, generator=generator
+        )
+
+    # -- using the fitted network -----------------------------------------
+    def _network_output(self, X):
+        """The trained network's outputs on ``X``, float64 (n_samples, O)."""
+        check_is_fitted(self)
+        X = validate_data(self, X, reset=False, dtype=[np.float64, np.float32])
+        reference = next(self.module_.parameters())
+        X_t = to_tensor(X, dtype=reference.dtype, device=reference.device, name="X")
+        with torch.no_grad():
+            chunks = [
+                forward(self.module_, X_t[i : i + _PREDICT_CHUNK])
+                for i in range(0, X_t.shape[0], _PREDICT_CHUNK)
+            ]
+        if not chunks:
+            return np.zeros((0, self.n_outputs_))
+        return torch.cat(chunks).cpu().double().numpy()
+
+    def kernel(self, X, Y=None):
+        """The path kernel ``K_path(X, Y)`` of the trained network.
+
+        ``sum_k weights[k] * J_k(X) J_k(Y)^T`` over the recorded checkpoints,
+        summed over outputs when the network has several. Symmetric positive
+        semi-definite for ``Y=None``; usable as ``SVC(kernel=est.kernel)`` or
+        as a precomputed kernel.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_X, n_features)
+        Y : array-like of shape (n_Y, n_features), default=None
+            None means ``Y = X``.
+
+        Returns
+        -------
+        K : ndarray of float64, shape (n_X, n_Y)
+        """
+        check_is_fitted(self)
+        X = validate_data(self, X, reset=False, dtype=[np.float64, np.float32])
+        if Y is not None:
+            Y = check_array(Y, dtype=[np.float64, np.float32], input_name="Y")
+            if Y.shape[1] != self.n_features_in_:
+                raise ValueError(
+                    f"Y has {Y.shape[1]} features, but {type(self).__name__} is "
+                    f"expecting {self.n_features_in_} features as input."
+                )
+        return path_kernel(self.module_, self.trajectory_, X, Y)
+
+    # -- persistence --------------------------------------------------------
+    def __getstate__(self):
+        # Pickles load on CPU-only machines: the module travels on the CPU.
+        state = super().__getstate__()
+        module = state.get("module_")
+        if module is not None and any(p.device.type != "cpu" for p in module.parameters()):
+            state["module_"] = copy.deepcopy(module).to("cpu")
+        return state

@@ -1,0 +1,304 @@
+"""PathKernelRegressor and PathKernelClassifier."""
+
+import numpy as np
+from scipy.special import expit, log_softmax, softmax
+from sklearn.base import ClassifierMixin, RegressorMixin
+from sklearn.preprocessing import LabelEncoder
+from sklearn.utils.multiclass import check_classification_targets
+from sklearn.utils.validation import validate_data
+
+from ._base import BasePathKernelEstimator
+from ._losses import BINARY_LOGISTIC, SOFTMAX_CROSS_ENTROPY, SQUARED_ERROR
+
+_PARAMETERS_DOC = """
+    Parameters
+    ----------
+    hidden_layer_sizes : tuple of int, default=(100,)
+        Widths of the default MLP's hidden layers; ``()`` gives a linear
+        model. Ignored when ``module`` is given.
+    activation : {"identity", "logistic", "tanh", "relu"}, default="tanh"
+        Elementwise activation of the default MLP. Smooth activations make
+        the kernel-machine decomposition converge fastest.
+    module : torch.nn.Module or callable, default=None
+        A network to train instead of the default MLP: an ``nn.Module``
+        (copied at each ``fit``, so the object passed is never trained in
+        place), or a factory ``module(n_features, n_outputs) -> nn.Module``
+        (called with torch's global RNG temporarily seeded from
+        ``random_state``, then restored). It must map (n_samples,
+        n_features) to (n_samples, n_outputs) and treat rows independently.
+    learning_rate : float, default=0.1
+        The step size ``eps`` of gradient descent.
+    max_iter : int, default=200
+        Number of epochs. With ``batch_size=None`` one epoch is one step.
+    batch_size : int, default=None
+        Rows per step; None (or at least n_samples) is full-batch gradient
+        descent, the setting of the paper's theorem.
+    shuffle : bool, default=True
+        Reshuffle the rows each epoch (minibatch training only).
+    alpha : float, default=0.0
+        L2 strength on all trainable parameters: the objective adds
+        ``alpha / 2 * ||w||^2``. Zero keeps the kernel machine in its plainest
+        form (no L2 term in the bias, Remark 4 of the paper).
+    tol : float, default=1e-4
+        Training stops when the epoch loss has not improved by ``tol`` for
+        ``n_iter_no_change`` consecutive epochs.
+    n_iter_no_change : int, default=10
+        See ``tol``.
+    record_every : int, default=1
+        Keep the parameters every ``record_every`` steps; each kept
+        checkpoint carries the summed step sizes of the steps it stands for.
+        The kernel's cost is linear in the number of checkpoints, and they
+        take ``n_checkpoints * n_parameters * itemsize`` bytes (2.6 MB for
+        the default MLP on 30 features over 200 steps in float32).
+    device : {"auto", "cpu", "cuda"} or torch.device, default="auto"
+        Where training and the kernel run; "auto" takes a GPU when there is
+        one. Asking for "cuda" without one raises a ``ValueError``.
+    dtype : {"float32", "float64"}, default="float32"
+        Precision of the network; kernels are accumulated in float64
+        either way. Use float64 when exactness matters.
+    random_state : int, RandomState instance or None, default=None
+        Seeds the initial weights and the shuffling through a local
+        ``torch.Generator``; the global torch RNG is never reseeded. An int
+        gives bit-identical predictions and kernels on the CPU.
+    verbose : int, default=0
+        Print the loss after each epoch when positive.
+"""
+
+_ATTRIBUTES_DOC = """
+    module_ : torch.nn.Module
+        The trained network.
+    trajectory_ : Trajectory
+        The recorded path: checkpoints, their weights, and every step's
+        batch and loss derivatives.
+    loss_curve_ : list of float
+        The objective at each epoch (weighted mean over its steps, before
+        each update, including the L2 term).
+    n_iter_ : int
+        Number of epochs run.
+    n_outputs_ : int
+        Width of the network's output.
+    n_features_in_ : int
+        Number of features seen during fit.
+    feature_names_in_ : ndarray of shape (n_features_in_,)
+        Names of features seen during fit, when X has string column names.
+"""
+
+
+def _docstring(cls):
+    cls.__doc__ = cls.__doc__.format(
+        parameters=_PARAMETERS_DOC.strip("\n"), attributes=_ATTRIBUTES_DOC.strip("\n")
+    )
+    return cls
+
+
+@_docstring
+class PathKernelRegressor(RegressorMixin, BasePathKernelEstimator):
+    """A neural network regressor whose training path gives a kernel.
+
+    Trains a torch network on the squared error ``0.5 * ||f(x) - y||^2`` by
+    (minibatch) gradient descent, records the path of its parameters, and
+    exposes the path kernel ``K_path(x, x') = sum_t eps_t J_t(x) J_t(x')^T``
+    (Domingos, 2020) through :meth:`kernel`. Standardize X and y: the step
+    size is absolute, so targets in the hundreds make gradient descent
+    diverge.
+
+{parameters}
+
+    Attributes
+    ----------
+{attributes}
+
+    See Also
+    --------
+    PathKernelClassifier : The same for classification.
+    sklearn.neural_network.MLPRegressor : A network without the kernel.
+
+    References
+    ----------
+    P. Domingos, "Every Model Learned by Gradient Descent Is Approximately a
+    Kernel Machine", arXiv:2012.00152, 2020.
+
+    Examples
+    --------
+    >>> from sklearn.datasets import load_diabetes
+    >>> from sklearn.kernel_ridge import KernelRidge
+    >>> from sklearn.preprocessing import scale
+    >>> from sklearn_pathkernel import PathKernelRegressor
+    >>> X, y = load_diabetes(return_X_y=True)
+    >>> X, y = scale(X), scale(y)
+    >>> est = PathKernelRegressor(max_iter=50, random_state=0).fit(X, y)
+    >>> est.predict(X[:2]).shape
+    (2,)
+    >>> K = est.kernel(X)
+    >>> K.shape
+    (442, 442)
+    >>> ridge = KernelRidge(kernel="precomputed").fit(K, y)
+    """
+
+    def _validate_targets(self, X, y):
+        X, y = validate_data(
+            self,
+            X,
+            y,
+            multi_output=True,
+            y_numeric=True,
+            dtype=[np.float64, np.float32],
+            ensure_min_samples=2,
+        )
+        return X, y
+
+    def _encode_targets(self, y):
+        y = np.asarray(y, dtype=np.float64)
+        targets = y.reshape(-1, 1) if y.ndim == 1 else y
+        return targets, SQUARED_ERROR, {"_y_ndim": y.ndim}
+
+    def predict(self, X):
+        """The trained network's prediction.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+
+        Returns
+        -------
+        y : ndarray of shape (n_samples,) or (n_samples, n_targets)
+            1-D when ``y`` was 1-D at fit.
+        """
+        out = self._network_output(X)
+        return out.ravel() if self._y_ndim == 1 else out
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.target_tags.multi_output = True
+        return tags
+
+
+@_docstring
+class PathKernelClassifier(ClassifierMixin, BasePathKernelEstimator):
+    """A neural network classifier whose training path gives a kernel.
+
+    Two classes train one logit with the logistic loss; ``K`` classes train
+    ``K`` logits with the softmax cross-entropy. The path kernel
+    (:meth:`kernel`) is summed over the logits when there are several.
+    Labels may be any hashable values, strings included.
+
+{parameters}
+
+    Attributes
+    ----------
+    classes_ : ndarray of shape (n_classes,)
+        The class labels.
+{attributes}
+
+    See Also
+    --------
+    PathKernelRegressor : The same for regression.
+    sklearn.neural_network.MLPClassifier : A network without the kernel.
+
+    References
+    ----------
+    P. Domingos, "Every Model Learned by Gradient Descent Is Approximately a
+    Kernel Machine", arXiv:2012.00152, 2020.
+
+    Examples
+    --------
+    >>> from sklearn.datasets import load_breast_cancer
+    >>> from sklearn.preprocessing import scale
+    >>> from sklearn.svm import SVC
+    >>> from sklearn_pathkernel import PathKernelClassifier
+    >>> X, y = load_breast_cancer(return_X_y=True)
+    >>> X = scale(X)
+    >>> clf = PathKernelClassifier(max_iter=50, random_state=0).fit(X, y)
+    >>> clf.predict_proba(X[:2]).shape
+    (2, 2)
+    >>> svc = SVC(kernel=clf.kernel).fit(X, y)
+    >>> bool(svc.score(X, y) > 0.9)
+    True
+    """
+
+    def _validate_targets(self, X, y):
+        X, y = validate_data(
+            self, X, y, dtype=[np.float64, np.float32], ensure_min_samples=2
+        )
+        check_classification_targets(y)
+        return X, y
+
+    def _encode_targets(self, y):
+        encoder = LabelEncoder()
+        codes = encoder.fit_transform(y)
+        classes = encoder.classes_
+        if len(classes) < 2:
+            raise ValueError(
+                f"{type(self).__name__} needs samples of at least 2 classes in "
+                f"y; got only one class: {classes[0]!r}."
+            )
+        if len(classes) == 2:
+            return codes.reshape(-1, 1).astype(np.float64), BINARY_LOGISTIC, {
+                "classes_": classes
+            }
+        targets = np.eye(len(classes))[codes]
+        return targets, SOFTMAX_CROSS_ENTROPY, {"classes_": classes}
+
+    def decision_function(self, X):
+        """The network's logits.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+
+        Returns
+        -------
+        scores : ndarray of shape (n_samples,) or (n_samples, n_classes)
+            One logit per row for two classes (positive favours
+            ``classes_[1]``), else one per class.
+        """
+        out = self._network_output(X)
+        return out.ravel() if out.shape[1] == 1 else out
+
+    def predict_proba(self, X):
+        """Class probabilities from the network's logits.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+
+        Returns
+        -------
+        proba : ndarray of shape (n_samples, n_classes)
+        """
+        scores = self.decision_function(X)
+        if scores.ndim == 1:
+            positive = expit(scores)
+            return np.column_stack([1.0 - positive, positive])
+        return softmax(scores, axis=1)
+
+    def predict_log_proba(self, X):
+        """Logarithm of :meth:`predict_proba`, computed stably.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+
+        Returns
+        -------
+        log_proba : ndarray of shape (n_samples, n_classes)
+        """
+        scores = self.decision_function(X)
+        if scores.ndim == 1:
+            scores = np.column_stack([np.zeros_like(scores), scores])
+        return log_softmax(scores, axis=1)
+
+    def predict(self, X):
+        """The most probable class for each row.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+
+        Returns
+        -------
+        y : ndarray of shape (n_samples,)
+        """
+        scores = self.decision_function(X)
+        codes = (scores > 0).astype(int) if scores.ndim == 1 else scores.argmax(axis=1)
+        return self.classes_[codes]
