@@ -125,12 +125,12 @@ class BasePathKernelEstimator(BaseEstimator):
         sample_weight = _check_sample_weight(
             sample_weight, X, dtype=np.float64, ensure_non_negative=True
         )
-        if not sample_weight.sum() > 0:
-            raise ValueError("sample_weight must not be all zero.")
         targets, loss, target_attributes = self._encode_targets(y)
         device = resolve_device(self.device)
         dtype = DTYPES[self.dtype]
-        seed = int(check_random_state(self.random_state).randint(np.iinfo(np.int32).max))
+        seed = int(
+            check_random_state(self.random_state).randint(np.iinfo(np.int32).max)
+        )
         generator = torch.Generator().manual_seed(seed)
 
         X_t = to_tensor(X, dtype=dtype, device=device, name="X")
@@ -231,6 +231,8 @@ class BasePathKernelEstimator(BaseEstimator):
         # Pickles load on CPU-only machines: the module travels on the CPU.
         state = super().__getstate__()
         module = state.get("module_")
-        if module is not None and any(p.device.type != "cpu" for p in module.parameters()):
+        if module is not None and any(
+            p.device.type != "cpu" for p in module.parameters()
+        ):
             state["module_"] = copy.deepcopy(module).to("cpu")
         return state

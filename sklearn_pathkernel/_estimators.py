@@ -95,44 +95,44 @@ def _docstring(cls):
 class PathKernelRegressor(RegressorMixin, BasePathKernelEstimator):
     """A neural network regressor whose training path gives a kernel.
 
-    Trains a torch network on the squared error ``0.5 * ||f(x) - y||^2`` by
-    (minibatch) gradient descent, records the path of its parameters, and
-    exposes the path kernel ``K_path(x, x') = sum_t eps_t J_t(x) J_t(x')^T``
-    (Domingos, 2020) through :meth:`kernel`. Standardize X and y: the step
-    size is absolute, so targets in the hundreds make gradient descent
-    diverge.
+        Trains a torch network on the squared error ``0.5 * ||f(x) - y||^2`` by
+        (minibatch) gradient descent, records the path of its parameters, and
+        exposes the path kernel ``K_path(x, x') = sum_t eps_t J_t(x) J_t(x')^T``
+        (Domingos, 2020) through :meth:`kernel`. Standardize X and y: the step
+        size is absolute, so targets in the hundreds make gradient descent
+        diverge.
 
-{parameters}
+    {parameters}
 
-    Attributes
-    ----------
-{attributes}
+        Attributes
+        ----------
+    {attributes}
 
-    See Also
-    --------
-    PathKernelClassifier : The same for classification.
-    sklearn.neural_network.MLPRegressor : A network without the kernel.
+        See Also
+        --------
+        PathKernelClassifier : The same for classification.
+        sklearn.neural_network.MLPRegressor : A network without the kernel.
 
-    References
-    ----------
-    P. Domingos, "Every Model Learned by Gradient Descent Is Approximately a
-    Kernel Machine", arXiv:2012.00152, 2020.
+        References
+        ----------
+        P. Domingos, "Every Model Learned by Gradient Descent Is Approximately a
+        Kernel Machine", arXiv:2012.00152, 2020.
 
-    Examples
-    --------
-    >>> from sklearn.datasets import load_diabetes
-    >>> from sklearn.kernel_ridge import KernelRidge
-    >>> from sklearn.preprocessing import scale
-    >>> from sklearn_pathkernel import PathKernelRegressor
-    >>> X, y = load_diabetes(return_X_y=True)
-    >>> X, y = scale(X), scale(y)
-    >>> est = PathKernelRegressor(max_iter=50, random_state=0).fit(X, y)
-    >>> est.predict(X[:2]).shape
-    (2,)
-    >>> K = est.kernel(X)
-    >>> K.shape
-    (442, 442)
-    >>> ridge = KernelRidge(kernel="precomputed").fit(K, y)
+        Examples
+        --------
+        >>> from sklearn.datasets import load_diabetes
+        >>> from sklearn.kernel_ridge import KernelRidge
+        >>> from sklearn.preprocessing import scale
+        >>> from sklearn_pathkernel import PathKernelRegressor
+        >>> X, y = load_diabetes(return_X_y=True)
+        >>> X, y = scale(X), scale(y)
+        >>> est = PathKernelRegressor(max_iter=50, random_state=0).fit(X, y)
+        >>> est.predict(X[:2]).shape
+        (2,)
+        >>> K = est.kernel(X)
+        >>> K.shape
+        (442, 442)
+        >>> ridge = KernelRidge(kernel="precomputed").fit(K, y)
     """
 
     def _validate_targets(self, X, y):
@@ -177,43 +177,43 @@ class PathKernelRegressor(RegressorMixin, BasePathKernelEstimator):
 class PathKernelClassifier(ClassifierMixin, BasePathKernelEstimator):
     """A neural network classifier whose training path gives a kernel.
 
-    Two classes train one logit with the logistic loss; ``K`` classes train
-    ``K`` logits with the softmax cross-entropy. The path kernel
-    (:meth:`kernel`) is summed over the logits when there are several.
-    Labels may be any hashable values, strings included.
+        Two classes train one logit with the logistic loss; ``K`` classes train
+        ``K`` logits with the softmax cross-entropy. The path kernel
+        (:meth:`kernel`) is summed over the logits when there are several.
+        Labels may be any hashable values, strings included.
 
-{parameters}
+    {parameters}
 
-    Attributes
-    ----------
-    classes_ : ndarray of shape (n_classes,)
-        The class labels.
-{attributes}
+        Attributes
+        ----------
+        classes_ : ndarray of shape (n_classes,)
+            The class labels.
+    {attributes}
 
-    See Also
-    --------
-    PathKernelRegressor : The same for regression.
-    sklearn.neural_network.MLPClassifier : A network without the kernel.
+        See Also
+        --------
+        PathKernelRegressor : The same for regression.
+        sklearn.neural_network.MLPClassifier : A network without the kernel.
 
-    References
-    ----------
-    P. Domingos, "Every Model Learned by Gradient Descent Is Approximately a
-    Kernel Machine", arXiv:2012.00152, 2020.
+        References
+        ----------
+        P. Domingos, "Every Model Learned by Gradient Descent Is Approximately a
+        Kernel Machine", arXiv:2012.00152, 2020.
 
-    Examples
-    --------
-    >>> from sklearn.datasets import load_breast_cancer
-    >>> from sklearn.preprocessing import scale
-    >>> from sklearn.svm import SVC
-    >>> from sklearn_pathkernel import PathKernelClassifier
-    >>> X, y = load_breast_cancer(return_X_y=True)
-    >>> X = scale(X)
-    >>> clf = PathKernelClassifier(max_iter=50, random_state=0).fit(X, y)
-    >>> clf.predict_proba(X[:2]).shape
-    (2, 2)
-    >>> svc = SVC(kernel=clf.kernel).fit(X, y)
-    >>> bool(svc.score(X, y) > 0.9)
-    True
+        Examples
+        --------
+        >>> from sklearn.datasets import load_breast_cancer
+        >>> from sklearn.preprocessing import scale
+        >>> from sklearn.svm import SVC
+        >>> from sklearn_pathkernel import PathKernelClassifier
+        >>> X, y = load_breast_cancer(return_X_y=True)
+        >>> X = scale(X)
+        >>> clf = PathKernelClassifier(max_iter=50, random_state=0).fit(X, y)
+        >>> clf.predict_proba(X[:2]).shape
+        (2, 2)
+        >>> svc = SVC(kernel=clf.kernel).fit(X, y)
+        >>> bool(svc.score(X, y) > 0.9)
+        True
     """
 
     def _validate_targets(self, X, y):
@@ -230,12 +230,14 @@ class PathKernelClassifier(ClassifierMixin, BasePathKernelEstimator):
         if len(classes) < 2:
             raise ValueError(
                 f"{type(self).__name__} needs samples of at least 2 classes in "
-                f"y; got only one class: {classes[0]!r}."
+                f"y; got only one class: {classes.tolist()[0]!r}."
             )
         if len(classes) == 2:
-            return codes.reshape(-1, 1).astype(np.float64), BINARY_LOGISTIC, {
-                "classes_": classes
-            }
+            return (
+                codes.reshape(-1, 1).astype(np.float64),
+                BINARY_LOGISTIC,
+                {"classes_": classes},
+            )
         targets = np.eye(len(classes))[codes]
         return targets, SOFTMAX_CROSS_ENTROPY, {"classes_": classes}
 

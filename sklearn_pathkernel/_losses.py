@@ -5,8 +5,8 @@ every step (DESIGN.md section 2). Writing the derivatives in closed form, rather
 than reading them back from autograd, keeps the two in exact agreement.
 """
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 

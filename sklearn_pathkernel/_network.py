@@ -58,7 +58,8 @@ def make_mlp(n_features, n_outputs, hidden_layer_sizes, activation, *, generator
     gain = math.sqrt(2.0) if activation == "logistic" else 1.0
     layers = []
     for i, (fan_in, fan_out) in enumerate(zip(widths[:-1], widths[1:])):
-        linear = nn.Linear(fan_in, fan_out)
+        # skip_init: the default initialisation would draw from the global RNG.
+        linear = torch.nn.utils.skip_init(nn.Linear, fan_in, fan_out)
         bound = gain * math.sqrt(6.0 / (fan_in + fan_out))
         with torch.no_grad():
             linear.weight.uniform_(-bound, bound, generator=generator)

@@ -146,7 +146,14 @@ def path_kernel(
 
 
 def weighted_kernel_sum(
-    module, points, X, Y=None, *, trace=True, engine="auto", working_memory=None,
+    module,
+    points,
+    X,
+    Y=None,
+    *,
+    trace=True,
+    engine="auto",
+    working_memory=None,
     device=None,
 ):
     """``sum_k weight_k * J_k(X) J_k(Y)^T`` over ``points``, in row blocks.

@@ -163,7 +163,7 @@ def train(
             "the loss is still improving. Increase max_iter, or raise tol to "
             "stop earlier.",
             ConvergenceWarning,
-            stacklevel=3,
+            stacklevel=4,  # train <- fit <- _fit_context <- the user's call
         )
     return result
 
@@ -226,6 +226,5 @@ def _roll_back(module, params, result, last_from, bad_loss, learning_rate, owner
         f"a finite loss, and the path up to them. Use a smaller learning_rate "
         f"(now {learning_rate}), or rescale X and y.",
         DivergenceWarning,
-        stacklevel=4,
+        stacklevel=5,  # _roll_back <- train <- fit <- _fit_context <- the user
     )
-

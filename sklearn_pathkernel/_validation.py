@@ -78,7 +78,14 @@ def check_kernel_input(X, *, name, n_features=None):
         if not bool(torch.isfinite(X).all()):
             raise ValueError(f"Input {name} contains NaN or infinity.")
     else:
-        X = check_array(X, dtype=[np.float64, np.float32], input_name=name)
+        X = check_array(
+            X, dtype=[np.float64, np.float32], input_name=name, ensure_min_samples=0
+        )
+    if X.shape[0] == 0:
+        raise ValueError(
+            f"{name} is empty: it has 0 rows (shape={tuple(X.shape)}); the kernel "
+            "needs at least one."
+        )
     if n_features is not None and X.shape[1] != n_features:
         raise ValueError(
             f"{name} has {X.shape[1]} features, but X has {n_features} features."

@@ -1,0 +1,53 @@
+"""Plain, obviously-correct references that the fast code is checked against.
+
+Nothing here is clever: one row, one output, one ``torch.autograd.grad`` at a
+time, then explicit sums. Slow, and only for small problems.
+"""
+
+import numpy as np
+import torch
+from torch.func import functional_call
+
+
+def jacobian_rows(module, parameters, X):
+    """Per-example Jacobians by a Python loop: array (n, O, d) in float64."""
+    names = list(parameters)
+    leaves = {n: parameters[n].detach().clone().requires_grad_(True) for n in names}
+    rows = []
+    for x in torch.as_tensor(X):
+        out = functional_call(module, leaves, (x.unsqueeze(0),)).reshape(-1)
+        per_output = []
+        for o in range(out.shape[0]):
+            grads = torch.autograd.grad(
+                out[o], [leaves[n] for n in names], retain_graph=True, allow_unused=True
+            )
+            per_output.append(
+                torch.cat(
+                    [
+                        (g if g is not None else torch.zeros_like(leaves[n])).reshape(
+                            -1
+                        )
+                        for n, g in zip(names, grads)
+                    ]
+                )
+            )
+        rows.append(torch.stack(per_output))
+    return torch.stack(rows).double().numpy()
+
+
+def tangent_kernel_reference(module, parameters, X, Y=None, trace=True):
+    """``J(X) J(Y)^T`` from :func:`jacobian_rows`, traced or full."""
+    JX = jacobian_rows(module, parameters, X)
+    JY = JX if Y is None else jacobian_rows(module, parameters, Y)
+    full = np.einsum("iad,jbd->ijab", JX, JY)
+    return np.einsum("ijaa->ij", full) if trace else full
+
+
+def path_kernel_reference(module, trajectory, X, Y=None, trace=True):
+    """``sum_k weights[k] * J_k(X) J_k(Y)^T``, one checkpoint at a time."""
+    total = 0.0
+    for k, weight in enumerate(trajectory.weights):
+        total = total + weight * tangent_kernel_reference(
+            module, trajectory.parameters(k), X, Y, trace=trace
+        )
+    return total

@@ -1,0 +1,419 @@
+"""PathKernelRegressor and PathKernelClassifier: behaviour a user relies on."""
+
+import pickle
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from sklearn.base import clone
+from sklearn.datasets import load_breast_cancer, load_diabetes
+from sklearn.exceptions import ConvergenceWarning, NotFittedError
+from sklearn.kernel_ridge import KernelRidge
+from sklearn.model_selection import GridSearchCV, train_test_split
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
+from sklearn.svm import SVC
+
+from sklearn_pathkernel import PathKernelClassifier, PathKernelRegressor
+from sklearn_pathkernel.exceptions import DivergenceWarning
+
+ESTIMATORS = [PathKernelRegressor, PathKernelClassifier]
+
+
+def _quiet(est, X, y, **fit_params):
+    """Fit without the ConvergenceWarning that short test runs trigger."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        return est.fit(X, y, **fit_params)
+
+
+@pytest.fixture(scope="module")
+def diabetes():
+    X, y = load_diabetes(return_X_y=True)
+    X_train, X_test, y_train, y_test = train_test_split(X, y, random_state=0)
+    scaler = StandardScaler().fit(X_train)
+    mean, std = y_train.mean(), y_train.std()
+    return (
+        scaler.transform(X_train),
+        scaler.transform(X_test),
+        (y_train - mean) / std,
+        (y_test - mean) / std,
+    )
+
+
+@pytest.fixture(scope="module")
+def cancer():
+    X, y = load_breast_cancer(return_X_y=True)
+    X_train, X_test, y_train, y_test = train_test_split(
+        X, y, random_state=0, stratify=y
+    )
+    scaler = StandardScaler().fit(X_train)
+    return scaler.transform(X_train), scaler.transform(X_test), y_train, y_test
+
+
+@pytest.fixture
+def toy():
+    rng = np.random.RandomState(0)
+    X = rng.randn(40, 3)
+    return X, X[:, 0] - 0.5 * X[:, 1] ** 2
+
+
+# -- the kernel with scikit-learn's kernel machines --------------------------
+def test_kernel_ridge_on_the_path_kernel_of_diabetes(diabetes):
+    X_train, X_test, y_train, y_test = diabetes
+    reg = PathKernelRegressor(max_iter=100, random_state=0).fit(X_train, y_train)
+    K_train, K_test = reg.kernel(X_train), reg.kernel(X_test, X_train)
+    assert K_train.shape == (len(X_train), len(X_train))
+    assert K_test.shape == (len(X_test), len(X_train))
+    assert K_train.dtype == np.float64
+    ridge = KernelRidge(kernel="precomputed", alpha=10.0).fit(K_train, y_train)
+    # A linear model reaches about 0.4 R^2 here; an untrained kernel is useless.
+    assert ridge.score(K_test, y_test) > 0.3
+    assert reg.score(X_test, y_test) > 0.3
+
+
+def test_svc_on_the_path_kernel_of_breast_cancer(cancer):
+    X_train, X_test, y_train, y_test = cancer
+    clf = PathKernelClassifier(max_iter=60, random_state=0)
+    clf = _quiet(clf, X_train, y_train)
+    precomputed = SVC(kernel="precomputed").fit(clf.kernel(X_train), y_train)
+    assert precomputed.score(clf.kernel(X_test, X_train), y_test) > 0.9
+    callable_kernel = SVC(kernel=clf.kernel).fit(X_train, y_train)
+    assert callable_kernel.score(X_test, y_test) > 0.9
+    np.testing.assert_array_equal(
+        callable_kernel.predict(X_test),
+        precomputed.predict(clf.kernel(X_test, X_train)),
+    )
+    assert clf.score(X_test, y_test) > 0.9
+
+
+def test_kernel_is_symmetric_psd_and_agrees_with_itself(toy):
+    X, y = toy
+    reg = _quiet(PathKernelRegressor((12,), max_iter=30, random_state=0), X, y)
+    K = reg.kernel(X)
+    assert np.array_equal(K, K.T)
+    assert np.linalg.eigvalsh(K).min() > -1e-6 * np.abs(K).max()
+    np.testing.assert_allclose(reg.kernel(X[:5], X), K[:5], rtol=1e-6)
+
+
+# -- training -------------------------------------------------------------
+@pytest.mark.parametrize("Est", ESTIMATORS)
+def test_same_seed_gives_bit_identical_predictions_and_kernel(Est, toy):
+    X, y = toy
+    y = y if Est is PathKernelRegressor else (y > 0).astype(int)
+    fits = [_quiet(Est((10,), max_iter=15, random_state=3), X, y) for _ in range(2)]
+    assert np.array_equal(fits[0].predict(X), fits[1].predict(X))
+    assert np.array_equal(fits[0].kernel(X), fits[1].kernel(X))
+    other = _quiet(Est((10,), max_iter=15, random_state=4), X, y)
+    assert not np.array_equal(fits[0].kernel(X), other.kernel(X))
+
+
+def test_fit_touches_no_global_random_state(toy):
+    X, y = toy
+    torch_state, numpy_state = torch.get_rng_state(), np.random.get_state()[1].copy()
+    _quiet(PathKernelRegressor((5,), max_iter=3, batch_size=8, random_state=0), X, y)
+    assert torch.equal(torch.get_rng_state(), torch_state)
+    assert np.array_equal(np.random.get_state()[1], numpy_state)
+
+
+def test_loss_decreases_and_attributes_are_set(toy):
+    X, y = toy
+    reg = _quiet(PathKernelRegressor((16,), max_iter=50, random_state=0), X, y)
+    assert len(reg.loss_curve_) == reg.n_iter_ == 50
+    assert reg.loss_curve_[-1] < 0.5 * reg.loss_curve_[0]
+    assert len(reg.trajectory_) == reg.trajectory_.n_steps == 50
+    np.testing.assert_allclose(reg.trajectory_.weights, 0.1)
+    assert reg.n_features_in_ == 3 and reg.n_outputs_ == 1
+
+
+def test_max_iter_warns_and_tol_stops(toy):
+    X, y = toy
+    with pytest.warns(ConvergenceWarning, match="reached max_iter=3 epochs"):
+        PathKernelRegressor((4,), max_iter=3, random_state=0).fit(X, y)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ConvergenceWarning)
+        reg = PathKernelRegressor((4,), tol=10.0, random_state=0).fit(X, y)
+    # The first epoch sets the best loss; n_iter_no_change epochs then fail to beat it.
+    assert reg.n_iter_ == reg.n_iter_no_change + 1
+
+
+def test_minibatch_sgd_and_record_every(toy):
+    X, y = toy
+    reg = _quiet(
+        PathKernelRegressor(
+            (8,), batch_size=16, max_iter=10, record_every=4, random_state=0
+        ),
+        X,
+        y,
+    )
+    assert reg.trajectory_.n_steps == 10 * 3  # batches of 16, 16 and 8 rows
+    assert len(reg.trajectory_) == 8  # ceil(30 / 4)
+    np.testing.assert_allclose(reg.trajectory_.weights.sum(), 0.1 * 30)
+    assert reg.loss_curve_[-1] < reg.loss_curve_[0]
+
+
+def test_sample_weight_equals_repeating_rows_in_float32(toy):
+    X, y = toy
+    weights = np.arange(len(X)) % 3
+    repeated = np.repeat(np.arange(len(X)), weights)
+    a = _quiet(
+        PathKernelRegressor((8,), max_iter=20, random_state=0),
+        X,
+        y,
+        sample_weight=weights,
+    )
+    b = _quiet(
+        PathKernelRegressor((8,), max_iter=20, random_state=0), X[repeated], y[repeated]
+    )
+    np.testing.assert_allclose(a.predict(X), b.predict(X), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "dtype, torch_dtype", [("float32", torch.float32), ("float64", torch.float64)]
+)
+def test_dtype_sets_the_network_precision(toy, dtype, torch_dtype):
+    X, y = toy
+    reg = _quiet(PathKernelRegressor((4,), max_iter=2, dtype=dtype), X, y)
+    assert next(reg.module_.parameters()).dtype == torch_dtype
+    assert reg.predict(X).dtype == np.float64
+
+
+@pytest.mark.parametrize("activation", ["identity", "logistic", "tanh", "relu"])
+def test_every_activation_learns(toy, activation):
+    X, y = toy
+    reg = _quiet(
+        PathKernelRegressor((16,), activation=activation, max_iter=40, random_state=0),
+        X,
+        y,
+    )
+    assert reg.loss_curve_[-1] < reg.loss_curve_[0]
+
+
+def test_empty_hidden_layers_give_a_linear_model(toy):
+    X, y = toy
+    reg = _quiet(PathKernelRegressor((), max_iter=5, random_state=0), X, y)
+    assert isinstance(reg.module_[0], torch.nn.Linear) and len(reg.module_) == 1
+    # The path kernel of a linear model is (sum of step sizes) * (X X^T + 1).
+    np.testing.assert_allclose(reg.kernel(X), 0.5 * (X @ X.T + 1), rtol=1e-5)
+
+
+# -- targets ----------------------------------------------------------------
+def test_regressor_keeps_the_shape_of_y(toy):
+    X, y = toy
+    one_d = _quiet(PathKernelRegressor((4,), max_iter=2), X, y)
+    column = _quiet(PathKernelRegressor((4,), max_iter=2), X, y[:, None])
+    two = _quiet(PathKernelRegressor((4,), max_iter=2), X, np.column_stack([y, -y]))
+    assert one_d.predict(X).shape == (40,)
+    assert column.predict(X).shape == (40, 1)
+    assert two.predict(X).shape == (40, 2) and two.n_outputs_ == 2
+    assert two.kernel(X[:3]).shape == (3, 3)
+
+
+def test_binary_classifier_with_string_labels(toy):
+    X, y = toy
+    labels = np.where(y > 0, "yes", "no")
+    clf = _quiet(PathKernelClassifier((8,), max_iter=40, random_state=0), X, labels)
+    assert list(clf.classes_) == ["no", "yes"] and clf.n_outputs_ == 1
+    scores, proba = clf.decision_function(X), clf.predict_proba(X)
+    assert scores.shape == (40,) and proba.shape == (40, 2)
+    np.testing.assert_allclose(proba.sum(axis=1), 1.0)
+    np.testing.assert_allclose(np.log(proba), clf.predict_log_proba(X), atol=1e-12)
+    np.testing.assert_array_equal(clf.predict(X), clf.classes_[proba.argmax(axis=1)])
+    assert clf.score(X, labels) > 0.8
+
+
+def test_multiclass_classifier(toy):
+    X, _ = toy
+    y = np.digitize(X[:, 0], [-0.5, 0.5])
+    clf = _quiet(PathKernelClassifier((8,), max_iter=60, random_state=0), X, y)
+    assert clf.n_outputs_ == 3 and clf.decision_function(X).shape == (40, 3)
+    proba = clf.predict_proba(X)
+    np.testing.assert_allclose(proba.sum(axis=1), 1.0)
+    np.testing.assert_array_equal(clf.predict(X), proba.argmax(axis=1))
+    assert clf.score(X, y) > 0.8
+
+
+# -- user modules -------------------------------------------------------------
+def test_user_module_instance_is_copied_not_trained_in_place(toy):
+    X, y = toy
+    net = torch.nn.Sequential(
+        torch.nn.Linear(3, 6), torch.nn.GELU(), torch.nn.Linear(6, 1)
+    )
+    before = [p.detach().clone() for p in net.parameters()]
+    reg = _quiet(PathKernelRegressor(module=net, max_iter=20), X, y)
+    assert all(torch.equal(a, b) for a, b in zip(before, net.parameters()))
+    assert reg.module_ is not net and reg.loss_curve_[-1] < reg.loss_curve_[0]
+    refit = _quiet(clone(reg), X, y)  # same starting weights: same result
+    assert np.array_equal(refit.predict(X), reg.predict(X))
+
+
+def test_user_module_factory_is_seeded(toy):
+    X, y = toy
+
+    def factory(n_features, n_outputs):
+        return torch.nn.Sequential(
+            torch.nn.Linear(n_features, 5),
+            torch.nn.Tanh(),
+            torch.nn.Linear(5, n_outputs),
+        )
+
+    fits = [
+        _quiet(PathKernelRegressor(module=factory, max_iter=5, random_state=1), X, y)
+        for _ in range(2)
+    ]
+    assert np.array_equal(fits[0].kernel(X[:4]), fits[1].kernel(X[:4]))
+
+
+def test_user_module_with_wrong_output_is_refused(toy):
+    X, y = toy
+    with pytest.raises(
+        ValueError, match=r"outputs of shape \(n_samples, 1\); got \(2, 4\)"
+    ):
+        PathKernelRegressor(module=torch.nn.Linear(3, 4)).fit(X, y)
+    with pytest.raises(ValueError, match="The 'module' failed on an input of shape"):
+        PathKernelRegressor(module=torch.nn.Linear(5, 1)).fit(X, y)
+
+
+# -- scikit-learn integration ---------------------------------------------
+def test_pipeline_grid_search_and_clone(toy):
+    X, y = toy
+    pipe = make_pipeline(StandardScaler(), PathKernelRegressor((6,), random_state=0))
+    grid = GridSearchCV(pipe, {"pathkernelregressor__learning_rate": [0.03, 0.1]}, cv=2)
+    _quiet(grid, X, y)
+    assert grid.best_params_["pathkernelregressor__learning_rate"] in (0.03, 0.1)
+    cloned = clone(grid.best_estimator_[-1])
+    assert not hasattr(cloned, "module_")
+
+
+@pytest.mark.parametrize("Est", ESTIMATORS)
+def test_pickle_round_trip(Est, toy):
+    X, y = toy
+    y = y if Est is PathKernelRegressor else (y > 0).astype(int)
+    est = _quiet(Est((6,), max_iter=10, random_state=0), X, y)
+    loaded = pickle.loads(pickle.dumps(est))
+    assert np.array_equal(loaded.predict(X), est.predict(X))
+    assert np.array_equal(loaded.kernel(X), est.kernel(X))
+
+
+# -- bad input ----------------------------------------------------------------
+@pytest.mark.parametrize("Est", ESTIMATORS)
+@pytest.mark.parametrize(
+    "bad_X, message",
+    [
+        (lambda X: np.where(X > 2, np.nan, X), "Input X contains NaN"),
+        (lambda X: np.where(X > 2, np.inf, X), "Input X contains infinity"),
+        (lambda X: X[:1], "Found array with 1 sample"),
+        (lambda X: X[:0], "Found array with 0 sample"),
+        (lambda X: X[:, :0], "0 feature"),
+        (lambda X: X[:, 0], "Expected 2D array"),
+        (lambda X: X * 1e39, "X contains values that are not finite in torch.float32"),
+    ],
+)
+def test_bad_X_at_fit(Est, toy, bad_X, message):
+    X, y = toy
+    y = y if Est is PathKernelRegressor else (y > 0).astype(int)
+    bad = bad_X(X)
+    with pytest.raises(ValueError, match=message):
+        Est(max_iter=2).fit(bad, y[: len(bad)])
+
+
+def test_nan_in_y_is_refused(toy):
+    X, y = toy
+    with pytest.raises(ValueError, match="Input y contains NaN"):
+        PathKernelRegressor().fit(X, np.where(y > 1, np.nan, y))
+
+
+def test_one_class_is_refused(toy):
+    X, _ = toy
+    with pytest.raises(
+        ValueError, match="at least 2 classes in y; got only one class: 'a'"
+    ):
+        PathKernelClassifier().fit(X, ["a"] * len(X))
+
+
+@pytest.mark.parametrize(
+    "weights, message",
+    [
+        (lambda n: -np.ones(n), "Negative values in data passed to `sample_weight`"),
+        (lambda n: np.zeros(n), "Sample weights must contain at least one non-zero"),
+        (lambda n: np.ones(n + 1), r"sample_weight.shape == \(41,\), expected \(40,\)"),
+    ],
+)
+def test_bad_sample_weight(toy, weights, message):
+    X, y = toy
+    with pytest.raises(ValueError, match=message):
+        PathKernelRegressor(max_iter=2).fit(X, y, sample_weight=weights(len(X)))
+
+
+def test_wrong_number_of_features_after_fit(toy):
+    X, y = toy
+    reg = _quiet(PathKernelRegressor((4,), max_iter=2), X, y)
+    expected = "X has 2 features, but PathKernelRegressor is expecting 3 features"
+    with pytest.raises(ValueError, match=expected):
+        reg.predict(X[:, :2])
+    with pytest.raises(ValueError, match=expected):
+        reg.kernel(X[:, :2])
+    with pytest.raises(ValueError, match="Y has 2 features, but PathKernelRegressor"):
+        reg.kernel(X, X[:, :2])
+    with pytest.raises(ValueError, match="Input Y contains NaN"):
+        reg.kernel(X, np.full((2, 3), np.nan))
+
+
+@pytest.mark.parametrize("Est", ESTIMATORS)
+def test_unfitted_estimator_says_so(Est, toy):
+    X, _ = toy
+    for method in ("predict", "kernel"):
+        with pytest.raises(NotFittedError, match="is not fitted yet"):
+            getattr(Est(), method)(X)
+
+
+@pytest.mark.parametrize(
+    "params, message",
+    [
+        (
+            {"learning_rate": -1},
+            r"The 'learning_rate' parameter of PathKernelRegressor must be a float "
+            r"in the range \(0.0, inf\). Got -1 instead.",
+        ),
+        ({"activation": "swish"}, "The 'activation' parameter of PathKernelRegressor"),
+        ({"hidden_layer_sizes": (4, 0)}, "must hold positive integers; got \\(4, 0\\)"),
+        ({"dtype": "float16"}, "The 'dtype' parameter of PathKernelRegressor"),
+        ({"device": "meta"}, "must name a CPU or CUDA device; got 'meta'"),
+        ({"device": "banana"}, "The 'device' parameter must be 'auto', 'cpu', 'cuda'"),
+    ],
+)
+def test_bad_parameters_are_named(toy, params, message):
+    X, y = toy
+    with pytest.raises(ValueError, match=message):
+        PathKernelRegressor(**params).fit(X, y)
+
+
+def test_missing_cuda_device_is_a_clear_error(toy, monkeypatch):
+    X, y = toy
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(
+        ValueError, match="asks for 'cuda', but torch.cuda.is_available"
+    ):
+        PathKernelRegressor(device="cuda").fit(X, y)
+    reg = _quiet(PathKernelRegressor((4,), max_iter=2, device="auto"), X, y)
+    assert next(reg.module_.parameters()).device.type == "cpu"
+
+
+def test_divergence_warns_and_keeps_a_finite_usable_model(toy):
+    X, y = toy
+    with pytest.warns(
+        DivergenceWarning, match="Use a smaller learning_rate \\(now 1000"
+    ):
+        reg = PathKernelRegressor(
+            (16,), learning_rate=1e3, activation="relu", max_iter=50, random_state=0
+        ).fit(X, 100 * y)
+    assert np.isfinite(reg.predict(X)).all()
+    assert np.isfinite(reg.kernel(X)).all()
+    assert reg.trajectory_.n_steps < 50
+
+
+def test_huge_targets_fail_at_the_first_step(toy):
+    X, y = toy
+    with pytest.raises(ValueError, match="not finite at the initial parameters"):
+        PathKernelRegressor().fit(X, y * 1e30)

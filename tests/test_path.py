@@ -1,0 +1,183 @@
+"""Blocked tangent and path kernels against the reference."""
+
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from _oracle import path_kernel_reference, tangent_kernel_reference
+from sklearn.exceptions import ConvergenceWarning
+
+from sklearn_pathkernel import (
+    PathKernelClassifier,
+    PathKernelRegressor,
+    path_kernel,
+    tangent_kernel,
+)
+
+
+@pytest.fixture(scope="module")
+def fitted():
+    """A small float64 regressor with 2 outputs and its data."""
+    rng = np.random.RandomState(0)
+    X = rng.randn(30, 4)
+    Y = np.column_stack([np.sin(X[:, 0]), X[:, 1] * X[:, 2]])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        est = PathKernelRegressor(
+            (8,), max_iter=12, dtype="float64", random_state=0
+        ).fit(X, Y)
+    return est, X
+
+
+def test_path_kernel_matches_reference(fitted):
+    est, X = fitted
+    Z = X[:7] + 0.1
+    got = path_kernel(est.module_, est.trajectory_, X[:9], Z)
+    want = path_kernel_reference(est.module_, est.trajectory_, X[:9], Z)
+    np.testing.assert_allclose(got, want, rtol=1e-6)
+
+
+def test_full_output_kernel_traces_to_the_traced_one(fitted):
+    est, X = fitted
+    full = path_kernel(est.module_, est.trajectory_, X[:5], trace=False)
+    assert full.shape == (5, 5, 2, 2)
+    np.testing.assert_allclose(
+        full,
+        path_kernel_reference(est.module_, est.trajectory_, X[:5], trace=False),
+        rtol=1e-6,
+    )
+    np.testing.assert_allclose(
+        np.einsum("ijaa->ij", full), path_kernel(est.module_, est.trajectory_, X[:5])
+    )
+
+
+# About 4 KB per row here: budgets of 1 row, 7 rows, 13 rows and everything.
+@pytest.mark.parametrize("working_memory", [1e-4, 0.027, 0.05, None])
+@pytest.mark.parametrize("symmetric", [True, False])
+def test_result_does_not_depend_on_block_size(fitted, working_memory, symmetric):
+    est, X = fitted
+    if working_memory == 1e-4:
+        X = X[:6]  # one-row blocks: keep the number of tiny blocks small
+    Y = None if symmetric else X[:11] * 0.5
+    whole = path_kernel(est.module_, est.trajectory_, X, Y)
+    blocked = path_kernel(
+        est.module_, est.trajectory_, X, Y, working_memory=working_memory
+    )
+    np.testing.assert_allclose(blocked, whole, rtol=1e-12)
+
+
+@pytest.mark.parametrize("trace", [True, False])
+def test_symmetric_kernel_is_exactly_symmetric_and_psd(fitted, trace):
+    est, X = fitted
+    K = path_kernel(est.module_, est.trajectory_, X, trace=trace, working_memory=0.03)
+    if not trace:
+        assert np.array_equal(K, K.transpose(1, 0, 3, 2))
+        K = K.transpose(0, 2, 1, 3).reshape(60, 60)  # rows (i, a), cols (j, b)
+    assert np.array_equal(K, K.T)
+    eigenvalues = np.linalg.eigvalsh(K)
+    assert eigenvalues.min() >= -1e-10 * eigenvalues.max()
+
+
+def test_kernel_of_x_and_y_is_the_transpose_of_y_and_x(fitted):
+    est, X = fitted
+    A, B = X[:6], X[10:19]
+    K_ab = path_kernel(est.module_, est.trajectory_, A, B)
+    K_ba = path_kernel(est.module_, est.trajectory_, B, A)
+    np.testing.assert_allclose(K_ab, K_ba.T, rtol=1e-12)
+
+
+def test_path_kernel_is_the_weighted_sum_of_tangent_kernels(fitted):
+    est, X = fitted
+    traj = est.trajectory_
+    total = sum(
+        w * tangent_kernel(est.module_, traj.parameters(k), X[:5])
+        for k, w in enumerate(traj.weights)
+    )
+    np.testing.assert_allclose(path_kernel(est.module_, traj, X[:5]), total, rtol=1e-12)
+
+
+def test_tangent_kernel_defaults_to_the_module_parameters(fitted):
+    est, X = fitted
+    params = {n: p.detach() for n, p in est.module_.named_parameters()}
+    np.testing.assert_allclose(
+        tangent_kernel(est.module_, None, X[:4]),
+        tangent_kernel_reference(est.module_, params, X[:4]),
+        rtol=1e-6,
+    )
+
+
+def test_tangent_kernel_of_a_linear_model_is_the_linear_kernel_plus_one():
+    net = torch.nn.Linear(3, 1).double()
+    X = np.random.RandomState(0).randn(5, 3)
+    np.testing.assert_allclose(tangent_kernel(net, None, X), X @ X.T + 1.0)
+
+
+def test_classifier_kernel_sums_over_logits():
+    rng = np.random.RandomState(1)
+    X = rng.randn(24, 3)
+    y = np.repeat(["a", "b", "c"], 8)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        clf = PathKernelClassifier(
+            (6,), max_iter=5, dtype="float64", random_state=0
+        ).fit(X, y)
+    np.testing.assert_allclose(
+        clf.kernel(X[:6]),
+        path_kernel_reference(clf.module_, clf.trajectory_, X[:6]),
+        rtol=1e-6,
+    )
+
+
+@pytest.mark.parametrize("empty", ["X", "Y"])
+def test_empty_inputs_are_refused(fitted, empty):
+    est, X = fitted
+    args = (X[:0], X) if empty == "X" else (X, X[:0])
+    with pytest.raises(ValueError, match=f"{empty} is empty: it has 0 rows"):
+        path_kernel(est.module_, est.trajectory_, *args)
+
+
+def test_accepts_tensors(fitted):
+    est, X = fitted
+    np.testing.assert_allclose(
+        path_kernel(est.module_, est.trajectory_, torch.tensor(X[:4])),
+        path_kernel(est.module_, est.trajectory_, X[:4]),
+    )
+
+
+@pytest.mark.parametrize(
+    "X, Y, message",
+    [
+        (np.ones(3), None, "Expected 2D array"),
+        (np.array([[np.nan, 1.0, 2.0, 3.0]]), None, "Input X contains NaN"),
+        (np.ones((2, 4)), np.array([[np.inf, 1, 1, 1]]), "Input Y contains infinity"),
+        (np.ones((2, 4)), np.ones((2, 3)), "Y has 3 features, but X has 4 features"),
+        (torch.ones(2, 4, 1), None, "Expected a 2D tensor for X"),
+        (torch.tensor([[float("nan")] * 4]), None, "Input X contains NaN or infinity"),
+    ],
+)
+def test_bad_input_is_named(fitted, X, Y, message):
+    est, _ = fitted
+    with pytest.raises(ValueError, match=message):
+        path_kernel(est.module_, est.trajectory_, X, Y)
+
+
+def test_values_that_overflow_float32_are_refused():
+    net = torch.nn.Linear(2, 1)
+    with pytest.raises(
+        ValueError, match="X contains values that are not finite in torch.float32"
+    ):
+        tangent_kernel(net, None, np.array([[1e39, 0.0]]))
+
+
+def test_missing_device_is_refused(fitted, monkeypatch):
+    est, X = fitted
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(ValueError, match="torch.cuda.is_available\\(\\) is False"):
+        path_kernel(est.module_, est.trajectory_, X, device="cuda")
+
+
+def test_caller_module_is_not_moved(fitted):
+    est, X = fitted
+    path_kernel(est.module_, est.trajectory_, X[:3], device="cpu")
+    assert next(est.module_.parameters()).device.type == "cpu"

@@ -1,0 +1,691 @@
+"""Tests for the gradient-descent loop, against plain per-row autograd.
+
+The reference update is DESIGN.md section 2:
+
+    w_{t+1} = w_t - eps * ( sum_{i in B_t} c_{i,t} J_t(x_i)^T g_{i,t} + alpha * w_t )
+
+with ``c_{i,t} = s_i / sum_{j in B_t} s_j`` and ``g = dl/df`` in closed form.
+"""
+
+import copy
+import math
+import re
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from sklearn.exceptions import ConvergenceWarning
+from torch.func import functional_call
+
+from sklearn_pathkernel._losses import (
+    BINARY_LOGISTIC,
+    SOFTMAX_CROSS_ENTROPY,
+    SQUARED_ERROR,
+)
+from sklearn_pathkernel._network import forward, make_mlp, trainable_parameters
+from sklearn_pathkernel._training import train
+from sklearn_pathkernel._trajectory import Step, flatten_parameters
+from sklearn_pathkernel.exceptions import DivergenceWarning
+
+F64 = torch.float64
+
+# -- helpers -----------------------------------------------------------------
+
+
+def _mlp(n_features, n_outputs, hidden=(4,), activation="tanh", seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    return make_mlp(n_features, n_outputs, hidden, activation, generator=gen).to(F64)
+
+
+def _data(loss, n=6, p=3, n_outputs=2, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    X = torch.randn(n, p, generator=gen, dtype=F64)
+    if loss is SQUARED_ERROR:
+        Y = torch.randn(n, n_outputs, generator=gen, dtype=F64)
+    elif loss is BINARY_LOGISTIC:
+        Y = torch.randint(0, 2, (n, 1), generator=gen).to(F64)
+    else:
+        labels = torch.randint(0, n_outputs, (n,), generator=gen)
+        Y = torch.nn.functional.one_hot(labels, n_outputs).to(F64)
+    s = torch.rand(n, generator=gen, dtype=F64) + 0.5
+    return X, Y, s
+
+
+def _reference_g(loss, f, y):
+    """Closed-form dl/df, written independently of the package."""
+    if loss is SQUARED_ERROR:
+        return f - y
+    if loss is BINARY_LOGISTIC:
+        return torch.sigmoid(f) - y
+    return torch.softmax(f, dim=-1) - y
+
+
+def _reference_value(loss, f, y):
+    if loss is SQUARED_ERROR:
+        return 0.5 * ((f - y) ** 2).sum(-1)
+    if loss is BINARY_LOGISTIC:
+        p = torch.sigmoid(f)
+        return -(y * torch.log(p) + (1 - y) * torch.log1p(-p)).sum(-1)
+    return -(y * torch.log_softmax(f, dim=-1)).sum(-1)
+
+
+def _names(module):
+    return [name for name, _ in trainable_parameters(module)]
+
+
+def _unflatten(module, flat):
+    out, offset = {}, 0
+    for name, p in trainable_parameters(module):
+        out[name] = flat[offset : offset + p.numel()].view_as(p)
+        offset += p.numel()
+    return out
+
+
+def _flat(module):
+    return flatten_parameters([p for _, p in trainable_parameters(module)])
+
+
+def _jacobian(module, flat, x):
+    """J(x) at parameters ``flat``: an (O, d) matrix, one autograd call per output."""
+    leaves = {n: t.detach().clone().requires_grad_(True) for n, t in _unflatten(module, flat).items()}
+    out = functional_call(module, leaves, (x[None, :],)).reshape(-1)
+    rows = []
+    for o in range(out.shape[0]):
+        grads = torch.autograd.grad(out[o], list(leaves.values()), retain_graph=True)
+        rows.append(torch.cat([g.reshape(-1) for g in grads]))
+    return torch.stack(rows)
+
+
+def _reference_update(module, flat, X, Y, loss, batch, weights, eps, alpha):
+    """One step by hand: returns (w_{t+1}, c, g, objective at w_t)."""
+    c = weights[batch] / weights[batch].sum()
+    direction = torch.zeros_like(flat)
+    gs, values = [], []
+    for ci, i in zip(c, batch.tolist()):
+        with torch.no_grad():
+            f_i = functional_call(module, _unflatten(module, flat), (X[i : i + 1],))[0]
+        g_i = _reference_g(loss, f_i, Y[i])
+        gs.append(g_i)
+        values.append(_reference_value(loss, f_i, Y[i]))
+        direction += ci * (_jacobian(module, flat, X[i]).T @ g_i)
+    objective = float((c * torch.stack(values)).sum() + 0.5 * alpha * (flat @ flat))
+    return flat - eps * (direction + alpha * flat), c, torch.stack(gs), objective
+
+
+def _options(**overrides):
+    options = dict(
+        sample_weight=None,
+        learning_rate=0.1,
+        max_iter=1,
+        batch_size=None,
+        shuffle=True,
+        alpha=0.0,
+        tol=0.0,
+        n_iter_no_change=10**6,
+        record_every=1,
+        generator=torch.Generator().manual_seed(0),
+        verbose=0,
+    )
+    options.update(overrides)
+    return options
+
+
+def _train(module, X, Y, loss, **overrides):
+    """Train; a ConvergenceWarning for max_iter is expected and dropped, any
+    other warning (a DivergenceWarning in particular) fails the test."""
+    options = _options(**overrides)
+    if options["sample_weight"] is None:
+        options["sample_weight"] = torch.ones(X.shape[0], dtype=X.dtype)
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        result = train(module, X, Y, loss, **options)
+    unexpected = [
+        w for w in record
+        if w.category is not ConvergenceWarning or "max_iter" not in str(w.message)
+    ]
+    assert not unexpected, [str(w.message) for w in unexpected]
+    return result
+
+
+LOSSES = [
+    pytest.param(SQUARED_ERROR, 2, id="squared_error"),
+    pytest.param(BINARY_LOGISTIC, 1, id="binary_logistic"),
+    pytest.param(SOFTMAX_CROSS_ENTROPY, 3, id="softmax"),
+]
+
+# -- (1) + (2): one full-batch step --------------------------------------------
+
+
+@pytest.mark.parametrize("loss, n_outputs", LOSSES)
+@pytest.mark.parametrize("alpha", [0.0, 0.3])
+def test_one_full_batch_step_matches_formula(loss, n_outputs, alpha):
+    X, Y, s = _data(loss, n_outputs=n_outputs)
+    module = _mlp(3, n_outputs)
+    w0 = _flat(module).clone()
+    eps = 0.07
+    expected, c_ref, g_ref, objective = _reference_update(
+        module, w0, X, Y, loss, torch.arange(6), s, eps, alpha
+    )
+    assert not torch.allclose(expected, w0)  # the step moves
+
+    result = _train(module, X, Y, loss, sample_weight=s, learning_rate=eps, alpha=alpha)
+
+    torch.testing.assert_close(_flat(module), expected, rtol=1e-12, atol=1e-14)
+    traj = result.trajectory
+    assert traj.n_steps == 1
+    assert len(traj) == 1
+    assert torch.equal(traj.flat_parameters(0), w0)
+    assert result.loss_curve == [pytest.approx(objective, rel=1e-12)]
+    assert result.n_iter == 1
+
+    # (2) the recorded Step holds exactly the numbers the update used.
+    step = traj.step(0)
+    assert isinstance(step, Step)
+    assert step.step_size == eps
+    assert step.batch.dtype == torch.int64
+    assert torch.equal(step.batch, torch.arange(6))
+    torch.testing.assert_close(step.batch_weights, c_ref, rtol=1e-15, atol=0)
+    torch.testing.assert_close(step.batch_weights, s / s.sum(), rtol=1e-15, atol=0)
+    assert step.output_gradients.shape == (6, n_outputs)
+    torch.testing.assert_close(step.output_gradients, g_ref, rtol=1e-13, atol=1e-15)
+    # ... and they reproduce the update through explicit Jacobians.
+    direction = sum(
+        ci * (_jacobian(module, w0, X[i]).T @ gi)
+        for ci, i, gi in zip(step.batch_weights, step.batch.tolist(), step.output_gradients)
+    )
+    torch.testing.assert_close(
+        w0 - step.step_size * (direction + alpha * w0), _flat(module),
+        rtol=1e-12, atol=1e-14,
+    )
+
+
+def test_sample_weights_scale_invariant_but_not_ignored():
+    X, Y, s = _data(SQUARED_ERROR)
+    results = []
+    for weights in (s, 10.0 * s, torch.ones(6, dtype=F64)):
+        module = _mlp(3, 2)
+        _train(module, X, Y, SQUARED_ERROR, sample_weight=weights)
+        results.append(_flat(module))
+    # c = s / sum(s): scaling all weights changes nothing ...
+    torch.testing.assert_close(results[0], results[1], rtol=1e-13, atol=1e-15)
+    # ... but the weights themselves matter.
+    assert not torch.allclose(results[0], results[2])
+
+
+# -- (3): final parameters and replay ----------------------------------------
+
+
+@pytest.mark.parametrize("loss, n_outputs", LOSSES)
+def test_replay_reproduces_final_parameters(loss, n_outputs):
+    X, Y, s = _data(loss, n_outputs=n_outputs, seed=1)
+    module = _mlp(3, n_outputs, seed=1)
+    initial = copy.deepcopy(module)
+    alpha, eps = 0.05, 0.2
+    result = _train(
+        module, X, Y, loss, sample_weight=s, learning_rate=eps, alpha=alpha, max_iter=6
+    )
+    traj = result.trajectory
+    assert traj.n_steps == 6 and len(traj) == 6
+
+    # The trajectory ends where the module is.
+    final = traj.final_parameters()
+    assert list(final) == _names(module)
+    for name, p in trainable_parameters(module):
+        assert torch.equal(final[name], p.detach()), name
+    assert torch.equal(traj.flat_parameters(0), _flat(initial))
+
+    # Replay every recorded step from checkpoint 0 with explicit Jacobians.
+    w = traj.flat_parameters(0).clone()
+    for t in range(traj.n_steps):
+        torch.testing.assert_close(w, traj.flat_parameters(t), rtol=1e-12, atol=1e-14)
+        step = traj.step(t)
+        expected, c, g, objective = _reference_update(
+            initial, w, X, Y, loss, step.batch, s, step.step_size, alpha
+        )
+        torch.testing.assert_close(step.batch_weights, c, rtol=1e-14, atol=0)
+        torch.testing.assert_close(step.output_gradients, g, rtol=1e-11, atol=1e-13)
+        assert result.loss_curve[t] == pytest.approx(objective, rel=1e-11)
+        w = expected
+    torch.testing.assert_close(w, _flat(module), rtol=1e-11, atol=1e-13)
+    # The loss went down.
+    assert result.loss_curve[-1] < result.loss_curve[0]
+
+
+# -- (4): minibatches --------------------------------------------------------
+
+
+def _minibatch_run(seed=1, shuffle=True, record_every=1, max_iter=3, lr=0.05, n=10):
+    X, Y, s = _data(SQUARED_ERROR, n=n, seed=2)
+    module = _mlp(3, 2, seed=2)
+    result = _train(
+        module, X, Y, SQUARED_ERROR,
+        sample_weight=s, learning_rate=lr, max_iter=max_iter, batch_size=3,
+        shuffle=shuffle, record_every=record_every,
+        generator=torch.Generator().manual_seed(seed),
+    )
+    return module, result.trajectory, result, s
+
+
+def test_minibatch_epochs_partition_rows():
+    _, traj, result, s = _minibatch_run()
+    assert result.n_iter == 3
+    assert traj.n_steps == 12  # ceil(10 / 3) = 4 steps per epoch
+    orders = []
+    for epoch in range(3):
+        steps = [traj.step(4 * epoch + b) for b in range(4)]
+        assert [len(st.batch) for st in steps] == [3, 3, 3, 1]
+        order = torch.cat([st.batch for st in steps])
+        assert torch.equal(torch.sort(order).values, torch.arange(10))
+        orders.append(order)
+        for st in steps:
+            torch.testing.assert_close(
+                st.batch_weights, s[st.batch] / s[st.batch].sum(), rtol=1e-15, atol=0
+            )
+    # Shuffled: not the natural order, and a fresh order every epoch.
+    assert any(not torch.equal(o, torch.arange(10)) for o in orders)
+    assert not torch.equal(orders[0], orders[1]) or not torch.equal(orders[1], orders[2])
+
+
+def test_minibatch_no_shuffle_gives_ordered_batches():
+    _, traj, _, _ = _minibatch_run(shuffle=False)
+    expected = [[0, 1, 2], [3, 4, 5], [6, 7, 8], [9]] * 3
+    assert [traj.step(t).batch.tolist() for t in range(traj.n_steps)] == expected
+
+
+def test_minibatch_steps_follow_formula():
+    X, Y, s = _data(SQUARED_ERROR, n=10, seed=2)
+    module, traj, _, _ = _minibatch_run(max_iter=1, lr=0.05)
+    initial = _mlp(3, 2, seed=2)
+    for t in range(traj.n_steps):
+        step = traj.step(t)
+        nxt = traj.flat_parameters(t + 1) if t + 1 < len(traj) else _flat(module)
+        expected, _, g, _ = _reference_update(
+            initial, traj.flat_parameters(t), X, Y, SQUARED_ERROR, step.batch, s, 0.05, 0.0
+        )
+        torch.testing.assert_close(step.output_gradients, g, rtol=1e-12, atol=1e-14)
+        torch.testing.assert_close(nxt, expected, rtol=1e-12, atol=1e-14)
+
+
+def test_minibatch_epoch_loss_is_weighted_mean_of_batches():
+    # With a zero step size every batch sees w_0, so the epoch loss is the
+    # sample-weighted mean loss over all rows.
+    X, Y, s = _data(SQUARED_ERROR, n=10, seed=2)
+    module = _mlp(3, 2, seed=2)
+    with torch.no_grad():
+        expected = float((s * _reference_value(SQUARED_ERROR, module(X), Y)).sum() / s.sum())
+    result = _train(
+        module, X, Y, SQUARED_ERROR, sample_weight=s, learning_rate=0.0,
+        batch_size=3, max_iter=1,
+    )
+    assert result.loss_curve == [pytest.approx(expected, rel=1e-12)]
+
+
+@pytest.mark.parametrize("record_every, expected_steps", [(5, [0, 5, 10]), (4, [0, 4, 8])])
+def test_record_every_subsamples_checkpoints(record_every, expected_steps):
+    module1, every1, _, _ = _minibatch_run(record_every=1)
+    module_k, every_k, _, _ = _minibatch_run(record_every=record_every)
+    lr = 0.05
+    assert len(every1) == 12
+    assert len(every_k) == len(expected_steps) < len(every1)
+    assert every_k.n_steps == 12
+    np.testing.assert_array_equal(every_k.checkpoint_steps, expected_steps)
+    assert every_k.weights.sum() == pytest.approx(lr * 12, rel=1e-12)
+    group = [min(record_every, 12 - t) for t in expected_steps]
+    np.testing.assert_allclose(every_k.weights, lr * np.array(group), rtol=1e-12)
+    # Recording less does not change the training.
+    for k, t in enumerate(expected_steps):
+        assert torch.equal(every_k.flat_parameters(k), every1.flat_parameters(t))
+    assert torch.equal(_flat(module_k), _flat(module1))
+    assert torch.equal(
+        flatten_parameters(every_k.final_parameters().values()), _flat(module1)
+    )
+
+
+def test_same_generator_seed_same_trajectory():
+    module_a, a, _, _ = _minibatch_run(seed=5)
+    module_b, b, _, _ = _minibatch_run(seed=5)
+    _, c, _, _ = _minibatch_run(seed=6)
+    assert a.n_steps == b.n_steps == c.n_steps
+    for t in range(a.n_steps):
+        sa, sb = a.step(t), b.step(t)
+        assert torch.equal(sa.batch, sb.batch)
+        assert torch.equal(sa.batch_weights, sb.batch_weights)
+        assert torch.equal(sa.output_gradients, sb.output_gradients)
+        assert torch.equal(a.flat_parameters(t), b.flat_parameters(t))
+    assert torch.equal(_flat(module_a), _flat(module_b))
+    # Another seed gives another order.
+    assert any(
+        not torch.equal(a.step(t).batch, c.step(t).batch) for t in range(a.n_steps)
+    )
+
+
+def test_full_batch_ignores_generator_and_large_batch_size():
+    X, Y, s = _data(SQUARED_ERROR, seed=3)
+    finals = []
+    for seed, batch_size in [(0, None), (1, None), (2, 6), (3, 100)]:
+        module = _mlp(3, 2, seed=3)
+        result = _train(
+            module, X, Y, SQUARED_ERROR, sample_weight=s, max_iter=2,
+            batch_size=batch_size, generator=torch.Generator().manual_seed(seed),
+        )
+        assert result.trajectory.n_steps == 2
+        assert all(
+            torch.equal(result.trajectory.step(t).batch, torch.arange(6)) for t in range(2)
+        )
+        finals.append(_flat(module))
+    for other in finals[1:]:
+        assert torch.equal(other, finals[0])
+
+
+# -- (5): stopping -------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "lr, tol, n_iter_no_change, expected_n_iter",
+    [
+        (0.01, 1e6, 2, 3),  # nothing counts as an improvement: stop after 1 + 2
+        (1e-12, 1e-3, 3, 4),  # the loss barely moves: stop after 1 + 3
+    ],
+)
+def test_tol_stop_converges_without_warning(lr, tol, n_iter_no_change, expected_n_iter):
+    X, Y, s = _data(SQUARED_ERROR)
+    module = _mlp(3, 2)
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        result = train(
+            module, X, Y, SQUARED_ERROR,
+            **_options(
+                sample_weight=s, learning_rate=lr, tol=tol,
+                n_iter_no_change=n_iter_no_change, max_iter=50,
+            ),
+        )
+    assert not [w for w in record if issubclass(w.category, ConvergenceWarning)]
+    assert result.converged is True
+    assert result.diverged is False
+    assert result.n_iter == expected_n_iter
+    assert len(result.loss_curve) == expected_n_iter
+    assert result.trajectory.n_steps == expected_n_iter
+    final = flatten_parameters(result.trajectory.final_parameters().values())
+    assert torch.equal(final, _flat(module))
+
+
+def test_max_iter_warns_convergence_warning():
+    X, Y, s = _data(SQUARED_ERROR)
+    module = _mlp(3, 2)
+    with pytest.warns(
+        ConvergenceWarning,
+        match=r"MyNet: gradient descent reached max_iter=4 epochs and the loss is "
+        r"still improving",
+    ) as record:
+        result = train(
+            module, X, Y, SQUARED_ERROR,
+            **_options(sample_weight=s, max_iter=4, tol=1e-4, n_iter_no_change=10),
+            owner="MyNet",
+        )
+    assert not [w for w in record if issubclass(w.category, DivergenceWarning)]
+    assert result.converged is False
+    assert result.diverged is False
+    assert result.n_iter == 4
+    assert len(result.loss_curve) == 4
+    assert result.trajectory.n_steps == 4
+    assert all(b < a for a, b in zip(result.loss_curve, result.loss_curve[1:]))
+
+
+# -- (6): divergence -----------------------------------------------------------
+
+
+def _divergence_problem():
+    # A linear model, a step size far beyond 2 / lambda_max: |w| grows by a
+    # factor ~1e8 each step until the squared error overflows.
+    gen = torch.Generator().manual_seed(4)
+    X = torch.randn(8, 3, generator=gen, dtype=F64)
+    Y = torch.randn(8, 1, generator=gen, dtype=F64)
+    s = torch.rand(8, generator=gen, dtype=F64) + 0.5
+    module = _mlp(3, 1, hidden=(), activation="identity", seed=4)
+    return module, X, Y, s
+
+
+def _simulate(module, X, Y, s, lr, n_steps):
+    """Plain full-batch GD on the weighted mean squared error.
+
+    Returns the parameters w_0, w_1, ... and the first t with a non-finite loss.
+    """
+    module = copy.deepcopy(module)
+    params = [p for _, p in trainable_parameters(module)]
+    c = s / s.sum()
+    history = []
+    for t in range(n_steps):
+        history.append(flatten_parameters(params))
+        objective = (c * 0.5 * ((module(X) - Y) ** 2).sum(1)).sum()
+        if not torch.isfinite(objective):
+            return history, t
+        grads = torch.autograd.grad(objective, params)
+        with torch.no_grad():
+            for p, g in zip(params, grads):
+                p.sub_(lr * g)
+    raise AssertionError("the reference never diverged")
+
+
+LR_DIVERGE = 1e8
+
+
+def test_divergence_keeps_last_finite_parameters():
+    module, X, Y, s = _divergence_problem()
+    history, t_star = _simulate(module, X, Y, s, LR_DIVERGE, 200)
+    assert 3 <= t_star < 100
+
+    with pytest.warns(
+        DivergenceWarning,
+        match=rf"MyNet: training diverged at step {t_star} \(the loss became "
+        r"(inf|nan)\)\. Kept the parameters after step "
+        rf"{t_star - 1}, the last with a finite loss",
+    ) as record:
+        result = train(
+            module, X, Y, SQUARED_ERROR,
+            **_options(sample_weight=s, learning_rate=LR_DIVERGE, max_iter=200),
+            owner="MyNet",
+        )
+    # Only the divergence is reported, not also "reached max_iter".
+    assert all(w.category is DivergenceWarning for w in record
+               if issubclass(w.category, ConvergenceWarning))
+    assert result.diverged is True
+    assert result.converged is False
+    traj = result.trajectory
+    # w_{t*} has a non-finite loss: the step that led there is dropped.
+    assert traj.n_steps == t_star - 1
+    assert len(traj) == t_star - 1
+    # The loss curve holds the objective at w_0, w_1, ...: all finite.
+    assert len(result.loss_curve) == result.n_iter
+    assert result.n_iter in (t_star - 1, t_star)
+    c = s / s.sum()
+    for t, value in enumerate(result.loss_curve):
+        with torch.no_grad():
+            f = functional_call(module, _unflatten(module, history[t]), (X,))
+            expected = float((c * _reference_value(SQUARED_ERROR, f, Y)).sum())
+        assert math.isfinite(value)
+        assert value == pytest.approx(expected, rel=1e-8)
+
+    # The module keeps w_{t*-1}, and the trajectory ends there too.
+    kept = _flat(module)
+    assert torch.isfinite(kept).all()
+    torch.testing.assert_close(kept, history[t_star - 1], rtol=1e-9, atol=0)
+    final = traj.final_parameters()
+    for name, p in trainable_parameters(module):
+        assert torch.equal(final[name], p.detach()), name
+    # Checkpoints are the path up to it.
+    for t in range(traj.n_steps):
+        torch.testing.assert_close(traj.flat_parameters(t), history[t], rtol=1e-9, atol=0)
+    with torch.no_grad():
+        out = forward(module, X)
+        assert torch.isfinite(out).all()
+        assert torch.isfinite(SQUARED_ERROR.value(out, Y)).all()
+
+
+def test_divergence_on_the_last_step_is_caught():
+    # max_iter = t*: the very last update is the one that makes the loss
+    # non-finite. The result must be the same as when training goes on longer.
+    module, X, Y, s = _divergence_problem()
+    history, t_star = _simulate(module, X, Y, s, LR_DIVERGE, 200)
+    with pytest.warns(DivergenceWarning, match="training diverged"):
+        result = train(
+            module, X, Y, SQUARED_ERROR,
+            **_options(sample_weight=s, learning_rate=LR_DIVERGE, max_iter=t_star),
+        )
+    assert result.diverged is True
+    assert result.trajectory.n_steps == t_star - 1
+    torch.testing.assert_close(_flat(module), history[t_star - 1], rtol=1e-9, atol=0)
+    with torch.no_grad():
+        assert torch.isfinite(SQUARED_ERROR.value(forward(module, X), Y)).all()
+
+
+def test_divergence_on_first_step_keeps_initial_parameters():
+    module, X, Y, s = _divergence_problem()
+    initial = _flat(module).clone()
+    # Huge targets: the loss at w_0 is finite (~1e300), at w_1 it overflows.
+    Y = torch.full_like(Y, 1e150)
+    _, t_star = _simulate(module, X, Y, s, 1e10, 10)
+    assert t_star == 1
+    with pytest.warns(DivergenceWarning, match="training diverged at step 1 "):
+        result = train(
+            module, X, Y, SQUARED_ERROR,
+            **_options(sample_weight=s, learning_rate=1e10, max_iter=10),
+        )
+    assert result.diverged is True
+    assert result.trajectory.n_steps == 0
+    assert len(result.trajectory) == 0
+    assert torch.equal(_flat(module), initial)
+    assert torch.equal(
+        flatten_parameters(result.trajectory.final_parameters().values()), initial
+    )
+
+
+def test_overflowing_last_update_is_rolled_back():
+    # The only step overflows the outputs themselves: the module goes back to
+    # w_0 and the path is empty.
+    module, X, Y, s = _divergence_problem()
+    X = 100.0 * X
+    initial = _flat(module).clone()
+    history, t_star = _simulate(module, X, Y, s, 1e308, 3)
+    assert t_star == 1
+    with pytest.warns(DivergenceWarning, match=r"training diverged at step 1 \("):
+        result = train(
+            module, X, Y, SQUARED_ERROR,
+            **_options(sample_weight=s, learning_rate=1e308, max_iter=1),
+        )
+    assert result.diverged is True
+    assert result.trajectory.n_steps == 0
+    assert torch.equal(_flat(module), initial)
+    assert torch.equal(
+        flatten_parameters(result.trajectory.final_parameters().values()), initial
+    )
+    with torch.no_grad():
+        assert torch.isfinite(forward(module, X)).all()
+
+
+@pytest.mark.parametrize("batch_size", [None, 3])
+def test_non_finite_loss_at_initial_parameters_raises(batch_size):
+    module, X, Y, s = _divergence_problem()
+    initial = _flat(module).clone()
+    Y = torch.full_like(Y, 1e200)  # (f - y)^2 overflows
+    with pytest.raises(
+        ValueError,
+        match=re.escape("MyNet: the loss is not finite at the initial parameters"),
+    ):
+        train(
+            module, X, Y, SQUARED_ERROR,
+            **_options(sample_weight=s, batch_size=batch_size, max_iter=5),
+            owner="MyNet",
+        )
+    assert torch.equal(_flat(module), initial)
+
+
+# -- (7): an all-zero-weight batch -------------------------------------------
+
+
+@pytest.mark.parametrize("alpha", [0.0, 0.3])
+def test_zero_weight_batch_moves_only_by_l2(alpha):
+    X, Y, _ = _data(SQUARED_ERROR, n=6, seed=5)
+    s = torch.tensor([0.0, 0.0, 1.0, 2.0, 1.0, 3.0], dtype=F64)
+    module = _mlp(3, 2, seed=5)
+    eps = 0.1
+    result = _train(
+        module, X, Y, SQUARED_ERROR, sample_weight=s, learning_rate=eps,
+        alpha=alpha, batch_size=2, shuffle=False, max_iter=1,
+    )
+    traj = result.trajectory
+    assert traj.n_steps == 3
+    zero = traj.step(0)
+    assert zero.batch.tolist() == [0, 1]
+    assert torch.equal(zero.batch_weights, torch.zeros(2, dtype=F64))
+    assert torch.isfinite(zero.output_gradients).all()
+    w0, w1 = traj.flat_parameters(0), traj.flat_parameters(1)
+    if alpha == 0.0:
+        assert torch.equal(w1, w0)
+    else:
+        torch.testing.assert_close(w1, (1 - eps * alpha) * w0, rtol=1e-14, atol=0)
+        assert not torch.allclose(w1, w0)
+    # The next batch moves by its data again, with weights s_B / sum s_B.
+    torch.testing.assert_close(
+        traj.step(1).batch_weights, torch.tensor([1 / 3, 2 / 3], dtype=F64)
+    )
+    assert not torch.allclose(traj.flat_parameters(2), (1 - eps * alpha) * w1)
+    assert all(math.isfinite(v) for v in result.loss_curve)
+
+
+# -- (8): verbose ----------------------------------------------------------------
+
+
+def test_verbose_prints_one_line_per_epoch(capsys):
+    X, Y, s = _data(SQUARED_ERROR)
+    result = _train(_mlp(3, 2), X, Y, SQUARED_ERROR, sample_weight=s, max_iter=3, verbose=1)
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 3
+    for epoch, (line, value) in enumerate(zip(lines, result.loss_curve), start=1):
+        match = re.match(r"^epoch\s+(\d+)\s+loss\s+(\S+)\s+\d+\.\d+s$", line)
+        assert match, line
+        assert int(match.group(1)) == epoch
+        assert float(match.group(2)) == pytest.approx(value, rel=1e-7)
+
+
+def test_verbose_reports_stop(capsys):
+    X, Y, s = _data(SQUARED_ERROR)
+    _train(
+        _mlp(3, 2), X, Y, SQUARED_ERROR, sample_weight=s, max_iter=50,
+        tol=1e6, n_iter_no_change=2, verbose=1,
+    )
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 4
+    assert all(line.startswith("epoch") for line in lines[:3])
+    assert "Stopping" in lines[3]
+
+
+def test_verbose_zero_prints_nothing(capsys):
+    X, Y, s = _data(SQUARED_ERROR)
+    _train(_mlp(3, 2), X, Y, SQUARED_ERROR, sample_weight=s, max_iter=3, verbose=0)
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert captured.err == ""
+
+
+# -- misc ----------------------------------------------------------------------
+
+
+def test_no_trainable_parameters_raises():
+    module = _mlp(3, 1)
+    for p in module.parameters():
+        p.requires_grad_(False)
+    X, Y, s = _data(SQUARED_ERROR, n_outputs=1)
+    with pytest.raises(ValueError, match="The 'module' of MyNet has no trainable"):
+        train(module, X, Y, SQUARED_ERROR, **_options(sample_weight=s), owner="MyNet")
+
+
+def test_frozen_parameters_are_not_moved_nor_recorded():
+    module = _mlp(3, 2)
+    module[0].weight.requires_grad_(False)
+    frozen = module[0].weight.detach().clone()
+    X, Y, s = _data(SQUARED_ERROR)
+    result = _train(module, X, Y, SQUARED_ERROR, sample_weight=s, max_iter=2, alpha=0.1)
+    assert torch.equal(module[0].weight, frozen)
+    assert result.trajectory.parameter_names == ["0.bias", "2.weight", "2.bias"]
+    assert result.trajectory.n_parameters == 4 + 8 + 2

@@ -1,0 +1,283 @@
+"""Tests for Trajectory, built by hand through its recording methods."""
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from sklearn_pathkernel._trajectory import Step, Trajectory, flatten_parameters
+
+SHAPES = {"a": (2, 3), "b": (4,)}
+N_PARAMETERS = 10
+
+
+def _step(step_size, t=0):
+    batch = torch.tensor([t, t + 1], dtype=torch.int64)
+    return Step(
+        float(step_size),
+        batch,
+        torch.tensor([0.25, 0.75], dtype=torch.float64),
+        torch.full((2, 1), float(t), dtype=torch.float64),
+    )
+
+
+def _flat(t):
+    # Parameters at step t: distinct entries, shifted by t, so every
+    # checkpoint is recognisable.
+    return torch.arange(N_PARAMETERS, dtype=torch.float64) + 100.0 * t
+
+
+def _build(step_sizes, record_every=1, final=True):
+    traj = Trajectory(SHAPES, record_every=record_every)
+    for t, eps in enumerate(step_sizes):
+        traj._append_step(_flat(t), _step(eps, t))
+    if final:
+        traj._set_final(_flat(len(step_sizes)))
+    return traj
+
+
+def test_empty_trajectory():
+    traj = Trajectory(SHAPES)
+    assert len(traj) == 0
+    assert traj.n_steps == 0
+    assert traj.n_parameters == N_PARAMETERS
+    assert traj.weights.shape == (0,)
+    assert traj.checkpoint_steps.shape == (0,)
+    assert traj.step_sizes.shape == (0,)
+    assert traj.parameter_names == ["a", "b"]
+
+
+def test_weights_record_every_one_are_step_sizes():
+    sizes = [0.1, 0.2, 0.05, 0.4, 0.3]
+    traj = _build(sizes)
+    assert len(traj) == 5
+    assert traj.n_steps == 5
+    np.testing.assert_array_equal(traj.checkpoint_steps, np.arange(5))
+    np.testing.assert_allclose(traj.weights, sizes, rtol=1e-15)
+    np.testing.assert_array_equal(traj.step_sizes, sizes)
+    assert traj.weights.dtype == np.float64
+    assert traj.step_sizes.dtype == np.float64
+    assert traj.checkpoint_steps.dtype == np.int64
+
+
+@pytest.mark.parametrize(
+    "n_steps, expected_steps, expected_weights",
+    [
+        # 7 steps in groups of 3: the last group holds a single step.
+        (7, [0, 3, 6], [0.1 + 0.2 + 0.3, 0.4 + 0.5 + 0.6, 0.7]),
+        # 8 steps: last group of 2.
+        (8, [0, 3, 6], [0.1 + 0.2 + 0.3, 0.4 + 0.5 + 0.6, 0.7 + 0.8]),
+        # 6 steps: even groups.
+        (6, [0, 3], [0.1 + 0.2 + 0.3, 0.4 + 0.5 + 0.6]),
+        # fewer steps than record_every.
+        (2, [0], [0.1 + 0.2]),
+    ],
+)
+def test_weights_record_every_three(n_steps, expected_steps, expected_weights):
+    sizes = [0.1 * (t + 1) for t in range(n_steps)]
+    traj = _build(sizes, record_every=3)
+    assert traj.record_every == 3
+    assert len(traj) == len(expected_steps)
+    assert traj.n_steps == n_steps
+    np.testing.assert_array_equal(traj.checkpoint_steps, expected_steps)
+    np.testing.assert_allclose(traj.weights, expected_weights, rtol=1e-12)
+    assert traj.weights.sum() == pytest.approx(sum(sizes), rel=1e-12)
+    # Checkpoint k holds the parameters of step checkpoint_steps[k].
+    for k, t in enumerate(expected_steps):
+        assert torch.equal(traj.flat_parameters(k), _flat(t))
+
+
+def test_step_records_and_sizes():
+    traj = _build([0.3, 0.1, 0.2], record_every=2)
+    for t in range(3):
+        step = traj.step(t)
+        assert isinstance(step, Step)
+        assert step.step_size == [0.3, 0.1, 0.2][t]
+        assert torch.equal(step.batch, torch.tensor([t, t + 1]))
+        assert torch.equal(step.output_gradients, torch.full((2, 1), float(t)).double())
+    np.testing.assert_array_equal(traj.step_sizes, [0.3, 0.1, 0.2])
+    np.testing.assert_allclose(traj.weights, [0.4, 0.2])
+
+
+def test_append_step_copies_parameters():
+    traj = Trajectory(SHAPES)
+    flat = _flat(0)
+    traj._append_step(flat, _step(0.1))
+    flat += 1.0  # the caller goes on training in place
+    assert torch.equal(traj.flat_parameters(0), _flat(0))
+    final = _flat(1)
+    traj._set_final(final)
+    final.zero_()
+    assert torch.equal(traj.final_parameters()["b"], _flat(1)[6:])
+
+
+def test_append_step_detaches():
+    traj = Trajectory(SHAPES)
+    flat = _flat(0).requires_grad_(True) * 1.0
+    traj._append_step(flat, _step(0.1))
+    assert not traj.flat_parameters(0).requires_grad
+
+
+def test_parameters_names_shapes_values():
+    traj = _build([0.1, 0.2, 0.3])
+    for k in range(3):
+        params = traj.parameters(k)
+        assert list(params) == ["a", "b"]
+        assert params["a"].shape == (2, 3)
+        assert params["b"].shape == (4,)
+        assert params["a"].dtype == torch.float64
+        flat = _flat(k)
+        assert torch.equal(params["a"], flat[:6].view(2, 3))
+        assert torch.equal(params["b"], flat[6:])
+
+
+def test_parameters_are_views_of_the_checkpoint():
+    traj = _build([0.1, 0.2])
+    params = traj.parameters(1)
+    flat = traj.flat_parameters(1)
+    for value in params.values():
+        assert value.untyped_storage().data_ptr() == flat.untyped_storage().data_ptr()
+    assert params["b"].storage_offset() == 6
+
+
+@pytest.mark.parametrize("k", [-1, -2, -3])
+def test_parameters_negative_index(k):
+    traj = _build([0.1, 0.2, 0.3])
+    got = traj.parameters(k)
+    expected = traj.parameters(3 + k)
+    for name in SHAPES:
+        assert torch.equal(got[name], expected[name])
+    assert torch.equal(got["a"], _flat(3 + k)[:6].view(2, 3))
+
+
+def test_parameters_index_out_of_range():
+    traj = _build([0.1, 0.2])
+    with pytest.raises(IndexError):
+        traj.parameters(2)
+
+
+def test_parameters_device_argument():
+    traj = _build([0.1, 0.2])
+    cpu = traj.parameters(0, device="cpu")
+    assert all(v.device.type == "cpu" for v in cpu.values())
+    assert torch.equal(cpu["a"], _flat(0)[:6].view(2, 3))
+    meta = traj.parameters(0, device=torch.device("meta"))
+    assert all(v.device.type == "meta" for v in meta.values())
+    assert meta["a"].shape == (2, 3)
+    assert meta["b"].shape == (4,)
+    final = traj.final_parameters(device="meta")
+    assert all(v.device.type == "meta" for v in final.values())
+    # The stored checkpoints stay on the CPU.
+    assert traj.flat_parameters(0).device.type == "cpu"
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_parameters_on_cuda():
+    traj = Trajectory(SHAPES)
+    traj._append_step(_flat(0).cuda(), _step(0.1))
+    traj._set_final(_flat(1).cuda())
+    assert traj.flat_parameters(0).device.type == "cpu"
+    params = traj.parameters(0, device="cuda")
+    assert all(v.device.type == "cuda" for v in params.values())
+    assert torch.equal(params["b"].cpu(), _flat(0)[6:])
+    assert traj.final_parameters(device="cuda")["a"].device.type == "cuda"
+
+
+def test_final_parameters():
+    traj = _build([0.1, 0.2, 0.3])
+    final = traj.final_parameters()
+    assert list(final) == ["a", "b"]
+    assert torch.equal(final["a"], _flat(3)[:6].view(2, 3))
+    assert torch.equal(final["b"], _flat(3)[6:])
+    assert all(v.device.type == "cpu" for v in final.values())
+
+
+def test_parameters_usable_with_functional_call():
+    module = nn.Linear(3, 2).double()
+    shapes = {n: tuple(p.shape) for n, p in module.named_parameters()}
+    traj = Trajectory(shapes)
+    w = torch.arange(6, dtype=torch.float64).reshape(2, 3)
+    b = torch.tensor([1.0, -1.0], dtype=torch.float64)
+    traj._append_step(flatten_parameters([w, b]), _step(0.1))
+    x = torch.tensor([[1.0, 2.0, 3.0]], dtype=torch.float64)
+    out = torch.func.functional_call(module, traj.parameters(0), (x,))
+    torch.testing.assert_close(out, x @ w.T + b)
+
+
+@pytest.mark.parametrize(
+    "n_keep, expected_steps, expected_weights",
+    [
+        (7, [0, 3, 6], [0.6, 1.5, 0.7]),
+        (6, [0, 3], [0.6, 1.5]),
+        (5, [0, 3], [0.6, 0.4 + 0.5]),
+        (4, [0, 3], [0.6, 0.4]),
+        (3, [0], [0.6]),
+        (1, [0], [0.1]),
+        (0, [], []),
+    ],
+)
+def test_truncate(n_keep, expected_steps, expected_weights):
+    sizes = [0.1 * (t + 1) for t in range(7)]
+    traj = _build(sizes, record_every=3)
+    steps_before = [traj.step(t) for t in range(7)]
+    traj._truncate(n_keep)
+    assert traj.n_steps == n_keep
+    assert len(traj) == len(expected_steps)
+    np.testing.assert_array_equal(traj.checkpoint_steps, expected_steps)
+    np.testing.assert_allclose(traj.weights, expected_weights, rtol=1e-12)
+    np.testing.assert_allclose(traj.step_sizes, sizes[:n_keep])
+    for t in range(n_keep):
+        assert traj.step(t) is steps_before[t]
+    for k, t in enumerate(expected_steps):
+        assert torch.equal(traj.flat_parameters(k), _flat(t))
+    with pytest.raises(IndexError):
+        traj.step(n_keep)
+
+
+def test_truncate_then_append_continues_grouping():
+    traj = _build([0.1] * 5, record_every=2, final=False)  # checkpoints at 0, 2, 4
+    traj._truncate(3)  # steps 0..2, checkpoints 0, 2
+    traj._append_step(_flat(3), _step(0.5, 3))  # step 3 joins checkpoint 2
+    traj._append_step(_flat(4), _step(0.5, 4))  # step 4 opens checkpoint 4
+    np.testing.assert_array_equal(traj.checkpoint_steps, [0, 2, 4])
+    np.testing.assert_allclose(traj.weights, [0.2, 0.6, 0.5])
+
+
+def test_len_counts_checkpoints():
+    assert len(_build([0.1] * 10, record_every=1)) == 10
+    assert len(_build([0.1] * 10, record_every=4)) == 3
+    assert len(_build([0.1] * 10, record_every=10)) == 1
+    assert len(_build([0.1] * 10, record_every=11)) == 1
+
+
+def test_repr():
+    traj = _build([0.1] * 7, record_every=3)
+    assert repr(traj) == (
+        "Trajectory(n_checkpoints=3, n_steps=7, n_parameters=10, record_every=3)"
+    )
+    assert repr(Trajectory({"w": (5, 2)})) == (
+        "Trajectory(n_checkpoints=0, n_steps=0, n_parameters=10, record_every=1)"
+    )
+
+
+def test_n_parameters_and_names_order():
+    traj = Trajectory({"z": (3,), "a": (2, 2), "m": ()})
+    assert traj.parameter_names == ["z", "a", "m"]
+    assert traj.n_parameters == 3 + 4 + 1
+    traj._append_step(torch.arange(8.0), _step(0.1))
+    params = traj.parameters(0)
+    assert list(params) == ["z", "a", "m"]
+    assert params["m"].shape == ()
+    assert params["m"].item() == 7.0
+    # parameter_names is a copy: mutating it does not change the trajectory.
+    traj.parameter_names.append("x")
+    assert traj.parameter_names == ["z", "a", "m"]
+
+
+def test_flatten_parameters():
+    a = torch.ones(2, 2, requires_grad=True)
+    b = torch.tensor([5.0, 6.0])
+    flat = flatten_parameters([a, b])
+    assert torch.equal(flat, torch.tensor([1.0, 1.0, 1.0, 1.0, 5.0, 6.0]))
+    assert not flat.requires_grad
