@@ -120,7 +120,9 @@ def check_module_output(module, X_probe, n_outputs):
             f"(n_samples, n_features): {type(exc).__name__}: {exc}"
         ) from exc
     expected = (X_probe.shape[0], n_outputs)
-    ok = tuple(out.shape) == expected or (n_outputs == 1 and out.ndim == 1)
+    ok = tuple(out.shape) == expected or (
+        n_outputs == 1 and tuple(out.shape) == (X_probe.shape[0],)
+    )
     if not ok:
         raise ValueError(
             f"The 'module' must map inputs of shape (n_samples, n_features) to "

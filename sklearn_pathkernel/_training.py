@@ -115,6 +115,7 @@ def train(
                 else torch.arange(n_samples)
             ).to(X.device)
             batches = torch.split(order, batch_size)
+        steps_per_epoch = len(batches)
 
         epoch_loss = 0.0
         for batch in batches:
@@ -124,7 +125,14 @@ def train(
             )
             if step is None:
                 _roll_back(
-                    module, params, result, last_from, step_loss, learning_rate, owner
+                    module,
+                    params,
+                    result,
+                    last_from,
+                    step_loss,
+                    learning_rate,
+                    owner,
+                    len(batches),
                 )
                 return result
             trajectory._append_step(current, step)
@@ -150,10 +158,17 @@ def train(
                 )
             break
 
-    if not _outputs_finite(module, X):
+    if not _final_objective_finite(module, params, X, Y, sample_weight, loss, alpha):
         # The last update overflowed: step back to the last finite parameters.
         _roll_back(
-            module, params, result, last_from, float("nan"), learning_rate, owner
+            module,
+            params,
+            result,
+            last_from,
+            float("inf"),
+            learning_rate,
+            owner,
+            steps_per_epoch,
         )
         return result
     trajectory._set_final(flatten_parameters(params))
@@ -171,19 +186,11 @@ def train(
 def _gradient_step(module, params, X, Y, batch, loss, sample_weight, eps, alpha):
     """Take one step in place; return (objective at w_t, Step) or (loss, None)."""
     out = forward(module, X[batch])
-    with torch.no_grad():
-        target = Y[batch]
-        weights = sample_weight[batch]
-        weight_sum = weights.sum()
-        # An all-zero-weight batch moves only through the L2 term.
-        c = weights / weight_sum if weight_sum > 0 else torch.zeros_like(weights)
-        g = loss.gradient(out, target)
-        objective = (c * loss.value(out, target)).sum()
-        if alpha:
-            objective = objective + 0.5 * alpha * sum((p * p).sum() for p in params)
-        objective = float(objective)
-        if not (np.isfinite(objective) and bool(torch.isfinite(g).all())):
-            return objective, None
+    objective, c, g = _evaluate(
+        out, params, Y[batch], sample_weight[batch], loss, alpha
+    )
+    if c is None:
+        return objective, None
     grads = torch.autograd.grad(out, params, grad_outputs=c[:, None] * g)
     with torch.no_grad():
         for p, grad in zip(params, grads):
@@ -193,12 +200,35 @@ def _gradient_step(module, params, X, Y, batch, loss, sample_weight, eps, alpha)
     return objective, Step(float(eps), batch.cpu(), c.cpu(), g.cpu())
 
 
-def _outputs_finite(module, X):
+def _evaluate(out, params, target, weights, loss, alpha):
+    """Objective, batch weights ``c`` and ``g`` at outputs ``out``.
+
+    Returns ``(objective, None, None)`` when the objective or ``g`` is not
+    finite: the one divergence test, used at every step and at the end.
+    """
     with torch.no_grad():
-        return bool(torch.isfinite(forward(module, X)).all())
+        weight_sum = weights.sum()
+        # An all-zero-weight batch moves only through the L2 term.
+        c = weights / weight_sum if weight_sum > 0 else torch.zeros_like(weights)
+        g = loss.gradient(out, target)
+        objective = (c * loss.value(out, target)).sum()
+        if alpha:
+            objective = objective + 0.5 * alpha * sum((p * p).sum() for p in params)
+        objective = float(objective)
+    if not (np.isfinite(objective) and bool(torch.isfinite(g).all())):
+        return objective, None, None
+    return objective, c, g
 
 
-def _roll_back(module, params, result, last_from, bad_loss, learning_rate, owner):
+def _final_objective_finite(module, params, X, Y, sample_weight, loss, alpha):
+    with torch.no_grad():
+        out = forward(module, X)
+    return _evaluate(out, params, Y, sample_weight, loss, alpha)[1] is not None
+
+
+def _roll_back(
+    module, params, result, last_from, bad_loss, learning_rate, owner, steps_per_epoch
+):
     """Return to the parameters of the last recorded step, and warn.
 
     That step is what led to non-finite outputs, so it is dropped from the
@@ -219,6 +249,10 @@ def _roll_back(module, params, result, last_from, bad_loss, learning_rate, owner
             offset += p.numel()
     trajectory._truncate(n_good)
     trajectory._set_final(last_from)
+    # Count only epochs whose every update was kept, so that
+    # len(loss_curve) == n_iter and both describe the path that remains.
+    result.n_iter = min(result.n_iter, n_good // steps_per_epoch)
+    del result.loss_curve[result.n_iter :]
     result.diverged = True
     warnings.warn(
         f"{owner}: training diverged at step {n_good + 1} (the loss became "

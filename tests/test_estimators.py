@@ -411,6 +411,8 @@ def test_divergence_warns_and_keeps_a_finite_usable_model(toy):
     assert np.isfinite(reg.predict(X)).all()
     assert np.isfinite(reg.kernel(X)).all()
     assert reg.trajectory_.n_steps < 50
+    # Full batch: one epoch per step, and only kept epochs are counted.
+    assert len(reg.loss_curve_) == reg.n_iter_ == reg.trajectory_.n_steps
 
 
 def test_huge_targets_fail_at_the_first_step(toy):

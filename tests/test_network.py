@@ -92,6 +92,12 @@ def test_make_mlp_draws_from_generator_not_global_rng():
     assert torch.equal(torch.get_rng_state(), before)
 
 
+def test_make_mlp_leaves_global_rng_untouched():
+    before = torch.get_rng_state()
+    make_mlp(5, 2, (7, 3), "tanh", generator=_gen(0))
+    assert torch.equal(torch.get_rng_state(), before)
+
+
 def test_make_mlp_advances_generator():
     gen = _gen(3)
     a = make_mlp(3, 2, (6,), "tanh", generator=gen)
@@ -163,7 +169,9 @@ def test_build_module_calls_factory_with_shape():
 
 def test_build_module_factory_reproducible_and_global_rng_untouched():
     def factory(n_features, n_outputs):
-        return nn.Sequential(nn.Linear(n_features, 8), nn.ReLU(), nn.Linear(8, n_outputs))
+        return nn.Sequential(
+            nn.Linear(n_features, 8), nn.ReLU(), nn.Linear(8, n_outputs)
+        )
 
     with torch.random.fork_rng(devices=[]):
         before = torch.get_rng_state()
@@ -263,7 +271,9 @@ def test_check_module_output_wrong_width(n_outputs, width):
 
 def test_check_module_output_rejects_1d_for_several_outputs():
     module = _Lambda(lambda x: x.sum(dim=1))
-    with pytest.raises(ValueError, match=r"outputs of shape \(n_samples, 2\); got \(2,\)"):
+    with pytest.raises(
+        ValueError, match=r"outputs of shape \(n_samples, 2\); got \(2,\)"
+    ):
         check_module_output(module, torch.zeros(2, 4), 2)
 
 
