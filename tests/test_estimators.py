@@ -1,6 +1,5 @@
 """PathKernelRegressor and PathKernelClassifier: behaviour a user relies on."""
 
-import pickle
 import warnings
 
 import numpy as np
@@ -8,7 +7,7 @@ import pytest
 import torch
 from sklearn.base import clone
 from sklearn.datasets import load_breast_cancer, load_diabetes
-from sklearn.exceptions import ConvergenceWarning, NotFittedError
+from sklearn.exceptions import ConvergenceWarning
 from sklearn.kernel_ridge import KernelRidge
 from sklearn.model_selection import GridSearchCV, train_test_split
 from sklearn.pipeline import make_pipeline
@@ -97,26 +96,6 @@ def test_kernel_is_symmetric_psd_and_agrees_with_itself(toy):
     np.testing.assert_allclose(reg.kernel(X[:5], X), K[:5], rtol=1e-6)
 
 
-# -- training -------------------------------------------------------------
-@pytest.mark.parametrize("Est", ESTIMATORS)
-def test_same_seed_gives_bit_identical_predictions_and_kernel(Est, toy):
-    X, y = toy
-    y = y if Est is PathKernelRegressor else (y > 0).astype(int)
-    fits = [_quiet(Est((10,), max_iter=15, random_state=3), X, y) for _ in range(2)]
-    assert np.array_equal(fits[0].predict(X), fits[1].predict(X))
-    assert np.array_equal(fits[0].kernel(X), fits[1].kernel(X))
-    other = _quiet(Est((10,), max_iter=15, random_state=4), X, y)
-    assert not np.array_equal(fits[0].kernel(X), other.kernel(X))
-
-
-def test_fit_touches_no_global_random_state(toy):
-    X, y = toy
-    torch_state, numpy_state = torch.get_rng_state(), np.random.get_state()[1].copy()
-    _quiet(PathKernelRegressor((5,), max_iter=3, batch_size=8, random_state=0), X, y)
-    assert torch.equal(torch.get_rng_state(), torch_state)
-    assert np.array_equal(np.random.get_state()[1], numpy_state)
-
-
 def test_loss_decreases_and_attributes_are_set(toy):
     X, y = toy
     reg = _quiet(PathKernelRegressor((16,), max_iter=50, random_state=0), X, y)
@@ -167,16 +146,6 @@ def test_sample_weight_equals_repeating_rows_in_float32(toy):
         PathKernelRegressor((8,), max_iter=20, random_state=0), X[repeated], y[repeated]
     )
     np.testing.assert_allclose(a.predict(X), b.predict(X), rtol=1e-5, atol=1e-6)
-
-
-@pytest.mark.parametrize(
-    "dtype, torch_dtype", [("float32", torch.float32), ("float64", torch.float64)]
-)
-def test_dtype_sets_the_network_precision(toy, dtype, torch_dtype):
-    X, y = toy
-    reg = _quiet(PathKernelRegressor((4,), max_iter=2, dtype=dtype), X, y)
-    assert next(reg.module_.parameters()).dtype == torch_dtype
-    assert reg.predict(X).dtype == np.float64
 
 
 @pytest.mark.parametrize("activation", ["identity", "logistic", "tanh", "relu"])
@@ -286,16 +255,6 @@ def test_pipeline_grid_search_and_clone(toy):
     assert not hasattr(cloned, "module_")
 
 
-@pytest.mark.parametrize("Est", ESTIMATORS)
-def test_pickle_round_trip(Est, toy):
-    X, y = toy
-    y = y if Est is PathKernelRegressor else (y > 0).astype(int)
-    est = _quiet(Est((6,), max_iter=10, random_state=0), X, y)
-    loaded = pickle.loads(pickle.dumps(est))
-    assert np.array_equal(loaded.predict(X), est.predict(X))
-    assert np.array_equal(loaded.kernel(X), est.kernel(X))
-
-
 # -- bad input ----------------------------------------------------------------
 @pytest.mark.parametrize("Est", ESTIMATORS)
 @pytest.mark.parametrize(
@@ -358,46 +317,6 @@ def test_wrong_number_of_features_after_fit(toy):
         reg.kernel(X, X[:, :2])
     with pytest.raises(ValueError, match="Input Y contains NaN"):
         reg.kernel(X, np.full((2, 3), np.nan))
-
-
-@pytest.mark.parametrize("Est", ESTIMATORS)
-def test_unfitted_estimator_says_so(Est, toy):
-    X, _ = toy
-    for method in ("predict", "kernel"):
-        with pytest.raises(NotFittedError, match="is not fitted yet"):
-            getattr(Est(), method)(X)
-
-
-@pytest.mark.parametrize(
-    "params, message",
-    [
-        (
-            {"learning_rate": -1},
-            r"The 'learning_rate' parameter of PathKernelRegressor must be a float "
-            r"in the range \(0.0, inf\). Got -1 instead.",
-        ),
-        ({"activation": "swish"}, "The 'activation' parameter of PathKernelRegressor"),
-        ({"hidden_layer_sizes": (4, 0)}, "must hold positive integers; got \\(4, 0\\)"),
-        ({"dtype": "float16"}, "The 'dtype' parameter of PathKernelRegressor"),
-        ({"device": "meta"}, "must name a CPU or CUDA device; got 'meta'"),
-        ({"device": "banana"}, "The 'device' parameter must be 'auto', 'cpu', 'cuda'"),
-    ],
-)
-def test_bad_parameters_are_named(toy, params, message):
-    X, y = toy
-    with pytest.raises(ValueError, match=message):
-        PathKernelRegressor(**params).fit(X, y)
-
-
-def test_missing_cuda_device_is_a_clear_error(toy, monkeypatch):
-    X, y = toy
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    with pytest.raises(
-        ValueError, match="asks for 'cuda', but torch.cuda.is_available"
-    ):
-        PathKernelRegressor(device="cuda").fit(X, y)
-    reg = _quiet(PathKernelRegressor((4,), max_iter=2, device="auto"), X, y)
-    assert next(reg.module_.parameters()).device.type == "cpu"
 
 
 def test_divergence_warns_and_keeps_a_finite_usable_model(toy):

@@ -144,7 +144,8 @@ def _train(module, X, Y, loss, **overrides):
         warnings.simplefilter("always")
         result = train(module, X, Y, loss, **options)
     unexpected = [
-        w for w in record
+        w
+        for w in record
         if w.category is not ConvergenceWarning or "max_iter" not in str(w.message)
     ]
     assert not unexpected, [str(w.message) for w in unexpected]
@@ -200,8 +201,10 @@ def test_one_full_batch_step_matches_formula(loss, n_outputs, alpha):
         )
     )
     torch.testing.assert_close(
-        w0 - step.step_size * (direction + alpha * w0), _flat(module),
-        rtol=1e-12, atol=1e-14,
+        w0 - step.step_size * (direction + alpha * w0),
+        _flat(module),
+        rtol=1e-12,
+        atol=1e-14,
     )
 
 
@@ -264,9 +267,16 @@ def _minibatch_run(seed=1, shuffle=True, record_every=1, max_iter=3, lr=0.05, n=
     X, Y, s = _data(SQUARED_ERROR, n=n, seed=2)
     module = _mlp(3, 2, seed=2)
     result = _train(
-        module, X, Y, SQUARED_ERROR,
-        sample_weight=s, learning_rate=lr, max_iter=max_iter, batch_size=3,
-        shuffle=shuffle, record_every=record_every,
+        module,
+        X,
+        Y,
+        SQUARED_ERROR,
+        sample_weight=s,
+        learning_rate=lr,
+        max_iter=max_iter,
+        batch_size=3,
+        shuffle=shuffle,
+        record_every=record_every,
         generator=torch.Generator().manual_seed(seed),
     )
     return module, result.trajectory, result, s
@@ -307,8 +317,15 @@ def test_minibatch_steps_follow_formula():
         step = traj.step(t)
         nxt = traj.flat_parameters(t + 1) if t + 1 < len(traj) else _flat(module)
         expected, _, g, _ = _reference_update(
-            initial, traj.flat_parameters(t), X, Y, SQUARED_ERROR,
-            step.batch, s, 0.05, 0.0,
+            initial,
+            traj.flat_parameters(t),
+            X,
+            Y,
+            SQUARED_ERROR,
+            step.batch,
+            s,
+            0.05,
+            0.0,
         )
         torch.testing.assert_close(step.output_gradients, g, rtol=1e-12, atol=1e-14)
         torch.testing.assert_close(nxt, expected, rtol=1e-12, atol=1e-14)
@@ -323,8 +340,14 @@ def test_minibatch_epoch_loss_is_weighted_mean_of_batches():
         values = _reference_value(SQUARED_ERROR, module(X), Y)
         expected = float((s * values).sum() / s.sum())
     result = _train(
-        module, X, Y, SQUARED_ERROR, sample_weight=s, learning_rate=0.0,
-        batch_size=3, max_iter=1,
+        module,
+        X,
+        Y,
+        SQUARED_ERROR,
+        sample_weight=s,
+        learning_rate=0.0,
+        batch_size=3,
+        max_iter=1,
     )
     assert result.loss_curve == [pytest.approx(expected, rel=1e-12)]
 
@@ -376,8 +399,14 @@ def test_full_batch_ignores_generator_and_large_batch_size():
     for seed, batch_size in [(0, None), (1, None), (2, 6), (3, 100)]:
         module = _mlp(3, 2, seed=3)
         result = _train(
-            module, X, Y, SQUARED_ERROR, sample_weight=s, max_iter=2,
-            batch_size=batch_size, generator=torch.Generator().manual_seed(seed),
+            module,
+            X,
+            Y,
+            SQUARED_ERROR,
+            sample_weight=s,
+            max_iter=2,
+            batch_size=batch_size,
+            generator=torch.Generator().manual_seed(seed),
         )
         assert result.trajectory.n_steps == 2
         assert all(
@@ -405,10 +434,16 @@ def test_tol_stop_converges_without_warning(lr, tol, n_iter_no_change, expected_
     with warnings.catch_warnings(record=True) as record:
         warnings.simplefilter("always")
         result = train(
-            module, X, Y, SQUARED_ERROR,
+            module,
+            X,
+            Y,
+            SQUARED_ERROR,
             **_options(
-                sample_weight=s, learning_rate=lr, tol=tol,
-                n_iter_no_change=n_iter_no_change, max_iter=50,
+                sample_weight=s,
+                learning_rate=lr,
+                tol=tol,
+                n_iter_no_change=n_iter_no_change,
+                max_iter=50,
             ),
         )
     assert not [w for w in record if issubclass(w.category, ConvergenceWarning)]
@@ -430,7 +465,10 @@ def test_max_iter_warns_convergence_warning():
         r"still improving",
     ) as record:
         result = train(
-            module, X, Y, SQUARED_ERROR,
+            module,
+            X,
+            Y,
+            SQUARED_ERROR,
             **_options(sample_weight=s, max_iter=4, tol=1e-4, n_iter_no_change=10),
             owner="MyNet",
         )
@@ -493,13 +531,19 @@ def test_divergence_keeps_last_finite_parameters():
         rf"{t_star - 1}, the last with a finite loss",
     ) as record:
         result = train(
-            module, X, Y, SQUARED_ERROR,
+            module,
+            X,
+            Y,
+            SQUARED_ERROR,
             **_options(sample_weight=s, learning_rate=LR_DIVERGE, max_iter=200),
             owner="MyNet",
         )
     # Only the divergence is reported, not also "reached max_iter".
-    assert all(w.category is DivergenceWarning for w in record
-               if issubclass(w.category, ConvergenceWarning))
+    assert all(
+        w.category is DivergenceWarning
+        for w in record
+        if issubclass(w.category, ConvergenceWarning)
+    )
     assert result.diverged is True
     assert result.converged is False
     traj = result.trajectory
@@ -542,7 +586,10 @@ def test_divergence_on_the_last_step_is_caught():
     history, t_star = _simulate(module, X, Y, s, LR_DIVERGE, 200)
     with pytest.warns(DivergenceWarning, match="training diverged"):
         result = train(
-            module, X, Y, SQUARED_ERROR,
+            module,
+            X,
+            Y,
+            SQUARED_ERROR,
             **_options(sample_weight=s, learning_rate=LR_DIVERGE, max_iter=t_star),
         )
     assert result.diverged is True
@@ -561,7 +608,10 @@ def test_divergence_on_first_step_keeps_initial_parameters():
     assert t_star == 1
     with pytest.warns(DivergenceWarning, match="training diverged at step 1 "):
         result = train(
-            module, X, Y, SQUARED_ERROR,
+            module,
+            X,
+            Y,
+            SQUARED_ERROR,
             **_options(sample_weight=s, learning_rate=1e10, max_iter=10),
         )
     assert result.diverged is True
@@ -583,7 +633,10 @@ def test_overflowing_last_update_is_rolled_back():
     assert t_star == 1
     with pytest.warns(DivergenceWarning, match=r"training diverged at step 1 \("):
         result = train(
-            module, X, Y, SQUARED_ERROR,
+            module,
+            X,
+            Y,
+            SQUARED_ERROR,
             **_options(sample_weight=s, learning_rate=1e308, max_iter=1),
         )
     assert result.diverged is True
@@ -606,7 +659,10 @@ def test_non_finite_loss_at_initial_parameters_raises(batch_size):
         match=re.escape("MyNet: the loss is not finite at the initial parameters"),
     ):
         train(
-            module, X, Y, SQUARED_ERROR,
+            module,
+            X,
+            Y,
+            SQUARED_ERROR,
             **_options(sample_weight=s, batch_size=batch_size, max_iter=5),
             owner="MyNet",
         )
@@ -623,8 +679,16 @@ def test_zero_weight_batch_moves_only_by_l2(alpha):
     module = _mlp(3, 2, seed=5)
     eps = 0.1
     result = _train(
-        module, X, Y, SQUARED_ERROR, sample_weight=s, learning_rate=eps,
-        alpha=alpha, batch_size=2, shuffle=False, max_iter=1,
+        module,
+        X,
+        Y,
+        SQUARED_ERROR,
+        sample_weight=s,
+        learning_rate=eps,
+        alpha=alpha,
+        batch_size=2,
+        shuffle=False,
+        max_iter=1,
     )
     traj = result.trajectory
     assert traj.n_steps == 3
@@ -666,8 +730,15 @@ def test_verbose_prints_one_line_per_epoch(capsys):
 def test_verbose_reports_stop(capsys):
     X, Y, s = _data(SQUARED_ERROR)
     _train(
-        _mlp(3, 2), X, Y, SQUARED_ERROR, sample_weight=s, max_iter=50,
-        tol=1e6, n_iter_no_change=2, verbose=1,
+        _mlp(3, 2),
+        X,
+        Y,
+        SQUARED_ERROR,
+        sample_weight=s,
+        max_iter=50,
+        tol=1e6,
+        n_iter_no_change=2,
+        verbose=1,
     )
     lines = capsys.readouterr().out.splitlines()
     assert len(lines) == 4

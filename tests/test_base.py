@@ -1,0 +1,106 @@
+"""The shared base: fitting plumbing, parameters, devices, determinism, pickling."""
+
+import pickle
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from sklearn.exceptions import ConvergenceWarning, NotFittedError
+
+from sklearn_pathkernel import PathKernelClassifier, PathKernelRegressor
+
+ESTIMATORS = [PathKernelRegressor, PathKernelClassifier]
+
+
+def _quiet(est, X, y, **fit_params):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        return est.fit(X, y, **fit_params)
+
+
+@pytest.fixture
+def toy():
+    rng = np.random.RandomState(0)
+    X = rng.randn(40, 3)
+    return X, X[:, 0] - 0.5 * X[:, 1] ** 2
+
+
+def test_fit_touches_no_global_random_state(toy):
+    X, y = toy
+    torch_state, numpy_state = torch.get_rng_state(), np.random.get_state()[1].copy()
+    _quiet(PathKernelRegressor((5,), max_iter=3, batch_size=8, random_state=0), X, y)
+    assert torch.equal(torch.get_rng_state(), torch_state)
+    assert np.array_equal(np.random.get_state()[1], numpy_state)
+
+
+# -- training -------------------------------------------------------------
+@pytest.mark.parametrize("Est", ESTIMATORS)
+def test_same_seed_gives_bit_identical_predictions_and_kernel(Est, toy):
+    X, y = toy
+    y = y if Est is PathKernelRegressor else (y > 0).astype(int)
+    fits = [_quiet(Est((10,), max_iter=15, random_state=3), X, y) for _ in range(2)]
+    assert np.array_equal(fits[0].predict(X), fits[1].predict(X))
+    assert np.array_equal(fits[0].kernel(X), fits[1].kernel(X))
+    other = _quiet(Est((10,), max_iter=15, random_state=4), X, y)
+    assert not np.array_equal(fits[0].kernel(X), other.kernel(X))
+
+
+@pytest.mark.parametrize("Est", ESTIMATORS)
+def test_pickle_round_trip(Est, toy):
+    X, y = toy
+    y = y if Est is PathKernelRegressor else (y > 0).astype(int)
+    est = _quiet(Est((6,), max_iter=10, random_state=0), X, y)
+    loaded = pickle.loads(pickle.dumps(est))
+    assert np.array_equal(loaded.predict(X), est.predict(X))
+    assert np.array_equal(loaded.kernel(X), est.kernel(X))
+
+
+@pytest.mark.parametrize("Est", ESTIMATORS)
+def test_unfitted_estimator_says_so(Est, toy):
+    X, _ = toy
+    for method in ("predict", "kernel"):
+        with pytest.raises(NotFittedError, match="is not fitted yet"):
+            getattr(Est(), method)(X)
+
+
+@pytest.mark.parametrize(
+    "params, message",
+    [
+        (
+            {"learning_rate": -1},
+            r"The 'learning_rate' parameter of PathKernelRegressor must be a float "
+            r"in the range \(0.0, inf\). Got -1 instead.",
+        ),
+        ({"activation": "swish"}, "The 'activation' parameter of PathKernelRegressor"),
+        ({"hidden_layer_sizes": (4, 0)}, "must hold positive integers; got \\(4, 0\\)"),
+        ({"dtype": "float16"}, "The 'dtype' parameter of PathKernelRegressor"),
+        ({"device": "meta"}, "must name a CPU or CUDA device; got 'meta'"),
+        ({"device": "banana"}, "The 'device' parameter must be 'auto', 'cpu', 'cuda'"),
+    ],
+)
+def test_bad_parameters_are_named(toy, params, message):
+    X, y = toy
+    with pytest.raises(ValueError, match=message):
+        PathKernelRegressor(**params).fit(X, y)
+
+
+def test_missing_cuda_device_is_a_clear_error(toy, monkeypatch):
+    X, y = toy
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(
+        ValueError, match="asks for 'cuda', but torch.cuda.is_available"
+    ):
+        PathKernelRegressor(device="cuda").fit(X, y)
+    reg = _quiet(PathKernelRegressor((4,), max_iter=2, device="auto"), X, y)
+    assert next(reg.module_.parameters()).device.type == "cpu"
+
+
+@pytest.mark.parametrize(
+    "dtype, torch_dtype", [("float32", torch.float32), ("float64", torch.float64)]
+)
+def test_dtype_sets_the_network_precision(toy, dtype, torch_dtype):
+    X, y = toy
+    reg = _quiet(PathKernelRegressor((4,), max_iter=2, dtype=dtype), X, y)
+    assert next(reg.module_.parameters()).dtype == torch_dtype
+    assert reg.predict(X).dtype == np.float64

@@ -1,0 +1,65 @@
+"""GPU behaviour; every test skips when torch.cuda.is_available() is false."""
+
+import pickle
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from sklearn.exceptions import ConvergenceWarning
+
+from sklearn_pathkernel import PathKernelRegressor, path_kernel
+
+pytestmark = [
+    pytest.mark.cuda,
+    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device"),
+]
+
+
+@pytest.fixture
+def data():
+    rng = np.random.RandomState(0)
+    X = rng.randn(50, 4)
+    return X, np.sin(X[:, 0]) + X[:, 1]
+
+
+def _fit(device, X, y):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        return PathKernelRegressor(
+            (16,), max_iter=20, dtype="float64", device=device, random_state=0
+        ).fit(X, y)
+
+
+def test_training_and_kernel_run_on_the_gpu_and_agree_with_the_cpu(data):
+    X, y = data
+    gpu, cpu = _fit("cuda", X, y), _fit("cpu", X, y)
+    assert next(gpu.module_.parameters()).device.type == "cuda"
+    K_gpu = gpu.kernel(X)
+    assert isinstance(K_gpu, np.ndarray) and K_gpu.dtype == np.float64
+    np.testing.assert_allclose(K_gpu, cpu.kernel(X), rtol=1e-8)
+    np.testing.assert_allclose(gpu.predict(X), cpu.predict(X), rtol=1e-8)
+
+
+def test_auto_device_picks_the_gpu(data):
+    X, y = data
+    est = _fit("auto", X, y)
+    assert next(est.module_.parameters()).device.type == "cuda"
+
+
+def test_path_kernel_of_a_cpu_model_on_the_gpu(data):
+    X, y = data
+    cpu = _fit("cpu", X, y)
+    K = path_kernel(cpu.module_, cpu.trajectory_, X, device="cuda")
+    np.testing.assert_allclose(K, cpu.kernel(X), rtol=1e-8)
+    assert next(cpu.module_.parameters()).device.type == "cpu"
+
+
+def test_pickle_moves_the_network_to_the_cpu(data):
+    X, y = data
+    gpu = _fit("cuda", X, y)
+    loaded = pickle.loads(pickle.dumps(gpu))
+    assert next(loaded.module_.parameters()).device.type == "cpu"
+    assert next(gpu.module_.parameters()).device.type == "cuda"
+    np.testing.assert_allclose(loaded.predict(X), gpu.predict(X), rtol=1e-10)
+    np.testing.assert_allclose(loaded.kernel(X), gpu.kernel(X), rtol=1e-8)
