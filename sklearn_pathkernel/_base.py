@@ -17,6 +17,7 @@ from sklearn.utils.validation import (
 
 from ._network import ACTIVATIONS, build_module, check_module_output, forward, make_mlp
 from ._path import path_kernel
+from ._tangent import ENGINES
 from ._training import train
 from ._validation import DTYPES, resolve_device, to_tensor
 
@@ -49,6 +50,9 @@ class BasePathKernelEstimator(BaseEstimator):
         "record_every": [Interval(Integral, 1, None, closed="left")],
         "device": [str, torch.device],
         "dtype": [StrOptions(set(DTYPES))],
+        "engine": [StrOptions({"auto", *ENGINES})],
+        "working_memory": [None, Interval(Real, 0, None, closed="neither")],
+        "n_jobs": [None, Integral],
         "random_state": ["random_state"],
         "verbose": ["verbose"],
     }
@@ -69,6 +73,9 @@ class BasePathKernelEstimator(BaseEstimator):
         record_every=1,
         device="auto",
         dtype="float32",
+        engine="auto",
+        working_memory=None,
+        n_jobs=None,
         random_state=None,
         verbose=0,
     ):
@@ -85,6 +92,9 @@ class BasePathKernelEstimator(BaseEstimator):
         self.record_every = record_every
         self.device = device
         self.dtype = dtype
+        self.engine = engine
+        self.working_memory = working_memory
+        self.n_jobs = n_jobs
         self.random_state = random_state
         self.verbose = verbose
 
@@ -224,7 +234,16 @@ class BasePathKernelEstimator(BaseEstimator):
                     f"Y has {Y.shape[1]} features, but {type(self).__name__} is "
                     f"expecting {self.n_features_in_} features as input."
                 )
-        return path_kernel(self.module_, self.trajectory_, X, Y)
+        return path_kernel(
+            self.module_,
+            self.trajectory_,
+            X,
+            Y,
+            engine=self.engine,
+            working_memory=self.working_memory,
+            n_jobs=self.n_jobs,
+            verbose=self.verbose,
+        )
 
     # -- persistence --------------------------------------------------------
     def __getstate__(self):

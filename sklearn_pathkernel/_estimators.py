@@ -56,12 +56,27 @@ _PARAMETERS_DOC = """
     dtype : {"float32", "float64"}, default="float32"
         Precision of the network; kernels are accumulated in float64
         either way. Use float64 when exactness matters.
+    engine : {"auto", "structured", "jacobian", "ntk_vp"}, default="auto"
+        How :meth:`kernel` does the Jacobian work: "structured" uses the
+        outer-product form of Linear layers (the default MLP, or a user
+        ``nn.Sequential`` of Linear layers and elementwise activations) and
+        is by far the fastest; "jacobian" and "ntk_vp" work for any module.
+        "auto" takes "structured" when the module qualifies.
+    working_memory : float, default=None
+        Budget in MiB for one block of rows in :meth:`kernel`;
+        scikit-learn's ``working_memory`` setting when None. The result,
+        ``n_X * n_Y`` float64 numbers, comes on top.
+    n_jobs : int, default=None
+        Row blocks of :meth:`kernel` run as joblib tasks, threads unless a
+        ``joblib.parallel_config`` chooses another backend. None runs one
+        block at a time with all of torch's threads.
     random_state : int, RandomState instance or None, default=None
         Seeds the initial weights and the shuffling through a local
         ``torch.Generator``; the global torch RNG is never reseeded. An int
         gives bit-identical predictions and kernels on the CPU.
     verbose : int, default=0
-        Print the loss after each epoch when positive.
+        Print the loss after each epoch, and how :meth:`kernel` runs (engine,
+        blocks), when positive.
 """
 
 _ATTRIBUTES_DOC = """

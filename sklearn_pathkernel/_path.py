@@ -5,6 +5,7 @@ import math
 
 import numpy as np
 import torch
+from joblib import Parallel, delayed
 from sklearn import get_config
 
 from ._network import forward
@@ -22,6 +23,8 @@ def tangent_kernel(
     engine="auto",
     working_memory=None,
     device=None,
+    n_jobs=None,
+    verbose=0,
 ):
     """Tangent kernel ``K_w(X, Y) = J_w(X) J_w(Y)^T`` at one point ``w``.
 
@@ -41,13 +44,27 @@ def tangent_kernel(
         True sums over outputs, giving shape (n_X, n_Y): for a single output
         this is the kernel itself, for several it is the trace of the
         ``O x O`` output kernel. False returns the full (n_X, n_Y, O, O).
-    engine : {"auto", "jacobian"}, default="auto"
-        How Jacobians are computed; see ``sklearn_pathkernel._tangent``.
+    engine : {"auto", "structured", "jacobian", "ntk_vp"}, default="auto"
+        How the Jacobian work is done. "structured" uses the outer-product
+        form of ``nn.Linear`` layers (``nn.Sequential`` of Linear layers and
+        elementwise activations only) and never builds a Jacobian;
+        "jacobian" contracts per-example Jacobians from ``torch.func`` (any
+        module); "ntk_vp" uses Jacobian-vector products (any module, least
+        memory, slowest). "auto" picks "structured" when the module
+        qualifies, else "jacobian".
     working_memory : float, default=None
-        Budget in MiB for one block of work; scikit-learn's
-        ``working_memory`` setting when None.
+        Budget in MiB for one block of rows; scikit-learn's
+        ``working_memory`` setting (1024 by default) when None. The result
+        itself, ``n_X * n_Y`` float64 numbers, comes on top.
     device : str or torch.device, default=None
         Where to compute; the module's device when None.
+    n_jobs : int, default=None
+        Row blocks run as joblib tasks (threads unless a
+        ``joblib.parallel_config`` says otherwise). None runs them one after
+        the other, each using all of torch's threads, which is usually
+        fastest on one machine; more jobs help on a cluster backend.
+    verbose : int, default=0
+        Say which engine runs and how the work is blocked.
 
     Returns
     -------
@@ -71,10 +88,13 @@ def tangent_kernel(
         [(1.0, lambda dev: {n: p.to(dev) for n, p in parameters.items()})],
         X,
         Y,
+        parameter_names=list(parameters),
         trace=trace,
         engine=engine,
         working_memory=working_memory,
         device=device,
+        n_jobs=n_jobs,
+        verbose=verbose,
     )
 
 
@@ -88,6 +108,8 @@ def path_kernel(
     engine="auto",
     working_memory=None,
     device=None,
+    n_jobs=None,
+    verbose=0,
 ):
     """Path kernel ``K_path(X, Y) = sum_k weights[k] * K_{w_k}(X, Y)``.
 
@@ -107,11 +129,16 @@ def path_kernel(
     trace : bool, default=True
         Sum over outputs (shape (n_X, n_Y)), or keep the full
         (n_X, n_Y, O, O) output kernel.
-    engine : {"auto", "jacobian"}, default="auto"
+    engine : {"auto", "structured", "jacobian", "ntk_vp"}, default="auto"
+        See :func:`tangent_kernel`.
     working_memory : float, default=None
-        Budget in MiB for one block of work.
+        Budget in MiB for one block of rows; see :func:`tangent_kernel`.
     device : str or torch.device, default=None
         Where to compute; the module's device when None.
+    n_jobs : int, default=None
+        Row blocks run as joblib tasks; see :func:`tangent_kernel`.
+    verbose : int, default=0
+        Say which engine runs and how the work is blocked.
 
     Returns
     -------
@@ -138,10 +165,13 @@ def path_kernel(
         points,
         X,
         Y,
+        parameter_names=trajectory.parameter_names,
         trace=trace,
         engine=engine,
         working_memory=working_memory,
         device=device,
+        n_jobs=n_jobs,
+        verbose=verbose,
     )
 
 
@@ -151,19 +181,24 @@ def weighted_kernel_sum(
     X,
     Y=None,
     *,
+    parameter_names,
     trace=True,
     engine="auto",
     working_memory=None,
     device=None,
+    n_jobs=None,
+    verbose=0,
 ):
     """``sum_k weight_k * J_k(X) J_k(Y)^T`` over ``points``, in row blocks.
 
     ``points`` is a sequence of ``(weight, load)`` where ``load(device)``
-    returns the parameter mapping of that point. Rows of ``X`` are taken in
-    blocks; for each block and each point the block's engine state is built
-    once and contracted against the column blocks, accumulating a float64
-    strip on the device. The block size keeps two states plus the strip
-    within ``working_memory``.
+    returns the parameter mapping of that point. Rows of ``X`` are cut into
+    blocks sized from ``working_memory``; each block's strip of the result is
+    an independent task (run through joblib with ``n_jobs``), in which every
+    point's engine state for the block is built once and contracted against
+    the column blocks, accumulating in float64 on the device. For ``Y=None``
+    only blocks on or above the diagonal are computed, and diagonal blocks are
+    cut into tiles so that only one triangle of tiles is.
     """
     symmetric = Y is None
     X = check_kernel_input(X, name="X")
@@ -180,47 +215,94 @@ def weighted_kernel_sum(
     n, m = X_t.shape[0], Y_t.shape[0]
     if reference is not None and reference.device != device:
         module = copy.deepcopy(module).to(device)  # never move the caller's module
-    bound = select_engine(engine, module)
+    bound = select_engine(engine, module, parameter_names)
 
     with torch.no_grad():
-        n_outputs = forward(module, X_t[:1]).shape[1] if n else 1
+        n_outputs = forward(module, X_t[:1]).shape[1]
     extra = () if trace else (n_outputs, n_outputs)
     K = np.zeros((n, m, *extra), dtype=np.float64)
-    if n == 0 or m == 0 or not points:
+    if not points:
         return K
 
-    n_parameters = sum(p.numel() for p in module.parameters() if p.requires_grad)
     itemsize = torch.finfo(dtype).bits // 8
     block = _block_rows(
         working_memory,
-        state_bytes=bound.bytes_per_row(n_outputs, n_parameters, itemsize),
-        strip_bytes=m * 8 * math.prod(extra),
+        # Two states, the float64 strip and the cached static Grams.
+        state_bytes=bound.bytes_per_row(n_outputs, itemsize),
+        strip_bytes=m * (8 + itemsize) * math.prod(extra),
         n_rows=max(n, m),
     )
-
-    with torch.no_grad():
-        for r0 in range(0, n, block):
-            r1 = min(r0 + block, n)
-            c_start = r0 if symmetric else 0
-            strip = torch.zeros(
-                (r1 - r0, m - c_start, *extra), dtype=torch.float64, device=device
-            )
-            for weight, load in points:
-                parameters = load(device)
-                state_x = bound.state(parameters, X_t[r0:r1])
-                for c0 in range(c_start, m, block):
-                    c1 = min(c0 + block, m)
-                    state_y = (
-                        state_x
-                        if symmetric and c0 == r0
-                        else bound.state(parameters, Y_t[c0:c1])
-                    )
-                    part = bound.contract(state_x, state_y, trace)
-                    strip[:, c0 - c_start : c1 - c_start] += weight * part.double()
-            K[r0:r1, c_start:] = strip.cpu().numpy()
+    row_blocks = [(r0, min(r0 + block, n)) for r0 in range(0, n, block)]
+    if verbose > 0:
+        print(
+            f"path kernel: engine {bound.name!r}, {n} x {m} over {len(points)} "
+            f"checkpoint(s), {len(row_blocks)} row block(s) of up to {block} rows"
+        )
+    task = delayed(_strip)
+    strips = Parallel(n_jobs=n_jobs, prefer="threads", return_as="generator")(
+        task(bound, points, X_t, Y_t, r0, r1, block, symmetric, trace, extra, device)
+        for r0, r1 in row_blocks
+    )
+    for (r0, r1), strip in zip(row_blocks, strips):
+        K[r0:r1, (r0 if symmetric else 0) :] = strip
     if symmetric:
-        _mirror_upper(K, block)
+        _mirror_upper(K, _tile_bounds(row_blocks))
     return K
+
+
+# Diagonal blocks are cut into this many row tiles, each contracted against
+# the columns from its own start on: about (1 + 1/_DIAGONAL_TILES) / 2 of the
+# block is computed instead of all of it.
+_DIAGONAL_TILES = 8
+_MIN_TILE = 64
+
+
+def _strip(bound, points, X_t, Y_t, r0, r1, block, symmetric, trace, extra, device):
+    """Rows ``r0:r1`` of the kernel (from column ``r0`` on when symmetric)."""
+    m = Y_t.shape[0]
+    c_start = r0 if symmetric else 0
+    strip = torch.zeros(
+        (r1 - r0, m - c_start, *extra), dtype=torch.float64, device=device
+    )
+    pairs = []  # (row tile, column block or tile): what to contract
+    for c0 in range(c_start, m, block):
+        c1 = min(c0 + block, m)
+        if symmetric and c0 == r0:
+            # Each row tile against the block's columns from that tile on:
+            # one triangle of tiles, in as few (and as large) products as can be.
+            pairs += [((a0, a1), (a0, r1)) for a0, a1 in _tiles(r0, r1)]
+        else:
+            pairs.append(((r0, r1), (c0, c1)))
+    statics = [bound.static(X_t[a0:a1], Y_t[b0:b1]) for (a0, a1), (b0, b1) in pairs]
+    with torch.no_grad():
+        for weight, load in points:
+            parameters = load(device)
+            state_x = bound.state(parameters, X_t[r0:r1])
+            states_y = {}
+            for ((a0, a1), (b0, b1)), static in zip(pairs, statics):
+                diagonal = symmetric and b0 < r1
+                if diagonal:
+                    part_y = bound.take(state_x, b0 - r0, b1 - r0)
+                else:
+                    if b0 not in states_y:
+                        states_y = {b0: bound.state(parameters, Y_t[b0:b1])}
+                    part_y = states_y[b0]
+                part = bound.contract(
+                    bound.take(state_x, a0 - r0, a1 - r0), part_y, trace, static
+                )
+                strip[a0 - r0 : a1 - r0, b0 - c_start : b1 - c_start].add_(
+                    part, alpha=weight
+                )
+    return strip.cpu().numpy()
+
+
+def _tiles(start, stop):
+    size = max(_MIN_TILE, -(-(stop - start) // _DIAGONAL_TILES))
+    return [(t, min(t + size, stop)) for t in range(start, stop, size)]
+
+
+def _tile_bounds(row_blocks):
+    return [tile for r0, r1 in row_blocks for tile in _tiles(r0, r1)]
 
 
 def _block_rows(working_memory, *, state_bytes, strip_bytes, n_rows):
@@ -232,16 +314,14 @@ def _block_rows(working_memory, *, state_bytes, strip_bytes, n_rows):
     return max(1, min(rows, n_rows))
 
 
-def _mirror_upper(K, block):
-    """Fill the lower triangle of blocks from the upper one; symmetrise diagonals.
+def _mirror_upper(K, tiles):
+    """Fill the lower triangle from the upper one, tile row by tile row.
 
-    The diagonal blocks come from ``S S^T`` products whose rounding need not be
+    Diagonal tiles come from ``S S^T`` products whose rounding need not be
     symmetric; averaging with the transpose makes ``K`` exactly symmetric.
     """
     swap = (1, 0) if K.ndim == 2 else (1, 0, 3, 2)
-    n = K.shape[0]
-    for r0 in range(0, n, block):
-        r1 = min(r0 + block, n)
-        diagonal = K[r0:r1, r0:r1]
-        K[r0:r1, r0:r1] = 0.5 * (diagonal + diagonal.transpose(swap))
-        K[r1:, r0:r1] = K[r0:r1, r1:].transpose(swap)
+    for t0, t1 in tiles:
+        diagonal = K[t0:t1, t0:t1]
+        K[t0:t1, t0:t1] = 0.5 * (diagonal + diagonal.transpose(swap))
+        K[t1:, t0:t1] = K[t0:t1, t1:].transpose(swap)

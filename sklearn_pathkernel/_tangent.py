@@ -1,23 +1,63 @@
-"""Jacobian engines: per-block features and their contraction.
+"""Jacobian engines: per-block states and their contraction.
 
 An engine turns a block of rows into a *state* at one point ``w`` of parameter
-space, and contracts two states into that block's tangent kernel. The blocked
-loop in ``_path.py`` never needs to know what a state is, so faster engines
-(a later issue's structured engine for Linear + elementwise networks) slot in
-beside this one through :data:`ENGINES`.
+space, and contracts two states into that block's tangent kernel
+``J_w(X) J_w(Y)^T``. The blocked loop in ``_path.py`` never needs to know what
+a state is. :data:`ENGINES` is the one dispatch table; ``"auto"`` takes the
+first engine in it that supports the module.
 
-Engines
--------
-``"jacobian"``
-    Per-example Jacobians ``J(x)`` of shape (O, d) from ``torch.func``
-    (``vmap`` over ``jacrev``), contracted with one matrix product. Works for
-    any module whose forward treats rows independently. Memory per row:
-    ``O * d`` numbers; FLOPs per pair of rows: ``2 * O * d`` (traced) or
-    ``2 * O**2 * d`` (full).
+Costs below are per checkpoint, for ``n`` rows against ``m`` rows, ``O``
+outputs and ``d`` trainable parameters; for an MLP with layer widths
+``p = h_0, h_1, ..., h_L = O``.
+
+``"structured"`` (Linear layers and elementwise activations only)
+    A dense layer's Jacobian is an outer product, ``dz/dW = delta a^T``, so its
+    tangent-kernel term is ``(A_X A_Y^T + 1) * (D_X D_Y^T)`` (elementwise; the
+    ``+ 1`` is the bias), with ``A`` the layer inputs from one forward pass
+    and ``D`` the output signals from one backward pass. FLOPs:
+    ``2 n m sum_l (h_{l-1} + 1 + O h_l)`` for the traced kernel, the first
+    layer's input Gram shared by all checkpoints; memory per row:
+    ``sum_l (h_{l-1} + 1 + O h_l)`` numbers. No per-example Jacobian exists.
+``"jacobian"`` (any module)
+    Per-example Jacobians ``(O, d)`` from ``torch.func`` (``vmap`` over
+    ``jacrev``) contracted with one matrix product. FLOPs ``2 n m O d``
+    (traced) plus the Jacobians; memory per row ``O d`` numbers.
+``"ntk_vp"`` (any module)
+    NTK-vector products: for each column ``(j, o)`` of ``Y``, a vector-Jacobian
+    product gives ``J_Y^T e_{jo}`` and a Jacobian-vector product maps it
+    through ``J_X``. No Jacobian is stored (memory ``d + n O`` per column),
+    but each column costs a forward and backward pass over ``X``: FLOPs about
+    ``6 n m O d``. Useful when ``O d`` per row does not fit in memory.
 """
 
 import torch
-from torch.func import functional_call, jacrev, vmap
+from torch import nn
+from torch.func import functional_call, jacrev, jvp, vjp, vmap
+
+# Elementwise activations the structured engine understands. Those with a
+# closed-form derivative avoid an autograd call; the rest get theirs from
+# autograd on the elementwise function, which is exact for elementwise maps.
+_CLOSED_FORM_DERIVATIVES = {
+    nn.Tanh: lambda z, a: 1.0 - a * a,
+    nn.Sigmoid: lambda z, a: a * (1.0 - a),
+    nn.ReLU: lambda z, a: (z > 0).to(z.dtype),
+}
+_ELEMENTWISE = (
+    nn.Identity,
+    nn.Tanh,
+    nn.Sigmoid,
+    nn.ReLU,
+    nn.LeakyReLU,
+    nn.ELU,
+    nn.GELU,
+    nn.SiLU,
+    nn.Softplus,
+    nn.Mish,
+    nn.CELU,
+    nn.SELU,
+    nn.Hardtanh,
+    nn.Softsign,
+)
 
 
 class JacobianEngine:
@@ -25,52 +65,255 @@ class JacobianEngine:
 
     name = "jacobian"
 
-    def __init__(self, module):
+    def __init__(self, module, parameter_names):
         self.module = module
+        named = dict(module.named_parameters())
+        self.n_parameters = sum(named[n].numel() for n in parameter_names)
 
     @staticmethod
     def supports(module):
-        """Any module: this is the generic fallback."""
+        """Any module whose forward treats rows independently."""
         return True
 
-    def bytes_per_row(self, n_outputs, n_parameters, itemsize):
-        # The Jacobian itself, plus about as much again for jacrev's
-        # intermediate tensors inside vmap.
-        return 2 * n_outputs * n_parameters * itemsize
+    def bytes_per_row(self, n_outputs, itemsize):
+        # The Jacobian, plus about as much again for jacrev's intermediates.
+        return 2 * n_outputs * self.n_parameters * itemsize
 
     def state(self, parameters, X):
         """Jacobians of the rows of ``X``, shape (n, O, d)."""
         module = self.module
 
         def single(params, x):
-            out = functional_call(module, params, (x.unsqueeze(0),))
-            return out.reshape(-1)
+            return functional_call(module, params, (x.unsqueeze(0),)).reshape(-1)
 
         jac = vmap(jacrev(single), in_dims=(None, 0))(parameters, X)
         n = X.shape[0]
         return torch.cat([j.reshape(n, j.shape[1], -1) for j in jac.values()], dim=2)
 
     @staticmethod
-    def contract(state_x, state_y, trace):
+    def take(state, start, stop):
+        return state[start:stop]
+
+    def static(self, X, Y):
+        return None
+
+    @staticmethod
+    def contract(state_x, state_y, trace, static=None):
         """``J_X J_Y^T``: (n, m) summed over outputs, or (n, m, O, O)."""
         if trace:
             return state_x.flatten(1) @ state_y.flatten(1).T
         return torch.einsum("iad,jbd->ijab", state_x, state_y)
 
 
-ENGINES = {"jacobian": JacobianEngine}
+class NTKVectorProductEngine:
+    """Kernel columns by vector-Jacobian then Jacobian-vector products."""
+
+    name = "ntk_vp"
+
+    def __init__(self, module, parameter_names):
+        self.module = module
+        named = dict(module.named_parameters())
+        self.n_parameters = sum(named[n].numel() for n in parameter_names)
+        self.columns_per_batch = 64
+
+    @staticmethod
+    def supports(module):
+        return True
+
+    def bytes_per_row(self, n_outputs, itemsize):
+        # States are the rows themselves; the column batches are bounded by
+        # columns_per_batch * (d + n O) numbers, small next to the strip.
+        return 4 * n_outputs * itemsize
+
+    def state(self, parameters, X):
+        return parameters, X
+
+    @staticmethod
+    def take(state, start, stop):
+        return state[0], state[1][start:stop]
+
+    def static(self, X, Y):
+        return None
+
+    def contract(self, state_x, state_y, trace, static=None):
+        parameters, X = state_x
+        _, Y = state_y
+        module = self.module
+
+        def f_x(p):
+            return functional_call(module, p, (X,)).reshape(X.shape[0], -1)
+
+        def f_y(p):
+            return functional_call(module, p, (Y,)).reshape(Y.shape[0], -1)
+
+        out_y, pullback = vjp(f_y, parameters)
+        m, n_outputs = out_y.shape
+
+        def column(cotangent):
+            (tangent,) = pullback(cotangent)
+            return jvp(f_x, (parameters,), (tangent,))[1]
+
+        basis = torch.eye(m * n_outputs, dtype=out_y.dtype, device=out_y.device)
+        basis = basis.view(m * n_outputs, m, n_outputs)
+        columns = torch.cat(
+            [vmap(column)(chunk) for chunk in basis.split(self.columns_per_batch)]
+        )  # (m * O, n, O): columns[(j, b), i, a] = K[i, j, a, b]
+        full = columns.view(m, n_outputs, X.shape[0], n_outputs).permute(2, 0, 3, 1)
+        return full.diagonal(dim1=2, dim2=3).sum(-1) if trace else full
 
 
-def select_engine(engine, module):
+class StructuredEngine:
+    """Outer-product structure of ``nn.Linear`` layers; no Jacobians at all.
+
+    Supports an ``nn.Sequential`` of ``nn.Linear`` layers and elementwise
+    activations (the default MLP is one). Each Linear layer contributes
+    ``G_A * G_D`` with ``G_A = [A_X, 1][A_Y, 1]^T`` (the ones column only when
+    its bias is trained, ``A`` only when its weight is) and
+    ``G_D = D_X D_Y^T`` over the flattened (output, unit) axis.
+    """
+
+    name = "structured"
+
+    def __init__(self, module, parameter_names):
+        self.module = module
+        names = set(parameter_names)
+        self.layers = []  # (index, trains weight, trains bias) per Linear
+        for index, child in enumerate(module):
+            if isinstance(child, nn.Linear):
+                self.layers.append(
+                    (index, f"{index}.weight" in names, f"{index}.bias" in names)
+                )
+        # When the first Linear layer sees X itself, its input Gram is the same
+        # at every checkpoint: computed once per block (static), not per state.
+        first = self.layers[0][0] if self.layers else 0
+        self.static_input = (
+            bool(self.layers)
+            and self.layers[0][1]
+            and all(isinstance(c, nn.Identity) for c in list(module)[:first])
+        )
+
+    @staticmethod
+    def supports(module):
+        return (
+            isinstance(module, nn.Sequential)
+            and any(isinstance(c, nn.Linear) for c in module)
+            and all(isinstance(c, (nn.Linear, *_ELEMENTWISE)) for c in module)
+        )
+
+    def bytes_per_row(self, n_outputs, itemsize):
+        numbers = 0
+        for index, _, _ in self.layers:
+            layer = self.module[index]
+            numbers += layer.in_features + 1 + n_outputs * layer.out_features
+        # Plus the backward signal and pre-activations alive while building.
+        return 2 * numbers * itemsize
+
+    def state(self, parameters, X):
+        """Per Linear layer: augmented inputs ``A`` (or None) and signals ``D``."""
+        inputs, pre_activations, signal = {}, {}, X
+        for index, child in enumerate(self.module):
+            if isinstance(child, nn.Linear):
+                inputs[index] = signal
+                weight = parameters.get(f"{index}.weight", child.weight)
+                bias = parameters.get(f"{index}.bias", child.bias)
+                signal = torch.nn.functional.linear(signal, weight, bias)
+            elif not isinstance(child, nn.Identity):
+                # An in-place activation must not overwrite the kept z.
+                z = signal
+                signal = child(z.clone() if getattr(child, "inplace", False) else z)
+                pre_activations[index] = (z, signal)
+        n, n_outputs = X.shape[0], signal.shape[1]
+        # Backward pass of all O output signals at once: G is (n, O, width).
+        G = torch.eye(n_outputs, dtype=X.dtype, device=X.device).expand(n, -1, -1)
+        signals = {}
+        first = self.layers[0][0]
+        for index in range(len(self.module) - 1, first - 1, -1):
+            child = self.module[index]
+            if isinstance(child, nn.Linear):
+                signals[index] = G
+                if index != first:
+                    weight = parameters.get(f"{index}.weight", child.weight)
+                    G = G @ weight
+            elif not isinstance(child, nn.Identity):
+                G = G * _derivative(child, *pre_activations[index]).unsqueeze(1)
+        return [
+            (self._augment(inputs[index], w, b, k == 0), signals[index])
+            for k, (index, w, b) in enumerate(self.layers)
+        ]
+
+    def _augment(self, A, trains_weight, trains_bias, is_first):
+        if is_first and self.static_input:
+            return None  # its input Gram comes from static()
+        parts = ([A] if trains_weight else []) + (
+            [A.new_ones(A.shape[0], 1)] if trains_bias else []
+        )
+        return torch.cat(parts, dim=1) if parts else None
+
+    @staticmethod
+    def take(state, start, stop):
+        return [(None if A is None else A[start:stop], D[start:stop]) for A, D in state]
+
+    def static(self, X, Y):
+        """The first layer's input Gram: the same at every checkpoint."""
+        if not self.static_input:
+            return None
+        trains_bias = self.layers[0][2]
+        gram = X @ Y.T
+        return gram + 1.0 if trains_bias else gram
+
+    def contract(self, state_x, state_y, trace, static=None):
+        total = None
+        for k, ((A_x, D_x), (A_y, D_y), (_, trains_weight, trains_bias)) in enumerate(
+            zip(state_x, state_y, self.layers)
+        ):
+            if not (trains_weight or trains_bias):
+                continue
+            input_gram = static if (k == 0 and self.static_input) else A_x @ A_y.T
+            if trace:
+                signal_gram = D_x.flatten(1) @ D_y.flatten(1).T
+            else:
+                n, n_outputs, width = D_x.shape
+                signal_gram = (
+                    (D_x.reshape(-1, width) @ D_y.reshape(-1, width).T)
+                    .view(n, n_outputs, D_y.shape[0], n_outputs)
+                    .permute(0, 2, 1, 3)
+                )
+                input_gram = input_gram[:, :, None, None]
+            if total is None:
+                total = signal_gram * input_gram
+            else:
+                total.addcmul_(signal_gram, input_gram)
+        return total
+
+
+def _derivative(activation, z, a):
+    """``phi'(z)`` of an elementwise activation, given ``a = phi(z)``."""
+    closed_form = _CLOSED_FORM_DERIVATIVES.get(type(activation))
+    if closed_form is not None:
+        return closed_form(z, a)
+    with torch.enable_grad():
+        z = z.detach().requires_grad_(True)
+        # The clone keeps an in-place activation off the leaf.
+        (grad,) = torch.autograd.grad(activation(z.clone()).sum(), z)
+    return grad
+
+
+ENGINES = {
+    "structured": StructuredEngine,
+    "jacobian": JacobianEngine,
+    "ntk_vp": NTKVectorProductEngine,
+}
+
+
+def select_engine(engine, module, parameter_names):
     """Resolve the ``engine`` option to an engine bound to ``module``.
 
     ``"auto"`` picks the first engine in :data:`ENGINES` that supports the
-    module; with only the generic engine registered that is ``"jacobian"``.
+    module: the structured engine for Linear/elementwise ``nn.Sequential``
+    networks, the generic Jacobian engine for anything else.
     """
     if engine == "auto":
-        for cls in ENGINES.values():
-            if cls.supports(module):
-                return cls(module)
+        engine = next(name for name, cls in ENGINES.items() if cls.supports(module))
     if engine not in ENGINES:
         raise ValueError(
             f"The 'engine' parameter must be 'auto' or one of {sorted(ENGINES)}; "
@@ -79,7 +322,8 @@ def select_engine(engine, module):
     cls = ENGINES[engine]
     if not cls.supports(module):
         raise ValueError(
-            f"The {engine!r} engine does not support {type(module).__name__}; "
-            "use engine='auto'."
+            f"The {engine!r} engine does not support {type(module).__name__} "
+            "(it needs an nn.Sequential of nn.Linear layers and elementwise "
+            "activations); use engine='auto' or 'jacobian'."
         )
-    return cls(module)
+    return cls(module, list(parameter_names))

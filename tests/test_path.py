@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 from _oracle import path_kernel_reference, tangent_kernel_reference
+from joblib import parallel_config
 from sklearn.exceptions import ConvergenceWarning
 
 from sklearn_pathkernel import (
@@ -14,6 +15,7 @@ from sklearn_pathkernel import (
     path_kernel,
     tangent_kernel,
 )
+from sklearn_pathkernel._tangent import ENGINES
 
 
 @pytest.fixture(scope="module")
@@ -30,12 +32,52 @@ def fitted():
     return est, X
 
 
-def test_path_kernel_matches_reference(fitted):
+@pytest.mark.parametrize("engine", sorted(ENGINES))
+@pytest.mark.parametrize("symmetric", [True, False])
+def test_path_kernel_matches_reference(fitted, engine, symmetric):
     est, X = fitted
-    Z = X[:7] + 0.1
-    got = path_kernel(est.module_, est.trajectory_, X[:9], Z)
+    Z = None if symmetric else X[:7] + 0.1
+    got = path_kernel(est.module_, est.trajectory_, X[:9], Z, engine=engine)
     want = path_kernel_reference(est.module_, est.trajectory_, X[:9], Z)
     np.testing.assert_allclose(got, want, rtol=1e-6)
+
+
+def test_engines_agree_on_larger_symmetric_kernels(fitted):
+    # Enough rows for the diagonal block to be cut into several tiles.
+    est, _ = fitted
+    X = np.random.RandomState(5).randn(300, 4)
+    structured = path_kernel(est.module_, est.trajectory_, X, engine="structured")
+    jacobian = path_kernel(est.module_, est.trajectory_, X, engine="jacobian")
+    np.testing.assert_allclose(structured, jacobian, rtol=1e-9)
+    assert np.array_equal(structured, structured.T)
+
+
+@pytest.mark.parametrize("n_jobs", [1, 2])
+def test_n_jobs_gives_bit_identical_kernels(fitted, n_jobs):
+    est, X = fitted
+    serial = path_kernel(est.module_, est.trajectory_, X, working_memory=0.05)
+    parallel = path_kernel(
+        est.module_, est.trajectory_, X, working_memory=0.05, n_jobs=n_jobs
+    )
+    assert np.array_equal(serial, parallel)
+
+
+def test_parallel_config_decides_the_backend(fitted):
+    est, X = fitted
+    expected = path_kernel(est.module_, est.trajectory_, X, working_memory=0.05)
+    with parallel_config(backend="sequential"):
+        got = path_kernel(
+            est.module_, est.trajectory_, X, working_memory=0.05, n_jobs=2
+        )
+    assert np.array_equal(got, expected)
+
+
+def test_verbose_says_which_engine_runs(fitted, capsys):
+    est, X = fitted
+    path_kernel(est.module_, est.trajectory_, X[:4], verbose=1)
+    assert "engine 'structured'" in capsys.readouterr().out
+    path_kernel(est.module_, est.trajectory_, X[:4])
+    assert capsys.readouterr().out == ""
 
 
 def test_full_output_kernel_traces_to_the_traced_one(fitted):
@@ -52,17 +94,25 @@ def test_full_output_kernel_traces_to_the_traced_one(fitted):
     )
 
 
-# About 4 KB per row here: budgets of 1 row, 7 rows, 13 rows and everything.
-@pytest.mark.parametrize("working_memory", [1e-4, 0.027, 0.05, None])
+# Budgets from one-row blocks to everything in one block.
+@pytest.mark.parametrize("working_memory", [1e-4, 0.01, 0.03, None])
 @pytest.mark.parametrize("symmetric", [True, False])
-def test_result_does_not_depend_on_block_size(fitted, working_memory, symmetric):
+@pytest.mark.parametrize("engine", ["structured", "jacobian"])
+def test_result_does_not_depend_on_block_size(
+    fitted, working_memory, symmetric, engine
+):
     est, X = fitted
     if working_memory == 1e-4:
         X = X[:6]  # one-row blocks: keep the number of tiny blocks small
     Y = None if symmetric else X[:11] * 0.5
-    whole = path_kernel(est.module_, est.trajectory_, X, Y)
+    whole = path_kernel(est.module_, est.trajectory_, X, Y, engine=engine)
     blocked = path_kernel(
-        est.module_, est.trajectory_, X, Y, working_memory=working_memory
+        est.module_,
+        est.trajectory_,
+        X,
+        Y,
+        working_memory=working_memory,
+        engine=engine,
     )
     np.testing.assert_allclose(blocked, whole, rtol=1e-12)
 

@@ -4,9 +4,15 @@ import numpy as np
 import pytest
 import torch
 from _oracle import jacobian_rows, tangent_kernel_reference
+from torch import nn
 
 from sklearn_pathkernel._network import make_mlp
-from sklearn_pathkernel._tangent import ENGINES, JacobianEngine, select_engine
+from sklearn_pathkernel._tangent import (
+    ENGINES,
+    JacobianEngine,
+    StructuredEngine,
+    select_engine,
+)
 
 
 def _mlp(n_features, n_outputs, activation="tanh", bias=True, seed=0):
@@ -19,7 +25,7 @@ def _mlp(n_features, n_outputs, activation="tanh", bias=True, seed=0):
     ).double()
     if not bias:
         for layer in net:
-            if isinstance(layer, torch.nn.Linear):
+            if isinstance(layer, nn.Linear):
                 layer.bias = None
     return net
 
@@ -28,48 +34,104 @@ def _params(net):
     return {n: p.detach() for n, p in net.named_parameters()}
 
 
+def _data(*shapes, seed=1):
+    gen = torch.Generator().manual_seed(seed)
+    return [torch.randn(*s, generator=gen, dtype=torch.float64) for s in shapes]
+
+
+def _check_engine(engine, net, params, X, Y):
+    bound = select_engine(engine, net, list(params))
+    for trace in (True, False):
+        with torch.no_grad():  # as the blocked loop calls engines
+            state_x, state_y = bound.state(params, X), bound.state(params, Y)
+            got = bound.contract(state_x, state_y, trace, bound.static(X, Y))
+        want = tangent_kernel_reference(net, params, X, Y, trace=trace)
+        np.testing.assert_allclose(got.numpy(), want, rtol=1e-6, atol=1e-12)
+
+
 @pytest.mark.parametrize("engine", sorted(ENGINES))
 @pytest.mark.parametrize("n_outputs", [1, 2, 10])
 @pytest.mark.parametrize("activation", ["identity", "logistic", "tanh", "relu"])
 @pytest.mark.parametrize("bias", [True, False])
 def test_engine_matches_reference(engine, n_outputs, activation, bias):
     net = _mlp(3, n_outputs, activation, bias)
-    gen = torch.Generator().manual_seed(1)
-    X = torch.randn(6, 3, generator=gen, dtype=torch.float64)
-    Y = torch.randn(4, 3, generator=gen, dtype=torch.float64)
-    bound = select_engine(engine, net)
-    params = _params(net)
-    for trace in (True, False):
-        got = bound.contract(bound.state(params, X), bound.state(params, Y), trace)
-        want = tangent_kernel_reference(net, params, X, Y, trace=trace)
-        np.testing.assert_allclose(got.numpy(), want, rtol=1e-6, atol=1e-12)
+    X, Y = _data((6, 3), (4, 3))
+    _check_engine(engine, net, _params(net), X, Y)
+
+
+@pytest.mark.parametrize("engine", sorted(ENGINES))
+@pytest.mark.parametrize(
+    "subset",
+    [["0.weight"], ["0.bias", "2.weight"], ["2.bias", "4.weight", "4.bias"]],
+)
+def test_engines_differentiate_only_the_given_parameters(engine, subset):
+    net = _mlp(3, 2)
+    params = {n: p for n, p in _params(net).items() if n in subset}
+    X, Y = _data((5, 3), (3, 3))
+    _check_engine(engine, net, params, X, Y)
+
+
+@pytest.mark.parametrize(
+    "layers",
+    [
+        lambda: [nn.Linear(3, 6), nn.GELU(), nn.Linear(6, 2)],
+        lambda: [nn.Linear(3, 6), nn.LeakyReLU(0.1, inplace=True), nn.Linear(6, 2)],
+        lambda: [nn.Linear(3, 6), nn.Softplus(), nn.Linear(6, 4), nn.Tanh()],
+        lambda: [nn.Tanh(), nn.Linear(3, 6), nn.SiLU(), nn.Identity(), nn.Linear(6, 1)],
+    ],
+)
+def test_structured_engine_on_user_sequentials(layers):
+    torch.manual_seed(0)  # this test's own modules: default init is fine here
+    net = nn.Sequential(*layers()).double()
+    assert StructuredEngine.supports(net)
+    X, Y = _data((6, 3), (5, 3))
+    _check_engine("structured", net, _params(net), X, Y)
+
+
+class _Residual(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Linear(3, 3), nn.Linear(3, 1)
+
+    def forward(self, x):
+        return self.b(x + torch.tanh(self.a(x)))
+
+
+@pytest.mark.parametrize(
+    "module",
+    [
+        _Residual(),
+        nn.Sequential(nn.Linear(3, 4), nn.Softmax(dim=1), nn.Linear(4, 1)),
+        nn.Sequential(nn.Linear(3, 4), nn.LayerNorm(4), nn.Linear(4, 1)),
+        nn.Sequential(nn.Tanh()),
+    ],
+    ids=["residual", "softmax", "layernorm", "no-linear"],
+)
+def test_structured_engine_refuses_what_it_cannot_do(module):
+    assert not StructuredEngine.supports(module)
+    assert select_engine("auto", module, []).name == "jacobian"
+    with pytest.raises(ValueError, match="The 'structured' engine does not support"):
+        select_engine("structured", module, [])
+
+
+def test_generic_engines_handle_any_module():
+    net = _Residual().double()
+    X, Y = _data((4, 3), (3, 3))
+    for engine in ("jacobian", "ntk_vp"):
+        _check_engine(engine, net, _params(net), X, Y)
 
 
 def test_jacobian_state_is_the_jacobian():
     net = _mlp(3, 2)
-    X = torch.randn(
-        5, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(2)
-    )
-    state = JacobianEngine(net).state(_params(net), X)
+    (X,) = _data((5, 3))
+    state = JacobianEngine(net, list(_params(net))).state(_params(net), X)
     np.testing.assert_allclose(state.numpy(), jacobian_rows(net, _params(net), X))
 
 
-def test_jacobian_is_taken_wrt_given_parameters_only():
-    net = _mlp(3, 1)
-    subset = {"0.weight": net[0].weight.detach()}
-    X = torch.randn(
-        4, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(3)
-    )
-    state = JacobianEngine(net).state(subset, X)
-    assert state.shape == (4, 1, net[0].weight.numel())
-
-
-def test_auto_picks_a_supporting_engine():
-    assert select_engine("auto", _mlp(2, 1)).name in ENGINES
+def test_auto_picks_the_structured_engine_for_mlps():
+    assert select_engine("auto", _mlp(2, 1), []).name == "structured"
 
 
 def test_unknown_engine_is_rejected():
-    with pytest.raises(
-        ValueError, match="The 'engine' parameter must be 'auto' or one of"
-    ):
-        select_engine("magic", _mlp(2, 1))
+    with pytest.raises(ValueError, match="'engine' parameter must be 'auto' or one"):
+        select_engine("magic", _mlp(2, 1), [])
