@@ -29,15 +29,19 @@ import platform
 import sys
 import threading
 import time
+import warnings
 
 import numpy as np
 import torch
 from sklearn.datasets import load_digits
+from sklearn.exceptions import ConvergenceWarning
 from sklearn.preprocessing import StandardScaler
 
 from sklearn_pathkernel import PathKernelClassifier, path_kernel, tangent_kernel
+from sklearn_pathkernel._losses import SOFTMAX_CROSS_ENTROPY
 from sklearn_pathkernel._network import make_mlp
-from sklearn_pathkernel._trajectory import Trajectory
+from sklearn_pathkernel._path import weighted_kernel_sum
+from sklearn_pathkernel._training import train
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tests"))
 from _oracle import tangent_kernel_reference  # noqa: E402
@@ -193,25 +197,47 @@ def w1(rate, n, loop_n):
     )
 
 
-def w2(rate, n_checkpoints, engines):
+def w2(rate, n_checkpoints, jacobian_checkpoints):
+    """W2. (a) needs about 2.7 TFLOP per checkpoint here (O d = 850,000
+    numbers per pair of rows), so it runs on the first ``jacobian_checkpoints``
+    only, next to (c) on the same checkpoints, and its time is scaled linearly
+    to all of them (cost is linear in the number of checkpoints; the scaling
+    table checks that for (c))."""
     X, y = load_digits(return_X_y=True)
     X = StandardScaler().fit_transform(X)
     clf = PathKernelClassifier(
         (256, 256), max_iter=n_checkpoints, tol=0, random_state=0
-    ).fit(X, y)
-    assert len(clf.trajectory_) == n_checkpoints
-    rows = []
-    for label, engine in engines:
-        reference = rows[0]["K"] if rows else None
-        rows.append(
-            run(
-                label,
-                lambda: path_kernel(clf.module_, clf.trajectory_, X, engine=engine),
-                reference,
-            )
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        clf.fit(X, y)
+    module, trajectory = clf.module_, clf.trajectory_
+    assert len(trajectory) == n_checkpoints
+    path_kernel(module, trajectory, X[:64], engine="structured")  # warm-up
+    rows = [run("(c) structured", lambda: path_kernel(module, trajectory, X))]
+
+    def first_checkpoints(engine):
+        points = [
+            (float(w), lambda dev, k=k: trajectory.parameters(k, device=dev))
+            for k, w in enumerate(trajectory.weights[:jacobian_checkpoints])
+        ]
+        return weighted_kernel_sum(
+            module,
+            points,
+            X,
+            engine=engine,
+            parameter_names=trajectory.parameter_names,
         )
-    if len(rows) > 1:
-        rows[0]["rel_error"] = rows[1]["rel_error"]
+
+    partial = run("(c)", lambda: first_checkpoints("structured"))
+    jac = run("(a)", lambda: first_checkpoints("jacobian"), partial["K"])
+    rows[0]["rel_error"] = jac["rel_error"]
+    jac["seconds"] *= n_checkpoints / jacobian_checkpoints
+    jac["label"] = (
+        f"(a) jacobian ({jacobian_checkpoints} checkpoint timed, "
+        f"x{n_checkpoints // jacobian_checkpoints})"
+    )
+    rows.append(jac)
     report(
         f"W2: path kernel, load_digits n={len(X)}, MLP 64-256-256-10 tanh, "
         f"{n_checkpoints} checkpoints",
@@ -219,7 +245,95 @@ def w2(rate, n_checkpoints, engines):
         structured_flops([64, 256, 256, 10], len(X), len(X), n_checkpoints, True),
         rate,
     )
-    return clf
+
+
+def scaling(sizes, checkpoint_counts):
+    """Seconds of (c) over n and the number of checkpoints."""
+    gen = torch.Generator().manual_seed(0)
+    net = make_mlp(64, 1, (256, 256), "tanh", generator=gen)
+    X = torch.randn(max(sizes), 64, generator=gen)
+    params = {k: v.detach() for k, v in net.named_parameters()}
+    print("\n### Scaling of (c): MLP 64-256-256-1, symmetric path kernel\n")
+    print("| n | checkpoints | seconds | ns per (pair x checkpoint) |")
+    print("|---:|---:|---:|---:|")
+    for n in sizes:
+        for count in checkpoint_counts:
+            points = [(1.0, lambda dev: params)] * count
+            start = time.perf_counter()
+            weighted_kernel_sum(net, points, X[:n], parameter_names=list(params))
+            seconds = time.perf_counter() - start
+            per = seconds / (n * n / 2) / count * 1e9
+            print(f"| {n} | {count} | {seconds:.3f} | {per:.2f} |")
+
+
+def recording(repeats=3):
+    """fit's loop (which records the path) against a plain loop that does not.
+
+    Both run the same gradient descent on the same network; the plain loop is
+    the least a training loop needs (forward, backward, update) and keeps
+    nothing.
+    """
+    X, y = load_digits(return_X_y=True)
+    X = torch.tensor(StandardScaler().fit_transform(X), dtype=torch.float32)
+    Y = torch.nn.functional.one_hot(torch.tensor(y)).float()
+    print("\n### Recording overhead: fit's loop vs a plain loop, load_digits\n")
+    print("| network | batch | steps | plain s | recording s | ratio |")
+    print("|---|---:|---:|---:|---:|---:|")
+    for hidden, batch_size, epochs in [
+        ((100,), None, 200),
+        ((256, 256), None, 50),
+        ((100,), 64, 10),
+    ]:
+
+        def fresh():
+            gen = torch.Generator().manual_seed(0)
+            return make_mlp(64, 10, hidden, "tanh", generator=gen)
+
+        def plain():
+            net = fresh()
+            params = list(net.parameters())
+            gen = torch.Generator().manual_seed(0)
+            for _ in range(epochs):
+                order = torch.randperm(len(X), generator=gen)
+                for batch in order.split(batch_size or len(X)):
+                    out = net(X[batch])
+                    loss = torch.nn.functional.cross_entropy(out, Y[batch])
+                    grads = torch.autograd.grad(loss, params)
+                    with torch.no_grad():
+                        for p, g in zip(params, grads):
+                            p.sub_(0.1 * g)
+
+        def recorded():
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", ConvergenceWarning)
+                train(
+                    fresh(),
+                    X,
+                    Y,
+                    SOFTMAX_CROSS_ENTROPY,
+                    sample_weight=torch.ones(len(X)),
+                    learning_rate=0.1,
+                    max_iter=epochs,
+                    batch_size=batch_size,
+                    shuffle=True,
+                    alpha=0.0,
+                    tol=0.0,
+                    n_iter_no_change=10**9,
+                    record_every=1,
+                    generator=torch.Generator().manual_seed(0),
+                )
+
+        times = {}
+        for name, fn in (("plain", plain), ("recorded", recorded)) * repeats:
+            start = time.perf_counter()
+            fn()
+            times[name] = min(times.get(name, np.inf), time.perf_counter() - start)
+        steps = epochs * (1 if batch_size is None else -(-len(X) // batch_size))
+        print(
+            f"| 64-{'-'.join(map(str, hidden))}-10 | {batch_size or 'full'} | "
+            f"{steps} | {times['plain']:.3f} | {times['recorded']:.3f} | "
+            f"{times['recorded'] / times['plain']:.2f} |"
+        )
 
 
 def w3(rate, n):
@@ -266,12 +380,15 @@ def main():
     )
     if args.quick:
         w1(rate, 200, 10)
-        w2(rate, 3, [("(c) structured", "structured"), ("(a) jacobian", "jacobian")])
         w3(rate, 50)
+        scaling([100, 200], [1, 2])
+        recording(repeats=1)
         return
     w1(rate, 1000, 40)
-    w2(rate, 50, [("(c) structured", "structured"), ("(a) jacobian", "jacobian")])
+    w2(rate, 50, 1)
     w3(rate, 500)
+    scaling([1000, 2000, 4000], [5, 10, 20])
+    recording()
 
 
 if __name__ == "__main__":

@@ -227,9 +227,11 @@ def weighted_kernel_sum(
     itemsize = torch.finfo(dtype).bits // 8
     block = _block_rows(
         working_memory,
-        # Two states, the float64 strip and the cached static Grams.
+        # Per row: two engine states, and across the m columns the float64
+        # strip, the cached static Gram and up to three temporaries of a
+        # contraction (input Gram, signal Gram, their product).
         state_bytes=bound.bytes_per_row(n_outputs, itemsize),
-        strip_bytes=m * (8 + itemsize) * math.prod(extra),
+        strip_bytes=m * (8 + 4 * itemsize) * math.prod(extra),
         n_rows=max(n, m),
     )
     row_blocks = [(r0, min(r0 + block, n)) for r0 in range(0, n, block)]

@@ -30,9 +30,17 @@ outputs and ``d`` trainable parameters; for an MLP with layer widths
     ``6 n m O d``. Useful when ``O d`` per row does not fit in memory.
 """
 
+import threading
+
 import torch
 from torch import nn
 from torch.func import functional_call, jacrev, jvp, vjp, vmap
+
+# torch.func keeps its transform stack (vmap, grad and dual levels) in global
+# state, so two threads inside transforms at once corrupt each other. The
+# engines built on it take turns: with thread-based joblib workers they gain
+# nothing from n_jobs > 1 (process-based backends are unaffected).
+_TORCH_FUNC_LOCK = threading.Lock()
 
 # Elementwise activations the structured engine understands. Those with a
 # closed-form derivative avoid an autograd call; the rest get theirs from
@@ -86,7 +94,8 @@ class JacobianEngine:
         def single(params, x):
             return functional_call(module, params, (x.unsqueeze(0),)).reshape(-1)
 
-        jac = vmap(jacrev(single), in_dims=(None, 0))(parameters, X)
+        with _TORCH_FUNC_LOCK:
+            jac = vmap(jacrev(single), in_dims=(None, 0))(parameters, X)
         n = X.shape[0]
         return torch.cat([j.reshape(n, j.shape[1], -1) for j in jac.values()], dim=2)
 
@@ -146,18 +155,18 @@ class NTKVectorProductEngine:
         def f_y(p):
             return functional_call(module, p, (Y,)).reshape(Y.shape[0], -1)
 
-        out_y, pullback = vjp(f_y, parameters)
-        m, n_outputs = out_y.shape
-
         def column(cotangent):
             (tangent,) = pullback(cotangent)
             return jvp(f_x, (parameters,), (tangent,))[1]
 
-        basis = torch.eye(m * n_outputs, dtype=out_y.dtype, device=out_y.device)
-        basis = basis.view(m * n_outputs, m, n_outputs)
-        columns = torch.cat(
-            [vmap(column)(chunk) for chunk in basis.split(self.columns_per_batch)]
-        )  # (m * O, n, O): columns[(j, b), i, a] = K[i, j, a, b]
+        with _TORCH_FUNC_LOCK:
+            out_y, pullback = vjp(f_y, parameters)
+            m, n_outputs = out_y.shape
+            basis = torch.eye(m * n_outputs, dtype=out_y.dtype, device=out_y.device)
+            basis = basis.view(m * n_outputs, m, n_outputs)
+            columns = torch.cat(
+                [vmap(column)(chunk) for chunk in basis.split(self.columns_per_batch)]
+            )  # (m * O, n, O): columns[(j, b), i, a] = K[i, j, a, b]
         full = columns.view(m, n_outputs, X.shape[0], n_outputs).permute(2, 0, 3, 1)
         return full.diagonal(dim1=2, dim2=3).sum(-1) if trace else full
 

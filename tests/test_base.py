@@ -104,3 +104,41 @@ def test_dtype_sets_the_network_precision(toy, dtype, torch_dtype):
     reg = _quiet(PathKernelRegressor((4,), max_iter=2, dtype=dtype), X, y)
     assert next(reg.module_.parameters()).dtype == torch_dtype
     assert reg.predict(X).dtype == np.float64
+
+
+@pytest.mark.parametrize("engine", ["structured", "jacobian", "ntk_vp"])
+def test_kernel_engines_agree_through_the_estimator(toy, engine):
+    X, y = toy
+    est = _quiet(
+        PathKernelRegressor((6,), max_iter=5, dtype="float64", random_state=0), X, y
+    )
+    auto = est.kernel(X[:10], X)
+    est.set_params(engine=engine, working_memory=0.01, n_jobs=2)
+    np.testing.assert_allclose(est.kernel(X[:10], X), auto, rtol=1e-10)
+
+
+def test_verbose_reports_epochs_and_the_kernel_engine(toy, capsys):
+    X, y = toy
+    est = _quiet(PathKernelRegressor((4,), max_iter=3, verbose=1), X, y)
+    assert capsys.readouterr().out.count("epoch") == 3
+    est.kernel(X[:5])
+    assert "path kernel: engine 'structured'" in capsys.readouterr().out
+    est.set_params(verbose=0).kernel(X[:5])
+    assert capsys.readouterr().out == ""
+
+
+def test_structured_engine_on_a_module_it_cannot_handle_is_a_clear_error(toy):
+    X, y = toy
+
+    class Doubled(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.linear = torch.nn.Linear(3, 1)
+
+        def forward(self, x):
+            return 2 * self.linear(x)
+
+    est = _quiet(PathKernelRegressor(module=Doubled(), max_iter=2), X, y)
+    assert est.kernel(X[:3]).shape == (3, 3)  # "auto" falls back to jacobian
+    with pytest.raises(ValueError, match="The 'structured' engine does not support"):
+        est.set_params(engine="structured").kernel(X[:3])
