@@ -1,5 +1,7 @@
 """PathKernelRegressor and PathKernelClassifier."""
 
+import textwrap
+
 import numpy as np
 from scipy.special import expit, log_softmax, softmax
 from sklearn.base import ClassifierMixin, RegressorMixin
@@ -99,9 +101,26 @@ _ATTRIBUTES_DOC = """
 """
 
 
+_REFERENCES_DOC = """
+References
+----------
+P. Domingos, "Every Model Learned by Gradient Descent Is Approximately a
+Kernel Machine", arXiv:2012.00152, 2020.
+"""
+
+
 def _docstring(cls):
+    """Fill the shared fragments into a class docstring, written once here."""
+    fragments = {
+        "parameters": _PARAMETERS_DOC,
+        "attributes": _ATTRIBUTES_DOC,
+        "references": _REFERENCES_DOC,
+    }
     cls.__doc__ = cls.__doc__.format(
-        parameters=_PARAMETERS_DOC.strip("\n"), attributes=_ATTRIBUTES_DOC.strip("\n")
+        **{
+            name: textwrap.indent(textwrap.dedent(text).strip("\n"), "    ").lstrip()
+            for name, text in fragments.items()
+        }
     )
     return cls
 
@@ -110,44 +129,41 @@ def _docstring(cls):
 class PathKernelRegressor(RegressorMixin, BasePathKernelEstimator):
     """A neural network regressor whose training path gives a kernel.
 
-        Trains a torch network on the squared error ``0.5 * ||f(x) - y||^2`` by
-        (minibatch) gradient descent, records the path of its parameters, and
-        exposes the path kernel ``K_path(x, x') = sum_t eps_t J_t(x) J_t(x')^T``
-        (Domingos, 2020) through :meth:`kernel`. Standardize X and y: the step
-        size is absolute, so targets in the hundreds make gradient descent
-        diverge.
+    Trains a torch network on the squared error ``0.5 * ||f(x) - y||^2`` by
+    (minibatch) gradient descent, records the path of its parameters, and
+    exposes the path kernel ``K_path(x, x') = sum_t eps_t J_t(x) J_t(x')^T``
+    (Domingos, 2020) through :meth:`kernel`. Standardize X and y: the step
+    size is absolute, so targets in the hundreds make gradient descent
+    diverge.
 
     {parameters}
 
-        Attributes
-        ----------
+    Attributes
+    ----------
     {attributes}
 
-        See Also
-        --------
-        PathKernelClassifier : The same for classification.
-        sklearn.neural_network.MLPRegressor : A network without the kernel.
+    See Also
+    --------
+    PathKernelClassifier : The same for classification.
+    sklearn.neural_network.MLPRegressor : A network without the kernel.
 
-        References
-        ----------
-        P. Domingos, "Every Model Learned by Gradient Descent Is Approximately a
-        Kernel Machine", arXiv:2012.00152, 2020.
+    {references}
 
-        Examples
-        --------
-        >>> from sklearn.datasets import load_diabetes
-        >>> from sklearn.kernel_ridge import KernelRidge
-        >>> from sklearn.preprocessing import scale
-        >>> from sklearn_pathkernel import PathKernelRegressor
-        >>> X, y = load_diabetes(return_X_y=True)
-        >>> X, y = scale(X), scale(y)
-        >>> est = PathKernelRegressor(max_iter=50, random_state=0).fit(X, y)
-        >>> est.predict(X[:2]).shape
-        (2,)
-        >>> K = est.kernel(X)
-        >>> K.shape
-        (442, 442)
-        >>> ridge = KernelRidge(kernel="precomputed").fit(K, y)
+    Examples
+    --------
+    >>> from sklearn.datasets import load_diabetes
+    >>> from sklearn.kernel_ridge import KernelRidge
+    >>> from sklearn.preprocessing import scale
+    >>> from sklearn_pathkernel import PathKernelRegressor
+    >>> X, y = load_diabetes(return_X_y=True)
+    >>> X, y = scale(X), scale(y)
+    >>> est = PathKernelRegressor(max_iter=50, random_state=0).fit(X, y)
+    >>> est.predict(X[:2]).shape
+    (2,)
+    >>> K = est.kernel(X)
+    >>> K.shape
+    (442, 442)
+    >>> ridge = KernelRidge(kernel="precomputed").fit(K, y)
     """
 
     def _validate_targets(self, X, y):
@@ -192,43 +208,40 @@ class PathKernelRegressor(RegressorMixin, BasePathKernelEstimator):
 class PathKernelClassifier(ClassifierMixin, BasePathKernelEstimator):
     """A neural network classifier whose training path gives a kernel.
 
-        Two classes train one logit with the logistic loss; ``K`` classes train
-        ``K`` logits with the softmax cross-entropy. The path kernel
-        (:meth:`kernel`) is summed over the logits when there are several.
-        Labels may be any hashable values, strings included.
+    Two classes train one logit with the logistic loss; ``K`` classes train
+    ``K`` logits with the softmax cross-entropy. The path kernel
+    (:meth:`kernel`) is summed over the logits when there are several.
+    Labels may be any hashable values, strings included.
 
     {parameters}
 
-        Attributes
-        ----------
-        classes_ : ndarray of shape (n_classes,)
-            The class labels.
+    Attributes
+    ----------
+    classes_ : ndarray of shape (n_classes,)
+        The class labels.
     {attributes}
 
-        See Also
-        --------
-        PathKernelRegressor : The same for regression.
-        sklearn.neural_network.MLPClassifier : A network without the kernel.
+    See Also
+    --------
+    PathKernelRegressor : The same for regression.
+    sklearn.neural_network.MLPClassifier : A network without the kernel.
 
-        References
-        ----------
-        P. Domingos, "Every Model Learned by Gradient Descent Is Approximately a
-        Kernel Machine", arXiv:2012.00152, 2020.
+    {references}
 
-        Examples
-        --------
-        >>> from sklearn.datasets import load_breast_cancer
-        >>> from sklearn.preprocessing import scale
-        >>> from sklearn.svm import SVC
-        >>> from sklearn_pathkernel import PathKernelClassifier
-        >>> X, y = load_breast_cancer(return_X_y=True)
-        >>> X = scale(X)
-        >>> clf = PathKernelClassifier(max_iter=50, random_state=0).fit(X, y)
-        >>> clf.predict_proba(X[:2]).shape
-        (2, 2)
-        >>> svc = SVC(kernel=clf.kernel).fit(X, y)
-        >>> bool(svc.score(X, y) > 0.9)
-        True
+    Examples
+    --------
+    >>> from sklearn.datasets import load_breast_cancer
+    >>> from sklearn.preprocessing import scale
+    >>> from sklearn.svm import SVC
+    >>> from sklearn_pathkernel import PathKernelClassifier
+    >>> X, y = load_breast_cancer(return_X_y=True)
+    >>> X = scale(X)
+    >>> clf = PathKernelClassifier(max_iter=50, random_state=0).fit(X, y)
+    >>> clf.predict_proba(X[:2]).shape
+    (2, 2)
+    >>> svc = SVC(kernel=clf.kernel).fit(X, y)
+    >>> bool(svc.score(X, y) > 0.9)
+    True
     """
 
     def _validate_targets(self, X, y):

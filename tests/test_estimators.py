@@ -338,3 +338,12 @@ def test_huge_targets_fail_at_the_first_step(toy):
     X, y = toy
     with pytest.raises(ValueError, match="not finite at the initial parameters"):
         PathKernelRegressor().fit(X, y * 1e30)
+
+
+@pytest.mark.parametrize("Est", [PathKernelRegressor, PathKernelClassifier])
+def test_every_parameter_is_documented(Est):
+    doc = Est.__doc__
+    assert "\n    Parameters\n    ----------\n    hidden_layer_sizes :" in doc
+    for name in Est().get_params():
+        assert f"\n    {name} : " in doc, name
+    assert "{" + "parameters}" not in doc and "arXiv:2012.00152" in doc
