@@ -6,6 +6,7 @@ gradients at two inputs along the path the parameters took while training
 (P. Domingos, arXiv:2012.00152).
 """
 
+from ._decompose import KernelMachine
 from ._estimators import PathKernelClassifier, PathKernelRegressor
 from ._path import path_kernel, tangent_kernel
 from ._trajectory import Trajectory
@@ -15,6 +16,7 @@ __version__ = "0.1.0.dev0"
 __all__ = [
     "PathKernelClassifier",
     "PathKernelRegressor",
+    "KernelMachine",
     "Trajectory",
     "path_kernel",
     "tangent_kernel",

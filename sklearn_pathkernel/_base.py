@@ -1,6 +1,7 @@
 """Shared estimator base: parameters, validation, device, training, kernel."""
 
 import copy
+from functools import partial
 from numbers import Integral, Real
 
 import numpy as np
@@ -15,6 +16,7 @@ from sklearn.utils.validation import (
     validate_data,
 )
 
+from ._decompose import decompose_path
 from ._network import ACTIVATIONS, build_module, check_module_output, forward, make_mlp
 from ._path import path_kernel
 from ._tangent import ENGINES
@@ -173,6 +175,7 @@ class BasePathKernelEstimator(BaseEstimator):
         self.loss_curve_ = result.loss_curve
         self.n_iter_ = result.n_iter
         self.n_outputs_ = targets.shape[1]
+        self._fit_X = X  # the kernel machine sums over these rows
         for name, value in target_attributes.items():
             setattr(self, name, value)
         return self
@@ -243,6 +246,53 @@ class BasePathKernelEstimator(BaseEstimator):
             working_memory=self.working_memory,
             n_jobs=self.n_jobs,
             verbose=self.verbose,
+        )
+
+    def decompose(self, X, *, exact=False, n_nodes=4, kernel="path"):
+        """Explain the network's outputs at ``X`` as a sum over training rows.
+
+        The trained network is the initial one plus what each training row
+        contributed along the path (Theorem 1 of the paper)::
+
+            f(x; w_T) ~= b(x) + sum_i phi_i(x)
+
+        Parameters
+        ----------
+        X : array-like of shape (n_X, n_features)
+            Query rows.
+        exact : bool, default=False
+            False: the paper's first-order form, whose error shrinks with the
+            step size. True: average the query-side Jacobian over each step
+            (Gauss-Legendre), which reproduces the network to rounding for
+            smooth activations; needs ``record_every=1``.
+        n_nodes : int, default=4
+            Quadrature nodes per step for ``exact=True``.
+        kernel : {"path", "loss_weighted"}, default="path"
+            What the result's ``kernel`` holds: ``K_path(x, x_i)``, or the
+            loss-weighted path kernel of Remark 2 (one output only).
+
+        Returns
+        -------
+        machine : KernelMachine
+            ``bias`` (n_X, O), ``contributions`` (n_X, n_train, O),
+            ``network_output`` (n_X, O; logits for a classifier), ``kernel``,
+            ``coefficients``, ``prediction()``, ``error`` and
+            ``top_contributors(k)``.
+        """
+        check_is_fitted(self)
+        X = validate_data(self, X, reset=False, dtype=[np.float64, np.float32])
+        reference = next(self.module_.parameters())
+        as_tensor = partial(to_tensor, dtype=reference.dtype, device=reference.device)
+        return decompose_path(
+            self.module_,
+            self.trajectory_,
+            as_tensor(self._fit_X, name="X_fit"),
+            as_tensor(X, name="X"),
+            exact=exact,
+            n_nodes=n_nodes,
+            kernel=kernel,
+            engine=self.engine,
+            working_memory=self.working_memory,
         )
 
     # -- persistence --------------------------------------------------------

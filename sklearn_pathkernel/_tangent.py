@@ -113,6 +113,12 @@ class JacobianEngine:
             return state_x.flatten(1) @ state_y.flatten(1).T
         return torch.einsum("iad,jbd->ijab", state_x, state_y)
 
+    @staticmethod
+    def contract_vector(state_x, state_y, vectors, static=None):
+        """``K[i, j] @ vectors[j]`` for every pair: (n, m, O), no O x O kernel."""
+        pulled = torch.einsum("jbd,jb->jd", state_y, vectors)  # J_y^T v_j
+        return torch.einsum("iad,jd->ija", state_x, pulled)
+
 
 class NTKVectorProductEngine:
     """Kernel columns by vector-Jacobian then Jacobian-vector products."""
@@ -145,8 +151,10 @@ class NTKVectorProductEngine:
         return None
 
     def contract(self, state_x, state_y, trace, static=None):
+        # The two sides may sit at different parameters (the exact
+        # decomposition pairs a query at w' with training rows at w).
         parameters, X = state_x
-        _, Y = state_y
+        parameters_y, Y = state_y
         module = self.module
 
         def f_x(p):
@@ -160,7 +168,7 @@ class NTKVectorProductEngine:
             return jvp(f_x, (parameters,), (tangent,))[1]
 
         with _TORCH_FUNC_LOCK:
-            out_y, pullback = vjp(f_y, parameters)
+            out_y, pullback = vjp(f_y, parameters_y)
             m, n_outputs = out_y.shape
             basis = torch.eye(m * n_outputs, dtype=out_y.dtype, device=out_y.device)
             basis = basis.view(m * n_outputs, m, n_outputs)
@@ -169,6 +177,11 @@ class NTKVectorProductEngine:
             )  # (m * O, n, O): columns[(j, b), i, a] = K[i, j, a, b]
         full = columns.view(m, n_outputs, X.shape[0], n_outputs).permute(2, 0, 3, 1)
         return full.diagonal(dim1=2, dim2=3).sum(-1) if trace else full
+
+    def contract_vector(self, state_x, state_y, vectors, static=None):
+        """``K[i, j] @ vectors[j]`` for every pair, from the full kernel."""
+        full = self.contract(state_x, state_y, False, static)
+        return torch.einsum("ijab,jb->ija", full, vectors)
 
 
 class StructuredEngine:
@@ -292,6 +305,25 @@ class StructuredEngine:
                 total = signal_gram * input_gram
             else:
                 total.addcmul_(signal_gram, input_gram)
+        return total
+
+    def contract_vector(self, state_x, state_y, vectors, static=None):
+        """``K[i, j] @ vectors[j]`` for every pair: (n, m, O).
+
+        The vectors are folded into Y's signals first (``D_y^T v``, one
+        ``(m, width)`` matrix per layer), so no ``O x O`` kernel is formed.
+        """
+        total = None
+        for k, ((A_x, D_x), (A_y, D_y), (_, trains_weight, trains_bias)) in enumerate(
+            zip(state_x, state_y, self.layers)
+        ):
+            if not (trains_weight or trains_bias):
+                continue
+            input_gram = static if (k == 0 and self.static_input) else A_x @ A_y.T
+            folded = torch.einsum("jbw,jb->jw", D_y, vectors)
+            signal = (D_x @ folded.T).permute(0, 2, 1)  # (n, m, O)
+            term = signal * input_gram[:, :, None]
+            total = term if total is None else total.add_(term)
         return total
 
 

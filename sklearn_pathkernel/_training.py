@@ -95,7 +95,9 @@ def train(
     if not params:
         raise ValueError(f"The 'module' of {owner} has no trainable parameters.")
     trajectory = Trajectory(
-        {name: tuple(p.shape) for name, p in named}, record_every=record_every
+        {name: tuple(p.shape) for name, p in named},
+        record_every=record_every,
+        alpha=alpha,
     )
     result = TrainingResult(trajectory)
     n_samples = X.shape[0]

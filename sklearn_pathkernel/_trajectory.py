@@ -53,6 +53,9 @@ class Trajectory:
         Names and shapes of the trainable parameters, in module order.
     record_every : int, default=1
         Keep the parameters every ``record_every`` steps.
+    alpha : float, default=0.0
+        The L2 strength of the update rule, which the decomposition's bias
+        term needs (Remark 4 of the paper).
 
     Attributes
     ----------
@@ -76,11 +79,12 @@ class Trajectory:
     ['0.bias', '0.weight']
     """
 
-    def __init__(self, parameter_shapes, *, record_every=1):
+    def __init__(self, parameter_shapes, *, record_every=1, alpha=0.0):
         self._names = list(parameter_shapes)
         self._shapes = [tuple(s) for s in parameter_shapes.values()]
         self._numels = [int(np.prod(s, dtype=np.int64)) for s in self._shapes]
         self.record_every = int(record_every)
+        self.alpha = float(alpha)
         self._checkpoints = []
         self._checkpoint_steps = []
         self._steps = []

@@ -135,3 +135,43 @@ def test_auto_picks_the_structured_engine_for_mlps():
 def test_unknown_engine_is_rejected():
     with pytest.raises(ValueError, match="'engine' parameter must be 'auto' or one"):
         select_engine("magic", _mlp(2, 1), [])
+
+
+@pytest.mark.parametrize("engine", sorted(ENGINES))
+@pytest.mark.parametrize("n_outputs", [1, 3])
+@pytest.mark.parametrize("bias", [True, False])
+def test_contract_vector_is_the_kernel_applied_to_vectors(engine, n_outputs, bias):
+    net = _mlp(3, n_outputs, "tanh", bias)
+    X, Y = _data((5, 3), (4, 3))
+    (vectors,) = _data((4, n_outputs), seed=7)
+    params = _params(net)
+    bound = select_engine(engine, net, list(params))
+    with torch.no_grad():
+        got = bound.contract_vector(
+            bound.state(params, X), bound.state(params, Y), vectors, bound.static(X, Y)
+        )
+    full = tangent_kernel_reference(net, params, X, Y, trace=False)
+    want = np.einsum("ijab,jb->ija", full, vectors.numpy())
+    np.testing.assert_allclose(got.numpy(), want, rtol=1e-6, atol=1e-12)
+
+
+@pytest.mark.parametrize("engine", sorted(ENGINES))
+def test_states_at_different_parameters_pair_their_jacobians(engine):
+    """J(X; w') J(Y; w)^T, as the exact decomposition needs."""
+    net = _mlp(3, 2)
+    params = _params(net)
+    shifted = {n: p + 0.1 * torch.ones_like(p) for n, p in params.items()}
+    X, Y = _data((4, 3), (3, 3))
+    (vectors,) = _data((3, 2), seed=3)
+    bound = select_engine(engine, net, list(params))
+    with torch.no_grad():
+        state_x, state_y = bound.state(shifted, X), bound.state(params, Y)
+        full = bound.contract(state_x, state_y, False, bound.static(X, Y))
+        applied = bound.contract_vector(state_x, state_y, vectors, bound.static(X, Y))
+    want = np.einsum(
+        "iad,jbd->ijab", jacobian_rows(net, shifted, X), jacobian_rows(net, params, Y)
+    )
+    np.testing.assert_allclose(full.numpy(), want, rtol=1e-6, atol=1e-12)
+    np.testing.assert_allclose(
+        applied.numpy(), np.einsum("ijab,jb->ija", want, vectors.numpy()), rtol=1e-6
+    )

@@ -1,0 +1,334 @@
+"""The kernel machine: a trained network's prediction as a sum over training rows.
+
+Theorem 1 of the paper (Domingos, 2020), in the discrete form DESIGN.md
+section 2 gives::
+
+    f(x; w_T) ~= b(x) + sum_i phi_i(x)
+    phi_i(x)  = - sum_t eps_t [i in B_t] c_{i,t} K_{w_t}(x, x_i) g_{i,t}
+    b(x)      = f(x; w_0) - alpha sum_t eps_t J_t(x) w_t
+
+The first-order form is exact as the step size goes to zero; its error is
+first order in the step size. The exact form replaces the query-side
+Jacobian ``J_t(x)`` by its average over the segment ``w_t -> w_{t+1}``
+(Gauss-Legendre nodes), which turns the identity into an exact one for any
+step size, up to quadrature and rounding.
+
+Nothing of shape (n_X, n_train, O, O) is formed: each step's loss
+derivatives are folded into the training rows' engine states first
+(``contract_vector``), so the work per step is that of a kernel block.
+"""
+
+from dataclasses import dataclass
+from typing import NamedTuple
+
+import numpy as np
+import torch
+from sklearn import get_config
+from torch.func import functional_call, jvp
+
+from ._network import forward
+from ._path import path_kernel
+from ._tangent import _TORCH_FUNC_LOCK, select_engine
+
+
+class TopContributors(NamedTuple):
+    """The training rows that contribute most to each query's prediction.
+
+    Attributes
+    ----------
+    indices : ndarray of int, shape (n_X, k)
+        Training-row indices, largest ``|contribution|`` first (Euclidean
+        norm over outputs when there are several).
+    values : ndarray of shape (n_X, k, O)
+        Their contributions ``phi_i(x)``.
+    share : ndarray of shape (n_X,)
+        The fraction of the total absolute contribution they carry:
+        ``sum_top |phi_i| / sum_all |phi_i|`` (norms over outputs).
+    """
+
+    indices: np.ndarray
+    values: np.ndarray
+    share: np.ndarray
+
+
+@dataclass
+class KernelMachine:
+    """A decomposition of a network's predictions over its training rows.
+
+    Returned by ``decompose`` on the estimators; see
+    :func:`decompose_path` for how it is computed.
+
+    Attributes
+    ----------
+    bias : ndarray of shape (n_X, O)
+        ``b(x)``: the initial network's output plus the L2 term (Remark 4).
+    contributions : ndarray of shape (n_X, n_train, O)
+        ``phi_i(x)``: what training row ``i`` contributed to the output at
+        ``x`` over the whole path.
+    network_output : ndarray of shape (n_X, O)
+        The trained network's own output (logits for a classifier).
+    kernel : ndarray of shape (n_X, n_train)
+        ``K_path(x, x_i)`` (summed over outputs), or the loss-weighted path
+        kernel ``-phi_i(x)`` of Remark 2 when so requested (one output).
+    exact : bool
+        Whether the exact (segment-averaged) form was used.
+
+    Examples
+    --------
+    >>> from sklearn.datasets import load_diabetes
+    >>> from sklearn.preprocessing import scale
+    >>> from sklearn_pathkernel import PathKernelRegressor
+    >>> X, y = load_diabetes(return_X_y=True)
+    >>> X, y = scale(X), scale(y)
+    >>> est = PathKernelRegressor((16,), max_iter=30, dtype="float64",
+    ...                           random_state=0).fit(X, y)
+    >>> machine = est.decompose(X[:3], exact=True)
+    >>> machine.contributions.shape
+    (3, 442, 1)
+    >>> bool(machine.error["max_rel"] < 1e-8)
+    True
+    """
+
+    bias: np.ndarray
+    contributions: np.ndarray
+    network_output: np.ndarray
+    kernel: np.ndarray
+    exact: bool
+
+    def prediction(self):
+        """``bias + sum_i contributions_i``, shape (n_X, O)."""
+        return self.bias + self.contributions.sum(axis=1)
+
+    @property
+    def error(self):
+        """Largest reconstruction error against the network.
+
+        Returns
+        -------
+        error : dict
+            ``max_abs``: the largest ``|prediction - network_output|``;
+            ``max_rel``: that divided by the largest ``|network_output|``.
+        """
+        diff = np.abs(self.prediction() - self.network_output).max()
+        scale = max(np.abs(self.network_output).max(), np.finfo(float).tiny)
+        return {"max_abs": float(diff), "max_rel": float(diff / scale)}
+
+    @property
+    def coefficients(self):
+        """The paper's ``a_i(x) = phi_i(x) / K(x, x_i)``, one output only.
+
+        Shape (n_X, n_train); zero where the kernel is zero. With the
+        loss-weighted kernel of Remark 2 every coefficient is -1.
+        """
+        if self.contributions.shape[2] != 1:
+            raise ValueError(
+                "coefficients are defined for a single output; this network has "
+                f"{self.contributions.shape[2]}. Use contributions instead."
+            )
+        phi = self.contributions[:, :, 0]
+        with np.errstate(divide="ignore", invalid="ignore"):
+            return np.where(self.kernel != 0, phi / self.kernel, 0.0)
+
+    def top_contributors(self, k=5):
+        """The ``k`` training rows with the largest contributions, per query.
+
+        Parameters
+        ----------
+        k : int, default=5
+
+        Returns
+        -------
+        top : TopContributors
+            ``indices`` (n_X, k), ``values`` (n_X, k, O) and ``share``
+            (n_X,), the fraction of the total absolute contribution carried.
+        """
+        n_train = self.contributions.shape[1]
+        if not 1 <= k <= n_train:
+            raise ValueError(f"k must be between 1 and {n_train}; got {k}.")
+        size = np.linalg.norm(self.contributions, axis=2)
+        order = np.argsort(-size, axis=1, kind="stable")[:, :k]
+        values = np.take_along_axis(self.contributions, order[:, :, None], axis=1)
+        total = size.sum(axis=1)
+        top = np.take_along_axis(size, order, axis=1).sum(axis=1)
+        share = np.divide(top, total, out=np.zeros_like(top), where=total > 0)
+        return TopContributors(order, values, share)
+
+
+def decompose_path(
+    module,
+    trajectory,
+    X_train,
+    X,
+    *,
+    exact=False,
+    n_nodes=4,
+    kernel="path",
+    engine="auto",
+    working_memory=None,
+):
+    """Decompose the network's outputs at ``X`` over its training rows.
+
+    Parameters
+    ----------
+    module : torch.nn.Module
+        The trained network (``est.module_``), on the device to compute on.
+    trajectory : Trajectory
+        Its recorded path (``est.trajectory_``).
+    X_train : torch.Tensor of shape (n_train, n_features)
+        The training rows, in the module's dtype and on its device.
+    X : torch.Tensor of shape (n_X, n_features)
+        Query rows, likewise.
+    exact : bool, default=False
+        Average the query-side Jacobian over each step's segment, which
+        makes the decomposition exact; needs every step's parameters
+        (``record_every=1``). Costs ``n_nodes`` times the first-order form.
+    n_nodes : int, default=4
+        Gauss-Legendre nodes per step for ``exact=True``. Four reach float64
+        rounding for smooth activations at ordinary step sizes; piecewise
+        linear ones (relu) are exact only between kinks.
+    kernel : {"path", "loss_weighted"}, default="path"
+        What :attr:`KernelMachine.kernel` holds: the path kernel, or the
+        loss-weighted path kernel of Remark 2 (then all coefficients are -1).
+    engine : {"auto", "structured", "jacobian", "ntk_vp"}, default="auto"
+    working_memory : float, default=None
+        Budget in MiB for one block of query rows.
+
+    Returns
+    -------
+    machine : KernelMachine
+    """
+    if kernel not in ("path", "loss_weighted"):
+        raise ValueError(
+            f"kernel must be 'path' or 'loss_weighted'; got {kernel!r} instead."
+        )
+    if exact and trajectory.record_every != 1:
+        raise ValueError(
+            "The exact decomposition needs the parameters at every step, but "
+            f"this path kept one checkpoint every {trajectory.record_every} "
+            "steps. Refit with record_every=1, or use exact=False."
+        )
+    if exact and n_nodes < 1:
+        raise ValueError(f"n_nodes must be at least 1; got {n_nodes}.")
+    device = X.device
+    bound = select_engine(engine, module, trajectory.parameter_names)
+    with torch.no_grad():
+        network_output = forward(module, X).double()
+    n_X, n_outputs = network_output.shape
+    n_train = X_train.shape[0]
+    nodes, node_weights = _gauss_legendre(n_nodes if exact else 1, exact)
+
+    itemsize = X.element_size()
+    per_row = bound.bytes_per_row(n_outputs, itemsize) * (1 + len(nodes)) + n_train * (
+        8 * n_outputs + 3 * itemsize * n_outputs
+    )
+    block = _block_rows(working_memory, per_row, n_X)
+
+    contributions = np.zeros((n_X, n_train, n_outputs))
+    bias = np.zeros((n_X, n_outputs))
+    alpha = trajectory.alpha
+    steps_of = _steps_by_checkpoint(trajectory)
+    with torch.no_grad():
+        for q0 in range(0, n_X, block):
+            Xq = X[q0 : q0 + block]
+            phi = torch.zeros(
+                (Xq.shape[0], n_train, n_outputs), dtype=torch.float64, device=device
+            )
+            static = bound.static(Xq, X_train)
+            initial = trajectory.parameters(0, device=device)
+            b = forward_with(module, initial, Xq).double()
+            for k, steps in enumerate(steps_of):
+                w_k = trajectory.parameters(k, device=device)
+                for t in steps:
+                    step = trajectory.step(t)
+                    start = w_k
+                    if exact:
+                        end = _parameters_after(trajectory, t, device)
+                        points = [
+                            {n: start[n] + s * (end[n] - start[n]) for n in start}
+                            for s in nodes
+                        ]
+                    else:
+                        points = [start]
+                    query_states = [bound.state(p, Xq) for p in points]
+                    batch = step.batch.to(device)
+                    train_state = bound.state(start, X_train[batch])
+                    vectors = (
+                        -step.step_size
+                        * step.batch_weights.to(device, X.dtype)[:, None]
+                        * step.output_gradients.to(device, X.dtype)
+                    )
+                    batch_static = None if static is None else static[:, batch]
+                    for weight, state in zip(node_weights, query_states):
+                        part = bound.contract_vector(
+                            state, train_state, vectors, batch_static
+                        )
+                        phi.index_add_(1, batch, part.double(), alpha=weight)
+                    if alpha:
+                        for weight, p in zip(node_weights, points):
+                            b -= (
+                                weight
+                                * alpha
+                                * step.step_size
+                                * _jvp(module, p, Xq, start).double()
+                            )
+            contributions[q0 : q0 + Xq.shape[0]] = phi.cpu().numpy()
+            bias[q0 : q0 + Xq.shape[0]] = b.cpu().numpy()
+
+    network_output = network_output.cpu().numpy()
+    if kernel == "loss_weighted":
+        if n_outputs != 1:
+            raise ValueError(
+                "The loss-weighted kernel (Remark 2) is defined for one output; "
+                f"this network has {n_outputs}."
+            )
+        kernel_matrix = -contributions[:, :, 0]
+    else:
+        kernel_matrix = path_kernel(
+            module,
+            trajectory,
+            X,
+            X_train,
+            engine=engine,
+            working_memory=working_memory,
+        )
+    return KernelMachine(bias, contributions, network_output, kernel_matrix, exact)
+
+
+def forward_with(module, parameters, X):
+    """``f(X; parameters)`` as (n, O)."""
+    out = functional_call(module, parameters, (X,))
+    return out.unsqueeze(1) if out.ndim == 1 else out
+
+
+def _jvp(module, parameters, X, tangent):
+    """``J(X; parameters) @ tangent``, shape (n, O)."""
+    with _TORCH_FUNC_LOCK:
+        _, out = jvp(lambda p: forward_with(module, p, X), (parameters,), (tangent,))
+    return out
+
+
+def _parameters_after(trajectory, t, device):
+    """``w_{t+1}``: the next checkpoint, or the final parameters."""
+    if t + 1 < len(trajectory):
+        return trajectory.parameters(t + 1, device=device)
+    return trajectory.final_parameters(device=device)
+
+
+def _steps_by_checkpoint(trajectory):
+    """The steps each checkpoint stands for (its kernel is used for them)."""
+    bounds = np.append(trajectory.checkpoint_steps, trajectory.n_steps)
+    return [range(a, b) for a, b in zip(bounds[:-1], bounds[1:])]
+
+
+def _gauss_legendre(n_nodes, exact):
+    """Nodes in [0, 1] and weights summing to 1; the left end for first order."""
+    if not exact:
+        return [0.0], [1.0]
+    nodes, weights = np.polynomial.legendre.leggauss(n_nodes)
+    return list((nodes + 1) / 2), list(weights / 2)
+
+
+def _block_rows(working_memory, per_row, n_rows):
+    if working_memory is None:
+        working_memory = get_config()["working_memory"]
+    return max(1, min(n_rows, int(working_memory * 2**20 // per_row)))

@@ -1,0 +1,211 @@
+"""The kernel machine (Theorem 1): first-order and exact decompositions."""
+
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from _oracle import tangent_kernel_reference
+from sklearn.datasets import load_breast_cancer, load_diabetes, load_iris
+from sklearn.exceptions import ConvergenceWarning, NotFittedError
+from sklearn.preprocessing import scale
+
+from sklearn_pathkernel import KernelMachine, PathKernelClassifier, PathKernelRegressor
+
+
+def _fit(Est, X, y, sample_weight=None, **params):
+    params = {"dtype": "float64", "random_state": 0, "tol": 0.0, **params}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        return Est((16,), **params).fit(X, y, sample_weight=sample_weight)
+
+
+@pytest.fixture(scope="module")
+def diabetes():
+    X, y = load_diabetes(return_X_y=True)
+    return scale(X), scale(y)
+
+
+def test_first_order_error_halves_with_the_step_size(diabetes):
+    """Theorem 1's approximation is first order: at equal eps * T, halving
+    the step roughly halves the reconstruction error."""
+    X, y = diabetes
+    errors = []
+    for eps, steps in [(0.08, 25), (0.04, 50), (0.02, 100), (0.01, 200)]:
+        est = _fit(PathKernelRegressor, X, y, learning_rate=eps, max_iter=steps)
+        errors.append(est.decompose(X[:40]).error["max_rel"])
+    ratios = np.array(errors[:-1]) / np.array(errors[1:])
+    assert np.all((ratios > 1.6) & (ratios < 2.5)), (errors, ratios)
+
+
+@pytest.mark.parametrize(
+    "case",
+    ["regression", "binary", "multiclass", "minibatch", "sample_weight", "alpha"],
+)
+def test_exact_form_reproduces_the_network(case, diabetes):
+    X, y = diabetes
+    Est, params, weights = PathKernelRegressor, {"max_iter": 25}, None
+    if case == "binary":
+        X, y = load_breast_cancer(return_X_y=True)
+        X, Est = scale(X), PathKernelClassifier
+    elif case == "multiclass":
+        X, y = load_iris(return_X_y=True)
+        X, Est = scale(X), PathKernelClassifier
+    elif case == "minibatch":
+        params.update(batch_size=100, max_iter=5)
+    elif case == "sample_weight":
+        weights = np.random.RandomState(0).uniform(0, 3, len(X))
+    elif case == "alpha":
+        params.update(alpha=0.05)
+    est = _fit(Est, X, y, sample_weight=weights, **params)
+    machine = est.decompose(X[:25], exact=True)
+    assert machine.error["max_rel"] < 1e-8, machine.error
+    assert machine.exact
+    np.testing.assert_allclose(
+        machine.network_output.ravel(),
+        est.decision_function(X[:25]).ravel()
+        if Est is PathKernelClassifier
+        else est.predict(X[:25]),
+    )
+
+
+def test_prediction_is_bias_plus_contributions(diabetes):
+    X, y = diabetes
+    machine = _fit(PathKernelRegressor, X, y, max_iter=10).decompose(X[:7])
+    assert machine.bias.shape == (7, 1)
+    assert machine.contributions.shape == (7, len(X), 1)
+    np.testing.assert_allclose(
+        machine.prediction(),
+        machine.bias + machine.contributions.sum(axis=1),
+        rtol=1e-15,
+    )
+
+
+def _reference_decomposition(est, X_train, X):
+    """Theorem 1 term by term, with full O x O kernels from the autograd oracle."""
+    traj, module = est.trajectory_, est.module_
+    n_outputs = est.n_outputs_
+    phi = np.zeros((len(X), len(X_train), n_outputs))
+    bias = (
+        torch.func.functional_call(module, traj.parameters(0), (torch.tensor(X),))
+        .detach()
+        .numpy()
+        .reshape(len(X), -1)
+    )
+    for t in range(traj.n_steps):
+        step, params = traj.step(t), traj.parameters(t)
+        batch = step.batch.numpy()
+        K = tangent_kernel_reference(module, params, X, X_train[batch], trace=False)
+        c, g = step.batch_weights.numpy(), step.output_gradients.numpy()
+        phi[:, batch] -= step.step_size * np.einsum("ijab,j,jb->ija", K, c, g)
+        if traj.alpha:
+            flat = torch.cat([p.reshape(-1) for p in params.values()]).numpy()
+            from _oracle import jacobian_rows
+
+            J = jacobian_rows(module, params, X)
+            bias -= traj.alpha * step.step_size * J @ flat
+    return phi, bias
+
+
+@pytest.mark.parametrize("n_classes", [2, 3])
+def test_first_order_matches_the_theorem_term_by_term(n_classes):
+    rng = np.random.RandomState(0)
+    X = rng.randn(12, 3)
+    y = np.arange(12) % n_classes
+    est = _fit(
+        PathKernelClassifier,
+        X,
+        y,
+        max_iter=4,
+        batch_size=5,
+        alpha=0.1,
+        sample_weight=rng.uniform(0.5, 2, 12),
+    )
+    machine = est.decompose(X[:4])
+    phi, bias = _reference_decomposition(est, X, X[:4])
+    np.testing.assert_allclose(machine.contributions, phi, rtol=1e-8, atol=1e-12)
+    np.testing.assert_allclose(machine.bias, bias, rtol=1e-8, atol=1e-12)
+
+
+@pytest.mark.parametrize("engine", ["jacobian", "ntk_vp"])
+def test_engines_and_blocks_agree(diabetes, engine):
+    X, y = diabetes
+    est = _fit(PathKernelRegressor, X[:60], y[:60], max_iter=5, alpha=0.01)
+    structured = est.decompose(X[:9], exact=True)
+    est.set_params(engine=engine, working_memory=0.05)
+    other = est.decompose(X[:9], exact=True)
+    np.testing.assert_allclose(
+        other.contributions, structured.contributions, rtol=1e-9, atol=1e-13
+    )
+    np.testing.assert_allclose(other.bias, structured.bias, rtol=1e-10)
+
+
+def test_a_thinned_path_allows_only_the_first_order_form(diabetes):
+    X, y = diabetes
+    est = _fit(PathKernelRegressor, X, y, max_iter=20, record_every=4)
+    with pytest.raises(ValueError, match="one checkpoint every 4 steps"):
+        est.decompose(X[:3], exact=True)
+    # Each checkpoint's kernel stands in for the steps it covers.
+    assert est.decompose(X[:10]).error["max_rel"] < 0.1
+
+
+def test_coefficients_and_the_loss_weighted_kernel(diabetes):
+    X, y = diabetes
+    est = _fit(PathKernelRegressor, X, y, max_iter=10)
+    machine = est.decompose(X[:5])
+    np.testing.assert_allclose(machine.kernel, est.kernel(X[:5], X), rtol=1e-12)
+    np.testing.assert_allclose(
+        machine.coefficients * machine.kernel,
+        machine.contributions[:, :, 0],
+        rtol=1e-10,
+        atol=1e-14,
+    )
+    weighted = est.decompose(X[:5], kernel="loss_weighted")
+    np.testing.assert_allclose(weighted.coefficients[weighted.kernel != 0], -1.0)
+    with pytest.raises(ValueError, match="kernel must be 'path' or 'loss_weighted'"):
+        est.decompose(X[:5], kernel="rbf")
+
+
+def test_coefficients_need_one_output():
+    X, y = load_iris(return_X_y=True)
+    est = _fit(PathKernelClassifier, scale(X), y, max_iter=3)
+    machine = est.decompose(X[:2])
+    with pytest.raises(
+        ValueError, match="defined for a single output; this network has 3"
+    ):
+        machine.coefficients
+    with pytest.raises(ValueError, match="Remark 2\\) is defined for one output"):
+        est.decompose(X[:2], kernel="loss_weighted")
+
+
+def test_top_contributors(diabetes):
+    X, y = diabetes
+    machine = _fit(PathKernelRegressor, X, y, max_iter=10).decompose(X[:6])
+    top = machine.top_contributors(4)
+    assert top.indices.shape == (6, 4) and top.values.shape == (6, 4, 1)
+    size = np.abs(machine.contributions[:, :, 0])
+    for q in range(6):
+        np.testing.assert_allclose(
+            np.abs(top.values[q, :, 0]), np.sort(size[q])[::-1][:4]
+        )
+        np.testing.assert_array_equal(
+            top.values[q], machine.contributions[q, top.indices[q]]
+        )
+    np.testing.assert_allclose(
+        top.share, size[np.arange(6)[:, None], top.indices].sum(1) / size.sum(1)
+    )
+    assert machine.top_contributors(len(X)).share == pytest.approx(1.0)
+    with pytest.raises(ValueError, match="k must be between 1 and 442; got 0"):
+        machine.top_contributors(0)
+
+
+def test_decompose_checks_its_input(diabetes):
+    X, y = diabetes
+    with pytest.raises(NotFittedError):
+        PathKernelRegressor().decompose(X)
+    est = _fit(PathKernelRegressor, X, y, max_iter=2)
+    with pytest.raises(ValueError, match="X has 3 features, but PathKernelRegressor"):
+        est.decompose(X[:, :3])
+    with pytest.raises(ValueError, match="Input X contains NaN"):
+        est.decompose(np.full((2, X.shape[1]), np.nan))
+    assert isinstance(est.decompose(X[:1]), KernelMachine)
