@@ -23,11 +23,10 @@ from typing import NamedTuple
 
 import numpy as np
 import torch
-from sklearn import get_config
-from torch.func import functional_call, jvp
+from torch.func import jvp
 
-from ._network import forward
-from ._path import path_kernel
+from ._network import forward, forward_at
+from ._path import path_kernel, rows_within_budget
 from ._tangent import _TORCH_FUNC_LOCK, select_engine
 
 
@@ -221,7 +220,7 @@ def decompose_path(
     per_row = bound.bytes_per_row(n_outputs, itemsize) * (1 + len(nodes)) + n_train * (
         8 * n_outputs + 3 * itemsize * n_outputs
     )
-    block = _block_rows(working_memory, per_row, n_X)
+    block = rows_within_budget(working_memory, per_row, n_X)
 
     contributions = np.zeros((n_X, n_train, n_outputs))
     bias = np.zeros((n_X, n_outputs))
@@ -235,7 +234,7 @@ def decompose_path(
             )
             static = bound.static(Xq, X_train)
             initial = trajectory.parameters(0, device=device)
-            b = forward_with(module, initial, Xq).double()
+            b = forward_at(module, initial, Xq).double()
             for k, steps in enumerate(steps_of):
                 w_k = trajectory.parameters(k, device=device)
                 for t in steps:
@@ -294,16 +293,10 @@ def decompose_path(
     return KernelMachine(bias, contributions, network_output, kernel_matrix, exact)
 
 
-def forward_with(module, parameters, X):
-    """``f(X; parameters)`` as (n, O)."""
-    out = functional_call(module, parameters, (X,))
-    return out.unsqueeze(1) if out.ndim == 1 else out
-
-
 def _jvp(module, parameters, X, tangent):
     """``J(X; parameters) @ tangent``, shape (n, O)."""
     with _TORCH_FUNC_LOCK:
-        _, out = jvp(lambda p: forward_with(module, p, X), (parameters,), (tangent,))
+        _, out = jvp(lambda p: forward_at(module, p, X), (parameters,), (tangent,))
     return out
 
 
@@ -326,9 +319,3 @@ def _gauss_legendre(n_nodes, exact):
         return [0.0], [1.0]
     nodes, weights = np.polynomial.legendre.leggauss(n_nodes)
     return list((nodes + 1) / 2), list(weights / 2)
-
-
-def _block_rows(working_memory, per_row, n_rows):
-    if working_memory is None:
-        working_memory = get_config()["working_memory"]
-    return max(1, min(n_rows, int(working_memory * 2**20 // per_row)))

@@ -9,9 +9,11 @@ that refits start from the same weights) or a factory
 
 import copy
 import math
+from functools import partial
 
 import torch
 from torch import nn
+from torch.func import functional_call
 
 ACTIVATIONS = {
     "identity": nn.Identity,
@@ -104,9 +106,14 @@ def build_module(spec, n_features, n_outputs, *, seed):
 
 
 def forward(module, X):
-    """Apply ``module`` and return outputs of shape (n_samples, n_outputs)."""
+    """Apply ``module`` (any callable) and return (n_samples, n_outputs)."""
     out = module(X)
     return out.unsqueeze(1) if out.ndim == 1 else out
+
+
+def forward_at(module, parameters, X):
+    """``forward`` with ``parameters`` in place of the module's own."""
+    return forward(partial(functional_call, module, parameters), X)
 
 
 def check_module_output(module, X_probe, n_outputs):

@@ -197,8 +197,9 @@ def weighted_kernel_sum(
     an independent task (run through joblib with ``n_jobs``), in which every
     point's engine state for the block is built once and contracted against
     the column blocks, accumulating in float64 on the device. For ``Y=None``
-    only blocks on or above the diagonal are computed, and diagonal blocks are
-    cut into tiles so that only one triangle of tiles is.
+    only blocks on or above the diagonal are computed, and each diagonal
+    block row tile by row tile against the columns from that tile on, so
+    about one triangle of products is done.
     """
     symmetric = Y is None
     X = check_kernel_input(X, name="X")
@@ -225,14 +226,14 @@ def weighted_kernel_sum(
         return K
 
     itemsize = torch.finfo(dtype).bits // 8
-    block = _block_rows(
+    block = rows_within_budget(
         working_memory,
         # Per row: two engine states, and across the m columns the float64
         # strip, the cached static Gram and up to three temporaries of a
         # contraction (input Gram, signal Gram, their product).
-        state_bytes=bound.bytes_per_row(n_outputs, itemsize),
-        strip_bytes=m * (8 + 4 * itemsize) * math.prod(extra),
-        n_rows=max(n, m),
+        2 * bound.bytes_per_row(n_outputs, itemsize)
+        + m * (8 + 4 * itemsize) * math.prod(extra),
+        max(n, m),
     )
     row_blocks = [(r0, min(r0 + block, n)) for r0 in range(0, n, block)]
     if verbose > 0:
@@ -307,12 +308,14 @@ def _tile_bounds(row_blocks):
     return [tile for r0, r1 in row_blocks for tile in _tiles(r0, r1)]
 
 
-def _block_rows(working_memory, *, state_bytes, strip_bytes, n_rows):
-    """Rows per block so that two engine states and one strip fit the budget."""
+def rows_within_budget(working_memory, bytes_per_row, n_rows):
+    """How many rows of ``bytes_per_row`` fit ``working_memory`` MiB (at least 1).
+
+    None means scikit-learn's ``working_memory`` setting.
+    """
     if working_memory is None:
         working_memory = get_config()["working_memory"]
-    budget = working_memory * 2**20
-    rows = int(budget // (2 * state_bytes + strip_bytes))
+    rows = int(working_memory * 2**20 // bytes_per_row)
     return max(1, min(rows, n_rows))
 
 

@@ -246,17 +246,23 @@ class StructuredEngine:
                 pre_activations[index] = (z, signal)
         n, n_outputs = X.shape[0], signal.shape[1]
         # Backward pass of all O output signals at once: G is (n, O, width).
+        # While G is still the identity (no activation after the last Linear),
+        # G @ W is W itself: a broadcast view, no product.
         G = torch.eye(n_outputs, dtype=X.dtype, device=X.device).expand(n, -1, -1)
+        is_identity = True
         signals = {}
         first = self.layers[0][0]
         for index in range(len(self.module) - 1, first - 1, -1):
             child = self.module[index]
             if isinstance(child, nn.Linear):
-                signals[index] = G
+                # None marks the output layer's identity signals (see contract).
+                signals[index] = None if is_identity else G
                 if index != first:
                     weight = parameters.get(f"{index}.weight", child.weight)
-                    G = G @ weight
+                    G = weight.expand(n, -1, -1) if is_identity else G @ weight
+                    is_identity = False
             elif not isinstance(child, nn.Identity):
+                is_identity = False
                 G = G * _derivative(child, *pre_activations[index]).unsqueeze(1)
         return [
             (self._augment(inputs[index], w, b, k == 0), signals[index])
@@ -273,7 +279,13 @@ class StructuredEngine:
 
     @staticmethod
     def take(state, start, stop):
-        return [(None if A is None else A[start:stop], D[start:stop]) for A, D in state]
+        return [
+            (
+                None if A is None else A[start:stop],
+                None if D is None else D[start:stop],
+            )
+            for A, D in state
+        ]
 
     def static(self, X, Y):
         """The first layer's input Gram: the same at every checkpoint."""
@@ -285,16 +297,26 @@ class StructuredEngine:
 
     def contract(self, state_x, state_y, trace, static=None):
         total = None
-        for k, ((A_x, D_x), (A_y, D_y), (_, trains_weight, trains_bias)) in enumerate(
-            zip(state_x, state_y, self.layers)
+        for input_gram, D_x, D_y, n_outputs in self._layer_terms(
+            state_x, state_y, static
         ):
-            if not (trains_weight or trains_bias):
+            if D_x is None:
+                # Output layer, signals the identity: D_x D_y^T is O on the
+                # trace and the identity in full, so no product is needed.
+                eye = torch.eye(
+                    n_outputs, dtype=input_gram.dtype, device=input_gram.device
+                )
+                term = (
+                    n_outputs * input_gram
+                    if trace
+                    else input_gram[:, :, None, None] * eye
+                )
+                total = term if total is None else total.add_(term)
                 continue
-            input_gram = static if (k == 0 and self.static_input) else A_x @ A_y.T
             if trace:
                 signal_gram = D_x.flatten(1) @ D_y.flatten(1).T
             else:
-                n, n_outputs, width = D_x.shape
+                n, width = D_x.shape[0], D_x.shape[2]
                 signal_gram = (
                     (D_x.reshape(-1, width) @ D_y.reshape(-1, width).T)
                     .view(n, n_outputs, D_y.shape[0], n_outputs)
@@ -314,17 +336,28 @@ class StructuredEngine:
         ``(m, width)`` matrix per layer), so no ``O x O`` kernel is formed.
         """
         total = None
-        for k, ((A_x, D_x), (A_y, D_y), (_, trains_weight, trains_bias)) in enumerate(
-            zip(state_x, state_y, self.layers)
-        ):
-            if not (trains_weight or trains_bias):
-                continue
-            input_gram = static if (k == 0 and self.static_input) else A_x @ A_y.T
-            folded = torch.einsum("jbw,jb->jw", D_y, vectors)
-            signal = (D_x @ folded.T).permute(0, 2, 1)  # (n, m, O)
+        for input_gram, D_x, D_y, _ in self._layer_terms(state_x, state_y, static):
+            if D_x is None:  # identity signals: K v is the input Gram times v
+                signal = vectors.unsqueeze(0)
+            else:
+                folded = torch.einsum("jbw,jb->jw", D_y, vectors)
+                signal = (D_x @ folded.T).permute(0, 2, 1)  # (n, m, O)
             term = signal * input_gram[:, :, None]
             total = term if total is None else total.add_(term)
         return total
+
+    def _layer_terms(self, state_x, state_y, static):
+        """Per trained layer: its input Gram, both signals and the output width."""
+        for k, (
+            (A_x, D_x),
+            (A_y, D_y),
+            (index, trains_weight, trains_bias),
+        ) in enumerate(zip(state_x, state_y, self.layers)):
+            if not (trains_weight or trains_bias):
+                continue
+            input_gram = static if (k == 0 and self.static_input) else A_x @ A_y.T
+            n_outputs = self.module[index].out_features if D_x is None else D_x.shape[1]
+            yield input_gram, D_x, D_y, n_outputs
 
 
 def _derivative(activation, z, a):

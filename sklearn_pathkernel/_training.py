@@ -102,7 +102,7 @@ def train(
     result = TrainingResult(trajectory)
     n_samples = X.shape[0]
     full_batch = batch_size is None or batch_size >= n_samples
-    total_weight = sample_weight.sum()
+    total_weight = float(sample_weight.sum())
     best_loss, no_improvement = np.inf, 0
     start = time.perf_counter()
     last_from = None  # w_t of the last recorded step: where a rollback returns
@@ -122,7 +122,7 @@ def train(
         epoch_loss = 0.0
         for batch in batches:
             current = flatten_parameters(params)
-            step_loss, step = _gradient_step(
+            step_loss, step, batch_weight = _gradient_step(
                 module, params, X, Y, batch, loss, sample_weight, learning_rate, alpha
             )
             if step is None:
@@ -137,9 +137,9 @@ def train(
                     len(batches),
                 )
                 return result
-            trajectory._append_step(current, step)
+            trajectory._append_step(current, step, copy=False)  # current is fresh
             last_from = current
-            epoch_loss += step_loss * float(sample_weight[batch].sum() / total_weight)
+            epoch_loss += step_loss * batch_weight / total_weight
 
         result.loss_curve.append(epoch_loss)
         result.n_iter = epoch + 1
@@ -186,30 +186,34 @@ def train(
 
 
 def _gradient_step(module, params, X, Y, batch, loss, sample_weight, eps, alpha):
-    """Take one step in place; return (objective at w_t, Step) or (loss, None)."""
+    """Take one step in place.
+
+    Returns the objective at ``w_t``, the ``Step`` (None when the objective
+    or ``g`` is not finite, and then no step is taken) and the batch's total
+    sample weight.
+    """
     out = forward(module, X[batch])
-    objective, c, g = _evaluate(
-        out, params, Y[batch], sample_weight[batch], loss, alpha
-    )
+    weights = sample_weight[batch]
+    weight_sum = float(weights.sum())
+    objective, c, g = _evaluate(out, params, Y[batch], weights, weight_sum, loss, alpha)
     if c is None:
-        return objective, None
+        return objective, None, weight_sum
     grads = torch.autograd.grad(out, params, grad_outputs=c[:, None] * g)
     with torch.no_grad():
         for p, grad in zip(params, grads):
             if alpha:
                 grad = grad + alpha * p
             p.sub_(eps * grad)
-    return objective, Step(float(eps), batch.cpu(), c.cpu(), g.cpu())
+    return objective, Step(float(eps), batch.cpu(), c.cpu(), g.cpu()), weight_sum
 
 
-def _evaluate(out, params, target, weights, loss, alpha):
+def _evaluate(out, params, target, weights, weight_sum, loss, alpha):
     """Objective, batch weights ``c`` and ``g`` at outputs ``out``.
 
     Returns ``(objective, None, None)`` when the objective or ``g`` is not
     finite: the one divergence test, used at every step and at the end.
     """
     with torch.no_grad():
-        weight_sum = weights.sum()
         # An all-zero-weight batch moves only through the L2 term.
         c = weights / weight_sum if weight_sum > 0 else torch.zeros_like(weights)
         g = loss.gradient(out, target)
@@ -225,7 +229,8 @@ def _evaluate(out, params, target, weights, loss, alpha):
 def _final_objective_finite(module, params, X, Y, sample_weight, loss, alpha):
     with torch.no_grad():
         out = forward(module, X)
-    return _evaluate(out, params, Y, sample_weight, loss, alpha)[1] is not None
+    total = float(sample_weight.sum())
+    return _evaluate(out, params, Y, sample_weight, total, loss, alpha)[1] is not None
 
 
 def _roll_back(

@@ -91,10 +91,16 @@ class Trajectory:
         self._final = None
 
     # -- recording (used by training) -------------------------------------
-    def _append_step(self, flat_parameters, step):
-        """Record step ``t = n_steps`` taken from ``flat_parameters``."""
+    def _append_step(self, flat_parameters, step, *, copy=True):
+        """Record step ``t = n_steps`` taken from ``flat_parameters``.
+
+        ``copy=False`` takes ownership of a CPU tensor nobody else will
+        change (training passes fresh ``flatten_parameters`` results).
+        """
         if len(self._steps) % self.record_every == 0:
-            self._checkpoints.append(_to_cpu(flat_parameters))
+            self._checkpoints.append(
+                _to_cpu(flat_parameters) if copy else flat_parameters.to("cpu")
+            )
             self._checkpoint_steps.append(len(self._steps))
         self._steps.append(step)
 

@@ -78,6 +78,7 @@ def test_engines_differentiate_only_the_given_parameters(engine, subset):
         lambda: [nn.Linear(3, 6), nn.LeakyReLU(0.1, inplace=True), nn.Linear(6, 2)],
         lambda: [nn.Linear(3, 6), nn.Softplus(), nn.Linear(6, 4), nn.Tanh()],
         lambda: [nn.Tanh(), nn.Linear(3, 6), nn.SiLU(), nn.Identity(), nn.Linear(6, 1)],
+        lambda: [nn.Linear(3, 5), nn.ReLU(), nn.Linear(5, 3), nn.Identity()],
     ],
 )
 def test_structured_engine_on_user_sequentials(layers):
