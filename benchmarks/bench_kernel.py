@@ -48,11 +48,19 @@ from sklearn_pathkernel._trajectory import Trajectory
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tests"))
 from _oracle import tangent_kernel_reference  # noqa: E402
 
+# Where the engines run; --device cuda moves the networks and data there.
+DEVICE = torch.device("cpu")
+
 
 class PeakRSS:
-    """Peak resident memory above the level at entry, sampled in a thread."""
+    """Peak memory above the level at entry: host RSS sampled in a thread, or
+    the CUDA allocator's peak when the benchmark runs on a GPU."""
 
     def __enter__(self):
+        if DEVICE.type == "cuda":
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+            self._cuda_base = torch.cuda.memory_allocated()
         self.base = self.peak = _rss()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._sample, daemon=True)
@@ -70,6 +78,8 @@ class PeakRSS:
 
     @property
     def mib(self):
+        if DEVICE.type == "cuda":
+            return (torch.cuda.max_memory_allocated() - self._cuda_base) / 2**20
         return (self.peak - self.base) / 2**20
 
 
@@ -163,8 +173,8 @@ def report(title, rows, flops, rate):
 
 def w1(rate, n, loop_n):
     gen = torch.Generator().manual_seed(0)
-    net = make_mlp(64, 1, (256, 256), "tanh", generator=gen)
-    X = torch.randn(n, 64, generator=gen)
+    net = make_mlp(64, 1, (256, 256), "tanh", generator=gen).to(DEVICE)
+    X = torch.randn(n, 64, generator=gen).to(DEVICE)
     params = {k: v.detach() for k, v in net.named_parameters()}
     tangent_kernel(net, params, X[:8], engine="structured")  # warm-up
     rows = [
@@ -222,7 +232,7 @@ def w2(rate, n_checkpoints, jacobian_checkpoints):
     X, y = load_digits(return_X_y=True)
     X = StandardScaler().fit_transform(X)
     clf = PathKernelClassifier(
-        (256, 256), max_iter=n_checkpoints, tol=0, random_state=0
+        (256, 256), max_iter=n_checkpoints, tol=0, device=DEVICE, random_state=0
     )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
@@ -230,7 +240,7 @@ def w2(rate, n_checkpoints, jacobian_checkpoints):
     module, trajectory = clf.module_, clf.trajectory_
     assert len(trajectory) == n_checkpoints
     path_kernel(module, trajectory, X[:64], engine="structured")  # warm-up
-    rate = matmul_rate("cpu")  # again, next to the measurement it scales
+    rate = matmul_rate(DEVICE)  # again, next to the measurement it scales
     rows = [
         run("(c) structured", lambda: path_kernel(module, trajectory, X), repeats=3)
     ]
@@ -257,7 +267,7 @@ def w2(rate, n_checkpoints, jacobian_checkpoints):
         f"x{n_checkpoints // jacobian_checkpoints})"
     )
     rows.append(jac)
-    rate = max(rate, matmul_rate("cpu"))  # the better of before and after
+    rate = max(rate, matmul_rate(DEVICE))  # the better of before and after
     report(
         f"W2: path kernel, load_digits n={len(X)}, MLP 64-256-256-10 tanh, "
         f"{n_checkpoints} checkpoints (matmul rate next to it: {rate / 1e9:.1f} "
@@ -271,8 +281,8 @@ def w2(rate, n_checkpoints, jacobian_checkpoints):
 def scaling(sizes, checkpoint_counts):
     """Seconds of (c) over n and the number of checkpoints."""
     gen = torch.Generator().manual_seed(0)
-    net = make_mlp(64, 1, (256, 256), "tanh", generator=gen)
-    X = torch.randn(max(sizes), 64, generator=gen)
+    net = make_mlp(64, 1, (256, 256), "tanh", generator=gen).to(DEVICE)
+    X = torch.randn(max(sizes), 64, generator=gen).to(DEVICE)
     params = {k: v.detach() for k, v in net.named_parameters()}
     print("\n### Scaling of (c): MLP 64-256-256-1, symmetric path kernel\n")
     print("| n | checkpoints | seconds | ns per (pair x checkpoint) |")
@@ -376,8 +386,8 @@ def _no_op(*args, **kwargs):
 
 def w3(rate, n):
     gen = torch.Generator().manual_seed(0)
-    net = make_mlp(64, 10, (256, 256), "tanh", generator=gen)
-    X = torch.randn(n, 64, generator=gen)
+    net = make_mlp(64, 10, (256, 256), "tanh", generator=gen).to(DEVICE)
+    X = torch.randn(n, 64, generator=gen).to(DEVICE)
     params = {k: v.detach() for k, v in net.named_parameters()}
     for trace in (True, False):
         rows = [
@@ -409,8 +419,13 @@ def w3(rate, n):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[1])
     parser.add_argument("--quick", action="store_true", help="small sizes")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda")
     args = parser.parse_args()
-    rate = matmul_rate("cpu")
+    global DEVICE
+    DEVICE = torch.device(args.device)
+    if DEVICE.type == "cuda":
+        print(f"device: {torch.cuda.get_device_name(DEVICE)}")
+    rate = matmul_rate(DEVICE)
     print(
         f"machine: {platform.processor() or platform.machine()}, "
         f"{os.cpu_count()} cores, torch {torch.__version__}, "

@@ -32,7 +32,7 @@ def jacobian_rows(module, parameters, X):
                 )
             )
         rows.append(torch.stack(per_output))
-    return torch.stack(rows).double().numpy()
+    return torch.stack(rows).double().cpu().numpy()
 
 
 def tangent_kernel_reference(module, parameters, X, Y=None, trace=True):
