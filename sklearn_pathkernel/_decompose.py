@@ -213,6 +213,11 @@ def decompose_path(
     with torch.no_grad():
         network_output = forward(module, X).double()
     n_X, n_outputs = network_output.shape
+    if kernel == "loss_weighted" and n_outputs != 1:
+        raise ValueError(
+            "The loss-weighted kernel (Remark 2) is defined for one output; "
+            f"this network has {n_outputs}."
+        )
     n_train = X_train.shape[0]
     nodes, node_weights = _gauss_legendre(n_nodes if exact else 1, exact)
 
@@ -275,11 +280,6 @@ def decompose_path(
 
     network_output = network_output.cpu().numpy()
     if kernel == "loss_weighted":
-        if n_outputs != 1:
-            raise ValueError(
-                "The loss-weighted kernel (Remark 2) is defined for one output; "
-                f"this network has {n_outputs}."
-            )
         kernel_matrix = -contributions[:, :, 0]
     else:
         kernel_matrix = path_kernel(
