@@ -6,6 +6,8 @@ import numpy as np
 import pytest
 import torch
 from _oracle import tangent_kernel_reference
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from sklearn.datasets import load_breast_cancer, load_diabetes, load_iris
 from sklearn.exceptions import ConvergenceWarning, NotFittedError
 from sklearn.preprocessing import scale
@@ -14,10 +16,16 @@ from sklearn_pathkernel import KernelMachine, PathKernelClassifier, PathKernelRe
 
 
 def _fit(Est, X, y, sample_weight=None, **params):
-    params = {"dtype": "float64", "random_state": 0, "tol": 0.0, **params}
+    params = {
+        "hidden_layer_sizes": (16,),
+        "dtype": "float64",
+        "random_state": 0,
+        "tol": 0.0,
+        **params,
+    }
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
-        return Est((16,), **params).fit(X, y, sample_weight=sample_weight)
+        return Est(**params).fit(X, y, sample_weight=sample_weight)
 
 
 @pytest.fixture(scope="module")
@@ -209,3 +217,37 @@ def test_decompose_checks_its_input(diabetes):
     with pytest.raises(ValueError, match="Input X contains NaN"):
         est.decompose(np.full((2, X.shape[1]), np.nan))
     assert isinstance(est.decompose(X[:1]), KernelMachine)
+
+
+@settings(max_examples=20, deadline=None)
+@given(
+    n_outputs=st.integers(1, 3),
+    hidden=st.lists(st.integers(1, 6), min_size=0, max_size=2),
+    activation=st.sampled_from(["identity", "logistic", "tanh"]),
+    batch_size=st.sampled_from([None, 3]),
+    alpha=st.sampled_from([0.0, 0.1]),
+    seed=st.integers(0, 2**16),
+)
+def test_property_exact_form_reproduces_small_smooth_networks(
+    n_outputs, hidden, activation, batch_size, alpha, seed
+):
+    rng = np.random.RandomState(seed)
+    X = rng.randn(7, 3)
+    est = _fit(
+        PathKernelRegressor,
+        X,
+        rng.randn(7, n_outputs),
+        hidden_layer_sizes=tuple(hidden),
+        activation=activation,
+        batch_size=batch_size,
+        alpha=alpha,
+        max_iter=3,
+        random_state=seed,
+    )
+    machine = est.decompose(rng.randn(4, 3), exact=True)
+    assert machine.error["max_abs"] < 1e-9 * max(
+        1.0, np.abs(machine.network_output).max()
+    )
+    np.testing.assert_allclose(
+        machine.prediction(), machine.bias + machine.contributions.sum(axis=1)
+    )

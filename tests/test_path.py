@@ -6,6 +6,8 @@ import numpy as np
 import pytest
 import torch
 from _oracle import path_kernel_reference, tangent_kernel_reference
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from joblib import parallel_config
 from sklearn.exceptions import ConvergenceWarning
 
@@ -231,3 +233,80 @@ def test_caller_module_is_not_moved(fitted):
     est, X = fitted
     path_kernel(est.module_, est.trajectory_, X[:3], device="cpu")
     assert next(est.module_.parameters()).device.type == "cpu"
+
+
+# -- properties on small random networks and data (hypothesis) ---------------
+@st.composite
+def _small_problem(draw):
+    """A tiny fitted float64 regressor and some rows, drawn by hypothesis."""
+    n_features = draw(st.integers(1, 4))
+    n_outputs = draw(st.integers(1, 3))
+    hidden = tuple(draw(st.lists(st.integers(1, 6), min_size=0, max_size=2)))
+    activation = draw(st.sampled_from(["identity", "logistic", "tanh", "relu"]))
+    seed = draw(st.integers(0, 2**16))
+    rng = np.random.RandomState(seed)
+    X = rng.randn(draw(st.integers(2, 9)), n_features)
+    y = rng.randn(len(X), n_outputs)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        est = PathKernelRegressor(
+            hidden,
+            activation=activation,
+            max_iter=draw(st.integers(1, 4)),
+            record_every=draw(st.integers(1, 2)),
+            dtype="float64",
+            random_state=seed,
+        ).fit(X, y)
+    return est, X, rng.randn(draw(st.integers(1, 5)), n_features)
+
+
+_PROPERTY_SETTINGS = settings(max_examples=25, deadline=None)
+
+
+@_PROPERTY_SETTINGS
+@given(_small_problem())
+def test_property_kernel_of_y_and_x_is_the_transpose(problem):
+    est, X, Z = problem
+    K_xz = path_kernel(est.module_, est.trajectory_, X, Z)
+    np.testing.assert_allclose(
+        path_kernel(est.module_, est.trajectory_, Z, X), K_xz.T, rtol=1e-10, atol=1e-12
+    )
+
+
+@_PROPERTY_SETTINGS
+@given(_small_problem())
+def test_property_gram_matrix_is_symmetric_psd(problem):
+    est, X, _ = problem
+    K = path_kernel(est.module_, est.trajectory_, X)
+    assert np.array_equal(K, K.T)
+    eigenvalues = np.linalg.eigvalsh(K)
+    assert eigenvalues.min() >= -1e-9 * max(1.0, eigenvalues.max())
+
+
+@_PROPERTY_SETTINGS
+@given(_small_problem(), st.randoms(use_true_random=False))
+def test_property_permuting_rows_permutes_the_kernel(problem, random):
+    est, X, Z = problem
+    order = list(range(len(X)))
+    random.shuffle(order)
+    K = path_kernel(est.module_, est.trajectory_, X, Z)
+    np.testing.assert_allclose(
+        path_kernel(est.module_, est.trajectory_, X[order], Z), K[order], rtol=1e-12
+    )
+
+
+@_PROPERTY_SETTINGS
+@given(
+    _small_problem(),
+    st.sampled_from(sorted(ENGINES)),
+    st.sampled_from([1e-5, 1e-3, None]),
+)
+def test_property_engine_and_block_size_do_not_change_the_kernel(
+    problem, engine, working_memory
+):
+    est, X, Z = problem
+    reference = path_kernel(est.module_, est.trajectory_, X, Z, engine="jacobian")
+    got = path_kernel(
+        est.module_, est.trajectory_, X, Z, engine=engine, working_memory=working_memory
+    )
+    np.testing.assert_allclose(got, reference, rtol=1e-9, atol=1e-12)
