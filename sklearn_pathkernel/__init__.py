@@ -8,14 +8,19 @@ gradients at two inputs along the path the parameters took while training
 
 from ._decompose import KernelMachine
 from ._estimators import PathKernelClassifier, PathKernelRegressor
+from ._gaussian_process import PathKernel
 from ._path import path_kernel, tangent_kernel
 from ._trajectory import Trajectory
+from ._transformers import PathKernelFeatures, PathKernelTransformer
 
 __version__ = "0.1.0.dev0"
 
 __all__ = [
     "PathKernelClassifier",
     "PathKernelRegressor",
+    "PathKernelTransformer",
+    "PathKernelFeatures",
+    "PathKernel",
     "KernelMachine",
     "Trajectory",
     "path_kernel",

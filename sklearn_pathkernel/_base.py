@@ -18,7 +18,8 @@ from sklearn.utils.validation import (
 
 from ._decompose import decompose_path
 from ._network import ACTIVATIONS, build_module, check_module_output, forward, make_mlp
-from ._path import path_kernel
+from ._normalize import NORMALIZATIONS, normalize_kernel
+from ._path import path_kernel, path_kernel_diagonal
 from ._tangent import ENGINES
 from ._training import train
 from ._validation import DTYPES, resolve_device, to_tensor
@@ -53,6 +54,7 @@ class BasePathKernelEstimator(BaseEstimator):
         "device": [str, torch.device],
         "dtype": [StrOptions(set(DTYPES))],
         "engine": [StrOptions({"auto", *ENGINES})],
+        "kernel_normalize": [StrOptions(set(NORMALIZATIONS))],
         "working_memory": [None, Interval(Real, 0, None, closed="neither")],
         "n_jobs": [None, Integral],
         "random_state": ["random_state"],
@@ -76,6 +78,7 @@ class BasePathKernelEstimator(BaseEstimator):
         device="auto",
         dtype="float32",
         engine="auto",
+        kernel_normalize="none",
         working_memory=None,
         n_jobs=None,
         random_state=None,
@@ -95,6 +98,7 @@ class BasePathKernelEstimator(BaseEstimator):
         self.device = device
         self.dtype = dtype
         self.engine = engine
+        self.kernel_normalize = kernel_normalize
         self.working_memory = working_memory
         self.n_jobs = n_jobs
         self.random_state = random_state
@@ -176,6 +180,8 @@ class BasePathKernelEstimator(BaseEstimator):
         self.n_iter_ = result.n_iter
         self.n_outputs_ = targets.shape[1]
         self._fit_X = X  # the kernel machine sums over these rows
+        self._fit_sample_weight = sample_weight  # weights the kernel's scale
+        self._fit_diagonal = None  # K_path(x_i, x_i), computed when first needed
         for name, value in target_attributes.items():
             setattr(self, name, value)
         return self
@@ -210,25 +216,29 @@ class BasePathKernelEstimator(BaseEstimator):
             return np.zeros((0, self.n_outputs_))
         return torch.cat(chunks).cpu().double().numpy()
 
-    def kernel(self, X, Y=None):
+    def kernel(self, X, Y=None, *, normalize=None):
         """The path kernel ``K_path(X, Y)`` of the trained network.
 
         ``sum_k weights[k] * J_k(X) J_k(Y)^T`` over the recorded checkpoints,
-        summed over outputs when the network has several. Symmetric positive
-        semi-definite for ``Y=None``; usable as ``SVC(kernel=est.kernel)`` or
-        as a precomputed kernel.
+        summed over outputs when the network has several, then normalised as
+        ``kernel_normalize`` says. Symmetric positive semi-definite for
+        ``Y=None``; usable as ``SVC(kernel=est.kernel)`` or as a precomputed
+        kernel.
 
         Parameters
         ----------
         X : array-like of shape (n_X, n_features)
         Y : array-like of shape (n_Y, n_features), default=None
             None means ``Y = X``.
+        normalize : {"none", "mean_diagonal", "cosine"}, default=None
+            Overrides ``kernel_normalize`` for this call; None keeps it.
 
         Returns
         -------
         K : ndarray of float64, shape (n_X, n_Y)
         """
         check_is_fitted(self)
+        mode = self._normalize_mode(normalize)
         X = validate_data(self, X, reset=False, dtype=[np.float64, np.float32])
         if Y is not None:
             Y = check_array(Y, dtype=[np.float64, np.float32], input_name="Y")
@@ -237,16 +247,94 @@ class BasePathKernelEstimator(BaseEstimator):
                     f"Y has {Y.shape[1]} features, but {type(self).__name__} is "
                     f"expecting {self.n_features_in_} features as input."
                 )
-        return path_kernel(
+        K = path_kernel(
             self.module_,
             self.trajectory_,
             X,
             Y,
-            engine=self.engine,
-            working_memory=self.working_memory,
-            n_jobs=self.n_jobs,
             verbose=self.verbose,
+            **self._kernel_options(),
         )
+        if mode == "none":
+            return K
+        if mode == "mean_diagonal":
+            return normalize_kernel(K, mode, scale=self._training_scale())
+        diag_X = np.diag(K) if Y is None else self._raw_diagonal(X)
+        diag_Y = diag_X if Y is None else self._raw_diagonal(Y)
+        return normalize_kernel(K, mode, diag_X=diag_X, diag_Y=diag_Y)
+
+    def kernel_diagonal(self, X, *, normalize=None):
+        """``K_path(x, x)`` for every row of ``X``: the diagonal of ``kernel(X)``.
+
+        Costs about ``n_X * 128`` kernel entries instead of ``n_X ** 2``.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_X, n_features)
+        normalize : {"none", "mean_diagonal", "cosine"}, default=None
+            Overrides ``kernel_normalize`` for this call; None keeps it.
+
+        Returns
+        -------
+        diagonal : ndarray of float64, shape (n_X,)
+            All ones for "cosine" (zero for a row whose gradients all vanish).
+        """
+        check_is_fitted(self)
+        mode = self._normalize_mode(normalize)
+        X = validate_data(self, X, reset=False, dtype=[np.float64, np.float32])
+        diagonal = self._raw_diagonal(X)
+        if mode == "none":
+            return diagonal
+        if mode == "mean_diagonal":
+            return diagonal / self._training_scale()
+        return (diagonal > 0).astype(np.float64)
+
+    def _normalize_mode(self, normalize):
+        mode = self.kernel_normalize if normalize is None else normalize
+        if mode not in NORMALIZATIONS:
+            raise ValueError(
+                f"The 'normalize' parameter of {type(self).__name__}.kernel must be "
+                f"None or one of {list(NORMALIZATIONS)}; got {mode!r} instead."
+            )
+        return mode
+
+    def _kernel_options(self):
+        return {
+            "engine": self.engine,
+            "working_memory": self.working_memory,
+            "n_jobs": self.n_jobs,
+        }
+
+    def _raw_diagonal(self, X):
+        """Unnormalised ``K_path(x, x)`` of validated rows; cached for ``_fit_X``."""
+        if X is self._fit_X or (
+            X.shape == self._fit_X.shape and np.array_equal(X, self._fit_X)
+        ):
+            return self._training_diagonal()
+        return path_kernel_diagonal(
+            self.module_, self.trajectory_, X, **self._kernel_options()
+        )
+
+    def _training_scale(self):
+        """The divisor of "mean_diagonal": the mean training ``K_path(x_i, x_i)``.
+
+        Weighted by the training sample weights (so that a weight of 2 and a
+        repeated row give the same scale), and the same for training and new
+        rows, so that transforming new rows never changes the scale.
+        """
+        weights = self._fit_sample_weight
+        diagonal = self._training_diagonal()
+        if weights.sum() <= 0:
+            return float(diagonal.mean())
+        return float(np.average(diagonal, weights=weights))
+
+    def _training_diagonal(self):
+        """``K_path(x_i, x_i)`` of the training rows, computed once per fit."""
+        if getattr(self, "_fit_diagonal", None) is None:
+            self._fit_diagonal = path_kernel_diagonal(
+                self.module_, self.trajectory_, self._fit_X, **self._kernel_options()
+            )
+        return self._fit_diagonal
 
     def decompose(self, X, *, exact=False, n_nodes=4, kernel="path"):
         """Explain the network's outputs at ``X`` as a sum over training rows.

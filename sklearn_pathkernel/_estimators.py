@@ -11,8 +11,10 @@ from sklearn.utils.validation import validate_data
 
 from ._base import BasePathKernelEstimator
 from ._losses import BINARY_LOGISTIC, SOFTMAX_CROSS_ENTROPY, SQUARED_ERROR
+from ._normalize import NORMALIZE_DOC
 
-_PARAMETERS_DOC = """
+_PARAMETERS_DOC = (
+    """
     Parameters
     ----------
     hidden_layer_sizes : tuple of int, default=(100,)
@@ -64,6 +66,11 @@ _PARAMETERS_DOC = """
         ``nn.Sequential`` of Linear layers and elementwise activations) and
         is by far the fastest; "jacobian" and "ntk_vp" work for any module.
         "auto" takes "structured" when the module qualifies.
+    kernel_normalize : {"none", "mean_diagonal", "cosine"}, default="none"
+        How :meth:`kernel` and :meth:`kernel_diagonal` scale the path kernel.
+"""
+    + textwrap.indent(NORMALIZE_DOC, " " * 8)
+    + """
     working_memory : float, default=None
         Budget in MiB for one block of rows in :meth:`kernel`;
         scikit-learn's ``working_memory`` setting when None. The result,
@@ -80,6 +87,7 @@ _PARAMETERS_DOC = """
         Print the loss after each epoch, and how :meth:`kernel` runs (engine,
         blocks), when positive.
 """
+)
 
 _ATTRIBUTES_DOC = """
     module_ : torch.nn.Module
@@ -109,12 +117,25 @@ Kernel Machine", arXiv:2012.00152, 2020.
 """
 
 
+# The ``normalize`` parameter of the transformers and of the features.
+_NORMALIZE_PARAMETER_DOC = (
+    """
+normalize : {"none", "mean_diagonal", "cosine"} or None, default=None
+    How the path kernel is scaled; None takes the fitted estimator's
+    ``kernel_normalize`` ("none" unless set).
+"""
+    + textwrap.indent(NORMALIZE_DOC, " " * 4)
+    + "\n"
+)
+
+
 def _docstring(cls):
     """Fill the shared fragments into a class docstring, written once here."""
     fragments = {
         "parameters": _PARAMETERS_DOC,
         "attributes": _ATTRIBUTES_DOC,
         "references": _REFERENCES_DOC,
+        "normalize": _NORMALIZE_PARAMETER_DOC,
     }
     cls.__doc__ = cls.__doc__.format(
         **{

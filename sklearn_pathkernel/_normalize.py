@@ -1,0 +1,102 @@
+"""Kernel normalisation: make the path kernel's scale independent of training length.
+
+The path kernel sums ``eps_t * J_t(x) J_t(x')^T`` over the steps of training,
+so it grows roughly in proportion to ``learning_rate * n_steps``. Multiplying
+a kernel by ``c`` is the same, for ``SVC``, as multiplying ``C`` by ``c``, and
+for ``KernelRidge`` as dividing ``alpha`` by ``c``: the useful range of those
+parameters moves with the length of training. Dividing the kernel by a scale
+taken from the kernel itself removes that dependence.
+
+Every mode is a rescaling of rows and columns, ``K_ij * f(x_i) * f(y_j)``, so
+it keeps a kernel positive semi-definite and applies as well to an explicit
+feature map (``phi(x) * f(x)``).
+"""
+
+import numpy as np
+
+NORMALIZATIONS = ("none", "mean_diagonal", "cosine")
+
+NORMALIZE_DOC = """\
+"none" leaves ``K_path`` as it is. Its scale grows with
+``learning_rate * n_steps``: the best ``C`` of ``SVC`` shrinks in
+proportion, and the best ``alpha`` of ``KernelRidge`` grows. "mean_diagonal"
+divides by the mean of ``K_path(x_i, x_i)`` over the training rows
+(weighted by ``sample_weight``; taken from the training rows only, and
+applied to new rows as well). "cosine"
+divides each entry by ``sqrt(K_path(x, x) * K_path(x', x'))``, so that
+every row has unit self-similarity. With either, the kernel's scale no
+longer depends on how long the network trained, and one grid of ``C`` or
+``alpha`` (e.g. ``np.logspace(-3, 3, 13)``) serves all training lengths."""
+
+
+def row_factors(mode, *, diagonal=None, scale=None, n_rows=None):
+    """Per-row factors ``f`` with normalised ``K_ij = f_X[i] K_ij f_Y[j]``.
+
+    Parameters
+    ----------
+    mode : {"none", "mean_diagonal", "cosine"}
+    diagonal : ndarray of shape (n_rows,), default=None
+        ``K(x, x)`` of the rows; needed for "cosine". Rows whose self kernel
+        is zero (their whole row of ``K`` is then zero) keep a factor of 1.
+    scale : float, default=None
+        The mean training diagonal; needed for "mean_diagonal".
+    n_rows : int, default=None
+        Number of rows when ``diagonal`` is not given.
+
+    Returns
+    -------
+    factors : ndarray of float64, shape (n_rows,)
+    """
+    if mode == "cosine":
+        diagonal = np.asarray(diagonal, dtype=np.float64)
+        safe = np.where(diagonal > 0, diagonal, 1.0)
+        return 1.0 / np.sqrt(safe)
+    n_rows = len(diagonal) if n_rows is None else n_rows
+    if mode == "mean_diagonal":
+        return np.full(n_rows, 1.0 / np.sqrt(scale) if scale > 0 else 1.0)
+    if mode == "none":
+        return np.ones(n_rows)
+    raise ValueError(
+        f"The 'normalize' option must be one of {list(NORMALIZATIONS)}; got "
+        f"{mode!r} instead."
+    )
+
+
+def normalize_kernel(K, mode, *, diag_X=None, diag_Y=None, scale=None):
+    """Normalise a kernel matrix ``K`` (n_X, n_Y).
+
+    Parameters
+    ----------
+    K : ndarray of shape (n_X, n_Y)
+    mode : {"none", "mean_diagonal", "cosine"}
+        "none" returns ``K``; "mean_diagonal" returns ``K / scale``; "cosine"
+        returns ``K_ij / sqrt(diag_X[i] * diag_Y[j])``.
+    diag_X, diag_Y : ndarray of shape (n_X,) and (n_Y,), default=None
+        Self kernels ``K(x, x)`` of the rows and columns, for "cosine".
+    scale : float, default=None
+        The mean of the training rows' ``K(x, x)``, for "mean_diagonal".
+
+    Returns
+    -------
+    K : ndarray of float64, shape (n_X, n_Y)
+        A new array unless ``mode == "none"``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from sklearn_pathkernel._normalize import normalize_kernel
+    >>> K = np.array([[4.0, 2.0], [2.0, 9.0]])
+    >>> normalize_kernel(K, "cosine", diag_X=np.diag(K), diag_Y=np.diag(K))
+    array([[1.        , 0.33333333],
+           [0.33333333, 1.        ]])
+    >>> float(normalize_kernel(K, "mean_diagonal", scale=6.5)[0, 0])
+    0.6153...
+    """
+    if mode == "none":
+        row_factors(mode, n_rows=K.shape[0])  # validates mode
+        return K
+    if mode == "mean_diagonal":
+        return K / scale if scale > 0 else K.copy()
+    f_X = row_factors(mode, diagonal=diag_X, scale=scale, n_rows=K.shape[0])
+    f_Y = row_factors(mode, diagonal=diag_Y, scale=scale, n_rows=K.shape[1])
+    return K * f_X[:, None] * f_Y[None, :]
