@@ -114,6 +114,43 @@ class Trajectory:
         del self._checkpoints[keep:]
         del self._checkpoint_steps[keep:]
 
+    # -- persistence --------------------------------------------------------
+    def __getstate__(self):
+        # Thousands of small tensors pickle one by one, slowly: pack the
+        # checkpoints into one matrix and every step's records into three.
+        state = self.__dict__.copy()
+        steps = state.pop("_steps")
+        checkpoints = state.pop("_checkpoints")
+        state["_packed_checkpoints"] = torch.stack(checkpoints) if checkpoints else None
+        state["_packed_steps"] = (
+            [s.step_size for s in steps],
+            [len(s.batch) for s in steps],
+            *(
+                torch.cat([getattr(s, field) for s in steps]) if steps else None
+                for field in ("batch", "batch_weights", "output_gradients")
+            ),
+        )
+        return state
+
+    def __setstate__(self, state):
+        packed = state.pop("_packed_checkpoints")
+        sizes, lengths, batches, weights, gradients = state.pop("_packed_steps")
+        self.__dict__.update(state)
+        self._checkpoints = [] if packed is None else list(packed.unbind(0))
+        self._steps = (
+            [
+                Step(size, *parts)
+                for size, *parts in zip(
+                    sizes,
+                    batches.split(lengths),
+                    weights.split(lengths),
+                    gradients.split(lengths),
+                )
+            ]
+            if sizes
+            else []
+        )
+
     # -- reading ----------------------------------------------------------
     def __len__(self):
         return len(self._checkpoints)

@@ -281,3 +281,37 @@ def test_flatten_parameters():
     flat = flatten_parameters([a, b])
     assert torch.equal(flat, torch.tensor([1.0, 1.0, 1.0, 1.0, 5.0, 6.0]))
     assert not flat.requires_grad
+
+
+def test_pickle_round_trip_of_a_recorded_path_is_exact_and_packed():
+    import pickle
+    import warnings
+
+    from sklearn.exceptions import ConvergenceWarning
+
+    from sklearn_pathkernel import PathKernelClassifier
+
+    rng = np.random.RandomState(0)
+    X, y = rng.randn(30, 3), np.arange(30) % 3
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        traj = (
+            PathKernelClassifier(
+                (4,), batch_size=7, max_iter=3, record_every=2, random_state=0
+            )
+            .fit(X, y)
+            .trajectory_
+        )
+    loaded = pickle.loads(pickle.dumps(traj))
+    assert len(loaded) == len(traj) and loaded.n_steps == traj.n_steps == 15
+    np.testing.assert_array_equal(loaded.weights, traj.weights)
+    for k in range(len(traj)):
+        assert torch.equal(loaded.flat_parameters(k), traj.flat_parameters(k))
+    for t in range(traj.n_steps):
+        for a, b in zip(loaded.step(t), traj.step(t)):
+            assert a == b if isinstance(a, float) else torch.equal(a, b)
+    for name, value in traj.final_parameters().items():
+        assert torch.equal(loaded.final_parameters()[name], value)
+    assert loaded.alpha == traj.alpha and loaded.record_every == 2
+    empty = pickle.loads(pickle.dumps(Trajectory({"w": (2,)})))
+    assert len(empty) == 0 and empty.n_steps == 0
