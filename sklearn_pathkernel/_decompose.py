@@ -25,8 +25,10 @@ import numpy as np
 import torch
 from torch.func import jvp
 
+from ._memory import check_result_fits
 from ._network import forward, forward_at
-from ._path import path_kernel, rows_within_budget
+from ._path import _TILE_ROWS, path_kernel, rows_within_budget
+from ._progress import progress_bar
 from ._tangent import _TORCH_FUNC_LOCK, select_engine
 
 
@@ -164,6 +166,7 @@ def decompose_path(
     kernel="path",
     engine="auto",
     working_memory=None,
+    verbose=0,
 ):
     """Decompose the network's outputs at ``X`` over its training rows.
 
@@ -190,7 +193,11 @@ def decompose_path(
         loss-weighted path kernel of Remark 2 (then all coefficients are -1).
     engine : {"auto", "structured", "jacobian", "ntk_vp"}, default="auto"
     working_memory : float, default=None
-        Budget in MiB for one block of query rows.
+        Budget in MiB for one block of query rows. Blocks hold 256 rows
+        whenever that fits, and a power of two fewer otherwise, so results
+        are bit-identical across every budget that fits 256 rows.
+    verbose : int, default=0
+        Show a progress bar over query blocks and steps.
 
     Returns
     -------
@@ -225,13 +232,24 @@ def decompose_path(
     per_row = bound.bytes_per_row(n_outputs, itemsize) * (1 + len(nodes)) + n_train * (
         8 * n_outputs + 3 * itemsize * n_outputs
     )
-    block = rows_within_budget(working_memory, per_row, n_X)
+    block = _query_tile(working_memory, per_row)
 
+    check_result_fits(
+        (n_X, n_train, n_outputs),
+        what="The contributions",
+        remedy="Decompose fewer query rows at a time, e.g. decompose(X[i:j]).",
+    )
     contributions = np.zeros((n_X, n_train, n_outputs))
     bias = np.zeros((n_X, n_outputs))
     alpha = trajectory.alpha
     steps_of = _steps_by_checkpoint(trajectory)
-    with torch.no_grad():
+    progress = progress_bar(
+        verbose,
+        total=-(-n_X // block) * trajectory.n_steps,
+        desc="decompose" + (" (exact)" if exact else ""),
+        unit="step",
+    )
+    with torch.no_grad(), progress:
         for q0 in range(0, n_X, block):
             Xq = X[q0 : q0 + block]
             phi = torch.zeros(
@@ -275,6 +293,7 @@ def decompose_path(
                                 * step.step_size
                                 * _jvp(module, p, Xq, start).double()
                             )
+                    progress.update(1)
             contributions[q0 : q0 + Xq.shape[0]] = phi.cpu().numpy()
             bias[q0 : q0 + Xq.shape[0]] = b.cpu().numpy()
 
@@ -289,8 +308,20 @@ def decompose_path(
             X_train,
             engine=engine,
             working_memory=working_memory,
+            verbose=verbose,
         )
     return KernelMachine(bias, contributions, network_output, kernel_matrix, exact)
+
+
+def _query_tile(working_memory, bytes_per_row):
+    """Query rows per block: ``_TILE_ROWS``, or a power of two fewer.
+
+    The block fixes the shapes of every product, hence the rounding; taking
+    it from a short fixed list, not straight from the budget, keeps results
+    bit-identical across all budgets that hold a full tile.
+    """
+    rows = rows_within_budget(working_memory, bytes_per_row, _TILE_ROWS)
+    return 1 << (rows.bit_length() - 1)
 
 
 def _jvp(module, parameters, X, tangent):

@@ -5,10 +5,13 @@ import math
 
 import numpy as np
 import torch
-from joblib import Parallel, delayed
+from joblib import Parallel, delayed, effective_n_jobs
 from sklearn import get_config
+from threadpoolctl import threadpool_limits
 
+from ._memory import check_result_fits
 from ._network import forward
+from ._progress import progress_bar
 from ._tangent import select_engine
 from ._validation import check_kernel_input, resolve_device, to_tensor
 
@@ -63,8 +66,12 @@ def tangent_kernel(
         ``joblib.parallel_config`` says otherwise). None runs them one after
         the other, each using all of torch's threads, which is usually
         fastest on one machine; more jobs help on a cluster backend.
+        Concurrent tasks share torch's threads (each gets
+        ``torch.get_num_threads() // n_jobs``), so the machine is never
+        oversubscribed.
     verbose : int, default=0
-        Say which engine runs and how the work is blocked.
+        Say which engine runs and how the work is blocked, and show a
+        progress bar over checkpoints and row blocks.
 
     Returns
     -------
@@ -138,7 +145,8 @@ def path_kernel(
     n_jobs : int, default=None
         Row blocks run as joblib tasks; see :func:`tangent_kernel`.
     verbose : int, default=0
-        Say which engine runs and how the work is blocked.
+        Say which engine runs and how the work is blocked, and show a
+        progress bar over checkpoints and row blocks.
 
     Returns
     -------
@@ -285,112 +293,228 @@ def weighted_kernel_sum(
     with torch.no_grad():
         n_outputs = forward(module, X_t[:1]).shape[1]
     extra = () if trace else (n_outputs, n_outputs)
+    check_result_fits(
+        (n, m, *extra),
+        what="The path kernel",
+        remedy=(
+            "Compute it in row blocks, e.g. kernel(X[i:j], Y), using each "
+            "block before the next, or use PathKernelFeatures(n_components=...) "
+            "for features whose size grows linearly with the number of rows."
+            + ("" if trace else " trace=True sums over outputs: O*O times less.")
+        ),
+    )
     K = np.zeros((n, m, *extra), dtype=np.float64)
     if not points:
         return K
 
     itemsize = torch.finfo(dtype).bits // 8
+    state_bytes = bound.bytes_per_row(n_outputs, itemsize)
+    tile, chunk = _grid(state_bytes)
+    numbers = math.prod(extra)
     block = rows_within_budget(
         working_memory,
-        # Per row: two engine states, and across the m columns the float64
-        # strip, the cached static Gram and up to three temporaries of a
-        # contraction (input Gram, signal Gram, their product).
-        2 * bound.bytes_per_row(n_outputs, itemsize)
-        + m * (8 + 4 * itemsize) * math.prod(extra),
+        # Per row: its engine state, and across the m columns the float64
+        # strip and the cached static Gram ...
+        state_bytes + m * (8 + itemsize) * numbers,
         max(n, m),
+        # ... on top of one column chunk's state and a contraction's
+        # temporaries (input Gram, signal Gram, their product).
+        fixed_bytes=chunk * state_bytes + 3 * tile * chunk * itemsize * numbers,
+        multiple_of=tile,
     )
     row_blocks = [(r0, min(r0 + block, n)) for r0 in range(0, n, block)]
+    progress = progress_bar(
+        verbose,
+        total=len(row_blocks) * len(points),
+        desc=f"path kernel ({bound.name})",
+        unit="checkpoint-block",
+    )
     if verbose > 0:
-        print(
+        progress.write(
             f"path kernel: engine {bound.name!r}, {n} x {m} over {len(points)} "
-            f"checkpoint(s), {len(row_blocks)} row block(s) of up to {block} rows"
+            f"checkpoint(s), {len(row_blocks)} row block(s) of up to {block} rows "
+            f"in tiles of {tile} x {chunk}"
         )
+    # In-task progress only when the tasks run here, one after the other.
+    tick = progress.update if n_jobs in (None, 1) else None
+    threads = _threads_per_task(n_jobs)
     task = delayed(_strip)
     strips = Parallel(n_jobs=n_jobs, prefer="threads", return_as="generator")(
-        task(bound, points, X_t, Y_t, r0, r1, block, symmetric, trace, extra, device)
+        task(
+            bound,
+            points,
+            X_t,
+            Y_t,
+            r0,
+            r1,
+            tile,
+            chunk,
+            symmetric,
+            trace,
+            extra,
+            device,
+            tick,
+            threads,
+        )
         for r0, r1 in row_blocks
     )
-    for (r0, r1), strip in zip(row_blocks, strips):
-        K[r0:r1, (r0 if symmetric else 0) :] = strip
+    with progress:
+        for (r0, r1), strip in zip(row_blocks, strips):
+            K[r0:r1, _first_column(r0, chunk, symmetric) :] = strip
+            if tick is None:
+                progress.update(len(points))
     if symmetric:
-        _mirror_upper(K, _tile_bounds(row_blocks))
+        _mirror_upper(K, tile)
     return K
 
 
-# Diagonal blocks are cut into this many row tiles, each contracted against
-# the columns from its own start on: about (1 + 1/_DIAGONAL_TILES) / 2 of the
-# block is computed instead of all of it.
-_DIAGONAL_TILES = 8
-_MIN_TILE = 64
+# Work is cut on a fixed grid, so that every kernel entry comes out of matrix
+# products of the same shapes whatever working_memory or n_jobs are: BLAS
+# rounding depends on operand shapes (MKL's float64 GEMM gives other bits for
+# the same entry when the number of columns changes), and a fixed grid is
+# what makes results bit-identical across block sizes. Row tiles hold
+# _TILE_ROWS rows and column chunks _CHUNK_COLUMNS columns; both shrink, by
+# powers of two, only for networks whose per-row state is large: a property
+# of the network and engine, never of the budget.
+_TILE_ROWS = 256
+_CHUNK_COLUMNS = 2048
+_CHUNK_STATE_BYTES = 128 * 2**20
 
 
-def _strip(bound, points, X_t, Y_t, r0, r1, block, symmetric, trace, extra, device):
-    """Rows ``r0:r1`` of the kernel (from column ``r0`` on when symmetric)."""
+def _grid(state_bytes):
+    """``(tile, chunk)``: rows per row tile and columns per column chunk."""
+    chunk = _CHUNK_COLUMNS
+    while chunk > 1 and chunk * state_bytes > _CHUNK_STATE_BYTES:
+        chunk //= 2
+    return min(_TILE_ROWS, chunk), chunk
+
+
+def _first_column(r0, chunk, symmetric):
+    """First column a row block computes: its chunk's start when symmetric."""
+    return r0 // chunk * chunk if symmetric else 0
+
+
+def _strip(
+    bound,
+    points,
+    X_t,
+    Y_t,
+    r0,
+    r1,
+    tile,
+    chunk,
+    symmetric,
+    trace,
+    extra,
+    device,
+    tick=None,
+    threads=None,
+):
+    """Rows ``r0:r1`` of the kernel, from column ``_first_column`` on.
+
+    Row states are built one row tile at a time and column states one column
+    chunk at a time, each on the fixed grid; every product is one row tile
+    against one column chunk. When symmetric, a row tile meets only the
+    chunks from the one holding its first row on: entries below the diagonal
+    inside that chunk are computed too, and overwritten by the mirror.
+    """
+    if threads is not None:
+        with threadpool_limits(limits=threads):
+            return _strip(
+                bound,
+                points,
+                X_t,
+                Y_t,
+                r0,
+                r1,
+                tile,
+                chunk,
+                symmetric,
+                trace,
+                extra,
+                device,
+                tick,
+            )
     m = Y_t.shape[0]
-    c_start = r0 if symmetric else 0
+    c_start = _first_column(r0, chunk, symmetric)
     strip = torch.zeros(
         (r1 - r0, m - c_start, *extra), dtype=torch.float64, device=device
     )
-    pairs = []  # (row tile, column block or tile): what to contract
-    for c0 in range(c_start, m, block):
-        c1 = min(c0 + block, m)
-        if symmetric and c0 == r0:
-            # Each row tile against the block's columns from that tile on:
-            # one triangle of tiles, in as few (and as large) products as can be.
-            pairs += [((a0, a1), (a0, r1)) for a0, a1 in _tiles(r0, r1)]
-        else:
-            pairs.append(((r0, r1), (c0, c1)))
-    statics = [bound.static(X_t[a0:a1], Y_t[b0:b1]) for (a0, a1), (b0, b1) in pairs]
+    row_tiles = [(a0, min(a0 + tile, r1)) for a0 in range(r0, r1, tile)]
+    chunks = [(b0, min(b0 + chunk, m)) for b0 in range(c_start, m, chunk)]
+    pairs = {  # column chunk -> the row tiles it meets
+        (b0, b1): [
+            (a0, a1)
+            for a0, a1 in row_tiles
+            if _first_column(a0, chunk, symmetric) <= b0
+        ]
+        for b0, b1 in chunks
+    }
+    statics = {
+        (a, b): bound.static(X_t[a[0] : a[1]], Y_t[b[0] : b[1]])
+        for b, tiles in pairs.items()
+        for a in tiles
+    }
     with torch.no_grad():
         for weight, load in points:
             parameters = load(device)
-            state_x = bound.state(parameters, X_t[r0:r1])
-            states_y = {}
-            for ((a0, a1), (b0, b1)), static in zip(pairs, statics):
-                diagonal = symmetric and b0 < r1
-                if diagonal:
-                    part_y = bound.take(state_x, b0 - r0, b1 - r0)
-                else:
-                    if b0 not in states_y:
-                        states_y = {b0: bound.state(parameters, Y_t[b0:b1])}
-                    part_y = states_y[b0]
-                part = bound.contract(
-                    bound.take(state_x, a0 - r0, a1 - r0), part_y, trace, static
-                )
-                strip[a0 - r0 : a1 - r0, b0 - c_start : b1 - c_start].add_(
-                    part, alpha=weight
-                )
+            states_x = {a: bound.state(parameters, X_t[a[0] : a[1]]) for a in row_tiles}
+            for (b0, b1), tiles in pairs.items():
+                state_y = bound.state(parameters, Y_t[b0:b1])
+                for a0, a1 in tiles:
+                    part = bound.contract(
+                        states_x[a0, a1], state_y, trace, statics[(a0, a1), (b0, b1)]
+                    )
+                    strip[a0 - r0 : a1 - r0, b0 - c_start : b1 - c_start].add_(
+                        part, alpha=weight
+                    )
+            if tick is not None:
+                tick(1)
     return strip.cpu().numpy()
 
 
-def _tiles(start, stop):
-    size = max(_MIN_TILE, -(-(stop - start) // _DIAGONAL_TILES))
-    return [(t, min(t + size, stop)) for t in range(start, stop, size)]
+def _threads_per_task(n_jobs):
+    """Threads each of ``n_jobs`` concurrent tasks may use, or None for all.
+
+    torch (OpenMP, MKL) would otherwise give every task all the cores, and
+    ``n_jobs`` tasks would run ``n_jobs`` times as many threads as there are
+    cores. Splitting torch's thread count between the workers keeps the total
+    at what torch was set to use (``torch.set_num_threads``).
+    """
+    workers = effective_n_jobs(n_jobs)
+    if workers <= 1:
+        return None
+    return max(1, torch.get_num_threads() // workers)
 
 
-def _tile_bounds(row_blocks):
-    return [tile for r0, r1 in row_blocks for tile in _tiles(r0, r1)]
+def rows_within_budget(
+    working_memory, bytes_per_row, n_rows, *, fixed_bytes=0, multiple_of=1
+):
+    """How many rows of ``bytes_per_row`` fit ``working_memory`` MiB.
 
-
-def rows_within_budget(working_memory, bytes_per_row, n_rows):
-    """How many rows of ``bytes_per_row`` fit ``working_memory`` MiB (at least 1).
-
-    None means scikit-learn's ``working_memory`` setting.
+    ``fixed_bytes`` are spent whatever the number of rows. The answer is a
+    multiple of ``multiple_of`` (the work's tile) and at least one tile, even
+    when that exceeds the budget; None means scikit-learn's
+    ``working_memory`` setting.
     """
     if working_memory is None:
         working_memory = get_config()["working_memory"]
-    rows = int(working_memory * 2**20 // bytes_per_row)
+    rows = int(max(0.0, working_memory * 2**20 - fixed_bytes) // bytes_per_row)
+    rows = max(multiple_of, rows // multiple_of * multiple_of)
     return max(1, min(rows, n_rows))
 
 
-def _mirror_upper(K, tiles):
-    """Fill the lower triangle from the upper one, tile row by tile row.
+def _mirror_upper(K, tile):
+    """Copy the upper triangle onto the lower one, one row tile at a time.
 
-    Diagonal tiles come from ``S S^T`` products whose rounding need not be
-    symmetric; averaging with the transpose makes ``K`` exactly symmetric.
+    Every entry on or above the diagonal was computed exactly once; the
+    lower triangle is its transpose, so ``K`` is exactly symmetric.
     """
+    n = K.shape[0]
     swap = (1, 0) if K.ndim == 2 else (1, 0, 3, 2)
-    for t0, t1 in tiles:
+    for t0 in range(0, n, tile):
+        t1 = min(t0 + tile, n)
         diagonal = K[t0:t1, t0:t1]
-        K[t0:t1, t0:t1] = 0.5 * (diagonal + diagonal.transpose(swap))
+        lower = np.tril_indices(t1 - t0, -1)
+        diagonal[lower] = diagonal.transpose(swap)[lower]
         K[t1:, t0:t1] = K[t0:t1, t1:].transpose(swap)

@@ -9,7 +9,6 @@ trajectory records, so the recorded path and the decomposition agree to
 rounding.
 """
 
-import time
 import warnings
 from dataclasses import dataclass, field
 
@@ -18,6 +17,7 @@ import torch
 from sklearn.exceptions import ConvergenceWarning
 
 from ._network import forward, trainable_parameters
+from ._progress import EpochLog
 from ._trajectory import Step, Trajectory, flatten_parameters
 from .exceptions import DivergenceWarning
 
@@ -82,7 +82,7 @@ def train(
     generator : torch.Generator
         Source of the shuffling order (on the CPU).
     verbose : int
-        Print one line per epoch when positive.
+        Print a table row per epoch (loss, its change, seconds) when positive.
     owner : str
         Estimator name for messages.
 
@@ -104,7 +104,7 @@ def train(
     full_batch = batch_size is None or batch_size >= n_samples
     total_weight = float(sample_weight.sum())
     best_loss, no_improvement = np.inf, 0
-    start = time.perf_counter()
+    log = EpochLog(verbose)
     last_from = None  # w_t of the last recorded step: where a rollback returns
 
     for epoch in range(max_iter):
@@ -143,9 +143,7 @@ def train(
 
         result.loss_curve.append(epoch_loss)
         result.n_iter = epoch + 1
-        if verbose > 0:
-            elapsed = time.perf_counter() - start
-            print(f"epoch {epoch + 1:4d}  loss {epoch_loss:.8g}  {elapsed:8.2f}s")
+        log.epoch(epoch + 1, epoch_loss)
         if epoch_loss > best_loss - tol:
             no_improvement += 1
         else:
@@ -153,11 +151,10 @@ def train(
         best_loss = min(best_loss, epoch_loss)
         if no_improvement >= n_iter_no_change:
             result.converged = True
-            if verbose > 0:
-                print(
-                    f"Training loss did not improve more than tol={tol} for "
-                    f"{n_iter_no_change} consecutive epochs. Stopping."
-                )
+            log.message(
+                f"Training loss did not improve more than tol={tol} for "
+                f"{n_iter_no_change} consecutive epochs. Stopping."
+            )
             break
 
     if not _final_objective_finite(module, params, X, Y, sample_weight, loss, alpha):

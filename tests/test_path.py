@@ -1,5 +1,6 @@
 """Blocked tangent and path kernels against the reference."""
 
+import threading
 import warnings
 
 import numpy as np
@@ -14,6 +15,7 @@ from sklearn.exceptions import ConvergenceWarning
 from sklearn_pathkernel import (
     PathKernelClassifier,
     PathKernelRegressor,
+    _path,
     path_kernel,
     tangent_kernel,
 )
@@ -64,6 +66,34 @@ def test_n_jobs_gives_bit_identical_kernels(fitted, n_jobs):
     assert np.array_equal(serial, parallel)
 
 
+class _ThreadRecorder(torch.nn.Module):
+    """A linear layer that records the torch threads of each calling thread."""
+
+    def __init__(self):
+        super().__init__()
+        self.linear = torch.nn.Linear(4, 1, dtype=torch.float64)
+        self.seen = set()
+
+    def forward(self, x):
+        self.seen.add((threading.get_ident(), torch.get_num_threads()))
+        return self.linear(x)
+
+
+def test_parallel_tasks_share_torch_threads(fitted, monkeypatch):
+    _, X = fitted
+    monkeypatch.setattr(_path, "_TILE_ROWS", 4)
+    monkeypatch.setattr(_path, "_CHUNK_COLUMNS", 8)
+    module = _ThreadRecorder()
+    total = torch.get_num_threads()
+    tangent_kernel(module, None, X, engine="jacobian", n_jobs=2, working_memory=1e-4)
+    main = threading.get_ident()
+    in_tasks = {threads for ident, threads in module.seen if ident != main}
+    assert in_tasks == {max(1, total // 2)}
+    assert torch.get_num_threads() == total  # restored afterwards
+    assert _path._threads_per_task(None) is None
+    assert _path._threads_per_task(1) is None
+
+
 def test_parallel_config_decides_the_backend(fitted):
     est, X = fitted
     expected = path_kernel(est.module_, est.trajectory_, X, working_memory=0.05)
@@ -74,12 +104,15 @@ def test_parallel_config_decides_the_backend(fitted):
     assert np.array_equal(got, expected)
 
 
-def test_verbose_says_which_engine_runs(fitted, capsys):
+def test_verbose_says_which_engine_runs_and_shows_progress(fitted, capsys):
     est, X = fitted
     path_kernel(est.module_, est.trajectory_, X[:4], verbose=1)
-    assert "engine 'structured'" in capsys.readouterr().out
+    captured = capsys.readouterr()
+    assert "engine 'structured'" in captured.out
+    assert "tiles of 256 x 2048" in captured.out
+    assert "path kernel (structured)" in captured.err  # the tqdm bar
     path_kernel(est.module_, est.trajectory_, X[:4])
-    assert capsys.readouterr().out == ""
+    assert capsys.readouterr() == ("", "")
 
 
 def test_full_output_kernel_traces_to_the_traced_one(fitted):
@@ -96,16 +129,26 @@ def test_full_output_kernel_traces_to_the_traced_one(fitted):
     )
 
 
-# Budgets from one-row blocks to everything in one block.
-@pytest.mark.parametrize("working_memory", [1e-4, 0.01, 0.03, None])
+@pytest.fixture
+def small_grid(monkeypatch):
+    """Tiles of 4 rows and chunks of 8 columns, so that 30 rows cross many."""
+    monkeypatch.setattr(_path, "_TILE_ROWS", 4)
+    monkeypatch.setattr(_path, "_CHUNK_COLUMNS", 8)
+
+
+# Budgets from one-tile blocks to everything in one block.
+@pytest.mark.parametrize("working_memory", [1e-4, 0.03, None])
 @pytest.mark.parametrize("symmetric", [True, False])
-@pytest.mark.parametrize("engine", ["structured", "jacobian"])
-def test_result_does_not_depend_on_block_size(
-    fitted, working_memory, symmetric, engine
+@pytest.mark.parametrize(
+    "engine, n_jobs",
+    [("structured", None), ("structured", 2), ("jacobian", None), ("ntk_vp", 2)],
+)
+def test_result_is_bit_identical_across_block_sizes(
+    fitted, small_grid, working_memory, symmetric, engine, n_jobs
 ):
     est, X = fitted
-    if working_memory == 1e-4:
-        X = X[:6]  # one-row blocks: keep the number of tiny blocks small
+    if engine != "structured":
+        X = X[:13]  # the torch.func engines pay a fixed cost per tiny tile
     Y = None if symmetric else X[:11] * 0.5
     whole = path_kernel(est.module_, est.trajectory_, X, Y, engine=engine)
     blocked = path_kernel(
@@ -115,8 +158,41 @@ def test_result_does_not_depend_on_block_size(
         Y,
         working_memory=working_memory,
         engine=engine,
+        n_jobs=n_jobs,
     )
-    np.testing.assert_allclose(blocked, whole, rtol=1e-12)
+    assert np.array_equal(blocked, whole)
+    reference = path_kernel_reference(est.module_, est.trajectory_, X, Y)
+    np.testing.assert_allclose(blocked, reference, rtol=1e-9, atol=1e-12)
+
+
+def test_default_grid_is_bit_identical_across_block_sizes():
+    # float32 and several 256-row tiles: the shapes where BLAS rounding
+    # would differ if products followed the blocks instead of the grid.
+    rng = np.random.RandomState(0)
+    X = rng.randn(700, 5)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        est = PathKernelRegressor((16,), max_iter=3, random_state=0).fit(X, X[:, 0])
+    kernels = [
+        path_kernel(est.module_, est.trajectory_, X, working_memory=memory)
+        for memory in (None, 0.5, 1.5)
+    ]
+    assert all(np.array_equal(K, kernels[0]) for K in kernels[1:])
+    assert np.array_equal(kernels[0], kernels[0].T)
+
+
+def test_working_memory_groups_whole_tiles():
+    assert _path.rows_within_budget(1, 2**10, 5000, multiple_of=256) == 1024 - 0
+    assert _path.rows_within_budget(1e-6, 2**10, 5000, multiple_of=256) == 256
+    assert _path.rows_within_budget(1, 2**10, 100, multiple_of=256) == 100
+    assert _path.rows_within_budget(1, 2**10, 5000, fixed_bytes=2**19) == 512
+
+
+def test_grid_shrinks_only_for_large_states():
+    assert _path._grid(4 * 1000) == (256, 2048)
+    tile, chunk = _path._grid(2 * 10**6)
+    assert chunk * 2 * 10**6 <= _path._CHUNK_STATE_BYTES
+    assert tile <= chunk and chunk & (chunk - 1) == 0
 
 
 @pytest.mark.parametrize("trace", [True, False])

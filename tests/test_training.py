@@ -713,18 +713,24 @@ def test_zero_weight_batch_moves_only_by_l2(alpha):
 # -- (8): verbose ----------------------------------------------------------------
 
 
-def test_verbose_prints_one_line_per_epoch(capsys):
+def test_verbose_prints_a_table_row_per_epoch(capsys):
     X, Y, s = _data(SQUARED_ERROR)
     result = _train(
         _mlp(3, 2), X, Y, SQUARED_ERROR, sample_weight=s, max_iter=3, verbose=1
     )
-    lines = capsys.readouterr().out.splitlines()
-    assert len(lines) == 3
-    for epoch, (line, value) in enumerate(zip(lines, result.loss_curve), start=1):
-        match = re.match(r"^epoch\s+(\d+)\s+loss\s+(\S+)\s+\d+\.\d+s$", line)
-        assert match, line
-        assert int(match.group(1)) == epoch
-        assert float(match.group(2)) == pytest.approx(value, rel=1e-7)
+    header, rule, *rows = capsys.readouterr().out.splitlines()
+    assert header.split() == ["epoch", "train_loss", "change", "dur"]
+    assert set(rule.replace(" ", "")) == {"-"}
+    assert len(rows) == 3
+    previous = None
+    for epoch, (row, value) in enumerate(zip(rows, result.loss_curve), start=1):
+        fields = row.split()
+        assert int(fields[0]) == epoch
+        assert float(fields[1]) == pytest.approx(value, rel=1e-7)
+        if previous is not None:
+            assert float(fields[2]) == pytest.approx(value - previous, rel=1e-4)
+        assert float(fields[-1]) >= 0
+        previous = value
 
 
 def test_verbose_reports_stop(capsys):
@@ -741,9 +747,9 @@ def test_verbose_reports_stop(capsys):
         verbose=1,
     )
     lines = capsys.readouterr().out.splitlines()
-    assert len(lines) == 4
-    assert all(line.startswith("epoch") for line in lines[:3])
-    assert "Stopping" in lines[3]
+    assert len(lines) == 2 + 3 + 1  # header, rule, three epochs, the reason
+    assert [int(line.split()[0]) for line in lines[2:5]] == [1, 2, 3]
+    assert "Stopping" in lines[5]
 
 
 def test_verbose_zero_prints_nothing(capsys):
