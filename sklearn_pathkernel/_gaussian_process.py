@@ -1,5 +1,8 @@
 """PathKernel: a fitted network's path kernel as a Gaussian-process kernel."""
 
+import warnings
+from contextlib import contextmanager
+
 import numpy as np
 from sklearn.gaussian_process.kernels import Kernel
 
@@ -23,6 +26,12 @@ class PathKernel(Kernel):
     keeps the same fitted estimator: the clone computes the same kernel and
     nothing is retrained. Train ``est`` on the GP's training rows only, or
     on rows held apart from any rows the GP is scored on.
+
+    X and Y are checked by the estimator, as its ``kernel`` checks them.
+    ``GaussianProcessRegressor`` passes plain arrays even when it was fitted
+    on a DataFrame (it checks the feature names itself), so an estimator
+    fitted with feature names takes arrays here without warning; a
+    DataFrame whose names differ from the estimator's is still refused.
 
     Parameters
     ----------
@@ -110,10 +119,11 @@ class PathKernel(Kernel):
             and _same(cached[2], Y)
         ):
             return cached[3].copy()
-        K = self.estimator.kernel(X, Y)
+        with _arrays_without_names():
+            K = self.estimator.kernel(X, Y)
         if key[0] is not None:
-            copy = None if Y is None else np.array(Y, copy=True)
-            self._last = (key, np.array(X, copy=True), copy, K.copy())
+            copy = None if Y is None else np.asarray(Y).copy()
+            self._last = (key, np.asarray(X).copy(), copy, K.copy())
         return K
 
     def diag(self, X):
@@ -128,9 +138,10 @@ class PathKernel(Kernel):
         K_diag : ndarray of shape (n_samples_X,)
         """
         diagonal = getattr(self.estimator, "kernel_diagonal", None)
-        if diagonal is not None:
-            return diagonal(X)
-        return np.diag(self.estimator.kernel(X))
+        with _arrays_without_names():
+            if diagonal is not None:
+                return diagonal(X)
+            return np.diag(self.estimator.kernel(X))
 
     def is_stationary(self):
         """False: the path kernel depends on where the rows are."""
@@ -158,5 +169,20 @@ class PathKernel(Kernel):
 def _same(a, b):
     if a is None or b is None:
         return a is None and b is None
-    b = np.asarray(b)
+    # Plain arrays only, as GaussianProcessRegressor passes them: anything
+    # else (a DataFrame, whose names the estimator checks; lists) is computed.
+    if not isinstance(b, np.ndarray):
+        return False
     return a.shape == b.shape and np.array_equal(a, b)
+
+
+@contextmanager
+def _arrays_without_names():
+    """Silence "X does not have valid feature names": see the class notes."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings(
+            "ignore",
+            message=".*does not have valid feature names",
+            category=UserWarning,
+        )
+        yield

@@ -19,6 +19,7 @@ from ._base import BasePathKernelEstimator
 from ._estimators import PathKernelClassifier, PathKernelRegressor, _docstring
 from ._features import path_features
 from ._normalize import NORMALIZATIONS, row_factors
+from ._validation import check_finite_result, input_errors, validate_X
 
 
 class _BasePathKernelTransformer(
@@ -47,9 +48,10 @@ class _BasePathKernelTransformer(
         -------
         self : object
         """
-        X, y = validate_data(
-            self, X, y, multi_output=True, dtype=[np.float64, np.float32]
-        )
+        with input_errors(X=X, y=y):
+            X, y = validate_data(
+                self, X, y, multi_output=True, dtype=[np.float64, np.float32]
+            )
         if self.estimator is None:
             classes = type_of_target(y) in ("binary", "multiclass")
             default = PathKernelClassifier if classes else PathKernelRegressor
@@ -167,7 +169,7 @@ class PathKernelTransformer(_BasePathKernelTransformer):
         K : ndarray of float64, shape (n_samples, n_samples_fit)
         """
         check_is_fitted(self)
-        X = validate_data(self, X, reset=False, dtype=[np.float64, np.float32])
+        X = validate_X(self, X)
         return self._kernel(X, self.X_fit_)
 
     def fit_transform(self, X, y, sample_weight=None):
@@ -308,7 +310,7 @@ class PathKernelFeatures(_BasePathKernelTransformer):
         phi : ndarray of float64, shape (n_samples, n_components)
         """
         check_is_fitted(self)
-        X = validate_data(self, X, reset=False, dtype=[np.float64, np.float32])
+        X = validate_X(self, X)
         est = self.estimator_
         features, diagonal = path_features(
             est.module_,
@@ -321,4 +323,9 @@ class PathKernelFeatures(_BasePathKernelTransformer):
         mode = self._normalize_mode()
         scale = est._training_scale() if mode == "mean_diagonal" else None
         factors = row_factors(mode, diagonal=diagonal, scale=scale)
-        return features * factors[:, None]
+        return check_finite_result(
+            features * factors[:, None],
+            what="The path-kernel features",
+            dtype=est.dtype,
+            X=X,
+        )

@@ -1,9 +1,26 @@
-"""Device resolution and input conversion."""
+"""Device resolution, input conversion, and the bad-input matrix.
+
+The matrix (second half) runs every public entry point against every kind
+of bad or unusual input.
+"""
+
+import re
+import warnings
 
 import numpy as np
+import pandas as pd
 import pytest
+import scipy.sparse as sp
 import torch
+from sklearn.exceptions import ConvergenceWarning
 
+from sklearn_pathkernel import (
+    PathKernel,
+    PathKernelClassifier,
+    PathKernelFeatures,
+    PathKernelRegressor,
+    PathKernelTransformer,
+)
 from sklearn_pathkernel._validation import (
     check_kernel_input,
     resolve_device,
@@ -66,3 +83,633 @@ def test_check_kernel_input_converts_integer_tensors():
 def test_check_kernel_input_feature_mismatch_names_both():
     with pytest.raises(ValueError, match="Y has 2 features, but X has 3 features"):
         check_kernel_input(np.ones((1, 2)), name="Y", n_features=3)
+
+
+# -- the bad-input matrix ----------------------------------------------------
+#
+# Every public entry point against every kind of bad (or merely unusual)
+# input: a table of cases times a table of entry points. A case either
+# raises a clear error that names the array it is about (X, Y, y,
+# sample_weight), or is FINE: it gives the same result as the same values
+# cast to a float64 ndarray. Never a RuntimeError from torch, nor a numpy
+# error without context.
+
+pytestmark = pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
+
+_RNG = np.random.RandomState(0)
+X_FIT = _RNG.randn(12, 3)
+Y_REGRESSION = _RNG.randn(12)
+Y_CLASSES = np.arange(12) % 2
+X_NEW = _RNG.randn(4, 3)  # the rows bad arrays are made from, after fit
+COLUMNS = ["a", "b", "c"]
+NET = {"hidden_layer_sizes": (4,), "max_iter": 3, "random_state": 0}
+
+FINE = "fine"
+
+
+def _fit_all(X):
+    """Every estimator fitted once on X (an array, or a DataFrame)."""
+    reg = PathKernelRegressor(**NET).fit(X, Y_REGRESSION)
+    return {
+        "reg": reg,
+        "clf": PathKernelClassifier(**NET).fit(X, Y_CLASSES),
+        "transformer": PathKernelTransformer(PathKernelRegressor(**NET)).fit(
+            X, Y_REGRESSION
+        ),
+        "features": PathKernelFeatures(
+            PathKernelRegressor(**NET, record_every=3), n_components=5, random_state=0
+        ).fit(X, Y_REGRESSION),
+        "gp": PathKernel(reg),
+        # The good rows that go with the bad ones (X of kernel(X, Y)).
+        "X_new": X_NEW if isinstance(X, np.ndarray) else _frame(COLUMNS),
+    }
+
+
+@pytest.fixture(scope="module")
+def fitted():
+    return _fit_all(X_FIT)
+
+
+@pytest.fixture(scope="module")
+def fitted_with_names():
+    return _fit_all(pd.DataFrame(X_FIT, columns=COLUMNS))
+
+
+# Entry points that take rows after fit: name -> (argument, call(fitted, A)).
+METHODS = {
+    "Regressor.predict": ("X", lambda f, A: f["reg"].predict(A)),
+    "Classifier.predict": ("X", lambda f, A: f["clf"].predict(A)),
+    "Classifier.predict_proba": ("X", lambda f, A: f["clf"].predict_proba(A)),
+    "Classifier.predict_log_proba": (
+        "X",
+        lambda f, A: f["clf"].predict_log_proba(A),
+    ),
+    "Classifier.decision_function": (
+        "X",
+        lambda f, A: f["clf"].decision_function(A),
+    ),
+    "kernel(X)": ("X", lambda f, A: f["reg"].kernel(A)),
+    "kernel(X_NEW, Y)": ("Y", lambda f, A: f["reg"].kernel(f["X_new"], A)),
+    "kernel_diagonal": ("X", lambda f, A: f["reg"].kernel_diagonal(A)),
+    "decompose": ("X", lambda f, A: f["reg"].decompose(A).contributions),
+    "Transformer.transform": ("X", lambda f, A: f["transformer"].transform(A)),
+    "Features.transform": ("X", lambda f, A: f["features"].transform(A)),
+    "PathKernel(X)": ("X", lambda f, A: f["gp"](A)),
+    "PathKernel(X_NEW, Y)": ("Y", lambda f, A: f["gp"](f["X_new"], A)),
+    "PathKernel.diag": ("X", lambda f, A: f["gp"].diag(A)),
+}
+
+
+def _fit_reg(X, y, w):
+    return PathKernelRegressor(**NET).fit(X, y, sample_weight=w).predict(X_NEW)
+
+
+def _fit_clf(X, y, w):
+    est = PathKernelClassifier(**NET).fit(X, y, sample_weight=w)
+    return est.decision_function(X_NEW)
+
+
+def _fit_transformer(estimator):
+    def fit(X, y, w):
+        transformer = PathKernelTransformer(estimator)
+        return transformer.fit(X, y, sample_weight=w).transform(X_NEW)
+
+    return fit
+
+
+def _fit_features(X, y, w):
+    features = PathKernelFeatures(
+        PathKernelRegressor(**NET, record_every=3), n_components=5, random_state=0
+    )
+    return features.fit(X, y, sample_weight=w).transform(X_NEW)
+
+
+# Entry points that fit: name -> (kind of target, call(X, y, sample_weight)),
+# each returning numbers computed by the fitted object on X_NEW.
+FITS = {
+    "Regressor.fit": ("regression", _fit_reg),
+    "Classifier.fit": ("classification", _fit_clf),
+    "Transformer.fit": ("regression", _fit_transformer(PathKernelRegressor(**NET))),
+    "Transformer(Classifier).fit": (
+        "classification",
+        _fit_transformer(PathKernelClassifier(**NET)),
+    ),
+    "Features.fit": ("regression", _fit_features),
+}
+
+
+def _with(value, at=(0, 0)):
+    def build(A):
+        A = np.array(A, dtype=np.result_type(A, value))
+        A[at] = value
+        return A
+
+    return build
+
+
+def _object_with(value):
+    def build(A):
+        A = np.asarray(A).astype(object)
+        A[0, 0] = value
+        return A
+
+    return build
+
+
+def _text_column(A):
+    frame = pd.DataFrame(A)
+    frame[0] = "text"
+    return frame
+
+
+def _read_only(A):
+    A = A.copy()
+    A.setflags(write=False)
+    return A
+
+
+class Case:
+    """A bad input: how to make it from good rows, and what each use gives.
+
+    ``methods`` and ``fit`` are FINE, ``(exception, message regex)`` with
+    ``{arg}`` standing for the argument's name, or None (not applicable).
+    ``reference`` makes the float64 input a FINE case must agree with.
+    """
+
+    def __init__(self, name, build, methods, fit="same", reference=None):
+        self.name = name
+        self.build = build
+        self.methods = methods
+        self.fit = methods if fit == "same" else fit
+        self.reference = reference or (lambda A: np.asarray(A, dtype=np.float64))
+
+
+def _error(exception, pattern):
+    return (exception, pattern)
+
+
+_SPARSE = _error(
+    TypeError,
+    "Sparse data was passed for {arg}, but dense data is required. Use "
+    r"'\.toarray\(\)' to convert to a dense numpy array",
+)
+_NOT_NUMBERS = _error(ValueError, r"^{arg} must contain numbers only; .*OneHotEncoder")
+
+X_CASES = [
+    Case("NaN", _with(np.nan), _error(ValueError, "Input {arg} contains NaN")),
+    Case("inf", _with(np.inf), _error(ValueError, "Input {arg} contains infinity")),
+    Case("-inf", _with(-np.inf), _error(ValueError, "Input {arg} contains infinity")),
+    Case(
+        "complex",
+        lambda A: A + 1j,
+        _error(ValueError, "^Invalid {arg}: Complex data not supported"),
+    ),
+    Case("strings", lambda A: np.full(A.shape, "a"), _NOT_NUMBERS),
+    Case("bytes", lambda A: np.full(A.shape, b"a"), _NOT_NUMBERS),
+    Case("object array with a string", _object_with("a"), _NOT_NUMBERS),
+    Case(
+        "object array with a dict",
+        _object_with({}),
+        _error(TypeError, r"^{arg} must contain numbers only; .*not 'dict'"),
+    ),
+    Case(
+        "object array with None",
+        _object_with(None),
+        _error(ValueError, "Input {arg} contains NaN"),
+    ),
+    Case(
+        "DataFrame with a text column",
+        _text_column,
+        _NOT_NUMBERS,
+    ),
+    Case("numeric strings", lambda A: A.astype(str), FINE),
+    Case("object array of floats", lambda A: A.astype(object), FINE),
+    Case("scipy.sparse csr_matrix", sp.csr_matrix, _SPARSE),
+    Case("scipy.sparse csc_array", sp.csc_array, _SPARSE),
+    Case("scipy.sparse coo_matrix", sp.coo_matrix, _SPARSE),
+    Case(
+        "0 rows",
+        lambda A: A[:0],
+        _error(
+            ValueError,
+            r"^Invalid {arg}: Found array with 0 sample\(s\) \(shape=\(0, 3\)\)",
+        ),
+    ),
+    Case(
+        "0 features",
+        lambda A: A[:, :0],
+        _error(ValueError, r"^Invalid {arg}: Found array with 0 feature\(s\)"),
+    ),
+    Case(
+        "1 row",
+        lambda A: A[:1],
+        FINE,
+        fit=_error(
+            ValueError,
+            r"^Invalid X: Found array with 1 sample\(s\) \(shape=\(1, 3\)\) while "
+            "a minimum of 2 is required",
+        ),
+    ),
+    Case(
+        "fewer features than at fit",
+        lambda A: A[:, :2],
+        _error(ValueError, r"^{arg} has 2 features, but \w+ is expecting 3 features"),
+        fit=None,
+    ),
+    Case(
+        "more features than at fit",
+        lambda A: np.hstack([A, A[:, :1]]),
+        _error(ValueError, r"^{arg} has 4 features, but \w+ is expecting 3 features"),
+        fit=None,
+    ),
+    Case(
+        "1-D array",
+        lambda A: A[0],
+        _error(ValueError, "^Invalid {arg}: Expected 2D array, got 1D array"),
+    ),
+    Case(
+        "scalar",
+        lambda A: 1.0,
+        _error(ValueError, "^Invalid {arg}: Expected 2D array, got scalar array"),
+    ),
+    Case(
+        "3-D array",
+        lambda A: A[:, :, None],
+        _error(ValueError, "^Invalid {arg}: Found array with dim 3"),
+    ),
+    Case(
+        "ragged list of lists",
+        lambda A: [list(A[0]), list(A[1, :2])] + [list(r) for r in A[2:]],
+        _error(ValueError, "^{arg} must be a rectangular array of numbers"),
+    ),
+    Case("list of lists", lambda A: A.tolist(), FINE),
+    Case("tuple of tuples", lambda A: tuple(map(tuple, A)), FINE),
+    Case("float16", lambda A: A.astype(np.float16), FINE),
+    Case("float32", lambda A: A.astype(np.float32), FINE),
+    Case("int64", lambda A: np.round(3 * A).astype(np.int64), FINE),
+    Case("uint8", lambda A: np.abs(np.round(3 * A)).astype(np.uint8), FINE),
+    Case("bool", lambda A: A > 0, FINE),
+    Case("Fortran order", np.asfortranarray, FINE),
+    Case("strided view", lambda A: np.repeat(A, 2, axis=1)[:, ::2], FINE),
+    Case("read-only", _read_only, FINE),
+    Case("DataFrame without names", pd.DataFrame, FINE),
+    Case("torch tensor", torch.from_numpy, FINE),
+    Case(
+        "1e39 overflows float32",
+        _with(1e39),
+        _error(
+            ValueError,
+            r"^{arg} contains values that are not finite in (torch\.)?float32 "
+            r"\(largest absolute value 1e\+39\)\. Rescale the data, or use "
+            r"dtype='float64'",
+        ),
+    ),
+    Case(
+        "inf in a float32 array (1e39 cast to float32)",
+        lambda A: _with(np.float32(np.inf))(A.astype(np.float32)),
+        _error(ValueError, r"Input {arg} contains infinity .*float32"),
+    ),
+]
+
+
+def _params(cases, entry_points, expectation):
+    return [
+        pytest.param(entry, case, id=f"{entry}-{case.name}")
+        for entry in entry_points
+        for case in cases
+        if getattr(case, expectation) is not None
+    ]
+
+
+def _check(call, bad, expected, arg, reference):
+    """``call(bad)`` raises as expected, or equals ``call(reference(bad))``."""
+    if expected is FINE:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # no stray warnings either
+            warnings.filterwarnings("ignore", category=ConvergenceWarning)
+            result = call(bad)
+        np.testing.assert_array_equal(result, call(reference(bad)))
+        return
+    exception, pattern = expected
+    with pytest.raises(exception, match=pattern.format(arg=arg)):
+        call(bad)
+
+
+@pytest.mark.parametrize("method, case", _params(X_CASES, METHODS, "methods"))
+def test_methods_bad_input(fitted, method, case):
+    arg, call = METHODS[method]
+    bad = case.build(X_NEW.copy())
+    _check(lambda A: call(fitted, A), bad, case.methods, arg, case.reference)
+
+
+@pytest.mark.parametrize("fit, case", _params(X_CASES, FITS, "fit"))
+def test_fit_bad_X(fit, case):
+    kind, call = FITS[fit]
+    y = Y_REGRESSION if kind == "regression" else Y_CLASSES
+    bad = case.build(X_FIT.copy())
+    y = y[: _n_rows(bad)]  # so that only X is wrong
+    _check(lambda A: call(A, y, None), bad, case.fit, "X", case.reference)
+
+
+def _n_rows(A):
+    shape = A.shape if sp.issparse(A) else np.shape(A) if _rectangular(A) else ()
+    return shape[0] if shape else None
+
+
+def _rectangular(A):
+    try:
+        np.shape(A)
+    except ValueError:
+        return False
+    return True
+
+
+# Targets: ``regression`` and ``classification`` say what each kind of fit
+# gives; built from the good y of that kind.
+Y_CASES = [
+    Case(
+        "NaN in y",
+        _with(np.nan, at=0),
+        _error(ValueError, "Input y contains NaN"),
+    ),
+    Case(
+        "inf in y",
+        _with(np.inf, at=0),
+        _error(ValueError, "Input y contains infinity"),
+    ),
+    Case(
+        "complex y",
+        lambda y: y + 1j,
+        _error(ValueError, "^Invalid y: Complex data not supported"),
+    ),
+    Case(
+        "y shorter than X",
+        lambda y: y[:5],
+        _error(ValueError, r"inconsistent numbers of samples: \[12, 5\]"),
+    ),
+    Case(
+        "3-D y",
+        lambda y: y[:, None, None],
+        _error(ValueError, "^Invalid y: Found array with dim 3"),
+    ),
+    Case("sparse y", lambda y: sp.csr_matrix(y[:, None]), _SPARSE),
+    Case("y is None", lambda y: None, _error(ValueError, "requires y to be passed")),
+    Case(
+        "ragged y",
+        lambda y: [[v] for v in y[:-1]] + [[1.0, 2.0]],
+        _error(ValueError, "^y must be a rectangular array of numbers"),
+    ),
+    Case("y as a list", list, FINE),
+    Case("y as a Series", pd.Series, FINE),
+    Case("boolean y", lambda y: y > 0, FINE),
+]
+# What differs between the kinds of target: {name: (regression, classification)}.
+_Y_BY_KIND = {
+    "string y": (
+        lambda y: np.where(y > 0, "b", "a"),
+        _NOT_NUMBERS,
+        FINE,
+        lambda y: (y == "b").astype(np.float64),
+    ),
+    "one class": (
+        lambda y: np.zeros_like(y),
+        None,
+        _error(ValueError, "at least 2 classes"),
+    ),
+    "continuous y": (
+        lambda y: y + 0.5,
+        None,
+        _error(ValueError, "Unknown label type: continuous"),
+    ),
+    "2-D y": (
+        lambda y: np.column_stack([y, y]),
+        None,
+        _error(ValueError, r"y should be a 1d array, got an array of shape \(12, 2\)"),
+    ),
+    "integer y": (lambda y: np.round(3 * y).astype(int), FINE, FINE),
+    "1e39 in y": (
+        _with(1e39, at=0),
+        _error(
+            ValueError, "^y contains values that are not finite in (torch\\.)?float32"
+        ),
+        _error(ValueError, "Unknown label type: continuous"),
+    ),
+}
+
+
+def _y_cases(kind):
+    cases = [Case(c.name, c.build, c.methods, reference=c.reference) for c in Y_CASES]
+    for name, (build, regression, classification, *reference) in _Y_BY_KIND.items():
+        expected = regression if kind == "regression" else classification
+        cases.append(Case(name, build, expected, reference=(reference or [None])[0]))
+    return cases
+
+
+@pytest.mark.parametrize(
+    "fit, case",
+    [
+        pytest.param(fit, case, id=f"{fit}-{case.name}")
+        for fit, (kind, _) in FITS.items()
+        for case in _y_cases(kind)
+        if case.methods is not None
+    ],
+)
+def test_fit_bad_y(fit, case):
+    kind, call = FITS[fit]
+    y = (Y_REGRESSION if kind == "regression" else Y_CLASSES).copy()
+    bad = case.build(y)
+    with warnings.catch_warnings():
+        # sklearn's type_of_target casts 1e39 to int on its way to "continuous".
+        warnings.filterwarnings("ignore", "invalid value", RuntimeWarning)
+        _check(lambda t: call(X_FIT, t, None), bad, case.methods, "y", case.reference)
+
+
+SAMPLE_WEIGHT_CASES = [
+    Case(
+        "NaN",
+        _with(np.nan, at=0),
+        _error(ValueError, "Input sample_weight contains NaN"),
+    ),
+    Case(
+        "inf",
+        _with(np.inf, at=0),
+        _error(ValueError, "Input sample_weight contains infinity"),
+    ),
+    Case(
+        "negative",
+        _with(-1.0, at=0),
+        _error(ValueError, "Negative values in data passed to `sample_weight`"),
+    ),
+    Case(
+        "wrong length",
+        lambda w: w[:5],
+        _error(ValueError, r"sample_weight.shape == \(5,\), expected \(12,\)"),
+    ),
+    Case(
+        "2-D",
+        lambda w: np.column_stack([w, w]),
+        _error(ValueError, "Sample weights must be 1D array or scalar"),
+    ),
+    Case(
+        "all zero",
+        np.zeros_like,
+        _error(ValueError, "Sample weights must contain at least one non-zero"),
+    ),
+    Case("strings", lambda w: np.full(w.shape, "a"), _NOT_NUMBERS),
+    Case(
+        "complex",
+        lambda w: w + 1j,
+        _error(ValueError, "^Invalid sample_weight: Complex data not supported"),
+    ),
+    Case("sparse", lambda w: sp.csr_matrix(w[:, None]), _SPARSE),
+    Case(
+        "1e39 overflows float32",
+        _with(1e39, at=0),
+        _error(
+            ValueError,
+            "^sample_weight contains values that are not finite in (torch\\.)?float32",
+        ),
+    ),
+    Case("integers", lambda w: np.arange(12) % 3 + 1, FINE),
+    Case("list", list, FINE),
+    Case("scalar", lambda w: 2.0, FINE, reference=lambda w: np.full(12, 2.0)),
+]
+
+
+@pytest.mark.parametrize("fit, case", _params(SAMPLE_WEIGHT_CASES, FITS, "methods"))
+def test_fit_bad_sample_weight(fit, case):
+    kind, call = FITS[fit]
+    y = Y_REGRESSION if kind == "regression" else Y_CLASSES
+    bad = case.build(np.linspace(0.5, 2.0, 12))
+    _check(
+        lambda w: call(X_FIT, y, w), bad, case.methods, "sample_weight", case.reference
+    )
+
+
+# -- values that fit float32 but overflow inside the network --------------------
+
+
+_NETWORK_OUTPUTS = ("Regressor.predict", "Classifier.predict", "Classifier.decision")
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_values_near_float32_overflow(fitted, method):
+    """3e38 fits float32: results are finite, or the overflow is named.
+
+    The network's outputs saturate (tanh) and stay finite; the path kernel
+    holds products of rows (3e38 ** 2), which overflow float32: a
+    ``ValueError`` says so and names the inputs, instead of a NaN matrix.
+    """
+    arg, call = METHODS[method]
+    bad = np.full_like(X_NEW, 3e38)
+    try:
+        result = call(fitted, bad)
+    except ValueError as exc:
+        assert not method.startswith(_NETWORK_OUTPUTS)
+        assert re.match(
+            r"The (path kernel|decomposition|path-kernel features) is not finite: "
+            r"computing it in float32 overflowed \(largest absolute value in .*"
+            rf"\b{arg}: 3e\+38.*use dtype='float64'",
+            str(exc),
+        ), str(exc)
+    else:
+        assert np.isfinite(np.asarray(result, dtype=float)).all()
+
+
+@pytest.mark.parametrize("fit", FITS)
+def test_fit_near_float32_overflow(fit):
+    kind, call = FITS[fit]
+    y = Y_REGRESSION if kind == "regression" else Y_CLASSES
+    X = X_FIT.copy()
+    X[0, 0] = 3e38
+    try:
+        result = call(X, y, None)
+    except ValueError as exc:  # the kernel of X_NEW against the huge row
+        assert fit.startswith("Transformer")
+        assert "The path kernel is not finite" in str(exc)
+    else:
+        assert np.isfinite(result).all()
+
+
+# -- feature names ------------------------------------------------------------
+
+
+def _frame(columns):
+    return pd.DataFrame(X_NEW, columns=columns)
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_feature_names_differ_from_fit(fitted_with_names, method):
+    arg, call = METHODS[method]
+    with pytest.raises(ValueError, match="feature names (of Y )?should match"):
+        call(fitted_with_names, _frame(["a", "b", "z"]))
+    with pytest.raises(ValueError, match="must be in the same order as they were"):
+        call(fitted_with_names, _frame(["c", "b", "a"]))
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_array_after_fit_with_names(fitted_with_names, method):
+    """sklearn's warning, and the same result as with the right names.
+
+    PathKernel takes plain arrays without a warning: GaussianProcessRegressor
+    hands its kernel arrays, whatever it was fitted on.
+    """
+    arg, call = METHODS[method]
+    expected = call(fitted_with_names, _frame(COLUMNS))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        result = call(fitted_with_names, X_NEW)
+    messages = [str(w.message) for w in caught if w.category is UserWarning]
+    if method.startswith("PathKernel"):
+        assert messages == []
+    else:
+        assert any(
+            re.match(
+                rf"{arg} does not have valid feature names, but \w+ was fitted "
+                "with feature names",
+                m,
+            )
+            for m in messages
+        ), messages
+    np.testing.assert_array_equal(result, expected)
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_names_after_fit_without(fitted, method):
+    arg, call = METHODS[method]
+    with pytest.warns(
+        UserWarning,
+        match=rf"{arg} has feature names, but \w+ was fitted without feature names",
+    ):
+        result = call(fitted, _frame(COLUMNS))
+    np.testing.assert_array_equal(result, call(fitted, X_NEW))
+
+
+def test_gaussian_process_on_a_dataframe_does_not_warn():
+    from sklearn.gaussian_process import GaussianProcessRegressor
+
+    frame = pd.DataFrame(X_FIT, columns=COLUMNS)
+    net = PathKernelRegressor(**NET, dtype="float64").fit(frame, Y_REGRESSION)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        warnings.filterwarnings("ignore", category=ConvergenceWarning)
+        gp = GaussianProcessRegressor(PathKernel(net), optimizer=None)
+        gp.fit(frame, Y_REGRESSION).predict(frame)
+
+
+def test_matrix_covers_every_entry_point():
+    """One row per public method that takes rows: a new one must join."""
+    names = {m.split("(")[0] for m in METHODS}
+    for required in [
+        "Regressor.predict",
+        "Classifier.predict_proba",
+        "Classifier.decision_function",
+        "kernel",
+        "kernel_diagonal",
+        "decompose",
+        "Transformer.transform",
+        "Features.transform",
+        "PathKernel",
+        "PathKernel.diag",
+    ]:
+        assert required in names
