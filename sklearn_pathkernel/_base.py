@@ -1,7 +1,7 @@
 """Shared estimator base: parameters, validation, device, training, kernel."""
 
 import copy
-from functools import partial
+from functools import partial, wraps
 from numbers import Integral, Real
 
 import numpy as np
@@ -9,12 +9,7 @@ import torch
 from sklearn.base import BaseEstimator, _fit_context
 from sklearn.utils import check_random_state
 from sklearn.utils._param_validation import Interval, StrOptions
-from sklearn.utils.validation import (
-    _check_sample_weight,
-    check_array,
-    check_is_fitted,
-    validate_data,
-)
+from sklearn.utils.validation import _check_sample_weight, check_is_fitted
 
 from ._decompose import decompose_path
 from ._network import ACTIVATIONS, build_module, check_module_output, forward, make_mlp
@@ -22,10 +17,39 @@ from ._normalize import NORMALIZATIONS, normalize_kernel
 from ._path import path_kernel, path_kernel_diagonal
 from ._tangent import ENGINES
 from ._training import train
-from ._validation import DTYPES, resolve_device, to_tensor
+from ._validation import (
+    DTYPES,
+    check_finite_result,
+    input_errors,
+    resolve_device,
+    to_tensor,
+    validate_other,
+    validate_X,
+)
 
 # Rows per forward pass at predict time: bounds activation memory on large X.
 _PREDICT_CHUNK = 8192
+
+
+def _restore_on_failure(fit):
+    """Undo every change ``fit`` made to the estimator when it does not finish.
+
+    A fit interrupted by Ctrl-C (KeyboardInterrupt), or stopped by an error
+    after validation already set ``n_features_in_``, leaves the estimator as
+    it was before the call: the previous model stays whole and usable.
+    """
+
+    @wraps(fit)
+    def wrapper(self, *args, **kwargs):
+        before = dict(vars(self))
+        try:
+            return fit(self, *args, **kwargs)
+        except BaseException:
+            vars(self).clear()
+            vars(self).update(before)
+            raise
+
+    return wrapper
 
 
 class BasePathKernelEstimator(BaseEstimator):
@@ -118,6 +142,7 @@ class BasePathKernelEstimator(BaseEstimator):
         raise NotImplementedError
 
     # -- fitting ----------------------------------------------------------
+    @_restore_on_failure
     @_fit_context(prefer_skip_nested_validation=True)
     def fit(self, X, y, sample_weight=None):
         """Train the network by gradient descent and record its path.
@@ -126,6 +151,8 @@ class BasePathKernelEstimator(BaseEstimator):
         ----------
         X : array-like of shape (n_samples, n_features)
             Training data; standardize it (e.g. with ``StandardScaler``).
+            Dense numbers only: sparse matrices raise a TypeError (convert
+            with ``X.toarray()``); integers, booleans and float16 are cast.
         y : array-like of shape (n_samples,) or (n_samples, n_targets)
             Targets.
         sample_weight : array-like of shape (n_samples,), default=None
@@ -137,11 +164,14 @@ class BasePathKernelEstimator(BaseEstimator):
         self : object
             The fitted estimator.
         """
-        X, y = self._validate_targets(X, y)
-        sample_weight = _check_sample_weight(
-            sample_weight, X, dtype=np.float64, ensure_non_negative=True
-        )
-        targets, loss, target_attributes = self._encode_targets(y)
+        with input_errors(X=X, y=y):
+            X, y = self._validate_targets(X, y)
+        with input_errors(sample_weight=sample_weight):
+            sample_weight = _check_sample_weight(
+                sample_weight, X, dtype=np.float64, ensure_non_negative=True
+            )
+        with input_errors(y=y):
+            targets, loss, target_attributes = self._encode_targets(y)
         device = resolve_device(self.device)
         dtype = DTYPES[self.dtype]
         seed = int(
@@ -160,7 +190,9 @@ class BasePathKernelEstimator(BaseEstimator):
             X_t,
             Y_t,
             loss,
-            sample_weight=torch.tensor(sample_weight, dtype=dtype, device=device),
+            sample_weight=to_tensor(
+                sample_weight, dtype=dtype, device=device, name="sample_weight"
+            ),
             learning_rate=self.learning_rate,
             max_iter=self.max_iter,
             batch_size=self.batch_size,
@@ -204,7 +236,7 @@ class BasePathKernelEstimator(BaseEstimator):
     def _network_output(self, X):
         """The trained network's outputs on ``X``, float64 (n_samples, O)."""
         check_is_fitted(self)
-        X = validate_data(self, X, reset=False, dtype=[np.float64, np.float32])
+        X = validate_X(self, X)
         reference = next(self.module_.parameters())
         X_t = to_tensor(X, dtype=reference.dtype, device=reference.device, name="X")
         with torch.no_grad():
@@ -214,7 +246,10 @@ class BasePathKernelEstimator(BaseEstimator):
             ]
         if not chunks:
             return np.zeros((0, self.n_outputs_))
-        return torch.cat(chunks).cpu().double().numpy()
+        out = torch.cat(chunks).cpu().double().numpy()
+        return check_finite_result(
+            out, what="The network's output on X", dtype=self.dtype, X=X
+        )
 
     def kernel(self, X, Y=None, *, normalize=None):
         """The path kernel ``K_path(X, Y)`` of the trained network.
@@ -239,14 +274,9 @@ class BasePathKernelEstimator(BaseEstimator):
         """
         check_is_fitted(self)
         mode = self._normalize_mode(normalize)
-        X = validate_data(self, X, reset=False, dtype=[np.float64, np.float32])
+        X = validate_X(self, X)
         if Y is not None:
-            Y = check_array(Y, dtype=[np.float64, np.float32], input_name="Y")
-            if Y.shape[1] != self.n_features_in_:
-                raise ValueError(
-                    f"Y has {Y.shape[1]} features, but {type(self).__name__} is "
-                    f"expecting {self.n_features_in_} features as input."
-                )
+            Y = validate_other(self, Y, name="Y")
         K = path_kernel(
             self.module_,
             self.trajectory_,
@@ -255,6 +285,7 @@ class BasePathKernelEstimator(BaseEstimator):
             verbose=self.verbose,
             **self._kernel_options(),
         )
+        check_finite_result(K, what="The path kernel", dtype=self.dtype, X=X, Y=Y)
         if mode == "none":
             return K
         if mode == "mean_diagonal":
@@ -281,8 +312,10 @@ class BasePathKernelEstimator(BaseEstimator):
         """
         check_is_fitted(self)
         mode = self._normalize_mode(normalize)
-        X = validate_data(self, X, reset=False, dtype=[np.float64, np.float32])
-        diagonal = self._raw_diagonal(X)
+        X = validate_X(self, X)
+        diagonal = check_finite_result(
+            self._raw_diagonal(X), what="The path kernel", dtype=self.dtype, X=X
+        )
         if mode == "none":
             return diagonal
         if mode == "mean_diagonal":
@@ -368,10 +401,10 @@ class BasePathKernelEstimator(BaseEstimator):
             ``top_contributors(k)``.
         """
         check_is_fitted(self)
-        X = validate_data(self, X, reset=False, dtype=[np.float64, np.float32])
+        X = validate_X(self, X)
         reference = next(self.module_.parameters())
         as_tensor = partial(to_tensor, dtype=reference.dtype, device=reference.device)
-        return decompose_path(
+        machine = decompose_path(
             self.module_,
             self.trajectory_,
             as_tensor(self._fit_X, name="X_fit"),
@@ -381,7 +414,15 @@ class BasePathKernelEstimator(BaseEstimator):
             kernel=kernel,
             engine=self.engine,
             working_memory=self.working_memory,
+            verbose=self.verbose,
         )
+        check_finite_result(
+            (machine.contributions, machine.kernel),
+            what="The decomposition",
+            dtype=self.dtype,
+            X=X,
+        )
+        return machine
 
     # -- persistence --------------------------------------------------------
     def __getstate__(self):

@@ -27,7 +27,7 @@ from torch.func import jvp
 
 from ._memory import check_result_fits
 from ._network import forward, forward_at
-from ._path import _TILE_ROWS, path_kernel, rows_within_budget
+from ._path import path_kernel, tile_within_budget
 from ._progress import progress_bar
 from ._tangent import _TORCH_FUNC_LOCK, select_engine
 
@@ -232,7 +232,7 @@ def decompose_path(
     per_row = bound.bytes_per_row(n_outputs, itemsize) * (1 + len(nodes)) + n_train * (
         8 * n_outputs + 3 * itemsize * n_outputs
     )
-    block = _query_tile(working_memory, per_row)
+    block = tile_within_budget(working_memory, per_row)
 
     check_result_fits(
         (n_X, n_train, n_outputs),
@@ -311,17 +311,6 @@ def decompose_path(
             verbose=verbose,
         )
     return KernelMachine(bias, contributions, network_output, kernel_matrix, exact)
-
-
-def _query_tile(working_memory, bytes_per_row):
-    """Query rows per block: ``_TILE_ROWS``, or a power of two fewer.
-
-    The block fixes the shapes of every product, hence the rounding; taking
-    it from a short fixed list, not straight from the budget, keeps results
-    bit-identical across all budgets that hold a full tile.
-    """
-    rows = rows_within_budget(working_memory, bytes_per_row, _TILE_ROWS)
-    return 1 << (rows.bit_length() - 1)
 
 
 def _jvp(module, parameters, X, tangent):

@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 from ._network import forward
-from ._path import rows_within_budget
+from ._path import tile_within_budget
 from ._tangent import JacobianEngine
 from ._validation import check_kernel_input, to_tensor
 
@@ -120,10 +120,9 @@ def path_features(
         n_outputs = forward(module, X_t[:1]).shape[1]
     n_rows = n_outputs * engine.n_parameters  # rows of each P_k
     itemsize = torch.finfo(dtype).bits // 8
-    block = rows_within_budget(
-        working_memory,
-        engine.bytes_per_row(n_outputs, itemsize) + 2 * 8 * n_components,
-        n,
+    # Whole tiles: the same products, so the same bits, whatever the budget.
+    block = tile_within_budget(
+        working_memory, engine.bytes_per_row(n_outputs, itemsize) + 2 * 8 * n_components
     )
     features = torch.zeros((n, n_components), dtype=torch.float64, device=device)
     diagonal = torch.zeros(n, dtype=torch.float64, device=device)

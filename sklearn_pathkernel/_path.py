@@ -504,6 +504,23 @@ def rows_within_budget(
     return max(1, min(rows, n_rows))
 
 
+def tile_within_budget(working_memory, bytes_per_row):
+    """Rows per block for row-by-row work: ``_TILE_ROWS``, or a power of two fewer.
+
+    The block fixes the shapes of every product, hence the rounding; taking
+    it from this short list, not straight from the budget, keeps results
+    bit-identical across every budget that holds a full tile.
+
+    Examples
+    --------
+    >>> from sklearn_pathkernel._path import tile_within_budget
+    >>> tile_within_budget(None, 1000), tile_within_budget(1, 2**20 // 100)
+    (256, 64)
+    """
+    rows = rows_within_budget(working_memory, bytes_per_row, _TILE_ROWS)
+    return 1 << (rows.bit_length() - 1)
+
+
 def _mirror_upper(K, tile):
     """Copy the upper triangle onto the lower one, one row tile at a time.
 

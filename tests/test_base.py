@@ -120,11 +120,14 @@ def test_kernel_engines_agree_through_the_estimator(toy, engine):
 def test_verbose_reports_epochs_and_the_kernel_engine(toy, capsys):
     X, y = toy
     est = _quiet(PathKernelRegressor((4,), max_iter=3, verbose=1), X, y)
-    assert capsys.readouterr().out.count("epoch") == 3
+    rows = capsys.readouterr().out.splitlines()[2:]  # below the table's header
+    assert [row.split()[0] for row in rows] == ["1", "2", "3"]
     est.kernel(X[:5])
-    assert "path kernel: engine 'structured'" in capsys.readouterr().out
+    captured = capsys.readouterr()
+    assert "path kernel: engine 'structured'" in captured.out
+    assert "path kernel (structured)" in captured.err  # the progress bar
     est.set_params(verbose=0).kernel(X[:5])
-    assert capsys.readouterr().out == ""
+    assert capsys.readouterr() == ("", "")
 
 
 def test_structured_engine_on_a_module_it_cannot_handle_is_a_clear_error(toy):
@@ -142,3 +145,60 @@ def test_structured_engine_on_a_module_it_cannot_handle_is_a_clear_error(toy):
     assert est.kernel(X[:3]).shape == (3, 3)  # "auto" falls back to jacobian
     with pytest.raises(ValueError, match="The 'structured' engine does not support"):
         est.set_params(engine="structured").kernel(X[:3])
+
+
+# -- interrupted fits ----------------------------------------------------------
+def _interrupt_at_step(monkeypatch, step, exception=KeyboardInterrupt):
+    """Make the training loop raise ``exception`` when it reaches ``step``."""
+    from sklearn_pathkernel import _training
+
+    real_step, calls = _training._gradient_step, []
+
+    def interrupted(*args, **kwargs):
+        calls.append(None)
+        if len(calls) == step:
+            raise exception()
+        return real_step(*args, **kwargs)
+
+    monkeypatch.setattr(_training, "_gradient_step", interrupted)
+
+
+@pytest.mark.parametrize("Est", ESTIMATORS)
+def test_interrupted_refit_leaves_the_previous_model_whole(Est, toy, monkeypatch):
+    X, y = toy
+    y = y if Est is PathKernelRegressor else (y > 0).astype(int)
+    est = _quiet(Est((5,), max_iter=6, random_state=0), X, y)
+    before = dict(vars(est))
+    prediction, K = est.predict(X), est.kernel(X[:7])
+
+    _interrupt_at_step(monkeypatch, 3)
+    with pytest.raises(KeyboardInterrupt):
+        est.fit(X[:, :2] * 3, y)  # other data: validation resets n_features_in_
+    monkeypatch.undo()
+
+    assert vars(est).keys() == before.keys()
+    assert all(vars(est)[name] is value for name, value in before.items())
+    assert est.n_features_in_ == 3
+    assert np.array_equal(est.predict(X), prediction)
+    assert np.array_equal(est.kernel(X[:7]), K)
+
+
+def test_interrupted_first_fit_leaves_an_unfitted_estimator(toy, monkeypatch):
+    X, y = toy
+    est = PathKernelRegressor((5,), max_iter=6, random_state=0)
+    _interrupt_at_step(monkeypatch, 2)
+    with pytest.raises(KeyboardInterrupt):
+        est.fit(X, y)
+    assert not hasattr(est, "n_features_in_")
+    with pytest.raises(NotFittedError):
+        est.predict(X)
+
+
+def test_fit_failing_late_also_restores(toy, monkeypatch):
+    X, y = toy
+    est = _quiet(PathKernelRegressor((5,), max_iter=3, random_state=0), X, y)
+    module = est.module_
+    _interrupt_at_step(monkeypatch, 1, exception=MemoryError)
+    with pytest.raises(MemoryError):
+        est.fit(X[:10], y[:10])
+    assert est.module_ is module and len(est._fit_X) == 40

@@ -12,7 +12,12 @@ from sklearn.datasets import load_breast_cancer, load_diabetes, load_iris
 from sklearn.exceptions import ConvergenceWarning, NotFittedError
 from sklearn.preprocessing import scale
 
-from sklearn_pathkernel import KernelMachine, PathKernelClassifier, PathKernelRegressor
+from sklearn_pathkernel import (
+    KernelMachine,
+    PathKernelClassifier,
+    PathKernelRegressor,
+    _path,
+)
 
 
 def _fit(Est, X, y, sample_weight=None, **params):
@@ -148,6 +153,28 @@ def test_engines_and_blocks_agree(diabetes, engine):
     np.testing.assert_allclose(other.bias, structured.bias, rtol=1e-10)
 
 
+def test_blocks_of_whole_tiles_give_bit_identical_results(diabetes, monkeypatch):
+    X, y = diabetes
+    est = _fit(PathKernelRegressor, X[:60], y[:60], max_iter=4, dtype="float32")
+    monkeypatch.setattr(_path, "_TILE_ROWS", 8)  # 30 queries: 4 blocks
+    machines = [
+        est.set_params(working_memory=memory).decompose(X[:30])
+        for memory in (None, 1.0, 64.0)
+    ]
+    for other in machines[1:]:
+        assert np.array_equal(other.contributions, machines[0].contributions)
+        assert np.array_equal(other.bias, machines[0].bias)
+
+
+def test_verbose_shows_progress_over_steps(diabetes, capsys):
+    X, y = diabetes
+    est = _fit(PathKernelRegressor, X[:40], y[:40], max_iter=3)
+    est.decompose(X[:5])
+    assert capsys.readouterr() == ("", "")
+    est.set_params(verbose=1).decompose(X[:5], exact=True)
+    assert "decompose (exact)" in capsys.readouterr().err
+
+
 def test_a_thinned_path_allows_only_the_first_order_form(diabetes):
     X, y = diabetes
     est = _fit(PathKernelRegressor, X, y, max_iter=20, record_every=4)
@@ -219,7 +246,8 @@ def test_decompose_checks_its_input(diabetes):
     assert isinstance(est.decompose(X[:1]), KernelMachine)
 
 
-@settings(max_examples=20, deadline=None)
+# derandomize: CI sees the same examples every run; a failure reproduces.
+@settings(max_examples=20, deadline=None, derandomize=True)
 @given(
     n_outputs=st.integers(1, 3),
     hidden=st.lists(st.integers(1, 6), min_size=0, max_size=2),
@@ -244,7 +272,9 @@ def test_property_exact_form_reproduces_small_smooth_networks(
         max_iter=3,
         random_state=seed,
     )
-    machine = est.decompose(rng.randn(4, 3), exact=True)
+    # Eight nodes: four leave a quadrature error up to ~1e-9 on some of
+    # these tanh networks (hidden=[1, 2], seed=1 reaches 1.5e-9).
+    machine = est.decompose(rng.randn(4, 3), exact=True, n_nodes=8)
     assert machine.error["max_abs"] < 1e-9 * max(
         1.0, np.abs(machine.network_output).max()
     )

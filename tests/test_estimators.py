@@ -329,6 +329,9 @@ def test_divergence_warns_and_keeps_a_finite_usable_model(toy):
         ).fit(X, 100 * y)
     assert np.isfinite(reg.predict(X)).all()
     assert np.isfinite(reg.kernel(X)).all()
+    machine = reg.decompose(X[:5])  # the kept path still decomposes
+    assert np.isfinite(machine.contributions).all()
+    np.testing.assert_allclose(machine.network_output[:, 0], reg.predict(X[:5]))
     assert reg.trajectory_.n_steps < 50
     # Full batch: one epoch per step, and only kept epochs are counted.
     assert len(reg.loss_curve_) == reg.n_iter_ == reg.trajectory_.n_steps

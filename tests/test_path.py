@@ -188,6 +188,12 @@ def test_working_memory_groups_whole_tiles():
     assert _path.rows_within_budget(1, 2**10, 5000, fixed_bytes=2**19) == 512
 
 
+def test_row_tiles_are_powers_of_two_within_the_budget():
+    assert _path.tile_within_budget(None, 1000) == _path._TILE_ROWS
+    assert _path.tile_within_budget(1, 2**20 // 100) == 64  # 100 rows fit
+    assert _path.tile_within_budget(1e-9, 10**9) == 1
+
+
 def test_grid_shrinks_only_for_large_states():
     assert _path._grid(4 * 1000) == (256, 2048)
     tile, chunk = _path._grid(2 * 10**6)
@@ -336,7 +342,8 @@ def _small_problem(draw):
     return est, X, rng.randn(draw(st.integers(1, 5)), n_features)
 
 
-_PROPERTY_SETTINGS = settings(max_examples=25, deadline=None)
+# derandomize: CI sees the same examples every run; a failure reproduces.
+_PROPERTY_SETTINGS = settings(max_examples=25, deadline=None, derandomize=True)
 
 
 @_PROPERTY_SETTINGS

@@ -28,6 +28,7 @@ from sklearn_pathkernel import (
     PathKernelFeatures,
     PathKernelRegressor,
     PathKernelTransformer,
+    _path,
 )
 from sklearn_pathkernel._features import path_features, projection_chunks
 
@@ -399,6 +400,16 @@ def test_features_do_not_depend_on_blocking(toy):
     features.estimator_.working_memory = 1e-4  # one row per block
     np.testing.assert_allclose(features.transform(X), full, rtol=1e-10)
     np.testing.assert_allclose(features.transform(X[7:9]), full[7:9], rtol=1e-10)
+
+
+def test_features_are_bit_identical_across_budgets_that_hold_a_tile(toy, monkeypatch):
+    X, y = toy
+    monkeypatch.setattr(_path, "_TILE_ROWS", 4)  # several tiles of toy rows
+    features = PathKernelFeatures(_net(), n_components=9, random_state=0).fit(X, y)
+    full = features.transform(X)
+    for memory in (1.0, 64.0):
+        features.estimator_.working_memory = memory
+        assert np.array_equal(features.transform(X), full)
 
 
 def test_features_are_seeded(toy):
