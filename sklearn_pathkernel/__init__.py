@@ -10,6 +10,7 @@ from ._decompose import KernelMachine
 from ._estimators import PathKernelClassifier, PathKernelRegressor
 from ._gaussian_process import PathKernel
 from ._path import path_kernel, tangent_kernel
+from ._persistence import load, save
 from ._trajectory import Trajectory
 from ._transformers import PathKernelFeatures, PathKernelTransformer
 
@@ -25,5 +26,7 @@ __all__ = [
     "Trajectory",
     "path_kernel",
     "tangent_kernel",
+    "save",
+    "load",
     "__version__",
 ]

@@ -6,7 +6,7 @@ clauses written for scikit-learn keep working.
 
 from sklearn.exceptions import ConvergenceWarning
 
-__all__ = ["DivergenceWarning"]
+__all__ = ["DivergenceWarning", "InconsistentVersionWarning"]
 
 
 class DivergenceWarning(ConvergenceWarning):
@@ -24,3 +24,46 @@ class DivergenceWarning(ConvergenceWarning):
     >>> issubclass(DivergenceWarning, ConvergenceWarning)
     True
     """
+
+
+class InconsistentVersionWarning(UserWarning):
+    """A file is loaded by another version of sklearn_pathkernel than wrote it.
+
+    The estimator is loaded all the same; its predictions and kernels are those
+    of the saved network as long as the package computes them the same way.
+    Save it again with the current version (or refit it) to silence this.
+
+    Parameters
+    ----------
+    estimator_name : str
+        Class of the saved estimator.
+    current_version : str
+        The version of sklearn_pathkernel that loads the file.
+    original_version : str
+        The version that saved it.
+    path : str
+        The file.
+
+    Examples
+    --------
+    >>> from sklearn_pathkernel.exceptions import InconsistentVersionWarning
+    >>> print(InconsistentVersionWarning(
+    ...     estimator_name="PathKernelRegressor", current_version="0.2",
+    ...     original_version="0.1", path="model.pt"))  # doctest: +ELLIPSIS
+    Loading PathKernelRegressor from model.pt, saved with sklearn_pathkernel 0.1, ...
+    """
+
+    def __init__(self, *, estimator_name, current_version, original_version, path):
+        self.estimator_name = estimator_name
+        self.current_version = current_version
+        self.original_version = original_version
+        self.path = path
+        super().__init__(str(self))
+
+    def __str__(self):
+        return (
+            f"Loading {self.estimator_name} from {self.path}, saved with "
+            f"sklearn_pathkernel {self.original_version}, using sklearn_pathkernel "
+            f"{self.current_version}. This might lead to invalid results; save it "
+            "again with this version, or refit it."
+        )

@@ -1,0 +1,567 @@
+"""Safe persistence (save / load) and pickling: bit-identical round trips."""
+
+import io
+import pathlib
+import pickle
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from sklearn.exceptions import ConvergenceWarning, NotFittedError
+from sklearn.linear_model import LinearRegression
+from sklearn.utils.validation import check_is_fitted
+from torch import nn
+
+import sklearn_pathkernel
+from sklearn_pathkernel import (
+    PathKernelClassifier,
+    PathKernelFeatures,
+    PathKernelRegressor,
+    PathKernelTransformer,
+    Trajectory,
+    load,
+    save,
+)
+from sklearn_pathkernel._persistence import FORMAT_VERSION
+from sklearn_pathkernel.exceptions import InconsistentVersionWarning
+
+pytestmark = pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
+
+N_FEATURES = 3
+
+
+def _custom_network():
+    return nn.Sequential(nn.Linear(N_FEATURES, 5), nn.Tanh(), nn.Linear(5, 1))
+
+
+def _factory(n_features, n_outputs):
+    return nn.Sequential(
+        nn.Linear(n_features, 4), nn.Sigmoid(), nn.Linear(4, n_outputs)
+    )
+
+
+@pytest.fixture(scope="module")
+def data():
+    rng = np.random.RandomState(0)
+    X = rng.randn(24, N_FEATURES)
+    Y = rng.randn(7, N_FEATURES)
+    y = X[:, 0] - 0.5 * X[:, 1] ** 2
+    return X, Y, y
+
+
+def _fit(est, X, y, **fit_params):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        return est.fit(X, y, **fit_params)
+
+
+# Each case: (unfitted estimator, training (X, y, fit_params), query X, query Y)
+# built from the shared data, and the module to pass back to load.
+def _regressor_1d(X, Y, y):
+    return PathKernelRegressor((4,), max_iter=6, random_state=0), (X, y, {}), X, Y
+
+
+def _regressor_2d_float64(X, Y, y):
+    est = PathKernelRegressor(
+        (4, 3), max_iter=9, dtype="float64", record_every=3, alpha=0.01, random_state=1
+    )
+    return est, (X, np.column_stack([y, -y]), {}), X, Y
+
+
+def _regressor_minibatch_weighted(X, Y, y):
+    est = PathKernelRegressor(
+        (4,), activation="relu", max_iter=5, batch_size=7, random_state=2
+    )
+    weights = {"sample_weight": np.linspace(0.5, 2.0, len(X))}
+    return est, (X.astype(np.float32), y, weights), X, Y
+
+
+def _binary_strings(X, Y, y):
+    labels = np.where(y > 0, "yes", "no")
+    est = PathKernelClassifier((4,), activation="logistic", max_iter=6, random_state=0)
+    return est, (X, labels, {}), X, Y
+
+
+def _multiclass_strings_float64(X, Y, y):
+    labels = np.array(["a", "bb", "c"], dtype=object)[np.digitize(y, [-0.5, 0.3])]
+    est = PathKernelClassifier(
+        (4,), max_iter=6, dtype="float64", record_every=2, random_state=0
+    )
+    return est, (X, labels, {}), X, Y
+
+
+def _multiclass_dataframe(X, Y, y):
+    pd = pytest.importorskip("pandas")
+    columns = ["alpha", "beta", "gamma"]
+    frame, other = pd.DataFrame(X, columns=columns), pd.DataFrame(Y, columns=columns)
+    labels = np.digitize(y, [-0.5, 0.3]) + 10
+    est = PathKernelClassifier((4,), max_iter=6, random_state=0)
+    return est, (frame, labels, {}), frame, other
+
+
+def _custom_module(X, Y, y):
+    est = PathKernelRegressor(module=_custom_network(), max_iter=6, random_state=0)
+    return est, (X, y, {}), X, Y
+
+
+def _custom_factory(X, Y, y):
+    est = PathKernelClassifier(module=_factory, max_iter=6, random_state=0)
+    return est, (X, y > 0, {}), X, Y
+
+
+def _random_state_instance(X, Y, y):
+    est = PathKernelRegressor((3,), max_iter=5, random_state=np.random.RandomState(5))
+    return est, (X, y, {}), X, Y
+
+
+CASES = {
+    "regressor-1d": (_regressor_1d, None),
+    "regressor-2d-float64-record3-alpha": (_regressor_2d_float64, None),
+    "regressor-minibatch-sample-weight-float32-X": (
+        _regressor_minibatch_weighted,
+        None,
+    ),
+    "binary-string-labels": (_binary_strings, None),
+    "multiclass-object-labels-float64": (_multiclass_strings_float64, None),
+    "multiclass-dataframe": (_multiclass_dataframe, None),
+    "custom-module": (_custom_module, _custom_network),
+    "custom-factory": (_custom_factory, lambda: _factory),
+    "random-state-instance": (_random_state_instance, None),
+}
+
+
+EXACT = {"regressor-1d", "multiclass-dataframe"}  # also decompose(exact=True)
+
+
+def _fitted(case, data):
+    """The fitted estimator of a case, its training data and query rows."""
+    est, (X_fit, y_fit, fit_params), X, Y = CASES[case][0](*data)
+    return _fit(est, X_fit, y_fit, **fit_params), (X_fit, y_fit, fit_params), X, Y
+
+
+def _round_trip(est, method, tmp_path, module=None):
+    if method == "pickle":
+        return pickle.loads(pickle.dumps(est))
+    path = tmp_path / "model.pt"
+    save(est, path)
+    return load(path, module=module)
+
+
+def _assert_same(a, b, where="estimator"):
+    """Deep, bit-exact equality of two estimators' contents."""
+    assert type(a) is type(b), where
+    if isinstance(a, np.ndarray):
+        assert a.dtype == b.dtype and a.shape == b.shape, where
+        assert a.flags.f_contiguous == b.flags.f_contiguous, where
+        if a.dtype.kind == "O":
+            assert a.tolist() == b.tolist(), where
+        else:  # bit for bit, NaN and NaT included
+            assert a.tobytes(order="A") == b.tobytes(order="A"), where
+    elif isinstance(a, torch.Tensor):
+        assert a.dtype == b.dtype and a.device == b.device, where
+        assert torch.equal(a, b), where
+    elif isinstance(a, nn.Module):
+        _assert_same(a.state_dict(), b.state_dict(), f"{where}.state_dict()")
+        assert [type(m) for m in a.modules()] == [type(m) for m in b.modules()], where
+        assert [m.training for m in a.modules()] == [m.training for m in b.modules()]
+        flags = [p.requires_grad for p in a.parameters()]
+        assert flags == [p.requires_grad for p in b.parameters()], where
+    elif isinstance(a, Trajectory):
+        _assert_same(a.__getstate__(), b.__getstate__(), f"{where}.__getstate__()")
+    elif isinstance(a, np.random.RandomState):
+        _assert_same(list(a.get_state()), list(b.get_state()), where)
+    elif hasattr(a, "get_params"):
+        assert set(vars(a)) == set(vars(b)), where
+        for key in vars(a):
+            _assert_same(getattr(a, key), getattr(b, key), f"{where}.{key}")
+    elif isinstance(a, dict):
+        assert list(a) == list(b), where
+        for key in a:
+            _assert_same(a[key], b[key], f"{where}[{key!r}]")
+    elif isinstance(a, list | tuple):
+        assert len(a) == len(b), where
+        for i, (x, y) in enumerate(zip(a, b)):
+            _assert_same(x, y, f"{where}[{i}]")
+    elif isinstance(a, float) and np.isnan(a):
+        assert np.isnan(b), where
+    else:
+        assert a == b, where
+
+
+def _assert_same_results(est, loaded, X, Y, *, exact=False):
+    methods = ["predict"]
+    if isinstance(est, PathKernelClassifier):
+        methods += ["predict_proba", "decision_function", "predict_log_proba"]
+    for method in methods:
+        expected, got = getattr(est, method)(X), getattr(loaded, method)(X)
+        assert got.dtype == expected.dtype
+        assert np.array_equal(got, expected), method
+    assert np.array_equal(loaded.kernel(X, Y), est.kernel(X, Y))
+    assert np.array_equal(loaded.kernel(Y), est.kernel(Y))
+    assert np.array_equal(
+        loaded.kernel_diagonal(Y, normalize="mean_diagonal"),
+        est.kernel_diagonal(Y, normalize="mean_diagonal"),
+    )
+    expected, got = (
+        est.decompose(Y[:4], exact=exact),
+        loaded.decompose(Y[:4], exact=exact),
+    )
+    for field in ("bias", "contributions", "network_output"):
+        assert np.array_equal(getattr(got, field), getattr(expected, field)), field
+
+
+# -- round trips ----------------------------------------------------------------
+@pytest.mark.parametrize("method", ["save", "pickle"])
+@pytest.mark.parametrize("case", list(CASES))
+def test_round_trip_is_bit_identical(case, method, data, tmp_path):
+    est, (X_fit, y_fit, fit_params), X, Y = _fitted(case, data)
+    module = CASES[case][1]
+    loaded = _round_trip(est, method, tmp_path, module=module and module())
+    # Every attribute, fitted ones (ending in "_") and private ones alike:
+    # a new attribute that does not round-trip fails here.
+    _assert_same(est, loaded)
+    assert {k for k in vars(loaded) if k.endswith("_")} >= {
+        "module_",
+        "trajectory_",
+        "loss_curve_",
+        "n_iter_",
+        "n_outputs_",
+        "n_features_in_",
+    }
+    _assert_same_results(est, loaded, X, Y, exact=case in EXACT)
+    if method == "save":  # the loaded estimator refits as the saved one does
+        refit = _fit(loaded, X_fit, y_fit, **fit_params)
+        again = _fit(est, X_fit, y_fit, **fit_params)
+        assert np.array_equal(refit.predict(Y), again.predict(Y))
+
+
+def test_random_state_instance_is_stored_as_its_state(data, tmp_path):
+    est, (X, y, _), _, _ = _fitted("random-state-instance", data)
+    loaded = _round_trip(est, "save", tmp_path)
+    assert isinstance(loaded.random_state, np.random.RandomState)
+    assert loaded.random_state is not est.random_state
+    # A refit of each draws the same seed, so gives the same network.
+    assert np.array_equal(_fit(loaded, X, y).predict(X), _fit(est, X, y).predict(X))
+
+
+@pytest.mark.parametrize("method", ["save", "pickle"])
+@pytest.mark.parametrize("Transformer", [PathKernelTransformer, PathKernelFeatures])
+def test_transformer_round_trip(Transformer, method, data, tmp_path):
+    X, Y, y = data
+    inner = PathKernelClassifier((4,), max_iter=8, random_state=0)
+    kwargs = {"n_components": 6} if Transformer is PathKernelFeatures else {}
+    est = Transformer(inner, normalize="cosine", random_state=0, **kwargs)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        est.fit(X, y > 0)
+    loaded = _round_trip(est, method, tmp_path)
+    _assert_same(est, loaded)
+    assert np.array_equal(loaded.transform(Y), est.transform(Y))
+    assert np.array_equal(loaded.transform(X), est.transform(X))
+
+
+def test_transformer_with_custom_module(data, tmp_path):
+    X, Y, y = data
+    inner = PathKernelRegressor(module=_custom_network(), max_iter=8, random_state=0)
+    est = PathKernelTransformer(inner)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        est.fit(X, y)
+    with pytest.raises(ValueError, match="custom module"):
+        _round_trip(est, "save", tmp_path)
+    network = _custom_network()
+    loaded = _round_trip(est, "save", tmp_path, module=network)
+    assert loaded.estimator.module is not network  # a copy, with the saved weights
+    _assert_same(est, loaded)
+    assert np.array_equal(loaded.transform(Y), est.transform(Y))
+
+
+@pytest.mark.parametrize("method", ["save", "pickle"])
+@pytest.mark.parametrize("Est", [PathKernelRegressor, PathKernelClassifier])
+def test_unfitted_estimator_loads_unfitted(Est, method, data, tmp_path):
+    X, _, y = data
+    y = y if Est is PathKernelRegressor else y > 0
+    est = Est((3, 2), activation="relu", max_iter=4, device=torch.device("cpu"))
+    est.set_params(learning_rate=np.float64(0.05), random_state=3, verbose=False)
+    loaded = _round_trip(est, method, tmp_path)
+    _assert_same(est, loaded)
+    assert loaded.get_params() == est.get_params()
+    assert type(loaded.learning_rate) is np.float64
+    with pytest.raises(NotFittedError):
+        check_is_fitted(loaded)
+    assert np.array_equal(_fit(loaded, X, y).predict(X), _fit(est, X, y).predict(X))
+
+
+def test_extra_fitted_attributes_round_trip(data, tmp_path):
+    est, _, X, Y = _fitted("regressor-1d", data)
+    est.extra_ = {"a": [np.float32(1.5), (1, "x")], 2: b"raw", b"": None, 3.5: [{}]}
+    est.dates_ = np.array(["2024-01-01", "NaT"], dtype="datetime64[D]")
+    est.big_ = np.arange(6, dtype=np.uint32).reshape(2, 3, order="F")
+    est.words_ = np.array([[b"ab", b"c"]])
+    est.empty_ = np.zeros((0, 2), dtype="<U3")
+    est.scalar_ = np.array(np.nan)
+    est.dtype_ = torch.float64
+    loaded = _round_trip(est, "save", tmp_path)
+    _assert_same(est, loaded)
+
+
+def test_unknown_attribute_type_is_refused_at_save(data, tmp_path):
+    est, _, _, _ = _fitted("regressor-1d", data)
+    est.something_ = object()
+    with pytest.raises(TypeError, match="PathKernelRegressor.something_"):
+        save(est, tmp_path / "model.pt")
+
+
+# -- the file -------------------------------------------------------------------
+def _plain_only(value):
+    if isinstance(value, dict):
+        return all(type(k) is str and _plain_only(v) for k, v in value.items())
+    if type(value) in (list, tuple):
+        return all(_plain_only(v) for v in value)
+    return type(value) in (str, int, float, bool, type(None), torch.Tensor)
+
+
+def test_file_holds_plain_data_only(data, tmp_path):
+    est, _, _, _ = _fitted("custom-module", data)
+    path = tmp_path / "model.pt"
+    save(est, path)
+    record = torch.load(path, weights_only=True)
+    assert _plain_only(record)
+    assert record["format"] == "sklearn_pathkernel"
+    assert record["format_version"] == FORMAT_VERSION
+    assert record["sklearn_pathkernel_version"] == sklearn_pathkernel.__version__
+    assert record["torch_version"] == str(torch.__version__)
+    assert record["estimator"]["class"] == "PathKernelRegressor"
+    module = record["estimator"]["attributes"]["module_"]
+    assert set(module["state"]["state_dict"]) == set(est.module_.state_dict())
+
+
+@pytest.mark.parametrize("kind", ["str", "pathlib", "file", "buffer"])
+def test_path_kinds(kind, data, tmp_path):
+    est, _, X, _ = _fitted("regressor-1d", data)
+    path = tmp_path / "model.pt"
+    if kind == "str":
+        save(est, str(path))
+        loaded = load(str(path))
+    elif kind == "pathlib":
+        save(est, pathlib.Path(path))
+        loaded = load(pathlib.Path(path))
+    elif kind == "file":
+        with open(path, "wb") as f:
+            save(est, f)
+        with open(path, "rb") as f:
+            loaded = load(f)
+    else:
+        buffer = io.BytesIO()
+        save(est, buffer)
+        buffer.seek(0)
+        loaded = load(buffer)
+    assert np.array_equal(loaded.predict(X), est.predict(X))
+
+
+def test_network_is_loaded_where_map_location_says(data, tmp_path):
+    est, _, X, _ = _fitted("regressor-1d", data)
+    save(est, tmp_path / "model.pt")
+    loaded = load(tmp_path / "model.pt", map_location=torch.device("cpu"))
+    assert next(loaded.module_.parameters()).device.type == "cpu"
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="map_location"):
+            load(tmp_path / "model.pt", map_location="cuda")
+
+
+def test_device_parameter_is_kept_and_predict_uses_the_network_device(data, tmp_path):
+    # As if fitted on a GPU: device only says where fit trains; prediction,
+    # kernels and decomposition follow the module, which loads on the CPU.
+    est, _, X, Y = _fitted("regressor-1d", data)
+    est.set_params(device="cuda")
+    loaded = _round_trip(est, "save", tmp_path)
+    assert loaded.device == "cuda"
+    assert next(loaded.module_.parameters()).device.type == "cpu"
+    _assert_same_results(est, loaded, X, Y)
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_model_fitted_on_cuda_loads_on_cpu_and_cuda(data, tmp_path):
+    X, Y, y = data
+    est = _fit(
+        PathKernelRegressor((4,), max_iter=6, device="cuda", random_state=0), X, y
+    )
+    save(est, tmp_path / "model.pt")
+    record = torch.load(tmp_path / "model.pt", weights_only=True)
+    state = record["estimator"]["attributes"]["module_"]["state"]["state_dict"]
+    assert all(t.device.type == "cpu" for t in state.values())
+    on_cpu = load(tmp_path / "model.pt")
+    assert next(on_cpu.module_.parameters()).device.type == "cpu"
+    np.testing.assert_allclose(on_cpu.predict(X), est.predict(X), rtol=1e-4, atol=1e-5)
+    on_gpu = load(tmp_path / "model.pt", map_location="cuda")
+    assert next(on_gpu.module_.parameters()).device.type == "cuda"
+    np.testing.assert_allclose(on_gpu.predict(X), est.predict(X), rtol=1e-6)
+    np.testing.assert_allclose(on_gpu.kernel(X, Y), est.kernel(X, Y), rtol=1e-6)
+    assert on_gpu.device == "cuda"
+
+
+# -- errors ---------------------------------------------------------------------
+def test_save_refuses_other_estimators(tmp_path):
+    with pytest.raises(TypeError, match="LinearRegression"):
+        save(LinearRegression(), tmp_path / "model.pt")
+
+    class Sub(PathKernelRegressor):
+        pass
+
+    with pytest.raises(TypeError, match="Sub"):
+        save(Sub(), tmp_path / "model.pt")
+    with pytest.raises(TypeError, match="LinearRegression"):
+        save(PathKernelTransformer(LinearRegression()), tmp_path / "model.pt")
+
+
+def test_save_refuses_a_generator_random_state(tmp_path):
+    est = PathKernelRegressor(random_state=np.random.default_rng(0))
+    with pytest.raises(TypeError, match="random_state"):
+        save(est, tmp_path / "model.pt")
+
+
+def test_custom_module_must_be_passed_back(data, tmp_path):
+    est, _, _, _ = _fitted("custom-module", data)
+    path = tmp_path / "model.pt"
+    save(est, path)
+    with pytest.raises(ValueError, match=r"saved with a custom module.*pass module="):
+        load(path)
+    wider = nn.Sequential(nn.Linear(N_FEATURES, 6), nn.Tanh(), nn.Linear(6, 1))
+    with pytest.raises(ValueError, match=r"'0.weight' has shape \(6, 3\)"):
+        load(path, module=wider)
+    deeper = nn.Sequential(nn.Linear(N_FEATURES, 5), nn.Tanh(), nn.Linear(5, 5))
+    deeper.append(nn.Linear(5, 1))
+    with pytest.raises(ValueError, match="keys the module lacks|missing"):
+        load(path, module=deeper)
+    network = _custom_network()
+    loaded = load(path, module=network)
+    # A copy of the caller's object, given the saved initial weights.
+    assert loaded.module is not network and loaded.module_ is not network
+    _assert_same(est.module, loaded.module)
+    assert not torch.equal(network[0].weight, loaded.module[0].weight)
+
+
+def test_frozen_parameters_stay_frozen(data, tmp_path):
+    X, Y, y = data
+    network = _custom_network()
+    network[0].bias.requires_grad_(False)
+    est = _fit(PathKernelRegressor(module=network, max_iter=5, random_state=0), X, y)
+    path = tmp_path / "model.pt"
+    save(est, path)
+    loaded = load(path, module=_custom_network())  # unfrozen: the file says frozen
+    assert not loaded.module_[0].bias.requires_grad
+    _assert_same(est, loaded)
+    assert np.array_equal(loaded.kernel(X, Y), est.kernel(X, Y))
+
+
+def test_module_is_refused_for_the_default_network(data, tmp_path):
+    est, _, _, _ = _fitted("regressor-1d", data)
+    save(est, tmp_path / "model.pt")
+    with pytest.raises(ValueError, match="default network"):
+        load(tmp_path / "model.pt", module=_custom_network())
+
+
+def _rewrite(path, change):
+    record = torch.load(path, weights_only=True)
+    change(record)
+    torch.save(record, path)
+
+
+def test_other_format_version_is_refused(data, tmp_path):
+    est, _, _, _ = _fitted("regressor-1d", data)
+    path = tmp_path / "model.pt"
+    save(est, path)
+    _rewrite(path, lambda r: r.update(format_version=FORMAT_VERSION + 98))
+    with pytest.raises(ValueError, match=f"format version {FORMAT_VERSION + 98}"):
+        load(path)
+
+
+def test_other_package_version_warns_and_loads(data, tmp_path):
+    est, _, X, _ = _fitted("regressor-1d", data)
+    path = tmp_path / "model.pt"
+    save(est, path)
+    _rewrite(path, lambda r: r.update(sklearn_pathkernel_version="0.0.1"))
+    current = sklearn_pathkernel.__version__
+    with pytest.warns(InconsistentVersionWarning, match=rf"0\.0\.1.*{current}"):
+        loaded = load(path)
+    assert issubclass(InconsistentVersionWarning, UserWarning)
+    assert np.array_equal(loaded.predict(X), est.predict(X))
+
+
+@pytest.mark.parametrize(
+    "content",
+    [{"weights": torch.zeros(2)}, torch.zeros(3), [1, 2], {"format": "other"}],
+    ids=["dict", "tensor", "list", "other-format"],
+)
+def test_files_not_ours_are_refused(content, tmp_path):
+    path = tmp_path / "other.pt"
+    torch.save(content, path)
+    with pytest.raises(ValueError, match="other.pt.*not a file written by"):
+        load(path)
+
+
+def test_garbage_and_missing_files(tmp_path):
+    path = tmp_path / "notes.txt"
+    path.write_text("not a model")
+    with pytest.raises(ValueError, match="notes.txt"):
+        load(path)
+    empty = tmp_path / "empty.pt"
+    empty.write_bytes(b"")
+    with pytest.raises(ValueError, match="empty.pt"):
+        load(empty)
+    with pytest.raises(FileNotFoundError):
+        load(tmp_path / "missing.pt")
+
+
+CALLS = []
+
+
+def _side_effect(message):
+    CALLS.append(message)
+    return message
+
+
+class _Malicious:
+    def __reduce__(self):
+        return (_side_effect, ("code ran",))
+
+
+@pytest.mark.parametrize("where", ["top", "nested"])
+def test_tampered_file_with_an_object_is_refused(where, data, tmp_path):
+    path = tmp_path / "model.pt"
+    if where == "top":
+        torch.save(_Malicious(), path)
+    else:
+        est, _, _, _ = _fitted("regressor-1d", data)
+        save(est, path)
+        _rewrite(path, lambda r: r["estimator"]["attributes"].update(x_=_Malicious()))
+    CALLS.clear()
+    with pytest.raises(
+        ValueError, match=r"(?s)model.pt.*safe load refuses: UnpicklingError"
+    ):
+        load(path)
+    assert CALLS == []
+
+
+def test_damaged_records_are_refused(data, tmp_path):
+    est, _, _, _ = _fitted("regressor-1d", data)
+    path = tmp_path / "model.pt"
+    save(est, path)
+    _rewrite(path, lambda r: r["estimator"].update({"class": "os.system"}))
+    with pytest.raises(ValueError, match="unknown estimator class 'os.system'"):
+        load(path)
+    save(est, path)
+    _rewrite(
+        path,
+        lambda r: r["estimator"]["attributes"].update(
+            n_iter_={"__kind__": "eval", "value": "1"}
+        ),
+    )
+    with pytest.raises(ValueError, match="unknown entry 'eval'"):
+        load(path)
+    save(est, path)
+    _rewrite(path, lambda r: r["estimator"]["attributes"].update(__class__=1))
+    with pytest.raises(ValueError, match="not an attribute name"):
+        load(path)
