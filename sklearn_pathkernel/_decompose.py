@@ -193,9 +193,9 @@ def decompose_path(
         loss-weighted path kernel of Remark 2 (then all coefficients are -1).
     engine : {"auto", "structured", "jacobian", "ntk_vp"}, default="auto"
     working_memory : float, default=None
-        Budget in MiB for one block of query rows. Blocks hold 256 rows
+        Budget in MiB for one block of query rows. Blocks hold 512 rows
         whenever that fits, and a power of two fewer otherwise, so results
-        are bit-identical across every budget that fits 256 rows.
+        are bit-identical across every budget that fits 512 rows.
     verbose : int, default=0
         Show a progress bar over query blocks and steps.
 

@@ -375,9 +375,11 @@ def weighted_kernel_sum(
 # what makes results bit-identical across block sizes. Row tiles hold
 # _TILE_ROWS rows and column chunks _CHUNK_COLUMNS columns; both shrink, by
 # powers of two, only for networks whose per-row state is large: a property
-# of the network and engine, never of the budget.
-_TILE_ROWS = 256
-_CHUNK_COLUMNS = 2048
+# of the network and engine, never of the budget. Square 512-row tiles keep
+# the products large and let a symmetric kernel skip all but
+# (1 + 512/n) / 2 of them (benchmarks/bench_grid.py).
+_TILE_ROWS = 512
+_CHUNK_COLUMNS = 512
 _CHUNK_STATE_BYTES = 128 * 2**20
 
 
@@ -515,7 +517,7 @@ def tile_within_budget(working_memory, bytes_per_row):
     --------
     >>> from sklearn_pathkernel._path import tile_within_budget
     >>> tile_within_budget(None, 1000), tile_within_budget(1, 2**20 // 100)
-    (256, 64)
+    (512, 64)
     """
     rows = rows_within_budget(working_memory, bytes_per_row, _TILE_ROWS)
     return 1 << (rows.bit_length() - 1)

@@ -109,7 +109,7 @@ def test_verbose_says_which_engine_runs_and_shows_progress(fitted, capsys):
     path_kernel(est.module_, est.trajectory_, X[:4], verbose=1)
     captured = capsys.readouterr()
     assert "engine 'structured'" in captured.out
-    assert "tiles of 256 x 2048" in captured.out
+    assert "tiles of 512 x 512" in captured.out
     assert "path kernel (structured)" in captured.err  # the tqdm bar
     path_kernel(est.module_, est.trajectory_, X[:4])
     assert capsys.readouterr() == ("", "")
@@ -166,7 +166,7 @@ def test_result_is_bit_identical_across_block_sizes(
 
 
 def test_default_grid_is_bit_identical_across_block_sizes():
-    # float32 and several 256-row tiles: the shapes where BLAS rounding
+    # float32 and two 512-row tiles: the shapes where BLAS rounding
     # would differ if products followed the blocks instead of the grid.
     rng = np.random.RandomState(0)
     X = rng.randn(700, 5)
@@ -182,7 +182,7 @@ def test_default_grid_is_bit_identical_across_block_sizes():
 
 
 def test_working_memory_groups_whole_tiles():
-    assert _path.rows_within_budget(1, 2**10, 5000, multiple_of=256) == 1024 - 0
+    assert _path.rows_within_budget(1, 2**10, 5000, multiple_of=256) == 1024
     assert _path.rows_within_budget(1e-6, 2**10, 5000, multiple_of=256) == 256
     assert _path.rows_within_budget(1, 2**10, 100, multiple_of=256) == 100
     assert _path.rows_within_budget(1, 2**10, 5000, fixed_bytes=2**19) == 512
@@ -195,7 +195,7 @@ def test_row_tiles_are_powers_of_two_within_the_budget():
 
 
 def test_grid_shrinks_only_for_large_states():
-    assert _path._grid(4 * 1000) == (256, 2048)
+    assert _path._grid(4 * 1000) == (512, 512)
     tile, chunk = _path._grid(2 * 10**6)
     assert chunk * 2 * 10**6 <= _path._CHUNK_STATE_BYTES
     assert tile <= chunk and chunk & (chunk - 1) == 0
