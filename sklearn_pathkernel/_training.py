@@ -171,13 +171,14 @@ def train(
         )
         return result
     trajectory._set_final(flatten_parameters(params))
-    if not result.converged:
+    grew = _warn_if_the_loss_grew(result.loss_curve, learning_rate, owner)
+    if not (result.converged or grew):
         warnings.warn(
             f"{owner}: gradient descent reached max_iter={max_iter} epochs and "
             "the loss is still improving. Increase max_iter, or raise tol to "
             "stop earlier.",
             ConvergenceWarning,
-            stacklevel=4,  # train <- fit <- _fit_context <- the user's call
+            stacklevel=5,  # train <- fit <- _fit_context <- _restore_on_failure <- user
         )
     return result
 
@@ -223,6 +224,26 @@ def _evaluate(out, params, target, weights, weight_sum, loss, alpha):
     return objective, c, g
 
 
+# A final epoch loss this many times the first one: training blew up while
+# staying finite (gradient descent with a sane step size does not do that).
+_GROWTH_LIMIT = 10.0
+
+
+def _warn_if_the_loss_grew(loss_curve, learning_rate, owner):
+    """Warn, and return True, when the loss ended far above where it started."""
+    if len(loss_curve) < 2 or not loss_curve[-1] > _GROWTH_LIMIT * loss_curve[0]:
+        return False
+    warnings.warn(
+        f"{owner}: the training loss grew from {loss_curve[0]:.4g} to "
+        f"{loss_curve[-1]:.4g}: gradient descent is diverging without "
+        f"overflowing yet. Use a smaller learning_rate (now {learning_rate}), "
+        "or rescale X and y.",
+        DivergenceWarning,
+        stacklevel=6,  # as for train's own warnings, one frame deeper
+    )
+    return True
+
+
 def _final_objective_finite(module, params, X, Y, sample_weight, loss, alpha):
     with torch.no_grad():
         out = forward(module, X)
@@ -264,5 +285,5 @@ def _roll_back(
         f"a finite loss, and the path up to them. Use a smaller learning_rate "
         f"(now {learning_rate}), or rescale X and y.",
         DivergenceWarning,
-        stacklevel=5,  # _roll_back <- train <- fit <- _fit_context <- the user
+        stacklevel=6,  # as for train's own warnings, one frame deeper
     )

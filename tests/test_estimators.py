@@ -1,5 +1,6 @@
 """PathKernelRegressor and PathKernelClassifier: behaviour a user relies on."""
 
+import re
 import warnings
 
 import numpy as np
@@ -350,3 +351,28 @@ def test_every_parameter_is_documented(Est):
     for name in Est().get_params():
         assert f"\n    {name} : " in doc, name
     assert "{" + "parameters}" not in doc and "arXiv:2012.00152" in doc
+
+
+@pytest.mark.parametrize("Est", [PathKernelRegressor, PathKernelClassifier])
+def test_training_warnings_point_at_the_callers_line(Est, toy):
+    X, y = toy
+    y = y if Est is PathKernelRegressor else (y > 0).astype(int)
+    with pytest.warns(ConvergenceWarning) as record:
+        Est((4,), max_iter=2, tol=0, random_state=0).fit(X, y)
+    assert record[0].filename == __file__
+
+
+def test_a_loss_that_grows_but_stays_finite_is_divergence(toy):
+    X, y = toy
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        reg = PathKernelRegressor(
+            (16,), learning_rate=0.9, max_iter=8, tol=0, random_state=0
+        ).fit(X, 3 * y)
+    assert [type(w.message) for w in record] == [DivergenceWarning]  # no "improving"
+    assert re.match(
+        r"PathKernelRegressor: the training loss grew from 8\.7\d* to .*Use a "
+        r"smaller learning_rate \(now 0\.9\)",
+        str(record[0].message),
+    )
+    assert np.isfinite(reg.loss_curve_).all() and reg.n_iter_ == 8
