@@ -118,6 +118,7 @@ def plot_gram(
     ax=None,
     cmap="viridis",
     colorbar=True,
+    robust=True,
     title="Path kernel Gram matrix",
 ):
     """Show a Gram matrix as an image, its rows grouped by label.
@@ -135,6 +136,10 @@ def plot_gram(
     cmap : str or Colormap, default="viridis"
     colorbar : bool, default=True
         Add a colour bar next to ``ax``.
+    robust : bool, default=True
+        Span the colours over the 1st to 99th percentile of ``K``, not its
+        full range: a path kernel's few large diagonal entries would
+        otherwise leave the block structure in one shade.
     title : str or None, default="Path kernel Gram matrix"
 
     Returns
@@ -171,7 +176,10 @@ def plot_gram(
         K = K[np.ix_(order, order)]
         labels = labels[order]
     ax = _axes(plt, ax)
-    image = ax.imshow(K, cmap=cmap, interpolation="nearest")
+    limits = np.percentile(K, [1, 99]) if robust else (None, None)
+    image = ax.imshow(
+        K, cmap=cmap, interpolation="nearest", vmin=limits[0], vmax=limits[1]
+    )
     if labels is not None:
         # Block edges lie between pixels: pixel i spans [i - 0.5, i + 0.5].
         edges = np.flatnonzero(labels[1:] != labels[:-1]) + 1

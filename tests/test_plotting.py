@@ -232,3 +232,11 @@ def test_public_names():
     assert sorted(plotting.__all__) == sorted(
         name for name in dir(plotting) if name.startswith("plot_")
     )
+
+
+def test_plot_gram_robust_colour_limits():
+    K = np.eye(50) * 1000 + np.arange(50)[:, None] * 0.01
+    robust = plotting.plot_gram(K).images[0].get_clim()
+    full = plotting.plot_gram(K, robust=False).images[0].get_clim()
+    assert robust == tuple(np.percentile(K, [1, 99]))
+    assert full == (K.min(), K.max())
