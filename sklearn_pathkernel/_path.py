@@ -58,7 +58,10 @@ def tangent_kernel(
     working_memory : float, default=None
         Budget in MiB for one block of rows; scikit-learn's
         ``working_memory`` setting (1024 by default) when None. The result
-        itself, ``n_X * n_Y`` float64 numbers, comes on top.
+        itself, ``n_X * n_Y`` float64 numbers, comes on top; one that cannot
+        fit in the available memory raises ``MemoryError`` before any work.
+        Blocks hold whole 512-row tiles (at least one), so the result is
+        bit-identical whatever the budget.
     device : str or torch.device, default=None
         Where to compute; the module's device when None.
     n_jobs : int, default=None
@@ -264,14 +267,15 @@ def weighted_kernel_sum(
     """``sum_k weight_k * J_k(X) J_k(Y)^T`` over ``points``, in row blocks.
 
     ``points`` is a sequence of ``(weight, load)`` where ``load(device)``
-    returns the parameter mapping of that point. Rows of ``X`` are cut into
-    blocks sized from ``working_memory``; each block's strip of the result is
-    an independent task (run through joblib with ``n_jobs``), in which every
-    point's engine state for the block is built once and contracted against
-    the column blocks, accumulating in float64 on the device. For ``Y=None``
-    only blocks on or above the diagonal are computed, and each diagonal
-    block row tile by row tile against the columns from that tile on, so
-    about one triangle of products is done.
+    returns the parameter mapping of that point. The work is cut on a fixed
+    grid (``_grid``): row tiles of X against column tiles of Y, the same
+    for every budget. ``working_memory`` only decides how many row tiles a
+    block holds; each block's strip of the result is an independent task
+    (run through joblib with ``n_jobs``), in which every point's states are
+    built tile by tile and contracted tile against tile, accumulating in
+    float64 on the device. For ``Y=None`` only tiles on or above the
+    diagonal are computed and the rest is mirrored, so the result is exactly
+    symmetric and bit-identical across budgets and ``n_jobs``.
     """
     symmetric = Y is None
     X = check_kernel_input(X, name="X")
