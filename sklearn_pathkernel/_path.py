@@ -2,6 +2,7 @@
 
 import copy
 import math
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -342,25 +343,12 @@ def weighted_kernel_sum(
     # In-task progress only when the tasks run here, one after the other.
     tick = progress.update if n_jobs in (None, 1) else None
     threads = _threads_per_task(n_jobs)
-    task = delayed(_strip)
+    work = _Work(
+        bound, points, X_t, Y_t, tile, chunk, symmetric, trace, extra, device, tick
+    )
+    task = delayed(_within_threads)
     strips = Parallel(n_jobs=n_jobs, prefer="threads", return_as="generator")(
-        task(
-            bound,
-            points,
-            X_t,
-            Y_t,
-            r0,
-            r1,
-            tile,
-            chunk,
-            symmetric,
-            trace,
-            extra,
-            device,
-            tick,
-            threads,
-        )
-        for r0, r1 in row_blocks
+        task(threads, _strip, work, r0, r1) for r0, r1 in row_blocks
     )
     with progress:
         for (r0, r1), strip in zip(row_blocks, strips):
@@ -400,22 +388,31 @@ def _first_column(r0, chunk, symmetric):
     return r0 // chunk * chunk if symmetric else 0
 
 
-def _strip(
-    bound,
-    points,
-    X_t,
-    Y_t,
-    r0,
-    r1,
-    tile,
-    chunk,
-    symmetric,
-    trace,
-    extra,
-    device,
-    tick=None,
-    threads=None,
-):
+class _Work(NamedTuple):
+    """What every strip of one kernel shares."""
+
+    bound: object  # the engine, bound to the module
+    points: list  # (weight, load) per checkpoint
+    X_t: torch.Tensor
+    Y_t: torch.Tensor
+    tile: int
+    chunk: int
+    symmetric: bool
+    trace: bool
+    extra: tuple  # () traced, (O, O) full
+    device: torch.device
+    tick: object  # progress callback per checkpoint, or None
+
+
+def _within_threads(threads, function, *args):
+    """``function(*args)`` using at most ``threads`` BLAS/OpenMP threads."""
+    if threads is None:
+        return function(*args)
+    with threadpool_limits(limits=threads):
+        return function(*args)
+
+
+def _strip(work, r0, r1):
     """Rows ``r0:r1`` of the kernel, from column ``_first_column`` on.
 
     Row states are built one row tile at a time and column states one column
@@ -424,23 +421,7 @@ def _strip(
     chunks from the one holding its first row on: entries below the diagonal
     inside that chunk are computed too, and overwritten by the mirror.
     """
-    if threads is not None:
-        with threadpool_limits(limits=threads):
-            return _strip(
-                bound,
-                points,
-                X_t,
-                Y_t,
-                r0,
-                r1,
-                tile,
-                chunk,
-                symmetric,
-                trace,
-                extra,
-                device,
-                tick,
-            )
+    bound, points, X_t, Y_t, tile, chunk, symmetric, trace, extra, device, tick = work
     m = Y_t.shape[0]
     c_start = _first_column(r0, chunk, symmetric)
     strip = torch.zeros(
