@@ -2,6 +2,7 @@
 
 import copy
 import math
+from contextlib import contextmanager
 from typing import NamedTuple
 
 import numpy as np
@@ -346,11 +347,11 @@ def weighted_kernel_sum(
     work = _Work(
         bound, points, X_t, Y_t, tile, chunk, symmetric, trace, extra, device, tick
     )
-    task = delayed(_within_threads)
-    strips = Parallel(n_jobs=n_jobs, prefer="threads", return_as="generator")(
-        task(threads, _strip, work, r0, r1) for r0, r1 in row_blocks
-    )
-    with progress:
+    task = delayed(_strip)
+    with _shared_threads(threads), progress:
+        strips = Parallel(n_jobs=n_jobs, prefer="threads", return_as="generator")(
+            task(work, r0, r1) for r0, r1 in row_blocks
+        )
         for (r0, r1), strip in zip(row_blocks, strips):
             K[r0:r1, _first_column(r0, chunk, symmetric) :] = strip
             if tick is None:
@@ -404,12 +405,24 @@ class _Work(NamedTuple):
     tick: object  # progress callback per checkpoint, or None
 
 
-def _within_threads(threads, function, *args):
-    """``function(*args)`` using at most ``threads`` BLAS/OpenMP threads."""
+@contextmanager
+def _shared_threads(threads):
+    """Let torch and the BLAS use ``threads`` threads while the block runs.
+
+    Set process-wide (torch keeps one thread count that every new worker
+    thread starts from) and restored afterwards; None changes nothing.
+    Process-based joblib backends already give each worker its share.
+    """
     if threads is None:
-        return function(*args)
-    with threadpool_limits(limits=threads):
-        return function(*args)
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        with threadpool_limits(limits=threads):
+            yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def _strip(work, r0, r1):
