@@ -7,6 +7,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 nvidia-smi --query-gpu=name,memory.total,clocks.max.sm --format=csv
-python3 -m pytest -q -p no:cacheprovider tests/test_cuda.py tests/test_tangent.py \
-    tests/test_path.py tests/test_decompose.py
+# Every test marked cuda (persistence, trajectory, transformers...), then the
+# engine modules whole, on the GPU image's torch.
+python3 -m pytest -q -p no:cacheprovider -m cuda tests
+python3 -m pytest -q -p no:cacheprovider tests/test_tangent.py tests/test_path.py \
+    tests/test_decompose.py
 python3 benchmarks/bench_kernel.py --device cuda

@@ -18,6 +18,7 @@ derivatives are folded into the training rows' engine states first
 (``contract_vector``), so the work per step is that of a kernel block.
 """
 
+import numbers
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -130,23 +131,54 @@ class KernelMachine:
         with np.errstate(divide="ignore", invalid="ignore"):
             return np.where(self.kernel != 0, phi / self.kernel, 0.0)
 
-    def top_contributors(self, k=5):
+    def top_contributors(self, k=5, *, output=None):
         """The ``k`` training rows with the largest contributions, per query.
 
         Parameters
         ----------
         k : int, default=5
+        output : int, "predicted" or None, default=None
+            What "largest" measures: None, the Euclidean norm of a row's
+            contributions over all outputs; an int, the absolute
+            contribution to that output; "predicted", to each query's
+            largest output (a classifier's predicted class), which is
+            usually what explains a multiclass prediction.
 
         Returns
         -------
         top : TopContributors
             ``indices`` (n_X, k), ``values`` (n_X, k, O) and ``share``
-            (n_X,), the fraction of the total absolute contribution carried.
+            (n_X,), the fraction of the total absolute contribution carried
+            (measured as ``output`` says).
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> from sklearn_pathkernel import KernelMachine
+        >>> phi = np.array([[[0.1, -2.0], [0.5, 0.0], [-0.3, 0.1]]])  # 1 x 3 x 2
+        >>> machine = KernelMachine(np.zeros((1, 2)), phi, phi.sum(1), None, True)
+        >>> machine.top_contributors(2).indices  # by the norm over outputs
+        array([[0, 1]])
+        >>> machine.top_contributors(2, output=0).indices
+        array([[1, 2]])
         """
-        n_train = self.contributions.shape[1]
+        n_train, n_outputs = self.contributions.shape[1:]
         if not 1 <= k <= n_train:
             raise ValueError(f"k must be between 1 and {n_train}; got {k}.")
-        size = np.linalg.norm(self.contributions, axis=2)
+        if output is None:
+            size = np.linalg.norm(self.contributions, axis=2)
+        elif isinstance(output, str) and output == "predicted":
+            column = np.argmax(self.network_output, axis=1)
+            size = np.abs(
+                np.take_along_axis(self.contributions, column[:, None, None], axis=2)
+            )[:, :, 0]
+        elif isinstance(output, numbers.Integral) and -n_outputs <= output < n_outputs:
+            size = np.abs(self.contributions[:, :, output])
+        else:
+            raise ValueError(
+                "output must be None, 'predicted' or an output index below "
+                f"{n_outputs}; got {output!r}."
+            )
         order = np.argsort(-size, axis=1, kind="stable")[:, :k]
         values = np.take_along_axis(self.contributions, order[:, :, None], axis=1)
         total = size.sum(axis=1)

@@ -234,6 +234,29 @@ def test_top_contributors(diabetes):
         machine.top_contributors(0)
 
 
+def test_top_contributors_of_one_output_or_the_predicted_class():
+    X, y = load_iris(return_X_y=True)
+    X = scale(X)
+    machine = _fit(PathKernelClassifier, X, y, max_iter=10).decompose(X[::25])
+    predicted = machine.network_output.argmax(axis=1)
+    top = machine.top_contributors(5, output="predicted")
+    for q, c in enumerate(predicted):
+        size = np.abs(machine.contributions[q, :, c])
+        np.testing.assert_array_equal(
+            top.indices[q], np.argsort(-size, kind="stable")[:5]
+        )
+        assert top.share[q] == pytest.approx(size[top.indices[q]].sum() / size.sum())
+    by_class = machine.top_contributors(5, output=2)
+    size = np.abs(machine.contributions[:, :, 2])
+    np.testing.assert_array_equal(
+        by_class.indices, np.argsort(-size, axis=1, kind="stable")[:, :5]
+    )
+    assert by_class.values.shape == (len(predicted), 5, 3)  # every output kept
+    for bad in (3, "class", 1.0):
+        with pytest.raises(ValueError, match="output must be None, 'predicted' or"):
+            machine.top_contributors(5, output=bad)
+
+
 def test_decompose_checks_its_input(diabetes):
     X, y = diabetes
     with pytest.raises(NotFittedError):
