@@ -297,7 +297,9 @@ class BasePathKernelEstimator(BaseEstimator):
     def kernel_diagonal(self, X, *, normalize=None):
         """``K_path(x, x)`` for every row of ``X``: the diagonal of ``kernel(X)``.
 
-        Costs about ``n_X * 128`` kernel entries instead of ``n_X ** 2``.
+        Linear in ``n_X``: one forward and backward pass per row and
+        checkpoint, no product between rows (the "ntk_vp" engine computes
+        128-row kernels and keeps their diagonals).
 
         Parameters
         ----------

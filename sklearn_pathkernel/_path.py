@@ -200,9 +200,11 @@ def path_kernel_diagonal(
 ):
     """``K_path(x, x)`` for every row of ``X``, without the ``n x n`` kernel.
 
-    Rows are taken in tiles of at most ``_DIAGONAL_TILE``; each tile's
-    symmetric path kernel is computed and its diagonal kept, so the cost is
-    about ``n * _DIAGONAL_TILE`` pairs instead of ``n * n``.
+    Engines with a row-wise diagonal (structured, jacobian) need one state
+    per row and checkpoint and no product between rows: about the cost of
+    training for one epoch per checkpoint. The NTK-vector-product engine has
+    none; it computes the symmetric kernel of ``_DIAGONAL_TILE`` rows at a
+    time and keeps its diagonal.
 
     Parameters
     ----------
@@ -230,6 +232,35 @@ def path_kernel_diagonal(
     True
     """
     X = check_kernel_input(X, name="X")
+    reference = next(iter(module.parameters()), None)
+    bound = select_engine(engine, module, trajectory.parameter_names)
+    if reference is None or not hasattr(bound, "diagonal"):
+        return _diagonal_of_tiles(
+            module, trajectory, X, engine, working_memory, device, n_jobs
+        )
+    device = reference.device if device is None else resolve_device(device)
+    if reference.device != device:
+        module = copy.deepcopy(module).to(device)  # never move the caller's module
+        bound = select_engine(engine, module, trajectory.parameter_names)
+    X_t = to_tensor(X, dtype=reference.dtype, device=device, name="X")
+    itemsize = X_t.element_size()
+    with torch.no_grad():
+        n_outputs = forward(module, X_t[:1]).shape[1]
+        tile = tile_within_budget(
+            working_memory, bound.bytes_per_row(n_outputs, itemsize)
+        )
+        diagonal = torch.zeros(X_t.shape[0], dtype=torch.float64, device=device)
+        for k, weight in enumerate(trajectory.weights):
+            parameters = trajectory.parameters(k, device=device)
+            for r0 in range(0, X_t.shape[0], tile):
+                rows = X_t[r0 : r0 + tile]
+                part = bound.diagonal(bound.state(parameters, rows), rows)
+                diagonal[r0 : r0 + tile] += float(weight) * part.double()
+    return diagonal.cpu().numpy()
+
+
+def _diagonal_of_tiles(module, trajectory, X, engine, working_memory, device, n_jobs):
+    """The diagonal of symmetric kernels of ``_DIAGONAL_TILE`` rows at a time."""
     diagonal = np.empty(X.shape[0], dtype=np.float64)
     for r0 in range(0, X.shape[0], _DIAGONAL_TILE):
         r1 = min(r0 + _DIAGONAL_TILE, X.shape[0])
@@ -246,9 +277,9 @@ def path_kernel_diagonal(
     return diagonal
 
 
-# Rows per tile of path_kernel_diagonal: small enough that the wasted
-# off-diagonal work stays a small multiple of n, large enough to keep the
-# per-call overhead low.
+# Rows per tile of the NTK-vector-product diagonal: small enough that the
+# wasted off-diagonal work stays a small multiple of n, large enough to keep
+# the per-call overhead low.
 _DIAGONAL_TILE = 128
 
 

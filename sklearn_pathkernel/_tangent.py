@@ -119,6 +119,11 @@ class JacobianEngine:
         pulled = torch.einsum("jbd,jb->jd", state_y, vectors)  # J_y^T v_j
         return torch.einsum("iad,jd->ija", state_x, pulled)
 
+    @staticmethod
+    def diagonal(state, X):
+        """``K(x_i, x_i)`` summed over outputs, row by row: (n,)."""
+        return (state * state).sum(dim=(1, 2))
+
 
 class NTKVectorProductEngine:
     """Kernel columns by vector-Jacobian then Jacobian-vector products."""
@@ -344,6 +349,32 @@ class StructuredEngine:
                 signal = (D_x @ folded.T).permute(0, 2, 1)  # (n, m, O)
             term = signal * input_gram[:, :, None]
             total = term if total is None else total.add_(term)
+        return total
+
+    def diagonal(self, state, X):
+        """``K(x_i, x_i)`` summed over outputs, row by row: (n,).
+
+        Each layer's term is ``(|a|^2 [+ 1]) * |D|_F^2``: the diagonal of
+        :meth:`contract`'s traced kernel without any row-by-row product.
+        """
+        total = None
+        for k, ((A, D), (index, trains_weight, trains_bias)) in enumerate(
+            zip(state, self.layers)
+        ):
+            if not (trains_weight or trains_bias):
+                continue
+            if k == 0 and self.static_input:
+                inputs = (X * X).sum(dim=1) + (1.0 if trains_bias else 0.0)
+            else:
+                inputs = (A * A).sum(dim=1)
+            # Identity output signals: the traced D D^T is the output width.
+            signals = (
+                self.module[index].out_features
+                if D is None
+                else (D * D).sum(dim=(1, 2))
+            )
+            term = inputs * signals
+            total = term if total is None else total + term
         return total
 
     def _layer_terms(self, state_x, state_y, static):

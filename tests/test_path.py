@@ -201,6 +201,44 @@ def test_grid_shrinks_only_for_large_states():
     assert tile <= chunk and chunk & (chunk - 1) == 0
 
 
+def _frozen_first_weight(n_features, n_outputs):
+    net = torch.nn.Sequential(
+        torch.nn.Identity(),
+        torch.nn.Linear(n_features, 6),
+        torch.nn.GELU(),
+        torch.nn.Linear(6, n_outputs, bias=False),
+    )
+    net[1].weight.requires_grad_(False)
+    return net
+
+
+def _no_biases(n_features, n_outputs):
+    return torch.nn.Sequential(
+        torch.nn.Linear(n_features, 5, bias=False),
+        torch.nn.Tanh(),
+        torch.nn.Linear(5, 5, bias=False),
+        torch.nn.Sigmoid(),
+        torch.nn.Linear(5, n_outputs, bias=False),
+    )
+
+
+@pytest.mark.parametrize("module", [None, _frozen_first_weight, _no_biases])
+@pytest.mark.parametrize("engine", sorted(ENGINES))
+def test_diagonal_matches_the_reference(fitted, module, engine):
+    _, X = fitted
+    Y = np.column_stack([np.sin(X[:, 0]), X[:, 1] * X[:, 2]])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        est = PathKernelRegressor(
+            (8,), module=module, max_iter=4, dtype="float64", random_state=0
+        ).fit(X, Y)
+    diagonal = _path.path_kernel_diagonal(
+        est.module_, est.trajectory_, X[:9], engine=engine, working_memory=1e-4
+    )
+    reference = path_kernel_reference(est.module_, est.trajectory_, X[:9])
+    np.testing.assert_allclose(diagonal, np.diag(reference), rtol=1e-10)
+
+
 @pytest.mark.parametrize("trace", [True, False])
 def test_symmetric_kernel_is_exactly_symmetric_and_psd(fitted, trace):
     est, X = fitted
