@@ -15,7 +15,6 @@ code 2, without a traceback.
 """
 
 import argparse
-import contextlib
 import csv
 import math
 import os
@@ -24,6 +23,8 @@ import time
 import warnings
 
 import numpy as np
+
+from ._path import limit_threads
 
 __all__ = ["main"]
 
@@ -463,7 +464,7 @@ def main(argv=None):
         parser.print_help(sys.stderr)
         return 2
     try:
-        with _limit_threads(args.threads):
+        with limit_threads(args.threads):
             if args.command == "demo":
                 return _run_demo(args)
             return _run_kernel(args)
@@ -473,27 +474,6 @@ def main(argv=None):
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted", file=sys.stderr)
         return 130
-
-
-@contextlib.contextmanager
-def _limit_threads(n):
-    """Let torch and the BLAS use ``n`` CPU threads inside the block.
-
-    None leaves them as they are.
-    """
-    if n is None:
-        yield
-        return
-    import torch
-    from threadpoolctl import threadpool_limits
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        with threadpool_limits(limits=n):
-            yield
-    finally:
-        torch.set_num_threads(before)
 
 
 def _run_demo(args):

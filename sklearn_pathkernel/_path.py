@@ -379,7 +379,7 @@ def weighted_kernel_sum(
         bound, points, X_t, Y_t, tile, chunk, symmetric, trace, extra, device, tick
     )
     task = delayed(_strip)
-    with _shared_threads(threads), progress:
+    with limit_threads(threads), progress:
         strips = Parallel(n_jobs=n_jobs, prefer="threads", return_as="generator")(
             task(work, r0, r1) for r0, r1 in row_blocks
         )
@@ -437,8 +437,10 @@ class _Work(NamedTuple):
 
 
 @contextmanager
-def _shared_threads(threads):
+def limit_threads(threads):
     """Let torch and the BLAS use ``threads`` threads while the block runs.
+
+    Used around parallel kernel blocks and by the command line's --threads.
 
     Set process-wide (torch keeps one thread count that every new worker
     thread starts from) and restored afterwards; None changes nothing.

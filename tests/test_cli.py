@@ -10,8 +10,9 @@ from sklearn.datasets import load_breast_cancer
 from sklearn.preprocessing import StandardScaler
 
 from sklearn_pathkernel import PathKernelClassifier, PathKernelRegressor
-from sklearn_pathkernel._cli import _limit_threads, main
+from sklearn_pathkernel._cli import main
 from sklearn_pathkernel._demo import run_dataset
+from sklearn_pathkernel._path import limit_threads
 
 pytestmark = pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
 
@@ -107,7 +108,7 @@ def test_bad_option_value_is_a_usage_error(capsys):
 # -- demo --------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def cancer_demo():
-    with _limit_threads(1):  # as the demo command does: much faster when busy
+    with limit_threads(1):  # as the demo command does: much faster when busy
         return run_dataset("breast_cancer", quick=True, random_state=0)
 
 
