@@ -168,6 +168,19 @@ example:
       SVC(kernel="precomputed").fit(K, y_train).predict(K_test)"""
 
 
+def _add_threads_option(parser):
+    """``--threads N``: the same option, and meaning, on every command."""
+    parser.add_argument(
+        "--threads",
+        type=_positive_int,
+        default=None,
+        metavar="N",
+        help="CPU threads that torch and the BLAS may use (default: their own "
+        "choice, one per core); on a busy machine fewer threads than cores can "
+        "be much faster",
+    )
+
+
 def build_parser():
     """The ``argparse`` parser of the command line.
 
@@ -230,15 +243,7 @@ def build_parser():
         help="seed of the train/test split, the subsampling, the folds and the "
         "networks (default: 0)",
     )
-    demo.add_argument(
-        "--threads",
-        type=_positive_int,
-        default=None,
-        metavar="N",
-        help="CPU threads that torch and the BLAS may use (default: their own "
-        "choice, one per core); on a busy machine fewer threads than cores can "
-        "be much faster",
-    )
+    _add_threads_option(demo)
     demo.add_argument(
         "-v",
         "--verbose",
@@ -383,15 +388,7 @@ def build_parser():
         default="auto",
         help="'cpu', 'cuda' or 'auto' (a GPU when there is one; default: auto)",
     )
-    kernel.add_argument(
-        "--threads",
-        type=_positive_int,
-        default=None,
-        metavar="N",
-        help="CPU threads that torch and the BLAS may use (default: their own "
-        "choice, one per core); on a busy machine fewer threads than cores can "
-        "be much faster",
-    )
+    _add_threads_option(kernel)
     kernel.add_argument(
         "--delimiter",
         type=_delimiter,
