@@ -493,7 +493,12 @@ def _strip(work, r0, r1):
             parameters = load(device)
             states_x = {a: bound.state(parameters, X_t[a[0] : a[1]]) for a in row_tiles}
             for (b0, b1), tiles in pairs.items():
-                state_y = bound.state(parameters, Y_t[b0:b1])
+                # A chunk that is one of this block's row tiles (Y is X, and
+                # the grid's tiles and chunks coincide) has its state already:
+                # built from the same rows in the same shape, so the same bits.
+                state_y = states_x.get((b0, b1)) if symmetric else None
+                if state_y is None:
+                    state_y = bound.state(parameters, Y_t[b0:b1])
                 for a0, a1 in tiles:
                     part = bound.contract(
                         states_x[a0, a1], state_y, trace, statics[(a0, a1), (b0, b1)]
