@@ -15,7 +15,6 @@ from ._decompose import decompose_path
 from ._network import ACTIVATIONS, build_module, check_module_output, forward, make_mlp
 from ._normalize import NORMALIZATIONS, normalize_kernel
 from ._path import path_kernel, path_kernel_diagonal
-from ._tangent import ENGINES
 from ._training import train
 from ._validation import (
     DTYPES,
@@ -26,6 +25,7 @@ from ._validation import (
     validate_other,
     validate_X,
 )
+from .engines import ENGINES
 
 # Rows per forward pass at predict time: bounds activation memory on large X.
 _PREDICT_CHUNK = 8192
@@ -282,6 +282,7 @@ class BasePathKernelEstimator(BaseEstimator):
             self.trajectory_,
             X,
             Y,
+            n_jobs=self.n_jobs,
             verbose=self.verbose,
             **self._kernel_options(),
         )
@@ -337,7 +338,6 @@ class BasePathKernelEstimator(BaseEstimator):
         return {
             "engine": self.engine,
             "working_memory": self.working_memory,
-            "n_jobs": self.n_jobs,
         }
 
     def _raw_diagonal(self, X):

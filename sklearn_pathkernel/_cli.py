@@ -24,7 +24,7 @@ import warnings
 
 import numpy as np
 
-from ._path import limit_threads
+from ._blocking import limit_threads
 
 __all__ = ["main"]
 

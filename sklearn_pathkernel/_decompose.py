@@ -26,11 +26,12 @@ import numpy as np
 import torch
 from torch.func import jvp
 
+from ._blocking import tile_within_budget
 from ._memory import check_result_fits
 from ._network import forward, forward_at
-from ._path import path_kernel, tile_within_budget
+from ._path import path_kernel
 from ._progress import progress_bar
-from ._tangent import _TORCH_FUNC_LOCK, select_engine
+from .engines import TORCH_FUNC_LOCK, select_engine
 
 
 class TopContributors(NamedTuple):
@@ -347,7 +348,7 @@ def decompose_path(
 
 def _jvp(module, parameters, X, tangent):
     """``J(X; parameters) @ tangent``, shape (n, O)."""
-    with _TORCH_FUNC_LOCK:
+    with TORCH_FUNC_LOCK:
         _, out = jvp(lambda p: forward_at(module, p, X), (parameters,), (tangent,))
     return out
 

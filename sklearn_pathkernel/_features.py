@@ -28,10 +28,10 @@ import math
 import numpy as np
 import torch
 
+from ._blocking import tile_within_budget
 from ._network import forward
-from ._path import tile_within_budget
-from ._tangent import JacobianEngine
 from ._validation import check_kernel_input, to_tensor
+from .engines import JacobianEngine
 
 # Rows of a projection matrix generated at once: _PROJECTION_CHUNK * m numbers.
 _PROJECTION_CHUNK = 2048

@@ -2,20 +2,24 @@
 
 import copy
 import math
-from contextlib import contextmanager
-from typing import NamedTuple
+from dataclasses import dataclass
 
 import numpy as np
 import torch
-from joblib import Parallel, delayed, effective_n_jobs
-from sklearn import get_config
-from threadpoolctl import threadpool_limits
+from joblib import Parallel, delayed
 
+from ._blocking import (
+    grid,
+    limit_threads,
+    rows_within_budget,
+    threads_per_task,
+    tile_within_budget,
+)
 from ._memory import check_result_fits
 from ._network import forward
 from ._progress import progress_bar
-from ._tangent import select_engine
 from ._validation import check_kernel_input, resolve_device, to_tensor
+from .engines import select_engine
 
 
 def tangent_kernel(
@@ -196,21 +200,19 @@ def path_kernel_diagonal(
     engine="auto",
     working_memory=None,
     device=None,
-    n_jobs=None,
 ):
     """``K_path(x, x)`` for every row of ``X``, without the ``n x n`` kernel.
 
-    Engines with a row-wise diagonal (structured, jacobian) need one state
-    per row and checkpoint and no product between rows: about the cost of
-    training for one epoch per checkpoint. The NTK-vector-product engine has
-    none; it computes the symmetric kernel of ``_DIAGONAL_TILE`` rows at a
-    time and keeps its diagonal.
+    One engine state per row and checkpoint and no product between rows
+    (:meth:`Engine.diagonal`): about the cost of training for one epoch per
+    checkpoint. Rows go in tiles from the fixed grid, so the result is
+    bit-identical across every budget that holds a full tile.
 
     Parameters
     ----------
     module, trajectory : as for :func:`path_kernel`
     X : array-like or torch.Tensor of shape (n_X, n_features)
-    engine, working_memory, device, n_jobs : as for :func:`path_kernel`
+    engine, working_memory, device : as for :func:`path_kernel`
 
     Returns
     -------
@@ -232,22 +234,13 @@ def path_kernel_diagonal(
     True
     """
     X = check_kernel_input(X, name="X")
-    reference = next(iter(module.parameters()), None)
+    module, dtype, device = _placement(module, device)
     bound = select_engine(engine, module, trajectory.parameter_names)
-    if reference is None or not hasattr(bound, "diagonal"):
-        return _diagonal_of_tiles(
-            module, trajectory, X, engine, working_memory, device, n_jobs
-        )
-    device = reference.device if device is None else resolve_device(device)
-    if reference.device != device:
-        module = copy.deepcopy(module).to(device)  # never move the caller's module
-        bound = select_engine(engine, module, trajectory.parameter_names)
-    X_t = to_tensor(X, dtype=reference.dtype, device=device, name="X")
-    itemsize = X_t.element_size()
+    X_t = to_tensor(X, dtype=dtype, device=device, name="X")
     with torch.no_grad():
         n_outputs = forward(module, X_t[:1]).shape[1]
         tile = tile_within_budget(
-            working_memory, bound.bytes_per_row(n_outputs, itemsize)
+            working_memory, bound.bytes_per_row(n_outputs, X_t.element_size())
         )
         diagonal = torch.zeros(X_t.shape[0], dtype=torch.float64, device=device)
         for k, weight in enumerate(trajectory.weights):
@@ -259,28 +252,24 @@ def path_kernel_diagonal(
     return diagonal.cpu().numpy()
 
 
-def _diagonal_of_tiles(module, trajectory, X, engine, working_memory, device, n_jobs):
-    """The diagonal of symmetric kernels of ``_DIAGONAL_TILE`` rows at a time."""
-    diagonal = np.empty(X.shape[0], dtype=np.float64)
-    for r0 in range(0, X.shape[0], _DIAGONAL_TILE):
-        r1 = min(r0 + _DIAGONAL_TILE, X.shape[0])
-        tile = path_kernel(
-            module,
-            trajectory,
-            X[r0:r1],
-            engine=engine,
-            working_memory=working_memory,
-            device=device,
-            n_jobs=n_jobs,
-        )
-        diagonal[r0:r1] = np.diag(tile)
-    return diagonal
+def _placement(module, device):
+    """``(module, dtype, device)`` of the work.
 
-
-# Rows per tile of the NTK-vector-product diagonal: small enough that the
-# wasted off-diagonal work stays a small multiple of n, large enough to keep
-# the per-call overhead low.
-_DIAGONAL_TILE = 128
+    The device is ``device`` when given, else the module's; the module is
+    copied there when it lives elsewhere (the caller's module never moves).
+    A module without parameters computes in float32 on the CPU.
+    """
+    reference = next(iter(module.parameters()), None)
+    dtype = reference.dtype if reference is not None else torch.float32
+    if device is not None:
+        device = resolve_device(device)
+    elif reference is not None:
+        device = reference.device
+    else:
+        device = torch.device("cpu")
+    if reference is not None and reference.device != device:
+        module = copy.deepcopy(module).to(device)
+    return module, dtype, device
 
 
 def weighted_kernel_sum(
@@ -300,38 +289,70 @@ def weighted_kernel_sum(
     """``sum_k weight_k * J_k(X) J_k(Y)^T`` over ``points``, in row blocks.
 
     ``points`` is a sequence of ``(weight, load)`` where ``load(device)``
-    returns the parameter mapping of that point. The work is cut on a fixed
-    grid (``_grid``): row tiles of X against column tiles of Y, the same
-    for every budget. ``working_memory`` only decides how many row tiles a
-    block holds; each block's strip of the result is an independent task
-    (run through joblib with ``n_jobs``), in which every point's states are
-    built tile by tile and contracted tile against tile, accumulating in
-    float64 on the device. For ``Y=None`` only tiles on or above the
+    returns the parameter mapping of that point. The work is cut on the
+    fixed grid of ``_blocking``: row tiles of X against column chunks of Y,
+    the same for every budget. ``working_memory`` only decides how many row
+    tiles a block holds; each block's strip of the result is an independent
+    task (run through joblib with ``n_jobs``), in which every point's states
+    are built tile by tile and contracted tile against chunk, accumulating
+    in float64 on the device. For ``Y=None`` only tiles on or above the
     diagonal are computed and the rest is mirrored, so the result is exactly
     symmetric and bit-identical across budgets and ``n_jobs``.
     """
     symmetric = Y is None
     X = check_kernel_input(X, name="X")
     Y = X if symmetric else check_kernel_input(Y, name="Y", n_features=X.shape[1])
-    reference = next(iter(module.parameters()), None)
-    dtype = reference.dtype if reference is not None else torch.float32
-    device = (
-        resolve_device(device)
-        if device is not None
-        else (reference.device if reference is not None else torch.device("cpu"))
-    )
+    module, dtype, device = _placement(module, device)
     X_t = to_tensor(X, dtype=dtype, device=device, name="X")
     Y_t = X_t if symmetric else to_tensor(Y, dtype=dtype, device=device, name="Y")
-    n, m = X_t.shape[0], Y_t.shape[0]
-    if reference is not None and reference.device != device:
-        module = copy.deepcopy(module).to(device)  # never move the caller's module
     bound = select_engine(engine, module, parameter_names)
-
     with torch.no_grad():
         n_outputs = forward(module, X_t[:1]).shape[1]
     extra = () if trace else (n_outputs, n_outputs)
+    K = _allocate((X_t.shape[0], Y_t.shape[0], *extra), trace)
+    if not points:
+        return K
+    work = _Work(
+        bound=bound,
+        points=points,
+        X_t=X_t,
+        Y_t=Y_t,
+        symmetric=symmetric,
+        trace=trace,
+        extra=extra,
+        device=device,
+        **_plan_grid(bound, n_outputs, dtype, extra, Y_t.shape[0]),
+    )
+    row_blocks = _row_blocks(work, working_memory)
+    _run_strips(K, work, row_blocks, n_jobs, verbose)
+    if symmetric:
+        _mirror_upper(K, work.tile)
+    return K
+
+
+@dataclass
+class _Work:
+    """What every strip of one kernel shares."""
+
+    bound: object  # the engine, bound to the module
+    points: list  # (weight, load) per checkpoint
+    X_t: torch.Tensor
+    Y_t: torch.Tensor
+    symmetric: bool
+    trace: bool
+    extra: tuple  # () traced, (O, O) full
+    device: torch.device
+    tile: int  # rows per row tile
+    chunk: int  # columns per column chunk
+    state_bytes: int  # engine state per row
+    itemsize: int
+    tick: object = None  # progress callback per checkpoint, or None
+
+
+def _allocate(shape, trace):
+    """The float64 result, after checking that it fits in memory."""
     check_result_fits(
-        (n, m, *extra),
+        shape,
         what="The path kernel",
         remedy=(
             "Compute it in row blocks, e.g. kernel(X[i:j], Y), using each "
@@ -340,122 +361,72 @@ def weighted_kernel_sum(
             + ("" if trace else " trace=True sums over outputs: O*O times less.")
         ),
     )
-    K = np.zeros((n, m, *extra), dtype=np.float64)
-    if not points:
-        return K
+    return np.zeros(shape, dtype=np.float64)
 
+
+def _plan_grid(bound, n_outputs, dtype, extra, m):
+    """The tile grid and per-row state size of this engine and network."""
     itemsize = torch.finfo(dtype).bits // 8
     state_bytes = bound.bytes_per_row(n_outputs, itemsize)
-    tile, chunk = _grid(state_bytes)
-    numbers = math.prod(extra)
+    tile, chunk = grid(state_bytes)
+    return {
+        "tile": tile,
+        "chunk": chunk,
+        "state_bytes": state_bytes,
+        "itemsize": itemsize,
+    }
+
+
+def _row_blocks(work, working_memory):
+    """``(r0, r1)`` of each strip: as many whole row tiles as the budget holds."""
+    n, m = work.X_t.shape[0], work.Y_t.shape[0]
+    numbers = math.prod(work.extra)
     block = rows_within_budget(
         working_memory,
         # Per row: its engine state, and across the m columns the float64
         # strip and the cached static Gram ...
-        state_bytes + m * (8 + itemsize) * numbers,
+        work.state_bytes + m * (8 + work.itemsize) * numbers,
         max(n, m),
         # ... on top of one column chunk's state and a contraction's
         # temporaries (input Gram, signal Gram, their product).
-        fixed_bytes=chunk * state_bytes + 3 * tile * chunk * itemsize * numbers,
-        multiple_of=tile,
+        fixed_bytes=work.chunk * work.state_bytes
+        + 3 * work.tile * work.chunk * work.itemsize * numbers,
+        multiple_of=work.tile,
     )
-    row_blocks = [(r0, min(r0 + block, n)) for r0 in range(0, n, block)]
+    return [(r0, min(r0 + block, n)) for r0 in range(0, n, block)]
+
+
+def _run_strips(K, work, row_blocks, n_jobs, verbose):
+    """Compute every strip (joblib tasks) into ``K``, with progress."""
     progress = progress_bar(
         verbose,
-        total=len(row_blocks) * len(points),
-        desc=f"path kernel ({bound.name})",
+        total=len(row_blocks) * len(work.points),
+        desc=f"path kernel ({work.bound.name})",
         unit="checkpoint-block",
     )
     if verbose > 0:
+        n, m = work.X_t.shape[0], work.Y_t.shape[0]
         progress.write(
-            f"path kernel: engine {bound.name!r}, {n} x {m} over {len(points)} "
-            f"checkpoint(s), {len(row_blocks)} row block(s) of up to {block} rows "
-            f"in tiles of {tile} x {chunk}"
+            f"path kernel: engine {work.bound.name!r}, {n} x {m} over "
+            f"{len(work.points)} checkpoint(s), {len(row_blocks)} row block(s) of "
+            f"up to {row_blocks[0][1] - row_blocks[0][0]} rows in tiles of "
+            f"{work.tile} x {work.chunk}"
         )
     # In-task progress only when the tasks run here, one after the other.
-    tick = progress.update if n_jobs in (None, 1) else None
-    threads = _threads_per_task(n_jobs)
-    work = _Work(
-        bound, points, X_t, Y_t, tile, chunk, symmetric, trace, extra, device, tick
-    )
-    task = delayed(_strip)
-    with limit_threads(threads), progress:
+    work.tick = progress.update if n_jobs in (None, 1) else None
+    with limit_threads(threads_per_task(n_jobs)), progress:
         strips = Parallel(n_jobs=n_jobs, prefer="threads", return_as="generator")(
-            task(work, r0, r1) for r0, r1 in row_blocks
+            delayed(_strip)(work, r0, r1) for r0, r1 in row_blocks
         )
         for (r0, r1), strip in zip(row_blocks, strips):
-            K[r0:r1, _first_column(r0, chunk, symmetric) :] = strip
-            if tick is None:
-                progress.update(len(points))
-    if symmetric:
-        _mirror_upper(K, tile)
-    return K
-
-
-# Work is cut on a fixed grid, so that every kernel entry comes out of matrix
-# products of the same shapes whatever working_memory or n_jobs are: BLAS
-# rounding depends on operand shapes (MKL's float64 GEMM gives other bits for
-# the same entry when the number of columns changes), and a fixed grid is
-# what makes results bit-identical across block sizes. Row tiles hold
-# _TILE_ROWS rows and column chunks _CHUNK_COLUMNS columns; both shrink, by
-# powers of two, only for networks whose per-row state is large: a property
-# of the network and engine, never of the budget. Square 512-row tiles keep
-# the products large and let a symmetric kernel skip all but
-# (1 + 512/n) / 2 of them (benchmarks/bench_grid.py).
-_TILE_ROWS = 512
-_CHUNK_COLUMNS = 512
-_CHUNK_STATE_BYTES = 128 * 2**20
-
-
-def _grid(state_bytes):
-    """``(tile, chunk)``: rows per row tile and columns per column chunk."""
-    chunk = _CHUNK_COLUMNS
-    while chunk > 1 and chunk * state_bytes > _CHUNK_STATE_BYTES:
-        chunk //= 2
-    return min(_TILE_ROWS, chunk), chunk
+            K[r0:r1, _first_column(r0, work.chunk, work.symmetric) :] = strip
+            if work.tick is None:
+                progress.update(len(work.points))
 
 
 def _first_column(r0, chunk, symmetric):
     """First column a row block computes: its chunk's start when symmetric."""
     return r0 // chunk * chunk if symmetric else 0
-
-
-class _Work(NamedTuple):
-    """What every strip of one kernel shares."""
-
-    bound: object  # the engine, bound to the module
-    points: list  # (weight, load) per checkpoint
-    X_t: torch.Tensor
-    Y_t: torch.Tensor
-    tile: int
-    chunk: int
-    symmetric: bool
-    trace: bool
-    extra: tuple  # () traced, (O, O) full
-    device: torch.device
-    tick: object  # progress callback per checkpoint, or None
-
-
-@contextmanager
-def limit_threads(threads):
-    """Let torch and the BLAS use ``threads`` threads while the block runs.
-
-    Used around parallel kernel blocks and by the command line's --threads.
-
-    Set process-wide (torch keeps one thread count that every new worker
-    thread starts from) and restored afterwards; None changes nothing.
-    Process-based joblib backends already give each worker its share.
-    """
-    if threads is None:
-        yield
-        return
-    before = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
-        with threadpool_limits(limits=threads):
-            yield
-    finally:
-        torch.set_num_threads(before)
 
 
 def _strip(work, r0, r1):
@@ -467,21 +438,21 @@ def _strip(work, r0, r1):
     chunks from the one holding its first row on: entries below the diagonal
     inside that chunk are computed too, and overwritten by the mirror.
     """
-    bound, points, X_t, Y_t, tile, chunk, symmetric, trace, extra, device, tick = work
-    m = Y_t.shape[0]
-    c_start = _first_column(r0, chunk, symmetric)
+    bound, X_t, Y_t = work.bound, work.X_t, work.Y_t
+    c_start = _first_column(r0, work.chunk, work.symmetric)
     strip = torch.zeros(
-        (r1 - r0, m - c_start, *extra), dtype=torch.float64, device=device
+        (r1 - r0, Y_t.shape[0] - c_start, *work.extra),
+        dtype=torch.float64,
+        device=work.device,
     )
-    row_tiles = [(a0, min(a0 + tile, r1)) for a0 in range(r0, r1, tile)]
-    chunks = [(b0, min(b0 + chunk, m)) for b0 in range(c_start, m, chunk)]
+    row_tiles = [(a0, min(a0 + work.tile, r1)) for a0 in range(r0, r1, work.tile)]
     pairs = {  # column chunk -> the row tiles it meets
-        (b0, b1): [
-            (a0, a1)
-            for a0, a1 in row_tiles
-            if _first_column(a0, chunk, symmetric) <= b0
+        (b0, min(b0 + work.chunk, Y_t.shape[0])): [
+            a
+            for a in row_tiles
+            if _first_column(a[0], work.chunk, work.symmetric) <= b0
         ]
-        for b0, b1 in chunks
+        for b0 in range(c_start, Y_t.shape[0], work.chunk)
     }
     statics = {
         (a, b): bound.static(X_t[a[0] : a[1]], Y_t[b[0] : b[1]])
@@ -489,74 +460,29 @@ def _strip(work, r0, r1):
         for a in tiles
     }
     with torch.no_grad():
-        for weight, load in points:
-            parameters = load(device)
+        for weight, load in work.points:
+            parameters = load(work.device)
             states_x = {a: bound.state(parameters, X_t[a[0] : a[1]]) for a in row_tiles}
             for (b0, b1), tiles in pairs.items():
                 # A chunk that is one of this block's row tiles (Y is X, and
                 # the grid's tiles and chunks coincide) has its state already:
                 # built from the same rows in the same shape, so the same bits.
-                state_y = states_x.get((b0, b1)) if symmetric else None
+                state_y = states_x.get((b0, b1)) if work.symmetric else None
                 if state_y is None:
                     state_y = bound.state(parameters, Y_t[b0:b1])
                 for a0, a1 in tiles:
                     part = bound.contract(
-                        states_x[a0, a1], state_y, trace, statics[(a0, a1), (b0, b1)]
+                        states_x[a0, a1],
+                        state_y,
+                        work.trace,
+                        statics[(a0, a1), (b0, b1)],
                     )
                     strip[a0 - r0 : a1 - r0, b0 - c_start : b1 - c_start].add_(
                         part, alpha=weight
                     )
-            if tick is not None:
-                tick(1)
+            if work.tick is not None:
+                work.tick(1)
     return strip.cpu().numpy()
-
-
-def _threads_per_task(n_jobs):
-    """Threads each of ``n_jobs`` concurrent tasks may use, or None for all.
-
-    torch (OpenMP, MKL) would otherwise give every task all the cores, and
-    ``n_jobs`` tasks would run ``n_jobs`` times as many threads as there are
-    cores. Splitting torch's thread count between the workers keeps the total
-    at what torch was set to use (``torch.set_num_threads``).
-    """
-    workers = effective_n_jobs(n_jobs)
-    if workers <= 1:
-        return None
-    return max(1, torch.get_num_threads() // workers)
-
-
-def rows_within_budget(
-    working_memory, bytes_per_row, n_rows, *, fixed_bytes=0, multiple_of=1
-):
-    """How many rows of ``bytes_per_row`` fit ``working_memory`` MiB.
-
-    ``fixed_bytes`` are spent whatever the number of rows. The answer is a
-    multiple of ``multiple_of`` (the work's tile) and at least one tile, even
-    when that exceeds the budget; None means scikit-learn's
-    ``working_memory`` setting.
-    """
-    if working_memory is None:
-        working_memory = get_config()["working_memory"]
-    rows = int(max(0.0, working_memory * 2**20 - fixed_bytes) // bytes_per_row)
-    rows = max(multiple_of, rows // multiple_of * multiple_of)
-    return max(1, min(rows, n_rows))
-
-
-def tile_within_budget(working_memory, bytes_per_row):
-    """Rows per block for row-by-row work: ``_TILE_ROWS``, or a power of two fewer.
-
-    The block fixes the shapes of every product, hence the rounding; taking
-    it from this short list, not straight from the budget, keeps results
-    bit-identical across every budget that holds a full tile.
-
-    Examples
-    --------
-    >>> from sklearn_pathkernel._path import tile_within_budget
-    >>> tile_within_budget(None, 1000), tile_within_budget(1, 2**20 // 100)
-    (512, 64)
-    """
-    rows = rows_within_budget(working_memory, bytes_per_row, _TILE_ROWS)
-    return 1 << (rows.bit_length() - 1)
 
 
 def _mirror_upper(K, tile):

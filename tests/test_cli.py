@@ -10,9 +10,9 @@ from sklearn.datasets import load_breast_cancer
 from sklearn.preprocessing import StandardScaler
 
 from sklearn_pathkernel import PathKernelClassifier, PathKernelRegressor
+from sklearn_pathkernel._blocking import limit_threads
 from sklearn_pathkernel._cli import main
 from sklearn_pathkernel._demo import run_dataset
-from sklearn_pathkernel._path import limit_threads
 
 pytestmark = pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
 

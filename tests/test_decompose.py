@@ -16,7 +16,7 @@ from sklearn_pathkernel import (
     KernelMachine,
     PathKernelClassifier,
     PathKernelRegressor,
-    _path,
+    _blocking,
 )
 
 
@@ -156,7 +156,7 @@ def test_engines_and_blocks_agree(diabetes, engine):
 def test_blocks_of_whole_tiles_give_bit_identical_results(diabetes, monkeypatch):
     X, y = diabetes
     est = _fit(PathKernelRegressor, X[:60], y[:60], max_iter=4, dtype="float32")
-    monkeypatch.setattr(_path, "_TILE_ROWS", 8)  # 30 queries: 4 blocks
+    monkeypatch.setattr(_blocking, "TILE_ROWS", 8)  # 30 queries: 4 blocks
     machines = [
         est.set_params(working_memory=memory).decompose(X[:30])
         for memory in (None, 1.0, 64.0)

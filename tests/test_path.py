@@ -15,11 +15,12 @@ from sklearn.exceptions import ConvergenceWarning
 from sklearn_pathkernel import (
     PathKernelClassifier,
     PathKernelRegressor,
+    _blocking,
     _path,
     path_kernel,
     tangent_kernel,
 )
-from sklearn_pathkernel._tangent import ENGINES
+from sklearn_pathkernel.engines import ENGINES
 
 
 @pytest.fixture(scope="module")
@@ -81,8 +82,8 @@ class _ThreadRecorder(torch.nn.Module):
 
 def test_parallel_tasks_share_torch_threads(fitted, monkeypatch):
     _, X = fitted
-    monkeypatch.setattr(_path, "_TILE_ROWS", 4)
-    monkeypatch.setattr(_path, "_CHUNK_COLUMNS", 8)
+    monkeypatch.setattr(_blocking, "TILE_ROWS", 4)
+    monkeypatch.setattr(_blocking, "CHUNK_COLUMNS", 8)
     module = _ThreadRecorder()
     total = torch.get_num_threads()
     tangent_kernel(module, None, X, engine="jacobian", n_jobs=2, working_memory=1e-4)
@@ -90,8 +91,6 @@ def test_parallel_tasks_share_torch_threads(fitted, monkeypatch):
     in_tasks = {threads for ident, threads in module.seen if ident != main}
     assert in_tasks == {max(1, total // 2)}
     assert torch.get_num_threads() == total  # restored afterwards
-    assert _path._threads_per_task(None) is None
-    assert _path._threads_per_task(1) is None
 
 
 def test_parallel_config_decides_the_backend(fitted):
@@ -132,8 +131,8 @@ def test_full_output_kernel_traces_to_the_traced_one(fitted):
 @pytest.fixture
 def small_grid(monkeypatch):
     """Tiles of 4 rows and chunks of 8 columns, so that 30 rows cross many."""
-    monkeypatch.setattr(_path, "_TILE_ROWS", 4)
-    monkeypatch.setattr(_path, "_CHUNK_COLUMNS", 8)
+    monkeypatch.setattr(_blocking, "TILE_ROWS", 4)
+    monkeypatch.setattr(_blocking, "CHUNK_COLUMNS", 8)
 
 
 # Budgets from one-tile blocks to everything in one block.
@@ -179,26 +178,6 @@ def test_default_grid_is_bit_identical_across_block_sizes():
     ]
     assert all(np.array_equal(K, kernels[0]) for K in kernels[1:])
     assert np.array_equal(kernels[0], kernels[0].T)
-
-
-def test_working_memory_groups_whole_tiles():
-    assert _path.rows_within_budget(1, 2**10, 5000, multiple_of=256) == 1024
-    assert _path.rows_within_budget(1e-6, 2**10, 5000, multiple_of=256) == 256
-    assert _path.rows_within_budget(1, 2**10, 100, multiple_of=256) == 100
-    assert _path.rows_within_budget(1, 2**10, 5000, fixed_bytes=2**19) == 512
-
-
-def test_row_tiles_are_powers_of_two_within_the_budget():
-    assert _path.tile_within_budget(None, 1000) == _path._TILE_ROWS
-    assert _path.tile_within_budget(1, 2**20 // 100) == 64  # 100 rows fit
-    assert _path.tile_within_budget(1e-9, 10**9) == 1
-
-
-def test_grid_shrinks_only_for_large_states():
-    assert _path._grid(4 * 1000) == (512, 512)
-    tile, chunk = _path._grid(2 * 10**6)
-    assert chunk * 2 * 10**6 <= _path._CHUNK_STATE_BYTES
-    assert tile <= chunk and chunk & (chunk - 1) == 0
 
 
 def _frozen_first_weight(n_features, n_outputs):
@@ -259,14 +238,35 @@ def test_kernel_of_x_and_y_is_the_transpose_of_y_and_x(fitted):
     np.testing.assert_allclose(K_ab, K_ba.T, rtol=1e-12)
 
 
-def test_path_kernel_is_the_weighted_sum_of_tangent_kernels(fitted):
-    est, X = fitted
-    traj = est.trajectory_
-    total = sum(
-        w * tangent_kernel(est.module_, traj.parameters(k), X[:5])
-        for k, w in enumerate(traj.weights)
+@pytest.mark.parametrize("record_every", [1, 3])
+def test_checkpoints_weigh_the_learning_rate_times_the_steps_they_stand_for(
+    record_every,
+):
+    # Independent of Trajectory.weights: the step size is the estimator's
+    # learning_rate, and a checkpoint stands for record_every steps (the
+    # last one for what remains of the 7).
+    rng = np.random.RandomState(3)
+    X = rng.randn(12, 3)
+    est = PathKernelRegressor(
+        (5,),
+        learning_rate=0.05,
+        max_iter=7,
+        tol=0.0,
+        n_iter_no_change=100,
+        record_every=record_every,
+        dtype="float64",
+        random_state=0,
     )
-    np.testing.assert_allclose(path_kernel(est.module_, traj, X[:5]), total, rtol=1e-12)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        est.fit(X, X[:, 0])
+    traj = est.trajectory_
+    steps = [min(record_every, 7 - k * record_every) for k in range(len(traj))]
+    want = sum(
+        0.05 * n * tangent_kernel_reference(est.module_, traj.parameters(k), X[:4])
+        for k, n in enumerate(steps)
+    )
+    np.testing.assert_allclose(path_kernel(est.module_, traj, X[:4]), want, rtol=1e-9)
 
 
 def test_tangent_kernel_defaults_to_the_module_parameters(fitted):

@@ -28,7 +28,7 @@ from sklearn_pathkernel import (
     PathKernelFeatures,
     PathKernelRegressor,
     PathKernelTransformer,
-    _path,
+    _blocking,
 )
 from sklearn_pathkernel._features import path_features, projection_chunks
 
@@ -404,7 +404,7 @@ def test_features_do_not_depend_on_blocking(toy):
 
 def test_features_are_bit_identical_across_budgets_that_hold_a_tile(toy, monkeypatch):
     X, y = toy
-    monkeypatch.setattr(_path, "_TILE_ROWS", 4)  # several tiles of toy rows
+    monkeypatch.setattr(_blocking, "TILE_ROWS", 4)  # several tiles of toy rows
     features = PathKernelFeatures(_net(), n_components=9, random_state=0).fit(X, y)
     full = features.transform(X)
     for memory in (1.0, 64.0):

@@ -1,5 +1,7 @@
 """Jacobian engines against the per-example autograd reference."""
 
+import inspect
+
 import numpy as np
 import pytest
 import torch
@@ -7,12 +9,16 @@ from _oracle import jacobian_rows, tangent_kernel_reference
 from torch import nn
 
 from sklearn_pathkernel._network import make_mlp
-from sklearn_pathkernel._tangent import (
+from sklearn_pathkernel.engines import (
     ENGINES,
+    Engine,
     JacobianEngine,
     StructuredEngine,
     select_engine,
 )
+
+# What the blocked loops call: the interface every engine implements.
+_INTERFACE = sorted(Engine.__abstractmethods__)
 
 
 def _mlp(n_features, n_outputs, activation="tanh", bias=True, seed=0):
@@ -176,3 +182,56 @@ def test_states_at_different_parameters_pair_their_jacobians(engine):
     np.testing.assert_allclose(
         applied.numpy(), np.einsum("ijab,jb->ija", want, vectors.numpy()), rtol=1e-6
     )
+
+
+def test_the_interface_names_what_the_blocked_loops_call():
+    assert _INTERFACE == sorted(
+        [
+            "bytes_per_row",
+            "contract",
+            "contract_vector",
+            "diagonal",
+            "state",
+            "static",
+            "supports",
+        ]
+    )
+
+
+@pytest.mark.parametrize("name", sorted(ENGINES))
+def test_every_engine_implements_the_whole_interface(name):
+    cls = ENGINES[name]
+    assert issubclass(cls, Engine) and cls.name == name
+    assert not cls.__abstractmethods__  # nothing left abstract
+    for method in _INTERFACE:
+        defined = inspect.getattr_static(cls, method)
+        assert defined is not inspect.getattr_static(Engine, method), method
+        # supports is asked of the class, everything else of a bound engine.
+        kind = classmethod if method == "supports" else type(lambda: None)
+        assert isinstance(defined, kind), method
+
+
+def test_an_engine_missing_a_method_cannot_be_built():
+    class Incomplete(Engine):
+        name = "incomplete"
+
+        @classmethod
+        def supports(cls, module):
+            return True
+
+    with pytest.raises(TypeError, match="abstract"):
+        Incomplete()
+
+
+@pytest.mark.parametrize("engine", sorted(ENGINES))
+@pytest.mark.parametrize("n_outputs", [1, 3])
+@pytest.mark.parametrize("bias", [True, False])
+def test_diagonal_is_the_reference_diagonal(engine, n_outputs, bias):
+    net = _mlp(3, n_outputs, "tanh", bias)
+    (X,) = _data((6, 3))
+    params = _params(net)
+    bound = select_engine(engine, net, list(params))
+    with torch.no_grad():
+        got = bound.diagonal(bound.state(params, X), X)
+    want = np.diag(tangent_kernel_reference(net, params, X))
+    np.testing.assert_allclose(got.numpy(), want, rtol=1e-10)

@@ -1,46 +1,19 @@
-"""Jacobian engines: per-block states and their contraction.
+"""The structured engine: the outer-product form of ``nn.Linear`` layers.
 
-An engine turns a block of rows into a *state* at one point ``w`` of parameter
-space, and contracts two states into that block's tangent kernel
-``J_w(X) J_w(Y)^T``. The blocked loop in ``_path.py`` never needs to know what
-a state is. :data:`ENGINES` is the one dispatch table; ``"auto"`` takes the
-first engine in it that supports the module.
-
-Costs below are per checkpoint, for ``n`` rows against ``m`` rows, ``O``
-outputs and ``d`` trainable parameters; for an MLP with layer widths
-``p = h_0, h_1, ..., h_L = O``.
-
-``"structured"`` (Linear layers and elementwise activations only)
-    A dense layer's Jacobian is an outer product, ``dz/dW = delta a^T``, so its
-    tangent-kernel term is ``(A_X A_Y^T + 1) * (D_X D_Y^T)`` (elementwise; the
-    ``+ 1`` is the bias), with ``A`` the layer inputs from one forward pass
-    and ``D`` the output signals from one backward pass. FLOPs:
-    ``2 n m sum_l (h_{l-1} + 1 + O h_l)`` for the traced kernel, the first
-    layer's input Gram shared by all checkpoints; memory per row:
-    ``sum_l (h_{l-1} + 1 + O h_l)`` numbers. No per-example Jacobian exists.
-``"jacobian"`` (any module)
-    Per-example Jacobians ``(O, d)`` from ``torch.func`` (``vmap`` over
-    ``jacrev``) contracted with one matrix product. FLOPs ``2 n m O d``
-    (traced) plus the Jacobians; memory per row ``O d`` numbers.
-``"ntk_vp"`` (any module)
-    NTK-vector products: for each column ``(j, o)`` of ``Y``, a vector-Jacobian
-    product gives ``J_Y^T e_{jo}`` and a Jacobian-vector product maps it
-    through ``J_X``. No Jacobian is stored (memory ``d + n O`` per column),
-    but each column costs a forward and backward pass over ``X``: FLOPs about
-    ``6 n m O d``. Useful when ``O d`` per row does not fit in memory.
+A dense layer's Jacobian is an outer product, ``dz/dW = delta a^T``, so its
+tangent-kernel term is ``(A_X A_Y^T + 1) * (D_X D_Y^T)`` (elementwise; the
+``+ 1`` is the bias), with ``A`` the layer inputs from one forward pass and
+``D`` the output signals from one backward pass of all ``O`` outputs at
+once. FLOPs per checkpoint: ``2 n m sum_l (h_{l-1} + 1 + O h_l)`` for the
+traced kernel, with the first layer's input Gram shared by all
+checkpoints; memory per row: ``sum_l (h_{l-1} + 1 + O h_l)`` numbers. No
+per-example Jacobian ever exists.
 """
-
-import threading
 
 import torch
 from torch import nn
-from torch.func import functional_call, jacrev, jvp, vjp, vmap
 
-# torch.func keeps its transform stack (vmap, grad and dual levels) in global
-# state, so two threads inside transforms at once corrupt each other. The
-# engines built on it take turns: with thread-based joblib workers they gain
-# nothing from n_jobs > 1 (process-based backends are unaffected).
-_TORCH_FUNC_LOCK = threading.Lock()
+from ._base import Engine
 
 # Elementwise activations the structured engine understands. Those with a
 # closed-form derivative avoid an autograd call; the rest get theirs from
@@ -68,128 +41,7 @@ _ELEMENTWISE = (
 )
 
 
-class JacobianEngine:
-    """Materialise per-example Jacobians with ``torch.func``; any module."""
-
-    name = "jacobian"
-
-    def __init__(self, module, parameter_names):
-        self.module = module
-        named = dict(module.named_parameters())
-        self.n_parameters = sum(named[n].numel() for n in parameter_names)
-
-    @staticmethod
-    def supports(module):
-        """Any module whose forward treats rows independently."""
-        return True
-
-    def bytes_per_row(self, n_outputs, itemsize):
-        # The Jacobian, plus about as much again for jacrev's intermediates.
-        return 2 * n_outputs * self.n_parameters * itemsize
-
-    def state(self, parameters, X):
-        """Jacobians of the rows of ``X``, shape (n, O, d)."""
-        module = self.module
-
-        def single(params, x):
-            return functional_call(module, params, (x.unsqueeze(0),)).reshape(-1)
-
-        with _TORCH_FUNC_LOCK:
-            jac = vmap(jacrev(single), in_dims=(None, 0))(parameters, X)
-        n = X.shape[0]
-        return torch.cat([j.reshape(n, j.shape[1], -1) for j in jac.values()], dim=2)
-
-    @staticmethod
-    def take(state, start, stop):
-        return state[start:stop]
-
-    def static(self, X, Y):
-        return None
-
-    @staticmethod
-    def contract(state_x, state_y, trace, static=None):
-        """``J_X J_Y^T``: (n, m) summed over outputs, or (n, m, O, O)."""
-        if trace:
-            return state_x.flatten(1) @ state_y.flatten(1).T
-        return torch.einsum("iad,jbd->ijab", state_x, state_y)
-
-    @staticmethod
-    def contract_vector(state_x, state_y, vectors, static=None):
-        """``K[i, j] @ vectors[j]`` for every pair: (n, m, O), no O x O kernel."""
-        pulled = torch.einsum("jbd,jb->jd", state_y, vectors)  # J_y^T v_j
-        return torch.einsum("iad,jd->ija", state_x, pulled)
-
-    @staticmethod
-    def diagonal(state, X):
-        """``K(x_i, x_i)`` summed over outputs, row by row: (n,)."""
-        return (state * state).sum(dim=(1, 2))
-
-
-class NTKVectorProductEngine:
-    """Kernel columns by vector-Jacobian then Jacobian-vector products."""
-
-    name = "ntk_vp"
-
-    def __init__(self, module, parameter_names):
-        self.module = module
-        named = dict(module.named_parameters())
-        self.n_parameters = sum(named[n].numel() for n in parameter_names)
-        self.columns_per_batch = 64
-
-    @staticmethod
-    def supports(module):
-        return True
-
-    def bytes_per_row(self, n_outputs, itemsize):
-        # States are the rows themselves; the column batches are bounded by
-        # columns_per_batch * (d + n O) numbers, small next to the strip.
-        return 4 * n_outputs * itemsize
-
-    def state(self, parameters, X):
-        return parameters, X
-
-    @staticmethod
-    def take(state, start, stop):
-        return state[0], state[1][start:stop]
-
-    def static(self, X, Y):
-        return None
-
-    def contract(self, state_x, state_y, trace, static=None):
-        # The two sides may sit at different parameters (the exact
-        # decomposition pairs a query at w' with training rows at w).
-        parameters, X = state_x
-        parameters_y, Y = state_y
-        module = self.module
-
-        def f_x(p):
-            return functional_call(module, p, (X,)).reshape(X.shape[0], -1)
-
-        def f_y(p):
-            return functional_call(module, p, (Y,)).reshape(Y.shape[0], -1)
-
-        def column(cotangent):
-            (tangent,) = pullback(cotangent)
-            return jvp(f_x, (parameters,), (tangent,))[1]
-
-        with _TORCH_FUNC_LOCK:
-            out_y, pullback = vjp(f_y, parameters_y)
-            m, n_outputs = out_y.shape
-            basis = torch.eye(m * n_outputs, dtype=out_y.dtype, device=out_y.device)
-            basis = basis.view(m * n_outputs, m, n_outputs)
-            columns = torch.cat(
-                [vmap(column)(chunk) for chunk in basis.split(self.columns_per_batch)]
-            )  # (m * O, n, O): columns[(j, b), i, a] = K[i, j, a, b]
-        full = columns.view(m, n_outputs, X.shape[0], n_outputs).permute(2, 0, 3, 1)
-        return full.diagonal(dim1=2, dim2=3).sum(-1) if trace else full
-
-    def contract_vector(self, state_x, state_y, vectors, static=None):
-        """``K[i, j] @ vectors[j]`` for every pair, from the full kernel."""
-        full = self.contract(state_x, state_y, False, static)
-        return torch.einsum("ijab,jb->ija", full, vectors)
-
-
-class StructuredEngine:
+class StructuredEngine(Engine):
     """Outer-product structure of ``nn.Linear`` layers; no Jacobians at all.
 
     Supports an ``nn.Sequential`` of ``nn.Linear`` layers and elementwise
@@ -197,6 +49,15 @@ class StructuredEngine:
     ``G_A * G_D`` with ``G_A = [A_X, 1][A_Y, 1]^T`` (the ones column only when
     its bias is trained, ``A`` only when its weight is) and
     ``G_D = D_X D_Y^T`` over the flattened (output, unit) axis.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from sklearn_pathkernel.engines import StructuredEngine
+    >>> net = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Tanh(),
+    ...                           torch.nn.Linear(4, 1))
+    >>> StructuredEngine.supports(net), StructuredEngine.supports(net[1])
+    (True, False)
     """
 
     name = "structured"
@@ -219,8 +80,9 @@ class StructuredEngine:
             and all(isinstance(c, nn.Identity) for c in list(module)[:first])
         )
 
-    @staticmethod
-    def supports(module):
+    @classmethod
+    def supports(cls, module):
+        """An ``nn.Sequential`` of Linear layers and elementwise activations."""
         return (
             isinstance(module, nn.Sequential)
             and any(isinstance(c, nn.Linear) for c in module)
@@ -281,16 +143,6 @@ class StructuredEngine:
             [A.new_ones(A.shape[0], 1)] if trains_bias else []
         )
         return torch.cat(parts, dim=1) if parts else None
-
-    @staticmethod
-    def take(state, start, stop):
-        return [
-            (
-                None if A is None else A[start:stop],
-                None if D is None else D[start:stop],
-            )
-            for A, D in state
-        ]
 
     def static(self, X, Y):
         """The first layer's input Gram: the same at every checkpoint."""
@@ -401,34 +253,3 @@ def _derivative(activation, z, a):
         # The clone keeps an in-place activation off the leaf.
         (grad,) = torch.autograd.grad(activation(z.clone()).sum(), z)
     return grad
-
-
-ENGINES = {
-    "structured": StructuredEngine,
-    "jacobian": JacobianEngine,
-    "ntk_vp": NTKVectorProductEngine,
-}
-
-
-def select_engine(engine, module, parameter_names):
-    """Resolve the ``engine`` option to an engine bound to ``module``.
-
-    ``"auto"`` picks the first engine in :data:`ENGINES` that supports the
-    module: the structured engine for Linear/elementwise ``nn.Sequential``
-    networks, the generic Jacobian engine for anything else.
-    """
-    if engine == "auto":
-        engine = next(name for name, cls in ENGINES.items() if cls.supports(module))
-    if engine not in ENGINES:
-        raise ValueError(
-            f"The 'engine' parameter must be 'auto' or one of {sorted(ENGINES)}; "
-            f"got {engine!r} instead."
-        )
-    cls = ENGINES[engine]
-    if not cls.supports(module):
-        raise ValueError(
-            f"The {engine!r} engine does not support {type(module).__name__} "
-            "(it needs an nn.Sequential of nn.Linear layers and elementwise "
-            "activations); use engine='auto' or 'jacobian'."
-        )
-    return cls(module, list(parameter_names))

@@ -1,0 +1,168 @@
+"""How work is cut into blocks and how many threads each block may use.
+
+Used by the kernels, the decomposition, the features and the command line.
+Two decisions live here:
+
+- **The tile grid.** Work is cut on a fixed grid, so that every kernel entry
+  comes out of matrix products of the same shapes whatever
+  ``working_memory`` or ``n_jobs`` are: BLAS rounding depends on operand
+  shapes (MKL's float64 GEMM gives other bits for the same entry when the
+  number of columns changes), and a fixed grid is what makes results
+  bit-identical across block sizes. Row tiles hold :data:`TILE_ROWS` rows
+  and column chunks :data:`CHUNK_COLUMNS` columns; both shrink, by powers of
+  two, only for networks whose per-row state is large: a property of the
+  network and engine, never of the budget. Square 512-row tiles keep the
+  products large and let a symmetric kernel skip all but
+  ``(1 + 512 / n) / 2`` of them (``benchmarks/bench_grid.py``).
+  ``working_memory`` only decides how many whole tiles one block holds.
+- **Threads.** Concurrent blocks split torch's threads between them, so
+  that ``n_jobs`` tasks never run ``n_jobs`` times as many threads as there
+  are cores.
+"""
+
+from contextlib import contextmanager
+
+import torch
+from joblib import effective_n_jobs
+from sklearn import get_config
+from threadpoolctl import threadpool_limits
+
+TILE_ROWS = 512
+CHUNK_COLUMNS = 512
+# Largest engine state of one column chunk; wider networks get narrower chunks.
+CHUNK_STATE_BYTES = 128 * 2**20
+
+
+def grid(state_bytes):
+    """``(tile, chunk)``: rows per row tile and columns per column chunk.
+
+    Parameters
+    ----------
+    state_bytes : int
+        Bytes of engine state per row.
+
+    Returns
+    -------
+    tile, chunk : int
+        Powers of two, ``tile <= chunk <= CHUNK_COLUMNS``.
+
+    Examples
+    --------
+    >>> from sklearn_pathkernel._blocking import grid
+    >>> grid(1000), grid(2**20)
+    ((512, 512), (128, 128))
+    """
+    chunk = CHUNK_COLUMNS
+    while chunk > 1 and chunk * state_bytes > CHUNK_STATE_BYTES:
+        chunk //= 2
+    return min(TILE_ROWS, chunk), chunk
+
+
+def rows_within_budget(
+    working_memory, bytes_per_row, n_rows, *, fixed_bytes=0, multiple_of=1
+):
+    """How many rows of ``bytes_per_row`` fit ``working_memory`` MiB.
+
+    Parameters
+    ----------
+    working_memory : float or None
+        The budget in MiB; scikit-learn's ``working_memory`` setting when None.
+    bytes_per_row : int
+        What one more row costs.
+    n_rows : int
+        Rows there are; the answer never exceeds it.
+    fixed_bytes : int, default=0
+        Spent whatever the number of rows.
+    multiple_of : int, default=1
+        The work's tile: the answer is a multiple of it, and at least one
+        tile even when that exceeds the budget.
+
+    Returns
+    -------
+    rows : int
+
+    Examples
+    --------
+    >>> from sklearn_pathkernel._blocking import rows_within_budget
+    >>> rows_within_budget(1, 1024, 10_000), rows_within_budget(1, 1024, 100)
+    (1024, 100)
+    >>> rows_within_budget(1, 1024, 10_000, multiple_of=300)
+    900
+    """
+    if working_memory is None:
+        working_memory = get_config()["working_memory"]
+    rows = int(max(0.0, working_memory * 2**20 - fixed_bytes) // bytes_per_row)
+    rows = max(multiple_of, rows // multiple_of * multiple_of)
+    return max(1, min(rows, n_rows))
+
+
+def tile_within_budget(working_memory, bytes_per_row):
+    """Rows per block for row-by-row work: ``TILE_ROWS``, or a power of two fewer.
+
+    The block fixes the shapes of every product, hence the rounding; taking
+    it from this short list, not straight from the budget, keeps results
+    bit-identical across every budget that holds a full tile.
+
+    Examples
+    --------
+    >>> from sklearn_pathkernel._blocking import tile_within_budget
+    >>> tile_within_budget(None, 1000), tile_within_budget(1, 2**20 // 100)
+    (512, 64)
+    """
+    rows = rows_within_budget(working_memory, bytes_per_row, TILE_ROWS)
+    return 1 << (rows.bit_length() - 1)
+
+
+def threads_per_task(n_jobs):
+    """Threads each of ``n_jobs`` concurrent tasks may use, or None for all.
+
+    torch (OpenMP, MKL) would otherwise give every task all the cores.
+    Splitting torch's thread count between the workers keeps the total at
+    what torch was set to use (``torch.set_num_threads``).
+
+    Examples
+    --------
+    >>> import torch
+    >>> from sklearn_pathkernel._blocking import threads_per_task
+    >>> threads_per_task(None) is None and threads_per_task(1) is None
+    True
+    >>> threads_per_task(2) == max(1, torch.get_num_threads() // 2)
+    True
+    """
+    workers = effective_n_jobs(n_jobs)
+    if workers <= 1:
+        return None
+    return max(1, torch.get_num_threads() // workers)
+
+
+@contextmanager
+def limit_threads(threads):
+    """Let torch and the BLAS use ``threads`` threads inside the block.
+
+    Used around parallel kernel blocks and by the command line's
+    ``--threads``. Set process-wide (torch keeps one thread count that every
+    new worker thread starts from) and restored afterwards; None changes
+    nothing. Process-based joblib backends already give each worker its
+    share.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from sklearn_pathkernel._blocking import limit_threads
+    >>> before = torch.get_num_threads()
+    >>> with limit_threads(1):
+    ...     torch.get_num_threads()
+    1
+    >>> torch.get_num_threads() == before
+    True
+    """
+    if threads is None:
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        with threadpool_limits(limits=threads):
+            yield
+    finally:
+        torch.set_num_threads(before)

@@ -1,0 +1,101 @@
+"""The interface every engine implements, and what the torch.func engines share."""
+
+import threading
+from abc import ABC, abstractmethod
+
+# torch.func keeps its transform stack (vmap, grad and dual levels) in global
+# state, so two threads inside transforms at once corrupt each other. Code
+# built on it takes turns: with thread-based joblib workers it gains nothing
+# from n_jobs > 1 (process-based backends are unaffected).
+TORCH_FUNC_LOCK = threading.Lock()
+
+
+class Engine(ABC):
+    """Turns blocks of rows into states at one point ``w``, and contracts them.
+
+    The blocked loops (``_path.py``, ``_decompose.py``) call exactly these
+    methods and nothing else, so an engine is free to choose what a *state*
+    is: per-layer inputs and output signals, per-example Jacobians, or the
+    rows themselves. Every method is abstract: a new engine that forgets
+    one fails when it is built, not half-way through a kernel.
+
+    Parameters
+    ----------
+    module : torch.nn.Module
+        The network, on the device and in the dtype of the work.
+    parameter_names : list of str
+        The trainable parameters the kernel is taken with respect to; the
+        others are held fixed.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from sklearn_pathkernel.engines import ENGINES, Engine
+    >>> net = torch.nn.Sequential(torch.nn.Linear(3, 1))
+    >>> engine = ENGINES["jacobian"](net, ["0.weight", "0.bias"])
+    >>> isinstance(engine, Engine)
+    True
+    >>> X = torch.eye(3)
+    >>> params = {n: p.detach() for n, p in net.named_parameters()}
+    >>> state = engine.state(params, X)
+    >>> K = engine.contract(state, state, trace=True, static=engine.static(X, X))
+    >>> K  # a linear model's tangent kernel is X X^T + 1
+    tensor([[2., 1., 1.],
+            [1., 2., 1.],
+            [1., 1., 2.]])
+    """
+
+    #: The name under which :data:`ENGINES` lists the engine.
+    name: str
+
+    @classmethod
+    @abstractmethod
+    def supports(cls, module):
+        """Whether the engine computes exact kernels for ``module``."""
+
+    @abstractmethod
+    def bytes_per_row(self, n_outputs, itemsize):
+        """Bytes one row's state takes while it is built and used."""
+
+    @abstractmethod
+    def state(self, parameters, X):
+        """The state of the rows ``X`` at ``parameters`` (a name -> tensor dict)."""
+
+    @abstractmethod
+    def static(self, X, Y):
+        """What the pair of blocks shares at every checkpoint, or None.
+
+        Computed once per pair of blocks and handed to :meth:`contract` and
+        :meth:`contract_vector` at every checkpoint (for example the input
+        Gram of a first layer that sees the data itself).
+        """
+
+    @abstractmethod
+    def contract(self, state_x, state_y, trace, static=None):
+        """The tangent kernel between two states.
+
+        Returns shape (n, m) summed over outputs when ``trace``, else the
+        full (n, m, O, O).
+        """
+
+    @abstractmethod
+    def contract_vector(self, state_x, state_y, vectors, static=None):
+        """``K[i, j] @ vectors[j]`` for every pair, shape (n, m, O).
+
+        ``vectors`` (m, O) are per-row output vectors of ``Y`` (the
+        decomposition's loss derivatives); the ``O x O`` kernel is never
+        needed whole.
+        """
+
+    @abstractmethod
+    def diagonal(self, state, X):
+        """``K(x_i, x_i)`` summed over outputs, row by row: shape (n,).
+
+        ``state`` is the state of the rows ``X``; no product between rows.
+        """
+
+
+def count_parameters(module, parameter_names):
+    """Number of scalar parameters under ``parameter_names`` in ``module``."""
+    named = dict(module.named_parameters())
+    return sum(named[name].numel() for name in parameter_names)

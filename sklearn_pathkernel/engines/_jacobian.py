@@ -1,0 +1,72 @@
+"""The generic engine: per-example Jacobians from ``torch.func``, any module.
+
+FLOPs per checkpoint ``2 n m O d`` for the traced kernel plus the Jacobians;
+memory per row ``O d`` numbers.
+"""
+
+import torch
+from torch.func import functional_call, jacrev, vmap
+
+from ._base import TORCH_FUNC_LOCK, Engine, count_parameters
+
+
+class JacobianEngine(Engine):
+    """Materialise per-example Jacobians with ``torch.func``; any module.
+
+    A state is the (n, O, d) stack of the rows' Jacobians (``vmap`` over
+    ``jacrev``); two states contract with one matrix product.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from sklearn_pathkernel.engines import JacobianEngine
+    >>> net = torch.nn.Linear(3, 2)
+    >>> engine = JacobianEngine(net, ["weight", "bias"])
+    >>> engine.state(dict(net.named_parameters()), torch.ones(4, 3)).shape
+    torch.Size([4, 2, 8])
+    """
+
+    name = "jacobian"
+
+    def __init__(self, module, parameter_names):
+        self.module = module
+        self.n_parameters = count_parameters(module, parameter_names)
+
+    @classmethod
+    def supports(cls, module):
+        """Any module whose forward treats rows independently."""
+        return True
+
+    def bytes_per_row(self, n_outputs, itemsize):
+        # The Jacobian, plus about as much again for jacrev's intermediates.
+        return 2 * n_outputs * self.n_parameters * itemsize
+
+    def state(self, parameters, X):
+        """Jacobians of the rows of ``X``, shape (n, O, d)."""
+        module = self.module
+
+        def single(params, x):
+            return functional_call(module, params, (x.unsqueeze(0),)).reshape(-1)
+
+        with TORCH_FUNC_LOCK:
+            jac = vmap(jacrev(single), in_dims=(None, 0))(parameters, X)
+        n = X.shape[0]
+        return torch.cat([j.reshape(n, j.shape[1], -1) for j in jac.values()], dim=2)
+
+    def static(self, X, Y):
+        return None
+
+    def contract(self, state_x, state_y, trace, static=None):
+        """``J_X J_Y^T``: (n, m) summed over outputs, or (n, m, O, O)."""
+        if trace:
+            return state_x.flatten(1) @ state_y.flatten(1).T
+        return torch.einsum("iad,jbd->ijab", state_x, state_y)
+
+    def contract_vector(self, state_x, state_y, vectors, static=None):
+        """``K[i, j] @ vectors[j]`` for every pair: (n, m, O), no O x O kernel."""
+        pulled = torch.einsum("jbd,jb->jd", state_y, vectors)  # J_y^T v_j
+        return torch.einsum("iad,jd->ija", state_x, pulled)
+
+    def diagonal(self, state, X):
+        """``K(x_i, x_i)`` summed over outputs: the rows' squared Jacobian norms."""
+        return (state * state).sum(dim=(1, 2))
