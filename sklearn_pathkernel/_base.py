@@ -15,7 +15,7 @@ from ._decompose import decompose_path
 from ._network import ACTIVATIONS, build_module, check_module_output, forward, make_mlp
 from ._normalize import NORMALIZATIONS, normalize_kernel
 from ._path import path_kernel, path_kernel_diagonal
-from ._training import train
+from ._training import TrainingOptions, train
 from ._validation import (
     DTYPES,
     check_finite_result,
@@ -193,16 +193,18 @@ class BasePathKernelEstimator(BaseEstimator):
             sample_weight=to_tensor(
                 sample_weight, dtype=dtype, device=device, name="sample_weight"
             ),
-            learning_rate=self.learning_rate,
-            max_iter=self.max_iter,
-            batch_size=self.batch_size,
-            shuffle=self.shuffle,
-            alpha=self.alpha,
-            tol=self.tol,
-            n_iter_no_change=self.n_iter_no_change,
-            record_every=self.record_every,
+            options=TrainingOptions(
+                learning_rate=self.learning_rate,
+                max_iter=self.max_iter,
+                batch_size=self.batch_size,
+                shuffle=self.shuffle,
+                alpha=self.alpha,
+                tol=self.tol,
+                n_iter_no_change=self.n_iter_no_change,
+                record_every=self.record_every,
+                verbose=self.verbose,
+            ),
             generator=generator,
-            verbose=self.verbose,
             owner=type(self).__name__,
         )
         # Assigned together at the end: an interrupted fit changes nothing.

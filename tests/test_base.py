@@ -152,7 +152,7 @@ def _interrupt_at_step(monkeypatch, step, exception=KeyboardInterrupt):
     """Make the training loop raise ``exception`` when it reaches ``step``."""
     from sklearn_pathkernel import _training
 
-    real_step, calls = _training._gradient_step, []
+    real_step, calls = _training._GradientDescent._step, []
 
     def interrupted(*args, **kwargs):
         calls.append(None)
@@ -160,7 +160,7 @@ def _interrupt_at_step(monkeypatch, step, exception=KeyboardInterrupt):
             raise exception()
         return real_step(*args, **kwargs)
 
-    monkeypatch.setattr(_training, "_gradient_step", interrupted)
+    monkeypatch.setattr(_training._GradientDescent, "_step", interrupted)
 
 
 @pytest.mark.parametrize("Est", ESTIMATORS)

@@ -1,6 +1,6 @@
 """Tests for the gradient-descent loop, against plain per-row autograd.
 
-The reference update is DESIGN.md section 2:
+The reference update is docs/design.md, section 2:
 
     w_{t+1} = w_t - eps * ( sum_{i in B_t} c_{i,t} J_t(x_i)^T g_{i,t} + alpha * w_t )
 
@@ -24,7 +24,7 @@ from sklearn_pathkernel._losses import (
     SQUARED_ERROR,
 )
 from sklearn_pathkernel._network import forward, make_mlp, trainable_parameters
-from sklearn_pathkernel._training import train
+from sklearn_pathkernel._training import TrainingOptions, train
 from sklearn_pathkernel._trajectory import Step, flatten_parameters
 from sklearn_pathkernel.exceptions import DivergenceWarning
 
@@ -116,9 +116,9 @@ def _reference_update(module, flat, X, Y, loss, batch, weights, eps, alpha):
     return flat - eps * (direction + alpha * flat), c, torch.stack(gs), objective
 
 
-def _options(**overrides):
+def _options(sample_weight=None, generator=None, **overrides):
+    """``train``'s keyword arguments: one full-batch epoch unless overridden."""
     options = dict(
-        sample_weight=None,
         learning_rate=0.1,
         max_iter=1,
         batch_size=None,
@@ -127,11 +127,14 @@ def _options(**overrides):
         tol=0.0,
         n_iter_no_change=10**6,
         record_every=1,
-        generator=torch.Generator().manual_seed(0),
         verbose=0,
     )
     options.update(overrides)
-    return options
+    return dict(
+        sample_weight=sample_weight,
+        options=TrainingOptions(**options),
+        generator=torch.Generator().manual_seed(0) if generator is None else generator,
+    )
 
 
 def _train(module, X, Y, loss, **overrides):
