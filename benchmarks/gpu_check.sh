@@ -10,6 +10,6 @@ nvidia-smi --query-gpu=name,memory.total,clocks.max.sm --format=csv
 # Every test marked cuda (persistence, trajectory, transformers...), then the
 # engine modules whole, on the GPU image's torch.
 python3 -m pytest -q -p no:cacheprovider -m cuda tests
-python3 -m pytest -q -p no:cacheprovider tests/test_tangent.py tests/test_path.py \
+python3 -m pytest -q -p no:cacheprovider tests/test_engines.py tests/test_blocking.py tests/test_path.py \
     tests/test_decompose.py
 python3 benchmarks/bench_kernel.py --device cuda

@@ -1,7 +1,7 @@
 """The kernel machine: a trained network's prediction as a sum over training rows.
 
-Theorem 1 of the paper (Domingos, 2020), in the discrete form DESIGN.md
-section 2 gives::
+Theorem 1 of the paper (Domingos, 2020), in the discrete form of docs/design.md,
+section 4::
 
     f(x; w_T) ~= b(x) + sum_i phi_i(x)
     phi_i(x)  = - sum_t eps_t [i in B_t] c_{i,t} K_{w_t}(x, x_i) g_{i,t}
@@ -236,19 +236,7 @@ def decompose_path(
     -------
     machine : KernelMachine
     """
-    if kernel not in ("path", "loss_weighted"):
-        raise ValueError(
-            f"kernel must be 'path' or 'loss_weighted'; got {kernel!r} instead."
-        )
-    if exact and trajectory.record_every != 1:
-        raise ValueError(
-            "The exact decomposition needs the parameters at every step, but "
-            f"this path kept one checkpoint every {trajectory.record_every} "
-            "steps. Refit with record_every=1, or use exact=False."
-        )
-    if exact and n_nodes < 1:
-        raise ValueError(f"n_nodes must be at least 1; got {n_nodes}.")
-    device = X.device
+    _check_options(trajectory, exact=exact, n_nodes=n_nodes, kernel=kernel)
     bound = select_engine(engine, module, trajectory.parameter_names)
     with torch.no_grad():
         network_output = forward(module, X).double()
@@ -259,23 +247,29 @@ def decompose_path(
             f"this network has {n_outputs}."
         )
     n_train = X_train.shape[0]
-    nodes, node_weights = _gauss_legendre(n_nodes if exact else 1, exact)
-
-    itemsize = X.element_size()
-    per_row = bound.bytes_per_row(n_outputs, itemsize) * (1 + len(nodes)) + n_train * (
-        8 * n_outputs + 3 * itemsize * n_outputs
-    )
-    block = tile_within_budget(working_memory, per_row)
-
     check_result_fits(
         (n_X, n_train, n_outputs),
         what="The contributions",
         remedy="Decompose fewer query rows at a time, e.g. decompose(X[i:j]).",
     )
+    nodes, node_weights = _quadrature(n_nodes if exact else 0)
+    work = _Walk(
+        module=module,
+        trajectory=trajectory,
+        bound=bound,
+        X_train=X_train,
+        nodes=nodes,
+        node_weights=node_weights,
+        exact=exact,
+    )
+    itemsize = X.element_size()
+    block = tile_within_budget(
+        working_memory,
+        bound.bytes_per_row(n_outputs, itemsize) * (1 + len(work.nodes))
+        + n_train * (8 * n_outputs + 3 * itemsize * n_outputs),
+    )
     contributions = np.zeros((n_X, n_train, n_outputs))
     bias = np.zeros((n_X, n_outputs))
-    alpha = trajectory.alpha
-    steps_of = _steps_by_checkpoint(trajectory)
     progress = progress_bar(
         verbose,
         total=-(-n_X // block) * trajectory.n_steps,
@@ -284,53 +278,10 @@ def decompose_path(
     )
     with torch.no_grad(), progress:
         for q0 in range(0, n_X, block):
-            Xq = X[q0 : q0 + block]
-            phi = torch.zeros(
-                (Xq.shape[0], n_train, n_outputs), dtype=torch.float64, device=device
-            )
-            static = bound.static(Xq, X_train)
-            initial = trajectory.parameters(0, device=device)
-            b = forward_at(module, initial, Xq).double()
-            for k, steps in enumerate(steps_of):
-                w_k = trajectory.parameters(k, device=device)
-                for t in steps:
-                    step = trajectory.step(t)
-                    start = w_k
-                    if exact:
-                        end = _parameters_after(trajectory, t, device)
-                        points = [
-                            {n: start[n] + s * (end[n] - start[n]) for n in start}
-                            for s in nodes
-                        ]
-                    else:
-                        points = [start]
-                    query_states = [bound.state(p, Xq) for p in points]
-                    batch = step.batch.to(device)
-                    train_state = bound.state(start, X_train[batch])
-                    vectors = (
-                        -step.step_size
-                        * step.batch_weights.to(device, X.dtype)[:, None]
-                        * step.output_gradients.to(device, X.dtype)
-                    )
-                    batch_static = None if static is None else static[:, batch]
-                    for weight, state in zip(node_weights, query_states):
-                        part = bound.contract_vector(
-                            state, train_state, vectors, batch_static
-                        )
-                        phi.index_add_(1, batch, part.double(), alpha=weight)
-                    if alpha:
-                        for weight, p in zip(node_weights, points):
-                            b -= (
-                                weight
-                                * alpha
-                                * step.step_size
-                                * _jvp(module, p, Xq, start).double()
-                            )
-                    progress.update(1)
-            contributions[q0 : q0 + Xq.shape[0]] = phi.cpu().numpy()
-            bias[q0 : q0 + Xq.shape[0]] = b.cpu().numpy()
+            phi, b = work.query_block(X[q0 : q0 + block], progress.update)
+            contributions[q0 : q0 + len(phi)] = phi.cpu().numpy()
+            bias[q0 : q0 + len(phi)] = b.cpu().numpy()
 
-    network_output = network_output.cpu().numpy()
     if kernel == "loss_weighted":
         kernel_matrix = -contributions[:, :, 0]
     else:
@@ -343,7 +294,92 @@ def decompose_path(
             working_memory=working_memory,
             verbose=verbose,
         )
-    return KernelMachine(bias, contributions, network_output, kernel_matrix, exact)
+    return KernelMachine(
+        bias, contributions, network_output.cpu().numpy(), kernel_matrix, exact
+    )
+
+
+def _check_options(trajectory, *, exact, n_nodes, kernel):
+    """Refuse what :func:`decompose_path` cannot do, before any work."""
+    if kernel not in ("path", "loss_weighted"):
+        raise ValueError(
+            f"kernel must be 'path' or 'loss_weighted'; got {kernel!r} instead."
+        )
+    if exact and trajectory.record_every != 1:
+        raise ValueError(
+            "The exact decomposition needs the parameters at every step, but "
+            f"this path kept one checkpoint every {trajectory.record_every} "
+            "steps. Refit with record_every=1, or use exact=False."
+        )
+    if exact and n_nodes < 1:
+        raise ValueError(f"n_nodes must be at least 1; got {n_nodes}.")
+
+
+@dataclass
+class _Walk:
+    """A walk along the recorded path for one block of query rows at a time."""
+
+    module: torch.nn.Module
+    trajectory: object
+    bound: object  # the engine, bound to the module
+    X_train: torch.Tensor
+    nodes: list  # points of each step's segment where the query side is taken
+    node_weights: list  # their quadrature weights, summing to 1
+    exact: bool
+
+    def query_block(self, Xq, tick):
+        """``(phi, b)`` of the rows ``Xq``: (n_q, n_train, O) and (n_q, O), float64."""
+        traj = self.trajectory
+        b = forward_at(self.module, traj.parameters(0, device=Xq.device), Xq).double()
+        phi = torch.zeros(
+            (Xq.shape[0], self.X_train.shape[0], b.shape[1]),
+            dtype=torch.float64,
+            device=Xq.device,
+        )
+        static = self.bound.static(Xq, self.X_train)
+        for k, steps in enumerate(_steps_by_checkpoint(traj)):
+            w_k = traj.parameters(k, device=Xq.device)
+            for t in steps:
+                b -= self._step(t, w_k, Xq, static, phi)
+                tick(1)
+        return phi, b
+
+    def _step(self, t, start, Xq, static, phi):
+        """Add step ``t``'s contributions to ``phi``; return its L2 bias term.
+
+        The query side is taken at each quadrature node of the segment from
+        ``start`` (the first-order form: only ``start`` itself), the
+        training side at ``start``; each step's loss derivatives are folded
+        into the training rows' states (``contract_vector``).
+        """
+        step, device = self.trajectory.step(t), Xq.device
+        points = [start]
+        if self.exact:
+            end = _parameters_after(self.trajectory, t, device)
+            points = [
+                {n: start[n] + s * (end[n] - start[n]) for n in start}
+                for s in self.nodes
+            ]
+        batch = step.batch.to(device)
+        train_state = self.bound.state(start, self.X_train[batch])
+        vectors = (
+            -step.step_size
+            * step.batch_weights.to(device, Xq.dtype)[:, None]
+            * step.output_gradients.to(device, Xq.dtype)
+        )
+        batch_static = None if static is None else static[:, batch]
+        bias_term = 0.0
+        for weight, point in zip(self.node_weights, points):
+            part = self.bound.contract_vector(
+                self.bound.state(point, Xq), train_state, vectors, batch_static
+            )
+            phi.index_add_(1, batch, part.double(), alpha=weight)
+            if self.trajectory.alpha:
+                # Remark 4: the L2 pull, through the same (averaged) Jacobian.
+                bias_term = bias_term + weight * self.trajectory.alpha * (
+                    step.step_size * _jvp(self.module, point, Xq, start).double()
+                )
+        return bias_term
 
 
 def _jvp(module, parameters, X, tangent):
@@ -366,9 +402,12 @@ def _steps_by_checkpoint(trajectory):
     return [range(a, b) for a, b in zip(bounds[:-1], bounds[1:])]
 
 
-def _gauss_legendre(n_nodes, exact):
-    """Nodes in [0, 1] and weights summing to 1; the left end for first order."""
-    if not exact:
+def _quadrature(n_nodes):
+    """Gauss-Legendre nodes in [0, 1] and weights summing to 1.
+
+    Zero nodes stands for the first-order form: the segment's left end alone.
+    """
+    if n_nodes == 0:
         return [0.0], [1.0]
     nodes, weights = np.polynomial.legendre.leggauss(n_nodes)
     return list((nodes + 1) / 2), list(weights / 2)

@@ -1,8 +1,9 @@
 """Per-row losses on network outputs and their derivatives ``dl/df``.
 
 Training and the kernel-machine decomposition both need ``g = dl(y, f)/df`` at
-every step (DESIGN.md section 2). Writing the derivatives in closed form, rather
-than reading them back from autograd, keeps the two in exact agreement.
+every step (docs/design.md, section 2). Writing the derivatives in closed
+form, rather than reading them back from autograd, keeps the two in exact
+agreement.
 """
 
 from collections.abc import Callable

@@ -6,33 +6,22 @@ result's size with the memory the operating system says is available and
 fails first, saying how big the result is and what avoids it.
 """
 
-import os
+import psutil
 
 
 def available_memory():
-    """Bytes of memory available to a new allocation, or None if unknown.
+    """Bytes of memory available to a new allocation without swapping.
 
-    Linux's ``MemAvailable`` (what can be allocated without swapping), else
-    the physical memory from ``sysconf``; None where neither exists.
+    psutil's ``virtual_memory().available``, which reads the operating
+    system's own estimate on Linux, macOS and Windows alike.
 
     Examples
     --------
     >>> from sklearn_pathkernel._memory import available_memory
-    >>> available = available_memory()
-    >>> available is None or available > 0
+    >>> available_memory() > 0
     True
     """
-    try:
-        with open("/proc/meminfo") as meminfo:
-            for line in meminfo:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        pass
-    try:
-        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (AttributeError, OSError, ValueError):
-        return None
+    return psutil.virtual_memory().available
 
 
 def check_result_fits(shape, *, itemsize=8, what, remedy):
@@ -62,7 +51,7 @@ def check_result_fits(shape, *, itemsize=8, what, remedy):
     for size in shape:
         needed *= int(size)
     available = available_memory()
-    if available is None or needed <= available:
+    if needed <= available:
         return
     raise MemoryError(
         f"{what} of shape {tuple(int(s) for s in shape)} needs "

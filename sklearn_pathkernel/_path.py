@@ -66,8 +66,9 @@ def tangent_kernel(
         ``working_memory`` setting (1024 by default) when None. The result
         itself, ``n_X * n_Y`` float64 numbers, comes on top; one that cannot
         fit in the available memory raises ``MemoryError`` before any work.
-        Blocks hold whole 512-row tiles (at least one), so the result is
-        bit-identical whatever the budget.
+        Blocks hold whole tiles of a fixed grid (512 rows, fewer only for
+        networks with a large per-row state; docs/design.md, section 8), so
+        the result is bit-identical whatever the budget.
     device : str or torch.device, default=None
         Where to compute; the module's device when None.
     n_jobs : int, default=None

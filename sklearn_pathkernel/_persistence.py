@@ -307,6 +307,7 @@ PathKernelTransformer or PathKernelFeatures
                 current_version=__version__,
                 original_version=saved_with,
                 path=name,
+                original_sklearn_version=record.get("sklearn_version"),
             ),
             stacklevel=2,
         )

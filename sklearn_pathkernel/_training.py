@@ -1,6 +1,6 @@
 """The gradient-descent loop that records the Trajectory.
 
-One step, exactly as docs/design.md (section 2) writes it::
+One step, exactly as docs/design.md, section 2, writes it::
 
     w_{t+1} = w_t - eps * ( sum_{i in B_t} c_{i,t} J_t(x_i)^T g_{i,t} + alpha * w_t )
 

@@ -7,7 +7,7 @@ import torch
 
 
 class Step(NamedTuple):
-    """What one gradient-descent step used (DESIGN.md section 2).
+    """What one gradient-descent step used (docs/design.md, section 2).
 
     Attributes
     ----------

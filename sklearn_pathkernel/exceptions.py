@@ -4,6 +4,7 @@ They subclass scikit-learn's categories, so that filters and ``except``
 clauses written for scikit-learn keep working.
 """
 
+import sklearn
 from sklearn.exceptions import ConvergenceWarning
 
 __all__ = ["DivergenceWarning", "InconsistentVersionWarning"]
@@ -26,12 +27,18 @@ class DivergenceWarning(ConvergenceWarning):
     """
 
 
-class InconsistentVersionWarning(UserWarning):
+class InconsistentVersionWarning(sklearn.exceptions.InconsistentVersionWarning):
     """A file is loaded by another version of sklearn_pathkernel than wrote it.
 
     The estimator is loaded all the same; its predictions and kernels are those
     of the saved network as long as the package computes them the same way.
     Save it again with the current version (or refit it) to silence this.
+
+    A subclass of scikit-learn's warning of the same name, so that a filter
+    on scikit-learn's (``warnings.simplefilter("error",
+    sklearn.exceptions.InconsistentVersionWarning)``) applies to ours too.
+    Its ``current_sklearn_version`` / ``original_sklearn_version`` are
+    scikit-learn's version now and, when the file recorded it, at saving.
 
     Parameters
     ----------
@@ -43,6 +50,8 @@ class InconsistentVersionWarning(UserWarning):
         The version that saved it.
     path : str
         The file.
+    original_sklearn_version : str, default=None
+        The scikit-learn version that saved it, when known.
 
     Examples
     --------
@@ -53,12 +62,23 @@ class InconsistentVersionWarning(UserWarning):
     Loading PathKernelRegressor from model.pt, saved with sklearn_pathkernel 0.1, ...
     """
 
-    def __init__(self, *, estimator_name, current_version, original_version, path):
-        self.estimator_name = estimator_name
+    def __init__(
+        self,
+        *,
+        estimator_name,
+        current_version,
+        original_version,
+        path,
+        original_sklearn_version=None,
+    ):
+        super().__init__(
+            estimator_name=estimator_name,
+            current_sklearn_version=sklearn.__version__,
+            original_sklearn_version=original_sklearn_version,
+        )
         self.current_version = current_version
         self.original_version = original_version
         self.path = path
-        super().__init__(str(self))
 
     def __str__(self):
         return (

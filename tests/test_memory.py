@@ -25,18 +25,16 @@ def little_memory(monkeypatch):
     monkeypatch.setattr(_memory, "available_memory", lambda: 1024)
 
 
-def test_available_memory_is_positive_or_unknown():
+def test_available_memory_is_what_the_operating_system_reports():
+    import psutil
+
     available = _memory.available_memory()
-    assert available is None or available > 0
+    # Read twice around ours: allocations elsewhere move it a little.
+    assert 0 < available <= 2 * psutil.virtual_memory().available
 
 
 def test_small_results_pass():
     _memory.check_result_fits((3, 4), what="x", remedy="y")
-
-
-def test_unknown_memory_never_refuses(monkeypatch):
-    monkeypatch.setattr(_memory, "available_memory", lambda: None)
-    _memory.check_result_fits((10**9, 10**9), what="x", remedy="y")
 
 
 def test_kernel_too_large_fails_before_allocating(fitted, little_memory, monkeypatch):

@@ -486,8 +486,22 @@ def test_other_package_version_warns_and_loads(data, tmp_path):
     current = sklearn_pathkernel.__version__
     with pytest.warns(InconsistentVersionWarning, match=rf"0\.0\.1.*{current}"):
         loaded = load(path)
-    assert issubclass(InconsistentVersionWarning, UserWarning)
     assert np.array_equal(loaded.predict(X), est.predict(X))
+
+
+def test_scikit_learns_version_warning_filter_applies(data, tmp_path):
+    import sklearn.exceptions
+
+    est, _, _, _ = _fitted("regressor-1d", data)
+    path = tmp_path / "model.pt"
+    save(est, path)
+    _rewrite(path, lambda r: r.update(sklearn_pathkernel_version="0.0.1"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", sklearn.exceptions.InconsistentVersionWarning)
+        with pytest.raises(sklearn.exceptions.InconsistentVersionWarning) as caught:
+            load(path)
+    assert caught.value.original_version == "0.0.1"
+    assert caught.value.original_sklearn_version == sklearn.__version__
 
 
 @pytest.mark.parametrize(

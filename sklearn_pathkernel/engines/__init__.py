@@ -17,13 +17,13 @@ activations)
 ``"jacobian"`` (any module)
     FLOPs ``2 n m O d`` plus the Jacobians; memory per row ``O d`` numbers.
 ``"ntk_vp"`` (any module)
-    FLOPs about ``6 n m O d``; memory ``d + n O`` numbers per column, none
-    per row. For when ``O d`` numbers per row do not fit.
+    FLOPs about ``6 n m O d``; memory ``O`` numbers per row and ``d + n O``
+    per column of a batch. For when ``O d`` numbers per row do not fit.
 
-To add an engine: subclass :class:`Engine` in a module of its own,
-implement every method, and add it to :data:`ENGINES` (before the generic
-ones if ``"auto"`` should prefer it); ``tests/test_engines.py`` checks it
-against the autograd reference.
+To add an engine (docs/design.md, section 7): subclass :class:`Engine` in a
+module of its own, implement every method, and add it to :data:`ENGINES`
+(before the generic ones if ``"auto"`` should prefer it);
+``tests/test_engines.py`` checks it against the autograd reference.
 """
 
 from ._base import TORCH_FUNC_LOCK, Engine
@@ -88,7 +88,6 @@ def select_engine(engine, module, parameter_names):
     if not cls.supports(module):
         raise ValueError(
             f"The {engine!r} engine does not support {type(module).__name__} "
-            "(it needs an nn.Sequential of nn.Linear layers and elementwise "
-            "activations); use engine='auto' or 'jacobian'."
+            f"(it needs {cls.supported_modules}); use engine='auto' or 'jacobian'."
         )
     return cls(module, list(parameter_names))

@@ -47,6 +47,8 @@ class Engine(ABC):
 
     #: The name under which :data:`ENGINES` lists the engine.
     name: str
+    #: The modules it supports, for the message when it is asked for another.
+    supported_modules: str = "any module whose forward treats rows independently"
 
     @classmethod
     @abstractmethod

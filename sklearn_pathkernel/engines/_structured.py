@@ -61,6 +61,9 @@ class StructuredEngine(Engine):
     """
 
     name = "structured"
+    supported_modules = (
+        "an nn.Sequential of nn.Linear layers and elementwise activations"
+    )
 
     def __init__(self, module, parameter_names):
         self.module = module
