@@ -164,8 +164,11 @@ class KernelMachine:
         array([[1, 2]])
         """
         n_train, n_outputs = self.contributions.shape[1:]
-        if not 1 <= k <= n_train:
-            raise ValueError(f"k must be between 1 and {n_train}; got {k}.")
+        integer = isinstance(k, numbers.Integral) and not isinstance(k, bool)
+        if not (integer and 1 <= k <= n_train):
+            raise ValueError(
+                f"k must be an integer between 1 and {n_train}; got {k!r}."
+            )
         if output is None:
             size = np.linalg.norm(self.contributions, axis=2)
         elif isinstance(output, str) and output == "predicted":

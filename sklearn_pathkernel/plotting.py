@@ -90,25 +90,21 @@ def _check_labels(labels, n, of):
 
 
 def _ranked(machine, query, k, output):
-    """Rank the training rows by their contribution to one query's output.
+    """The top ``k`` training rows for one query, ranked by the machine.
 
-    Returns the output column, the ``k`` training-row indices with the largest
-    ``|contribution|`` to it (stable: ties keep the training order) and that
-    query's contributions to the column, shape (n_train,).
+    Returns the output column (None picks the query's largest output: the
+    prediction itself, or a classifier's predicted class), the ranking from
+    :meth:`KernelMachine.top_contributors` for that query, and the query's
+    contributions to the column, shape (n_train,).
     """
-    n_X, n_train, n_outputs = machine.contributions.shape
+    n_X, _, n_outputs = machine.contributions.shape
     query = _check_index(query, n_X, "query", "a row of the decomposed X")
     if output is None:
-        # One output: it is the prediction. Several (a multi-class classifier's
-        # logits, multi-output regression): the largest, the predicted class.
         output = int(np.argmax(machine.network_output[query]))
     else:
         output = _check_index(output, n_outputs, "output", "a column of the output")
-    if isinstance(k, bool) or not isinstance(k, Integral) or not 1 <= k <= n_train:
-        raise ValueError(f"k must be an integer between 1 and {n_train}; got {k!r}.")
-    phi = machine.contributions[query, :, output]
-    order = np.argsort(-np.abs(phi), kind="stable")[:k]
-    return output, order, phi
+    top = machine.top_contributors(k, output=output)
+    return output, top, query, machine.contributions[query, :, output]
 
 
 def plot_gram(
@@ -308,7 +304,8 @@ def plot_contributions(machine, query=0, *, k=10, output=None, ax=None, labels=N
     """
     plt = _pyplot()
     n_train, n_outputs = machine.contributions.shape[1:]
-    output, order, phi = _ranked(machine, query, k, output)
+    output, top, query, phi = _ranked(machine, query, k, output)
+    order = top.indices[query]
     labels = _check_labels(labels, n_train, "training row")
     values = phi[order]
     names = [
@@ -324,13 +321,11 @@ def plot_contributions(machine, query=0, *, k=10, output=None, ax=None, labels=N
     ax.set_yticks(position, names)
     ax.invert_yaxis()  # the largest contribution on top
     ax.axvline(0, color="0.3", linewidth=0.8)
-    total = np.abs(phi).sum()
-    share = np.abs(values).sum() / total if total > 0 else 0.0
     column = f" to output {output}" if n_outputs > 1 else ""
     ax.set_xlabel(f"contribution phi_i(x){column}")
     ax.set_title(
         f"Query {query}: top {len(order)} training rows "
-        f"({share:.0%} of total |contribution|)"
+        f"({top.share[query]:.0%} of total |contribution|)"
     )
     return ax
 
@@ -415,7 +410,8 @@ def plot_contributing_images(
             f"image_shape {image_shape} holds {int(np.prod(image_shape))} values, "
             f"but X_train has {X_train.shape[1]} columns."
         )
-    output, order, phi = _ranked(machine, query, k, output)
+    output, top, query, phi = _ranked(machine, query, k, output)
+    order = top.indices[query]
     labels = _check_labels(labels, n_train, "training row")
     query_image = None
     if X_query is not None:

@@ -43,10 +43,11 @@ def test_first_order_error_halves_with_the_step_size(diabetes):
     """Theorem 1's approximation is first order: at equal eps * T, halving
     the step roughly halves the reconstruction error."""
     X, y = diabetes
+    X, y = X[:150], y[:150]  # a third of the rows: the same first-order law
     errors = []
     for eps, steps in [(0.08, 25), (0.04, 50), (0.02, 100), (0.01, 200)]:
         est = _fit(PathKernelRegressor, X, y, learning_rate=eps, max_iter=steps)
-        errors.append(est.decompose(X[:40]).error["max_rel"])
+        errors.append(est.decompose(X[:20]).error["max_rel"])
     ratios = np.array(errors[:-1]) / np.array(errors[1:])
     assert np.all((ratios > 1.6) & (ratios < 2.5)), (errors, ratios)
 
@@ -228,7 +229,9 @@ def test_top_contributors(diabetes):
         top.share, size[np.arange(6)[:, None], top.indices].sum(1) / size.sum(1)
     )
     assert machine.top_contributors(len(X)).share == pytest.approx(1.0)
-    with pytest.raises(ValueError, match="k must be between 1 and 442; got 0"):
+    with pytest.raises(
+        ValueError, match="k must be an integer between 1 and 442; got 0"
+    ):
         machine.top_contributors(0)
 
 
