@@ -1,8 +1,8 @@
-"""``python -m sklearn_pathkernel``: the command line (see ``_cli.main``)."""
+"""``python -m sklearn_pathkernel``: the command line (see ``cli.main``)."""
 
 import sys
 
-from ._cli import main
+from .cli import main
 
 if __name__ == "__main__":
     sys.exit(main())
