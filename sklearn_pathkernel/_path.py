@@ -15,9 +15,9 @@ from ._blocking import (
     threads_per_task,
     tile_within_budget,
 )
-from ._memory import check_result_fits
 from ._network import forward
 from ._progress import progress_bar
+from ._result import fingerprint_of, open_result
 from ._validation import check_kernel_input, resolve_device, to_tensor
 from .engines import select_engine
 
@@ -34,6 +34,8 @@ def tangent_kernel(
     device=None,
     n_jobs=None,
     verbose=0,
+    out=None,
+    dtype=np.float64,
 ):
     """Tangent kernel ``K_w(X, Y) = J_w(X) J_w(Y)^T`` at one point ``w``.
 
@@ -82,10 +84,24 @@ def tangent_kernel(
     verbose : int, default=0
         Say which engine runs and how the work is blocked, and show a
         progress bar over checkpoints and row blocks.
+    out : str, os.PathLike or ndarray, default=None
+        Where to write the kernel. None: a new array in memory. A path: a
+        ``.npy`` file written strip by strip through a memory map, for
+        kernels larger than memory; a sidecar ``<out>.progress.json``
+        records the finished rows, so that the same call after a crash or
+        Ctrl-C computes only the missing ones (it is removed once the
+        kernel is complete). An array of the result's shape and ``dtype``
+        (e.g. a ``numpy.memmap``): filled in place. Memory stays within
+        ``working_memory`` plus one strip either way.
+    dtype : {numpy.float64, numpy.float32}, default=numpy.float64
+        Of the result: float32 halves its size (strips are still summed in
+        float64 and rounded once).
 
     Returns
     -------
-    K : ndarray of float64, shape (n_X, n_Y) or (n_X, n_Y, O, O)
+    K : ndarray or numpy.memmap, shape (n_X, n_Y) or (n_X, n_Y, O, O)
+        ``out`` itself when it is an array, the opened ``.npy`` file when
+        it is a path.
 
     Examples
     --------
@@ -112,6 +128,8 @@ def tangent_kernel(
         device=device,
         n_jobs=n_jobs,
         verbose=verbose,
+        out=out,
+        dtype=dtype,
     )
 
 
@@ -127,6 +145,8 @@ def path_kernel(
     device=None,
     n_jobs=None,
     verbose=0,
+    out=None,
+    dtype=np.float64,
 ):
     """Path kernel ``K_path(X, Y) = sum_k weights[k] * K_{w_k}(X, Y)``.
 
@@ -157,10 +177,15 @@ def path_kernel(
     verbose : int, default=0
         Say which engine runs and how the work is blocked, and show a
         progress bar over checkpoints and row blocks.
+    out : str, os.PathLike or ndarray, default=None
+        Where to write the kernel, in memory or resumably on disk; see
+        :func:`tangent_kernel`.
+    dtype : {numpy.float64, numpy.float32}, default=numpy.float64
+        Of the result.
 
     Returns
     -------
-    K : ndarray of float64, shape (n_X, n_Y) or (n_X, n_Y, O, O)
+    K : ndarray or numpy.memmap, shape (n_X, n_Y) or (n_X, n_Y, O, O)
 
     Examples
     --------
@@ -190,6 +215,8 @@ def path_kernel(
         device=device,
         n_jobs=n_jobs,
         verbose=verbose,
+        out=out,
+        dtype=dtype,
     )
 
 
@@ -286,6 +313,8 @@ def weighted_kernel_sum(
     device=None,
     n_jobs=None,
     verbose=0,
+    out=None,
+    dtype=np.float64,
 ):
     """``sum_k weight_k * J_k(X) J_k(Y)^T`` over ``points``, in row blocks.
 
@@ -298,20 +327,39 @@ def weighted_kernel_sum(
     are built tile by tile and contracted tile against chunk, accumulating
     in float64 on the device. For ``Y=None`` only tiles on or above the
     diagonal are computed and the rest is mirrored, so the result is exactly
-    symmetric and bit-identical across budgets and ``n_jobs``.
+    symmetric and bit-identical across budgets and ``n_jobs``. ``out`` and
+    ``dtype`` say where the result goes (``_result.open_result``); strips
+    already written to an ``out`` file by an interrupted call are skipped.
     """
     symmetric = Y is None
     X = check_kernel_input(X, name="X")
     Y = X if symmetric else check_kernel_input(Y, name="Y", n_features=X.shape[1])
-    module, dtype, device = _placement(module, device)
-    X_t = to_tensor(X, dtype=dtype, device=device, name="X")
-    Y_t = X_t if symmetric else to_tensor(Y, dtype=dtype, device=device, name="Y")
+    module, network_dtype, device = _placement(module, device)
+    X_t = to_tensor(X, dtype=network_dtype, device=device, name="X")
+    Y_t = (
+        X_t if symmetric else to_tensor(Y, dtype=network_dtype, device=device, name="Y")
+    )
     bound = select_engine(engine, module, parameter_names)
     with torch.no_grad():
         n_outputs = forward(module, X_t[:1]).shape[1]
     extra = () if trace else (n_outputs, n_outputs)
-    K = _allocate((X_t.shape[0], Y_t.shape[0], *extra), trace)
+    result = open_result(
+        out,
+        (X_t.shape[0], Y_t.shape[0], *extra),
+        dtype=dtype,
+        fingerprint=lambda: _fingerprint(points, X_t, Y_t, symmetric, trace),
+        what="The path kernel",
+        remedy=(
+            "Write it to disk with out='kernel.npy' (dtype=np.float32 halves it), "
+            "compute it in row blocks, e.g. kernel(X[i:j], Y), or use "
+            "PathKernelFeatures(n_components=...) for features whose size grows "
+            "linearly with the number of rows."
+            + ("" if trace else " trace=True sums over outputs: O*O times less.")
+        ),
+    )
+    K = result.array
     if not points:
+        result.finish()
         return K
     work = _Work(
         bound=bound,
@@ -322,12 +370,17 @@ def weighted_kernel_sum(
         trace=trace,
         extra=extra,
         device=device,
-        **_plan_grid(bound, n_outputs, dtype, extra, Y_t.shape[0]),
+        **_plan_grid(bound, n_outputs, network_dtype),
     )
-    row_blocks = _row_blocks(work, working_memory)
-    _run_strips(K, work, row_blocks, n_jobs, verbose)
+    row_blocks = [
+        (r0, r1)
+        for r0, r1 in _row_blocks(work, working_memory)
+        if not result.is_done(r0, r1)
+    ]
+    _run_strips(result, work, row_blocks, n_jobs, verbose)
     if symmetric:
         _mirror_upper(K, work.tile)
+    result.finish()
     return K
 
 
@@ -350,22 +403,15 @@ class _Work:
     tick: object = None  # progress callback per checkpoint, or None
 
 
-def _allocate(shape, trace):
-    """The float64 result, after checking that it fits in memory."""
-    check_result_fits(
-        shape,
-        what="The path kernel",
-        remedy=(
-            "Compute it in row blocks, e.g. kernel(X[i:j], Y), using each "
-            "block before the next, or use PathKernelFeatures(n_components=...) "
-            "for features whose size grows linearly with the number of rows."
-            + ("" if trace else " trace=True sums over outputs: O*O times less.")
-        ),
-    )
-    return np.zeros(shape, dtype=np.float64)
+def _fingerprint(points, X_t, Y_t, symmetric, trace):
+    """What identifies a kernel: its rows, its checkpoints' weights and ends."""
+    weights = [weight for weight, _ in points]
+    ends = [points[k][1](torch.device("cpu")) for k in sorted({0, len(points) - 1})]
+    tensors = [t for parameters in ends for _, t in sorted(parameters.items())]
+    return fingerprint_of(X_t, None if symmetric else Y_t, trace, weights, *tensors)
 
 
-def _plan_grid(bound, n_outputs, dtype, extra, m):
+def _plan_grid(bound, n_outputs, dtype):
     """The tile grid and per-row state size of this engine and network."""
     itemsize = torch.finfo(dtype).bits // 8
     state_bytes = bound.bytes_per_row(n_outputs, itemsize)
@@ -397,8 +443,13 @@ def _row_blocks(work, working_memory):
     return [(r0, min(r0 + block, n)) for r0 in range(0, n, block)]
 
 
-def _run_strips(K, work, row_blocks, n_jobs, verbose):
-    """Compute every strip (joblib tasks) into ``K``, with progress."""
+def _run_strips(result, work, row_blocks, n_jobs, verbose):
+    """Compute the strips (joblib tasks) into ``result``, with progress.
+
+    Each strip is written, and recorded as done, as soon as it arrives.
+    """
+    if not row_blocks:
+        return  # every strip was written by an earlier, interrupted call
     progress = progress_bar(
         verbose,
         total=len(row_blocks) * len(work.points),
@@ -420,7 +471,8 @@ def _run_strips(K, work, row_blocks, n_jobs, verbose):
             delayed(_strip)(work, r0, r1) for r0, r1 in row_blocks
         )
         for (r0, r1), strip in zip(row_blocks, strips):
-            K[r0:r1, _first_column(r0, work.chunk, work.symmetric) :] = strip
+            result.array[r0:r1, _first_column(r0, work.chunk, work.symmetric) :] = strip
+            result.mark_done(r0, r1)
             if work.tick is None:
                 progress.update(len(work.points))
 

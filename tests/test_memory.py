@@ -46,7 +46,7 @@ def test_kernel_too_large_fails_before_allocating(fitted, little_memory, monkeyp
     monkeypatch.setattr(_path.np, "zeros", no_allocation)
     message = (
         r"The path kernel of shape \(20, 20\) needs 0\.0 GiB, more than the "
-        r"0\.0 GiB of memory available\. Compute it in row blocks.*"
+        r"0\.0 GiB of memory available\. Write it to disk.*row blocks.*"
         r"PathKernelFeatures\(n_components=\.\.\.\)"
     )
     with pytest.raises(MemoryError, match=message):
