@@ -8,7 +8,12 @@ import numpy as np
 import torch
 from sklearn.base import BaseEstimator, _fit_context
 from sklearn.utils import check_random_state
-from sklearn.utils._param_validation import Interval, StrOptions
+from sklearn.utils._param_validation import (
+    Interval,
+    InvalidParameterError,
+    StrOptions,
+    validate_parameter_constraints,
+)
 from sklearn.utils.validation import _check_sample_weight, check_is_fitted
 
 from ._decompose import decompose_path
@@ -19,7 +24,6 @@ from ._training import TrainingOptions, train
 from ._validation import (
     DTYPES,
     check_finite_result,
-    input_errors,
     resolve_device,
     to_tensor,
     validate_other,
@@ -29,6 +33,10 @@ from .engines import ENGINES
 
 # Rows per forward pass at predict time: bounds activation memory on large X.
 _PREDICT_CHUNK = 8192
+
+# The arguments of methods that take options, checked on entry as
+# ``_parameter_constraints`` checks the constructor's at fit.
+_METHOD_CONSTRAINTS = {"normalize": [None, StrOptions(set(NORMALIZATIONS))]}
 
 
 def _restore_on_failure(fit):
@@ -61,10 +69,9 @@ class BasePathKernelEstimator(BaseEstimator):
     """
 
     _parameter_constraints: dict = {
-        "hidden_layer_sizes": [
-            "array-like",
-            Interval(Integral, 1, None, closed="left"),
-        ],
+        # Checked whole (every width) where the MLP is built, by
+        # _hidden_layer_sizes: constraints cannot look inside a sequence.
+        "hidden_layer_sizes": "no_validation",
         "activation": [StrOptions(set(ACTIVATIONS))],
         "module": [None, callable],
         "learning_rate": [Interval(Real, 0, None, closed="neither")],
@@ -75,7 +82,8 @@ class BasePathKernelEstimator(BaseEstimator):
         "tol": [Interval(Real, 0, None, closed="left")],
         "n_iter_no_change": [Interval(Integral, 1, None, closed="left")],
         "record_every": [Interval(Integral, 1, None, closed="left")],
-        "device": [str, torch.device],
+        # Checked at fit by resolve_device, which the functional API shares.
+        "device": "no_validation",
         "dtype": [StrOptions(set(DTYPES))],
         "engine": [StrOptions({"auto", *ENGINES})],
         "kernel_normalize": [StrOptions(set(NORMALIZATIONS))],
@@ -164,14 +172,11 @@ class BasePathKernelEstimator(BaseEstimator):
         self : object
             The fitted estimator.
         """
-        with input_errors(X=X, y=y):
-            X, y = self._validate_targets(X, y)
-        with input_errors(sample_weight=sample_weight):
-            sample_weight = _check_sample_weight(
-                sample_weight, X, dtype=np.float64, ensure_non_negative=True
-            )
-        with input_errors(y=y):
-            targets, loss, target_attributes = self._encode_targets(y)
+        X, y = self._validate_targets(X, y)
+        sample_weight = _check_sample_weight(
+            sample_weight, X, dtype=np.float64, ensure_non_negative=True
+        )
+        targets, loss, target_attributes = self._encode_targets(y)
         device = resolve_device(self.device)
         dtype = DTYPES[self.dtype]
         seed = int(
@@ -223,16 +228,32 @@ class BasePathKernelEstimator(BaseEstimator):
     def _initial_module(self, n_features, n_outputs, generator, seed):
         if self.module is not None:
             return build_module(self.module, n_features, n_outputs, seed=seed)
-        sizes = self.hidden_layer_sizes
-        sizes = [sizes] if isinstance(sizes, Integral) else list(sizes)
-        if not all(isinstance(s, Integral) and s > 0 for s in sizes):
-            raise ValueError(
-                "The 'hidden_layer_sizes' parameter must hold positive integers; "
-                f"got {self.hidden_layer_sizes!r} instead."
-            )
         return make_mlp(
-            n_features, n_outputs, sizes, self.activation, generator=generator
+            n_features,
+            n_outputs,
+            self._hidden_layer_sizes(),
+            self.activation,
+            generator=generator,
         )
+
+    def _hidden_layer_sizes(self):
+        """``hidden_layer_sizes`` as a list of widths; the one check of it."""
+        sizes = self.hidden_layer_sizes
+        if isinstance(sizes, Integral):
+            sizes = [sizes]
+        try:
+            valid = not isinstance(sizes, str) and all(
+                isinstance(s, Integral) and s > 0 for s in sizes
+            )
+        except TypeError:  # not iterable
+            valid = False
+        if not valid:
+            raise InvalidParameterError(
+                f"The 'hidden_layer_sizes' parameter of {type(self).__name__} must "
+                "be a positive int or a sequence of positive ints; got "
+                f"{self.hidden_layer_sizes!r} instead."
+            )
+        return list(sizes)
 
     # -- using the fitted network -----------------------------------------
     def _network_output(self, X):
@@ -253,7 +274,7 @@ class BasePathKernelEstimator(BaseEstimator):
             out, what="The network's output on X", dtype=self.dtype, X=X
         )
 
-    def kernel(self, X, Y=None, *, normalize=None):
+    def kernel(self, X, Y=None, *, normalize=None, out=None, dtype=np.float64):
         """The path kernel ``K_path(X, Y)`` of the trained network.
 
         ``sum_k weights[k] * J_k(X) J_k(Y)^T`` over the recorded checkpoints,
@@ -269,16 +290,41 @@ class BasePathKernelEstimator(BaseEstimator):
             None means ``Y = X``.
         normalize : {"none", "mean_diagonal", "cosine"}, default=None
             Overrides ``kernel_normalize`` for this call; None keeps it.
+        out : str, os.PathLike or ndarray, default=None
+            None returns a new array. A path writes the kernel to a ``.npy``
+            file strip by strip, for kernels larger than memory; the same
+            call after a crash or Ctrl-C computes only the rows still
+            missing (see :func:`~sklearn_pathkernel.path_kernel`). An array
+            of the result's shape and dtype is filled in place.
+        dtype : {numpy.float64, numpy.float32}, default=numpy.float64
+            Of the result; float32 halves it (normalisation then runs in
+            float32 too).
 
         Returns
         -------
-        K : ndarray of float64, shape (n_X, n_Y)
+        K : ndarray or numpy.memmap of shape (n_X, n_Y)
+            ``out`` itself, or the opened file, when ``out`` is given.
+
+        Examples
+        --------
+        >>> import os, tempfile
+        >>> import numpy as np
+        >>> from sklearn.datasets import load_diabetes
+        >>> from sklearn.preprocessing import scale
+        >>> from sklearn_pathkernel import PathKernelRegressor
+        >>> X, y = load_diabetes(return_X_y=True)
+        >>> est = PathKernelRegressor((16,), max_iter=10, random_state=0)
+        >>> est = est.fit(scale(X), scale(y))
+        >>> path = os.path.join(tempfile.mkdtemp(), "K.npy")
+        >>> K = est.kernel(scale(X), out=path, dtype=np.float32)
+        >>> np.load(path, mmap_mode="r").shape
+        (442, 442)
         """
         check_is_fitted(self)
-        mode = self._normalize_mode(normalize)
+        mode = self._normalize_mode(normalize, "kernel")
         X = validate_X(self, X)
         if Y is not None:
-            Y = validate_other(self, Y, name="Y")
+            Y = validate_other(self, Y)
         K = path_kernel(
             self.module_,
             self.trajectory_,
@@ -286,23 +332,29 @@ class BasePathKernelEstimator(BaseEstimator):
             Y,
             n_jobs=self.n_jobs,
             verbose=self.verbose,
+            out=out,
+            dtype=dtype,
             **self._kernel_options(),
         )
         check_finite_result(K, what="The path kernel", dtype=self.dtype, X=X, Y=Y)
+        in_place = out is not None  # a file or the caller's array: no copy
         if mode == "none":
             return K
         if mode == "mean_diagonal":
-            return normalize_kernel(K, mode, scale=self._training_scale())
-        diag_X = np.diag(K) if Y is None else self._raw_diagonal(X)
+            return normalize_kernel(
+                K, mode, scale=self._training_scale(), in_place=in_place
+            )
+        diag_X = np.diag(K).copy() if Y is None else self._raw_diagonal(X)
         diag_Y = diag_X if Y is None else self._raw_diagonal(Y)
-        return normalize_kernel(K, mode, diag_X=diag_X, diag_Y=diag_Y)
+        return normalize_kernel(
+            K, mode, diag_X=diag_X, diag_Y=diag_Y, in_place=in_place
+        )
 
     def kernel_diagonal(self, X, *, normalize=None):
         """``K_path(x, x)`` for every row of ``X``: the diagonal of ``kernel(X)``.
 
-        Linear in ``n_X``: one forward and backward pass per row and
-        checkpoint, no product between rows (the "ntk_vp" engine computes
-        128-row kernels and keeps their diagonals).
+        Linear in ``n_X``: one engine state per row and checkpoint, no
+        product between rows.
 
         Parameters
         ----------
@@ -316,7 +368,7 @@ class BasePathKernelEstimator(BaseEstimator):
             All ones for "cosine" (zero for a row whose gradients all vanish).
         """
         check_is_fitted(self)
-        mode = self._normalize_mode(normalize)
+        mode = self._normalize_mode(normalize, "kernel_diagonal")
         X = validate_X(self, X)
         diagonal = check_finite_result(
             self._raw_diagonal(X), what="The path kernel", dtype=self.dtype, X=X
@@ -327,14 +379,17 @@ class BasePathKernelEstimator(BaseEstimator):
             return diagonal / self._training_scale()
         return (diagonal > 0).astype(np.float64)
 
-    def _normalize_mode(self, normalize):
-        mode = self.kernel_normalize if normalize is None else normalize
-        if mode not in NORMALIZATIONS:
-            raise ValueError(
-                f"The 'normalize' parameter of {type(self).__name__}.kernel must be "
-                f"None or one of {list(NORMALIZATIONS)}; got {mode!r} instead."
-            )
-        return mode
+    def _normalize_mode(self, normalize, method):
+        """The normalisation a call of ``method`` uses; the one check of it.
+
+        ``kernel_normalize`` was checked at fit, by ``_parameter_constraints``.
+        """
+        validate_parameter_constraints(
+            _METHOD_CONSTRAINTS,
+            {"normalize": normalize},
+            caller_name=f"{type(self).__name__}.{method}",
+        )
+        return self.kernel_normalize if normalize is None else normalize
 
     def _kernel_options(self):
         return {

@@ -6,12 +6,14 @@ import numpy as np
 from scipy.special import expit, log_softmax, softmax
 from sklearn.base import ClassifierMixin, RegressorMixin
 from sklearn.preprocessing import LabelEncoder
+from sklearn.utils import check_consistent_length
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import validate_data
 
 from ._base import BasePathKernelEstimator
 from ._losses import BINARY_LOGISTIC, SOFTMAX_CROSS_ENTROPY, SQUARED_ERROR
 from ._normalize import NORMALIZE_DOC
+from ._validation import FLOAT_DTYPES
 
 _PARAMETERS_DOC = (
     """
@@ -188,19 +190,21 @@ class PathKernelRegressor(RegressorMixin, BasePathKernelEstimator):
     """
 
     def _validate_targets(self, X, y):
+        # y separately: check_X_y would keep text and sparse targets, which
+        # training cannot use; here they fail in check_array(input_name="y").
         X, y = validate_data(
             self,
             X,
             y,
-            multi_output=True,
-            y_numeric=True,
-            dtype=[np.float64, np.float32],
-            ensure_min_samples=2,
+            validate_separately=(
+                {"dtype": FLOAT_DTYPES, "ensure_min_samples": 2},
+                {"dtype": np.float64, "ensure_2d": False},
+            ),
         )
+        check_consistent_length(X, y)  # which validate_separately does not do
         return X, y
 
     def _encode_targets(self, y):
-        y = np.asarray(y, dtype=np.float64)
         targets = y.reshape(-1, 1) if y.ndim == 1 else y
         return targets, SQUARED_ERROR, {"_y_ndim": y.ndim}
 
@@ -266,9 +270,7 @@ class PathKernelClassifier(ClassifierMixin, BasePathKernelEstimator):
     """
 
     def _validate_targets(self, X, y):
-        X, y = validate_data(
-            self, X, y, dtype=[np.float64, np.float32], ensure_min_samples=2
-        )
+        X, y = validate_data(self, X, y, dtype=FLOAT_DTYPES, ensure_min_samples=2)
         check_classification_targets(y)
         return X, y
 

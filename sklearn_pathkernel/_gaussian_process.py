@@ -178,7 +178,11 @@ def _same(a, b):
 
 @contextmanager
 def _arrays_without_names():
-    """Silence "X does not have valid feature names": see the class notes."""
+    """Silence "X does not have valid feature names": see the class notes.
+
+    scikit-learn's warning says X for the Y of ``kernel(X, Y)`` too, so the
+    one filter covers both arrays.
+    """
     with warnings.catch_warnings():
         warnings.filterwarnings(
             "ignore",

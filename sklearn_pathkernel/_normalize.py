@@ -35,6 +35,7 @@ def row_factors(mode, *, diagonal=None, scale=None, n_rows=None):
     Parameters
     ----------
     mode : {"none", "mean_diagonal", "cosine"}
+        A valid mode: the callers check it.
     diagonal : ndarray of shape (n_rows,), default=None
         ``K(x, x)`` of the rows; needed for "cosine". Rows whose self kernel
         is zero (their whole row of ``K`` is then zero) keep a factor of 1.
@@ -54,32 +55,36 @@ def row_factors(mode, *, diagonal=None, scale=None, n_rows=None):
     n_rows = len(diagonal) if n_rows is None else n_rows
     if mode == "mean_diagonal":
         return np.full(n_rows, 1.0 / np.sqrt(scale) if scale > 0 else 1.0)
-    if mode == "none":
-        return np.ones(n_rows)
-    raise ValueError(
-        f"The 'normalize' option must be one of {list(NORMALIZATIONS)}; got "
-        f"{mode!r} instead."
-    )
+    return np.ones(n_rows)  # "none"
 
 
-def normalize_kernel(K, mode, *, diag_X=None, diag_Y=None, scale=None):
+# Rows rescaled at once in place: bounds the temporaries on a kernel on disk.
+_IN_PLACE_ROWS = 1024
+
+
+def normalize_kernel(K, mode, *, diag_X=None, diag_Y=None, scale=None, in_place=False):
     """Normalise a kernel matrix ``K`` (n_X, n_Y).
 
     Parameters
     ----------
     K : ndarray of shape (n_X, n_Y)
     mode : {"none", "mean_diagonal", "cosine"}
-        "none" returns ``K``; "mean_diagonal" returns ``K / scale``; "cosine"
-        returns ``K_ij / sqrt(diag_X[i] * diag_Y[j])``.
+        A valid mode (the callers check it). "none" returns ``K``;
+        "mean_diagonal" returns ``K / scale``; "cosine" returns
+        ``K_ij / sqrt(diag_X[i] * diag_Y[j])``.
     diag_X, diag_Y : ndarray of shape (n_X,) and (n_Y,), default=None
         Self kernels ``K(x, x)`` of the rows and columns, for "cosine".
     scale : float, default=None
         The mean of the training rows' ``K(x, x)``, for "mean_diagonal".
+    in_place : bool, default=False
+        Rescale ``K`` itself, a block of rows at a time (a kernel in a file
+        is never read whole), with the same operations in the same order,
+        so the bits equal those of a new array of ``K``'s dtype.
 
     Returns
     -------
-    K : ndarray of float64, shape (n_X, n_Y)
-        A new array unless ``mode == "none"``.
+    K : ndarray of shape (n_X, n_Y)
+        A new array unless ``mode == "none"`` or ``in_place``.
 
     Examples
     --------
@@ -93,10 +98,19 @@ def normalize_kernel(K, mode, *, diag_X=None, diag_Y=None, scale=None):
     0.6153...
     """
     if mode == "none":
-        row_factors(mode, n_rows=K.shape[0])  # validates mode
         return K
     if mode == "mean_diagonal":
-        return K / scale if scale > 0 else K.copy()
+        if not in_place:
+            return K / scale if scale > 0 else K.copy()
+        for r0 in range(0, K.shape[0], _IN_PLACE_ROWS) if scale > 0 else ():
+            K[r0 : r0 + _IN_PLACE_ROWS] /= scale
+        return K
     f_X = row_factors(mode, diagonal=diag_X, scale=scale, n_rows=K.shape[0])
     f_Y = row_factors(mode, diagonal=diag_Y, scale=scale, n_rows=K.shape[1])
-    return K * f_X[:, None] * f_Y[None, :]
+    if not in_place:
+        return K * f_X[:, None] * f_Y[None, :]
+    for r0 in range(0, K.shape[0], _IN_PLACE_ROWS):
+        block = K[r0 : r0 + _IN_PLACE_ROWS]
+        block *= f_X[r0 : r0 + _IN_PLACE_ROWS, None]
+        block *= f_Y[None, :]
+    return K

@@ -19,7 +19,7 @@ from ._base import BasePathKernelEstimator
 from ._estimators import PathKernelClassifier, PathKernelRegressor, _docstring
 from ._features import path_features
 from ._normalize import NORMALIZATIONS, row_factors
-from ._validation import check_finite_result, input_errors, validate_X
+from ._validation import FLOAT_DTYPES, check_finite_result, validate_X
 
 
 class _BasePathKernelTransformer(
@@ -48,10 +48,7 @@ class _BasePathKernelTransformer(
         -------
         self : object
         """
-        with input_errors(X=X, y=y):
-            X, y = validate_data(
-                self, X, y, multi_output=True, dtype=[np.float64, np.float32]
-            )
+        X, y = validate_data(self, X, y, multi_output=True, dtype=FLOAT_DTYPES)
         if self.estimator is None:
             classes = type_of_target(y) in ("binary", "multiclass")
             default = PathKernelClassifier if classes else PathKernelRegressor
@@ -209,21 +206,36 @@ class PathKernelFeatures(_BasePathKernelTransformer):
     approximates a kernel machine on ``K_path`` at a cost linear in the
     number of rows.
 
-    The features are a Gaussian random projection of the path kernel's exact
-    feature map ``Phi(x) = concat_k sqrt(w_k) vec J_k(x)`` (every checkpoint's
-    Jacobian, flattened over outputs and parameters, scaled by the square
-    root of its weight; ``Phi(x) . Phi(x') = K_path(x, x')`` exactly)::
+    The features sketch the path kernel's exact feature map
+    ``Phi(x) = concat_k sqrt(w_k) vec J_k(x)`` (every checkpoint's Jacobian,
+    flattened over outputs and parameters, scaled by the square root of its
+    weight; ``Phi(x) . Phi(x') = K_path(x, x')`` exactly) with independent
+    Gaussian factors per checkpoint and piece, so the estimate is unbiased
+    and its error falls like ``1 / sqrt(n_components)``. How depends on the
+    estimator's ``engine`` (``"auto"`` as for its kernel):
 
-        phi(x) = P^T Phi(x) = sum_k sqrt(w_k) P_k^T vec J_k(x)
+    - the **structured** engine (MLPs and other ``nn.Sequential`` of Linear
+      layers and elementwise activations) uses the outer-product form of a
+      Linear layer's gradient, ``d_o(x) a(x)^T``: feature ``r`` is::
 
-    with ``P`` of independent ``N(0, 1 / n_components)`` entries, so
-    ``E[P P^T] = I`` and the estimate is unbiased; its variance is
-    ``(K(x, x) K(x', x') + K(x, x')^2) / n_components``. Each ``P_k`` is
-    generated in chunks of rows from a ``torch.Generator`` seeded by
-    ``(seed, k)``, so it never exists whole, and the same seed gives the same
-    features on any device and for any blocking of the rows. The cost is one
-    per-row Jacobian (``torch.func``) per checkpoint and a product with
-    ``P_k``: about ``2 n O d n_components`` FLOPs per checkpoint.
+          phi_r(x) = sum_k sqrt(w_k / m) sum_l (u . vec D_l(x)) (v . [a_l(x), 1])
+
+      a Kronecker sketch costing ``2 m (O h_l + h_{{l-1}} + 1)`` FLOPs per row,
+      layer and checkpoint (``m = n_components``, ``h`` the widths), about
+      as much as an ``m``-column slice of the exact kernel. Its variance is
+      that of a Gaussian projection plus a term that is largest (four times
+      the variance on the diagonal) when one layer and checkpoint carry the
+      whole kernel, and small when many checkpoints share it;
+    - any other engine projects ``vec J_k(x)`` with a Gaussian ``P_k``,
+      ``phi(x) = sum_k sqrt(w_k / m) P_k^T vec J_k(x)``: about
+      ``2 O d m`` FLOPs per row and checkpoint, and a variance of
+      ``(K(x, x) K(x', x') + K(x, x')^2) / m``.
+
+    Each factor is drawn once per ``transform``, in float64 on the CPU from
+    a ``torch.Generator`` seeded by ``(seed_, checkpoint, piece)``, so the
+    same seed gives the same features on any device and for any blocking of
+    the rows (docs/design.md, section 6). The exact ``K_path(x, x)``, needed
+    by "cosine", comes from the same pass.
 
     Parameters
     ----------
@@ -318,6 +330,7 @@ class PathKernelFeatures(_BasePathKernelTransformer):
             X,
             n_components=self.n_components,
             seed=self.seed_,
+            engine=est.engine,
             working_memory=est.working_memory,
         )
         mode = self._normalize_mode()

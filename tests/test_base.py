@@ -73,10 +73,19 @@ def test_unfitted_estimator_says_so(Est, toy):
             r"in the range \(0.0, inf\). Got -1 instead.",
         ),
         ({"activation": "swish"}, "The 'activation' parameter of PathKernelRegressor"),
-        ({"hidden_layer_sizes": (4, 0)}, "must hold positive integers; got \\(4, 0\\)"),
+        (
+            {"hidden_layer_sizes": (4, 0)},
+            r"The 'hidden_layer_sizes' parameter of PathKernelRegressor must be a "
+            r"positive int or a sequence of positive ints; got \(4, 0\) instead\.",
+        ),
+        ({"hidden_layer_sizes": 0}, "'hidden_layer_sizes' .*; got 0 instead"),
+        ({"hidden_layer_sizes": "16"}, "'hidden_layer_sizes' .*; got '16' instead"),
+        ({"hidden_layer_sizes": 2.5}, "'hidden_layer_sizes' .*; got 2.5 instead"),
+        ({"hidden_layer_sizes": (4.0,)}, "'hidden_layer_sizes' .*; got \\(4.0,\\)"),
         ({"dtype": "float16"}, "The 'dtype' parameter of PathKernelRegressor"),
         ({"device": "meta"}, "must name a CPU or CUDA device; got 'meta'"),
         ({"device": "banana"}, "The 'device' parameter must be 'auto', 'cpu', 'cuda'"),
+        ({"device": None}, "The 'device' parameter must be 'auto', 'cpu', 'cuda'"),
     ],
 )
 def test_bad_parameters_are_named(toy, params, message):
@@ -202,3 +211,27 @@ def test_fit_failing_late_also_restores(toy, monkeypatch):
     with pytest.raises(MemoryError):
         est.fit(X[:10], y[:10])
     assert est.module_ is module and len(est._fit_X) == 40
+
+
+# -- kernels written to disk ---------------------------------------------------
+@pytest.mark.parametrize("normalize", ["none", "mean_diagonal", "cosine"])
+@pytest.mark.parametrize("symmetric", [True, False])
+def test_kernel_on_disk_equals_the_kernel_in_memory(
+    toy, tmp_path, normalize, symmetric
+):
+    X, y = toy
+    est = _quiet(PathKernelRegressor((5,), max_iter=4, random_state=0), X, y)
+    Y = None if symmetric else X[:7] + 0.5
+    expected = est.kernel(X, Y, normalize=normalize)
+    K = est.kernel(X, Y, normalize=normalize, out=tmp_path / "K.npy")
+    assert np.array_equal(np.load(tmp_path / "K.npy"), expected)
+    assert np.array_equal(np.asarray(K), expected)
+
+
+def test_kernel_in_float32_on_disk_is_normalised_in_float32(toy, tmp_path):
+    X, y = toy
+    est = _quiet(PathKernelRegressor((5,), max_iter=4, random_state=0), X, y)
+    K = est.kernel(X, normalize="cosine", out=tmp_path / "K.npy", dtype=np.float32)
+    assert K.dtype == np.float32
+    np.testing.assert_allclose(K, est.kernel(X, normalize="cosine"), rtol=1e-6)
+    np.testing.assert_allclose(np.diag(K), 1.0, rtol=1e-6)
