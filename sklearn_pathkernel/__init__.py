@@ -9,6 +9,7 @@ gradients at two inputs along the path the parameters took while training
 from ._decompose import KernelMachine
 from ._estimators import PathKernelClassifier, PathKernelRegressor
 from ._gaussian_process import PathKernel
+from ._nystroem import PathKernelNystroem
 from ._path import path_kernel, tangent_kernel
 from ._persistence import load, save
 from ._trajectory import Trajectory
@@ -21,6 +22,7 @@ __all__ = [
     "PathKernelRegressor",
     "PathKernelTransformer",
     "PathKernelFeatures",
+    "PathKernelNystroem",
     "PathKernel",
     "KernelMachine",
     "Trajectory",

@@ -70,6 +70,7 @@ from torch import nn
 from ._base import BasePathKernelEstimator
 from ._estimators import PathKernelClassifier, PathKernelRegressor
 from ._network import ACTIVATIONS, build_module, make_mlp, trainable_parameters
+from ._nystroem import PathKernelNystroem
 from ._trajectory import Trajectory
 from ._transformers import PathKernelFeatures, PathKernelTransformer
 from ._validation import resolve_device
@@ -88,6 +89,7 @@ _CLASSES = {
         PathKernelClassifier,
         PathKernelTransformer,
         PathKernelFeatures,
+        PathKernelNystroem,
     )
 }
 

@@ -69,6 +69,12 @@ class _BasePathKernelTransformer(
             return self.normalize
         return getattr(self.estimator_, "kernel_normalize", "none")
 
+    def _kernel(self, X, Y):
+        """``estimator_.kernel(X, Y)``, normalised as ``normalize`` says."""
+        if self.normalize is None:  # any estimator with kernel(X, Y) works
+            return self.estimator_.kernel(X, Y)
+        return self.estimator_.kernel(X, Y, normalize=self.normalize)
+
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
         # The network trains on (X, y); the input is raw features, not a
@@ -187,11 +193,6 @@ class PathKernelTransformer(_BasePathKernelTransformer):
         """
         self.fit(X, y, sample_weight=sample_weight)
         return self._kernel(self.X_fit_, None)
-
-    def _kernel(self, X, Y):
-        if self.normalize is None:  # any estimator with kernel(X, Y) works
-            return self.estimator_.kernel(X, Y)
-        return self.estimator_.kernel(X, Y, normalize=self.normalize)
 
 
 @_docstring

@@ -17,6 +17,7 @@ import sklearn_pathkernel
 from sklearn_pathkernel import (
     PathKernelClassifier,
     PathKernelFeatures,
+    PathKernelNystroem,
     PathKernelRegressor,
     PathKernelTransformer,
     Trajectory,
@@ -246,11 +247,13 @@ def test_random_state_instance_is_stored_as_its_state(data, tmp_path):
 
 
 @pytest.mark.parametrize("method", ["save", "pickle"])
-@pytest.mark.parametrize("Transformer", [PathKernelTransformer, PathKernelFeatures])
+@pytest.mark.parametrize(
+    "Transformer", [PathKernelTransformer, PathKernelFeatures, PathKernelNystroem]
+)
 def test_transformer_round_trip(Transformer, method, data, tmp_path):
     X, Y, y = data
     inner = PathKernelClassifier((4,), max_iter=8, random_state=0)
-    kwargs = {"n_components": 6} if Transformer is PathKernelFeatures else {}
+    kwargs = {} if Transformer is PathKernelTransformer else {"n_components": 6}
     est = Transformer(inner, normalize="cosine", random_state=0, **kwargs)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)

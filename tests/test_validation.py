@@ -18,6 +18,7 @@ from sklearn_pathkernel import (
     PathKernel,
     PathKernelClassifier,
     PathKernelFeatures,
+    PathKernelNystroem,
     PathKernelRegressor,
     PathKernelTransformer,
 )
@@ -126,6 +127,9 @@ def _fit_all(X):
         "features": PathKernelFeatures(
             PathKernelRegressor(**NET, record_every=3), n_components=5, random_state=0
         ).fit(X, Y_REGRESSION),
+        "nystroem": PathKernelNystroem(
+            PathKernelRegressor(**NET), n_components=5, random_state=0
+        ).fit(X, Y_REGRESSION),
         "gp": PathKernel(reg),
         # The good rows that go with the bad ones (X of kernel(X, Y)).
         "X_new": X_NEW if isinstance(X, np.ndarray) else _frame(COLUMNS),
@@ -161,6 +165,7 @@ METHODS = {
     "decompose": ("X", lambda f, A: f["reg"].decompose(A).contributions),
     "Transformer.transform": ("X", lambda f, A: f["transformer"].transform(A)),
     "Features.transform": ("X", lambda f, A: f["features"].transform(A)),
+    "Nystroem.transform": ("X", lambda f, A: f["nystroem"].transform(A)),
     "PathKernel(X)": ("X", lambda f, A: f["gp"](A)),
     "PathKernel(X_NEW, Y)": ("Y", lambda f, A: f["gp"](f["X_new"], A)),
     "PathKernel.diag": ("X", lambda f, A: f["gp"].diag(A)),
@@ -722,6 +727,7 @@ EXERCISES = {
     "decompose": "BasePathKernelEstimator.decompose",
     "Transformer.transform": "PathKernelTransformer.transform",
     "Features.transform": "PathKernelFeatures.transform",
+    "Nystroem.transform": "PathKernelNystroem.transform",
     "PathKernel(X)": "PathKernel.__call__",
     "PathKernel(X_NEW, Y)": "PathKernel.__call__",
     "PathKernel.diag": "PathKernel.diag",
