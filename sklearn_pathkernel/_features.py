@@ -1,58 +1,125 @@
-"""Explicit path-kernel features by seeded Gaussian random projection.
+"""Explicit path-kernel features: seeded random sketches of the path gradients.
 
 The path kernel has an exact, very long feature map: stack every checkpoint's
 flattened Jacobian, scaled by the square root of its weight,
 
     Phi(x) = concat_k sqrt(w_k) vec J_k(x)        (length K * O * d)
 
-so that ``Phi(x) . Phi(x') = sum_k w_k tr(J_k(x) J_k(x')^T) = K_path(x, x')``
-(summed over the ``O`` outputs, like the traced kernel). A Gaussian matrix
-``P`` of shape ``(K O d, m)`` with independent ``N(0, 1/m)`` entries has
-``E[P P^T] = I``, so ``phi(x) = P^T Phi(x)`` gives
+so that ``Phi(x) . Phi(x') = K_path(x, x')`` (traced). The engine cuts each
+``vec J_k(x)`` into pieces ``T_{k,l}(x)``, vectors or matrices with
+``sum_l <T_{k,l}(x), T_{k,l}(x')> = tr(J_k(x) J_k(x')^T)``
+(:meth:`~sklearn_pathkernel.engines.Engine.sketch_shapes`), and feature ``r``
+is
 
-    E[phi(x) . phi(x')] = Phi(x)^T E[P P^T] Phi(x') = K_path(x, x')
+    phi_r(x) = m^{-1/2} sum_k sqrt(w_k) sum_l s_{k,l,r}(x)
 
-an unbiased estimate whose variance is
-``(K(x, x) K(x', x') + K(x, x')^2) / m``: the relative error falls like
-``1 / sqrt(m)``. Cutting ``P`` into the row blocks ``P_k`` of each checkpoint,
-``phi(x) = sum_k sqrt(w_k) P_k^T vec J_k(x)``: every one of the ``m``
-features draws on every checkpoint, so ``m`` is free of the number of
-checkpoints and outputs. No ``P_k`` ever exists whole: it is generated in
-chunks of ``_PROJECTION_CHUNK`` rows from a CPU ``torch.Generator`` seeded by
-``(seed, k)``, so the features of a row do not depend on how the rows are
-blocked, nor on the device.
+with ``s_{k,l,r}(x)`` the piece contracted with independent ``N(0, 1)``
+factors (:meth:`~sklearn_pathkernel.engines.Engine.sketch`):
+
+- a plain **Gaussian projection** ``g . T(x)`` of a block of ``vec J`` (the
+  ``"jacobian"`` and ``"ntk_vp"`` engines);
+- a **Kronecker sketch** ``(u . vec D(x)) (v . a(x)) = (u (x) v) . T(x)`` of
+  a Linear layer's ``T(x) = vec D(x) (x) a(x)`` (the ``"structured"``
+  engine): ``O h_out + h_in`` numbers per feature instead of
+  ``O h_out h_in``.
+
+Both have ``E[s(x) s(x')] = <T(x), T(x')>`` (``E[g g^T] = I``,
+``E[(u (x) v)(u (x) v)^T] = I (x) I``) and mean zero, and the factors of
+different ``(k, l)`` are independent, so the cross terms vanish and
+``E[phi(x) . phi(x')] = K_path(x, x')``. The variance of the estimate is
+``(K(x, x) K(x', x') + K(x, x')^2) / m`` for the Gaussian projection. The
+Kronecker sketch adds, per layer ``l`` and checkpoint ``k`` with input and
+signal Grams ``A``, ``S`` (so that ``K_{k,l} = w_k A S``),
+``2 w_k^2 (S_xx S_x'x' A_xx'^2 + S_xx'^2 A_xx A_x'x' + S_xx'^2 A_xx'^2) / m``,
+at most ``6 K_{k,l}(x, x) K_{k,l}(x', x') / m``. On the diagonal that is
+``(2 K^2 + 6 sum_{k,l} K_{k,l}^2) / m`` against ``2 K^2 / m``: four times the
+variance when one piece carries the whole kernel, close to the Gaussian one
+when it is spread over many checkpoints and layers (docs/design.md, section
+6).
+
+Each factor is drawn in float64 on the CPU from a ``torch.Generator`` seeded
+by ``(seed, k, l, j)`` (:func:`gaussian_factor`), once per call, then cast to
+the work's dtype and device: the features depend on the seed, the engine's
+pieces and ``m``, not on the blocking of the rows, the budget or the device.
 """
 
 import math
 
 import numpy as np
 import torch
+from sklearn import get_config
 
 from ._blocking import tile_within_budget
 from ._network import forward
+from ._path import _placement
 from ._validation import check_kernel_input, to_tensor
-from .engines import JacobianEngine
-
-# Rows of a projection matrix generated at once: _PROJECTION_CHUNK * m numbers.
-_PROJECTION_CHUNK = 2048
+from .engines import select_engine
 
 
-def projection_chunks(seed, k, n_rows, n_components):
-    """The row chunks of the projection ``P_k`` of checkpoint ``k``, in order.
+def gaussian_factor(seed, k, piece, j, height, n_components):
+    """Factor ``j`` of sketch piece ``piece`` at checkpoint ``k``.
 
-    Yields ``(start, stop, P)`` with ``P`` a float64 CPU tensor of shape
-    ``(stop - start, n_components)`` and ``N(0, 1 / n_components)`` entries.
-    The values depend only on ``(seed, k, n_rows, n_components)``.
+    Returns
+    -------
+    factor : torch.Tensor of float64 on the CPU, shape (height, n_components)
+        Independent ``N(0, 1)`` entries, depending only on the arguments.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from sklearn_pathkernel._features import gaussian_factor
+    >>> a = gaussian_factor(0, 3, 1, 0, 5, 4)
+    >>> a.shape, a.dtype
+    (torch.Size([5, 4]), torch.float64)
+    >>> torch.equal(a, gaussian_factor(0, 3, 1, 0, 5, 4))
+    True
     """
-    state = np.random.SeedSequence([int(seed), int(k)]).generate_state(1)[0]
-    generator = torch.Generator().manual_seed(int(state))
-    scale = 1.0 / math.sqrt(n_components)
-    for start in range(0, n_rows, _PROJECTION_CHUNK):
-        stop = min(start + _PROJECTION_CHUNK, n_rows)
-        P = torch.randn(
-            (stop - start, n_components), generator=generator, dtype=torch.float64
-        )
-        yield start, stop, P.mul_(scale)
+    state = np.random.SeedSequence([int(seed), int(k), int(piece), int(j)])
+    generator = torch.Generator().manual_seed(int(state.generate_state(1)[0]))
+    return torch.randn((height, n_components), generator=generator, dtype=torch.float64)
+
+
+def plan(engine, shapes, n_outputs, itemsize, n_components, working_memory):
+    """``(tile, groups)``: rows per block, and pieces whose factors are kept together.
+
+    Half the budget sets the row tile, from the fixed grid
+    (``tile_within_budget``), for one row's engine state and its share of
+    the features; what the tile leaves holds the factors, a group of
+    consecutive pieces at a time (at least one), each group's states being
+    built again. The groups change no bit of the result (every piece adds
+    its own float64 term to the features, in piece order); the tile does
+    only when the budget cannot hold a full one (docs/design.md, section 8).
+
+    Examples
+    --------
+    >>> import torch
+    >>> from sklearn_pathkernel._features import plan
+    >>> from sklearn_pathkernel.engines import JacobianEngine
+    >>> engine = JacobianEngine(torch.nn.Linear(4000, 1), ["weight"])
+    >>> shapes = engine.sketch_shapes(1)  # two blocks of vec J
+    >>> plan(engine, shapes, 1, 4, 100, None)
+    (512, [[0, 1]])
+    >>> plan(engine, shapes, 1, 4, 100, 2)  # room for one factor at a time
+    (16, [[0], [1]])
+    """
+    if working_memory is None:
+        working_memory = get_config()["working_memory"]
+    per_row = engine.bytes_per_row(n_outputs, itemsize)
+    # The float64 features, a piece's result in both dtypes, the input side.
+    per_row += (16 + 2 * itemsize) * n_components
+    tile = tile_within_budget(working_memory / 2, per_row)
+    # Factors are kept in the work's dtype; one float64 draw is alive at a time.
+    largest = max((max(heights) for heights in shapes), default=0)
+    budget = working_memory * 2**20 - tile * per_row - 8 * largest * n_components
+    groups, used = [], 0
+    for piece, heights in enumerate(shapes):
+        size = itemsize * sum(heights) * n_components
+        if not groups or used + size > budget:
+            groups.append([])
+            used = 0
+        groups[-1].append(piece)
+        used += size
+    return tile, groups
 
 
 def path_features(
@@ -62,10 +129,11 @@ def path_features(
     *,
     n_components,
     seed,
+    engine="auto",
     working_memory=None,
     device=None,
 ):
-    """Projected path-gradient features and the exact self kernel of ``X``.
+    """Random path-kernel features and the exact self kernel of ``X``.
 
     Parameters
     ----------
@@ -77,10 +145,14 @@ def path_features(
     n_components : int
         ``m``, the number of features.
     seed : int
-        Seeds the projections; the same seed gives the same features.
+        Seeds the factors; the same seed gives the same features.
+    engine : {"auto", "structured", "jacobian", "ntk_vp"}, default="auto"
+        Which engine sketches the gradients (``select_engine``): the
+        structured engine's Kronecker sketch, or a Gaussian projection of
+        ``vec J``. Each engine gives its own (equally valid) features.
     working_memory : float, default=None
-        Budget in MiB for one block of rows' Jacobians; scikit-learn's
-        ``working_memory`` setting when None.
+        Budget in MiB for one block of rows' states and the factors kept at
+        once; scikit-learn's ``working_memory`` setting when None.
     device : str or torch.device, default=None
         Where to compute; the module's device when None.
 
@@ -89,7 +161,7 @@ def path_features(
     features : ndarray of float64, shape (n_X, n_components)
         ``phi(X)``, with ``E[phi(x) . phi(x')] = K_path(x, x')``.
     diagonal : ndarray of float64, shape (n_X,)
-        ``K_path(x, x) = ||Phi(x)||^2`` exactly, from the same Jacobians.
+        ``K_path(x, x)`` exactly (``Engine.diagonal``), from the same states.
 
     Examples
     --------
@@ -110,32 +182,41 @@ def path_features(
     True
     """
     X = check_kernel_input(X, name="X")
-    reference = next(iter(module.parameters()))
-    device = reference.device if device is None else torch.device(device)
-    dtype = reference.dtype
+    module, dtype, device = _placement(module, device)
     X_t = to_tensor(X, dtype=dtype, device=device, name="X")
     n = X_t.shape[0]
-    engine = JacobianEngine(module, trajectory.parameter_names)
-    with torch.no_grad():
-        n_outputs = forward(module, X_t[:1]).shape[1]
-    n_rows = n_outputs * engine.n_parameters  # rows of each P_k
-    itemsize = torch.finfo(dtype).bits // 8
-    # Whole tiles: the same products, so the same bits, whatever the budget.
-    block = tile_within_budget(
-        working_memory, engine.bytes_per_row(n_outputs, itemsize) + 2 * 8 * n_components
-    )
+    bound = select_engine(engine, module, trajectory.parameter_names)
     features = torch.zeros((n, n_components), dtype=torch.float64, device=device)
     diagonal = torch.zeros(n, dtype=torch.float64, device=device)
-    for r0 in range(0, n, block):
-        r1 = min(r0 + block, n)
+    with torch.no_grad():
+        n_outputs = forward(module, X_t[:1]).shape[1]
+        shapes = bound.sketch_shapes(n_outputs)
+        tile, groups = plan(
+            bound, shapes, n_outputs, X_t.element_size(), n_components, working_memory
+        )
+        # Checkpoints outside, row tiles inside: each factor is drawn once.
         for k, weight in enumerate(trajectory.weights):
             if weight == 0:
                 continue
             parameters = trajectory.parameters(k, device=device)
-            J = engine.state(parameters, X_t[r0:r1]).flatten(1)  # (n_b, O d)
-            diagonal[r0:r1] += weight * torch.einsum("ij,ij->i", J, J).double()
-            projected = torch.zeros((r1 - r0, n_components), dtype=dtype, device=device)
-            for c0, c1, P in projection_chunks(seed, k, n_rows, n_components):
-                projected.addmm_(J[:, c0:c1], P.to(device=device, dtype=dtype))
-            features[r0:r1] += math.sqrt(weight) * projected.double()
+            scale = math.sqrt(weight / n_components)
+            for g, group in enumerate(groups):
+                factors = {
+                    piece: tuple(
+                        gaussian_factor(seed, k, piece, j, height, n_components).to(
+                            device=device, dtype=dtype
+                        )
+                        for j, height in enumerate(shapes[piece])
+                    )
+                    for piece in group
+                }
+                for r0 in range(0, n, tile):
+                    rows = X_t[r0 : r0 + tile]
+                    state = bound.state(parameters, rows)
+                    if g == 0:
+                        part = bound.diagonal(state, rows)
+                        diagonal[r0 : r0 + tile] += float(weight) * part.double()
+                    for piece in group:
+                        part = bound.sketch(state, rows, piece, factors[piece])
+                        features[r0 : r0 + tile].add_(part.double(), alpha=scale)
     return features.cpu().numpy(), diagonal.cpu().numpy()

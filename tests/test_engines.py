@@ -14,6 +14,8 @@ from sklearn_pathkernel.engines import (
     Engine,
     JacobianEngine,
     StructuredEngine,
+    _jacobian,
+    _structured,
     select_engine,
 )
 
@@ -53,6 +55,36 @@ def _check_engine(engine, net, params, X, Y):
             got = bound.contract(state_x, state_y, trace, bound.static(X, Y))
         want = tangent_kernel_reference(net, params, X, Y, trace=trace)
         np.testing.assert_allclose(got.numpy(), want, rtol=1e-6, atol=1e-12)
+    _check_sketch(bound, net, params, X, Y)
+
+
+def _basis(heights):
+    """Factors whose columns run over every tuple of basis vectors.
+
+    With them a sketch is exact, not random: ``sum_r s_r(x) s_r(y)`` is
+    ``<T(x), T(y)>`` for a sketch that is multilinear in its factors.
+    """
+    grids = torch.meshgrid(*[torch.arange(h) for h in heights], indexing="ij")
+    return tuple(
+        torch.eye(h, dtype=torch.float64)[:, grid.reshape(-1)]
+        for h, grid in zip(heights, grids)
+    )
+
+
+def _check_sketch(bound, net, params, X, Y):
+    """The pieces' sketches with basis factors sum to the traced kernel."""
+    with torch.no_grad():
+        n_outputs = net(X[:1]).shape[1]
+        state_x, state_y = bound.state(params, X), bound.state(params, Y)
+        got = 0.0
+        for piece, heights in enumerate(bound.sketch_shapes(n_outputs)):
+            factors = _basis(heights)
+            s_x = bound.sketch(state_x, X, piece, factors)
+            s_y = bound.sketch(state_y, Y, piece, factors)
+            assert s_x.shape == (len(X), np.prod(heights))
+            got = got + s_x @ s_y.T
+    want = tangent_kernel_reference(net, params, X, Y)
+    np.testing.assert_allclose(got.numpy(), want, rtol=1e-10, atol=1e-12)
 
 
 @pytest.mark.parametrize("engine", sorted(ENGINES))
@@ -85,6 +117,8 @@ def test_engines_differentiate_only_the_given_parameters(engine, subset):
         lambda: [nn.Linear(3, 6), nn.Softplus(), nn.Linear(6, 4), nn.Tanh()],
         lambda: [nn.Tanh(), nn.Linear(3, 6), nn.SiLU(), nn.Identity(), nn.Linear(6, 1)],
         lambda: [nn.Linear(3, 5), nn.ReLU(), nn.Linear(5, 3), nn.Identity()],
+        lambda: [nn.Linear(3, 5), nn.Linear(5, 3), nn.Identity()],
+        lambda: [nn.Linear(3, 2)],
     ],
 )
 def test_structured_engine_on_user_sequentials(layers):
@@ -191,6 +225,8 @@ def test_the_interface_names_what_the_blocked_loops_call():
             "contract",
             "contract_vector",
             "diagonal",
+            "sketch",
+            "sketch_shapes",
             "state",
             "static",
             "supports",
@@ -235,3 +271,25 @@ def test_diagonal_is_the_reference_diagonal(engine, n_outputs, bias):
         got = bound.diagonal(bound.state(params, X), X)
     want = np.diag(tangent_kernel_reference(net, params, X))
     np.testing.assert_allclose(got.numpy(), want, rtol=1e-10)
+
+
+def test_long_signals_and_jacobians_are_cut_into_pieces(monkeypatch):
+    monkeypatch.setattr(_structured, "SKETCH_ROWS", 4)
+    monkeypatch.setattr(_jacobian, "SKETCH_ROWS", 16)
+    net = _mlp(3, 3)
+    params = _params(net)
+    shapes = {
+        engine: select_engine(engine, net, list(params)).sketch_shapes(3)
+        for engine in ("structured", "jacobian")
+    }
+    # vec D of the hidden layers: 3 * 7 = 21 and 3 * 5 = 15 rows, by fours;
+    # the output layer's identity signals: sqrt(O) [a, 1] alone.
+    assert shapes["structured"] == [(4, 4)] * 5 + [(1, 4)] + [(4, 8)] * 3 + [
+        (3, 8),
+        (6,),
+    ]
+    total = 3 * sum(p.numel() for p in params.values())  # O d = 258
+    assert [h for (h,) in shapes["jacobian"]] == [16] * (total // 16) + [total % 16]
+    X, Y = _data((5, 3), (4, 3))
+    for engine in shapes:
+        _check_engine(engine, net, params, X, Y)

@@ -20,6 +20,12 @@ activations)
     FLOPs about ``6 n m O d``; memory ``O`` numbers per row and ``d + n O``
     per column of a batch. For when ``O d`` numbers per row do not fit.
 
+Random features (``sketch``, ``m`` of them, ``n`` rows, per checkpoint): the
+structured engine's Kronecker sketch takes ``2 n m sum_l (O h_l + h_{l-1} +
+1)`` FLOPs and ``m sum_l (O h_l + h_{l-1} + 1)`` random numbers; the
+Jacobian engine's Gaussian projection ``2 n m O d`` FLOPs and ``m O d``
+random numbers; ``"ntk_vp"`` projects with ``O m`` Jacobian-vector products.
+
 To add an engine (docs/design.md, section 7): subclass :class:`Engine` in a
 module of its own, implement every method, and add it to :data:`ENGINES`
 (before the generic ones if ``"auto"`` should prefer it);

@@ -13,11 +13,12 @@ TORCH_FUNC_LOCK = threading.Lock()
 class Engine(ABC):
     """Turns blocks of rows into states at one point ``w``, and contracts them.
 
-    The blocked loops (``_path.py``, ``_decompose.py``) call exactly these
-    methods and nothing else, so an engine is free to choose what a *state*
-    is: per-layer inputs and output signals, per-example Jacobians, or the
-    rows themselves. Every method is abstract: a new engine that forgets
-    one fails when it is built, not half-way through a kernel.
+    The blocked loops (``_path.py``, ``_decompose.py``, ``_features.py``)
+    call exactly these methods and nothing else, so an engine is free to
+    choose what a *state* is: per-layer inputs and output signals,
+    per-example Jacobians, or the rows themselves. Every method is
+    abstract: a new engine that forgets one fails when it is built, not
+    half-way through a kernel.
 
     Parameters
     ----------
@@ -94,6 +95,36 @@ class Engine(ABC):
         """``K(x_i, x_i)`` summed over outputs, row by row: shape (n,).
 
         ``state`` is the state of the rows ``X``; no product between rows.
+        """
+
+    @abstractmethod
+    def sketch_shapes(self, n_outputs):
+        """How :meth:`sketch` cuts the rows' gradients into pieces.
+
+        The traced tangent kernel is a sum over pieces,
+        ``K(x, y) = sum_l <T_l(x), T_l(y)>``, of a tensor ``T_l(x)`` per
+        row. Item ``l`` of the list is the shape of ``T_l``: one height for a
+        plain projection (a block of ``vec J``), two for a Kronecker product
+        (a Linear layer's ``vec D (x) [a, 1]``). The pieces depend only on
+        the module, the trained parameters and ``n_outputs``.
+
+        Returns
+        -------
+        shapes : list of tuple of int
+        """
+
+    @abstractmethod
+    def sketch(self, state, X, piece, factors):
+        """Piece ``piece`` of the rows' gradients, sketched: shape (n, m).
+
+        ``factors`` holds one ``(height, m)`` matrix per height of
+        ``sketch_shapes(n_outputs)[piece]``; column ``r`` of the result is
+        ``T_piece(x)`` contracted with column ``r`` of every factor,
+        multilinear in the factors. With independent ``N(0, 1)`` factors,
+        each column has mean zero and ``E[s_r(x) s_r(y)] = <T(x), T(y)>``,
+        this piece's share of the traced tangent kernel: ``_features.py``
+        turns that into unbiased random features (docs/design.md, section
+        6). ``state`` is the state of the rows ``X``.
         """
 
 

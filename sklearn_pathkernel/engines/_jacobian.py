@@ -1,13 +1,18 @@
 """The generic engine: per-example Jacobians from ``torch.func``, any module.
 
 FLOPs per checkpoint ``2 n m O d`` for the traced kernel plus the Jacobians;
-memory per row ``O d`` numbers.
+memory per row ``O d`` numbers. Its sketch is a Gaussian projection of
+``vec J``: ``2 n O d m`` FLOPs for ``m`` features.
 """
 
 import torch
 from torch.func import functional_call, jacrev, vmap
 
 from ._base import TORCH_FUNC_LOCK, Engine, count_parameters
+
+#: Rows of ``vec J`` (length ``O d``) per sketch piece: a piece's factor is
+#: ``SKETCH_ROWS * m`` numbers, so the projection never exists whole.
+SKETCH_ROWS = 2048
 
 
 class JacobianEngine(Engine):
@@ -70,3 +75,16 @@ class JacobianEngine(Engine):
     def diagonal(self, state, X):
         """``K(x_i, x_i)`` summed over outputs: the rows' squared Jacobian norms."""
         return (state * state).sum(dim=(1, 2))
+
+    def sketch_shapes(self, n_outputs):
+        """``vec J`` cut into blocks of :data:`SKETCH_ROWS` rows."""
+        total = n_outputs * self.n_parameters
+        return [
+            (min(SKETCH_ROWS, total - start),) for start in range(0, total, SKETCH_ROWS)
+        ]
+
+    def sketch(self, state, X, piece, factors):
+        """The rows' ``vec J`` block ``piece`` times its projection: (n, m)."""
+        (projection,) = factors
+        start = piece * SKETCH_ROWS
+        return state.flatten(1)[:, start : start + projection.shape[0]] @ projection

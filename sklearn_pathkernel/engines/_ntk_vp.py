@@ -4,7 +4,9 @@ For each column ``(j, o)`` of ``Y`` a vector-Jacobian product gives
 ``J_Y^T e_{jo}`` and a Jacobian-vector product maps it through ``J_X``.
 Memory ``d + n O`` per column, but each column costs a forward and backward
 pass over ``X``: FLOPs about ``6 n m O d`` per checkpoint. Useful when
-``O d`` numbers per row do not fit in memory.
+``O d`` numbers per row do not fit in memory. Its sketch projects each
+output's gradient with Jacobian-vector products, the projection's columns as
+tangents: ``O m`` of them per block of rows.
 """
 
 import torch
@@ -107,6 +109,38 @@ class NTKVectorProductEngine(Engine):
             return torch.cat(
                 [vmap(single)(batch) for batch in rows.split(self.columns_per_batch)]
             )
+
+    def sketch_shapes(self, n_outputs):
+        """One piece per output: its gradient, ``d`` numbers."""
+        return [(self.n_parameters,)] * n_outputs
+
+    def sketch(self, state, X, piece, factors):
+        """``J_o(x) P`` for output ``o = piece``, one JVP per column of ``P``.
+
+        The columns go through in batches of ``columns_per_batch``
+        (``vmap``); no Jacobian is formed.
+        """
+        parameters, rows = state
+        (projection,) = factors  # (d, m), rows in the order of ``parameters``
+        outputs = self._outputs(rows)
+        names = list(parameters)
+        sizes = [parameters[name].numel() for name in names]
+
+        def column(tangent):
+            tangents = {
+                name: part.reshape(parameters[name].shape)
+                for name, part in zip(names, tangent.split(sizes))
+            }
+            return jvp(outputs, (parameters,), (tangents,))[1][:, piece]
+
+        with TORCH_FUNC_LOCK:
+            columns = torch.cat(
+                [
+                    vmap(column)(batch)
+                    for batch in projection.T.split(self.columns_per_batch)
+                ]
+            )  # (m, n)
+        return columns.T
 
     def _outputs(self, rows):
         """``p -> f(rows; p)`` as an (n, O) matrix."""

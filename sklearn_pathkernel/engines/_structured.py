@@ -8,7 +8,14 @@ once. FLOPs per checkpoint: ``2 n m sum_l (h_{l-1} + 1 + O h_l)`` for the
 traced kernel, with the first layer's input Gram shared by all
 checkpoints; memory per row: ``sum_l (h_{l-1} + 1 + O h_l)`` numbers. No
 per-example Jacobian ever exists.
+
+The same structure gives a Kronecker sketch for random features: a layer's
+gradient ``vec D (x) a`` meets Gaussian ``u (x) v`` as ``(u . vec D) (v . a)``,
+``2 n m (O h_l + h_{l-1} + 1)`` FLOPs per layer for ``m`` features instead of
+``2 n m O h_l (h_{l-1} + 1)`` (docs/design.md, section 6).
 """
+
+import math
 
 import torch
 from torch import nn
@@ -39,6 +46,9 @@ _ELEMENTWISE = (
     nn.Hardtanh,
     nn.Softsign,
 )
+#: Rows of a layer's ``vec D`` (length ``O h_l``) per sketch piece: bounds a
+#: piece's signal factor to ``SKETCH_ROWS * m`` numbers for very wide layers.
+SKETCH_ROWS = 8192
 
 
 class StructuredEngine(Engine):
@@ -81,6 +91,12 @@ class StructuredEngine(Engine):
             bool(self.layers)
             and self.layers[0][1]
             and all(isinstance(c, nn.Identity) for c in list(module)[:first])
+        )
+        # While only nn.Identity follows the last Linear layer, its signals
+        # are the identity (state stores None): the same for every row.
+        last = self.layers[-1][0] if self.layers else 0
+        self.identity_output = bool(self.layers) and all(
+            isinstance(c, nn.Identity) for c in list(module)[last + 1 :]
         )
 
     @classmethod
@@ -231,6 +247,63 @@ class StructuredEngine(Engine):
             term = inputs * signals
             total = term if total is None else total + term
         return total
+
+    def sketch_shapes(self, n_outputs):
+        """Per trained layer ``(O h_l, h_{l-1} [+ 1])``: ``vec D (x) [a, 1]``.
+
+        ``[a, 1]`` holds ``a`` only when the weight is trained and the one
+        only when the bias is. The output layer's identity signals are the
+        same for every row, so its piece is ``sqrt(O) [a, 1]``, of shape
+        ``(h_{L-1} [+ 1],)``. A ``vec D`` longer than :data:`SKETCH_ROWS`
+        is cut into blocks, each a piece with ``[a, 1]``.
+        """
+        shapes = []
+        for k, start, stop in self._pieces(n_outputs):
+            index, trains_weight, trains_bias = self.layers[k]
+            inputs = (self.module[index].in_features if trains_weight else 0) + (
+                1 if trains_bias else 0
+            )
+            shapes.append((inputs,) if start is None else (stop - start, inputs))
+        return shapes
+
+    def sketch(self, state, X, piece, factors):
+        """``(vec D @ U) * ([a, 1] @ V)``, or ``sqrt(O) [a, 1] @ V``: (n, m)."""
+        k, start, stop = self._pieces(self._n_outputs(state))[piece]
+        index, trains_weight, trains_bias = self.layers[k]
+        A, D = state[k]
+        if A is None:  # the first layer sees X; its Gram was left to static()
+            A = self._augment(X, trains_weight, trains_bias, is_first=False)
+        inputs = A @ factors[-1]
+        if start is None:  # identity signals: <vec I, vec I> = O for every row
+            return inputs.mul_(math.sqrt(self.module[index].out_features))
+        return (D.flatten(1)[:, start:stop] @ factors[0]).mul_(inputs)
+
+    def _pieces(self, n_outputs):
+        """``(layer position, start, stop)`` of each sketch piece's ``vec D`` rows.
+
+        ``start`` and ``stop`` are None for the identity signals of the
+        output layer.
+        """
+        pieces = []
+        for k, (index, trains_weight, trains_bias) in enumerate(self.layers):
+            if not (trains_weight or trains_bias):
+                continue
+            if k == len(self.layers) - 1 and self.identity_output:
+                pieces.append((k, None, None))
+                continue
+            rows = n_outputs * self.module[index].out_features
+            pieces.extend(
+                (k, start, min(start + SKETCH_ROWS, rows))
+                for start in range(0, rows, SKETCH_ROWS)
+            )
+        return pieces
+
+    def _n_outputs(self, state):
+        """``O``, read from a state's signals (the output width when all are None)."""
+        for _, D in state:
+            if D is not None:
+                return D.shape[1]
+        return self.module[self.layers[-1][0]].out_features
 
     def _layer_terms(self, state_x, state_y, static):
         """Per trained layer: its input Gram, both signals and the output width."""
