@@ -26,7 +26,7 @@ from sklearn.datasets import load_digits
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.preprocessing import StandardScaler
 
-from sklearn_pathkernel import PathKernelClassifier, _path, path_kernel
+from sklearn_pathkernel import PathKernelClassifier, _blocking, path_kernel
 
 sys.path.insert(0, os.path.dirname(__file__))
 from bench_kernel import matmul_rate, structured_flops  # noqa: E402
@@ -55,14 +55,14 @@ def main():
     module, trajectory = clf.module_, clf.trajectory_
     path_kernel(module, trajectory, X[:64])  # warm-up
 
-    grid = (_path._TILE_ROWS, _path._CHUNK_COLUMNS)
+    grid = (_blocking.TILE_ROWS, _blocking.CHUNK_COLUMNS)
 
     def with_grid(tile, chunk):
-        _path._TILE_ROWS, _path._CHUNK_COLUMNS = tile, chunk
+        _blocking.TILE_ROWS, _blocking.CHUNK_COLUMNS = tile, chunk
         try:
             return path_kernel(module, trajectory, X)
         finally:
-            _path._TILE_ROWS, _path._CHUNK_COLUMNS = grid
+            _blocking.TILE_ROWS, _blocking.CHUNK_COLUMNS = grid
 
     n = len(X)
     best = {"grid": np.inf, "off": np.inf}

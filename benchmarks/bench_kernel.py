@@ -42,7 +42,7 @@ from sklearn_pathkernel import PathKernelClassifier, path_kernel, tangent_kernel
 from sklearn_pathkernel._losses import SOFTMAX_CROSS_ENTROPY
 from sklearn_pathkernel._network import make_mlp
 from sklearn_pathkernel._path import weighted_kernel_sum
-from sklearn_pathkernel._training import train
+from sklearn_pathkernel._training import TrainingOptions, train
 from sklearn_pathkernel._trajectory import Trajectory
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tests"))
@@ -348,14 +348,13 @@ def recording(repeats=3):
                     Y,
                     SOFTMAX_CROSS_ENTROPY,
                     sample_weight=torch.ones(len(X)),
-                    learning_rate=0.1,
-                    max_iter=epochs,
-                    batch_size=batch_size,
-                    shuffle=True,
-                    alpha=0.0,
-                    tol=0.0,
-                    n_iter_no_change=10**9,
-                    record_every=1,
+                    options=TrainingOptions(
+                        learning_rate=0.1,
+                        max_iter=epochs,
+                        batch_size=batch_size,
+                        tol=0.0,
+                        n_iter_no_change=10**9,
+                    ),
                     generator=torch.Generator().manual_seed(0),
                 )
 
