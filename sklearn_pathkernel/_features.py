@@ -50,8 +50,7 @@ import torch
 from sklearn import get_config
 
 from ._blocking import tile_within_budget
-from ._network import forward
-from ._path import _placement
+from ._network import forward, placement
 from ._validation import check_kernel_input, to_tensor
 from .engines import select_engine
 
@@ -182,7 +181,7 @@ def path_features(
     True
     """
     X = check_kernel_input(X, name="X")
-    module, dtype, device = _placement(module, device)
+    module, dtype, device = placement(module, device)
     X_t = to_tensor(X, dtype=dtype, device=device, name="X")
     n = X_t.shape[0]
     bound = select_engine(engine, module, trajectory.parameter_names)

@@ -15,6 +15,8 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
+from ._validation import resolve_device
+
 ACTIVATIONS = {
     "identity": nn.Identity,
     "logistic": nn.Sigmoid,
@@ -141,3 +143,32 @@ def check_module_output(module, X_probe, n_outputs):
 def trainable_parameters(module):
     """The (name, parameter) pairs that gradient descent moves."""
     return [(n, p) for n, p in module.named_parameters() if p.requires_grad]
+
+
+def placement(module, device):
+    """``(module, dtype, device)`` of the work.
+
+    The device is ``device`` when given, else the module's; the module is
+    copied there when it lives elsewhere (the caller's module never moves).
+    A module without parameters computes in float32 on the CPU.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from sklearn_pathkernel._network import placement
+    >>> net = torch.nn.Linear(2, 1).double()
+    >>> placed, dtype, device = placement(net, None)
+    >>> placed is net, dtype, device
+    (True, torch.float64, device(type='cpu'))
+    """
+    reference = next(iter(module.parameters()), None)
+    dtype = reference.dtype if reference is not None else torch.float32
+    if device is not None:
+        device = resolve_device(device)
+    elif reference is not None:
+        device = reference.device
+    else:
+        device = torch.device("cpu")
+    if reference is not None and reference.device != device:
+        module = copy.deepcopy(module).to(device)
+    return module, dtype, device

@@ -1,6 +1,5 @@
 """Tangent and path kernels, blocked over rows under a memory budget."""
 
-import copy
 import math
 from dataclasses import dataclass
 
@@ -15,10 +14,10 @@ from ._blocking import (
     threads_per_task,
     tile_within_budget,
 )
-from ._network import forward
+from ._network import forward, placement
 from ._progress import progress_bar
 from ._result import fingerprint_of, open_result
-from ._validation import check_kernel_input, resolve_device, to_tensor
+from ._validation import check_kernel_input, to_tensor
 from .engines import select_engine
 
 
@@ -262,7 +261,7 @@ def path_kernel_diagonal(
     True
     """
     X = check_kernel_input(X, name="X")
-    module, dtype, device = _placement(module, device)
+    module, dtype, device = placement(module, device)
     bound = select_engine(engine, module, trajectory.parameter_names)
     X_t = to_tensor(X, dtype=dtype, device=device, name="X")
     with torch.no_grad():
@@ -278,26 +277,6 @@ def path_kernel_diagonal(
                 part = bound.diagonal(bound.state(parameters, rows), rows)
                 diagonal[r0 : r0 + tile] += float(weight) * part.double()
     return diagonal.cpu().numpy()
-
-
-def _placement(module, device):
-    """``(module, dtype, device)`` of the work.
-
-    The device is ``device`` when given, else the module's; the module is
-    copied there when it lives elsewhere (the caller's module never moves).
-    A module without parameters computes in float32 on the CPU.
-    """
-    reference = next(iter(module.parameters()), None)
-    dtype = reference.dtype if reference is not None else torch.float32
-    if device is not None:
-        device = resolve_device(device)
-    elif reference is not None:
-        device = reference.device
-    else:
-        device = torch.device("cpu")
-    if reference is not None and reference.device != device:
-        module = copy.deepcopy(module).to(device)
-    return module, dtype, device
 
 
 def weighted_kernel_sum(
@@ -334,7 +313,7 @@ def weighted_kernel_sum(
     symmetric = Y is None
     X = check_kernel_input(X, name="X")
     Y = X if symmetric else check_kernel_input(Y, name="Y", n_features=X.shape[1])
-    module, network_dtype, device = _placement(module, device)
+    module, network_dtype, device = placement(module, device)
     X_t = to_tensor(X, dtype=network_dtype, device=device, name="X")
     Y_t = (
         X_t if symmetric else to_tensor(Y, dtype=network_dtype, device=device, name="Y")
