@@ -43,6 +43,8 @@ import warnings
 
 import numpy as np
 import torch
+from bench_diagonal import best_of  # the script's folder is on sys.path
+from bench_kernel import matmul_rate
 from sklearn.datasets import load_digits
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.preprocessing import StandardScaler
@@ -51,6 +53,8 @@ from sklearn_pathkernel import PathKernelClassifier, path_kernel
 from sklearn_pathkernel._blocking import tile_within_budget
 from sklearn_pathkernel._features import gaussian_factor, path_features
 from sklearn_pathkernel.engines import JacobianEngine, select_engine
+
+CPU = torch.device("cpu")
 
 
 # -- the old code, as it was (the baseline) ----------------------------------
@@ -97,24 +101,6 @@ def old_path_features(module, trajectory, X, n_components, seed, checkpoints=Non
 
 
 # -- helpers -----------------------------------------------------------------
-def best_of(repeats, fn):
-    seconds, result = np.inf, None
-    for _ in range(repeats):
-        start = time.perf_counter()
-        result = fn()
-        seconds = min(seconds, time.perf_counter() - start)
-    return seconds, result
-
-
-def matmul_rate(size=2048, repeats=5):
-    A = torch.randn(size, size)
-    A @ A
-    start = time.perf_counter()
-    for _ in range(repeats):
-        A @ A
-    return repeats * 2 * size**3 / (time.perf_counter() - start)
-
-
 def relative_error(Z, K):
     return float(np.linalg.norm(Z @ Z.T - K) / np.linalg.norm(K))
 
@@ -331,7 +317,7 @@ def main():
     print(
         f"load_digits, {platform.machine()}, torch {torch.__version__}, "
         f"{torch.get_num_threads()} threads, float32; matmul rate "
-        f"{matmul_rate() / 1e9:.0f} GFLOP/s"
+        f"{matmul_rate(CPU, repeats=5) / 1e9:.0f} GFLOP/s"
     )
     reported_case(X, y, [64, 256], args.repeats)
     net = fit(X, y, (256, 256), 50)
@@ -347,7 +333,7 @@ def main():
         "the same network, one checkpoint (record_every=50)",
     )
     small_network_check(X[: args.rows], y[: args.rows], [256, 1024], 2)
-    print(f"\nMatmul rate at the end: {matmul_rate() / 1e9:.0f} GFLOP/s")
+    print(f"\nMatmul rate at the end: {matmul_rate(CPU, repeats=5) / 1e9:.0f} GFLOP/s")
 
 
 if __name__ == "__main__":

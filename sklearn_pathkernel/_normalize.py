@@ -77,9 +77,8 @@ def normalize_kernel(K, mode, *, diag_X=None, diag_Y=None, scale=None, in_place=
     scale : float, default=None
         The mean of the training rows' ``K(x, x)``, for "mean_diagonal".
     in_place : bool, default=False
-        Rescale ``K`` itself, a block of rows at a time (a kernel in a file
-        is never read whole), with the same operations in the same order,
-        so the bits equal those of a new array of ``K``'s dtype.
+        Rescale ``K`` itself rather than a copy; the same operations in the
+        same order either way, so the same bits.
 
     Returns
     -------
@@ -99,18 +98,17 @@ def normalize_kernel(K, mode, *, diag_X=None, diag_Y=None, scale=None, in_place=
     """
     if mode == "none":
         return K
+    # One path for both: rescale a copy, or K itself, a block of rows at a
+    # time (a kernel in a file is never read whole).
+    target = K if in_place else K.copy()
     if mode == "mean_diagonal":
-        if not in_place:
-            return K / scale if scale > 0 else K.copy()
         for r0 in range(0, K.shape[0], _IN_PLACE_ROWS) if scale > 0 else ():
-            K[r0 : r0 + _IN_PLACE_ROWS] /= scale
-        return K
+            target[r0 : r0 + _IN_PLACE_ROWS] /= scale
+        return target
     f_X = row_factors(mode, diagonal=diag_X, scale=scale, n_rows=K.shape[0])
     f_Y = row_factors(mode, diagonal=diag_Y, scale=scale, n_rows=K.shape[1])
-    if not in_place:
-        return K * f_X[:, None] * f_Y[None, :]
     for r0 in range(0, K.shape[0], _IN_PLACE_ROWS):
-        block = K[r0 : r0 + _IN_PLACE_ROWS]
+        block = target[r0 : r0 + _IN_PLACE_ROWS]
         block *= f_X[r0 : r0 + _IN_PLACE_ROWS, None]
         block *= f_Y[None, :]
-    return K
+    return target

@@ -337,7 +337,8 @@ def weighted_kernel_sum(
         ),
     )
     K = result.array
-    if not points:
+    if not points:  # an empty path: the zero kernel
+        K[...] = 0.0
         result.finish()
         return K
     work = _Work(

@@ -84,8 +84,8 @@ def open_result(out, shape, *, dtype, fingerprint, what, remedy):
         None: a new array in memory, after checking that it fits. A path: a
         ``.npy`` file, resumed when an earlier call with the same
         fingerprint left it unfinished, else created. An array (for example
-        a ``numpy.memmap``) of exactly ``shape`` and ``dtype``: written in
-        place, every row computed.
+        a ``numpy.memmap``) of exactly ``shape`` and ``dtype``: every entry
+        written in place, every row computed.
     shape : tuple of int
     dtype : numpy dtype
         Of the result: float64, or float32 to halve its size.
@@ -126,8 +126,7 @@ def open_result(out, shape, *, dtype, fingerprint, what, remedy):
                 f"out must have shape {tuple(shape)} and dtype {dtype}; got shape "
                 f"{out.shape} and dtype {out.dtype} instead."
             )
-        out[...] = 0.0
-        return KernelResult(out)
+        return KernelResult(out)  # every entry is written: no need to clear it
     if not isinstance(out, (str, os.PathLike)):
         raise TypeError(
             "out must be None, a path to a .npy file or a NumPy array; got "
