@@ -222,9 +222,6 @@ class BasePathKernelEstimator(BaseEstimator):
         module = module.to(device=device, dtype=dtype)
         owner = f"The 'module' of {type(self).__name__}"
         check_rows_independent(module, owner=owner)
-        if self.tokens:
-            check_token_range(module, X, name="X")
-        check_module_output(module, X_t[:2], targets.shape[1])
 
         # Dropout draws its masks from torch's global RNG: seeded here from
         # random_state, and the caller's stream restored afterwards.
@@ -234,6 +231,9 @@ class BasePathKernelEstimator(BaseEstimator):
             if device.type == "cuda":
                 with torch.cuda.device(device):
                     torch.cuda.manual_seed(seed)
+            if self.tokens:
+                check_token_range(module, X, name="X")
+            check_module_output(module, X_t[:2], targets.shape[1])
             result = train(
                 module,
                 X_t,

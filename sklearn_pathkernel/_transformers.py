@@ -19,7 +19,7 @@ from ._base import BasePathKernelEstimator
 from ._estimators import PathKernelClassifier, PathKernelRegressor, _docstring
 from ._features import path_features
 from ._normalize import NORMALIZATIONS, row_factors
-from ._validation import FLOAT_DTYPES, check_finite_result, validate_X
+from ._validation import FLOAT_DTYPES, check_finite_result, refuse_nd, validate_X
 
 
 class _BasePathKernelTransformer(
@@ -48,6 +48,7 @@ class _BasePathKernelTransformer(
         -------
         self : object
         """
+        refuse_nd(X, name="X")
         X, y = validate_data(self, X, y, multi_output=True, dtype=FLOAT_DTYPES)
         if self.estimator is None:
             classes = type_of_target(y) in ("binary", "multiclass")

@@ -86,8 +86,19 @@ def check_kernel_input(X, *, name, n_features=None):
     """Validate one argument of the functional kernel API.
 
     Accepts a 2-D array-like or tensor of finite numbers; returns it as a
-    float array or tensor with the right number of columns.
+    float array or tensor with the right number of columns. Images and
+    sequences come flattened: the module restores their shape (an
+    estimator's ``module_`` does when it was fitted with ``input_shape``).
     """
+    shape = getattr(X, "shape", None)
+    if shape is not None and len(shape) > 2:
+        shape = tuple(shape)
+        raise ValueError(
+            f"{name} has shape {shape}, but the kernel functions take 2-D rows "
+            f"(n_samples, n_features). Pass {name}.reshape(len({name}), -1) to a "
+            f"module that starts with nn.Unflatten(1, {shape[1:]}) (an "
+            "estimator's module_ does when fitted with input_shape)."
+        )
     if isinstance(X, torch.Tensor):
         if X.ndim != 2:
             raise ValueError(
@@ -153,7 +164,7 @@ def check_tokens(X, *, name, dtype):
         return
     whole = np.isfinite(X) & (X == np.round(X))
     if not whole.all():
-        value = X[~whole].flat[0]
+        value = float(X[~whole].flat[0])
         raise ValueError(
             f"{name} must hold integer token ids (tokens=True), but it holds "
             f"{value!r}. Pass integers, e.g. {name}.astype(np.int64)."
