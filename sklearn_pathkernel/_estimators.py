@@ -32,7 +32,7 @@ _PARAMETERS_DOC = (
         (called with torch's global RNG temporarily seeded from
         ``random_state``, then restored). It must map (n_samples,
         n_features) to (n_samples, n_outputs) and treat rows independently
-        (training-mode BatchNorm is refused; see Notes in docs/design.md,
+        (training-mode BatchNorm is refused; docs/design.md,
         section 11). It trains in the mode it is in (an ``nn.Module`` starts
         in training mode, dropout on, with masks seeded from
         ``random_state``); ``module_`` is then put in eval mode, in which
