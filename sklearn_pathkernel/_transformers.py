@@ -324,8 +324,9 @@ class PathKernelFeatures(_BasePathKernelTransformer):
         phi : ndarray of float64, shape (n_samples, n_components)
         """
         check_is_fitted(self)
-        X = validate_X(self, X)
         est = self.estimator_
+        # The estimator's own checks too: token ids, for tokens=True.
+        X = est._validate_X(validate_X(self, X))
         features, diagonal = path_features(
             est.module_,
             est.trajectory_,

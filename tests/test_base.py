@@ -380,11 +380,14 @@ def test_bad_token_ids_are_refused_at_fit(X, message):
         PathKernelRegressor(module=_Bag, tokens=True).fit(X, np.arange(6.0))
 
 
+@pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
 def test_new_token_ids_beyond_the_table_are_refused_naming_the_array():
     est, X, _ = _shaped_fit("tokens")
     beyond = X[:3].copy()
     beyond[1, 2] = 9
+    features = PathKernelFeatures(est, n_components=4).fit(X, np.arange(12.0))
     for call, name in [
+        (lambda: features.transform(beyond), "X"),
         (lambda: est.predict(beyond), "X"),
         (lambda: est.kernel(X[:2], beyond), "Y"),
         (lambda: est.decompose(beyond), "X"),
