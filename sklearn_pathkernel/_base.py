@@ -1,6 +1,7 @@
 """Shared estimator base: parameters, validation, device, training, kernel."""
 
 import copy
+import warnings
 from functools import partial, wraps
 from numbers import Integral, Real
 
@@ -17,13 +18,26 @@ from sklearn.utils._param_validation import (
 from sklearn.utils.validation import _check_sample_weight, check_is_fitted
 
 from ._decompose import decompose_path
-from ._network import ACTIVATIONS, build_module, check_module_output, forward, make_mlp
+from ._network import (
+    ACTIVATIONS,
+    adapt_input,
+    build_module,
+    check_module_output,
+    check_rows_independent,
+    check_token_range,
+    forward,
+    make_mlp,
+    mode_changes_output,
+)
 from ._normalize import NORMALIZATIONS, normalize_kernel
 from ._path import path_kernel, path_kernel_diagonal
 from ._training import TrainingOptions, train
 from ._validation import (
     DTYPES,
     check_finite_result,
+    check_input_shape,
+    check_layout,
+    refuse_nd,
     resolve_device,
     to_tensor,
     validate_other,
@@ -33,6 +47,10 @@ from .engines import ENGINES
 
 # Rows per forward pass at predict time: bounds activation memory on large X.
 _PREDICT_CHUNK = 8192
+
+# Rows on which fit compares the trained module's outputs in training and in
+# eval mode (dropout makes them differ).
+_MODE_PROBE_ROWS = 64
 
 # The arguments of methods that take options, checked on entry as
 # ``_parameter_constraints`` checks the constructor's at fit.
@@ -74,6 +92,9 @@ class BasePathKernelEstimator(BaseEstimator):
         "hidden_layer_sizes": "no_validation",
         "activation": [StrOptions(set(ACTIVATIONS))],
         "module": [None, callable],
+        # Checked whole at fit, by _input_shape, like hidden_layer_sizes.
+        "input_shape": "no_validation",
+        "tokens": ["boolean"],
         "learning_rate": [Interval(Real, 0, None, closed="neither")],
         "max_iter": [Interval(Integral, 1, None, closed="left")],
         "batch_size": [None, Interval(Integral, 1, None, closed="left")],
@@ -99,6 +120,8 @@ class BasePathKernelEstimator(BaseEstimator):
         *,
         activation="tanh",
         module=None,
+        input_shape=None,
+        tokens=False,
         learning_rate=0.1,
         max_iter=200,
         batch_size=None,
@@ -119,6 +142,8 @@ class BasePathKernelEstimator(BaseEstimator):
         self.hidden_layer_sizes = hidden_layer_sizes
         self.activation = activation
         self.module = module
+        self.input_shape = input_shape
+        self.tokens = tokens
         self.learning_rate = learning_rate
         self.max_iter = max_iter
         self.batch_size = batch_size
@@ -161,6 +186,8 @@ class BasePathKernelEstimator(BaseEstimator):
             Training data; standardize it (e.g. with ``StandardScaler``).
             Dense numbers only: sparse matrices raise a TypeError (convert
             with ``X.toarray()``); integers, booleans and float16 are cast.
+            Images and sequences come flattened, with ``input_shape``;
+            token ids as whole numbers, with ``tokens=True``.
         y : array-like of shape (n_samples,) or (n_samples, n_targets)
             Targets.
         sample_weight : array-like of shape (n_samples,), default=None
@@ -172,7 +199,11 @@ class BasePathKernelEstimator(BaseEstimator):
         self : object
             The fitted estimator.
         """
+        input_shape = self._input_shape()
+        refuse_nd(X, name="X")
         X, y = self._validate_targets(X, y)
+        check_input_shape(input_shape, X.shape[1])
+        check_layout(self, X, name="X")
         sample_weight = _check_sample_weight(
             sample_weight, X, dtype=np.float64, ensure_non_negative=True
         )
@@ -187,31 +218,48 @@ class BasePathKernelEstimator(BaseEstimator):
         X_t = to_tensor(X, dtype=dtype, device=device, name="X")
         Y_t = to_tensor(targets, dtype=dtype, device=device, name="y")
         module = self._initial_module(X.shape[1], targets.shape[1], generator, seed)
+        module = adapt_input(module, input_shape, self.tokens)
         module = module.to(device=device, dtype=dtype)
-        check_module_output(module, X_t[:2], targets.shape[1])
+        owner = f"The 'module' of {type(self).__name__}"
+        check_rows_independent(module, owner=owner)
 
-        result = train(
-            module,
-            X_t,
-            Y_t,
-            loss,
-            sample_weight=to_tensor(
-                sample_weight, dtype=dtype, device=device, name="sample_weight"
-            ),
-            options=TrainingOptions(
-                learning_rate=self.learning_rate,
-                max_iter=self.max_iter,
-                batch_size=self.batch_size,
-                shuffle=self.shuffle,
-                alpha=self.alpha,
-                tol=self.tol,
-                n_iter_no_change=self.n_iter_no_change,
-                record_every=self.record_every,
-                verbose=self.verbose,
-            ),
-            generator=generator,
-            owner=type(self).__name__,
-        )
+        # Dropout draws its masks from torch's global RNG: seeded here from
+        # random_state, and the caller's stream restored afterwards.
+        devices = [device] if device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices):
+            torch.default_generator.manual_seed(seed)
+            if device.type == "cuda":
+                with torch.cuda.device(device):
+                    torch.cuda.manual_seed(seed)
+            if self.tokens:
+                check_token_range(module, X, name="X")
+            check_module_output(module, X_t[:2], targets.shape[1])
+            result = train(
+                module,
+                X_t,
+                Y_t,
+                loss,
+                sample_weight=to_tensor(
+                    sample_weight, dtype=dtype, device=device, name="sample_weight"
+                ),
+                options=TrainingOptions(
+                    learning_rate=self.learning_rate,
+                    max_iter=self.max_iter,
+                    batch_size=self.batch_size,
+                    shuffle=self.shuffle,
+                    alpha=self.alpha,
+                    tol=self.tol,
+                    n_iter_no_change=self.n_iter_no_change,
+                    record_every=self.record_every,
+                    verbose=self.verbose,
+                ),
+                generator=generator,
+                owner=type(self).__name__,
+            )
+            # Kernels are computed in eval mode: the training steps differ
+            # from them when the module's training mode changes its outputs.
+            mode_changed = mode_changes_output(module, X_t[:_MODE_PROBE_ROWS])
+        module.eval()
         # Assigned together at the end: an interrupted fit changes nothing.
         self.module_ = module
         self.trajectory_ = result.trajectory
@@ -221,6 +269,7 @@ class BasePathKernelEstimator(BaseEstimator):
         self._fit_X = X  # the kernel machine sums over these rows
         self._fit_sample_weight = sample_weight  # weights the kernel's scale
         self._fit_diagonal = None  # K_path(x_i, x_i), computed when first needed
+        self._fit_mode_changed = mode_changed  # dropout: decompose cannot be exact
         for name, value in target_attributes.items():
             setattr(self, name, value)
         return self
@@ -228,6 +277,13 @@ class BasePathKernelEstimator(BaseEstimator):
     def _initial_module(self, n_features, n_outputs, generator, seed):
         if self.module is not None:
             return build_module(self.module, n_features, n_outputs, seed=seed)
+        if self.input_shape is not None or self.tokens:
+            raise ValueError(
+                f"input_shape={self.input_shape!r} and tokens={self.tokens!r} are "
+                "for a user module that takes shaped examples or token ids; "
+                "the default MLP takes flat float rows. Pass module=..., or "
+                "leave input_shape=None and tokens=False."
+            )
         return make_mlp(
             n_features,
             n_outputs,
@@ -255,11 +311,44 @@ class BasePathKernelEstimator(BaseEstimator):
             )
         return list(sizes)
 
+    def _input_shape(self):
+        """``input_shape`` as a tuple of positive ints, or None; its one check."""
+        shape = self.input_shape
+        if shape is None:
+            return None
+        try:
+            valid = (
+                not isinstance(shape, str)
+                and len(shape) > 0
+                and all(isinstance(s, Integral) and s > 0 for s in shape)
+            )
+        except TypeError:  # not a sequence
+            valid = False
+        if not valid:
+            raise InvalidParameterError(
+                f"The 'input_shape' parameter of {type(self).__name__} must be "
+                "None or a non-empty tuple of positive ints, such as (1, 8, 8); "
+                f"got {shape!r} instead."
+            )
+        return tuple(int(s) for s in shape)
+
     # -- using the fitted network -----------------------------------------
+    def _validate_X(self, X, name="X"):
+        """``validate_X`` (or ``validate_other`` for Y), then the token ids.
+
+        With ``tokens=True``, ids larger than every training id go through
+        the network once (:func:`check_token_range`), so that one beyond an
+        embedding table is refused here, naming the array.
+        """
+        X = validate_X(self, X) if name == "X" else validate_other(self, X)
+        if self.tokens and X.size and X.max() > self._fit_X.max(initial=0):
+            check_token_range(self.module_, X, name=name)
+        return X
+
     def _network_output(self, X):
         """The trained network's outputs on ``X``, float64 (n_samples, O)."""
         check_is_fitted(self)
-        X = validate_X(self, X)
+        X = self._validate_X(X)
         reference = next(self.module_.parameters())
         X_t = to_tensor(X, dtype=reference.dtype, device=reference.device, name="X")
         with torch.no_grad():
@@ -322,9 +411,9 @@ class BasePathKernelEstimator(BaseEstimator):
         """
         check_is_fitted(self)
         mode = self._normalize_mode(normalize, "kernel")
-        X = validate_X(self, X)
+        X = self._validate_X(X)
         if Y is not None:
-            Y = validate_other(self, Y)
+            Y = self._validate_X(Y, "Y")
         K = path_kernel(
             self.module_,
             self.trajectory_,
@@ -369,7 +458,7 @@ class BasePathKernelEstimator(BaseEstimator):
         """
         check_is_fitted(self)
         mode = self._normalize_mode(normalize, "kernel_diagonal")
-        X = validate_X(self, X)
+        X = self._validate_X(X)
         diagonal = check_finite_result(
             self._raw_diagonal(X), what="The path kernel", dtype=self.dtype, X=X
         )
@@ -460,7 +549,17 @@ class BasePathKernelEstimator(BaseEstimator):
             ``top_contributors(k)``.
         """
         check_is_fitted(self)
-        X = validate_X(self, X)
+        X = self._validate_X(X)
+        if exact and getattr(self, "_fit_mode_changed", False):
+            warnings.warn(
+                f"{type(self).__name__}: the network was trained in a mode that "
+                "computes other outputs than eval mode (dropout, whose steps "
+                "used random masks), while the decomposition replays the steps "
+                "in eval mode: exact=True cannot reproduce the network. The "
+                "result's error attribute reports the gap.",
+                UserWarning,
+                stacklevel=2,
+            )
         reference = next(self.module_.parameters())
         as_tensor = partial(to_tensor, dtype=reference.dtype, device=reference.device)
         machine = decompose_path(

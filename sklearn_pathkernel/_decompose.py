@@ -28,7 +28,7 @@ from torch.func import jvp
 
 from ._blocking import tile_within_budget
 from ._memory import check_result_fits
-from ._network import forward, forward_at
+from ._network import forward, forward_at, in_evaluation_mode
 from ._path import path_kernel
 from ._progress import progress_bar
 from .engines import TORCH_FUNC_LOCK, select_engine
@@ -191,6 +191,7 @@ class KernelMachine:
         return TopContributors(order, values, share)
 
 
+@in_evaluation_mode
 def decompose_path(
     module,
     trajectory,

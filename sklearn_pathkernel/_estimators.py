@@ -31,7 +31,28 @@ _PARAMETERS_DOC = (
         place), or a factory ``module(n_features, n_outputs) -> nn.Module``
         (called with torch's global RNG temporarily seeded from
         ``random_state``, then restored). It must map (n_samples,
-        n_features) to (n_samples, n_outputs) and treat rows independently.
+        n_features) to (n_samples, n_outputs) and treat rows independently
+        (training-mode BatchNorm is refused; docs/design.md,
+        section 11). It trains in the mode it is in (an ``nn.Module`` starts
+        in training mode, dropout on, with masks seeded from
+        ``random_state``); ``module_`` is then put in eval mode, in which
+        predictions, kernels and decompositions are computed.
+    input_shape : tuple of int, default=None
+        The shape of one example for a ``module`` that takes images or
+        sequences, e.g. ``(1, 8, 8)``: X stays 2-D, with ``n_features =
+        prod(input_shape)`` columns (so Pipelines, cross-validation and the
+        kernels work as for any estimator), and each block of rows reaches
+        the module as ``(n_samples, *input_shape)``. An array of images
+        ``imgs`` is passed as ``imgs.reshape(len(imgs), -1)``; X of more than
+        two dimensions raises a ``ValueError``.
+    tokens : bool, default=False
+        X holds integer ids (tokens, categories) for a ``module`` that starts
+        with ``nn.Embedding``: they reach it as int64 instead of floats. Ids
+        must be whole non-negative numbers (integer arrays, or floats holding
+        integers, as ``SVC`` passes them to a callable kernel), below
+        ``2**24`` in float32; an id beyond an embedding table raises a
+        ``ValueError`` naming the array. With ``input_shape`` too, each row
+        of ids is reshaped.
     learning_rate : float, default=0.1
         The step size ``eps`` of gradient descent.
     max_iter : int, default=200

@@ -50,7 +50,7 @@ import torch
 from sklearn import get_config
 
 from ._blocking import tile_within_budget
-from ._network import forward, placement
+from ._network import forward, in_evaluation_mode, placement
 from ._validation import check_kernel_input, to_tensor
 from .engines import select_engine
 
@@ -121,6 +121,7 @@ def plan(engine, shapes, n_outputs, itemsize, n_components, working_memory):
     return tile, groups
 
 
+@in_evaluation_mode
 def path_features(
     module,
     trajectory,

@@ -4,13 +4,23 @@ A *module* maps a float tensor of shape (n_samples, n_features) to outputs of
 shape (n_samples, n_outputs); a 1-D output is accepted when there is a single
 output. Users pass either an ``nn.Module`` instance (copied at each ``fit`` so
 that refits start from the same weights) or a factory
-``module(n_features, n_outputs) -> nn.Module``.
+``module(n_features, n_outputs) -> nn.Module``. A module that takes images,
+sequences or token ids gets its input through :class:`InputAdapter`, so that
+everything outside the module still sees 2-D float rows.
+
+Modes (docs/design.md, section 11): training runs in the mode the user's
+module is in (``nn.Module`` starts in training mode: dropout on); everything
+after training, predictions and kernels included, runs in eval mode. A
+module whose training-mode forward mixes rows (BatchNorm on batch
+statistics) has no per-example gradients and is refused before training.
 """
 
+import contextlib
 import copy
 import math
-from functools import partial
+from functools import partial, wraps
 
+import numpy as np
 import torch
 from torch import nn
 from torch.func import functional_call
@@ -107,6 +117,68 @@ def build_module(spec, n_features, n_outputs, *, seed):
     return module
 
 
+class InputAdapter(nn.Module):
+    """Give a user module its input: rows reshaped, token ids as int64.
+
+    Everything outside the network (scikit-learn's validation, Pipelines,
+    the row tiles of the kernel, the decomposition) works on 2-D rows of
+    ``n_features = prod(input_shape)`` floats; this wrapper turns each block
+    of rows into what ``module`` takes. Token ids travel as floats holding
+    exact integers (validated: float32 holds every integer below ``2**24``)
+    and reach ``module`` as int64, as ``nn.Embedding`` needs. Its one child
+    is ``module``, so parameter names gain the prefix ``"module."``.
+
+    Parameters
+    ----------
+    module : torch.nn.Module
+        The user's network.
+    input_shape : tuple of int or None, default=None
+        Shape of one example, e.g. ``(1, 8, 8)`` for a one-channel 8x8
+        image; rows of shape (n, prod(input_shape)) reach ``module`` as
+        (n, *input_shape). None passes rows as they are.
+    tokens : bool, default=False
+        Cast the rows to int64 (token or category ids for ``nn.Embedding``).
+
+    Examples
+    --------
+    >>> import torch
+    >>> from sklearn_pathkernel._network import InputAdapter
+    >>> conv = torch.nn.Sequential(torch.nn.Conv2d(1, 2, 3), torch.nn.Flatten())
+    >>> InputAdapter(conv, input_shape=(1, 4, 4))(torch.zeros(5, 16)).shape
+    torch.Size([5, 8])
+    >>> embed = torch.nn.Embedding(10, 3)
+    >>> InputAdapter(embed, tokens=True)(torch.tensor([[1.0, 9.0]])).shape
+    torch.Size([1, 2, 3])
+    """
+
+    def __init__(self, module, input_shape=None, tokens=False):
+        super().__init__()
+        self.module = module
+        self.input_shape = None if input_shape is None else tuple(input_shape)
+        self.tokens = bool(tokens)
+
+    def forward(self, X):
+        if self.tokens:
+            X = X.long()
+        if self.input_shape is not None:
+            X = X.reshape(X.shape[0], *self.input_shape)
+        return self.module(X)
+
+    def example_shape(self, n_samples):
+        """The shape ``module`` sees for a block of ``n_samples`` rows."""
+        return (n_samples, *self.input_shape) if self.input_shape else None
+
+    def extra_repr(self):
+        return f"input_shape={self.input_shape}, tokens={self.tokens}"
+
+
+def adapt_input(module, input_shape=None, tokens=False):
+    """``module`` wrapped in an :class:`InputAdapter` when it needs one."""
+    if input_shape is None and not tokens:
+        return module
+    return InputAdapter(module, input_shape, tokens)
+
+
 def forward(module, X):
     """Apply ``module`` (any callable) and return (n_samples, n_outputs)."""
     out = module(X)
@@ -124,9 +196,19 @@ def check_module_output(module, X_probe, n_outputs):
         with torch.no_grad():
             out = module(X_probe)
     except Exception as exc:  # the user's module: report, don't guess
+        shaped = (
+            module.example_shape(X_probe.shape[0])
+            if isinstance(module, InputAdapter)
+            else None
+        )
+        layout = (
+            f"{shaped} (n_samples, *input_shape)"
+            if shaped
+            else f"{tuple(X_probe.shape)} (n_samples, n_features)"
+        )
         raise ValueError(
-            f"The 'module' failed on an input of shape {tuple(X_probe.shape)} "
-            f"(n_samples, n_features): {type(exc).__name__}: {exc}"
+            f"The 'module' failed on an input of shape {layout}: "
+            f"{type(exc).__name__}: {exc}"
         ) from exc
     expected = (X_probe.shape[0], n_outputs)
     ok = tuple(out.shape) == expected or (
@@ -138,6 +220,116 @@ def check_module_output(module, X_probe, n_outputs):
             f"outputs of shape (n_samples, {n_outputs}); got {tuple(out.shape)} "
             f"for an input of shape {tuple(X_probe.shape)}."
         )
+
+
+def check_token_range(module, X, *, name="X"):
+    """Run the row of ``X`` holding its largest token id through ``module``.
+
+    Which ids a module can embed is known only to the module (several
+    ``nn.Embedding`` tables may take different parts of a row), so the row
+    with the largest id is tried: an id beyond a table raises here, as a
+    ``ValueError`` naming the array, rather than deep inside a kernel. On a
+    GPU an out-of-range index would break the CUDA context, so the probe
+    runs on a CPU copy of the module.
+    """
+    X = np.asarray(X)
+    if X.size == 0:
+        return
+    row = int(np.unravel_index(np.argmax(X), X.shape)[0])
+    reference = next(module.parameters(), None)
+    if reference is not None and reference.device.type != "cpu":
+        module = copy.deepcopy(module).to("cpu")
+    dtype = reference.dtype if reference is not None else torch.float32
+    try:
+        with torch.no_grad():
+            module(torch.tensor(X[row : row + 1], dtype=dtype))
+    except Exception as exc:  # the user's module: report, don't guess
+        raise ValueError(
+            f"The 'module' failed on row {row} of {name}, which holds its largest "
+            f"token id, {int(X[row].max())}: {type(exc).__name__}: {exc}. Every "
+            "id must be below the num_embeddings of the nn.Embedding it goes to."
+        ) from exc
+
+
+def check_rows_independent(module, *, owner="The 'module'"):
+    """Refuse a module whose forward mixes the rows of a batch.
+
+    BatchNorm in training mode normalises every row with the statistics of
+    its batch, and without running statistics (``track_running_stats=False``)
+    it does so in eval mode too: a row's output then depends on the other
+    rows, so per-example gradients, and the path kernel, do not exist.
+    """
+    for name, layer in module.named_modules():
+        if not isinstance(layer, nn.modules.batchnorm._BatchNorm):
+            continue
+        if layer.training or layer.running_mean is None:
+            where = f"{type(layer).__name__} ({name!r})" if name else "BatchNorm"
+            how = (
+                "in training mode"
+                if layer.training
+                else "with track_running_stats=False"
+            )
+            raise ValueError(
+                f"{owner} contains {where} {how}: it normalises each batch with "
+                "the batch's own statistics, which mixes the rows, so "
+                "per-example gradients and the path kernel do not exist. Use "
+                "nn.GroupNorm or nn.LayerNorm instead, or BatchNorm with "
+                "track_running_stats=True in eval mode (call .eval() on the "
+                "module or on the BatchNorm layers before passing it), which "
+                "normalises with fixed running statistics."
+            )
+
+
+@contextlib.contextmanager
+def evaluation_mode(module):
+    """Run the body with ``module`` in eval mode; restore every flag after.
+
+    Kernels, decompositions and features are always computed in eval mode:
+    dropout off, normalisation layers on running statistics (docs/design.md,
+    section 11). The caller's module keeps its own flags afterwards.
+    """
+    flags = [(layer, layer.training) for layer in module.modules()]
+    module.eval()
+    try:
+        check_rows_independent(module)  # eval-mode BatchNorm without running stats
+        yield module
+    finally:
+        for layer, training in flags:
+            layer.training = training
+
+
+def in_evaluation_mode(function):
+    """Decorate ``function(module, ...)`` to run with ``module`` in eval mode.
+
+    The kernel, diagonal, decomposition and feature entry points use it, so
+    that the functional API computes in eval mode whatever mode the caller's
+    module is in, and leaves that mode as it was.
+    """
+
+    @wraps(function)
+    def wrapper(module, *args, **kwargs):
+        with evaluation_mode(module):
+            return function(module, *args, **kwargs)
+
+    return wrapper
+
+
+def mode_changes_output(module, X_probe):
+    """Whether ``module`` computes something else in training and eval mode.
+
+    Compares the outputs of one forward pass in the module's own mode with
+    one in eval mode: dropout (random masks) or any layer that reads
+    ``self.training`` makes them differ. The global RNG is forked, so that
+    the probe draws nothing from the caller's stream.
+    """
+    if not any(layer.training for layer in module.modules()):
+        return False
+    devices = [X_probe.device] if X_probe.device.type == "cuda" else []
+    with torch.no_grad(), torch.random.fork_rng(devices=devices):
+        trained = forward(module, X_probe)
+        with evaluation_mode(module):
+            evaluated = forward(module, X_probe)
+    return not torch.equal(trained, evaluated)
 
 
 def trainable_parameters(module):

@@ -14,7 +14,7 @@ from ._blocking import (
     threads_per_task,
     tile_within_budget,
 )
-from ._network import forward, placement
+from ._network import forward, in_evaluation_mode, placement
 from ._progress import progress_bar
 from ._result import fingerprint_of, open_result
 from ._validation import check_kernel_input, to_tensor
@@ -219,6 +219,7 @@ def path_kernel(
     )
 
 
+@in_evaluation_mode
 def path_kernel_diagonal(
     module,
     trajectory,
@@ -279,6 +280,7 @@ def path_kernel_diagonal(
     return diagonal.cpu().numpy()
 
 
+@in_evaluation_mode
 def weighted_kernel_sum(
     module,
     points,

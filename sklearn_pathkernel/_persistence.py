@@ -69,7 +69,13 @@ from torch import nn
 
 from ._base import BasePathKernelEstimator
 from ._estimators import PathKernelClassifier, PathKernelRegressor
-from ._network import ACTIVATIONS, build_module, make_mlp, trainable_parameters
+from ._network import (
+    ACTIVATIONS,
+    adapt_input,
+    build_module,
+    make_mlp,
+    trainable_parameters,
+)
 from ._nystroem import PathKernelNystroem
 from ._trajectory import Trajectory
 from ._transformers import PathKernelFeatures, PathKernelTransformer
@@ -646,6 +652,10 @@ class _Loader:
             if spec is None:
                 self.fail(where, "a custom network without a module parameter")
             module = build_module(spec, n_features, n_outputs, seed=0)
+            # As fit wraps it: rows reshaped, token ids cast (same names).
+            module = adapt_input(
+                module, params.get("input_shape"), params.get("tokens", False)
+            )
         self._restore(module, value["state"], where)
         return module.to(self.device)
 

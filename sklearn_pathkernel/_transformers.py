@@ -19,7 +19,7 @@ from ._base import BasePathKernelEstimator
 from ._estimators import PathKernelClassifier, PathKernelRegressor, _docstring
 from ._features import path_features
 from ._normalize import NORMALIZATIONS, row_factors
-from ._validation import FLOAT_DTYPES, check_finite_result, validate_X
+from ._validation import FLOAT_DTYPES, check_finite_result, refuse_nd, validate_X
 
 
 class _BasePathKernelTransformer(
@@ -48,6 +48,7 @@ class _BasePathKernelTransformer(
         -------
         self : object
         """
+        refuse_nd(X, name="X")
         X, y = validate_data(self, X, y, multi_output=True, dtype=FLOAT_DTYPES)
         if self.estimator is None:
             classes = type_of_target(y) in ("binary", "multiclass")
@@ -323,8 +324,9 @@ class PathKernelFeatures(_BasePathKernelTransformer):
         phi : ndarray of float64, shape (n_samples, n_components)
         """
         check_is_fitted(self)
-        X = validate_X(self, X)
         est = self.estimator_
+        # The estimator's own checks too: token ids, for tokens=True.
+        X = est._validate_X(validate_X(self, X))
         features, diagonal = path_features(
             est.module_,
             est.trajectory_,

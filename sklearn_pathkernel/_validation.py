@@ -11,11 +11,17 @@ dtype, results that overflow, devices, and tensors given to the functional
 API.
 """
 
+import math
+
 import numpy as np
 import torch
 from sklearn.utils.validation import check_array, validate_data
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
+
+# float32 holds every integer up to 2**24 exactly: token ids beyond it would
+# reach nn.Embedding changed.
+_EXACT_INTEGERS = {"float32": 2**24, "float64": 2**53}
 
 # What a validated X or Y becomes: float32 stays float32, anything else
 # numeric (integers, booleans, float16) becomes float64.
@@ -80,8 +86,19 @@ def check_kernel_input(X, *, name, n_features=None):
     """Validate one argument of the functional kernel API.
 
     Accepts a 2-D array-like or tensor of finite numbers; returns it as a
-    float array or tensor with the right number of columns.
+    float array or tensor with the right number of columns. Images and
+    sequences come flattened: the module restores their shape (an
+    estimator's ``module_`` does when it was fitted with ``input_shape``).
     """
+    shape = getattr(X, "shape", None)
+    if shape is not None and len(shape) > 2:
+        shape = tuple(shape)
+        raise ValueError(
+            f"{name} has shape {shape}, but the kernel functions take 2-D rows "
+            f"(n_samples, n_features). Pass {name}.reshape(len({name}), -1) to a "
+            f"module that starts with nn.Unflatten(1, {shape[1:]}) (an "
+            "estimator's module_ does when fitted with input_shape)."
+        )
     if isinstance(X, torch.Tensor):
         if X.ndim != 2:
             raise ValueError(
@@ -106,14 +123,86 @@ def check_kernel_input(X, *, name, n_features=None):
     return X
 
 
+def refuse_nd(X, *, name="X"):
+    """Refuse an array of more than two dimensions, saying how to pass it.
+
+    scikit-learn's estimators, Pipelines and cross-validation work on 2-D
+    rows; an image or sequence model takes them flattened, with the
+    estimator's ``input_shape`` restoring each example's shape.
+    """
+    shape = getattr(X, "shape", None)
+    if shape is not None and len(shape) > 2:
+        shape = tuple(shape)
+        raise ValueError(
+            f"{name} has shape {shape}, but the estimators take 2-D rows "
+            "(n_samples, n_features), as every scikit-learn estimator does. Pass "
+            f"{name}.reshape(len({name}), -1) and set input_shape={shape[1:]} to "
+            "give the module each example in its shape."
+        )
+
+
+def check_input_shape(input_shape, n_features):
+    """Refuse an ``input_shape`` whose product is not ``n_features``."""
+    if input_shape is not None and math.prod(input_shape) != n_features:
+        raise ValueError(
+            f"X has {n_features} features, but input_shape={tuple(input_shape)} "
+            f"holds {math.prod(input_shape)} numbers per example: its product "
+            "must be the number of features."
+        )
+
+
+def check_tokens(X, *, name, dtype):
+    """Refuse token ids that are not exact non-negative integers.
+
+    ``X`` is a validated float array; integer arrays arrive cast to float64,
+    and floats holding whole numbers (as ``SVC`` and Gaussian processes pass
+    them to a callable kernel) are accepted. Each id must fit the network's
+    ``dtype`` exactly, since rows travel in it up to the module.
+    """
+    X = np.asarray(X)
+    if X.size == 0:
+        return
+    whole = np.isfinite(X) & (X == np.round(X))
+    if not whole.all():
+        value = float(X[~whole].flat[0])
+        raise ValueError(
+            f"{name} must hold integer token ids (tokens=True), but it holds "
+            f"{value!r}. Pass integers, e.g. {name}.astype(np.int64)."
+        )
+    smallest, largest = X.min(), X.max()
+    if smallest < 0:
+        raise ValueError(
+            f"{name} holds the token id {int(smallest)}; token ids (tokens=True) "
+            "must be non-negative, as nn.Embedding requires."
+        )
+    limit = _EXACT_INTEGERS[dtype]
+    if largest >= limit:
+        raise ValueError(
+            f"{name} holds the token id {int(largest)}, which {dtype} does not "
+            f"hold exactly (ids must be below {limit} in {dtype}). Use "
+            "dtype='float64'."
+        )
+
+
+def check_layout(estimator, X, *, name):
+    """The checks of :func:`check_tokens` for an estimator with ``tokens=True``."""
+    if getattr(estimator, "tokens", False):
+        check_tokens(X, name=name, dtype=estimator.dtype)
+    return X
+
+
 def validate_X(estimator, X):
     """``validate_data(estimator, X, reset=False)`` for a fitted estimator.
 
     Checks the feature names and the number of features against ``fit``,
     and returns a 2-D float array (float32 stays float32; integers, booleans
-    and float16 become float64). The errors are scikit-learn's, unchanged.
+    and float16 become float64). The errors are scikit-learn's, unchanged,
+    except for arrays of more than two dimensions (:func:`refuse_nd`); token
+    ids are checked when the estimator has ``tokens=True``.
     """
-    return validate_data(estimator, X, reset=False, dtype=FLOAT_DTYPES)
+    refuse_nd(X, name="X")
+    X = validate_data(estimator, X, reset=False, dtype=FLOAT_DTYPES)
+    return check_layout(estimator, X, name="X")
 
 
 def validate_other(estimator, Y):
@@ -132,6 +221,7 @@ def validate_other(estimator, Y):
     raise "The feature names should match those that were passed during
     fit". They are scikit-learn's messages and are left as they are.
     """
+    refuse_nd(Y, name="Y")
     checked = check_array(Y, dtype=FLOAT_DTYPES, input_name="Y", estimator=estimator)
     n_features = estimator.n_features_in_
     if checked.shape[1] != n_features:
@@ -142,7 +232,7 @@ def validate_other(estimator, Y):
     # Y is now a 2-D array-like with the right number of columns, so only
     # the feature names can fail here.
     validate_data(estimator, Y, reset=False, skip_check_array=True)
-    return checked
+    return check_layout(estimator, checked, name="Y")
 
 
 def check_finite_result(result, *, what, dtype, **inputs):

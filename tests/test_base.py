@@ -6,9 +6,20 @@ import warnings
 import numpy as np
 import pytest
 import torch
+from _oracle import path_kernel_reference
 from sklearn.exceptions import ConvergenceWarning, NotFittedError
+from sklearn.model_selection import cross_val_score
+from sklearn.svm import SVR
+from torch import nn
 
-from sklearn_pathkernel import PathKernelClassifier, PathKernelRegressor
+from sklearn_pathkernel import (
+    PathKernel,
+    PathKernelClassifier,
+    PathKernelFeatures,
+    PathKernelRegressor,
+    PathKernelTransformer,
+    path_kernel,
+)
 
 ESTIMATORS = [PathKernelRegressor, PathKernelClassifier]
 
@@ -235,3 +246,262 @@ def test_kernel_in_float32_on_disk_is_normalised_in_float32(toy, tmp_path):
     assert K.dtype == np.float32
     np.testing.assert_allclose(K, est.kernel(X, normalize="cosine"), rtol=1e-6)
     np.testing.assert_allclose(np.diag(K), 1.0, rtol=1e-6)
+
+
+# -- modules on images, token ids and residual blocks; train and eval mode -------
+def _cnn(n_features, n_outputs):
+    """Rows of 9 features reach it as 1x3x3 images (input_shape)."""
+    return nn.Sequential(
+        nn.Conv2d(1, 2, 2), nn.Tanh(), nn.Flatten(), nn.Linear(8, n_outputs)
+    )
+
+
+class _Bag(nn.Module):
+    """Token ids: Embedding, mean over the positions, Linear."""
+
+    def __init__(self, n_features, n_outputs):
+        super().__init__()
+        self.embed = nn.Embedding(6, 3)
+        self.out = nn.Linear(3, n_outputs)
+
+    def forward(self, tokens):
+        return self.out(torch.tanh(self.embed(tokens).mean(dim=1)))
+
+
+class _Residual(nn.Module):
+    """A LayerNorm residual block with ``h += x`` and an in-place activation."""
+
+    def __init__(self, n_features, n_outputs):
+        super().__init__()
+        self.inner = nn.Linear(n_features, n_features)
+        self.norm = nn.LayerNorm(n_features)
+        self.act = nn.SiLU(inplace=True)  # smooth, so decompose(exact) is exact
+        self.out = nn.Linear(n_features, n_outputs)
+
+    def forward(self, x):
+        h = self.inner(x)
+        h += x  # in place on the Linear's output, which its backward does not need
+        return self.out(self.act(self.norm(h)))
+
+
+def _shaped_data(kind, n=12, seed=0):
+    rng = np.random.RandomState(seed)
+    if kind == "tokens":
+        X = rng.randint(0, 6, size=(n, 5))
+    else:
+        X = rng.randn(n, 9 if kind == "cnn" else 4)
+    y = np.column_stack([np.sin(X.sum(axis=1)), np.cos(X[:, 0])])
+    return X, y
+
+
+_SHAPED = {
+    "cnn": {"module": _cnn, "input_shape": (1, 3, 3)},
+    "tokens": {"module": _Bag, "tokens": True},
+    "residual": {"module": _Residual},
+}
+
+
+def _shaped_fit(kind, **params):
+    X, y = _shaped_data(kind)
+    est = PathKernelRegressor(
+        **_SHAPED[kind], max_iter=3, learning_rate=0.05, dtype="float64", **params
+    )
+    return _quiet(est.set_params(random_state=0), X, y), X, y
+
+
+@pytest.mark.parametrize("kind", list(_SHAPED))
+def test_shaped_and_token_modules_match_the_oracle_everywhere(kind):
+    est, X, y = _shaped_fit(kind)
+    rows = torch.tensor(X[:6], dtype=torch.float64)  # what the module_ takes
+    expected = path_kernel_reference(est.module_, est.trajectory_, rows)
+    np.testing.assert_allclose(est.kernel(X[:6]), expected, rtol=1e-10)
+    np.testing.assert_allclose(est.kernel_diagonal(X[:6]), np.diag(expected))
+    full = path_kernel(est.module_, est.trajectory_, X[:3], X[3:6], trace=False)
+    np.testing.assert_allclose(
+        full,
+        path_kernel_reference(est.module_, est.trajectory_, rows[:3], rows[3:], False),
+        rtol=1e-10,
+    )
+    exact = est.decompose(X[:3], exact=True)
+    np.testing.assert_allclose(exact.network_output, est.predict(X[:3]))
+    assert exact.error["max_rel"] < 1e-8  # smooth networks: to rounding
+
+
+@pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
+@pytest.mark.parametrize("kind", ["cnn", "tokens"])  # what the tools validate
+def test_shaped_modules_work_with_the_scikit_learn_tools(kind):
+    est, X, y = _shaped_fit(kind)
+    y0 = y[:, 0]
+    transformer = PathKernelTransformer(est).fit(X, y)
+    K = transformer.transform(X[:4])
+    assert np.array_equal(K, transformer.estimator_.kernel(X[:4], X))
+    features = PathKernelFeatures(est, n_components=8, random_state=0).fit(X, y)
+    assert features.transform(X[:4]).shape == (4, 8)
+    gp_kernel = PathKernel(est)
+    assert np.array_equal(gp_kernel(X[:4]), est.kernel(X[:4]))
+    # SVR validates X as float64 before calling the kernel: ids arrive as floats.
+    svr = SVR(kernel=est.kernel).fit(X, y0)
+    assert svr.predict(X[:3]).shape == (3,)
+    single = PathKernelRegressor(**_SHAPED[kind], max_iter=2, dtype="float64")
+    assert np.isfinite(cross_val_score(single, X, y0, cv=2)).all()
+
+
+def test_token_ids_reach_the_module_as_int64_from_any_array():
+    seen = []
+
+    class Recording(_Bag):
+        def forward(self, tokens):
+            seen.append(tokens.dtype)
+            return super().forward(tokens)
+
+    X, y = _shaped_data("tokens")
+    est = _quiet(
+        PathKernelRegressor(module=Recording, tokens=True, max_iter=2), X, y[:, 0]
+    )
+    assert set(seen) == {torch.int64}
+    for rows in (X[:4], X[:4].astype(np.float32), X[:4].astype(float), X[:4].tolist()):
+        assert np.array_equal(est.kernel(rows), est.kernel(X[:4]))
+
+
+@pytest.mark.parametrize(
+    "X, message",
+    [
+        (np.full((6, 5), 1.5), r"X must hold integer token ids \(tokens=True\)"),
+        (-np.ones((6, 5)), "X holds the token id -1; token ids"),
+        (
+            np.full((6, 5), 6),
+            r"failed on row 0 of X, which holds its largest token id, 6: "
+            "IndexError: .* below the num_embeddings",
+        ),
+    ],
+)
+def test_bad_token_ids_are_refused_at_fit(X, message):
+    with pytest.raises(ValueError, match=message):
+        PathKernelRegressor(module=_Bag, tokens=True).fit(X, np.arange(6.0))
+
+
+@pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
+def test_new_token_ids_beyond_the_table_are_refused_naming_the_array():
+    est, X, _ = _shaped_fit("tokens")
+    beyond = X[:3].copy()
+    beyond[1, 2] = 9
+    features = PathKernelFeatures(est, n_components=4).fit(X, np.arange(12.0))
+    for call, name in [
+        (lambda: features.transform(beyond), "X"),
+        (lambda: est.predict(beyond), "X"),
+        (lambda: est.kernel(X[:2], beyond), "Y"),
+        (lambda: est.decompose(beyond), "X"),
+    ]:
+        with pytest.raises(ValueError, match=f"row 1 of {name}, which holds .* 9"):
+            call()
+
+
+@pytest.mark.parametrize(
+    "params, X, message",
+    [
+        (
+            {"module": _cnn, "input_shape": (1, 3, 3)},
+            np.zeros((6, 8)),
+            r"X has 8 features, but input_shape=\(1, 3, 3\) holds 9 numbers",
+        ),
+        (
+            {"module": _cnn, "input_shape": (1, 0, 16)},
+            np.zeros((6, 16)),
+            "The 'input_shape' parameter of PathKernelRegressor must be None or a",
+        ),
+        (
+            {"module": _cnn, "input_shape": "1x4x4"},
+            np.zeros((6, 16)),
+            "The 'input_shape' parameter of PathKernelRegressor must be None or a",
+        ),
+        (
+            {"input_shape": (16,)},
+            np.zeros((6, 16)),
+            r"input_shape=\(16,\) and tokens=False are for a user module",
+        ),
+        (
+            {"tokens": True},
+            np.zeros((6, 16)),
+            "the default MLP takes flat float rows",
+        ),
+        (
+            {"module": _cnn, "input_shape": (1, 4, 4)},
+            np.zeros((6, 1, 4, 4)),
+            r"X has shape \(6, 1, 4, 4\), .* Pass X.reshape\(len\(X\), -1\) and "
+            r"set input_shape=\(1, 4, 4\)",
+        ),
+    ],
+)
+def test_bad_input_shapes_are_named(params, X, message):
+    with pytest.raises(ValueError, match=message):
+        PathKernelRegressor(**params).fit(X, np.arange(6.0))
+
+
+def test_training_mode_batchnorm_is_refused_before_training(toy):
+    X, y = toy
+
+    def net():
+        return nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4), nn.Linear(4, 1))
+
+    with pytest.raises(
+        ValueError,
+        match=r"The 'module' of PathKernelRegressor contains BatchNorm1d \('1'\) in "
+        r"training mode: .* Use nn.GroupNorm or nn.LayerNorm",
+    ):
+        PathKernelRegressor(module=net()).fit(X, y)
+    # In eval mode it normalises with fixed running statistics: rows independent.
+    est = _quiet(
+        PathKernelRegressor(module=net().eval(), max_iter=3, dtype="float64"), X, y
+    )
+    np.testing.assert_allclose(
+        est.kernel(X[:4]),
+        path_kernel_reference(est.module_, est.trajectory_, torch.tensor(X[:4])),
+        rtol=1e-10,
+    )
+
+
+def _dropout_net(n_features, n_outputs):
+    return nn.Sequential(
+        nn.Linear(n_features, 8), nn.Tanh(), nn.Dropout(0.3), nn.Linear(8, n_outputs)
+    )
+
+
+def test_dropout_trains_seeded_and_everything_after_runs_in_eval_mode(toy):
+    X, y = toy
+    torch_state = torch.get_rng_state()
+    fits = [
+        _quiet(
+            PathKernelRegressor(
+                module=_dropout_net, max_iter=5, dtype="float64", random_state=0
+            ),
+            X,
+            y,
+        )
+        for _ in range(2)
+    ]
+    assert torch.equal(torch.get_rng_state(), torch_state)
+    assert np.array_equal(fits[0].predict(X), fits[1].predict(X))  # seeded masks
+    est = fits[0]
+    assert not any(layer.training for layer in est.module_.modules())
+    assert np.array_equal(est.predict(X), est.predict(X))  # dropout off
+    np.testing.assert_allclose(
+        est.kernel(X[:4]),
+        path_kernel_reference(est.module_, est.trajectory_, torch.tensor(X[:4])),
+        rtol=1e-10,
+    )
+
+
+def test_exact_decomposition_of_a_dropout_network_warns_and_reports(toy):
+    X, y = toy
+    params = {"max_iter": 5, "dtype": "float64", "random_state": 0}
+    est = _quiet(PathKernelRegressor(module=_dropout_net, **params), X, y)
+    with pytest.warns(UserWarning, match="exact=True cannot reproduce the network"):
+        machine = est.decompose(X[:5], exact=True)
+    assert machine.error["max_rel"] > 1e-6  # the random masks are not replayed
+    plain = _quiet(
+        PathKernelRegressor(module=_dropout_net(3, 1).eval(), **params), X, y
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert plain.decompose(X[:5], exact=True).error["max_rel"] < 1e-8
+        est.decompose(X[:5])  # the first-order form is approximate anyway

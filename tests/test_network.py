@@ -2,16 +2,24 @@
 
 import math
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
 
 from sklearn_pathkernel._network import (
     ACTIVATIONS,
+    InputAdapter,
+    adapt_input,
     build_module,
     check_module_output,
+    check_rows_independent,
+    check_token_range,
+    evaluation_mode,
     forward,
+    in_evaluation_mode,
     make_mlp,
+    mode_changes_output,
     trainable_parameters,
 )
 
@@ -318,3 +326,106 @@ def test_trainable_parameters_skips_frozen():
     named = trainable_parameters(net)
     assert [name for name, _ in named] == ["0.bias", "1.weight", "1.bias"]
     assert named[0][1] is net[0].bias
+
+
+# -- inputs: shapes and token ids ---------------------------------------------
+def test_input_adapter_gives_the_module_its_shape_and_int64_ids():
+    seen = []
+
+    def record(x):
+        seen.append((tuple(x.shape), x.dtype))
+        return x.reshape(x.shape[0], -1).sum(dim=1, keepdim=True).double()
+
+    adapter = InputAdapter(_Lambda(record), input_shape=(2, 3), tokens=True)
+    rows = torch.arange(12.0).reshape(2, 6)
+    out = adapter(rows)
+    assert seen == [((2, 2, 3), torch.int64)]
+    assert torch.equal(out, rows.sum(dim=1, keepdim=True).double())
+    # The user's network is the one child: parameter names gain "module.".
+    net = nn.Linear(6, 1)
+    names = [n for n, _ in InputAdapter(net, (6,)).named_parameters()]
+    assert names == ["module.weight", "module.bias"]
+
+
+def test_adapt_input_wraps_only_when_needed():
+    net = nn.Linear(4, 1)
+    assert adapt_input(net) is net
+    assert adapt_input(net, (2, 2)).input_shape == (2, 2)
+    assert adapt_input(net, tokens=True).tokens
+
+
+def test_check_module_output_names_the_shape_the_module_saw():
+    adapter = InputAdapter(nn.Conv2d(2, 1, 3), input_shape=(1, 2, 2))
+    with pytest.raises(
+        ValueError,
+        match=r"failed on an input of shape \(2, 1, 2, 2\) \(n_samples, "
+        r"\*input_shape\): RuntimeError",
+    ):
+        check_module_output(adapter, torch.zeros(2, 4), 1)
+
+
+def test_check_token_range_names_the_row_and_the_id():
+    net = InputAdapter(nn.Sequential(nn.Embedding(5, 2), nn.Flatten()), tokens=True)
+    check_token_range(net, np.array([[0.0, 4.0], [1.0, 2.0]]))  # every id fits
+    with pytest.raises(
+        ValueError,
+        match=r"failed on row 1 of Y, which holds its largest token id, 5: "
+        r"IndexError: .* below the num_embeddings",
+    ):
+        check_token_range(net, np.array([[0.0, 4.0], [1.0, 5.0]]), name="Y")
+
+
+# -- modes ------------------------------------------------------------------
+@pytest.mark.parametrize("Norm", [nn.BatchNorm1d, nn.SyncBatchNorm])
+def test_training_mode_batchnorm_is_refused_with_the_ways_out(Norm):
+    net = nn.Sequential(nn.Linear(3, 4), Norm(4), nn.Linear(4, 1))
+    with pytest.raises(
+        ValueError,
+        match=rf"{Norm.__name__} \('1'\) in training mode: .* mixes the rows.* "
+        r"nn.GroupNorm or nn.LayerNorm .* track_running_stats=True in eval mode",
+    ):
+        check_rows_independent(net)
+    net[1].eval()  # running statistics: an affine map per row
+    check_rows_independent(net)
+    no_stats = nn.BatchNorm1d(4, track_running_stats=False).eval()
+    with pytest.raises(ValueError, match="with track_running_stats=False"):
+        check_rows_independent(nn.Sequential(no_stats))
+
+
+def test_row_independent_norms_are_accepted():
+    net = nn.Sequential(
+        nn.Linear(3, 4), nn.LayerNorm(4), nn.Unflatten(1, (4, 1)), nn.GroupNorm(2, 4)
+    )
+    check_rows_independent(net)
+
+
+def test_evaluation_mode_restores_every_flag():
+    net = nn.Sequential(nn.Linear(3, 4), nn.Dropout(0.5), nn.BatchNorm1d(4))
+    net[2].eval()
+    with evaluation_mode(net):
+        assert not any(m.training for m in net.modules())
+    assert [m.training for m in net.modules()] == [True, True, True, False]
+    with pytest.raises(RuntimeError), evaluation_mode(net):
+        raise RuntimeError  # restored on the way out of an error too
+    assert [m.training for m in net.modules()] == [True, True, True, False]
+
+
+def test_in_evaluation_mode_runs_the_function_in_eval_mode():
+    @in_evaluation_mode
+    def modes(module, factor=1):
+        return [m.training for m in module.modules()], factor
+
+    net = nn.Sequential(nn.Linear(2, 2), nn.Dropout(0.5))
+    assert modes(net, factor=2) == ([False, False, False], 2)
+    assert net.training and net[1].training
+
+
+def test_mode_changes_output_detects_dropout_and_leaves_the_rng_alone():
+    X = torch.randn(8, 3)
+    plain = nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 1))
+    dropout = nn.Sequential(nn.Linear(3, 4), nn.Dropout(0.5), nn.Linear(4, 1))
+    state = torch.get_rng_state()
+    assert not mode_changes_output(plain, X)
+    assert mode_changes_output(dropout, X)
+    assert not mode_changes_output(dropout.eval(), X)
+    assert torch.equal(torch.get_rng_state(), state)

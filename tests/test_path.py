@@ -324,7 +324,9 @@ def test_accepts_tensors(fitted):
         (np.array([[np.nan, 1.0, 2.0, 3.0]]), None, "Input X contains NaN"),
         (np.ones((2, 4)), np.array([[np.inf, 1, 1, 1]]), "Input Y contains infinity"),
         (np.ones((2, 4)), np.ones((2, 3)), "Y has 3 features, but X has 4 features"),
-        (torch.ones(2, 4, 1), None, "Expected a 2D tensor for X"),
+        (torch.ones(2, 4), torch.ones(2, 4, 1), r"Y has shape \(2, 4, 1\), but the"),
+        (np.ones((2, 2, 2)), None, r"nn.Unflatten\(1, \(2, 2\)\)"),
+        (torch.ones(4), None, "Expected a 2D tensor for X"),
         (torch.tensor([[float("nan")] * 4]), None, "Input X contains NaN or infinity"),
     ],
 )
@@ -431,3 +433,32 @@ def test_property_engine_and_block_size_do_not_change_the_kernel(
         est.module_, est.trajectory_, X, Z, engine=engine, working_memory=working_memory
     )
     np.testing.assert_allclose(got, reference, rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
+@pytest.mark.parametrize(
+    "engine",
+    [e for e in sorted(ENGINES) if e != "structured"],  # no Dropout rule
+)
+def test_kernels_are_computed_in_eval_mode_and_leave_the_mode_alone(engine):
+    def net(n_features, n_outputs):
+        return torch.nn.Sequential(
+            torch.nn.Linear(n_features, 4),
+            torch.nn.Tanh(),
+            torch.nn.Dropout(0.5),
+            torch.nn.Linear(4, n_outputs),
+        )
+
+    X = np.random.RandomState(0).randn(8, 3)
+    est = PathKernelRegressor(module=net, max_iter=2, dtype="float64", random_state=0)
+    est.fit(X, X[:, 0])
+    module, trajectory = est.module_, est.trajectory_
+    expected = path_kernel_reference(module, trajectory, torch.tensor(X[:5]))
+    # Dropout in training mode would make every call differ (and torch.func
+    # refuses random operations inside vmap): the functions use eval mode.
+    module.train()
+    K = path_kernel(module, trajectory, X[:5], engine=engine)
+    np.testing.assert_allclose(K, expected, rtol=1e-10)
+    diagonal = _path.path_kernel_diagonal(module, trajectory, X[:5], engine=engine)
+    np.testing.assert_allclose(diagonal, np.diag(expected), rtol=1e-10)
+    assert all(layer.training for layer in module.modules())

@@ -111,6 +111,40 @@ def _custom_factory(X, Y, y):
     return est, (X, y > 0, {}), X, Y
 
 
+def _conv_network():
+    # Dropout: the module trains in training mode and is saved in eval mode.
+    return nn.Sequential(
+        nn.Conv1d(1, 2, 2), nn.Dropout(0.2), nn.Flatten(), nn.Linear(4, 1)
+    )
+
+
+def _shaped_input(X, Y, y):
+    est = PathKernelRegressor(
+        module=_conv_network(), input_shape=(1, 3), max_iter=6, random_state=0
+    )
+    return est, (X, y, {}), X, Y
+
+
+class _Bag(nn.Module):
+    """Embedding, mean over the positions, Linear."""
+
+    def __init__(self, n_features, n_outputs):
+        super().__init__()
+        self.embed = nn.Embedding(6, 3)
+        self.out = nn.Linear(3, n_outputs)
+
+    def forward(self, tokens):
+        return self.out(self.embed(tokens).mean(dim=1))
+
+
+def _token_input(X, Y, y):
+    def ids(A):
+        return np.clip(np.round(np.abs(A) * 2), 0, 5).astype(np.int64)
+
+    est = PathKernelClassifier(module=_Bag, tokens=True, max_iter=6, random_state=0)
+    return est, (ids(X), y > 0, {}), ids(X), ids(Y)
+
+
 def _random_state_instance(X, Y, y):
     est = PathKernelRegressor((3,), max_iter=5, random_state=np.random.RandomState(5))
     return est, (X, y, {}), X, Y
@@ -128,6 +162,8 @@ CASES = {
     "multiclass-dataframe": (_multiclass_dataframe, None),
     "custom-module": (_custom_module, _custom_network),
     "custom-factory": (_custom_factory, lambda: _factory),
+    "custom-module-input-shape-dropout": (_shaped_input, _conv_network),
+    "custom-factory-tokens": (_token_input, lambda: _Bag),
     "random-state-instance": (_random_state_instance, None),
 }
 

@@ -23,7 +23,10 @@ from sklearn_pathkernel import (
     PathKernelTransformer,
 )
 from sklearn_pathkernel._validation import (
+    check_input_shape,
     check_kernel_input,
+    check_tokens,
+    refuse_nd,
     resolve_device,
     to_tensor,
 )
@@ -274,6 +277,13 @@ _RAGGED = _error(
     "inhomogeneous shape",
 )
 _DIM_3 = _error(ValueError, "^Found array with dim 3, while dim <= 2 is required")
+# X of more than two dimensions: the message says how to pass images.
+_DIM_3_X = _error(
+    ValueError,
+    r"^{arg} has shape \(\d+, 3, 1\), but the estimators take 2-D rows "
+    r"\(n_samples, n_features\), as every scikit-learn estimator does\. Pass "
+    r"{arg}\.reshape\(len\({arg}\), -1\) and set input_shape=\(3, 1\)",
+)
 
 X_CASES = [
     Case("NaN", _with(np.nan), _error(ValueError, "Input {arg} contains NaN")),
@@ -356,7 +366,7 @@ X_CASES = [
         lambda A: 1.0,
         _error(ValueError, "^Expected 2D array, got scalar array instead"),
     ),
-    Case("3-D array", lambda A: A[:, :, None], _DIM_3),
+    Case("3-D array", lambda A: A[:, :, None], _DIM_3_X),
     Case(
         "ragged list of lists",
         lambda A: [list(A[0]), list(A[1, :2])] + [list(r) for r in A[2:]],
@@ -759,3 +769,73 @@ def test_matrix_covers_every_entry_point():
     """A public method that takes rows and has no row in METHODS fails here."""
     assert set(EXERCISES) == set(METHODS)
     assert _public_methods_taking_rows() == set(EXERCISES.values())
+
+
+# -- shapes and token ids ------------------------------------------------------
+@pytest.mark.parametrize(
+    "X", [np.zeros((3, 1, 2, 2)), torch.zeros(3, 4, 1), np.zeros((3, 2, 2))]
+)
+def test_refuse_nd_says_how_to_flatten(X):
+    shape = tuple(X.shape)
+    with pytest.raises(
+        ValueError,
+        match=re.escape(
+            f"Y has shape {shape}, but the estimators take 2-D rows "
+            "(n_samples, n_features), as every scikit-learn estimator does. Pass "
+            f"Y.reshape(len(Y), -1) and set input_shape={shape[1:]}"
+        ),
+    ):
+        refuse_nd(X, name="Y")
+
+
+@pytest.mark.parametrize("X", [np.zeros((3, 4)), [[1, 2]], np.zeros(3), 1.0])
+def test_refuse_nd_leaves_the_rest_to_scikit_learn(X):
+    refuse_nd(X)
+
+
+def test_check_input_shape_wants_the_product_of_its_dimensions():
+    check_input_shape(None, 7)
+    check_input_shape((1, 2, 3), 6)
+    with pytest.raises(
+        ValueError,
+        match=re.escape(
+            "X has 5 features, but input_shape=(1, 2, 3) holds 6 numbers per "
+            "example: its product must be the number of features."
+        ),
+    ):
+        check_input_shape((1, 2, 3), 5)
+
+
+@pytest.mark.parametrize(
+    "X, dtype, message",
+    [
+        (
+            [[0.0, 1.5]],
+            "float64",
+            r"Y must hold integer token ids \(tokens=True\), but it holds 1\.5\. "
+            r"Pass integers, e\.g\. Y\.astype\(np\.int64\)",
+        ),
+        ([[0.0, np.nan]], "float64", "Y must hold integer token ids"),
+        (
+            [[3.0, -2.0]],
+            "float64",
+            r"Y holds the token id -2; token ids \(tokens=True\) must be "
+            "non-negative",
+        ),
+        (
+            [[2.0**24, 0.0]],
+            "float32",
+            r"Y holds the token id 16777216, which float32 does not hold exactly "
+            r"\(ids must be below 16777216 in float32\)\. Use dtype='float64'",
+        ),
+    ],
+)
+def test_check_tokens_refuses_what_is_not_an_id(X, dtype, message):
+    with pytest.raises(ValueError, match=message):
+        check_tokens(np.array(X), name="Y", dtype=dtype)
+
+
+def test_check_tokens_accepts_whole_numbers_in_any_array():
+    check_tokens(np.array([[0.0, 3.0], [2.0**24 - 1, 1.0]]), name="X", dtype="float32")
+    check_tokens(np.array([[2.0**24, 1.0]]), name="X", dtype="float64")
+    check_tokens(np.zeros((0, 3)), name="X", dtype="float32")
