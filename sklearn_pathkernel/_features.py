@@ -38,9 +38,12 @@ when it is spread over many checkpoints and layers (docs/design.md, section
 6).
 
 Each factor is drawn in float64 on the CPU from a ``torch.Generator`` seeded
-by ``(seed, k, l, j)`` (:func:`gaussian_factor`), once per call, then cast to
-the work's dtype and device: the features depend on the seed, the engine's
-pieces and ``m``, not on the blocking of the rows, the budget or the device.
+by ``(seed, k, l, j)`` (:func:`gaussian_factor`), then cast to the work's
+dtype and device: the features depend on the seed, the engine's pieces and
+``m``, not on the blocking of the rows, the budget, the device or what runs
+the tasks (one per block of rows and checkpoint, ``_tasks``; a thread keeps a
+checkpoint's factors for its next task, so they are drawn once per call and
+thread when they fit the budget together).
 """
 
 import math

@@ -71,8 +71,9 @@ def tangent_kernel(
     device : str or torch.device, default=None
         Where to compute; the module's device when None.
     n_jobs : int, default=None
-        Row blocks run as joblib tasks (threads unless a
-        ``joblib.parallel_config`` says otherwise). None runs them one after
+        Each block of rows and checkpoint is a joblib task (threads unless
+        a ``joblib.parallel_config`` says otherwise, e.g. dask on a
+        cluster; the result is the same bits). None runs them one after
         the other, each using all of torch's threads, which is usually
         fastest on one machine; more jobs help on a cluster backend.
         Concurrent tasks share torch's threads (each gets
@@ -170,7 +171,8 @@ def path_kernel(
     device : str or torch.device, default=None
         Where to compute; the module's device when None.
     n_jobs : int, default=None
-        Row blocks run as joblib tasks; see :func:`tangent_kernel`.
+        Blocks of rows and checkpoints run as joblib tasks; see
+        :func:`tangent_kernel`.
     verbose : int, default=0
         Say which engine runs and how the work is blocked, and show a
         progress bar over checkpoints and row blocks.
