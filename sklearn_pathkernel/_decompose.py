@@ -275,8 +275,11 @@ def decompose_path(
     itemsize = X.element_size()
     block = tile_within_budget(
         working_memory,
+        # Per query row: its states, and per training row and output the
+        # float64 contributions, one task's returned parts (float64 at most)
+        # and three temporaries.
         bound.bytes_per_row(n_outputs, itemsize) * (1 + len(nodes))
-        + n_train * (8 * n_outputs + 3 * itemsize * n_outputs),
+        + n_train * n_outputs * (16 + 3 * itemsize),
     )
     blocks = [(q0, min(q0 + block, n_X)) for q0 in range(0, n_X, block)]
     steps = _steps_by_checkpoint(trajectory)

@@ -198,9 +198,17 @@ def test_threads_give_the_serial_bits(digits, serial):
         est.set_params(n_jobs=None)
 
 
-def test_dask_workers_give_the_serial_bits(digits, serial, cluster):
+def test_dask_workers_give_the_serial_bits(digits, serial, cluster, monkeypatch):
     from distributed import get_task_stream
 
+    pickled = []
+    getstate = Shared.__getstate__
+
+    def counting(self):
+        pickled.append(type(self).__name__)
+        return getstate(self)
+
+    monkeypatch.setattr(Shared, "__getstate__", counting)
     est, X, y = digits
     est.set_params(n_jobs=2)
     try:
@@ -211,6 +219,13 @@ def test_dask_workers_give_the_serial_bits(digits, serial, cluster):
     _assert_bit_identical(got, serial)
     workers = {task["worker"] for task in stream.data}
     assert len(workers) == 2  # both worker processes computed blocks
+    # The shared engine and rows travel once per call, not once per task:
+    # two kernels and two decompositions (each with its kernel), one
+    # diagonal, one transform; every call has more tasks than checkpoints.
+    calls = {"_Work": 4, "_Rows": 1, "_Walk": 2, "_Sketch": 1}
+    for name, n_calls in calls.items():
+        assert 1 <= pickled.count(name) <= n_calls, (name, pickled)
+    assert len(est.trajectory_) > 1
 
 
 def test_dask_strips_and_tiles_give_the_serial_bits(digits, small_grid, cluster):
