@@ -15,11 +15,11 @@ checkpoint's parameters. Each such (block, checkpoint) is one joblib task:
   into the total: the caller adds contributions in checkpoint order, with
   the same operations whatever runs the tasks. Serial runs, threads and
   worker processes therefore give the same bits (docs/design.md, section 8).
-- **What a task keeps.** Work that every checkpoint of a block repeats (a
-  pair of blocks' static Gram, a checkpoint's random factors) is kept by
-  :meth:`Shared.cached`, one value per thread: tasks of the same block that
-  follow each other on a thread, or on a dask worker, which keeps the one
-  scattered object, compute it once.
+- **What a task keeps.** Work that several tasks repeat (the static Gram
+  of a block's pairs, at every checkpoint; a checkpoint's random factors,
+  in every block) is kept by :meth:`Shared.cached`, one value per thread:
+  tasks that need the same value and follow each other on a thread, or on
+  a dask worker, which keeps the one scattered object, compute it once.
 """
 
 import sys
