@@ -419,7 +419,6 @@ class BasePathKernelEstimator(BaseEstimator):
             self.trajectory_,
             X,
             Y,
-            n_jobs=self.n_jobs,
             verbose=self.verbose,
             out=out,
             dtype=dtype,
@@ -484,6 +483,7 @@ class BasePathKernelEstimator(BaseEstimator):
         return {
             "engine": self.engine,
             "working_memory": self.working_memory,
+            "n_jobs": self.n_jobs,
         }
 
     def _raw_diagonal(self, X):
@@ -570,9 +570,8 @@ class BasePathKernelEstimator(BaseEstimator):
             exact=exact,
             n_nodes=n_nodes,
             kernel=kernel,
-            engine=self.engine,
-            working_memory=self.working_memory,
             verbose=self.verbose,
+            **self._kernel_options(),
         )
         check_finite_result(
             (machine.contributions, machine.kernel),

@@ -31,6 +31,8 @@ from ._memory import check_result_fits
 from ._network import forward, forward_at, in_evaluation_mode
 from ._path import path_kernel
 from ._progress import progress_bar
+from ._tasks import Shared, compact, run_tasks
+from ._trajectory import Step
 from .engines import TORCH_FUNC_LOCK, select_engine
 
 
@@ -203,6 +205,7 @@ def decompose_path(
     kernel="path",
     engine="auto",
     working_memory=None,
+    n_jobs=None,
     verbose=0,
 ):
     """Decompose the network's outputs at ``X`` over its training rows.
@@ -233,6 +236,10 @@ def decompose_path(
         Budget in MiB for one block of query rows. Blocks hold 512 rows
         whenever that fits, and a power of two fewer otherwise, so results
         are bit-identical across every budget that fits 512 rows.
+    n_jobs : int, default=None
+        Each query block and checkpoint is a joblib task, threads unless a
+        ``joblib.parallel_config`` chooses another backend (dask, for a
+        cluster); the result is bit-identical whatever runs them.
     verbose : int, default=0
         Show a progress bar over query blocks and steps.
 
@@ -257,34 +264,62 @@ def decompose_path(
         remedy="Decompose fewer query rows at a time, e.g. decompose(X[i:j]).",
     )
     nodes, node_weights = _quadrature(n_nodes if exact else 0)
-    work = _Walk(
+    walk = _Walk(
         module=module,
-        trajectory=trajectory,
         bound=bound,
         X_train=X_train,
+        X=X,
         nodes=nodes,
         node_weights=node_weights,
-        exact=exact,
+        alpha=trajectory.alpha,
     )
     itemsize = X.element_size()
     block = tile_within_budget(
         working_memory,
-        bound.bytes_per_row(n_outputs, itemsize) * (1 + len(work.nodes))
-        + n_train * (8 * n_outputs + 3 * itemsize * n_outputs),
+        # Per query row: its states, and per training row and output the
+        # float64 contributions, one task's returned parts (float64 at most)
+        # and three temporaries.
+        bound.bytes_per_row(n_outputs, itemsize) * (1 + len(nodes))
+        + n_train * n_outputs * (16 + 3 * itemsize),
+    )
+    blocks = [(q0, min(q0 + block, n_X)) for q0 in range(0, n_X, block)]
+    steps = _steps_by_checkpoint(trajectory)
+    tasks = (
+        (
+            q0,
+            q1,
+            compact(trajectory.parameters(k)),
+            _step_records(trajectory, ts, exact),
+        )
+        for q0, q1 in blocks
+        for k, ts in enumerate(steps)
     )
     contributions = np.zeros((n_X, n_train, n_outputs))
     bias = np.zeros((n_X, n_outputs))
     progress = progress_bar(
         verbose,
-        total=-(-n_X // block) * trajectory.n_steps,
+        total=len(blocks) * trajectory.n_steps,
         desc="decompose" + (" (exact)" if exact else ""),
         unit="step",
     )
+    parts = run_tasks(_checkpoint_part, walk, tasks, n_jobs=n_jobs)
     with torch.no_grad(), progress:
-        for q0 in range(0, n_X, block):
-            phi, b = work.query_block(X[q0 : q0 + block], progress.update)
-            contributions[q0 : q0 + len(phi)] = phi.cpu().numpy()
-            bias[q0 : q0 + len(phi)] = b.cpu().numpy()
+        for q0, q1 in blocks:
+            # Folded in checkpoint and step order: the same operations
+            # whatever ran the tasks.
+            Xq = X[q0:q1]
+            b = forward_at(module, trajectory.parameters(0, device=Xq.device), Xq)
+            b = b.double()
+            phi = torch.zeros(
+                (q1 - q0, n_train, n_outputs), dtype=torch.float64, device=Xq.device
+            )
+            for _ in steps:
+                for batch, part, bias_term in next(parts):
+                    phi.index_add_(1, batch.to(Xq.device), part.double())
+                    b -= bias_term
+                    progress.update(1)
+            contributions[q0:q1] = phi.cpu().numpy()
+            bias[q0:q1] = b.cpu().numpy()
 
     if kernel == "loss_weighted":
         kernel_matrix = -contributions[:, :, 0]
@@ -296,6 +331,7 @@ def decompose_path(
             X_train,
             engine=engine,
             working_memory=working_memory,
+            n_jobs=n_jobs,
             verbose=verbose,
         )
     return KernelMachine(
@@ -320,70 +356,88 @@ def _check_options(trajectory, *, exact, n_nodes, kernel):
 
 
 @dataclass
-class _Walk:
-    """A walk along the recorded path for one block of query rows at a time."""
+class _Walk(Shared):
+    """What every task of one decomposition shares (``_tasks``)."""
 
     module: torch.nn.Module
-    trajectory: object
     bound: object  # the engine, bound to the module
     X_train: torch.Tensor
+    X: torch.Tensor  # the query rows
     nodes: list  # points of each step's segment where the query side is taken
     node_weights: list  # their quadrature weights, summing to 1
-    exact: bool
+    alpha: float  # the L2 strength
 
-    def query_block(self, Xq, tick):
-        """``(phi, b)`` of the rows ``Xq``: (n_q, n_train, O) and (n_q, O), float64."""
-        traj = self.trajectory
-        b = forward_at(self.module, traj.parameters(0, device=Xq.device), Xq).double()
-        phi = torch.zeros(
-            (Xq.shape[0], self.X_train.shape[0], b.shape[1]),
-            dtype=torch.float64,
-            device=Xq.device,
-        )
-        static = self.bound.static(Xq, self.X_train)
-        for k, steps in enumerate(_steps_by_checkpoint(traj)):
-            w_k = traj.parameters(k, device=Xq.device)
-            for t in steps:
-                b -= self._step(t, w_k, Xq, static, phi)
-                tick(1)
-        return phi, b
 
-    def _step(self, t, start, Xq, static, phi):
-        """Add step ``t``'s contributions to ``phi``; return its L2 bias term.
+def _step_records(trajectory, steps, exact):
+    """What a task needs of ``steps``: each step, and its end when exact."""
+    records = []
+    for t in steps:
+        step = trajectory.step(t)
+        tensors = {field: getattr(step, field) for field in Step._fields[1:]}
+        end = compact(_parameters_after(trajectory, t)) if exact else None
+        records.append((Step(step.step_size, **compact(tensors)), end))
+    return records
 
-        The query side is taken at each quadrature node of the segment from
-        ``start`` (the first-order form: only ``start`` itself), the
-        training side at ``start``; each step's loss derivatives are folded
-        into the training rows' states (``contract_vector``).
-        """
-        step, device = self.trajectory.step(t), Xq.device
-        points = [start]
-        if self.exact:
-            end = _parameters_after(self.trajectory, t, device)
-            points = [
-                {n: start[n] + s * (end[n] - start[n]) for n in start}
-                for s in self.nodes
-            ]
-        batch = step.batch.to(device)
-        train_state = self.bound.state(start, self.X_train[batch])
-        vectors = (
-            -step.step_size
-            * step.batch_weights.to(device, Xq.dtype)[:, None]
-            * step.output_gradients.to(device, Xq.dtype)
-        )
-        batch_static = None if static is None else static[:, batch]
-        bias_term = 0.0
-        for weight, point in zip(self.node_weights, points):
-            part = self.bound.contract_vector(
-                self.bound.state(point, Xq), train_state, vectors, batch_static
+
+def _checkpoint_part(walk, q0, q1, start, steps):
+    """One checkpoint's steps on the query rows ``q0:q1``, not yet added up.
+
+    For each step, the query side is taken at each quadrature node of the
+    segment from ``start`` to the step's end (the first-order form: only
+    ``start`` itself), the training side at ``start``; the step's loss
+    derivatives are folded into the training rows' states
+    (``contract_vector``). The query rows' static Gram against the training
+    rows is the same at every checkpoint: kept while the block's checkpoints
+    follow each other on this thread (``Shared.cached``).
+
+    Returns
+    -------
+    parts : list of (batch, part, bias_term), one per step
+        ``phi[:, batch] += part`` and ``b -= bias_term``: the step's
+        contributions ``(n_q, |B_t|, O)`` (the network's dtype for the
+        first-order form, float64 summed over the nodes when exact) and its
+        L2 bias term ``(n_q, O)`` (0.0 without L2).
+    """
+    Xq = walk.X[q0:q1]
+    device = Xq.device
+    static = walk.cached(("static", q0), lambda: walk.bound.static(Xq, walk.X_train))
+    start = {n: p.to(device) for n, p in start.items()}
+    parts = []
+    with torch.no_grad():
+        for step, end in steps:
+            points = [start]
+            if end is not None:
+                end = {n: p.to(device) for n, p in end.items()}
+                points = [
+                    {n: start[n] + s * (end[n] - start[n]) for n in start}
+                    for s in walk.nodes
+                ]
+            batch = step.batch.to(device)
+            train_state = walk.bound.state(start, walk.X_train[batch])
+            vectors = (
+                -step.step_size
+                * step.batch_weights.to(device, Xq.dtype)[:, None]
+                * step.output_gradients.to(device, Xq.dtype)
             )
-            phi.index_add_(1, batch, part.double(), alpha=weight)
-            if self.trajectory.alpha:
-                # Remark 4: the L2 pull, through the same (averaged) Jacobian.
-                bias_term = bias_term + weight * self.trajectory.alpha * (
-                    step.step_size * _jvp(self.module, point, Xq, start).double()
+            batch_static = None if static is None else static[:, batch]
+            total, bias_term = None, 0.0
+            for weight, point in zip(walk.node_weights, points):
+                part = walk.bound.contract_vector(
+                    walk.bound.state(point, Xq), train_state, vectors, batch_static
                 )
-        return bias_term
+                if len(points) == 1:
+                    total = part  # weight 1: added as it is
+                else:
+                    if total is None:
+                        total = torch.zeros_like(part, dtype=torch.float64)
+                    total.add_(part.double(), alpha=weight)
+                if walk.alpha:
+                    # Remark 4: the L2 pull, through the same (averaged) Jacobian.
+                    bias_term = bias_term + weight * walk.alpha * (
+                        step.step_size * _jvp(walk.module, point, Xq, start).double()
+                    )
+            parts.append((step.batch, total, bias_term))
+    return parts
 
 
 def _jvp(module, parameters, X, tangent):
@@ -393,11 +447,11 @@ def _jvp(module, parameters, X, tangent):
     return out
 
 
-def _parameters_after(trajectory, t, device):
+def _parameters_after(trajectory, t):
     """``w_{t+1}``: the next checkpoint, or the final parameters."""
     if t + 1 < len(trajectory):
-        return trajectory.parameters(t + 1, device=device)
-    return trajectory.final_parameters(device=device)
+        return trajectory.parameters(t + 1)
+    return trajectory.final_parameters()
 
 
 def _steps_by_checkpoint(trajectory):

@@ -99,9 +99,12 @@ _PARAMETERS_DOC = (
         scikit-learn's ``working_memory`` setting when None. The result,
         ``n_X * n_Y`` float64 numbers, comes on top.
     n_jobs : int, default=None
-        Row blocks of :meth:`kernel` run as joblib tasks, threads unless a
-        ``joblib.parallel_config`` chooses another backend. None runs one
-        block at a time with all of torch's threads.
+        Blocks of :meth:`kernel`, :meth:`kernel_diagonal`, :meth:`decompose`
+        and of ``PathKernelFeatures`` run as joblib tasks (one per block of
+        rows and checkpoint), threads unless a ``joblib.parallel_config``
+        chooses another backend, such as dask on a cluster; the results are
+        bit-identical whatever runs them. None runs one task at a time with
+        all of torch's threads.
     random_state : int, RandomState instance or None, default=None
         Seeds the initial weights and the shuffling through a local
         ``torch.Generator``; the global torch RNG is never reseeded. An int

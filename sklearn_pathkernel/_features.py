@@ -38,12 +38,16 @@ when it is spread over many checkpoints and layers (docs/design.md, section
 6).
 
 Each factor is drawn in float64 on the CPU from a ``torch.Generator`` seeded
-by ``(seed, k, l, j)`` (:func:`gaussian_factor`), once per call, then cast to
-the work's dtype and device: the features depend on the seed, the engine's
-pieces and ``m``, not on the blocking of the rows, the budget or the device.
+by ``(seed, k, l, j)`` (:func:`gaussian_factor`), then cast to the work's
+dtype and device: the features depend on the seed, the engine's pieces and
+``m``, not on the blocking of the rows, the budget, the device or what runs
+the tasks (one per block of rows and checkpoint, ``_tasks``; a thread keeps a
+checkpoint's factors for its next task, so they are drawn once per call and
+thread when they fit the budget together).
 """
 
 import math
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -51,6 +55,7 @@ from sklearn import get_config
 
 from ._blocking import tile_within_budget
 from ._network import forward, in_evaluation_mode, placement
+from ._tasks import Shared, compact, row_blocks, run_tasks
 from ._validation import check_kernel_input, to_tensor
 from .engines import select_engine
 
@@ -132,6 +137,7 @@ def path_features(
     engine="auto",
     working_memory=None,
     device=None,
+    n_jobs=None,
 ):
     """Random path-kernel features and the exact self kernel of ``X``.
 
@@ -155,6 +161,10 @@ def path_features(
         once; scikit-learn's ``working_memory`` setting when None.
     device : str or torch.device, default=None
         Where to compute; the module's device when None.
+    n_jobs : int, default=None
+        Each block of rows and checkpoint is a joblib task, threads unless a
+        ``joblib.parallel_config`` chooses another backend (dask, for a
+        cluster); the features are bit-identical whatever runs them.
 
     Returns
     -------
@@ -186,37 +196,97 @@ def path_features(
     X_t = to_tensor(X, dtype=dtype, device=device, name="X")
     n = X_t.shape[0]
     bound = select_engine(engine, module, trajectory.parameter_names)
-    features = torch.zeros((n, n_components), dtype=torch.float64, device=device)
-    diagonal = torch.zeros(n, dtype=torch.float64, device=device)
     with torch.no_grad():
         n_outputs = forward(module, X_t[:1]).shape[1]
-        shapes = bound.sketch_shapes(n_outputs)
-        tile, groups = plan(
-            bound, shapes, n_outputs, X_t.element_size(), n_components, working_memory
-        )
-        # Checkpoints outside, row tiles inside: each factor is drawn once.
-        for k, weight in enumerate(trajectory.weights):
-            if weight == 0:
-                continue
-            parameters = trajectory.parameters(k, device=device)
-            scale = math.sqrt(weight / n_components)
-            for g, group in enumerate(groups):
-                factors = {
+    shapes = bound.sketch_shapes(n_outputs)
+    tile, groups = plan(
+        bound, shapes, n_outputs, X_t.element_size(), n_components, working_memory
+    )
+    sketch = _Sketch(
+        bound=bound,
+        X_t=X_t,
+        tile=tile,
+        device=device,
+        shapes=shapes,
+        groups=groups,
+        n_components=n_components,
+        seed=seed,
+    )
+    # A task's result is (rows, m) float64: at most a quarter of the budget.
+    if working_memory is None:
+        working_memory = get_config()["working_memory"]
+    result_tiles = working_memory * 2**20 / 4 // (tile * n_components * 8)
+    blocks = row_blocks(n, tile, tiles_per_block=int(max(1, min(8, result_tiles))))
+    # Checkpoints outside, row blocks inside: a thread's factors are drawn
+    # once per checkpoint when they fit the budget together (one group).
+    kept = [(k, w) for k, w in enumerate(trajectory.weights) if w != 0]
+    tasks = (
+        (r0, r1, k, float(weight), compact(trajectory.parameters(k)))
+        for k, weight in kept
+        for r0, r1 in blocks
+    )
+    parts = run_tasks(_sketch_part, sketch, tasks, n_jobs=n_jobs)
+    features = torch.zeros((n, n_components), dtype=torch.float64, device=device)
+    diagonal = torch.zeros(n, dtype=torch.float64, device=device)
+    for _ in kept:
+        for r0, r1 in blocks:
+            part_features, part_diagonal = next(parts)
+            features[r0:r1] += part_features
+            diagonal[r0:r1] += part_diagonal
+    return features.cpu().numpy(), diagonal.cpu().numpy()
+
+
+@dataclass
+class _Sketch(Shared):
+    """What every task of one call of :func:`path_features` shares."""
+
+    bound: object  # the engine, bound to the module
+    X_t: torch.Tensor
+    tile: int
+    device: torch.device
+    shapes: list  # the engine's sketch pieces
+    groups: list  # pieces whose factors are kept together (``plan``)
+    n_components: int
+    seed: int
+
+
+def _sketch_part(sketch, r0, r1, k, weight, parameters):
+    """Checkpoint ``k``'s weighted features and diagonal of rows ``r0:r1``.
+
+    Returns
+    -------
+    features : torch.Tensor of float64, shape (r1 - r0, n_components)
+        ``sqrt(weight / m) sum_l s_{k,l}(x)``, pieces added in order.
+    diagonal : torch.Tensor of float64, shape (r1 - r0,)
+        ``weight * K_k(x, x)``.
+    """
+    bound, X_t, tile, m = sketch.bound, sketch.X_t, sketch.tile, sketch.n_components
+    device, dtype = sketch.device, X_t.dtype
+    parameters = {n: p.to(device) for n, p in parameters.items()}
+    scale = math.sqrt(weight / m)
+    features = torch.zeros((r1 - r0, m), dtype=torch.float64, device=device)
+    diagonal = torch.zeros(r1 - r0, dtype=torch.float64, device=device)
+    with torch.no_grad():
+        for g, group in enumerate(sketch.groups):
+            factors = sketch.cached(
+                ("factors", k, g),
+                lambda group=group: {
                     piece: tuple(
-                        gaussian_factor(seed, k, piece, j, height, n_components).to(
+                        gaussian_factor(sketch.seed, k, piece, j, height, m).to(
                             device=device, dtype=dtype
                         )
-                        for j, height in enumerate(shapes[piece])
+                        for j, height in enumerate(sketch.shapes[piece])
                     )
                     for piece in group
-                }
-                for r0 in range(0, n, tile):
-                    rows = X_t[r0 : r0 + tile]
-                    state = bound.state(parameters, rows)
-                    if g == 0:
-                        part = bound.diagonal(state, rows)
-                        diagonal[r0 : r0 + tile] += float(weight) * part.double()
-                    for piece in group:
-                        part = bound.sketch(state, rows, piece, factors[piece])
-                        features[r0 : r0 + tile].add_(part.double(), alpha=scale)
-    return features.cpu().numpy(), diagonal.cpu().numpy()
+                },
+            )
+            for a0 in range(r0, r1, tile):
+                rows = X_t[a0 : min(a0 + tile, r1)]
+                state = bound.state(parameters, rows)
+                if g == 0:
+                    part = bound.diagonal(state, rows)
+                    diagonal[a0 - r0 : a0 - r0 + tile] += weight * part.double()
+                for piece in group:
+                    part = bound.sketch(state, rows, piece, factors[piece])
+                    features[a0 - r0 : a0 - r0 + tile].add_(part.double(), alpha=scale)
+    return features, diagonal

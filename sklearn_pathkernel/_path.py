@@ -5,18 +5,16 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from joblib import Parallel, delayed
 
 from ._blocking import (
     grid,
-    limit_threads,
     rows_within_budget,
-    threads_per_task,
     tile_within_budget,
 )
 from ._network import forward, in_evaluation_mode, placement
 from ._progress import progress_bar
 from ._result import fingerprint_of, open_result
+from ._tasks import Shared, compact, row_blocks, run_tasks
 from ._validation import check_kernel_input, to_tensor
 from .engines import select_engine
 
@@ -73,8 +71,9 @@ def tangent_kernel(
     device : str or torch.device, default=None
         Where to compute; the module's device when None.
     n_jobs : int, default=None
-        Row blocks run as joblib tasks (threads unless a
-        ``joblib.parallel_config`` says otherwise). None runs them one after
+        Each block of rows and checkpoint is a joblib task (threads unless
+        a ``joblib.parallel_config`` says otherwise, e.g. dask on a
+        cluster; the result is the same bits). None runs them one after
         the other, each using all of torch's threads, which is usually
         fastest on one machine; more jobs help on a cluster backend.
         Concurrent tasks share torch's threads (each gets
@@ -117,7 +116,7 @@ def tangent_kernel(
         parameters = {n: p.detach() for n, p in module.named_parameters()}
     return weighted_kernel_sum(
         module,
-        [(1.0, lambda dev: {n: p.to(dev) for n, p in parameters.items()})],
+        [(1.0, lambda: parameters)],
         X,
         Y,
         parameter_names=list(parameters),
@@ -172,7 +171,8 @@ def path_kernel(
     device : str or torch.device, default=None
         Where to compute; the module's device when None.
     n_jobs : int, default=None
-        Row blocks run as joblib tasks; see :func:`tangent_kernel`.
+        Blocks of rows and checkpoints run as joblib tasks; see
+        :func:`tangent_kernel`.
     verbose : int, default=0
         Say which engine runs and how the work is blocked, and show a
         progress bar over checkpoints and row blocks.
@@ -199,7 +199,7 @@ def path_kernel(
     ((5, 5), True)
     """
     points = [
-        (float(weight), lambda dev, k=k: trajectory.parameters(k, device=dev))
+        (float(weight), lambda k=k: trajectory.parameters(k))
         for k, weight in enumerate(trajectory.weights)
     ]
     return weighted_kernel_sum(
@@ -228,19 +228,22 @@ def path_kernel_diagonal(
     engine="auto",
     working_memory=None,
     device=None,
+    n_jobs=None,
 ):
     """``K_path(x, x)`` for every row of ``X``, without the ``n x n`` kernel.
 
     One engine state per row and checkpoint and no product between rows
     (:meth:`Engine.diagonal`): about the cost of training for one epoch per
     checkpoint. Rows go in tiles from the fixed grid, so the result is
-    bit-identical across every budget that holds a full tile.
+    bit-identical across every budget that holds a full tile, and across
+    ``n_jobs`` and joblib backends (a task per block of rows and
+    checkpoint; ``_tasks``).
 
     Parameters
     ----------
     module, trajectory : as for :func:`path_kernel`
     X : array-like or torch.Tensor of shape (n_X, n_features)
-    engine, working_memory, device : as for :func:`path_kernel`
+    engine, working_memory, device, n_jobs : as for :func:`path_kernel`
 
     Returns
     -------
@@ -267,17 +270,44 @@ def path_kernel_diagonal(
     X_t = to_tensor(X, dtype=dtype, device=device, name="X")
     with torch.no_grad():
         n_outputs = forward(module, X_t[:1]).shape[1]
-        tile = tile_within_budget(
-            working_memory, bound.bytes_per_row(n_outputs, X_t.element_size())
-        )
-        diagonal = torch.zeros(X_t.shape[0], dtype=torch.float64, device=device)
-        for k, weight in enumerate(trajectory.weights):
-            parameters = trajectory.parameters(k, device=device)
-            for r0 in range(0, X_t.shape[0], tile):
-                rows = X_t[r0 : r0 + tile]
-                part = bound.diagonal(bound.state(parameters, rows), rows)
-                diagonal[r0 : r0 + tile] += float(weight) * part.double()
+    tile = tile_within_budget(
+        working_memory, bound.bytes_per_row(n_outputs, X_t.element_size())
+    )
+    rows = _Rows(bound=bound, X_t=X_t, tile=tile, device=device)
+    blocks = row_blocks(X_t.shape[0], tile)
+    tasks = (
+        (r0, r1, compact(trajectory.parameters(k)))
+        for r0, r1 in blocks
+        for k in range(len(trajectory))
+    )
+    parts = run_tasks(_diagonal_part, rows, tasks, n_jobs=n_jobs)
+    diagonal = torch.zeros(X_t.shape[0], dtype=torch.float64, device=device)
+    for _ in blocks:
+        for weight in trajectory.weights:
+            for a0, part in next(parts):
+                diagonal[a0 : a0 + tile] += float(weight) * part.double()
     return diagonal.cpu().numpy()
+
+
+@dataclass
+class _Rows(Shared):
+    """What every task of row-by-row work shares."""
+
+    bound: object  # the engine, bound to the module
+    X_t: torch.Tensor
+    tile: int
+    device: torch.device
+
+
+def _diagonal_part(rows, r0, r1, parameters):
+    """One checkpoint's ``K(x, x)`` of rows ``r0:r1``: ``[(a0, part)]`` per tile."""
+    parameters = {n: p.to(rows.device) for n, p in parameters.items()}
+    parts = []
+    with torch.no_grad():
+        for a0 in range(r0, r1, rows.tile):
+            X = rows.X_t[a0 : min(a0 + rows.tile, r1)]
+            parts.append((a0, rows.bound.diagonal(rows.bound.state(parameters, X), X)))
+    return parts
 
 
 @in_evaluation_mode
@@ -299,17 +329,18 @@ def weighted_kernel_sum(
 ):
     """``sum_k weight_k * J_k(X) J_k(Y)^T`` over ``points``, in row blocks.
 
-    ``points`` is a sequence of ``(weight, load)`` where ``load(device)``
-    returns the parameter mapping of that point. The work is cut on the
-    fixed grid of ``_blocking``: row tiles of X against column chunks of Y,
-    the same for every budget. ``working_memory`` only decides how many row
-    tiles a block holds; each block's strip of the result is an independent
-    task (run through joblib with ``n_jobs``), in which every point's states
-    are built tile by tile and contracted tile against chunk, accumulating
-    in float64 on the device. For ``Y=None`` only tiles on or above the
-    diagonal are computed and the rest is mirrored, so the result is exactly
-    symmetric and bit-identical across budgets and ``n_jobs``. ``out`` and
-    ``dtype`` say where the result goes (``_result.open_result``); strips
+    ``points`` is a sequence of ``(weight, load)`` where ``load()``
+    returns the parameter mapping of that point (on any device). The work
+    is cut on the fixed grid of ``_blocking``: row tiles of X against column
+    chunks of Y, the same for every budget. ``working_memory`` only decides
+    how many row tiles a block holds; each block and point is an independent
+    task (run through joblib with ``n_jobs``, ``_tasks``) that builds the
+    point's states tile by tile and contracts tile against chunk; the
+    block's strip adds the points' parts in order, in float64 on the device.
+    For ``Y=None`` only tiles on or above the diagonal are computed and the
+    rest is mirrored, so the result is exactly symmetric and bit-identical
+    across budgets, ``n_jobs`` and joblib backends. ``out`` and ``dtype``
+    say where the result goes (``_result.open_result``); strips
     already written to an ``out`` file by an interrupted call are skipped.
     """
     symmetric = Y is None
@@ -345,7 +376,6 @@ def weighted_kernel_sum(
         return K
     work = _Work(
         bound=bound,
-        points=points,
         X_t=X_t,
         Y_t=Y_t,
         symmetric=symmetric,
@@ -359,7 +389,7 @@ def weighted_kernel_sum(
         for r0, r1 in _row_blocks(work, working_memory)
         if not result.is_done(r0, r1)
     ]
-    _run_strips(result, work, row_blocks, n_jobs, verbose)
+    _run_strips(result, work, points, row_blocks, n_jobs, verbose)
     if symmetric:
         _mirror_upper(K, work.tile)
     result.finish()
@@ -367,11 +397,13 @@ def weighted_kernel_sum(
 
 
 @dataclass
-class _Work:
-    """What every strip of one kernel shares."""
+class _Work(Shared):
+    """What every task of one kernel shares: the engine and the rows.
+
+    The checkpoints are not here: each task gets its own (``_tasks``).
+    """
 
     bound: object  # the engine, bound to the module
-    points: list  # (weight, load) per checkpoint
     X_t: torch.Tensor
     Y_t: torch.Tensor
     symmetric: bool
@@ -382,13 +414,12 @@ class _Work:
     chunk: int  # columns per column chunk
     state_bytes: int  # engine state per row
     itemsize: int
-    tick: object = None  # progress callback per checkpoint, or None
 
 
 def _fingerprint(points, X_t, Y_t, symmetric, trace):
     """What identifies a kernel: its rows, its checkpoints' weights and ends."""
     weights = [weight for weight, _ in points]
-    ends = [points[k][1](torch.device("cpu")) for k in sorted({0, len(points) - 1})]
+    ends = [points[k][1]() for k in sorted({0, len(points) - 1})]
     tensors = [t for parameters in ends for _, t in sorted(parameters.items())]
     return fingerprint_of(X_t, None if symmetric else Y_t, trace, weights, *tensors)
 
@@ -413,8 +444,8 @@ def _row_blocks(work, working_memory):
     block = rows_within_budget(
         working_memory,
         # Per row: its engine state, and across the m columns the float64
-        # strip and the cached static Gram ...
-        work.state_bytes + m * (8 + work.itemsize) * numbers,
+        # strip, the cached static Gram and one checkpoint's contraction ...
+        work.state_bytes + m * (8 + 2 * work.itemsize) * numbers,
         max(n, m),
         # ... on top of one column chunk's state and a contraction's
         # temporaries (input Gram, signal Gram, their product).
@@ -425,16 +456,18 @@ def _row_blocks(work, working_memory):
     return [(r0, min(r0 + block, n)) for r0 in range(0, n, block)]
 
 
-def _run_strips(result, work, row_blocks, n_jobs, verbose):
-    """Compute the strips (joblib tasks) into ``result``, with progress.
+def _run_strips(result, work, points, row_blocks, n_jobs, verbose):
+    """Compute the strips into ``result``, with progress.
 
-    Each strip is written, and recorded as done, as soon as it arrives.
+    One task per strip and checkpoint (``_strip_part``); the strip adds its
+    checkpoints' parts in order, and is written, and recorded as done, as
+    soon as its last checkpoint arrives.
     """
     if not row_blocks:
         return  # every strip was written by an earlier, interrupted call
     progress = progress_bar(
         verbose,
-        total=len(row_blocks) * len(work.points),
+        total=len(row_blocks) * len(points),
         desc=f"path kernel ({work.bound.name})",
         unit="checkpoint-block",
     )
@@ -442,21 +475,28 @@ def _run_strips(result, work, row_blocks, n_jobs, verbose):
         n, m = work.X_t.shape[0], work.Y_t.shape[0]
         progress.write(
             f"path kernel: engine {work.bound.name!r}, {n} x {m} over "
-            f"{len(work.points)} checkpoint(s), {len(row_blocks)} row block(s) of "
+            f"{len(points)} checkpoint(s), {len(row_blocks)} row block(s) of "
             f"up to {row_blocks[0][1] - row_blocks[0][0]} rows in tiles of "
             f"{work.tile} x {work.chunk}"
         )
-    # In-task progress only when the tasks run here, one after the other.
-    work.tick = progress.update if n_jobs in (None, 1) else None
-    with limit_threads(threads_per_task(n_jobs)), progress:
-        strips = Parallel(n_jobs=n_jobs, prefer="threads", return_as="generator")(
-            delayed(_strip)(work, r0, r1) for r0, r1 in row_blocks
-        )
-        for (r0, r1), strip in zip(row_blocks, strips):
-            result.array[r0:r1, _first_column(r0, work.chunk, work.symmetric) :] = strip
+    tasks = ((r0, r1, compact(load())) for r0, r1 in row_blocks for _, load in points)
+    parts = run_tasks(_strip_part, work, tasks, n_jobs=n_jobs)
+    with progress:
+        for r0, r1 in row_blocks:
+            c_start = _first_column(r0, work.chunk, work.symmetric)
+            strip = torch.zeros(
+                (r1 - r0, work.Y_t.shape[0] - c_start, *work.extra),
+                dtype=torch.float64,
+                device=work.device,
+            )
+            for weight, _ in points:
+                for (a0, a1, b0, b1), part in next(parts):
+                    strip[a0 - r0 : a1 - r0, b0 - c_start : b1 - c_start].add_(
+                        part, alpha=weight
+                    )
+                progress.update(1)
+            result.array[r0:r1, c_start:] = strip.cpu().numpy()
             result.mark_done(r0, r1)
-            if work.tick is None:
-                progress.update(len(work.points))
 
 
 def _first_column(r0, chunk, symmetric):
@@ -464,60 +504,66 @@ def _first_column(r0, chunk, symmetric):
     return r0 // chunk * chunk if symmetric else 0
 
 
-def _strip(work, r0, r1):
-    """Rows ``r0:r1`` of the kernel, from column ``_first_column`` on.
+def _pairs(work, r0, r1):
+    """The row tiles of rows ``r0:r1``, and ``{column chunk: the tiles it meets}``.
 
-    Row states are built one row tile at a time and column states one column
-    chunk at a time, each on the fixed grid; every product is one row tile
-    against one column chunk. When symmetric, a row tile meets only the
-    chunks from the one holding its first row on: entries below the diagonal
-    inside that chunk are computed too, and overwritten by the mirror.
+    When symmetric, a row tile meets only the chunks from the one holding
+    its first row on: entries below the diagonal inside that chunk are
+    computed too, and overwritten by the mirror.
     """
-    bound, X_t, Y_t = work.bound, work.X_t, work.Y_t
-    c_start = _first_column(r0, work.chunk, work.symmetric)
-    strip = torch.zeros(
-        (r1 - r0, Y_t.shape[0] - c_start, *work.extra),
-        dtype=torch.float64,
-        device=work.device,
-    )
+    n_Y = work.Y_t.shape[0]
     row_tiles = [(a0, min(a0 + work.tile, r1)) for a0 in range(r0, r1, work.tile)]
-    pairs = {  # column chunk -> the row tiles it meets
-        (b0, min(b0 + work.chunk, Y_t.shape[0])): [
+    return row_tiles, {
+        (b0, min(b0 + work.chunk, n_Y)): [
             a
             for a in row_tiles
             if _first_column(a[0], work.chunk, work.symmetric) <= b0
         ]
-        for b0 in range(c_start, Y_t.shape[0], work.chunk)
+        for b0 in range(_first_column(r0, work.chunk, work.symmetric), n_Y, work.chunk)
     }
-    statics = {
-        (a, b): bound.static(X_t[a[0] : a[1]], Y_t[b[0] : b[1]])
-        for b, tiles in pairs.items()
-        for a in tiles
-    }
+
+
+def _strip_part(work, r0, r1, parameters):
+    """One checkpoint's contractions for rows ``r0:r1``, not yet weighted.
+
+    Row states are built one row tile at a time and column states one column
+    chunk at a time, each on the fixed grid; every product is one row tile
+    against one column chunk. The statics of the strip's pairs are the same
+    at every checkpoint: kept (``Shared.cached``) while the strip's
+    checkpoints follow each other on this thread.
+
+    Returns
+    -------
+    parts : list of ((a0, a1, b0, b1), torch.Tensor)
+        Rows ``a0:a1`` against columns ``b0:b1``, in the network's dtype.
+    """
+    bound, X_t, Y_t = work.bound, work.X_t, work.Y_t
+    row_tiles, pairs = _pairs(work, r0, r1)
+    statics = work.cached(
+        ("statics", r0, r1),
+        lambda: {
+            (a, b): bound.static(X_t[a[0] : a[1]], Y_t[b[0] : b[1]])
+            for b, tiles in pairs.items()
+            for a in tiles
+        },
+    )
+    parameters = {n: p.to(work.device) for n, p in parameters.items()}
+    parts = []
     with torch.no_grad():
-        for weight, load in work.points:
-            parameters = load(work.device)
-            states_x = {a: bound.state(parameters, X_t[a[0] : a[1]]) for a in row_tiles}
-            for (b0, b1), tiles in pairs.items():
-                # A chunk that is one of this block's row tiles (Y is X, and
-                # the grid's tiles and chunks coincide) has its state already:
-                # built from the same rows in the same shape, so the same bits.
-                state_y = states_x.get((b0, b1)) if work.symmetric else None
-                if state_y is None:
-                    state_y = bound.state(parameters, Y_t[b0:b1])
-                for a0, a1 in tiles:
-                    part = bound.contract(
-                        states_x[a0, a1],
-                        state_y,
-                        work.trace,
-                        statics[(a0, a1), (b0, b1)],
-                    )
-                    strip[a0 - r0 : a1 - r0, b0 - c_start : b1 - c_start].add_(
-                        part, alpha=weight
-                    )
-            if work.tick is not None:
-                work.tick(1)
-    return strip.cpu().numpy()
+        states_x = {a: bound.state(parameters, X_t[a[0] : a[1]]) for a in row_tiles}
+        for (b0, b1), tiles in pairs.items():
+            # A chunk that is one of this block's row tiles (Y is X, and
+            # the grid's tiles and chunks coincide) has its state already:
+            # built from the same rows in the same shape, so the same bits.
+            state_y = states_x.get((b0, b1)) if work.symmetric else None
+            if state_y is None:
+                state_y = bound.state(parameters, Y_t[b0:b1])
+            for a0, a1 in tiles:
+                part = bound.contract(
+                    states_x[a0, a1], state_y, work.trace, statics[(a0, a1), (b0, b1)]
+                )
+                parts.append(((a0, a1, b0, b1), part))
+    return parts
 
 
 def _mirror_upper(K, tile):

@@ -335,6 +335,7 @@ class PathKernelFeatures(_BasePathKernelTransformer):
             seed=self.seed_,
             engine=est.engine,
             working_memory=est.working_memory,
+            n_jobs=est.n_jobs,
         )
         mode = self._normalize_mode()
         scale = est._training_scale() if mode == "mean_diagonal" else None

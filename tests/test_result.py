@@ -12,7 +12,7 @@ from sklearn_pathkernel import PathKernelRegressor, _blocking, _path, _result
 from sklearn_pathkernel import path_kernel as _path_kernel
 
 Fitted = namedtuple("Fitted", "module trajectory X")
-_REAL_STRIP = _path._strip
+_REAL_PART = _path._strip_part
 
 
 @pytest.fixture(scope="module")
@@ -63,17 +63,20 @@ def test_an_array_is_filled_in_place(fitted):
     assert np.array_equal(out, path_kernel(fitted))
 
 
-def _interrupt_after(monkeypatch, n_strips):
-    """Let ``n_strips`` strips finish, then raise KeyboardInterrupt; count calls."""
+def _interrupt_after(monkeypatch, n_strips, n_checkpoints=6):  # max_iter=6
+    """Let ``n_strips`` strips finish, then raise KeyboardInterrupt; count tasks.
+
+    A strip is one task per checkpoint (``_strip_part``).
+    """
     calls = []
 
-    def strip(work, r0, r1):
+    def part(work, r0, r1, parameters):
         calls.append((r0, r1))
-        if n_strips is not None and len(calls) > n_strips:
+        if n_strips is not None and len(calls) > n_strips * n_checkpoints:
             raise KeyboardInterrupt
-        return _REAL_STRIP(work, r0, r1)
+        return _REAL_PART(work, r0, r1, parameters)
 
-    monkeypatch.setattr(_path, "_strip", strip)
+    monkeypatch.setattr(_path, "_strip_part", part)
     return calls
 
 

@@ -1,0 +1,171 @@
+"""Blocks of work as joblib tasks, one checkpoint at a time.
+
+The kernel, its diagonal, the decomposition and the features all sum, over
+the checkpoints of a path, something computed on a block of rows at one
+checkpoint's parameters. Each such (block, checkpoint) is one joblib task:
+
+- **What a task receives.** ``shared``, the same :class:`Shared` object for
+  every task of a call (the engine and its module, the rows), and the small
+  arguments of its own: a block's row range and one checkpoint's parameters
+  (:func:`compact`). Closures over the trajectory never travel. joblib's dask
+  backend scatters an argument to the workers once per call when it is
+  weak-referenceable and ``dask.sizeof`` finds it larger than 1 kB, so
+  :class:`Shared` reports its tensors' bytes in ``__sizeof__``.
+- **What a task returns.** Its checkpoint's contribution, not yet weighted
+  into the total: the caller adds contributions in checkpoint order, with
+  the same operations whatever runs the tasks. Serial runs, threads and
+  worker processes therefore give the same bits (docs/design.md, section 8).
+- **What a task keeps.** Work that several tasks repeat (the static Gram
+  of a block's pairs, at every checkpoint; a checkpoint's random factors,
+  in every block) is kept by :meth:`Shared.cached`, one value per thread:
+  tasks that need the same value and follow each other on a thread, or on
+  a dask worker, which keeps the one scattered object, compute it once.
+"""
+
+import sys
+import threading
+
+import torch
+from joblib import Parallel, delayed
+
+from ._blocking import limit_threads, threads_per_task
+
+
+class Shared:
+    """What every task of one call shares; travels to a worker once.
+
+    Subclasses are dataclasses of the call's engine, rows and options.
+    Nothing here may refer to the trajectory: a task gets its checkpoint as
+    an argument.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from sklearn_pathkernel._tasks import Shared
+    >>> shared = Shared()
+    >>> shared.rows = torch.zeros(1000)
+    >>> shared.__sizeof__() >= 4000  # dask scatters it (more than 1 kB)
+    True
+    >>> shared.cached("key", lambda: 1), shared.cached("key", lambda: 2)
+    (1, 1)
+    """
+
+    def cached(self, key, compute):
+        """``compute()``, kept for the next call with the same ``key``.
+
+        One value per thread (the last key's), freed with this object: a
+        block's statics live while that block's checkpoints run.
+        """
+        local = self.__dict__.get("_local")
+        if local is None:
+            local = self.__dict__.setdefault("_local", threading.local())
+        entry = getattr(local, "entry", None)
+        if entry is None or entry[0] != key:
+            local.entry = None  # free the last value before computing the next
+            entry = (key, compute())
+            local.entry = entry
+        return entry[1]
+
+    def __getstate__(self):
+        state = self.__dict__.copy()
+        state.pop("_local", None)  # a cache is per process
+        return state
+
+    def __sizeof__(self):
+        return object.__sizeof__(self) + sum(
+            _nbytes(value) for value in self.__dict__.values()
+        )
+
+
+def _nbytes(value):
+    if isinstance(value, torch.Tensor):
+        return value.nbytes
+    if isinstance(value, torch.nn.Module):
+        return sum(t.nbytes for t in value.state_dict().values())
+    module = getattr(value, "module", None)  # an engine
+    if isinstance(module, torch.nn.Module):
+        return _nbytes(module)
+    return sys.getsizeof(value)
+
+
+def compact(tensors):
+    """The tensors, each holding only its own numbers.
+
+    A view pickles its whole storage: a checkpoint's tensors are views of a
+    flat vector, and after unpickling a trajectory every checkpoint is a
+    view of one matrix holding them all. Copies of views travel alone.
+
+    Parameters
+    ----------
+    tensors : dict of str to torch.Tensor
+
+    Returns
+    -------
+    tensors : dict of str to torch.Tensor
+
+    Examples
+    --------
+    >>> import torch
+    >>> from sklearn_pathkernel._tasks import compact
+    >>> whole = torch.zeros(1000)
+    >>> part = compact({"w": whole[:10]})["w"]
+    >>> part.untyped_storage().nbytes()
+    40
+    """
+    return {
+        name: t if t.untyped_storage().nbytes() == t.nbytes else t.clone()
+        for name, t in tensors.items()
+    }
+
+
+def run_tasks(function, shared, tasks, *, n_jobs):
+    """``function(shared, *task)`` for every task, yielded in order.
+
+    Tasks run through ``joblib.Parallel(n_jobs, prefer="threads")``, so a
+    ``joblib.parallel_config`` (dask, loky) chooses where; ``tasks`` is
+    consumed lazily, a few ahead of the results. Concurrent tasks share
+    torch's threads (``limit_threads``), and so does the caller while it
+    adds their results up.
+
+    Parameters
+    ----------
+    function : callable
+        A module-level function, so that it pickles by name.
+    shared : Shared
+    tasks : iterable of tuple
+        Each task's own, small arguments.
+    n_jobs : int or None
+
+    Yields
+    ------
+    result
+        ``function(shared, *task)``, in the order of ``tasks``.
+
+    Examples
+    --------
+    >>> from sklearn_pathkernel._tasks import Shared, run_tasks
+    >>> def add(shared, a, b):
+    ...     return a + b
+    >>> list(run_tasks(add, Shared(), [(1, 2), (3, 4)], n_jobs=2))
+    [3, 7]
+    """
+    with limit_threads(threads_per_task(n_jobs)):
+        yield from Parallel(n_jobs=n_jobs, prefer="threads", return_as="generator")(
+            delayed(function)(shared, *task) for task in tasks
+        )
+
+
+def row_blocks(n_rows, tile, tiles_per_block=8):
+    """``(r0, r1)`` of each task's rows in row-by-row work: whole tiles.
+
+    Results depend on the tile only; blocks of several tiles keep the tasks
+    few enough that dispatching them costs little.
+
+    Examples
+    --------
+    >>> from sklearn_pathkernel._tasks import row_blocks
+    >>> row_blocks(10, 2, tiles_per_block=2)
+    [(0, 4), (4, 8), (8, 10)]
+    """
+    block = tile * tiles_per_block
+    return [(r0, min(r0 + block, n_rows)) for r0 in range(0, n_rows, block)]
