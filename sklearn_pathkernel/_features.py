@@ -194,10 +194,9 @@ def path_features(
             bound, shapes, n_outputs, X_t.element_size(), n_components, working_memory
         )
         # Checkpoints outside, row tiles inside: each factor is drawn once.
-        for k, weight in enumerate(trajectory.weights):
-            if weight == 0:
-                continue
-            parameters = trajectory.parameters(k, device=device)
+        for k, node in enumerate(trajectory.kernel_nodes()):
+            weight = node.weight
+            parameters = trajectory.parameters_at(node.step, device=device)
             scale = math.sqrt(weight / n_components)
             for g, group in enumerate(groups):
                 factors = {

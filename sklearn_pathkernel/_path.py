@@ -147,11 +147,13 @@ def path_kernel(
     out=None,
     dtype=np.float64,
 ):
-    """Path kernel ``K_path(X, Y) = sum_k weights[k] * K_{w_k}(X, Y)``.
+    """Path kernel ``K_path(X, Y) = sum_k weight_k * K_{w_k}(X, Y)``.
 
-    The sum runs over the checkpoints of ``trajectory`` (a left Riemann sum
-    of the paper's path integral, Definition 2). It is a positive sum of Gram
-    matrices, hence symmetric positive semi-definite for ``Y = None``.
+    The sum runs over ``trajectory.kernel_nodes()``: the quadrature of the
+    paper's path integral (Definition 2) that the trajectory's rule gives,
+    approximating the every-step sum ``sum_t eps_t K_{w_t}``. It is a
+    positive sum of Gram matrices, hence symmetric positive semi-definite
+    for ``Y = None``.
 
     Parameters
     ----------
@@ -199,8 +201,8 @@ def path_kernel(
     ((5, 5), True)
     """
     points = [
-        (float(weight), lambda dev, k=k: trajectory.parameters(k, device=dev))
-        for k, weight in enumerate(trajectory.weights)
+        (node.weight, lambda dev, t=node.step: trajectory.parameters_at(t, device=dev))
+        for node in trajectory.kernel_nodes()
     ]
     return weighted_kernel_sum(
         module,
@@ -270,13 +272,18 @@ def path_kernel_diagonal(
             working_memory, bound.bytes_per_row(n_outputs, X_t.element_size())
         )
         diagonal = torch.zeros(X_t.shape[0], dtype=torch.float64, device=device)
-        for k, weight in enumerate(trajectory.weights):
-            parameters = trajectory.parameters(k, device=device)
+        for weight, parameters in _node_parameters(trajectory, device):
             for r0 in range(0, X_t.shape[0], tile):
                 rows = X_t[r0 : r0 + tile]
                 part = bound.diagonal(bound.state(parameters, rows), rows)
                 diagonal[r0 : r0 + tile] += float(weight) * part.double()
     return diagonal.cpu().numpy()
+
+
+def _node_parameters(trajectory, device):
+    """``(weight, parameters)`` of each kernel node, loaded one at a time."""
+    for node in trajectory.kernel_nodes():
+        yield node.weight, trajectory.parameters_at(node.step, device=device)
 
 
 def weighted_kernel_sum(
