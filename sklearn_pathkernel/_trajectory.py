@@ -108,8 +108,8 @@ class Trajectory:
     >>> traj = est.trajectory_
     >>> len(traj), traj.n_steps, float(traj.weights.sum())
     (20, 20, 2.0)
-    >>> [node.step for node in traj.kernel_nodes()]
-    [0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20]
+    >>> [node.step for node in traj.kernel_nodes()]  # Simpson, a tenth: w_0, w_T
+    [0, 20]
     >>> sorted(traj.parameters(0))[:2]
     ['0.bias', '0.weight']
     """
