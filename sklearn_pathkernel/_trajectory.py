@@ -206,8 +206,9 @@ class Trajectory:
         self._checkpoints = CheckpointStore(
             directory if directory is None or os.path.isdir(directory) else None
         )
-        if directory is not None and self._checkpoints.directory is None:
-            self._checkpoints._to_disk(packed[0])  # its directory is gone: a temp one
+        gone = directory is not None and self._checkpoints.directory is None
+        if gone and packed is not None:
+            self._checkpoints._to_disk(packed[0])  # in a temporary directory
         for row in [] if packed is None else packed.unbind(0):
             self._checkpoints.append(row)
         self._steps = (

@@ -413,3 +413,20 @@ def test_a_path_pickled_before_quadrature_rules_keeps_its_left_sum():
     old = Trajectory.__new__(Trajectory)
     old.__setstate__(state)
     assert old.quadrature == "left" and len(old.kernel_nodes()) == 20
+
+
+def test_a_disk_path_whose_directory_is_gone_loads_into_a_temporary_one(tmp_path):
+    import pickle
+
+    disk = Trajectory(SHAPES, directory=tmp_path / "gone")
+    disk._append_step(_flat(0), _step(0.1))
+    disk._set_final(_flat(1))
+    payload = pickle.dumps(disk)
+    del disk
+    gc.collect()
+    os.rmdir(tmp_path / "gone")
+    loaded = pickle.loads(payload)
+    assert loaded.on_disk and torch.equal(loaded.flat_parameters(0), _flat(0))
+    assert os.path.dirname(loaded._checkpoints.path) != str(tmp_path / "gone")
+    empty = pickle.loads(pickle.dumps(Trajectory(SHAPES, directory=tmp_path / "x")))
+    assert len(empty) == 0
