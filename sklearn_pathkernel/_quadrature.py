@@ -11,7 +11,8 @@ consecutive nodes and gives every panel's nodes the weights that sum
 polynomials in ``t`` exactly against that measure: degree 0 for "left"
 (today's Riemann sum, nodes at panels' left ends), 1 for "trapezoid" and
 "adaptive" (two-node panels, ``w_T`` included), 2 for "simpson" (three-node
-panels; a four-node panel, degree 3, closes an even count). For a constant
+panels; a four-node panel, degree 3, closes an even count; a panel whose
+weights would be negative falls back to trapezoids). For a constant
 step size the trapezoid weights are the Euler-Maclaurin form of the left
 sum, ``eps h`` inside and ``eps (h + 1) / 2``, ``eps (h - 1) / 2`` at the
 ends (panels of ``h`` steps). With every step a node each rule gives every
@@ -123,7 +124,15 @@ def node_weights(steps, step_sizes, quadrature):
         bounds = np.append(steps, len(eps))
         return cumulative[bounds[1:]] - cumulative[bounds[:-1]]
     for panel in _panels(len(steps), _PANEL[quadrature]):
-        weights[panel] += _panel_weights(steps[panel], eps)
+        part = _panel_weights(steps[panel], eps)
+        if (part < 0).any():
+            # Uneven or very short panels (a step or two between nodes) can
+            # make higher-order weights negative, and the kernel indefinite:
+            # such a panel falls back to trapezoids, never negative.
+            part = np.zeros(len(part))
+            for a in range(len(part) - 1):
+                part[a : a + 2] += _panel_weights(steps[panel][a : a + 2], eps)
+        weights[panel] += part
     return weights
 
 
