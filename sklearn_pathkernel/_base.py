@@ -1,6 +1,7 @@
 """Shared estimator base: parameters, validation, device, training, kernel."""
 
 import copy
+import os
 import warnings
 from functools import partial, wraps
 from numbers import Integral, Real
@@ -31,6 +32,7 @@ from ._network import (
 )
 from ._normalize import NORMALIZATIONS, normalize_kernel
 from ._path import path_kernel, path_kernel_diagonal
+from ._quadrature import RULES
 from ._training import TrainingOptions, train
 from ._validation import (
     DTYPES,
@@ -103,6 +105,14 @@ class BasePathKernelEstimator(BaseEstimator):
         "tol": [Interval(Real, 0, None, closed="left")],
         "n_iter_no_change": [Interval(Integral, 1, None, closed="left")],
         "record_every": [Interval(Integral, 1, None, closed="left")],
+        "quadrature": [StrOptions(set(RULES))],
+        "kernel_nodes": [
+            None,
+            Interval(Integral, 2, None, closed="left"),
+            Interval(Real, 0, 1, closed="right"),
+        ],
+        "adaptive_tol": [Interval(Real, 0, None, closed="neither")],
+        "trajectory_dir": [None, str, os.PathLike],
         # Checked at fit by resolve_device, which the functional API shares.
         "device": "no_validation",
         "dtype": [StrOptions(set(DTYPES))],
@@ -130,6 +140,10 @@ class BasePathKernelEstimator(BaseEstimator):
         tol=1e-4,
         n_iter_no_change=10,
         record_every=1,
+        quadrature="simpson",
+        kernel_nodes=0.1,
+        adaptive_tol=0.05,
+        trajectory_dir=None,
         device="auto",
         dtype="float32",
         engine="auto",
@@ -152,6 +166,10 @@ class BasePathKernelEstimator(BaseEstimator):
         self.tol = tol
         self.n_iter_no_change = n_iter_no_change
         self.record_every = record_every
+        self.quadrature = quadrature
+        self.kernel_nodes = kernel_nodes
+        self.adaptive_tol = adaptive_tol
+        self.trajectory_dir = trajectory_dir
         self.device = device
         self.dtype = dtype
         self.engine = engine
@@ -251,6 +269,10 @@ class BasePathKernelEstimator(BaseEstimator):
                     tol=self.tol,
                     n_iter_no_change=self.n_iter_no_change,
                     record_every=self.record_every,
+                    quadrature=self.quadrature,
+                    kernel_nodes=self.kernel_nodes,
+                    adaptive_tol=self.adaptive_tol,
+                    trajectory_dir=self.trajectory_dir,
                     verbose=self.verbose,
                 ),
                 generator=generator,

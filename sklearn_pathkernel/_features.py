@@ -219,10 +219,12 @@ def path_features(
     blocks = row_blocks(n, tile, tiles_per_block=int(max(1, min(8, result_tiles))))
     # Checkpoints outside, row blocks inside: a thread's factors are drawn
     # once per checkpoint when they fit the budget together (one group).
-    kept = [(k, w) for k, w in enumerate(trajectory.weights) if w != 0]
+    kept = [
+        (k, node) for k, node in enumerate(trajectory.kernel_nodes()) if node.weight
+    ]
     tasks = (
-        (r0, r1, k, float(weight), compact(trajectory.parameters(k)))
-        for k, weight in kept
+        (r0, r1, k, float(node.weight), compact(trajectory.parameters_at(node.step)))
+        for k, node in kept
         for r0, r1 in blocks
     )
     parts = run_tasks(_sketch_part, sketch, tasks, n_jobs=n_jobs)

@@ -146,11 +146,13 @@ def path_kernel(
     out=None,
     dtype=np.float64,
 ):
-    """Path kernel ``K_path(X, Y) = sum_k weights[k] * K_{w_k}(X, Y)``.
+    """Path kernel ``K_path(X, Y) = sum_k weight_k * K_{w_k}(X, Y)``.
 
-    The sum runs over the checkpoints of ``trajectory`` (a left Riemann sum
-    of the paper's path integral, Definition 2). It is a positive sum of Gram
-    matrices, hence symmetric positive semi-definite for ``Y = None``.
+    The sum runs over ``trajectory.kernel_nodes()``: the quadrature of the
+    paper's path integral (Definition 2) that the trajectory's rule gives,
+    approximating the every-step sum ``sum_t eps_t K_{w_t}``. It is a
+    positive sum of Gram matrices, hence symmetric positive semi-definite
+    for ``Y = None``.
 
     Parameters
     ----------
@@ -199,8 +201,8 @@ def path_kernel(
     ((5, 5), True)
     """
     points = [
-        (float(weight), lambda k=k: trajectory.parameters(k))
-        for k, weight in enumerate(trajectory.weights)
+        (node.weight, lambda t=node.step: trajectory.parameters_at(t))
+        for node in trajectory.kernel_nodes()
     ]
     return weighted_kernel_sum(
         module,
@@ -275,17 +277,18 @@ def path_kernel_diagonal(
     )
     rows = _Rows(bound=bound, X_t=X_t, tile=tile, device=device)
     blocks = row_blocks(X_t.shape[0], tile)
+    nodes = trajectory.kernel_nodes()
     tasks = (
-        (r0, r1, compact(trajectory.parameters(k)))
+        (r0, r1, compact(trajectory.parameters_at(node.step)))
         for r0, r1 in blocks
-        for k in range(len(trajectory))
+        for node in nodes
     )
     parts = run_tasks(_diagonal_part, rows, tasks, n_jobs=n_jobs)
     diagonal = torch.zeros(X_t.shape[0], dtype=torch.float64, device=device)
     for _ in blocks:
-        for weight in trajectory.weights:
+        for node in nodes:
             for a0, part in next(parts):
-                diagonal[a0 : a0 + tile] += float(weight) * part.double()
+                diagonal[a0 : a0 + tile] += float(node.weight) * part.double()
     return diagonal.cpu().numpy()
 
 

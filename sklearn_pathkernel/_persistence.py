@@ -34,6 +34,7 @@ dict tagged with ``"__kind__"`` for what is neither:
   ``classes_``, ``feature_names_in_``) as a list; with the dtype string, the
   shape and the memory order, so the array comes back bit for bit;
 - ``"numpy_scalar"``, ``"dict"`` (as key-value pairs), ``"bytes"``,
+  ``"path"`` (a ``pathlib.Path``, e.g. ``trajectory_dir``),
   ``"torch_device"``, ``"torch_dtype"``, ``"random_state"`` (a
   ``RandomState``'s exact state);
 - ``"module"``: the trained network as its ``state_dict`` (on the CPU, so a
@@ -48,7 +49,11 @@ dict tagged with ``"__kind__"`` for what is neither:
   too, and the loaded estimator's ``module`` is a copy of the one passed to
   :func:`load` holding them, so that a refit starts where the saved one did;
 - ``"trajectory"``: the :class:`Trajectory` in the packed form it pickles
-  as: one tensor of checkpoints, one per step record, and lists of numbers;
+  as: one tensor of checkpoints, one per step record, and lists of numbers.
+  A trajectory kept in a memory-mapped file (``trajectory_dir``) is saved
+  with its parameters embedded, never as a reference to that scratch file;
+  loaded, they go to a new file in the same directory (a temporary one when
+  it is gone);
 - ``"estimator"``: a nested estimator (``PathKernelTransformer.estimator_``).
 
 Anything else (a new attribute of a type this module does not know) makes
@@ -59,6 +64,7 @@ would not round-trip.
 import copy
 import io
 import os
+import pathlib
 import pickle
 import warnings
 
@@ -462,6 +468,8 @@ def _encode(value, where):
             "__kind__": "bytes",
             "data": torch.tensor(list(value), dtype=torch.uint8),
         }
+    if isinstance(value, pathlib.PurePath):
+        return {"__kind__": "path", "value": os.fspath(value)}
     if isinstance(value, torch.device):
         return {"__kind__": "torch_device", "value": str(value)}
     if isinstance(value, torch.dtype):
@@ -551,6 +559,9 @@ class _Loader:
 
     def _decode_bytes(self, value, where):
         return value["data"].numpy().tobytes()
+
+    def _decode_path(self, value, where):
+        return pathlib.Path(value["value"])
 
     def _decode_torch_device(self, value, where):
         return torch.device(value["value"])

@@ -17,6 +17,7 @@ import torch
 from sklearn.exceptions import ConvergenceWarning
 
 from ._network import forward, trainable_parameters
+from ._probe import KernelProbe
 from ._progress import EpochLog
 from ._trajectory import Step, Trajectory, flatten_parameters
 from .exceptions import DivergenceWarning
@@ -51,6 +52,13 @@ class TrainingOptions:
         ``n_iter_no_change`` consecutive epochs.
     record_every : int
         Keep the parameters every ``record_every`` steps.
+    quadrature, kernel_nodes : str, int, float or None
+        The kernel's rule over the kept parameters (:class:`Trajectory`).
+    adaptive_tol : float
+        With ``quadrature="adaptive"``: the probe kernel's relative movement
+        that makes a new node (:class:`KernelProbe`).
+    trajectory_dir : str, os.PathLike or None
+        Keep the parameters in a memory-mapped file there.
     verbose : int
         Print a table row per epoch (loss, its change, seconds) when positive.
     """
@@ -63,6 +71,10 @@ class TrainingOptions:
     tol: float = 1e-4
     n_iter_no_change: int = 10
     record_every: int = 1
+    quadrature: str = "left"
+    kernel_nodes: int | float | None = None
+    adaptive_tol: float = 0.05
+    trajectory_dir: object = None
     verbose: int = 0
 
 
@@ -125,7 +137,16 @@ class _GradientDescent:
                 {name: tuple(p.shape) for name, p in named},
                 record_every=options.record_every,
                 alpha=options.alpha,
+                quadrature=options.quadrature,
+                kernel_nodes=options.kernel_nodes,
+                directory=options.trajectory_dir,
             )
+        )
+        self.named = dict(named)
+        self.probe = (
+            KernelProbe(module, list(self.named), X, options.adaptive_tol)
+            if options.quadrature == "adaptive"
+            else None
         )
         self.last_from = None  # w_t of the last recorded step: where a rollback returns
         self.steps_per_epoch = 1
@@ -188,6 +209,12 @@ class _GradientDescent:
             self._roll_back(objective)
             return None, weight_sum
         eps, alpha = self.options.learning_rate, self.options.alpha
+        t = self.result.trajectory.n_steps
+        node = (
+            self.probe is not None
+            and t % self.options.record_every == 0
+            and self.probe.moved({n: p.detach() for n, p in self.named.items()})
+        )
         grads = torch.autograd.grad(out, self.params, grad_outputs=c[:, None] * g)
         with torch.no_grad():
             for p, grad in zip(self.params, grads):
@@ -196,6 +223,8 @@ class _GradientDescent:
                 p.sub_(eps * grad)
         step = Step(float(eps), batch.cpu(), c.cpu(), g.cpu())
         self.result.trajectory._append_step(current, step, copy=False)  # fresh copy
+        if node:
+            self.result.trajectory._add_adaptive_node(t)
         self.last_from = current
         return objective, weight_sum
 

@@ -1,9 +1,13 @@
 """The recorded path of gradient descent."""
 
+import os
 from typing import NamedTuple
 
 import numpy as np
 import torch
+
+from ._checkpoints import CheckpointStore
+from ._quadrature import check_rule, node_count, node_weights, select_nodes
 
 
 class Step(NamedTuple):
@@ -27,18 +31,38 @@ class Step(NamedTuple):
     output_gradients: torch.Tensor
 
 
+class KernelNode(NamedTuple):
+    """One term ``weight * K_{w_step}`` of the path kernel's quadrature.
+
+    Attributes
+    ----------
+    step : int
+        ``t`` of the parameters ``w_t``; ``n_steps`` stands for ``w_T``.
+    weight : float
+    """
+
+    step: int
+    weight: float
+
+
 class Trajectory:
     """The path the parameters took during gradient descent.
 
-    Checkpoint ``k`` holds the trainable parameters ``w_t`` at step
-    ``t = checkpoint_steps[k]`` and a weight equal to the summed step sizes of
-    the steps it stands for: every step when ``record_every=1``, else
-    ``record_every`` consecutive steps. The path kernel is then
-    ``sum_k weights[k] * K_{w_k}`` (a left Riemann sum of the path integral).
-    Every step's batch, batch weights and loss derivatives are kept as well,
-    for the kernel-machine decomposition; the final parameters ``w_T`` too.
+    What is *stored* and what the *kernel* visits are separate. Checkpoint
+    ``k`` holds the trainable parameters ``w_t`` at step
+    ``t = checkpoint_steps[k]``: every step when ``record_every=1`` (what the
+    exact decomposition needs), else every ``record_every``-th; ``weights[k]``
+    is the summed step sizes of the steps it stands for, and
+    ``sum_k weights[k] * K_{w_k}`` is the every-step (left Riemann) sum that
+    the first-order decomposition uses. The path kernel instead sums over
+    :meth:`kernel_nodes`: a few of the checkpoints (and ``w_T``) with the
+    weights of the ``quadrature`` rule (docs/design.md, section 3), so that
+    its cost does not grow with every step. Every step's batch, batch
+    weights and loss derivatives are kept as well, for the decomposition;
+    the final parameters ``w_T`` too.
 
-    Checkpoints live on the CPU as one flat vector each, so memory is
+    Checkpoints are one flat CPU vector each, in memory or, with
+    ``directory`` (or past 1 GiB), in a memory-mapped file: memory is
     ``(len(trajectory) + 1) * n_parameters * itemsize`` bytes for the
     parameters, plus ``n_steps * batch_size * (n_outputs + 2)`` numbers for the
     per-step records. For example the default MLP (one hidden layer of 100) on
@@ -56,10 +80,19 @@ class Trajectory:
     alpha : float, default=0.0
         The L2 strength of the update rule, which the decomposition's bias
         term needs (Remark 4 of the paper).
+    quadrature : {"left", "trapezoid", "simpson", "adaptive"}, default="left"
+        The rule of :meth:`kernel_nodes`.
+    kernel_nodes : int, float or None, default=None
+        How many nodes the kernel visits: a count, a fraction of the steps,
+        or None for every checkpoint. Ignored by "adaptive", whose nodes
+        training chose.
+    directory : str, os.PathLike or None, default=None
+        Keep the checkpoints in a memory-mapped file there.
 
     Attributes
     ----------
     weights : ndarray of shape (n_checkpoints,)
+        Left-sum weight of each stored checkpoint (not the kernel's).
     checkpoint_steps : ndarray of shape (n_checkpoints,)
     step_sizes : ndarray of shape (n_steps,)
     n_steps : int
@@ -75,18 +108,33 @@ class Trajectory:
     >>> traj = est.trajectory_
     >>> len(traj), traj.n_steps, float(traj.weights.sum())
     (20, 20, 2.0)
+    >>> [node.step for node in traj.kernel_nodes()]  # Simpson, a tenth: w_0, w_T
+    [0, 20]
     >>> sorted(traj.parameters(0))[:2]
     ['0.bias', '0.weight']
     """
 
-    def __init__(self, parameter_shapes, *, record_every=1, alpha=0.0):
+    def __init__(
+        self,
+        parameter_shapes,
+        *,
+        record_every=1,
+        alpha=0.0,
+        quadrature="left",
+        kernel_nodes=None,
+        directory=None,
+    ):
+        check_rule(quadrature, kernel_nodes)
         self._names = list(parameter_shapes)
         self._shapes = [tuple(s) for s in parameter_shapes.values()]
         self._numels = [int(np.prod(s, dtype=np.int64)) for s in self._shapes]
         self.record_every = int(record_every)
         self.alpha = float(alpha)
-        self._checkpoints = []
+        self.quadrature = quadrature
+        self._kernel_nodes = kernel_nodes
+        self._checkpoints = CheckpointStore(directory)
         self._checkpoint_steps = []
+        self._adaptive_steps = None  # nodes training chose, for "adaptive"
         self._steps = []
         self._final = None
 
@@ -104,6 +152,12 @@ class Trajectory:
             self._checkpoint_steps.append(len(self._steps))
         self._steps.append(step)
 
+    def _add_adaptive_node(self, step):
+        """Make step ``step`` (a recorded checkpoint) an "adaptive" node."""
+        if self._adaptive_steps is None:
+            self._adaptive_steps = []
+        self._adaptive_steps.append(int(step))
+
     def _set_final(self, flat_parameters):
         self._final = _to_cpu(flat_parameters)
 
@@ -111,17 +165,22 @@ class Trajectory:
         """Forget steps ``n_steps`` and later (used after a divergence)."""
         del self._steps[n_steps:]
         keep = sum(s < n_steps for s in self._checkpoint_steps)
-        del self._checkpoints[keep:]
+        self._checkpoints.truncate(keep)
         del self._checkpoint_steps[keep:]
+        if self._adaptive_steps is not None:
+            self._adaptive_steps = [s for s in self._adaptive_steps if s < n_steps]
 
     # -- persistence --------------------------------------------------------
     def __getstate__(self):
         # Thousands of small tensors pickle one by one, slowly: pack the
         # checkpoints into one matrix and every step's records into three.
+        # The parameters are embedded even when they live in a file: that
+        # file is scratch, removed with the trajectory.
         state = self.__dict__.copy()
         steps = state.pop("_steps")
         checkpoints = state.pop("_checkpoints")
-        state["_packed_checkpoints"] = torch.stack(checkpoints) if checkpoints else None
+        state["_packed_checkpoints"] = checkpoints.matrix()
+        state["_directory"] = checkpoints.directory if checkpoints.on_disk else None
         state["_packed_steps"] = (
             [s.step_size for s in steps],
             [len(s.batch) for s in steps],
@@ -134,9 +193,24 @@ class Trajectory:
 
     def __setstate__(self, state):
         packed = state.pop("_packed_checkpoints")
+        directory = state.pop("_directory", None)
         sizes, lengths, batches, weights, gradients = state.pop("_packed_steps")
         self.__dict__.update(state)
-        self._checkpoints = [] if packed is None else list(packed.unbind(0))
+        # Paths saved before quadrature rules existed keep their left sum.
+        for name, default in [
+            ("quadrature", "left"),
+            ("_kernel_nodes", None),
+            ("_adaptive_steps", None),
+        ]:
+            self.__dict__.setdefault(name, default)
+        self._checkpoints = CheckpointStore(
+            directory if directory is None or os.path.isdir(directory) else None
+        )
+        gone = directory is not None and self._checkpoints.directory is None
+        if gone and packed is not None:
+            self._checkpoints._to_disk(packed[0])  # in a temporary directory
+        for row in [] if packed is None else packed.unbind(0):
+            self._checkpoints.append(row)
         self._steps = (
             [
                 Step(size, *parts)
@@ -188,10 +262,109 @@ class Trajectory:
 
     @property
     def weights(self):
-        """Each checkpoint's weight: the summed step sizes it stands for."""
-        bounds = np.append(self.checkpoint_steps, self.n_steps)
-        cumulative = np.concatenate([[0.0], np.cumsum(self.step_sizes)])
-        return cumulative[bounds[1:]] - cumulative[bounds[:-1]]
+        """Each checkpoint's weight: the summed step sizes it stands for.
+
+        The left sum over every stored checkpoint, which the first-order
+        decomposition uses; the kernel's weights are :meth:`kernel_nodes`.
+        """
+        return node_weights(self.checkpoint_steps, self.step_sizes, "left")
+
+    @property
+    def on_disk(self):
+        """Whether the checkpoints live in a memory-mapped file."""
+        return self._checkpoints.on_disk
+
+    def kernel_nodes(self):
+        """The terms of the path kernel: ``K_path = sum weight * K_{w_step}``.
+
+        The ``quadrature`` rule over ``kernel_nodes`` of the recorded steps
+        (docs/design.md, section 3): weights that sum polynomials in ``t``
+        of degree 0 ("left"), 1 ("trapezoid", "adaptive") or 2 ("simpson")
+        exactly against the every-step sum ``sum_t eps_t K_{w_t}``. Every
+        weight is non-negative, so the kernel stays positive semi-definite;
+        nodes of weight 0 are left out.
+
+        Returns
+        -------
+        nodes : list of KernelNode
+            In increasing ``step``; read the parameters with
+            :meth:`parameters_at`.
+        """
+        return [
+            KernelNode(int(step), float(weight))
+            for step, weight in zip(*self._node_steps_and_weights())
+            if weight != 0
+        ]
+
+    def _node_steps_and_weights(self):
+        candidates = self.checkpoint_steps
+        if self.quadrature == "adaptive":
+            candidates = np.array(self._adaptive_steps or [0], dtype=np.int64)
+            n_nodes = len(candidates) + 1
+        else:
+            n_nodes = node_count(self._kernel_nodes, self.n_steps)
+        # Without w_T (a path still being recorded) only a left sum is possible.
+        rule = self.quadrature if self._final is not None else "left"
+        steps = select_nodes(candidates, self.n_steps, n_nodes, rule)
+        return steps, node_weights(steps, self.step_sizes, rule)
+
+    def with_quadrature(self, quadrature, kernel_nodes=None):
+        """The same path, sharing its records, with another kernel rule.
+
+        Parameters
+        ----------
+        quadrature : {"left", "trapezoid", "simpson", "adaptive"}
+            "adaptive" needs a path recorded with it.
+        kernel_nodes : int, float or None, default=None
+            A count, a fraction of the steps, or None for every checkpoint.
+
+        Returns
+        -------
+        trajectory : Trajectory
+
+        Examples
+        --------
+        >>> from sklearn.datasets import load_diabetes
+        >>> from sklearn.preprocessing import scale
+        >>> from sklearn_pathkernel import PathKernelRegressor
+        >>> X, y = load_diabetes(return_X_y=True)
+        >>> est = PathKernelRegressor(max_iter=20, random_state=0)
+        >>> est = est.fit(scale(X), scale(y))
+        >>> every_step = est.trajectory_.with_quadrature("left")
+        >>> len(every_step.kernel_nodes())
+        20
+        """
+        check_rule(quadrature, kernel_nodes)
+        if quadrature == "adaptive" and self._adaptive_steps is None:
+            raise ValueError(
+                "quadrature='adaptive' needs the nodes that training chose; this "
+                "path was recorded with quadrature="
+                f"{self.quadrature!r}. Refit with quadrature='adaptive'."
+            )
+        view = object.__new__(Trajectory)
+        view.__dict__.update(self.__dict__)
+        view.quadrature, view._kernel_nodes = quadrature, kernel_nodes
+        return view
+
+    def parameters_at(self, step, *, device=None):
+        """``w_step`` as a mapping: a stored checkpoint's, or ``w_T``.
+
+        Parameters
+        ----------
+        step : int
+            A step of :attr:`checkpoint_steps`, or ``n_steps`` for ``w_T``.
+        device : torch.device or str, default=None
+
+        Returns
+        -------
+        parameters : dict of str to torch.Tensor
+        """
+        if step == self.n_steps and self._final is not None:
+            return self.final_parameters(device=device)
+        k = int(np.searchsorted(self._checkpoint_steps, step))
+        if k == len(self) or self._checkpoint_steps[k] != step:
+            raise ValueError(f"step {step} was not recorded on this path.")
+        return self.parameters(k, device=device)
 
     def step(self, t):
         """The batch, batch weights and loss derivatives of step ``t``.

@@ -44,10 +44,10 @@ def tangent_kernel_reference(module, parameters, X, Y=None, trace=True):
 
 
 def path_kernel_reference(module, trajectory, X, Y=None, trace=True):
-    """``sum_k weights[k] * J_k(X) J_k(Y)^T``, one checkpoint at a time."""
+    """``sum_k weight_k * J_k(X) J_k(Y)^T`` over the kernel nodes, one at a time."""
     total = 0.0
-    for k, weight in enumerate(trajectory.weights):
+    for step, weight in trajectory.kernel_nodes():
         total = total + weight * tangent_kernel_reference(
-            module, trajectory.parameters(k), X, Y, trace=trace
+            module, trajectory.parameters_at(step), X, Y, trace=trace
         )
     return total

@@ -1,5 +1,7 @@
 """The shared base: fitting plumbing, parameters, devices, determinism, pickling."""
 
+import gc
+import os
 import pickle
 import warnings
 
@@ -505,3 +507,82 @@ def test_exact_decomposition_of_a_dropout_network_warns_and_reports(toy):
         warnings.simplefilter("error")
         assert plain.decompose(X[:5], exact=True).error["max_rel"] < 1e-8
         est.decompose(X[:5])  # the first-order form is approximate anyway
+
+
+# -- kernel quadrature and trajectories on disk --------------------------------
+
+
+def test_default_kernel_visits_a_tenth_of_the_steps_and_decomposes_exactly(toy):
+    from _oracle import path_kernel_reference
+
+    X, y = toy
+    est = _quiet(
+        PathKernelRegressor((8,), max_iter=50, dtype="float64", random_state=0), X, y
+    )
+    traj = est.trajectory_
+    assert traj.quadrature == "simpson" and len(traj) == 50  # every step stored
+    assert [n.step for n in traj.kernel_nodes()] == [0, 12, 25, 37, 50]
+    np.testing.assert_allclose(
+        est.kernel(X[:6]), path_kernel_reference(est.module_, traj, X[:6]), rtol=1e-9
+    )
+    machine = est.decompose(X[:5], exact=True)
+    assert machine.error["max_rel"] < 1e-10
+
+
+def test_higher_order_rules_approach_the_every_step_kernel(toy):
+    X, y = toy
+    est = PathKernelRegressor(
+        (8,), learning_rate=0.05, max_iter=60, dtype="float64", random_state=0
+    )
+    est = _quiet(est, X, y)
+    every_step = est.trajectory_.with_quadrature("left")
+    reference = path_kernel(est.module_, every_step, X[:10])
+
+    def error(rule, n_nodes=13):
+        view = est.trajectory_.with_quadrature(rule, n_nodes)
+        K = path_kernel(est.module_, view, X[:10])
+        return np.linalg.norm(K - reference) / np.linalg.norm(reference)
+
+    # 1.3e-2, 3.6e-3 and 5.7e-4 here; each rule improves with more nodes.
+    left, trapezoid, simpson = error("left"), error("trapezoid"), error("simpson")
+    assert simpson < trapezoid / 3 < left / 9
+    assert error("simpson", 7) > 5 * simpson
+
+
+@pytest.mark.parametrize(
+    "params, match",
+    [
+        ({"quadrature": "midpoint"}, "'quadrature' parameter"),
+        ({"kernel_nodes": 1.5}, "'kernel_nodes' parameter"),
+        ({"kernel_nodes": 1}, "kernel_nodes must be a count of at least 2"),
+        ({"adaptive_tol": 0.0}, "'adaptive_tol' parameter"),
+        ({"trajectory_dir": 3}, "'trajectory_dir' parameter"),
+    ],
+)
+def test_bad_quadrature_options_name_the_parameter(toy, params, match):
+    X, y = toy
+    with pytest.raises(ValueError, match=match):
+        PathKernelRegressor((4,), max_iter=2, **params).fit(X, y)
+
+
+def test_trajectory_dir_keeps_the_path_on_disk_and_save_embeds_it(toy, tmp_path):
+    from sklearn_pathkernel import load, save
+
+    X, y = toy
+    options = dict(max_iter=20, dtype="float64", random_state=0)
+    memory = _quiet(PathKernelRegressor((8,), **options), X, y)
+    disk = _quiet(
+        PathKernelRegressor((8,), trajectory_dir=tmp_path / "paths", **options), X, y
+    )
+    assert disk.trajectory_.on_disk and not memory.trajectory_.on_disk
+    assert np.array_equal(disk.kernel(X), memory.kernel(X))
+    save(disk, tmp_path / "model.pt")
+    files = os.listdir(tmp_path / "paths")
+    del disk
+    gc.collect()
+    assert os.listdir(tmp_path / "paths") == []  # scratch, gone with the estimator
+    loaded = load(tmp_path / "model.pt")
+    assert loaded.trajectory_.on_disk and len(files) == 1
+    assert np.array_equal(loaded.kernel(X), memory.kernel(X))
+    again = pickle.loads(pickle.dumps(loaded))
+    assert np.array_equal(again.kernel(X), memory.kernel(X))

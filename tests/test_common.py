@@ -63,9 +63,12 @@ _ONE_COLUMN_PER_TRAINING_ROW = {
 
 
 def _expected_failed_checks(estimator):
+    float32 = _FLOAT32_ROUNDING if _dtype(estimator) == "float32" else {}
     if isinstance(estimator, PathKernelTransformer):
-        return _ONE_COLUMN_PER_TRAINING_ROW
-    return _FLOAT32_ROUNDING if _dtype(estimator) == "float32" else {}
+        # Its float32 kernel rounds like the estimators' (1.2e-7 relative
+        # with the default 20 Simpson nodes; it passed by luck with 200).
+        return {**float32, **_ONE_COLUMN_PER_TRAINING_ROW}
+    return float32
 
 
 @parametrize_with_checks(

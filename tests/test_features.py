@@ -129,8 +129,8 @@ def _kronecker_reference(est, X, seed, m):
     last = max(i for i, c in enumerate(module) if isinstance(c, nn.Linear))
     identity_output = all(isinstance(c, nn.Identity) for c in module[last + 1 :])
     phi = np.zeros((len(X), m))
-    for k, weight in enumerate(trajectory.weights):
-        blocks = _gradient_blocks(module, trajectory.parameters(k), X)
+    for k, (step, weight) in enumerate(trajectory.kernel_nodes()):
+        blocks = _gradient_blocks(module, trajectory.parameters_at(step), X)
         for piece, (index, M) in enumerate(blocks.items()):
             n, n_outputs, width, inputs = M.shape
             if index == last and identity_output:
@@ -149,8 +149,8 @@ def _projection_reference(est, X, seed, m, engine):
     """The Gaussian projection of ``vec J`` in the generic engines' pieces."""
     module, trajectory = est.module_, est.trajectory_
     phi = np.zeros((len(X), m))
-    for k, weight in enumerate(trajectory.weights):
-        J = jacobian_rows(module, trajectory.parameters(k), X)
+    for k, (step, weight) in enumerate(trajectory.kernel_nodes()):
+        J = jacobian_rows(module, trajectory.parameters_at(step), X)
         n, n_outputs, d = J.shape
         if engine == "jacobian":  # vec J in blocks of SKETCH_ROWS rows
             rows, total = _jacobian.SKETCH_ROWS, n_outputs * d

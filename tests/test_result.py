@@ -63,10 +63,10 @@ def test_an_array_is_filled_in_place(fitted):
     assert np.array_equal(out, path_kernel(fitted))
 
 
-def _interrupt_after(monkeypatch, n_strips, n_checkpoints=6):  # max_iter=6
+def _interrupt_after(monkeypatch, n_strips, n_checkpoints):
     """Let ``n_strips`` strips finish, then raise KeyboardInterrupt; count tasks.
 
-    A strip is one task per checkpoint (``_strip_part``).
+    A strip is one task per kernel node (``_strip_part``): ``n_checkpoints``.
     """
     calls = []
 
@@ -87,12 +87,12 @@ def test_an_interrupted_kernel_resumes_where_it_stopped(
     Y = None if symmetric else fitted.X[:11] * 0.5
     expected = path_kernel(fitted, Y, working_memory=1e-4)
     path = tmp_path / "K.npy"
-    _interrupt_after(monkeypatch, 3)
+    _interrupt_after(monkeypatch, 3, len(fitted.trajectory.kernel_nodes()))
     with pytest.raises(KeyboardInterrupt):
         path_kernel(fitted, Y, working_memory=1e-4, out=path)
     assert os.path.exists(f"{path}.progress.json")
 
-    calls = _interrupt_after(monkeypatch, None)
+    calls = _interrupt_after(monkeypatch, None, None)
     # Another budget on resume: whole rows of the same grid, so the same bits.
     K = path_kernel(fitted, Y, working_memory=2e-4, out=path)
     assert 0 < len(calls) and all(r0 >= 12 for r0, _ in calls)  # 3 strips of 4
@@ -104,10 +104,10 @@ def test_another_call_never_resumes_a_file_it_did_not_start(
     fitted, small_grid, tmp_path, monkeypatch
 ):
     path = tmp_path / "K.npy"
-    _interrupt_after(monkeypatch, 2)
+    _interrupt_after(monkeypatch, 2, len(fitted.trajectory.kernel_nodes()))
     with pytest.raises(KeyboardInterrupt):
         path_kernel(fitted, working_memory=1e-4, out=path)
-    calls = _interrupt_after(monkeypatch, None)
+    calls = _interrupt_after(monkeypatch, None, None)
     other = Fitted(fitted.module, fitted.trajectory, fitted.X + 1.0)
     K = path_kernel(other, working_memory=1e-4, out=path)
     assert calls[0][0] == 0  # started afresh

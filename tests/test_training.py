@@ -784,3 +784,86 @@ def test_frozen_parameters_are_not_moved_nor_recorded():
     assert torch.equal(module[0].weight, frozen)
     assert result.trajectory.parameter_names == ["0.bias", "2.weight", "2.bias"]
     assert result.trajectory.n_parameters == 4 + 8 + 2
+
+
+# -- adaptive kernel nodes and on-disk recording -------------------------------
+
+
+def _adaptive_run(lr, tol=0.05, **overrides):
+    X, Y, _ = _data(SQUARED_ERROR, n=12, seed=3)
+    module = _mlp(3, 2, seed=3)
+    return _train(
+        module,
+        X,
+        Y,
+        SQUARED_ERROR,
+        learning_rate=lr,
+        max_iter=40,
+        quadrature="adaptive",
+        adaptive_tol=tol,
+        **overrides,
+    ).trajectory
+
+
+def test_adaptive_keeps_fewer_nodes_when_the_kernel_barely_moves():
+    moving = _adaptive_run(lr=0.5)
+    still = _adaptive_run(lr=1e-4)
+    assert still._adaptive_steps == [0]  # the first step is always a node
+    assert len(moving._adaptive_steps) > 3
+    assert [n.step for n in still.kernel_nodes()] == [0, 40]
+    # A tighter tolerance keeps more nodes on the same path.
+    assert len(_adaptive_run(lr=0.5, tol=0.01)._adaptive_steps) > len(
+        moving._adaptive_steps
+    )
+
+
+def test_adaptive_nodes_are_where_the_probe_kernel_moved_past_the_tolerance():
+    # Recompute the probe kernel at every step with the oracle: each node is
+    # the first step whose kernel moved more than tol since the last node.
+    from _oracle import tangent_kernel_reference
+
+    from sklearn_pathkernel._probe import PROBE_ROWS
+
+    X, _, _ = _data(SQUARED_ERROR, n=12, seed=3)
+    traj = _adaptive_run(lr=0.5)
+    module = _mlp(3, 2, seed=3)
+    probe = X[torch.linspace(0, 11, PROBE_ROWS).round().long()]
+    nodes, last = [], None
+    for t in range(traj.n_steps):
+        K = tangent_kernel_reference(module, traj.parameters(t), probe)
+        if last is None or np.linalg.norm(K - last) > 0.05 * np.linalg.norm(last):
+            nodes.append(t)
+            last = K
+    assert traj._adaptive_steps == nodes
+
+
+def test_the_probe_does_not_change_the_path():
+    adaptive = _adaptive_run(lr=0.5)
+    X, Y, _ = _data(SQUARED_ERROR, n=12, seed=3)
+    plain = _train(
+        _mlp(3, 2, seed=3), X, Y, SQUARED_ERROR, learning_rate=0.5, max_iter=40
+    ).trajectory
+    for k in range(plain.n_steps):
+        assert torch.equal(adaptive.flat_parameters(k), plain.flat_parameters(k))
+
+
+def test_recording_to_disk_is_bit_identical_and_a_memmap(tmp_path):
+    _, memory, _, _ = _minibatch_run()
+    X, Y, s = _data(SQUARED_ERROR, n=10, seed=2)
+    disk = _train(
+        _mlp(3, 2, seed=2),
+        X,
+        Y,
+        SQUARED_ERROR,
+        sample_weight=s,
+        learning_rate=0.05,
+        max_iter=3,
+        batch_size=3,
+        trajectory_dir=tmp_path,
+        generator=torch.Generator().manual_seed(1),
+    ).trajectory
+    assert disk.on_disk and isinstance(disk._checkpoints._map, np.memmap)
+    assert not disk._checkpoints._rows  # nothing kept in memory
+    assert len(disk) == len(memory) == 12
+    for k in range(12):
+        assert torch.equal(disk.flat_parameters(k), memory.flat_parameters(k))

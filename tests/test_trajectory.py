@@ -1,5 +1,8 @@
 """Tests for Trajectory, built by hand through its recording methods."""
 
+import gc
+import os
+
 import numpy as np
 import pytest
 import torch
@@ -315,3 +318,115 @@ def test_pickle_round_trip_of_a_recorded_path_is_exact_and_packed():
     assert loaded.alpha == traj.alpha and loaded.record_every == 2
     empty = pickle.loads(pickle.dumps(Trajectory({"w": (2,)})))
     assert len(empty) == 0 and empty.n_steps == 0
+
+
+# -- kernel nodes (quadrature) and storage -----------------------------------
+
+
+def _with_rule(traj, quadrature, kernel_nodes=None):
+    return traj.with_quadrature(quadrature, kernel_nodes)
+
+
+@pytest.mark.parametrize("rule", ["left", "trapezoid", "simpson"])
+def test_every_checkpoint_a_node_is_the_left_sum_whatever_the_rule(rule):
+    sizes = [0.1, 0.2, 0.05, 0.4, 0.3]
+    nodes = _with_rule(_build(sizes), rule).kernel_nodes()
+    assert [n.step for n in nodes] == [0, 1, 2, 3, 4]  # w_T weighs 0: left out
+    np.testing.assert_allclose([n.weight for n in nodes], sizes, rtol=1e-12)
+
+
+def test_kernel_nodes_of_a_rule_and_their_parameters():
+    traj = _build([0.1] * 20)
+    simpson = traj.with_quadrature("simpson", 5)
+    nodes = simpson.kernel_nodes()
+    assert [n.step for n in nodes] == [0, 5, 10, 15, 20]
+    assert sum(n.weight for n in nodes) == pytest.approx(2.0, rel=1e-12)
+    assert torch.equal(simpson.parameters_at(5)["b"], _flat(5)[6:])
+    assert torch.equal(simpson.parameters_at(20)["b"], _flat(20)[6:])  # w_T
+    # The view shares the records; the original keeps its own rule.
+    assert traj.quadrature == "left" and len(traj.kernel_nodes()) == 20
+    with pytest.raises(ValueError, match="step 21 was not recorded"):
+        traj.parameters_at(21)
+
+
+def test_nodes_of_a_subsampled_path_are_kept_checkpoints():
+    traj = _build([0.1] * 10, record_every=4)  # checkpoints 0, 4, 8
+    nodes = traj.with_quadrature("trapezoid", None).kernel_nodes()
+    assert [n.step for n in nodes] == [0, 4, 8, 10]
+    assert sum(n.weight for n in nodes) == pytest.approx(1.0, rel=1e-12)
+    with pytest.raises(ValueError, match="step 3 was not recorded"):
+        traj.parameters_at(3)
+
+
+def test_bad_rules_are_refused_with_the_parameter_named():
+    traj = _build([0.1] * 3)
+    with pytest.raises(ValueError, match="quadrature must be one of"):
+        traj.with_quadrature("gauss")
+    with pytest.raises(ValueError, match="kernel_nodes must be a count"):
+        Trajectory(SHAPES, quadrature="simpson", kernel_nodes=0)
+    with pytest.raises(ValueError, match="needs the nodes that training chose"):
+        traj.with_quadrature("adaptive")
+
+
+def test_adaptive_nodes_are_the_recorded_ones_plus_w_T():
+    traj = Trajectory(SHAPES, quadrature="adaptive")
+    for t in range(10):
+        traj._append_step(_flat(t), _step(0.1, t))
+        if t in (0, 3, 4):
+            traj._add_adaptive_node(t)
+    traj._set_final(_flat(10))
+    nodes = traj.kernel_nodes()
+    assert [n.step for n in nodes] == [0, 3, 4, 10]
+    assert sum(n.weight for n in nodes) == pytest.approx(1.0, rel=1e-12)
+    traj._truncate(4)  # a divergence drops the nodes it drops the steps of
+    assert traj._adaptive_steps == [0, 3]
+
+
+def test_on_disk_path_equals_the_in_memory_one_and_pickles_embedded(tmp_path):
+    import pickle
+
+    memory = _build([0.1, 0.2, 0.3] * 10)
+    disk = Trajectory(SHAPES, directory=tmp_path / "scratch")
+    for t, eps in enumerate([0.1, 0.2, 0.3] * 10):
+        disk._append_step(_flat(t), _step(eps, t))
+    disk._set_final(_flat(30))
+    assert disk.on_disk and not memory.on_disk
+    assert len(os.listdir(tmp_path / "scratch")) == 1
+    for k in range(len(memory)):
+        assert torch.equal(disk.flat_parameters(k), memory.flat_parameters(k))
+    # The pickle embeds the parameters; loaded, they go to a new file there.
+    payload = pickle.dumps(disk)
+    del disk
+    gc.collect()
+    assert os.listdir(tmp_path / "scratch") == []
+    loaded = pickle.loads(payload)
+    assert loaded.on_disk and len(os.listdir(tmp_path / "scratch")) == 1
+    for k in range(len(memory)):
+        assert torch.equal(loaded.flat_parameters(k), memory.flat_parameters(k))
+
+
+def test_a_path_pickled_before_quadrature_rules_keeps_its_left_sum():
+    traj = _build([0.1] * 20)
+    state = traj.__getstate__()
+    for key in ("quadrature", "_kernel_nodes", "_adaptive_steps", "_directory"):
+        state.pop(key)
+    old = Trajectory.__new__(Trajectory)
+    old.__setstate__(state)
+    assert old.quadrature == "left" and len(old.kernel_nodes()) == 20
+
+
+def test_a_disk_path_whose_directory_is_gone_loads_into_a_temporary_one(tmp_path):
+    import pickle
+
+    disk = Trajectory(SHAPES, directory=tmp_path / "gone")
+    disk._append_step(_flat(0), _step(0.1))
+    disk._set_final(_flat(1))
+    payload = pickle.dumps(disk)
+    del disk
+    gc.collect()
+    os.rmdir(tmp_path / "gone")
+    loaded = pickle.loads(payload)
+    assert loaded.on_disk and torch.equal(loaded.flat_parameters(0), _flat(0))
+    assert os.path.dirname(loaded._checkpoints.path) != str(tmp_path / "gone")
+    empty = pickle.loads(pickle.dumps(Trajectory(SHAPES, directory=tmp_path / "x")))
+    assert len(empty) == 0
