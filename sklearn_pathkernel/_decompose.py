@@ -240,7 +240,7 @@ def decompose_path(
     machine : KernelMachine
     """
     _check_options(trajectory, exact=exact, n_nodes=n_nodes, kernel=kernel)
-    bound = select_engine(engine, module, trajectory.parameter_names)
+    bound = select_engine(engine, module, trajectory.parameter_names, example=X[:1])
     with torch.no_grad():
         network_output = forward(module, X).double()
     n_X, n_outputs = network_output.shape
@@ -265,7 +265,7 @@ def decompose_path(
         node_weights=node_weights,
         exact=exact,
     )
-    itemsize = X.element_size()
+    itemsize = next(module.parameters()).element_size()
     block = tile_within_budget(
         working_memory,
         bound.bytes_per_row(n_outputs, itemsize) * (1 + len(work.nodes))

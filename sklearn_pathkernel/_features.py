@@ -51,7 +51,7 @@ from sklearn import get_config
 
 from ._blocking import tile_within_budget
 from ._network import forward, placement
-from ._validation import check_kernel_input, to_tensor
+from ._rows import kernel_rows
 from .engines import select_engine
 
 
@@ -180,18 +180,19 @@ def path_features(
     >>> bool(np.allclose(diagonal, np.diag(est.kernel(X[:3]))))
     True
     """
-    X = check_kernel_input(X, name="X")
     module, dtype, device = placement(module, device)
-    X_t = to_tensor(X, dtype=dtype, device=device, name="X")
+    X_t = kernel_rows(X, name="X", module=module, dtype=dtype, device=device)
     n = X_t.shape[0]
-    bound = select_engine(engine, module, trajectory.parameter_names)
+    bound = select_engine(
+        engine, module, trajectory.parameter_names, example=X_t[:1]
+    )
     features = torch.zeros((n, n_components), dtype=torch.float64, device=device)
     diagonal = torch.zeros(n, dtype=torch.float64, device=device)
     with torch.no_grad():
         n_outputs = forward(module, X_t[:1]).shape[1]
         shapes = bound.sketch_shapes(n_outputs)
         tile, groups = plan(
-            bound, shapes, n_outputs, X_t.element_size(), n_components, working_memory
+            bound, shapes, n_outputs, dtype.itemsize, n_components, working_memory
         )
         # Checkpoints outside, row tiles inside: each factor is drawn once.
         for k, weight in enumerate(trajectory.weights):

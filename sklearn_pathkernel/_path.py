@@ -14,10 +14,10 @@ from ._blocking import (
     threads_per_task,
     tile_within_budget,
 )
-from ._network import forward, placement
+from ._network import placement
 from ._progress import progress_bar
 from ._result import fingerprint_of, open_result
-from ._validation import check_kernel_input, to_tensor
+from ._rows import kernel_rows, output_width
 from .engines import select_engine
 
 
@@ -260,14 +260,16 @@ def path_kernel_diagonal(
     >>> bool(np.allclose(d, np.diag(K)))
     True
     """
-    X = check_kernel_input(X, name="X")
     module, dtype, device = placement(module, device)
-    bound = select_engine(engine, module, trajectory.parameter_names)
-    X_t = to_tensor(X, dtype=dtype, device=device, name="X")
+    X_t = kernel_rows(X, name="X", module=module, dtype=dtype, device=device)
     with torch.no_grad():
-        n_outputs = forward(module, X_t[:1]).shape[1]
+        n_outputs = output_width(module, X_t)
+    bound = select_engine(
+        engine, module, trajectory.parameter_names, example=X_t[:1]
+    )
+    with torch.no_grad():
         tile = tile_within_budget(
-            working_memory, bound.bytes_per_row(n_outputs, X_t.element_size())
+            working_memory, bound.bytes_per_row(n_outputs, dtype.itemsize)
         )
         diagonal = torch.zeros(X_t.shape[0], dtype=torch.float64, device=device)
         for k, weight in enumerate(trajectory.weights):
@@ -311,16 +313,13 @@ def weighted_kernel_sum(
     already written to an ``out`` file by an interrupted call are skipped.
     """
     symmetric = Y is None
-    X = check_kernel_input(X, name="X")
-    Y = X if symmetric else check_kernel_input(Y, name="Y", n_features=X.shape[1])
     module, network_dtype, device = placement(module, device)
-    X_t = to_tensor(X, dtype=network_dtype, device=device, name="X")
-    Y_t = (
-        X_t if symmetric else to_tensor(Y, dtype=network_dtype, device=device, name="Y")
-    )
-    bound = select_engine(engine, module, parameter_names)
+    rows = {"module": module, "dtype": network_dtype, "device": device}
+    X_t = kernel_rows(X, name="X", **rows)
+    Y_t = X_t if symmetric else kernel_rows(Y, name="Y", like=X_t, **rows)
     with torch.no_grad():
-        n_outputs = forward(module, X_t[:1]).shape[1]
+        n_outputs = output_width(module, X_t)
+    bound = select_engine(engine, module, parameter_names, example=X_t[:1])
     extra = () if trace else (n_outputs, n_outputs)
     result = open_result(
         out,

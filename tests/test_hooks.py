@@ -3,11 +3,10 @@
 import numpy as np
 import pytest
 import torch
-from _oracle import jacobian_rows, tangent_kernel_reference
+from _oracle import tangent_kernel_reference
 from torch import nn
 
-from sklearn_pathkernel import tangent_kernel
-from sklearn_pathkernel.engines import HookEngine, _hooks, select_engine
+from sklearn_pathkernel.engines import _hooks, select_engine
 
 
 class _Residual(nn.Module):

@@ -324,7 +324,8 @@ def test_accepts_tensors(fitted):
         (np.array([[np.nan, 1.0, 2.0, 3.0]]), None, "Input X contains NaN"),
         (np.ones((2, 4)), np.array([[np.inf, 1, 1, 1]]), "Input Y contains infinity"),
         (np.ones((2, 4)), np.ones((2, 3)), "Y has 3 features, but X has 4 features"),
-        (torch.ones(2, 4, 1), None, "Expected a 2D tensor for X"),
+        (torch.ones(2, 4, 1), None, "The 'module' failed on X rows of shape"),
+        (np.ones((2, 4)), torch.ones(2, 4, 1), "Y has rows of shape \\(4, 1\\)"),
         (torch.tensor([[float("nan")] * 4]), None, "Input X contains NaN or infinity"),
     ],
 )
