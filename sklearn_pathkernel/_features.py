@@ -183,9 +183,7 @@ def path_features(
     module, dtype, device = placement(module, device)
     X_t = kernel_rows(X, name="X", module=module, dtype=dtype, device=device)
     n = X_t.shape[0]
-    bound = select_engine(
-        engine, module, trajectory.parameter_names, example=X_t[:1]
-    )
+    bound = select_engine(engine, module, trajectory.parameter_names, example=X_t[:1])
     features = torch.zeros((n, n_components), dtype=torch.float64, device=device)
     diagonal = torch.zeros(n, dtype=torch.float64, device=device)
     with torch.no_grad():

@@ -264,9 +264,7 @@ def path_kernel_diagonal(
     X_t = kernel_rows(X, name="X", module=module, dtype=dtype, device=device)
     with torch.no_grad():
         n_outputs = output_width(module, X_t)
-    bound = select_engine(
-        engine, module, trajectory.parameter_names, example=X_t[:1]
-    )
+    bound = select_engine(engine, module, trajectory.parameter_names, example=X_t[:1])
     with torch.no_grad():
         tile = tile_within_budget(
             working_memory, bound.bytes_per_row(n_outputs, dtype.itemsize)

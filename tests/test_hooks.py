@@ -3,10 +3,11 @@
 import numpy as np
 import pytest
 import torch
-from _oracle import tangent_kernel_reference
+from _oracle import jacobian_rows, tangent_kernel_reference
 from torch import nn
 
-from sklearn_pathkernel.engines import _hooks, select_engine
+from sklearn_pathkernel import tangent_kernel
+from sklearn_pathkernel.engines import HookEngine, _hooks, select_engine
 
 
 class _Residual(nn.Module):
@@ -191,3 +192,168 @@ def test_kernels_match_the_reference(case, form):
     np.testing.assert_allclose(applied.numpy(), want, **check)
     want = np.diag(tangent_kernel_reference(net, params, X))
     np.testing.assert_allclose(diagonal.numpy(), want, rtol=1e-10)
+
+
+def _basis(heights):
+    """Factors whose columns run over every tuple of basis vectors (exact sketch)."""
+    grids = torch.meshgrid(*[torch.arange(h) for h in heights], indexing="ij")
+    return tuple(
+        torch.eye(h, dtype=torch.float64)[:, grid.reshape(-1)]
+        for h, grid in zip(heights, grids)
+    )
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_sketch_pieces_sum_to_the_kernel(case, form, monkeypatch):
+    monkeypatch.setattr(_hooks, "SKETCH_ROWS", 16)  # several pieces per layer
+    net, params, X, Y = _setup(case)
+    bound = _engine(net, params, X)
+    want = tangent_kernel_reference(net, params, X, Y)
+    with torch.no_grad():
+        state_x, state_y = bound.state(params, X), bound.state(params, Y)
+        shapes = bound.sketch_shapes(state_x["n_outputs"])
+        assert all(heights[0] <= 16 for heights in shapes)
+        got = 0.0
+        for piece, heights in enumerate(shapes):
+            factors = _basis(heights)
+            s_x = bound.sketch(state_x, X, piece, factors)
+            assert s_x.shape == (len(X), np.prod(heights))
+            got = got + s_x @ bound.sketch(state_y, Y, piece, factors).T
+    np.testing.assert_allclose(got.numpy(), want, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("case", ["cnn", "embedding", "transformer"])
+def test_states_at_different_parameters_pair_their_jacobians(case):
+    """J(X; w') J(Y; w)^T, as the exact decomposition needs."""
+    net, params, X, Y = _setup(case)
+    shifted = {n: p + 0.05 for n, p in params.items()}
+    bound = _engine(net, params, X)
+    with torch.no_grad():
+        got = bound.contract(bound.state(shifted, X), bound.state(params, Y), False)
+    want = np.einsum(
+        "iad,jbd->ijab", jacobian_rows(net, shifted, X), jacobian_rows(net, params, Y)
+    )
+    np.testing.assert_allclose(got.numpy(), want, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("case", ["cnn", "tied", "transformer"])
+def test_frozen_and_left_out_parameters_get_no_term(case):
+    net, params, X, Y = _setup(case)
+    names = sorted(params)
+    subset = {n: params[n] for n in names[::2]}  # every other one
+    bound = _engine(net, subset, X)
+    with torch.no_grad():
+        got = bound.contract(bound.state(subset, X), bound.state(subset, Y), True)
+    want = tangent_kernel_reference(net, subset, X, Y)
+    np.testing.assert_allclose(got.numpy(), want, rtol=1e-10, atol=1e-12)
+
+
+def test_a_frozen_parameter_is_left_out_of_the_functional_kernel():
+    net, params, X, _ = _setup("cnn")
+    net[0].weight.requires_grad_(False)
+    trained = {n: p.detach() for n, p in net.named_parameters() if p.requires_grad}
+    K = tangent_kernel(net, trained, X)
+    np.testing.assert_allclose(
+        K, tangent_kernel_reference(net, trained, X), rtol=1e-10, atol=1e-12
+    )
+
+
+@pytest.mark.parametrize("case", ["cnn", "conv1d", "embedding", "transformer"])
+def test_auto_picks_the_hooks_engine(case):
+    net, params, X, _ = _setup(case)
+    assert select_engine("auto", net, list(params)).name == "hooks"
+
+
+def test_a_layer_without_rule_is_exact_when_named_but_not_picked_by_auto():
+    net, params, X, Y = _setup("fallback")
+    assert HookEngine.supports(net) and not HookEngine.covers(net)
+    assert select_engine("auto", net, list(params)).name == "jacobian"
+    K = tangent_kernel(net, None, X, Y, engine="hooks")
+    np.testing.assert_allclose(
+        K, tangent_kernel_reference(net, params, X, Y), rtol=1e-10, atol=1e-12
+    )
+
+
+@pytest.mark.parametrize("case", ["cnn", "embedding", "sequence"])
+def test_functional_kernels_take_images_sequences_and_tokens(case):
+    net, params, X, Y = _setup(case)
+    for trace in (True, False):
+        K = tangent_kernel(net, None, X, Y, trace=trace)
+        want = tangent_kernel_reference(net, params, X, Y, trace=trace)
+        np.testing.assert_allclose(K, want, rtol=1e-10, atol=1e-12)
+
+
+def test_results_are_bit_identical_across_budgets_and_jobs(monkeypatch):
+    monkeypatch.setattr(_hooks, "GHOST_SCRATCH", 2**10)  # many sub-blocks
+    net, _, _, _ = _setup("sequence")
+    X = _floats(40, 5, 3, seed=4)
+    reference = tangent_kernel(net, None, X, trace=False, working_memory=1024)
+    for options in ({"working_memory": 0.01}, {"n_jobs": 2, "working_memory": 0.01}):
+        K = tangent_kernel(net, None, X, trace=False, **options)
+        assert np.array_equal(K, reference), options
+    assert np.array_equal(reference, reference.transpose(1, 0, 3, 2))
+
+
+def test_row_axis_is_found_whatever_its_position():
+    net, params, X, _ = _setup("transformer")  # the layer sees (L, n, E)
+    bound = _engine(net, params, X)
+    layer = next(lay for lay in bound.plan.layers if lay.prefix == "layer.linear1")
+    assert layer.calls[0]["args"] == [1] and layer.calls[0]["outputs"] == [1]
+
+
+@pytest.mark.parametrize(
+    "module, message",
+    [
+        (
+            lambda: nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4).train()),
+            "BatchNorm layer '1' normalises with batch statistics",
+        ),
+        (
+            lambda: nn.Sequential(
+                nn.Linear(3, 4), nn.BatchNorm1d(4, track_running_stats=False).eval()
+            ),
+            "BatchNorm layer '1' normalises with batch statistics",
+        ),
+        (
+            lambda: nn.Sequential(nn.Linear(3, 4), nn.Dropout(0.5).train()),
+            "Dropout layer '1' is active",
+        ),
+    ],
+)
+def test_what_mixes_rows_or_is_random_is_refused(module, message):
+    net = module().double()
+    params = {n: p.detach() for n, p in net.named_parameters()}
+    X = _floats(3, 3, seed=0)
+    with pytest.raises(ValueError, match=message):
+        select_engine("hooks", net, list(params), example=X)
+    if not getattr(net[1], "track_running_stats", True):
+        return  # no running statistics: eval() does not help
+    bound = select_engine("hooks", net.eval(), list(params), example=X)
+    net.train()  # checked again at every state: the mode may change
+    with pytest.raises(ValueError, match=message), torch.no_grad():
+        bound.state(params, X)
+
+
+def test_embedding_with_max_norm_is_refused():
+    net = nn.Sequential(nn.Embedding(5, 2, max_norm=1.0), nn.Flatten())
+    with pytest.raises(ValueError, match="Embedding layer '0' with max_norm"):
+        select_engine("hooks", net, ["0.weight"], example=torch.tensor([[1, 2]]))
+
+
+def test_bytes_per_row_needs_an_example_or_a_state():
+    net, params, X, _ = _setup("cnn")
+    bound = HookEngine(net, list(params))
+    with pytest.raises(RuntimeError, match="needs an example row before"):
+        bound.bytes_per_row(3, 8)
+    with torch.no_grad():
+        bound.state(params, X)
+    assert bound.bytes_per_row(3, 8) > 0
+
+
+def test_bytes_per_row_counts_the_state():
+    net, params, X, _ = _setup("cnn")
+    bound = _engine(net, params, X)
+    with torch.no_grad():
+        state = bound.state(params, X)
+    held = state["inst"].numel() + sum(a.numel() + d.numel() for a, d in state["ghost"])
+    assert bound.bytes_per_row(3, 8) >= 8 * held / len(X)

@@ -141,6 +141,7 @@ class HookEngine(Engine):
 
     def _make_plan(self, example):
         """Probe the module: which layers run, their rules, axes and sizes."""
+        _check_rows_independent(self.module)
         self.plan = _Plan(self.module, self.parameter_names, example)
 
     def _require_plan(self, what):
@@ -164,6 +165,7 @@ class HookEngine(Engine):
         """Ghost terms ``(A, D)`` and instantiated gradients of the rows ``X``."""
         if self.plan is None:
             self._make_plan(X[:1])
+        _check_rows_independent(self.module)
         return _build_state(self, parameters, X)
 
     def static(self, X, Y):
@@ -337,7 +339,6 @@ class _Plan:
             layer.names.update(names)
         for layer in layers.values():
             layer.rule = _rule(layer)
-            _check_mode(layer)
 
         outputs = records[0][id(module)][0]["outputs"]
         self.n_outputs = int(math.prod(outputs[0][1:])) if outputs else 1
@@ -401,18 +402,26 @@ def _rule(layer):
     return "fallback"
 
 
-def _check_mode(layer):
-    """Refuse layers whose outputs mix rows or are random."""
-    for sub in layer.module.modules():
+def _check_rows_independent(module):
+    """Refuse layers whose outputs mix rows (batch statistics) or are random."""
+    for prefix, sub in module.named_modules():
         if isinstance(sub, nn.modules.batchnorm._BatchNorm) and (
             sub.training or sub.running_mean is None
         ):
             raise ValueError(
-                f"The BatchNorm layer {layer.prefix!r} normalises with batch "
-                "statistics (training mode or track_running_stats=False), which "
-                "mixes the rows: per-example gradients do not exist. Put the "
-                "module in eval() mode with running statistics, or use "
-                "GroupNorm/LayerNorm."
+                f"The BatchNorm layer {prefix!r} normalises with batch statistics "
+                "(training mode or track_running_stats=False), which mixes the "
+                "rows: per-example gradients do not exist. Put the module in "
+                "eval() mode with running statistics, or use GroupNorm/LayerNorm."
+            )
+        random = (isinstance(sub, nn.modules.dropout._DropoutNd) and sub.p > 0) or (
+            isinstance(sub, nn.MultiheadAttention) and sub.dropout > 0
+        )
+        if random and sub.training:
+            raise ValueError(
+                f"The Dropout layer {prefix!r} is active (training mode): the "
+                "kernel would depend on random masks. Put the module in eval() "
+                "mode: kernels are taken with dropout off."
             )
 
 
