@@ -691,22 +691,24 @@ def _positions(x, D, features):
 
 
 def _unfold(layer, x, D):
-    """A conv layer's patches (n, P, C_in k) and signals (n, P, O, C_out)."""
+    """A conv layer's patches (n, P, C_in k) and signals (n, P, O, C_out).
+
+    Patches come from strided views of the padded input (one copy), in
+    ``F.unfold``'s order ``(C_in, k_h, k_w)``: the same numbers, several times
+    faster than ``im2col`` on the CPU for small images.
+    """
     mod = layer.module
     n, n_outputs = D.shape[0], D.shape[1]
     mode = "constant" if mod.padding_mode == "zeros" else mod.padding_mode
     x = F.pad(x, mod._reversed_padding_repeated_twice, mode=mode)
+    kernel, dilation, stride = mod.kernel_size, mod.dilation, mod.stride
     if isinstance(mod, nn.Conv1d):
         x = x.unsqueeze(2)
-        kernel, dilation, stride = (
-            (1, *mod.kernel_size),
-            (1, *mod.dilation),
-            (1, *mod.stride),
-        )
-    else:
-        kernel, dilation, stride = mod.kernel_size, mod.dilation, mod.stride
-    patches = F.unfold(x, kernel, dilation=dilation, padding=0, stride=stride)
-    A = patches.transpose(1, 2)  # (n, P, C_in k)
+        kernel, dilation, stride = (1, *kernel), (1, *dilation), (1, *stride)
+    (kh, kw), (dh, dw), (sh, sw) = kernel, dilation, stride
+    windows = x.unfold(2, (kh - 1) * dh + 1, sh).unfold(3, (kw - 1) * dw + 1, sw)
+    windows = windows[..., ::dh, ::dw]  # (n, C, out_h, out_w, kh, kw)
+    A = windows.permute(0, 2, 3, 1, 4, 5).reshape(n, -1, x.shape[1] * kh * kw)
     D = D.reshape(n, n_outputs, mod.out_channels, -1).permute(0, 3, 1, 2)
     return A, D
 
