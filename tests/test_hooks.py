@@ -429,3 +429,16 @@ def test_random_features_through_the_hooks_engine(trained_cnn):
     # An unbiased estimate: 4000 components leave about 5% relative noise.
     error = np.abs(phi @ phi.T - K).max() / np.abs(K).max()
     assert error < 0.2
+
+
+@pytest.mark.parametrize("case", ["cnn", "tied", "transformer", "conv1d"])
+def test_signals_by_batched_backward_agree(case, monkeypatch):
+    """Signals from one vmapped backward of O seeds, not from O copies."""
+    monkeypatch.setattr(_hooks, "REPLICATE", False)
+    net, params, X, Y = _setup(case)
+    bound = _engine(net, params, X)
+    assert not bound.plan.replicate
+    with torch.no_grad():
+        got = bound.contract(bound.state(params, X), bound.state(params, Y), False)
+    want = tangent_kernel_reference(net, params, X, Y, trace=False)
+    np.testing.assert_allclose(got.numpy(), want, rtol=1e-10, atol=1e-12)

@@ -53,6 +53,9 @@ from ._base import TORCH_FUNC_LOCK, Engine
 #: Largest temporary of a ghost contraction, in numbers (row sub-blocks of
 #: a fixed size keep every product's shape independent of the budget).
 GHOST_SCRATCH = 2**21
+#: Signals from one backward over ``O`` copies of each row rather than a
+#: batched backward of ``O`` seeds (``_replicated_signals``).
+REPLICATE = True
 #: Rows of an instantiated ``vec G`` or of a ghost layer's ``vec D`` per
 #: sketch piece, as in the structured engine.
 SKETCH_ROWS = 8192
@@ -345,11 +348,11 @@ class _Plan:
         self.layers = []
         self.ghosts = []
         inst_sizes = {}
-        numbers = 0
+        numbers = activations = 0
         for mod_id, layer in layers.items():
             calls2, calls3 = records[0][mod_id], records[1][mod_id]
             layer.calls = [_axes(a, b, layer) for a, b in zip(calls2, calls3)]
-            numbers += sum(
+            activations += sum(
                 _row_numbers(c, axes) for c, axes in zip(calls2, layer.calls)
             )
             self.layers.append(layer)
@@ -365,6 +368,12 @@ class _Plan:
             else:
                 for local, full in layer.names.items():
                     inst_sizes[full] = _parameter(layer.module, local).numel()
+        # One backward over O copies of each row (see _replicated_signals)
+        # when there are several outputs: the forward activations are then
+        # O times as many while a state is built.
+        self.replicate = REPLICATE and self.n_outputs > 1
+        if self.replicate:
+            numbers += (self.n_outputs - 1) * activations
         self.inst_names = sorted(inst_sizes)
         self.inst_offsets = {}
         offset = 0
@@ -372,7 +381,7 @@ class _Plan:
             self.inst_offsets[full] = (offset, offset + inst_sizes[full])
             offset += inst_sizes[full]
         self.n_instantiated = offset
-        self.numbers_per_row = numbers + self.n_outputs * offset
+        self.numbers_per_row = numbers + activations + self.n_outputs * offset
 
 
 def _parameter(module, local):
@@ -535,8 +544,15 @@ def _kron_shapes(layer, calls, n_outputs):
 
 
 def _ghost_is_cheaper(terms, n_outputs):
-    """``P^2 (h_in + O h_out) < O h_in h_out (1 + 2 P / T)`` over the groups."""
-    ghost = sum(P * P * (h_in + n_outputs * h_out) for h_in, h_out, P, _ in terms)
+    """``P^2 (h_in + O h_out) < O h_in h_out (1 + 2 P / T)`` over the groups.
+
+    For token inputs the input Gram is one comparison per pair of
+    positions, so ``h_in`` (the vocabulary) counts as 1 on the ghost side.
+    """
+    ghost = sum(
+        P * P * ((1 if tokens else h_in) + n_outputs * h_out)
+        for h_in, h_out, P, tokens in terms
+    )
     inst = sum(
         n_outputs * h_in * h_out * (1 + 2 * P / TILE_ROWS)
         for h_in, h_out, P, _ in terms
@@ -594,24 +610,46 @@ def _build_state(engine, parameters, X):
                 else _parameter(module, name).detach().requires_grad_(True)
                 for name in engine.parameter_names
             }
-            out = functional_call(module, leaves, (X,))
+            n, copies = X.shape[0], plan.n_outputs if plan.replicate else 1
+            rows = X.repeat_interleave(copies, dim=0) if copies > 1 else X
+            out = functional_call(module, leaves, (rows,))
             recorder.active = False
-            n = X.shape[0]
-            out = out.reshape(n, -1)
+            out = out.reshape(rows.shape[0], -1)
             n_outputs = out.shape[1]
             outputs = [
-                (layer, k, t)
+                (layer, k, layer.calls[k]["outputs"][j], t)
                 for layer in plan.layers
                 for k, (_, _, ts) in enumerate(recorder.calls.get(id(layer.module), []))
-                for t in ts
+                for j, t in enumerate(ts)
             ]
-            signals = _signals(out, [t for _, _, t in outputs])
+            kept = [t for *_, t in outputs]
+            if copies > 1:
+                signals = _replicated_signals(out, kept, [a for _, _, a, _ in outputs])
+            else:
+                signals = _signals(out, kept)
     finally:
         for h in handles:
             h.remove()
     by_call = {}
-    for (layer, k, _), D in zip(outputs, signals):
+    for (layer, k, _, _), D in zip(outputs, signals):
         by_call.setdefault((id(layer.module), k), []).append(D)
+    if copies > 1:  # every copy of a row saw the same inputs: keep the first
+        first = torch.arange(0, n * copies, copies, device=out.device)
+        for layer in plan.layers:
+            calls = recorder.calls.get(id(layer.module), [])
+            for k, (args, kwargs, ts) in enumerate(calls):
+                axes = layer.calls[k]
+                args = [
+                    a if ax is None else a.index_select(ax, first)
+                    for a, ax in zip(args, axes["args"])
+                ]
+                kwargs = {
+                    name: v
+                    if axes["kwargs"][name] is None
+                    else v.index_select(axes["kwargs"][name], first)
+                    for name, v in kwargs.items()
+                }
+                calls[k] = (args, kwargs, ts)
 
     dtype = out.dtype
     inst = (
@@ -645,6 +683,36 @@ def _build_state(engine, parameters, X):
         D = parts[0][1] if len(parts) == 1 else torch.cat([d for _, d in parts], 1)
         ghosts.append((A, D))
     return {"inst": inst, "ghost": ghosts, "n": n, "n_outputs": n_outputs}
+
+
+def _replicated_signals(out, tensors, axes):
+    """Signals from one backward over ``O`` copies of every row.
+
+    Copy ``o`` of row ``i`` (row ``i O + o`` of the forward) is seeded with
+    ``e_o``: one ordinary backward pass over an ``O`` times larger batch,
+    in place of ``O`` passes over the rows (or a ``vmap`` of them, which
+    loops where an operation has no batching rule, as convolution and
+    pooling backward do). Returns ``(O, *Z.shape)`` per kept output, ``Z``
+    with ``n`` rows on its row axis.
+    """
+    n_outputs = out.shape[1]
+    n = out.shape[0] // n_outputs
+    eye = torch.eye(n_outputs, dtype=out.dtype, device=out.device)
+    wanted = [t for t in tensors if t.requires_grad]
+    grads = iter(
+        torch.autograd.grad(out, wanted, eye.repeat(n, 1), allow_unused=True)
+        if wanted
+        else ()
+    )
+    result = []
+    for t, axis in zip(tensors, axes):
+        g = next(grads) if t.requires_grad else None
+        if g is None:
+            g = t.new_zeros(t.shape)
+        g = g.detach().movedim(axis, 0)
+        g = g.reshape(n, n_outputs, *g.shape[1:]).transpose(0, 1)
+        result.append(g.movedim(1, axis + 1))
+    return result
 
 
 def _signals(out, tensors):
