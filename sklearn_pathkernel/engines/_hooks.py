@@ -564,27 +564,43 @@ def _ghost_is_cheaper(terms, n_outputs):
 
 
 class _Recorder:
-    """Keeps, for this thread's forward, each hooked call's inputs and output."""
+    """Keeps, for this thread's forward, each hooked call's inputs and output.
 
-    def __init__(self):
+    With ``copies > 1`` (the forward runs each row ``copies`` times, see
+    :func:`_replicated_signals`) only the first copy of each row's inputs is
+    kept, along the row axes the plan found.
+    """
+
+    def __init__(self, layers, copies):
         self.thread = threading.get_ident()
         self.active = True
+        self.axes = {id(layer.module): layer.calls for layer in layers}
+        self.copies = copies
         self.calls = {}  # id(module) -> list of (args, kwargs, outputs)
+
+    def _keep(self, value, axis):
+        if not isinstance(value, torch.Tensor):
+            return value
+        value = value.detach()
+        if self.copies > 1 and axis is not None:
+            first = torch.arange(0, value.shape[axis], self.copies, device=value.device)
+            return value.index_select(axis, first)  # a new tensor: no clone
+        # A clone: later in-place operations (relu_, x += shortcut) must not
+        # change the kept inputs.
+        return value.clone()
 
     def hook(self, mod, args, kwargs, output):
         if not self.active or threading.get_ident() != self.thread:
             return None
-        # Clones: later in-place operations (relu_, x += shortcut) must
-        # change neither the kept inputs nor the outputs we differentiate by.
-        kept_args = [
-            a.detach().clone() if isinstance(a, torch.Tensor) else a for a in args
-        ]
+        calls = self.calls.setdefault(id(mod), [])
+        axes = self.axes[id(mod)][len(calls)]
+        kept_args = [self._keep(a, ax) for a, ax in zip(args, axes["args"])]
         kept_kwargs = {
-            k: v.detach().clone() if isinstance(v, torch.Tensor) else v
-            for k, v in kwargs.items()
+            k: self._keep(v, axes["kwargs"].get(k)) for k, v in kwargs.items()
         }
-        outputs = _tensors(output)
-        self.calls.setdefault(id(mod), []).append((kept_args, kept_kwargs, outputs))
+        calls.append((kept_args, kept_kwargs, _tensors(output)))
+        # Downstream gets a clone, so in-place operations there leave the
+        # output we differentiate by untouched.
         if isinstance(output, torch.Tensor):
             return output.clone()
         if isinstance(output, tuple):
@@ -597,7 +613,8 @@ class _Recorder:
 def _build_state(engine, parameters, X):
     plan = engine.plan
     module = engine.module
-    recorder = _Recorder()
+    copies = plan.n_outputs if plan.replicate else 1
+    recorder = _Recorder(plan.layers, copies)
     handles = [
         layer.module.register_forward_hook(recorder.hook, with_kwargs=True)
         for layer in plan.layers
@@ -610,7 +627,7 @@ def _build_state(engine, parameters, X):
                 else _parameter(module, name).detach().requires_grad_(True)
                 for name in engine.parameter_names
             }
-            n, copies = X.shape[0], plan.n_outputs if plan.replicate else 1
+            n = X.shape[0]
             rows = X.repeat_interleave(copies, dim=0) if copies > 1 else X
             out = functional_call(module, leaves, (rows,))
             recorder.active = False
@@ -633,23 +650,6 @@ def _build_state(engine, parameters, X):
     by_call = {}
     for (layer, k, _, _), D in zip(outputs, signals):
         by_call.setdefault((id(layer.module), k), []).append(D)
-    if copies > 1:  # every copy of a row saw the same inputs: keep the first
-        first = torch.arange(0, n * copies, copies, device=out.device)
-        for layer in plan.layers:
-            calls = recorder.calls.get(id(layer.module), [])
-            for k, (args, kwargs, ts) in enumerate(calls):
-                axes = layer.calls[k]
-                args = [
-                    a if ax is None else a.index_select(ax, first)
-                    for a, ax in zip(args, axes["args"])
-                ]
-                kwargs = {
-                    name: v
-                    if axes["kwargs"][name] is None
-                    else v.index_select(axes["kwargs"][name], first)
-                    for name, v in kwargs.items()
-                }
-                calls[k] = (args, kwargs, ts)
 
     dtype = out.dtype
     inst = (
@@ -968,6 +968,9 @@ def _ghost(term, tx, ty, mode, vectors=None):
     if mode == "vector":
         # Fold v into Y's signals first: (m, Q, h).
         D_y = torch.einsum("jqbh,jb->jqh", D_y, vectors)
+    if mode == "trace" and P == 1 and Q == 1:  # 7.3's rule, no sub-blocks
+        gram = _input_gram(term, A_x, A_y).view(n, m).to(D_x.dtype)
+        return gram.mul_(D_x.reshape(n, -1) @ D_y.reshape(m, -1).T)
     shape = (n, m) if mode == "trace" else (n, m, n_outputs)
     if mode == "full":
         shape = (n, m, n_outputs, n_outputs)
