@@ -227,7 +227,7 @@ def decompose_path(
     kernel : {"path", "loss_weighted"}, default="path"
         What :attr:`KernelMachine.kernel` holds: the path kernel, or the
         loss-weighted path kernel of Remark 2 (then all coefficients are -1).
-    engine : {"auto", "structured", "jacobian", "ntk_vp"}, default="auto"
+    engine : {"auto", "structured", "hooks", "jacobian", "ntk_vp"}, default="auto"
     working_memory : float, default=None
         Budget in MiB for one block of query rows. Blocks hold 512 rows
         whenever that fits, and a power of two fewer otherwise, so results

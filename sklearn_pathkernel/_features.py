@@ -145,7 +145,7 @@ def path_features(
         ``m``, the number of features.
     seed : int
         Seeds the factors; the same seed gives the same features.
-    engine : {"auto", "structured", "jacobian", "ntk_vp"}, default="auto"
+    engine : {"auto", "structured", "hooks", "jacobian", "ntk_vp"}, default="auto"
         Which engine sketches the gradients (``select_engine``): the
         structured engine's Kronecker sketch, or a Gaussian projection of
         ``vec J``. Each engine gives its own (equally valid) features.

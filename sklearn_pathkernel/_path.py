@@ -41,27 +41,34 @@ def tangent_kernel(
     Parameters
     ----------
     module : torch.nn.Module
-        Maps (n_samples, n_features) to (n_samples, n_outputs).
+        Maps (n_samples, *input_shape) to (n_samples, n_outputs).
     parameters : dict of str to torch.Tensor or None
         Values for (some of) the module's trainable parameters, as for
         ``torch.func.functional_call``; None uses the module's own.
         The kernel is taken with respect to exactly these tensors.
     X : array-like or torch.Tensor of shape (n_X, n_features)
+        Or a tensor of shape (n_X, *input_shape) (images, sequences); an
+        integer tensor is kept as token ids when the module holds an
+        ``nn.Embedding``.
     Y : array-like or torch.Tensor of shape (n_Y, n_features), default=None
-        None means ``Y = X``; then only one triangle of blocks is computed
-        and the result is exactly symmetric.
+        Rows shaped like those of X. None means ``Y = X``; then only one
+        triangle of blocks is computed and the result is exactly symmetric.
     trace : bool, default=True
         True sums over outputs, giving shape (n_X, n_Y): for a single output
         this is the kernel itself, for several it is the trace of the
         ``O x O`` output kernel. False returns the full (n_X, n_Y, O, O).
-    engine : {"auto", "structured", "jacobian", "ntk_vp"}, default="auto"
+    engine : {"auto", "structured", "hooks", "jacobian", "ntk_vp"}, default="auto"
         How the Jacobian work is done. "structured" uses the outer-product
         form of ``nn.Linear`` layers (``nn.Sequential`` of Linear layers and
-        elementwise activations only) and never builds a Jacobian;
-        "jacobian" contracts per-example Jacobians from ``torch.func`` (any
-        module); "ntk_vp" uses Jacobian-vector products (any module, least
-        memory, slowest). "auto" picks "structured" when the module
-        qualifies, else "jacobian".
+        elementwise activations only) and never builds a Jacobian; "hooks"
+        applies per-layer rules (Linear at any positions, Conv1d/2d,
+        Embedding, LayerNorm, GroupNorm, eval-mode BatchNorm, attention) to
+        the inputs and output gradients its forward hooks keep, on any
+        module graph (docs/design.md, section 7.6); "jacobian" contracts
+        per-example Jacobians from ``torch.func`` (any module); "ntk_vp"
+        uses Jacobian-vector products (any module, least memory, slowest).
+        "auto" picks "structured" when the module qualifies, else "hooks"
+        when every parametrised layer has a rule, else "jacobian".
     working_memory : float, default=None
         Budget in MiB for one block of rows; scikit-learn's
         ``working_memory`` setting (1024 by default) when None. The result
@@ -165,7 +172,7 @@ def path_kernel(
     trace : bool, default=True
         Sum over outputs (shape (n_X, n_Y)), or keep the full
         (n_X, n_Y, O, O) output kernel.
-    engine : {"auto", "structured", "jacobian", "ntk_vp"}, default="auto"
+    engine : {"auto", "structured", "hooks", "jacobian", "ntk_vp"}, default="auto"
         See :func:`tangent_kernel`.
     working_memory : float, default=None
         Budget in MiB for one block of rows; see :func:`tangent_kernel`.

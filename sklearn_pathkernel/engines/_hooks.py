@@ -90,7 +90,7 @@ class HookEngine(Engine):
     >>> import torch
     >>> from sklearn_pathkernel.engines import HookEngine
     >>> net = torch.nn.Sequential(torch.nn.Conv1d(1, 2, 3), torch.nn.Flatten(),
-    ...                           torch.nn.Linear(4, 1))
+    ...                           torch.nn.Linear(8, 1))
     >>> params = {n: p.detach() for n, p in net.named_parameters()}
     >>> engine = HookEngine(net, list(params))
     >>> X = torch.randn(5, 1, 6)
