@@ -164,13 +164,23 @@ def _engine(net, params, X=None):
     return select_engine("hooks", net, list(params), example=X)
 
 
+def _force(form, monkeypatch):
+    if form != "cost":
+        forced = form == "ghost"
+        monkeypatch.setattr(_hooks, "_ghost_is_cheaper", lambda *args: forced)
+    return form
+
+
 @pytest.fixture(params=["cost", "ghost", "instantiated"])
 def form(request, monkeypatch):
     """Each Kronecker layer by the cost rule, or forced into one form."""
-    if request.param != "cost":
-        forced = request.param == "ghost"
-        monkeypatch.setattr(_hooks, "_ghost_is_cheaper", lambda *args: forced)
-    return request.param
+    return _force(request.param, monkeypatch)
+
+
+@pytest.fixture(params=["ghost", "instantiated"])
+def forced_form(request, monkeypatch):
+    """Each Kronecker layer forced into one form (the cost rule mixes them)."""
+    return _force(request.param, monkeypatch)
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
@@ -204,7 +214,7 @@ def _basis(heights):
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
-def test_sketch_pieces_sum_to_the_kernel(case, form, monkeypatch):
+def test_sketch_pieces_sum_to_the_kernel(case, forced_form, monkeypatch):
     monkeypatch.setattr(_hooks, "SKETCH_ROWS", 16)  # several pieces per layer
     net, params, X, Y = _setup(case)
     bound = _engine(net, params, X)
