@@ -452,3 +452,20 @@ def test_signals_by_batched_backward_agree(case, monkeypatch):
         got = bound.contract(bound.state(params, X), bound.state(params, Y), False)
     want = tangent_kernel_reference(net, params, X, Y, trace=False)
     np.testing.assert_allclose(got.numpy(), want, rtol=1e-10, atol=1e-12)
+
+
+class _Positional(nn.Module):
+    """A positional table computed once for all rows: no row axis."""
+
+    def __init__(self):
+        super().__init__()
+        self.tokens, self.positions = nn.Embedding(7, 3), nn.Embedding(4, 3)
+
+    def forward(self, x):
+        return (self.tokens(x) + self.positions(torch.arange(4))).sum(dim=(1, 2))
+
+
+def test_an_output_shared_by_all_rows_is_refused():
+    net = _Positional()
+    with pytest.raises(ValueError, match="layer 'positions' gives an output without"):
+        select_engine("hooks", net, ["positions.weight"], example=_tokens(2, 4, 7, 0))

@@ -352,6 +352,15 @@ class _Plan:
         for mod_id, layer in layers.items():
             calls2, calls3 = records[0][mod_id], records[1][mod_id]
             layer.calls = [_axes(a, b, layer) for a, b in zip(calls2, calls3)]
+            if any(None in axes["outputs"] for axes in layer.calls):
+                # Its output serves every row at once (a positional table):
+                # the row-summed gradient would mix the rows' signals.
+                raise ValueError(
+                    f"The layer {layer.prefix!r} gives an output without a row "
+                    "axis (shared by all rows), so the hooks engine cannot "
+                    "separate the rows' gradients; use engine='jacobian', or "
+                    "apply the layer to inputs with a row axis."
+                )
             activations += sum(
                 _row_numbers(c, axes) for c, axes in zip(calls2, layer.calls)
             )
