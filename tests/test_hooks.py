@@ -185,6 +185,19 @@ def forced_form(request, monkeypatch):
 
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_kernels_match_the_reference(case, form):
+    _check_kernels(case)
+
+
+@pytest.mark.parametrize("case", ["embedding", "embedding-padding", "tied"])
+@pytest.mark.parametrize("sparse", [0, 10**9], ids=["token-pairs", "all-pairs"])
+def test_embeddings_by_token_pairs_or_all_position_pairs(case, sparse, monkeypatch):
+    monkeypatch.setattr(_hooks, "SPARSE_TOKENS", sparse)
+    monkeypatch.setattr(_hooks, "GHOST_SCRATCH", 64)  # several pieces of pairs
+    monkeypatch.setattr(_hooks, "_ghost_is_cheaper", lambda *args: True)
+    _check_kernels(case)
+
+
+def _check_kernels(case):
     net, params, X, Y = _setup(case)
     bound = _engine(net, params, X)
     full = tangent_kernel_reference(net, params, X, Y, trace=False)

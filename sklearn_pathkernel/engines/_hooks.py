@@ -56,6 +56,9 @@ GHOST_SCRATCH = 2**21
 #: Signals from one backward over ``O`` copies of each row rather than a
 #: batched backward of ``O`` seeds (``_replicated_signals``).
 REPLICATE = True
+#: An embedding's ghost term goes through its matching token pairs only
+#: when they are fewer than one in ``SPARSE_TOKENS`` position pairs.
+SPARSE_TOKENS = 8
 #: Rows of an instantiated ``vec G`` or of a ghost layer's ``vec D`` per
 #: sketch piece, as in the structured engine.
 SKETCH_ROWS = 8192
@@ -977,6 +980,10 @@ def _ghost(term, tx, ty, mode, vectors=None):
     if mode == "vector":
         # Fold v into Y's signals first: (m, Q, h).
         D_y = torch.einsum("jqbh,jb->jqh", D_y, vectors)
+    if term.tokens:
+        pairs = _token_matches(A_x.reshape(-1), A_y.reshape(-1))
+        if pairs[0].numel() * SPARSE_TOKENS < n * P * m * Q:
+            return _sparse_tokens(pairs, D_x, D_y, m, mode)
     if mode == "trace" and P == 1 and Q == 1:  # 7.3's rule, no sub-blocks
         gram = _input_gram(term, A_x, A_y).view(n, m).to(D_x.dtype)
         return gram.mul_(D_x.reshape(n, -1) @ D_y.reshape(m, -1).T)
@@ -1009,3 +1016,47 @@ def _ghost(term, tx, ty, mode, vectors=None):
                 )
                 result[i0:i1, j0:j1] = torch.einsum("ipjq,ipajqb->ijab", gram, signal)
     return result
+
+
+def _token_matches(tokens_x, tokens_y):
+    """Every pair ``(r, c)`` of equal tokens: flat positions of X and of Y.
+
+    Sorting Y's tokens and searching X's gives each ``r`` its run of equal
+    tokens, so the pairs cost their number, not ``len(x) * len(y)``; their
+    order depends on the tokens alone (deterministic sums).
+    """
+    order = torch.argsort(tokens_y, stable=True)
+    lo = torch.searchsorted(tokens_y[order], tokens_x, side="left")
+    counts = torch.searchsorted(tokens_y[order], tokens_x, side="right") - lo
+    rows = torch.repeat_interleave(
+        torch.arange(len(tokens_x), device=tokens_x.device), counts
+    )
+    first = torch.cumsum(counts, 0) - counts  # each r's first pair
+    t = torch.arange(len(rows), device=tokens_x.device)
+    return rows, order[t - first[rows] + lo[rows]]
+
+
+def _sparse_tokens(pairs, D_x, D_y, m, mode):
+    """An embedding's ghost term summed over its matching token pairs only.
+
+    ``K[i, j] += d_{i,p} . d'_{j,q}`` for every ``t_{i,p} = t'_{j,q}``, in
+    pieces of at most :data:`GHOST_SCRATCH` numbers, added in pair order.
+    """
+    n, P, n_outputs, h = D_x.shape
+    Q = D_y.shape[1]
+    rows, columns = pairs
+    dx = D_x.reshape(n * P, n_outputs, h)
+    dy = D_y.reshape(-1, n_outputs, h) if mode != "vector" else D_y.reshape(-1, h)
+    extra = {"trace": (), "vector": (n_outputs,), "full": (n_outputs, n_outputs)}
+    result = D_x.new_zeros(n * m, *extra[mode])
+    step = max(1, GHOST_SCRATCH // (n_outputs * n_outputs * h))
+    for t0 in range(0, len(rows), step):
+        r, c = rows[t0 : t0 + step], columns[t0 : t0 + step]
+        if mode == "trace":
+            values = (dx[r] * dy[c]).sum(dim=(1, 2))
+        elif mode == "vector":
+            values = torch.einsum("tah,th->ta", dx[r], dy[c])
+        else:
+            values = torch.einsum("tah,tbh->tab", dx[r], dy[c])
+        result.index_add_(0, r // P * m + c // Q, values)
+    return result.view(n, m, *extra[mode])
