@@ -376,7 +376,8 @@ class _Plan:
                     self.ghosts.append(
                         _Ghost((id(layer.module), group), h_in, h_out, tokens, P)
                     )
-                    numbers += P * (h_in + self.n_outputs * h_out)
+                    # Token inputs are kept as ids: one number a position.
+                    numbers += P * ((1 if tokens else h_in) + self.n_outputs * h_out)
             else:
                 for local, full in layer.names.items():
                     inst_sizes[full] = _parameter(layer.module, local).numel()
