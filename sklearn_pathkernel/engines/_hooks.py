@@ -1,10 +1,10 @@
 """The layer-hook engine: per-layer rules on any module graph.
 
 Forward hooks keep each parametrised layer's input ``A`` (and its output
-``Z``); one batched backward pass from the ``O`` outputs gives every layer's
-output gradient ``D = df_o/dZ`` for all outputs at once (rows are
-independent, so the gradient of the row-summed output with respect to ``Z``
-holds every row's signals). A rule per layer type turns ``A`` and ``D`` into
+``Z``); one backward pass, over ``O`` copies of every row seeded with the
+``O`` unit vectors, gives every layer's output gradient ``D = df_o/dZ`` for
+all outputs at once (rows are independent, so the gradient of the
+row-summed output with respect to ``Z`` holds every row's signals). A rule per layer type turns ``A`` and ``D`` into
 that layer's share of the tangent kernel; no per-example Jacobian of the
 whole network ever exists. Rules (docs/design.md, section 7.6):
 
@@ -18,7 +18,8 @@ whole network ever exists. Rules (docs/design.md, section 7.6):
   ``2 n m O h_in h_out`` plus ``2 (n + m) P O h_in h_out`` to build ``G``;
   with ``P = Q`` and ``n = m = T`` (a full tile, 512 rows) the engine keeps
   ghost form when ``P^2 (h_in + O h_out) < O h_in h_out (1 + 2 P / T)``.
-  For ``P = 1`` this is always ghost: the structured engine's rule.
+  For ``P = 1`` this is always ghost: the structured engine's rule. An
+  embedding's ghost term sums over matching token pairs only, when few.
 - ``LayerNorm``, ``GroupNorm``, eval-mode ``BatchNorm``: instantiated, the
   gradients are ``sum_p d_p * xhat_p`` (weight) and ``sum_p d_p`` (bias).
 - Any other parametrised layer (``MultiheadAttention``, whose ``out_proj``
