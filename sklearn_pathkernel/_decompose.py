@@ -231,7 +231,7 @@ def decompose_path(
     kernel : {"path", "loss_weighted"}, default="path"
         What :attr:`KernelMachine.kernel` holds: the path kernel, or the
         loss-weighted path kernel of Remark 2 (then all coefficients are -1).
-    engine : {"auto", "structured", "jacobian", "ntk_vp"}, default="auto"
+    engine : {"auto", "structured", "hooks", "jacobian", "ntk_vp"}, default="auto"
     working_memory : float, default=None
         Budget in MiB for one block of query rows. Blocks hold 512 rows
         whenever that fits, and a power of two fewer otherwise, so results
@@ -248,7 +248,7 @@ def decompose_path(
     machine : KernelMachine
     """
     _check_options(trajectory, exact=exact, n_nodes=n_nodes, kernel=kernel)
-    bound = select_engine(engine, module, trajectory.parameter_names)
+    bound = select_engine(engine, module, trajectory.parameter_names, example=X[:1])
     with torch.no_grad():
         network_output = forward(module, X).double()
     n_X, n_outputs = network_output.shape
@@ -273,7 +273,7 @@ def decompose_path(
         node_weights=node_weights,
         alpha=trajectory.alpha,
     )
-    itemsize = X.element_size()
+    itemsize = next(module.parameters()).element_size()
     block = tile_within_budget(
         working_memory,
         # Per query row: its states, and per training row and output the

@@ -55,8 +55,8 @@ from sklearn import get_config
 
 from ._blocking import tile_within_budget
 from ._network import forward, in_evaluation_mode, placement
+from ._rows import kernel_rows
 from ._tasks import Shared, compact, row_blocks, run_tasks
-from ._validation import check_kernel_input, to_tensor
 from .engines import select_engine
 
 
@@ -152,7 +152,7 @@ def path_features(
         ``m``, the number of features.
     seed : int
         Seeds the factors; the same seed gives the same features.
-    engine : {"auto", "structured", "jacobian", "ntk_vp"}, default="auto"
+    engine : {"auto", "structured", "hooks", "jacobian", "ntk_vp"}, default="auto"
         Which engine sketches the gradients (``select_engine``): the
         structured engine's Kronecker sketch, or a Gaussian projection of
         ``vec J``. Each engine gives its own (equally valid) features.
@@ -191,16 +191,15 @@ def path_features(
     >>> bool(np.allclose(diagonal, np.diag(est.kernel(X[:3]))))
     True
     """
-    X = check_kernel_input(X, name="X")
     module, dtype, device = placement(module, device)
-    X_t = to_tensor(X, dtype=dtype, device=device, name="X")
+    X_t = kernel_rows(X, name="X", module=module, dtype=dtype, device=device)
     n = X_t.shape[0]
-    bound = select_engine(engine, module, trajectory.parameter_names)
+    bound = select_engine(engine, module, trajectory.parameter_names, example=X_t[:1])
     with torch.no_grad():
         n_outputs = forward(module, X_t[:1]).shape[1]
     shapes = bound.sketch_shapes(n_outputs)
     tile, groups = plan(
-        bound, shapes, n_outputs, X_t.element_size(), n_components, working_memory
+        bound, shapes, n_outputs, dtype.itemsize, n_components, working_memory
     )
     sketch = _Sketch(
         bound=bound,

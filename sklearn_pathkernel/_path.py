@@ -11,11 +11,11 @@ from ._blocking import (
     rows_within_budget,
     tile_within_budget,
 )
-from ._network import forward, in_evaluation_mode, placement
+from ._network import in_evaluation_mode, placement
 from ._progress import progress_bar
 from ._result import fingerprint_of, open_result
+from ._rows import kernel_rows, output_width
 from ._tasks import Shared, compact, row_blocks, run_tasks
-from ._validation import check_kernel_input, to_tensor
 from .engines import select_engine
 
 
@@ -39,27 +39,34 @@ def tangent_kernel(
     Parameters
     ----------
     module : torch.nn.Module
-        Maps (n_samples, n_features) to (n_samples, n_outputs).
+        Maps (n_samples, *input_shape) to (n_samples, n_outputs).
     parameters : dict of str to torch.Tensor or None
         Values for (some of) the module's trainable parameters, as for
         ``torch.func.functional_call``; None uses the module's own.
         The kernel is taken with respect to exactly these tensors.
     X : array-like or torch.Tensor of shape (n_X, n_features)
+        Or a tensor of shape (n_X, *input_shape) (images, sequences); an
+        integer tensor is kept as token ids when the module holds an
+        ``nn.Embedding``.
     Y : array-like or torch.Tensor of shape (n_Y, n_features), default=None
-        None means ``Y = X``; then only one triangle of blocks is computed
-        and the result is exactly symmetric.
+        Rows shaped like those of X. None means ``Y = X``; then only one
+        triangle of blocks is computed and the result is exactly symmetric.
     trace : bool, default=True
         True sums over outputs, giving shape (n_X, n_Y): for a single output
         this is the kernel itself, for several it is the trace of the
         ``O x O`` output kernel. False returns the full (n_X, n_Y, O, O).
-    engine : {"auto", "structured", "jacobian", "ntk_vp"}, default="auto"
+    engine : {"auto", "structured", "hooks", "jacobian", "ntk_vp"}, default="auto"
         How the Jacobian work is done. "structured" uses the outer-product
         form of ``nn.Linear`` layers (``nn.Sequential`` of Linear layers and
-        elementwise activations only) and never builds a Jacobian;
-        "jacobian" contracts per-example Jacobians from ``torch.func`` (any
-        module); "ntk_vp" uses Jacobian-vector products (any module, least
-        memory, slowest). "auto" picks "structured" when the module
-        qualifies, else "jacobian".
+        elementwise activations only) and never builds a Jacobian; "hooks"
+        applies per-layer rules (Linear at any positions, Conv1d/2d,
+        Embedding, LayerNorm, GroupNorm, eval-mode BatchNorm, attention) to
+        the inputs and output gradients its forward hooks keep, on any
+        module graph (docs/design.md, section 7.6); "jacobian" contracts
+        per-example Jacobians from ``torch.func`` (any module); "ntk_vp"
+        uses Jacobian-vector products (any module, least memory, slowest).
+        "auto" picks "structured" when the module qualifies, else "hooks"
+        when every parametrised layer has a rule, else "jacobian".
     working_memory : float, default=None
         Budget in MiB for one block of rows; scikit-learn's
         ``working_memory`` setting (1024 by default) when None. The result
@@ -166,7 +173,7 @@ def path_kernel(
     trace : bool, default=True
         Sum over outputs (shape (n_X, n_Y)), or keep the full
         (n_X, n_Y, O, O) output kernel.
-    engine : {"auto", "structured", "jacobian", "ntk_vp"}, default="auto"
+    engine : {"auto", "structured", "hooks", "jacobian", "ntk_vp"}, default="auto"
         See :func:`tangent_kernel`.
     working_memory : float, default=None
         Budget in MiB for one block of rows; see :func:`tangent_kernel`.
@@ -266,14 +273,13 @@ def path_kernel_diagonal(
     >>> bool(np.allclose(d, np.diag(K)))
     True
     """
-    X = check_kernel_input(X, name="X")
     module, dtype, device = placement(module, device)
-    bound = select_engine(engine, module, trajectory.parameter_names)
-    X_t = to_tensor(X, dtype=dtype, device=device, name="X")
+    X_t = kernel_rows(X, name="X", module=module, dtype=dtype, device=device)
     with torch.no_grad():
-        n_outputs = forward(module, X_t[:1]).shape[1]
+        n_outputs = output_width(module, X_t)
+    bound = select_engine(engine, module, trajectory.parameter_names, example=X_t[:1])
     tile = tile_within_budget(
-        working_memory, bound.bytes_per_row(n_outputs, X_t.element_size())
+        working_memory, bound.bytes_per_row(n_outputs, dtype.itemsize)
     )
     rows = _Rows(bound=bound, X_t=X_t, tile=tile, device=device)
     blocks = row_blocks(X_t.shape[0], tile)
@@ -347,16 +353,13 @@ def weighted_kernel_sum(
     already written to an ``out`` file by an interrupted call are skipped.
     """
     symmetric = Y is None
-    X = check_kernel_input(X, name="X")
-    Y = X if symmetric else check_kernel_input(Y, name="Y", n_features=X.shape[1])
     module, network_dtype, device = placement(module, device)
-    X_t = to_tensor(X, dtype=network_dtype, device=device, name="X")
-    Y_t = (
-        X_t if symmetric else to_tensor(Y, dtype=network_dtype, device=device, name="Y")
-    )
-    bound = select_engine(engine, module, parameter_names)
+    rows = {"module": module, "dtype": network_dtype, "device": device}
+    X_t = kernel_rows(X, name="X", **rows)
+    Y_t = X_t if symmetric else kernel_rows(Y, name="Y", like=X_t, **rows)
     with torch.no_grad():
-        n_outputs = forward(module, X_t[:1]).shape[1]
+        n_outputs = output_width(module, X_t)
+    bound = select_engine(engine, module, parameter_names, example=X_t[:1])
     extra = () if trace else (n_outputs, n_outputs)
     result = open_result(
         out,

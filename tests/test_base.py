@@ -128,7 +128,7 @@ def test_dtype_sets_the_network_precision(toy, dtype, torch_dtype):
     assert reg.predict(X).dtype == np.float64
 
 
-@pytest.mark.parametrize("engine", ["structured", "jacobian", "ntk_vp"])
+@pytest.mark.parametrize("engine", ["structured", "hooks", "jacobian", "ntk_vp"])
 def test_kernel_engines_agree_through_the_estimator(toy, engine):
     X, y = toy
     est = _quiet(

@@ -139,18 +139,19 @@ class _Residual(nn.Module):
 
 
 @pytest.mark.parametrize(
-    "module",
+    "module, auto",
     [
-        _Residual(),
-        nn.Sequential(nn.Linear(3, 4), nn.Softmax(dim=1), nn.Linear(4, 1)),
-        nn.Sequential(nn.Linear(3, 4), nn.LayerNorm(4), nn.Linear(4, 1)),
-        nn.Sequential(nn.Tanh()),
+        (_Residual(), "hooks"),
+        (nn.Sequential(nn.Linear(3, 4), nn.Softmax(dim=1), nn.Linear(4, 1)), "hooks"),
+        (nn.Sequential(nn.Linear(3, 4), nn.LayerNorm(4), nn.Linear(4, 1)), "hooks"),
+        (nn.Bilinear(3, 3, 1), "jacobian"),
+        (nn.Sequential(nn.Tanh()), "jacobian"),
     ],
-    ids=["residual", "softmax", "layernorm", "no-linear"],
+    ids=["residual", "softmax", "layernorm", "bilinear", "no-parameters"],
 )
-def test_structured_engine_refuses_what_it_cannot_do(module):
+def test_structured_engine_refuses_what_it_cannot_do(module, auto):
     assert not StructuredEngine.supports(module)
-    assert select_engine("auto", module, []).name == "jacobian"
+    assert select_engine("auto", module, []).name == auto
     with pytest.raises(ValueError, match="The 'structured' engine does not support"):
         select_engine("structured", module, [])
 

@@ -297,7 +297,7 @@ def test_auto_takes_the_engine_select_engine_picks(case, data):
     est = _fitted(case, data)
     X = data[:6]
     picked = select_engine("auto", est.module_, est.trajectory_.parameter_names).name
-    assert picked == ("jacobian" if case == "residual" else "structured")
+    assert picked == ("hooks" if case == "residual" else "structured")
     auto, _ = _features(est, X, n_components=7, seed=0)
     named, _ = _features(est, X, n_components=7, seed=0, engine=picked)
     np.testing.assert_array_equal(auto, named)

@@ -14,6 +14,13 @@ trainable parameters (an MLP with widths ``h_0, ..., h_L = O``):
 activations)
     FLOPs ``2 n m sum_l (h_{l-1} + 1 + O h_l)``; memory per row
     ``sum_l (h_{l-1} + 1 + O h_l)`` numbers. No Jacobian ever exists.
+``"hooks"`` (Linear, Conv1d/2d, Embedding, norm and attention layers in any
+module graph)
+    FLOPs ``2 n m`` times, per layer at ``P`` positions, the smaller of
+    ``P^2 (h_in + O h_out)`` (ghost form) and ``O h_in h_out``
+    (instantiated gradient); attention and layers without a rule pay their
+    own per-example gradients only. Memory per row: per layer
+    ``P (h_in + O h_out)`` or ``O h_in h_out`` numbers.
 ``"jacobian"`` (any module)
     FLOPs ``2 n m O d`` plus the Jacobians; memory per row ``O d`` numbers.
 ``"ntk_vp"`` (any module)
@@ -33,6 +40,7 @@ module of its own, implement every method, and add it to :data:`ENGINES`
 """
 
 from ._base import TORCH_FUNC_LOCK, Engine
+from ._hooks import HookEngine
 from ._jacobian import JacobianEngine
 from ._ntk_vp import NTKVectorProductEngine
 from ._structured import StructuredEngine
@@ -40,6 +48,7 @@ from ._structured import StructuredEngine
 __all__ = [
     "ENGINES",
     "Engine",
+    "HookEngine",
     "JacobianEngine",
     "NTKVectorProductEngine",
     "StructuredEngine",
@@ -50,23 +59,31 @@ __all__ = [
 #: Engine classes by name, in the order ``engine="auto"`` tries them.
 ENGINES = {
     "structured": StructuredEngine,
+    "hooks": HookEngine,
     "jacobian": JacobianEngine,
     "ntk_vp": NTKVectorProductEngine,
 }
 
 
-def select_engine(engine, module, parameter_names):
+def select_engine(engine, module, parameter_names, example=None):
     """Resolve the ``engine`` option to an engine bound to ``module``.
 
     Parameters
     ----------
-    engine : {"auto", "structured", "jacobian", "ntk_vp"}
+    engine : {"auto", "structured", "hooks", "jacobian", "ntk_vp"}
         "auto" picks the first engine in :data:`ENGINES` that supports the
         module: the structured engine for Linear/elementwise
-        ``nn.Sequential`` networks, the generic Jacobian engine otherwise.
+        ``nn.Sequential`` networks, the layer-hook engine for modules whose
+        parametrised layers all have rules (Linear, Conv1d/2d, Embedding,
+        LayerNorm, GroupNorm, BatchNorm, MultiheadAttention), the generic
+        Jacobian engine otherwise.
     module : torch.nn.Module
     parameter_names : iterable of str
         The parameters the kernel is taken with respect to.
+    example : torch.Tensor, default=None
+        Some rows of the input, for engines that learn the shapes of the
+        work from a probe (the hooks engine): then ``bytes_per_row`` and
+        ``sketch_shapes`` are known before the first state.
 
     Returns
     -------
@@ -80,11 +97,21 @@ def select_engine(engine, module, parameter_names):
     ...                           torch.nn.Linear(3, 1))
     >>> select_engine("auto", mlp, ["0.weight"]).name
     'structured'
+    >>> cnn = torch.nn.Sequential(torch.nn.Conv1d(1, 2, 3), torch.nn.Flatten(),
+    ...                           torch.nn.Linear(4, 1))
+    >>> select_engine("auto", cnn, ["0.weight"]).name
+    'hooks'
     >>> select_engine("auto", torch.nn.Bilinear(2, 2, 1), ["weight"]).name
     'jacobian'
     """
     if engine == "auto":
-        engine = next(name for name, cls in ENGINES.items() if cls.supports(module))
+        # An engine may support more than it should be picked for (the hooks
+        # engine runs any module, but is preferred only where rules cover it).
+        engine = next(
+            name
+            for name, cls in ENGINES.items()
+            if getattr(cls, "covers", cls.supports)(module)
+        )
     if engine not in ENGINES:
         raise ValueError(
             f"The 'engine' parameter must be 'auto' or one of {sorted(ENGINES)}; "
@@ -96,4 +123,6 @@ def select_engine(engine, module, parameter_names):
             f"The {engine!r} engine does not support {type(module).__name__} "
             f"(it needs {cls.supported_modules}); use engine='auto' or 'jacobian'."
         )
+    if example is not None and cls is HookEngine:
+        return cls(module, list(parameter_names), example=example)
     return cls(module, list(parameter_names))
