@@ -4,15 +4,19 @@ Workload: W2 of ``bench_kernel.py`` (``load_digits``, n = 1797, MLP
 64-256-256-10 tanh) with ``--checkpoints`` checkpoints, symmetric, traced.
 Three ways, interleaved, best of ``--repeats``, in one process:
 
-- serial: ``n_jobs=None``, the tasks one after the other in this process
-  with all of torch's threads;
-- 1 worker / 2 workers: ``joblib.parallel_config(backend="dask")`` on a
-  ``LocalCluster(n_workers=1 or 2, processes=True, threads_per_worker=1)``,
-  ``n_jobs=-1``. Each worker runs torch on one thread (dask sets
-  ``OMP_NUM_THREADS=1`` in its workers).
+- serial: ``n_jobs=None``, the tasks one after the other in this process,
+  on 2 torch threads and on 1;
+- 2 workers: ``joblib.parallel_config(backend="dask")`` on a
+  ``LocalCluster(n_workers=2, processes=True, threads_per_worker=1)``,
+  ``n_jobs=2``. Each worker runs torch on one thread (dask sets
+  ``OMP_NUM_THREADS=1`` in its workers);
+- 1 worker: joblib runs the tasks of a cluster with one thread in all in
+  the caller (its effective ``n_jobs`` is 1), so the same tasks are
+  submitted to a one-worker cluster directly and their seconds summed.
 
-It reports the seconds, the speed-up of two workers over one, and whether
-each result is bit-identical to the serial one.
+It reports the seconds, the speed-up of two workers over one and over a
+serial run on one thread, and whether each result is bit-identical to the
+serial one.
 
 ``--before REV`` also times this revision's serial kernel, diagonal,
 decomposition and features against those of git revision ``REV`` (its
@@ -45,7 +49,7 @@ from sklearn.exceptions import ConvergenceWarning
 from sklearn.preprocessing import StandardScaler
 
 import sklearn_pathkernel
-from sklearn_pathkernel import PathKernelClassifier, path_kernel
+from sklearn_pathkernel import PathKernelClassifier, _path, path_kernel
 
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
 
@@ -60,12 +64,33 @@ def fitted(checkpoints):
     X, y = load_digits(return_X_y=True)
     X = StandardScaler().fit_transform(X)
     clf = PathKernelClassifier(
-        (256, 256), activation="tanh", max_iter=checkpoints, tol=0, random_state=0
+        (256, 256),
+        activation="tanh",
+        max_iter=checkpoints,
+        tol=0,
+        kernel_nodes=None,  # the kernel visits every stored step
+        random_state=0,
     )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
         clf.fit(X, y)
     return clf, X, y
+
+
+def serial_on(threads, run):
+    """``run()`` in this process with ``threads`` torch threads."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        return run()
+    finally:
+        torch.set_num_threads(previous)
+
+
+def _task_seconds(work, task):
+    start = time.perf_counter()
+    _path._strip_part(work, *task)
+    return time.perf_counter() - start
 
 
 def workers(args, clf, X):
@@ -83,18 +108,16 @@ def workers(args, clf, X):
         )
         clients[n] = Client(cluster, set_as_default=False)
 
-    def on(n):
-        with parallel_config(backend="dask", client=clients[n]):
-            return path_kernel(module, trajectory, X, n_jobs=-1)
+    def on_two():
+        with parallel_config(backend="dask", client=clients[2]):
+            return path_kernel(module, trajectory, X, n_jobs=2)
 
-    serial = path_kernel(module, trajectory, X[:64])  # warm-up
-    for n in clients:
-        with parallel_config(backend="dask", client=clients[n]):
-            path_kernel(module, trajectory, X[:64], n_jobs=-1)  # imports, warm-up
+    with parallel_config(backend="dask", client=clients[2]):
+        path_kernel(module, trajectory, X[:64], n_jobs=2)  # imports, warm-up
     runs = {
-        "serial (this process)": lambda: path_kernel(module, trajectory, X),
-        "1 worker process": lambda: on(1),
-        "2 worker processes": lambda: on(2),
+        "serial, 2 torch threads": lambda: serial_on(2, kernel_of(clf, X)),
+        "serial, 1 torch thread": lambda: serial_on(1, kernel_of(clf, X)),
+        "2 worker processes, 1 thread each": on_two,
     }
     best = dict.fromkeys(runs, np.inf)
     results = {}
@@ -102,24 +125,57 @@ def workers(args, clf, X):
         for name, run in runs.items():
             seconds, results[name] = timed(run)
             best[name] = min(best[name], seconds)
+    # One worker process: joblib runs a one-thread cluster's tasks in the
+    # caller (effective n_jobs 1), so the worker gets them directly.
+    work, tasks = tasks_of(clf, X)
+    scattered = clients[1].scatter(work)
+    one = sum(
+        clients[1].submit(_task_seconds, scattered, task, pure=False).result()
+        for task in tasks
+    )
     logging.getLogger("distributed").setLevel(logging.CRITICAL)  # quiet close
     for client in clients.values():
         cluster = client.cluster
         client.close()
         cluster.close()
-    serial = results["serial (this process)"]
+    reference = results["serial, 2 torch threads"]
     print(
         f"W2: load_digits n={len(X)}, MLP 64-256-256-10 tanh, "
-        f"{len(trajectory)} checkpoints, symmetric, traced; best of "
+        f"{len(trajectory.kernel_nodes())} checkpoints, symmetric, traced; best of "
         f"{args.repeats}, interleaved\n"
     )
     print("| run | seconds | bit-identical to serial |")
     print("|---|---:|---|")
     for name in runs:
-        same = np.array_equal(results[name], serial)
+        same = np.array_equal(results[name], reference)
         print(f"| {name} | {best[name]:.2f} | {same} |")
-    speedup = best["1 worker process"] / best["2 worker processes"]
-    print(f"\n2 workers vs 1: {speedup:.2f}x faster")
+    print(f"| 1 worker process (sum of its task times) | {one:.2f} | |")
+    two = best["2 worker processes, 1 thread each"]
+    print(
+        f"\n2 workers vs 1 worker: {one / two:.2f}x; vs serial on 1 thread: "
+        f"{best['serial, 1 torch thread'] / two:.2f}x"
+    )
+
+
+def kernel_of(clf, X):
+    return lambda: path_kernel(clf.module_, clf.trajectory_, X)
+
+
+def tasks_of(clf, X):
+    """The shared object and the tasks of the serial kernel, as it makes them."""
+    captured = {}
+    real = _path.run_tasks
+
+    def spy(function, shared, tasks, *, n_jobs):
+        captured["shared"], captured["tasks"] = shared, list(tasks)
+        return real(function, shared, captured["tasks"], n_jobs=n_jobs)
+
+    _path.run_tasks = spy
+    try:
+        path_kernel(clf.module_, clf.trajectory_, X)
+    finally:
+        _path.run_tasks = real
+    return captured["shared"], captured["tasks"]
 
 
 def before(args, clf, X, y):
