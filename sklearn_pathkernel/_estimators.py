@@ -109,12 +109,16 @@ _PARAMETERS_DOC = (
     dtype : {"float32", "float64"}, default="float32"
         Precision of the network; kernels are accumulated in float64
         either way. Use float64 when exactness matters.
-    engine : {"auto", "structured", "jacobian", "ntk_vp"}, default="auto"
+    engine : {"auto", "structured", "hooks", "jacobian", "ntk_vp"}, \
+default="auto"
         How :meth:`kernel` does the Jacobian work: "structured" uses the
         outer-product form of Linear layers (the default MLP, or a user
         ``nn.Sequential`` of Linear layers and elementwise activations) and
-        is by far the fastest; "jacobian" and "ntk_vp" work for any module.
-        "auto" takes "structured" when the module qualifies.
+        is by far the fastest; "hooks" applies a rule per layer to any
+        module graph (conv, embedding, norms, attention, residuals);
+        "jacobian" and "ntk_vp" work for any module. "auto" takes
+        "structured" when the module qualifies, else "hooks" when every
+        parametrised layer has a rule, else "jacobian".
     kernel_normalize : {"none", "mean_diagonal", "cosine"}, default="none"
         How :meth:`kernel` and :meth:`kernel_diagonal` scale the path kernel.
 """
