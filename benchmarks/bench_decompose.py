@@ -41,6 +41,8 @@ def main():
         tol=0,
         dtype="float64",
         random_state=0,
+        quadrature="left",
+        kernel_nodes=None,
     )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)

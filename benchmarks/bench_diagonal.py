@@ -79,6 +79,8 @@ def main():
                 tol=0,
                 dtype="float64",
                 random_state=0,
+                quadrature="left",
+                kernel_nodes=None,
             ).fit(X, y)
     print(f"load_digits, MLP 64-64-10 tanh, float64, best of {args.repeats}\n")
     print(

@@ -47,7 +47,12 @@ def main():
     X, y = load_digits(return_X_y=True)
     X = StandardScaler().fit_transform(X)
     clf = PathKernelClassifier(
-        (256, 256), max_iter=args.checkpoints, tol=0, random_state=0
+        (256, 256),
+        max_iter=args.checkpoints,
+        tol=0,
+        random_state=0,
+        quadrature="left",
+        kernel_nodes=None,
     )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)

@@ -232,7 +232,13 @@ def w2(rate, n_checkpoints, jacobian_checkpoints):
     X, y = load_digits(return_X_y=True)
     X = StandardScaler().fit_transform(X)
     clf = PathKernelClassifier(
-        (256, 256), max_iter=n_checkpoints, tol=0, device=DEVICE, random_state=0
+        (256, 256),
+        max_iter=n_checkpoints,
+        tol=0,
+        device=DEVICE,
+        random_state=0,
+        quadrature="left",
+        kernel_nodes=None,
     )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)

@@ -39,6 +39,8 @@ def main():
         working_memory=args.working_memory,
         random_state=0,
         verbose=0,
+        quadrature="left",
+        kernel_nodes=None,
     )
     start = time.perf_counter()
     with warnings.catch_warnings():

@@ -75,7 +75,13 @@ def main():
     scaler = StandardScaler().fit(X_train)
     data = (scaler.transform(X_train), scaler.transform(X_test), y_train, y_test)
     network = PathKernelClassifier(
-        (32,), max_iter=100, record_every=10, tol=0, random_state=0
+        (32,),
+        max_iter=100,
+        record_every=10,
+        tol=0,
+        random_state=0,
+        quadrature="left",
+        kernel_nodes=None,
     )
     common = {"normalize": "mean_diagonal", "random_state": 0}
 

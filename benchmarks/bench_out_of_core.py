@@ -34,7 +34,8 @@ X, y = make_classification(n_samples=n, n_features=64, random_state=0)
 X = X.astype(np.float32)
 with warnings.catch_warnings():
     warnings.simplefilter("ignore", ConvergenceWarning)
-    est = PathKernelClassifier((64,), max_iter=10, random_state=0)
+    est = PathKernelClassifier((64,), max_iter=10, random_state=0,
+                               quadrature="left", kernel_nodes=None)
     est.fit(X[:2000], y[:2000])
 def anonymous_mib():
     # Linux: memory that is the process's own, not pages of the mapped file

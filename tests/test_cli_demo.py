@@ -24,7 +24,7 @@ pytestmark = pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceW
 # The rows of every table, in order (classification wording).
 TABLE_ROWS = [
     "training loss, 40 steps",
-    "path kernel size (40 checkpoints)",
+    "path kernel size (4 nodes, 40 steps)",
     "path kernel symmetry max|K - K^T|",
     "smallest / largest eigenvalue",
     "kernel machine error, first order (5 test rows)",

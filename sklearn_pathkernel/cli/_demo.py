@@ -300,7 +300,8 @@ def _measure_kernel(run):
     numbers["min_eigenvalue_ratio"] = float(eigenvalues[0] / eigenvalues[-1])
     run.result.rows += [
         (
-            f"path kernel size ({len(run.est.trajectory_)} checkpoints)",
+            f"path kernel size ({len(run.est.trajectory_.kernel_nodes())} nodes, "
+            f"{run.est.trajectory_.n_steps} steps)",
             f"{K.shape[0]} x {K.shape[1]}",
             timer.text,
         ),
