@@ -63,3 +63,39 @@ def test_pickle_moves_the_network_to_the_cpu(data):
     assert next(gpu.module_.parameters()).device.type == "cuda"
     np.testing.assert_allclose(loaded.predict(X), gpu.predict(X), rtol=1e-10)
     np.testing.assert_allclose(loaded.kernel(X), gpu.kernel(X), rtol=1e-8)
+
+
+def _small_cnn(n_features, n_outputs):
+    """Rows of 9 features reach it as 1x3x3 images (input_shape)."""
+    return torch.nn.Sequential(
+        torch.nn.Conv2d(1, 2, 2),
+        torch.nn.Tanh(),
+        torch.nn.Flatten(),
+        torch.nn.Linear(8, n_outputs),
+    )
+
+
+def _fit_cnn(device="cpu"):
+    rng = np.random.RandomState(0)
+    X = rng.randn(30, 9)
+    y = np.sin(X.sum(axis=1))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        est = PathKernelRegressor(
+            module=_small_cnn,
+            input_shape=(1, 3, 3),
+            max_iter=10,
+            dtype="float64",
+            device=device,
+            random_state=0,
+        ).fit(X, y)
+    return est, X
+
+
+def test_hooks_engine_on_the_gpu_agrees_with_the_cpu(device="cuda"):
+    est, X = _fit_cnn()
+    on_cpu = path_kernel(est.module_, est.trajectory_, X, engine="hooks")
+    on_gpu = path_kernel(est.module_, est.trajectory_, X, engine="hooks", device=device)
+    np.testing.assert_allclose(on_gpu, on_cpu, rtol=1e-8)
+    gpu_est, _ = _fit_cnn(device)
+    np.testing.assert_allclose(gpu_est.kernel(X), est.kernel(X), rtol=1e-8)
