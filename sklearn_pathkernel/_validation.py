@@ -87,17 +87,21 @@ def check_kernel_input(X, *, name, n_features=None):
 
     Accepts a 2-D array-like or tensor of finite numbers; returns it as a
     float array or tensor with the right number of columns. Images and
-    sequences come flattened: the module restores their shape (an
-    estimator's ``module_`` does when it was fitted with ``input_shape``).
+    sequences come as tensors of shape ``(n, *input_shape)``, which
+    ``_rows.kernel_rows`` takes before this check, or flattened for a module
+    that restores their shape (an estimator's ``module_`` does when it was
+    fitted with ``input_shape``).
     """
     shape = getattr(X, "shape", None)
     if shape is not None and len(shape) > 2:
         shape = tuple(shape)
         raise ValueError(
-            f"{name} has shape {shape}, but the kernel functions take 2-D rows "
-            f"(n_samples, n_features). Pass {name}.reshape(len({name}), -1) to a "
-            f"module that starts with nn.Unflatten(1, {shape[1:]}) (an "
-            "estimator's module_ does when fitted with input_shape)."
+            f"{name} has shape {shape}, but the kernel functions take arrays of "
+            f"2-D rows (n_samples, n_features), or tensors of shape (n_samples, "
+            f"*input_shape). Pass torch.as_tensor({name}) to a module that takes "
+            f"that shape, or {name}.reshape(len({name}), -1) to one that starts "
+            f"with nn.Unflatten(1, {shape[1:]}) (an estimator's module_ does when "
+            "fitted with input_shape)."
         )
     if isinstance(X, torch.Tensor):
         if X.ndim != 2:

@@ -334,6 +334,11 @@ def test_accepts_tensors(fitted):
         (torch.ones(2, 4, 1), None, "The 'module' failed on X rows of shape"),
         (np.ones((2, 4)), torch.ones(2, 4, 1), "Y has rows of shape \\(4, 1\\)"),
         (torch.ones(4), None, "Expected a 2D tensor for X"),
+        (
+            np.ones((2, 2, 2)),
+            None,
+            r"torch.as_tensor\(X\).*nn.Unflatten\(1, \(2, 2\)\)",
+        ),
         (torch.tensor([[float("nan")] * 4]), None, "Input X contains NaN or infinity"),
     ],
 )
