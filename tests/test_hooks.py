@@ -329,13 +329,13 @@ def test_row_axis_is_found_whatever_its_position():
     [
         (
             lambda: nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4).train()),
-            "BatchNorm layer '1' normalises with batch statistics",
+            r"BatchNorm1d \('1'\) in training mode: it normalises each batch",
         ),
         (
             lambda: nn.Sequential(
                 nn.Linear(3, 4), nn.BatchNorm1d(4, track_running_stats=False).eval()
             ),
-            "BatchNorm layer '1' normalises with batch statistics",
+            r"BatchNorm1d \('1'\) with track_running_stats=False: it normalises",
         ),
         (
             lambda: nn.Sequential(nn.Linear(3, 4), nn.Dropout(0.5).train()),

@@ -50,6 +50,7 @@ from torch import nn
 from torch.func import functional_call, vjp, vmap
 
 from .._blocking import TILE_ROWS
+from .._network import check_rows_independent
 from ._base import TORCH_FUNC_LOCK, Engine
 
 # functional_call swaps a module's parameters in place for the call, so two
@@ -435,16 +436,8 @@ def _rule(layer):
 
 def _check_rows_independent(module):
     """Refuse layers whose outputs mix rows (batch statistics) or are random."""
+    check_rows_independent(module)  # BatchNorm on batch statistics
     for prefix, sub in module.named_modules():
-        if isinstance(sub, nn.modules.batchnorm._BatchNorm) and (
-            sub.training or sub.running_mean is None
-        ):
-            raise ValueError(
-                f"The BatchNorm layer {prefix!r} normalises with batch statistics "
-                "(training mode or track_running_stats=False), which mixes the "
-                "rows: per-example gradients do not exist. Put the module in "
-                "eval() mode with running statistics, or use GroupNorm/LayerNorm."
-            )
         random = (isinstance(sub, nn.modules.dropout._DropoutNd) and sub.p > 0) or (
             isinstance(sub, nn.MultiheadAttention) and sub.dropout > 0
         )
