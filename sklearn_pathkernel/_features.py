@@ -54,8 +54,8 @@ import torch
 from sklearn import get_config
 
 from ._blocking import tile_within_budget
-from ._network import forward, in_evaluation_mode, placement
-from ._rows import kernel_rows
+from ._network import in_evaluation_mode, placement
+from ._rows import kernel_rows, output_width
 from ._tasks import Shared, compact, row_blocks, run_tasks
 from .engines import select_engine
 
@@ -196,7 +196,7 @@ def path_features(
     n = X_t.shape[0]
     bound = select_engine(engine, module, trajectory.parameter_names, example=X_t[:1])
     with torch.no_grad():
-        n_outputs = forward(module, X_t[:1]).shape[1]
+        n_outputs = output_width(module, X_t)
     shapes = bound.sketch_shapes(n_outputs)
     tile, groups = plan(
         bound, shapes, n_outputs, dtype.itemsize, n_components, working_memory
