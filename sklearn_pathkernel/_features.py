@@ -56,7 +56,7 @@ from sklearn import get_config
 from ._blocking import tile_within_budget
 from ._network import in_evaluation_mode, placement
 from ._rows import kernel_rows, output_width
-from ._tasks import Shared, compact, row_blocks, run_tasks
+from ._tasks import Shared, compact, row_blocks, run_tasks, to_device
 from .engines import select_engine
 
 
@@ -194,7 +194,13 @@ def path_features(
     module, dtype, device = placement(module, device)
     X_t = kernel_rows(X, name="X", module=module, dtype=dtype, device=device)
     n = X_t.shape[0]
-    bound = select_engine(engine, module, trajectory.parameter_names, example=X_t[:1])
+    bound = select_engine(
+        engine,
+        module,
+        trajectory.parameter_names,
+        example=X_t[:1],
+        metric=trajectory.solver.diagonal,
+    )
     with torch.no_grad():
         n_outputs = output_width(module, X_t)
     shapes = bound.sketch_shapes(n_outputs)
@@ -222,7 +228,14 @@ def path_features(
         (k, node) for k, node in enumerate(trajectory.kernel_nodes()) if node.weight
     ]
     tasks = (
-        (r0, r1, k, float(node.weight), compact(trajectory.parameters_at(node.step)))
+        (
+            r0,
+            r1,
+            k,
+            float(node.weight),
+            compact(trajectory.parameters_at(node.step)),
+            compact(trajectory.kernel_metric_at(node.step)),
+        )
         for k, node in kept
         for r0, r1 in blocks
     )
@@ -251,7 +264,7 @@ class _Sketch(Shared):
     seed: int
 
 
-def _sketch_part(sketch, r0, r1, k, weight, parameters):
+def _sketch_part(sketch, r0, r1, k, weight, parameters, metric):
     """Checkpoint ``k``'s weighted features and diagonal of rows ``r0:r1``.
 
     Returns
@@ -263,7 +276,7 @@ def _sketch_part(sketch, r0, r1, k, weight, parameters):
     """
     bound, X_t, tile, m = sketch.bound, sketch.X_t, sketch.tile, sketch.n_components
     device, dtype = sketch.device, X_t.dtype
-    parameters = {n: p.to(device) for n, p in parameters.items()}
+    parameters, metric = to_device(parameters, device), to_device(metric, device)
     scale = math.sqrt(weight / m)
     features = torch.zeros((r1 - r0, m), dtype=torch.float64, device=device)
     diagonal = torch.zeros(r1 - r0, dtype=torch.float64, device=device)
@@ -283,7 +296,7 @@ def _sketch_part(sketch, r0, r1, k, weight, parameters):
             )
             for a0 in range(r0, r1, tile):
                 rows = X_t[a0 : min(a0 + tile, r1)]
-                state = bound.state(parameters, rows)
+                state = bound.state(parameters, rows, metric=metric)
                 if g == 0:
                     part = bound.diagonal(state, rows)
                     diagonal[a0 - r0 : a0 - r0 + tile] += weight * part.double()

@@ -15,7 +15,7 @@ from ._network import in_evaluation_mode, placement
 from ._progress import progress_bar
 from ._result import fingerprint_of, open_result
 from ._rows import kernel_rows, output_width
-from ._tasks import Shared, compact, row_blocks, run_tasks
+from ._tasks import Shared, compact, row_blocks, run_tasks, to_device
 from .engines import select_engine
 
 
@@ -123,7 +123,7 @@ def tangent_kernel(
         parameters = {n: p.detach() for n, p in module.named_parameters()}
     return weighted_kernel_sum(
         module,
-        [(1.0, lambda: parameters)],
+        [(1.0, lambda: parameters, lambda: None)],
         X,
         Y,
         parameter_names=list(parameters),
@@ -157,9 +157,12 @@ def path_kernel(
 
     The sum runs over ``trajectory.kernel_nodes()``: the quadrature of the
     paper's path integral (Definition 2) that the trajectory's rule gives,
-    approximating the every-step sum ``sum_t eps_t K_{w_t}``. It is a
-    positive sum of Gram matrices, hence symmetric positive semi-definite
-    for ``Y = None``.
+    approximating the every-step sum ``sum_t p_t K_{w_t}`` (``p_t`` the
+    effective step size: ``eps_t`` for plain gradient descent, more with
+    momentum). A path trained with Adam takes each term in the metric
+    ``trajectory.kernel_metric_at(step)`` (docs/design.md, section 12). It
+    is a positive sum of Gram matrices, hence symmetric positive
+    semi-definite for ``Y = None``.
 
     Parameters
     ----------
@@ -207,10 +210,7 @@ def path_kernel(
     >>> K.shape, bool((K == K.T).all())
     ((5, 5), True)
     """
-    points = [
-        (node.weight, lambda t=node.step: trajectory.parameters_at(t))
-        for node in trajectory.kernel_nodes()
-    ]
+    points = kernel_points(trajectory)
     return weighted_kernel_sum(
         module,
         points,
@@ -226,6 +226,18 @@ def path_kernel(
         out=out,
         dtype=dtype,
     )
+
+
+def kernel_points(trajectory):
+    """``(weight, load parameters, load metric)`` of each kernel node."""
+    return [
+        (
+            node.weight,
+            lambda t=node.step: trajectory.parameters_at(t),
+            lambda t=node.step: trajectory.kernel_metric_at(t),
+        )
+        for node in trajectory.kernel_nodes()
+    ]
 
 
 @in_evaluation_mode
@@ -277,24 +289,30 @@ def path_kernel_diagonal(
     X_t = kernel_rows(X, name="X", module=module, dtype=dtype, device=device)
     with torch.no_grad():
         n_outputs = output_width(module, X_t)
-    bound = select_engine(engine, module, trajectory.parameter_names, example=X_t[:1])
+    points = kernel_points(trajectory)
+    bound = select_engine(
+        engine,
+        module,
+        trajectory.parameter_names,
+        example=X_t[:1],
+        metric=trajectory.solver.diagonal,
+    )
     tile = tile_within_budget(
         working_memory, bound.bytes_per_row(n_outputs, dtype.itemsize)
     )
     rows = _Rows(bound=bound, X_t=X_t, tile=tile, device=device)
     blocks = row_blocks(X_t.shape[0], tile)
-    nodes = trajectory.kernel_nodes()
     tasks = (
-        (r0, r1, compact(trajectory.parameters_at(node.step)))
+        (r0, r1, compact(load()), compact(load_metric()))
         for r0, r1 in blocks
-        for node in nodes
+        for _, load, load_metric in points
     )
     parts = run_tasks(_diagonal_part, rows, tasks, n_jobs=n_jobs)
     diagonal = torch.zeros(X_t.shape[0], dtype=torch.float64, device=device)
     for _ in blocks:
-        for node in nodes:
+        for weight, _, _ in points:
             for a0, part in next(parts):
-                diagonal[a0 : a0 + tile] += float(node.weight) * part.double()
+                diagonal[a0 : a0 + tile] += float(weight) * part.double()
     return diagonal.cpu().numpy()
 
 
@@ -308,14 +326,18 @@ class _Rows(Shared):
     device: torch.device
 
 
-def _diagonal_part(rows, r0, r1, parameters):
+def _diagonal_part(rows, r0, r1, parameters, metric):
     """One checkpoint's ``K(x, x)`` of rows ``r0:r1``: ``[(a0, part)]`` per tile."""
-    parameters = {n: p.to(rows.device) for n, p in parameters.items()}
+    parameters, metric = (
+        to_device(parameters, rows.device),
+        to_device(metric, rows.device),
+    )
     parts = []
     with torch.no_grad():
         for a0 in range(r0, r1, rows.tile):
             X = rows.X_t[a0 : min(a0 + rows.tile, r1)]
-            parts.append((a0, rows.bound.diagonal(rows.bound.state(parameters, X), X)))
+            state = rows.bound.state(parameters, X, metric=metric)
+            parts.append((a0, rows.bound.diagonal(state, X)))
     return parts
 
 
@@ -338,8 +360,9 @@ def weighted_kernel_sum(
 ):
     """``sum_k weight_k * J_k(X) J_k(Y)^T`` over ``points``, in row blocks.
 
-    ``points`` is a sequence of ``(weight, load)`` where ``load()``
-    returns the parameter mapping of that point (on any device). The work
+    ``points`` is a sequence of ``(weight, load, load_metric)`` where
+    ``load()`` returns the parameter mapping of that point (on any device)
+    and ``load_metric()`` its metric (``Engine.state``), or None. The work
     is cut on the fixed grid of ``_blocking``: row tiles of X against column
     chunks of Y, the same for every budget. ``working_memory`` only decides
     how many row tiles a block holds; each block and point is an independent
@@ -359,7 +382,13 @@ def weighted_kernel_sum(
     Y_t = X_t if symmetric else kernel_rows(Y, name="Y", like=X_t, **rows)
     with torch.no_grad():
         n_outputs = output_width(module, X_t)
-    bound = select_engine(engine, module, parameter_names, example=X_t[:1])
+    bound = select_engine(
+        engine,
+        module,
+        parameter_names,
+        example=X_t[:1],
+        metric=bool(points) and points[0][2]() is not None,
+    )
     extra = () if trace else (n_outputs, n_outputs)
     result = open_result(
         out,
@@ -424,8 +453,12 @@ class _Work(Shared):
 
 def _fingerprint(points, X_t, Y_t, symmetric, trace):
     """What identifies a kernel: its rows, its checkpoints' weights and ends."""
-    weights = [weight for weight, _ in points]
-    ends = [points[k][1]() for k in sorted({0, len(points) - 1})]
+    weights = [weight for weight, _, _ in points]
+    ends = [
+        part
+        for k in sorted({0, len(points) - 1})
+        for part in (points[k][1](), points[k][2]() or {})
+    ]
     tensors = [t for parameters in ends for _, t in sorted(parameters.items())]
     return fingerprint_of(X_t, None if symmetric else Y_t, trace, weights, *tensors)
 
@@ -485,7 +518,11 @@ def _run_strips(result, work, points, row_blocks, n_jobs, verbose):
             f"up to {row_blocks[0][1] - row_blocks[0][0]} rows in tiles of "
             f"{work.tile} x {work.chunk}"
         )
-    tasks = ((r0, r1, compact(load())) for r0, r1 in row_blocks for _, load in points)
+    tasks = (
+        (r0, r1, compact(load()), compact(load_metric()))
+        for r0, r1 in row_blocks
+        for _, load, load_metric in points
+    )
     parts = run_tasks(_strip_part, work, tasks, n_jobs=n_jobs)
     with progress:
         for r0, r1 in row_blocks:
@@ -495,7 +532,7 @@ def _run_strips(result, work, points, row_blocks, n_jobs, verbose):
                 dtype=torch.float64,
                 device=work.device,
             )
-            for weight, _ in points:
+            for weight, _, _ in points:
                 for (a0, a1, b0, b1), part in next(parts):
                     strip[a0 - r0 : a1 - r0, b0 - c_start : b1 - c_start].add_(
                         part, alpha=weight
@@ -529,7 +566,7 @@ def _pairs(work, r0, r1):
     }
 
 
-def _strip_part(work, r0, r1, parameters):
+def _strip_part(work, r0, r1, parameters, metric):
     """One checkpoint's contractions for rows ``r0:r1``, not yet weighted.
 
     Row states are built one row tile at a time and column states one column
@@ -553,17 +590,23 @@ def _strip_part(work, r0, r1, parameters):
             for a in tiles
         },
     )
-    parameters = {n: p.to(work.device) for n, p in parameters.items()}
+    parameters, metric = (
+        to_device(parameters, work.device),
+        to_device(metric, work.device),
+    )
     parts = []
     with torch.no_grad():
-        states_x = {a: bound.state(parameters, X_t[a[0] : a[1]]) for a in row_tiles}
+        states_x = {
+            a: bound.state(parameters, X_t[a[0] : a[1]], metric=metric)
+            for a in row_tiles
+        }
         for (b0, b1), tiles in pairs.items():
             # A chunk that is one of this block's row tiles (Y is X, and
             # the grid's tiles and chunks coincide) has its state already:
             # built from the same rows in the same shape, so the same bits.
             state_y = states_x.get((b0, b1)) if work.symmetric else None
             if state_y is None:
-                state_y = bound.state(parameters, Y_t[b0:b1])
+                state_y = bound.state(parameters, Y_t[b0:b1], metric=metric)
             for a0, a1 in tiles:
                 part = bound.contract(
                     states_x[a0, a1], state_y, work.trace, statics[(a0, a1), (b0, b1)]

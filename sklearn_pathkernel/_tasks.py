@@ -97,11 +97,11 @@ def compact(tensors):
 
     Parameters
     ----------
-    tensors : dict of str to torch.Tensor
+    tensors : dict of str to torch.Tensor, or None
 
     Returns
     -------
-    tensors : dict of str to torch.Tensor
+    tensors : dict of str to torch.Tensor, or None
 
     Examples
     --------
@@ -112,10 +112,19 @@ def compact(tensors):
     >>> part.untyped_storage().nbytes()
     40
     """
+    if tensors is None:
+        return None
     return {
         name: t if t.untyped_storage().nbytes() == t.nbytes else t.clone()
         for name, t in tensors.items()
     }
+
+
+def to_device(tensors, device):
+    """A task's name -> tensor mapping (or None) moved to ``device``."""
+    if tensors is None:
+        return None
+    return {n: p.to(device) for n, p in tensors.items()}
 
 
 def run_tasks(function, shared, tasks, *, n_jobs):

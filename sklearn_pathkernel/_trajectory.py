@@ -1,5 +1,6 @@
 """The recorded path of gradient descent."""
 
+import dataclasses
 import os
 from typing import NamedTuple
 
@@ -8,6 +9,7 @@ import torch
 
 from ._checkpoints import CheckpointStore
 from ._quadrature import check_rule, node_count, node_weights, select_nodes
+from ._solvers import Solver, backward_sums, effective_step_sizes
 
 
 class Step(NamedTuple):
@@ -61,6 +63,14 @@ class Trajectory:
     weights and loss derivatives are kept as well, for the decomposition;
     the final parameters ``w_T`` too.
 
+    The ``solver`` says how steps were taken (docs/design.md, section 12).
+    Momentum spreads a gradient over later steps, so a step's weight in the
+    kernel is its effective step size ``p_s = sum_{t>=s} eps_t beta_{t,s}``
+    (:attr:`effective_step_sizes`), ``eps_s`` for plain sgd. Adam also keeps
+    every step's diagonal preconditioner ``P_t`` (one more flat vector per
+    step, stored like the checkpoints); the kernel at node ``s`` is then
+    taken in the metric ``Ptilde_s / p_s`` (:meth:`kernel_metric_at`).
+
     Checkpoints are one flat CPU vector each, in memory or, with
     ``directory`` (or past 1 GiB), in a memory-mapped file: memory is
     ``(len(trajectory) + 1) * n_parameters * itemsize`` bytes for the
@@ -79,7 +89,10 @@ class Trajectory:
         Keep the parameters every ``record_every`` steps.
     alpha : float, default=0.0
         The L2 strength of the update rule, which the decomposition's bias
-        term needs (Remark 4 of the paper).
+        term needs (Remark 4 of the paper); ``solver.alpha`` when a solver
+        is given.
+    solver : Solver, default=None
+        The update rule; plain sgd with ``alpha`` when None.
     quadrature : {"left", "trapezoid", "simpson", "adaptive"}, default="left"
         The rule of :meth:`kernel_nodes`.
     kernel_nodes : int, float or None, default=None
@@ -95,6 +108,8 @@ class Trajectory:
         Left-sum weight of each stored checkpoint (not the kernel's).
     checkpoint_steps : ndarray of shape (n_checkpoints,)
     step_sizes : ndarray of shape (n_steps,)
+    effective_step_sizes : ndarray of shape (n_steps,)
+    solver : Solver
     n_steps : int
     n_parameters : int
 
@@ -120,37 +135,53 @@ class Trajectory:
         *,
         record_every=1,
         alpha=0.0,
+        solver=None,
         quadrature="left",
         kernel_nodes=None,
         directory=None,
     ):
         check_rule(quadrature, kernel_nodes)
+        self.solver = Solver(alpha=float(alpha)) if solver is None else solver
         self._names = list(parameter_shapes)
         self._shapes = [tuple(s) for s in parameter_shapes.values()]
         self._numels = [int(np.prod(s, dtype=np.int64)) for s in self._shapes]
         self.record_every = int(record_every)
-        self.alpha = float(alpha)
         self.quadrature = quadrature
         self._kernel_nodes = kernel_nodes
         self._checkpoints = CheckpointStore(directory)
+        # Adam's P_t, every step: the kernel's metric and the exact
+        # decomposition both sum over all later steps.
+        self._preconditioners = (
+            CheckpointStore(directory) if self.solver.diagonal else None
+        )
+        self._metrics = {}  # step -> Ptilde_s / p_s, flat: built on demand
         self._checkpoint_steps = []
         self._adaptive_steps = None  # nodes training chose, for "adaptive"
         self._steps = []
         self._final = None
 
     # -- recording (used by training) -------------------------------------
-    def _append_step(self, flat_parameters, step, *, copy=True):
+    def _append_step(self, flat_parameters, step, *, preconditioner=None, copy=True):
         """Record step ``t = n_steps`` taken from ``flat_parameters``.
 
+        ``preconditioner`` is the step's flat ``P_t`` (Adam), None for sgd.
         ``copy=False`` takes ownership of a CPU tensor nobody else will
         change (training passes fresh ``flatten_parameters`` results).
         """
+        if (preconditioner is None) != (self._preconditioners is None):
+            raise ValueError(
+                f"A {self.solver.name!r} step needs "
+                + ("its preconditioner." if self.solver.diagonal else "none.")
+            )
         if len(self._steps) % self.record_every == 0:
             self._checkpoints.append(
                 _to_cpu(flat_parameters) if copy else flat_parameters.to("cpu")
             )
             self._checkpoint_steps.append(len(self._steps))
+        if preconditioner is not None:
+            self._preconditioners.append(_to_cpu(preconditioner))
         self._steps.append(step)
+        self._metrics.clear()
 
     def _add_adaptive_node(self, step):
         """Make step ``step`` (a recorded checkpoint) an "adaptive" node."""
@@ -160,10 +191,14 @@ class Trajectory:
 
     def _set_final(self, flat_parameters):
         self._final = _to_cpu(flat_parameters)
+        self._metrics.clear()
 
     def _truncate(self, n_steps):
         """Forget steps ``n_steps`` and later (used after a divergence)."""
         del self._steps[n_steps:]
+        if self._preconditioners is not None:
+            self._preconditioners.truncate(n_steps)
+        self._metrics.clear()
         keep = sum(s < n_steps for s in self._checkpoint_steps)
         self._checkpoints.truncate(keep)
         del self._checkpoint_steps[keep:]
@@ -179,6 +214,12 @@ class Trajectory:
         state = self.__dict__.copy()
         steps = state.pop("_steps")
         checkpoints = state.pop("_checkpoints")
+        state.pop("_metrics")  # a cache
+        state["solver"] = dataclasses.asdict(self.solver)  # plain data for save()
+        preconditioners = state.pop("_preconditioners")
+        state["_packed_preconditioners"] = (
+            None if preconditioners is None else preconditioners.matrix()
+        )
         state["_packed_checkpoints"] = checkpoints.matrix()
         state["_directory"] = checkpoints.directory if checkpoints.on_disk else None
         state["_packed_steps"] = (
@@ -195,7 +236,12 @@ class Trajectory:
         packed = state.pop("_packed_checkpoints")
         directory = state.pop("_directory", None)
         sizes, lengths, batches, weights, gradients = state.pop("_packed_steps")
+        preconditioners = state.pop("_packed_preconditioners", None)
+        # Paths saved before solvers existed were plain sgd with an alpha.
+        alpha = state.pop("alpha", 0.0)
+        state["solver"] = Solver(**state.get("solver", {"alpha": alpha}))
         self.__dict__.update(state)
+        self._metrics = {}
         # Paths saved before quadrature rules existed keep their left sum.
         for name, default in [
             ("quadrature", "left"),
@@ -211,6 +257,11 @@ class Trajectory:
             self._checkpoints._to_disk(packed[0])  # in a temporary directory
         for row in [] if packed is None else packed.unbind(0):
             self._checkpoints.append(row)
+        self._preconditioners = None
+        if self.solver.diagonal:
+            self._preconditioners = CheckpointStore(self._checkpoints.directory)
+            for row in [] if preconditioners is None else preconditioners.unbind(0):
+                self._preconditioners.append(row)
         self._steps = (
             [
                 Step(size, *parts)
@@ -256,6 +307,21 @@ class Trajectory:
         return np.array([s.step_size for s in self._steps], dtype=np.float64)
 
     @property
+    def alpha(self):
+        """The coupled L2 strength of the update rule (``solver.alpha``)."""
+        return self.solver.alpha
+
+    @property
+    def effective_step_sizes(self):
+        """``p_s = sum_{t>=s} eps_t beta_{t,s}`` per step: a step's kernel weight.
+
+        ``eps_s`` for plain sgd; with momentum, what a gradient taken at step
+        ``s`` moves the parameters by over the rest of training
+        (docs/design.md, section 12). Float64 array of shape (n_steps,).
+        """
+        return effective_step_sizes(self.solver, self.step_sizes)
+
+    @property
     def checkpoint_steps(self):
         """The step index of each checkpoint, int array (n_checkpoints,)."""
         return np.array(self._checkpoint_steps, dtype=np.int64)
@@ -267,7 +333,7 @@ class Trajectory:
         The left sum over every stored checkpoint, which the first-order
         decomposition uses; the kernel's weights are :meth:`kernel_nodes`.
         """
-        return node_weights(self.checkpoint_steps, self.step_sizes, "left")
+        return node_weights(self.checkpoint_steps, self.effective_step_sizes, "left")
 
     @property
     def on_disk(self):
@@ -306,7 +372,7 @@ class Trajectory:
         # Without w_T (a path still being recorded) only a left sum is possible.
         rule = self.quadrature if self._final is not None else "left"
         steps = select_nodes(candidates, self.n_steps, n_nodes, rule)
-        return steps, node_weights(steps, self.step_sizes, rule)
+        return steps, node_weights(steps, self.effective_step_sizes, rule)
 
     def with_quadrature(self, quadrature, kernel_nodes=None):
         """The same path, sharing its records, with another kernel rule.
@@ -365,6 +431,67 @@ class Trajectory:
         if k == len(self) or self._checkpoint_steps[k] != step:
             raise ValueError(f"step {step} was not recorded on this path.")
         return self.parameters(k, device=device)
+
+    def preconditioner(self, t):
+        """Adam's ``P_t`` of step ``t``: a flat CPU tensor, or None for sgd."""
+        if self._preconditioners is None:
+            return None
+        return self._preconditioners[t]
+
+    def kernel_metric_at(self, step, *, device=None):
+        """The metric of the kernel term at ``step``: ``Ptilde_s / p_s``.
+
+        The path kernel is ``sum_s J_s Ptilde_s J_s^T`` with the effective
+        preconditioned step ``Ptilde_s = sum_{t>=s} eps_t beta_{t,s} P_t``
+        (docs/design.md, section 12); its weight ``p_s`` is in
+        :meth:`kernel_nodes`, and this is what is left: a weighted average of
+        the later steps' ``P_t``, positive. None when every ``P_t`` is the
+        identity (sgd). ``w_T`` (``step == n_steps``) takes the last step's.
+
+        Parameters
+        ----------
+        step : int
+            A step of :attr:`checkpoint_steps`, or ``n_steps``.
+        device : torch.device or str, default=None
+
+        Returns
+        -------
+        metric : dict of str to torch.Tensor, or None
+            Shaped like :meth:`parameters_at`.
+
+        Examples
+        --------
+        >>> from sklearn.datasets import load_diabetes
+        >>> from sklearn.preprocessing import scale
+        >>> from sklearn_pathkernel import PathKernelRegressor
+        >>> X, y = load_diabetes(return_X_y=True)
+        >>> est = PathKernelRegressor((8,), solver="adam", learning_rate_init=0.01,
+        ...                           max_iter=10, random_state=0)
+        >>> traj = est.fit(scale(X), scale(y)).trajectory_
+        >>> metric = traj.kernel_metric_at(0)
+        >>> sorted(metric)[:2], bool(metric["0.weight"].min() > 0)
+        (['0.bias', '0.weight'], True)
+        """
+        if self._preconditioners is None or self.n_steps == 0:
+            return None
+        s = min(int(step), self.n_steps - 1)
+        if s not in self._metrics:
+            self._collect_metrics(
+                {s} | {min(n.step, self.n_steps - 1) for n in self.kernel_nodes()}
+            )
+        return self._unflatten(self._metrics[s], device)
+
+    def _collect_metrics(self, steps):
+        """``Ptilde_s / p_s`` at ``steps``, by one backward pass over the steps."""
+        wanted = set(steps)
+        p = self.effective_step_sizes
+        for s, total in backward_sums(
+            self.solver, self.step_sizes, lambda t: self._preconditioners[t].double()
+        ):
+            if s in wanted:
+                self._metrics[s] = (total / p[s]).to(self._preconditioners[s].dtype)
+            if s <= min(wanted):
+                break
 
     def step(self, t):
         """The batch, batch weights and loss derivatives of step ``t``.

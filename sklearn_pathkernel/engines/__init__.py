@@ -65,7 +65,7 @@ ENGINES = {
 }
 
 
-def select_engine(engine, module, parameter_names, example=None):
+def select_engine(engine, module, parameter_names, example=None, metric=False):
     """Resolve the ``engine`` option to an engine bound to ``module``.
 
     Parameters
@@ -84,6 +84,10 @@ def select_engine(engine, module, parameter_names, example=None):
         Some rows of the input, for engines that learn the shapes of the
         work from a probe (the hooks engine): then ``bytes_per_row`` and
         ``sketch_shapes`` are known before the first state.
+    metric : bool, default=False
+        Whether states will be taken in a metric (the path of a
+        preconditioned solver such as Adam): "auto" then picks among the
+        engines that support one.
 
     Returns
     -------
@@ -111,6 +115,7 @@ def select_engine(engine, module, parameter_names, example=None):
             name
             for name, cls in ENGINES.items()
             if getattr(cls, "covers", cls.supports)(module)
+            and (cls.supports_metric or not metric)
         )
     if engine not in ENGINES:
         raise ValueError(
@@ -122,6 +127,14 @@ def select_engine(engine, module, parameter_names, example=None):
         raise ValueError(
             f"The {engine!r} engine does not support {type(module).__name__} "
             f"(it needs {cls.supported_modules}); use engine='auto' or 'jacobian'."
+        )
+    if metric and not cls.supports_metric:
+        raise ValueError(
+            f"The {engine!r} engine cannot take the path kernel of a "
+            "preconditioned solver (Adam keeps a per-parameter step size); use "
+            "engine='auto' or "
+            + repr(next(n for n, c in ENGINES.items() if c.supports_metric))
+            + "."
         )
     if example is not None and cls is HookEngine:
         return cls(module, list(parameter_names), example=example)

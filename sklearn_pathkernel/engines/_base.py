@@ -50,6 +50,8 @@ class Engine(ABC):
     name: str
     #: The modules it supports, for the message when it is asked for another.
     supported_modules: str = "any module whose forward treats rows independently"
+    #: Whether :meth:`state` takes a ``metric`` (a preconditioned path, Adam).
+    supports_metric: bool = False
 
     @classmethod
     @abstractmethod
@@ -61,8 +63,15 @@ class Engine(ABC):
         """Bytes one row's state takes while it is built and used."""
 
     @abstractmethod
-    def state(self, parameters, X):
-        """The state of the rows ``X`` at ``parameters`` (a name -> tensor dict)."""
+    def state(self, parameters, X, metric=None):
+        """The state of the rows ``X`` at ``parameters`` (a name -> tensor dict).
+
+        ``metric`` (same names and shapes, positive) makes every product of
+        the state's methods the one in that diagonal metric,
+        ``J(X) diag(metric) J(Y)^T`` (the path kernel of a preconditioned
+        solver, docs/design.md, section 12); None is the identity. An
+        engine with ``supports_metric = False`` raises for a metric.
+        """
 
     @abstractmethod
     def static(self, X, Y):

@@ -177,8 +177,12 @@ class HookEngine(Engine):
 
     # ---------------------------------------------------------------- state
 
-    def state(self, parameters, X):
+    def state(self, parameters, X, metric=None):
         """Ghost terms ``(A, D)`` and instantiated gradients of the rows ``X``."""
+        if metric is not None:
+            raise NotImplementedError(
+                f"The {self.name!r} engine does not take a metric yet."
+            )
         if self.plan is None:
             self._make_plan(X[:1])
         _check_rows_independent(self.module)

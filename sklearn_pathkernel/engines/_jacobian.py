@@ -32,6 +32,7 @@ class JacobianEngine(Engine):
     """
 
     name = "jacobian"
+    supports_metric = True
 
     def __init__(self, module, parameter_names):
         self.module = module
@@ -46,8 +47,12 @@ class JacobianEngine(Engine):
         # The Jacobian, plus about as much again for jacrev's intermediates.
         return 2 * n_outputs * self.n_parameters * itemsize
 
-    def state(self, parameters, X):
-        """Jacobians of the rows of ``X``, shape (n, O, d)."""
+    def state(self, parameters, X, metric=None):
+        """Jacobians of the rows of ``X``, shape (n, O, d).
+
+        With a ``metric``, ``J diag(sqrt(metric))``: then every product is
+        the one in that metric.
+        """
         module = self.module
 
         def single(params, x):
@@ -56,6 +61,8 @@ class JacobianEngine(Engine):
         with TORCH_FUNC_LOCK:
             jac = vmap(jacrev(single), in_dims=(None, 0))(parameters, X)
         n = X.shape[0]
+        if metric is not None:
+            jac = {name: j * metric[name].sqrt().to(j.dtype) for name, j in jac.items()}
         return torch.cat([j.reshape(n, j.shape[1], -1) for j in jac.values()], dim=2)
 
     def static(self, X, Y):

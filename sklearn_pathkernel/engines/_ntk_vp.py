@@ -54,7 +54,11 @@ class NTKVectorProductEngine(Engine):
         # columns_per_batch * (d + n O) numbers, small next to the strip.
         return 4 * n_outputs * itemsize
 
-    def state(self, parameters, X):
+    def state(self, parameters, X, metric=None):
+        if metric is not None:
+            raise NotImplementedError(
+                f"The {self.name!r} engine does not take a metric yet."
+            )
         return parameters, X
 
     def static(self, X, Y):

@@ -116,8 +116,12 @@ class StructuredEngine(Engine):
         # Plus the backward signal and pre-activations alive while building.
         return 2 * numbers * itemsize
 
-    def state(self, parameters, X):
+    def state(self, parameters, X, metric=None):
         """Per Linear layer: augmented inputs ``A`` (or None) and signals ``D``."""
+        if metric is not None:
+            raise NotImplementedError(
+                f"The {self.name!r} engine does not take a metric yet."
+            )
         inputs, pre_activations, signal = {}, {}, X
         for index, child in enumerate(self.module):
             if isinstance(child, nn.Linear):
