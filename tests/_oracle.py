@@ -35,10 +35,19 @@ def jacobian_rows(module, parameters, X):
     return torch.stack(rows).double().cpu().numpy()
 
 
-def tangent_kernel_reference(module, parameters, X, Y=None, trace=True):
-    """``J(X) J(Y)^T`` from :func:`jacobian_rows`, traced or full."""
+def flat_metric(parameters, metric):
+    """A name -> tensor metric as one float64 vector in ``parameters``' order."""
+    return np.concatenate(
+        [metric[n].detach().double().cpu().numpy().reshape(-1) for n in parameters]
+    )
+
+
+def tangent_kernel_reference(module, parameters, X, Y=None, trace=True, metric=None):
+    """``J(X) diag(metric) J(Y)^T`` from :func:`jacobian_rows`, traced or full."""
     JX = jacobian_rows(module, parameters, X)
     JY = JX if Y is None else jacobian_rows(module, parameters, Y)
+    if metric is not None:
+        JY = JY * flat_metric(parameters, metric)
     full = np.einsum("iad,jbd->ijab", JX, JY)
     return np.einsum("ijaa->ij", full) if trace else full
 
@@ -48,6 +57,11 @@ def path_kernel_reference(module, trajectory, X, Y=None, trace=True):
     total = 0.0
     for step, weight in trajectory.kernel_nodes():
         total = total + weight * tangent_kernel_reference(
-            module, trajectory.parameters_at(step), X, Y, trace=trace
+            module,
+            trajectory.parameters_at(step),
+            X,
+            Y,
+            trace=trace,
+            metric=trajectory.kernel_metric_at(step),
         )
     return total
