@@ -5,7 +5,7 @@ import inspect
 import numpy as np
 import pytest
 import torch
-from _oracle import jacobian_rows, tangent_kernel_reference
+from _oracle import flat_metric, jacobian_rows, tangent_kernel_reference
 from torch import nn
 
 from sklearn_pathkernel._network import make_mlp
@@ -294,3 +294,153 @@ def test_long_signals_and_jacobians_are_cut_into_pieces(monkeypatch):
     X, Y = _data((5, 3), (4, 3))
     for engine in shapes:
         _check_engine(engine, net, params, X, Y)
+
+
+# ------------------------------------------------------------------ metrics
+# The path kernel of Adam takes each checkpoint's term in a diagonal metric
+# M (docs/design.md, section 12): J(X) diag(M) J(Y)^T.
+
+_METRIC_ENGINES = sorted(n for n, cls in ENGINES.items() if cls.supports_metric)
+
+
+def _metric(params, seed=5):
+    """A random positive metric shaped like ``params``, spread over a decade."""
+    gen = torch.Generator().manual_seed(seed)
+    return {
+        n: 10 ** torch.rand(p.shape, generator=gen, dtype=torch.float64)
+        for n, p in params.items()
+    }
+
+
+def _close(got, want):
+    scale = np.abs(want).max()
+    np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-12 * scale)
+
+
+def _check_metric(engine, net, params, X, Y, bound=None):
+    """Every product of the engine's states in a metric, against the oracle."""
+    metric = _metric(params)
+    bound = bound or select_engine(engine, net, list(params), metric=True)
+    full = tangent_kernel_reference(net, params, X, Y, trace=False, metric=metric)
+    diagonal = np.diag(tangent_kernel_reference(net, params, X, metric=metric))
+    (vectors,) = _data((len(Y), full.shape[-1]), seed=7)
+    with torch.no_grad():
+        state_x = bound.state(params, X, metric=metric)
+        state_y = bound.state(params, Y, metric=metric)
+        static = bound.static(X, Y)
+        traced = bound.contract(state_x, state_y, True, static)
+        whole = bound.contract(state_x, state_y, False, static)
+        applied = bound.contract_vector(state_x, state_y, vectors, static)
+        own = bound.diagonal(state_x, X)
+        sketched = 0.0
+        for piece, heights in enumerate(bound.sketch_shapes(full.shape[-1])):
+            factors = _basis(heights)
+            sketched = (
+                sketched
+                + bound.sketch(state_x, X, piece, factors)
+                @ bound.sketch(state_y, Y, piece, factors).T
+            )
+    _close(traced.numpy(), np.einsum("ijaa->ij", full))
+    _close(whole.numpy(), full)
+    _close(applied.numpy(), np.einsum("ijab,jb->ija", full, vectors.numpy()))
+    _close(own.numpy(), diagonal)
+    # Basis factors make the multilinear sketch exact: sum_r s_r(x) s_r(y) is
+    # <T(x), T(y)>, so E over Gaussian factors is the kernel in the metric.
+    _close(sketched.numpy(), np.einsum("ijaa->ij", full))
+
+
+def test_the_structured_and_ntk_vp_engines_take_a_metric():
+    assert {"structured", "ntk_vp", "jacobian"} <= set(_METRIC_ENGINES)
+    assert select_engine("auto", _mlp(2, 1), [], metric=True).name == "structured"
+
+
+@pytest.mark.parametrize("engine", _METRIC_ENGINES)
+@pytest.mark.parametrize("n_outputs", [1, 3])
+@pytest.mark.parametrize("activation", ["identity", "tanh"])
+@pytest.mark.parametrize("bias", [True, False])
+def test_engines_in_a_metric_match_the_reference(engine, n_outputs, activation, bias):
+    net = _mlp(3, n_outputs, activation, bias)
+    X, Y = _data((6, 3), (4, 3))
+    _check_metric(engine, net, _params(net), X, Y)
+
+
+@pytest.mark.parametrize("engine", _METRIC_ENGINES)
+@pytest.mark.parametrize(
+    "subset",
+    [["0.weight"], ["0.bias", "2.weight"], ["2.bias", "4.weight", "4.bias"]],
+)
+def test_engines_in_a_metric_differentiate_only_the_given_parameters(engine, subset):
+    net = _mlp(3, 2)
+    params = {n: p for n, p in _params(net).items() if n in subset}
+    X, Y = _data((5, 3), (3, 3))
+    _check_metric(engine, net, params, X, Y)
+
+
+@pytest.mark.parametrize(
+    "layers",
+    [
+        # An activation after the last layer: no identity signals.
+        lambda: [nn.Linear(3, 6), nn.Softplus(), nn.Linear(6, 4), nn.Tanh()],
+        # Something before the first layer: its input Gram is not static.
+        lambda: [nn.Tanh(), nn.Linear(3, 6), nn.SiLU(), nn.Identity(), nn.Linear(6, 1)],
+        lambda: [nn.Linear(3, 5), nn.Linear(5, 3), nn.Identity()],
+        lambda: [nn.Linear(3, 2)],
+    ],
+    ids=["activation-last", "not-static", "linear-linear", "one-layer"],
+)
+def test_structured_engine_in_a_metric_on_user_sequentials(layers):
+    torch.manual_seed(0)  # this test's own modules: default init is fine here
+    net = nn.Sequential(*layers()).double()
+    X, Y = _data((6, 3), (5, 3))
+    _check_metric("structured", net, _params(net), X, Y)
+
+
+def test_structured_metric_sub_blocks_and_sketch_pieces(monkeypatch):
+    """One-row sub-blocks, and vec D cut mid-output into sketch pieces."""
+    monkeypatch.setattr(_structured, "SKETCH_ROWS", 4)
+    net = _mlp(3, 3, "tanh")
+    params = _params(net)
+    bound = select_engine("structured", net, list(params), metric=True)
+    # Temporaries are bounded by what this many bytes a row allows: one row.
+    monkeypatch.setattr(bound, "bytes_per_row", lambda n_outputs, itemsize: 1)
+    assert bound._sub_blocks(6, 4, 3, per_row=100) == [(i, i + 1) for i in range(6)]
+    X, Y = _data((6, 3), (4, 3))
+    _check_metric("structured", net, params, X, Y, bound=bound)
+
+
+@pytest.mark.parametrize("engine", _METRIC_ENGINES)
+def test_states_in_a_metric_at_different_parameters(engine):
+    """J(X; w') M J(Y; w)^T, as a decomposition in a metric would pair them."""
+    net = _mlp(3, 2)
+    params = _params(net)
+    shifted = {n: p + 0.1 * torch.ones_like(p) for n, p in params.items()}
+    metric = _metric(params)
+    X, Y = _data((4, 3), (3, 3))
+    bound = select_engine(engine, net, list(params), metric=True)
+    with torch.no_grad():
+        full = bound.contract(
+            bound.state(shifted, X, metric=metric),
+            bound.state(params, Y, metric=metric),
+            False,
+            bound.static(X, Y),
+        )
+    J_Y = jacobian_rows(net, params, Y) * flat_metric(params, metric)
+    want = np.einsum("iad,jbd->ijab", jacobian_rows(net, shifted, X), J_Y)
+    _close(full.numpy(), want)
+
+
+def test_structured_metric_of_ones_is_the_plain_kernel():
+    """The metric path, at M = 1, agrees with the unchanged plain path."""
+    net = _mlp(3, 3)
+    params = _params(net)
+    ones = {n: torch.ones_like(p) for n, p in params.items()}
+    X, Y = _data((6, 3), (4, 3))
+    bound = select_engine("structured", net, list(params))
+    with torch.no_grad():
+        plain = [bound.state(params, Z) for Z in (X, Y)]
+        metric = [bound.state(params, Z, metric=ones) for Z in (X, Y)]
+        for trace in (True, False):
+            _close(
+                bound.contract(*metric, trace).numpy(),
+                bound.contract(*plain, trace, bound.static(X, Y)).numpy(),
+            )

@@ -7,6 +7,12 @@ pass over ``X``: FLOPs about ``6 n m O d`` per checkpoint. Useful when
 ``O d`` numbers per row do not fit in memory. Its sketch projects each
 output's gradient with Jacobian-vector products, the projection's columns as
 tangents: ``O m`` of them per block of rows.
+
+In a diagonal metric ``M`` (the path kernel of Adam) the vector-Jacobian
+product is scaled by ``M`` before the Jacobian-vector product, the diagonal
+weighs each squared gradient entry by ``M``, and the sketch's tangents are
+the projection's columns times ``sqrt(M)``: the same cost plus ``d`` products
+per column.
 """
 
 import torch
@@ -18,10 +24,10 @@ from ._base import TORCH_FUNC_LOCK, Engine, count_parameters
 class NTKVectorProductEngine(Engine):
     """Kernel columns by vector-Jacobian then Jacobian-vector products.
 
-    A state is the pair ``(parameters, rows)``: nothing is computed until
-    two states meet, which is what lets the two sides sit at different
-    parameters (the exact decomposition pairs a query at ``w'`` with
-    training rows at ``w``).
+    A state is the pair ``(parameters, rows)``, or ``(parameters, rows,
+    metric)`` in a metric: nothing is computed until two states meet, which
+    is what lets the two sides sit at different parameters (the exact
+    decomposition pairs a query at ``w'`` with training rows at ``w``).
 
     Examples
     --------
@@ -36,6 +42,7 @@ class NTKVectorProductEngine(Engine):
     """
 
     name = "ntk_vp"
+    supports_metric = True
 
     def __init__(self, module, parameter_names):
         self.module = module
@@ -55,22 +62,26 @@ class NTKVectorProductEngine(Engine):
         return 4 * n_outputs * itemsize
 
     def state(self, parameters, X, metric=None):
-        if metric is not None:
-            raise NotImplementedError(
-                f"The {self.name!r} engine does not take a metric yet."
-            )
-        return parameters, X
+        if metric is None:
+            return parameters, X
+        metric = {
+            name: metric[name].to(dtype=X.dtype, device=X.device) for name in parameters
+        }
+        return parameters, X, metric
 
     def static(self, X, Y):
         return None
 
     def contract(self, state_x, state_y, trace, static=None):
-        parameters, X = state_x
-        parameters_y, Y = state_y
+        parameters, X = state_x[:2]
+        parameters_y, Y = state_y[:2]
+        metric = _metric(state_y)
         f_x, f_y = self._outputs(X), self._outputs(Y)
 
         def column(cotangent):
             (tangent,) = pullback(cotangent)
+            if metric is not None:  # J_X M J_Y^T e: scale between the two
+                tangent = {name: t * metric[name] for name, t in tangent.items()}
             return jvp(f_x, (parameters,), (tangent,))[1]
 
         with TORCH_FUNC_LOCK:
@@ -93,9 +104,11 @@ class NTKVectorProductEngine(Engine):
         """``sum_o |J(x_i)^T e_o|^2`` by one vector-Jacobian product per output.
 
         Rows go through in batches of ``columns_per_batch`` (``vmap``), so at
-        most that many parameter-sized gradients exist at once.
+        most that many parameter-sized gradients exist at once. In a metric,
+        ``sum_o |J(x_i)^T e_o|_M^2``.
         """
-        parameters, rows = state
+        parameters, rows = state[:2]
+        metric = _metric(state)
         module = self.module
 
         def single(x):
@@ -106,7 +119,10 @@ class NTKVectorProductEngine(Engine):
             total = out.new_zeros(())
             for e_o in torch.eye(out.shape[0], dtype=out.dtype, device=out.device):
                 (gradient,) = pullback(e_o)
-                total = total + sum((g * g).sum() for g in gradient.values())
+                total = total + sum(
+                    (g * g if metric is None else g * g * metric[name]).sum()
+                    for name, g in gradient.items()
+                )
             return total
 
         with TORCH_FUNC_LOCK:
@@ -122,13 +138,19 @@ class NTKVectorProductEngine(Engine):
         """``J_o(x) P`` for output ``o = piece``, one JVP per column of ``P``.
 
         The columns go through in batches of ``columns_per_batch``
-        (``vmap``); no Jacobian is formed.
+        (``vmap``); no Jacobian is formed. In a metric ``M`` the piece is
+        ``J_o(x) sqrt(M)``, so the tangents are ``sqrt(M)`` times the
+        columns of ``P``.
         """
-        parameters, rows = state
+        parameters, rows = state[:2]
+        metric = _metric(state)
         (projection,) = factors  # (d, m), rows in the order of ``parameters``
         outputs = self._outputs(rows)
         names = list(parameters)
         sizes = [parameters[name].numel() for name in names]
+        if metric is not None:
+            root = torch.cat([metric[name].reshape(-1) for name in names]).sqrt()
+            projection = projection * root.unsqueeze(1)
 
         def column(tangent):
             tangents = {
@@ -150,3 +172,8 @@ class NTKVectorProductEngine(Engine):
         """``p -> f(rows; p)`` as an (n, O) matrix."""
         module = self.module
         return lambda p: functional_call(module, p, (rows,)).reshape(rows.shape[0], -1)
+
+
+def _metric(state):
+    """The metric a state was taken in, or None."""
+    return state[2] if len(state) == 3 else None

@@ -71,6 +71,7 @@ class StructuredEngine(Engine):
     """
 
     name = "structured"
+    supports_metric = True
     supported_modules = (
         "an nn.Sequential of nn.Linear layers and elementwise activations"
     )
@@ -117,11 +118,34 @@ class StructuredEngine(Engine):
         return 2 * numbers * itemsize
 
     def state(self, parameters, X, metric=None):
-        """Per Linear layer: augmented inputs ``A`` (or None) and signals ``D``."""
-        if metric is not None:
-            raise NotImplementedError(
-                f"The {self.name!r} engine does not take a metric yet."
+        """Per Linear layer: augmented inputs ``A`` (or None) and signals ``D``.
+
+        With a ``metric``, a :class:`_MetricState` of ``(A, D, M)`` per layer:
+        ``M`` the layer's metric laid out like ``[A, 1]`` (``(h_l, h_{l-1}
+        [+ 1])``), and the first layer's ``A`` kept, since its input Gram
+        is no longer the same at every checkpoint.
+        """
+        inputs, signals = self._inputs_and_signals(parameters, X)
+        if metric is None:
+            return [
+                (self._augment(inputs[index], w, b, k == 0), signals[index])
+                for k, (index, w, b) in enumerate(self.layers)
+            ]
+        return _MetricState(
+            (
+                self._augment(inputs[index], w, b, is_first=False),
+                signals[index],
+                _layer_metric(metric, index, w, b, X),
             )
+            for index, w, b in self.layers
+        )
+
+    def _inputs_and_signals(self, parameters, X):
+        """Each Linear layer's input and its output signals ``(n, O, h_l)``.
+
+        The signals are None for the output layer while they are the
+        identity (no activation after the last Linear layer).
+        """
         inputs, pre_activations, signal = {}, {}, X
         for index, child in enumerate(self.module):
             if isinstance(child, nn.Linear):
@@ -154,10 +178,7 @@ class StructuredEngine(Engine):
             elif not isinstance(child, nn.Identity):
                 is_identity = False
                 G = G * _derivative(child, *pre_activations[index]).unsqueeze(1)
-        return [
-            (self._augment(inputs[index], w, b, k == 0), signals[index])
-            for k, (index, w, b) in enumerate(self.layers)
-        ]
+        return inputs, signals
 
     def _augment(self, A, trains_weight, trains_bias, is_first):
         if is_first and self.static_input:
@@ -176,6 +197,8 @@ class StructuredEngine(Engine):
         return gram + 1.0 if trains_bias else gram
 
     def contract(self, state_x, state_y, trace, static=None):
+        if isinstance(state_x, _MetricState):
+            return self._metric_contract(state_x, state_y, trace)
         total = None
         for input_gram, D_x, D_y, n_outputs in self._layer_terms(
             state_x, state_y, static
@@ -215,6 +238,8 @@ class StructuredEngine(Engine):
         The vectors are folded into Y's signals first (``D_y^T v``, one
         ``(m, width)`` matrix per layer), so no ``O x O`` kernel is formed.
         """
+        if isinstance(state_x, _MetricState):
+            return self._metric_contract(state_x, state_y, vectors=vectors)
         total = None
         for input_gram, D_x, D_y, _ in self._layer_terms(state_x, state_y, static):
             if D_x is None:  # identity signals: K v is the input Gram times v
@@ -231,7 +256,11 @@ class StructuredEngine(Engine):
 
         Each layer's term is ``(|a|^2 [+ 1]) * |D|_F^2``: the diagonal of
         :meth:`contract`'s traced kernel without any row-by-row product.
+        In a metric ``M`` (``(h_l, h_{l-1} [+ 1])``) it is
+        ``sum_jk M_jk (sum_o D_oj^2) a_k^2``: ``2 n h_l (h_{l-1} + 1)`` FLOPs.
         """
+        if isinstance(state, _MetricState):
+            return _metric_diagonal(state)
         total = None
         for k, ((A, D), (index, trains_weight, trains_bias)) in enumerate(
             zip(state, self.layers)
@@ -273,6 +302,8 @@ class StructuredEngine(Engine):
     def sketch(self, state, X, piece, factors):
         """``(vec D @ U) * ([a, 1] @ V)``, or ``sqrt(O) [a, 1] @ V``: (n, m)."""
         k, start, stop = self._pieces(self._n_outputs(state))[piece]
+        if isinstance(state, _MetricState):
+            return self._metric_sketch(state[k], start, stop, factors)
         index, trains_weight, trains_bias = self.layers[k]
         A, D = state[k]
         if A is None:  # the first layer sees X; its Gram was left to static()
@@ -304,9 +335,9 @@ class StructuredEngine(Engine):
 
     def _n_outputs(self, state):
         """``O``, read from a state's signals (the output width when all are None)."""
-        for _, D in state:
-            if D is not None:
-                return D.shape[1]
+        for layer in state:
+            if layer[1] is not None:
+                return layer[1].shape[1]
         return self.module[self.layers[-1][0]].out_features
 
     def _layer_terms(self, state_x, state_y, static):
@@ -322,6 +353,123 @@ class StructuredEngine(Engine):
             n_outputs = self.module[index].out_features if D_x is None else D_x.shape[1]
             yield input_gram, D_x, D_y, n_outputs
 
+    # ------------------------------------------------------- in a metric
+
+    def _metric_contract(self, state_x, state_y, trace=True, vectors=None):
+        """:meth:`contract` (or, with ``vectors``, ``contract_vector``) in a metric.
+
+        A layer's term no longer factorises into two Grams: with ``M`` the
+        metric laid out like ``[A, 1]``, the traced term of rows ``x, y`` is
+        ``sum_j G_D[j] G_A[j]`` over the layer's units ``j``, where
+        ``G_D[j] = sum_o D_x[o, j] D_y[o, j]`` and
+        ``G_A[j] = a_x diag(M[j]) a_y^T``. Both are batched matrix products
+        over the units: ``h_l`` Grams of ``n x m`` with inner sizes ``O`` and
+        ``h_{l-1} + 1``, ``2 n m h_l (h_{l-1} + 1 + O)`` FLOPs, ``O`` times
+        fewer than a Gram of the ``O x d`` per-example gradients and faster,
+        on a CPU, than forming every pair's ``a_x * a_y`` for one large
+        product. The full kernel and ``K v`` use the same ``G_A``. Rows of
+        ``X`` go in sub-blocks whose temporaries stay within about one
+        column state (:meth:`_sub_blocks`).
+        """
+        n, m = _rows(state_x), _rows(state_y)
+        n_outputs = self._n_outputs(state_x)
+        if vectors is not None:
+            shape = (n, m, n_outputs)
+        else:
+            shape = (n, m) if trace else (n, m, n_outputs, n_outputs)
+        like = next(layer[0] for layer in state_x if layer[2] is not None)
+        total = like.new_zeros(shape)
+        for (A_x, D_x, M), (A_y, D_y, _) in zip(state_x, state_y):
+            if M is None:  # a layer with nothing trained
+                continue
+            width, inputs = M.shape
+            # A_y^T once for every unit: a broadcast view, no copy.
+            A_yT = A_y.T.expand(width, -1, -1)
+            if D_x is not None:
+                D_yT = D_y.permute(2, 1, 0).contiguous()  # (h_l, O, m)
+            if vectors is not None and D_x is not None:
+                folded = torch.einsum("jbw,jb->wj", D_y, vectors)  # (h_l, m)
+            if vectors is None and trace and D_x is None:
+                # Identity signals: G_D[j] = 1 for every unit, so the term is
+                # one Gram in the metric's column sums.
+                total.addmm_(A_x * M.sum(dim=0), A_y.T)
+                continue
+            per_row = width * (inputs + 2 * m) + m * n_outputs * (
+                width if (D_x is not None and vectors is None and not trace) else 1
+            )
+            for r0, r1 in self._sub_blocks(n, m, n_outputs, per_row):
+                G_A = torch.bmm(A_x[r0:r1].unsqueeze(0) * M.unsqueeze(1), A_yT)
+                if D_x is None:  # identity signals: G_D is the identity
+                    G_A = G_A.permute(1, 2, 0)  # (r, m, O)
+                    total[r0:r1] += (
+                        G_A * vectors.unsqueeze(0)
+                        if vectors is not None
+                        else torch.diag_embed(G_A)
+                    )
+                elif vectors is not None:
+                    # K v = sum_j D_x[:, j] G_A[j] (D_y[:, j] . v): fold v first.
+                    weighted = G_A.mul_(folded.unsqueeze(1)).permute(1, 2, 0)
+                    total[r0:r1] += torch.bmm(weighted, D_x[r0:r1].transpose(1, 2))
+                elif trace:
+                    G_D = torch.bmm(D_x[r0:r1].permute(2, 0, 1), D_yT)
+                    total[r0:r1] += G_A.mul_(G_D).sum(dim=0)
+                else:
+                    # K[i, j] = D_x[i] diag(G_A[:, i, j]) D_y[j]^T, batched over j.
+                    r = r1 - r0
+                    scaled = D_x[r0:r1].unsqueeze(0) * G_A.permute(2, 1, 0).unsqueeze(2)
+                    part = torch.bmm(
+                        scaled.reshape(m, r * n_outputs, width), D_y.transpose(1, 2)
+                    )
+                    total[r0:r1] += part.view(m, r, n_outputs, n_outputs).transpose(
+                        0, 1
+                    )
+        return total
+
+    def _metric_sketch(self, layer, start, stop, factors):
+        """One layer's sketch piece in its metric ``M``.
+
+        The piece is ``T = (vec D (x) [a, 1]) * sqrt(M)``, the metric's
+        square root at each (output, unit, input) entry (it does not depend on
+        the output), so ``<T(x), T(y)>`` is the layer's traced term in the
+        metric and the Kronecker factors ``u (x) v`` stay unbiased:
+        ``s_r = sum_{o,j} U[(o, j), r] D[o, j] (sqrt(M) (V[:, r] * a))_j``,
+        ``2 n m h_l (h_{l-1} + 1 + O)`` FLOPs. The identity signals' piece
+        is ``a * sqrt(sum_j M[j])``: the traced identity term's Gram.
+        """
+        A, D, M = layer
+        if start is None:
+            return (A * M.sum(dim=0).sqrt()) @ factors[-1]
+        U, V = factors
+        n, width, m = A.shape[0], D.shape[2], V.shape[1]
+        # The outputs this piece of vec D (output-major) touches, its rows of
+        # U in place among theirs and zeros elsewhere.
+        o0, o1 = start // width, -(-stop // width)
+        padded = U.new_zeros((o1 - o0) * width, m)
+        padded[start - o0 * width : stop - o0 * width] = U
+        padded = padded.view(o1 - o0, width, m).transpose(0, 1)  # (h_l, O', m)
+        signals = D[:, o0:o1].permute(2, 0, 1)  # (h_l, n, O')
+        root = M.sqrt()
+        out = A.new_empty(n, m)
+        per_row = (A.shape[1] + 2 * width) * m + width * (o1 - o0)
+        for r0, r1 in self._sub_blocks(n, m, D.shape[1], per_row):
+            projected = torch.bmm(signals[:, r0:r1], padded)  # (h_l, r, m)
+            inputs = A[r0:r1].T.unsqueeze(2) * V.unsqueeze(1)  # (h_{l-1}+1, r, m)
+            inputs = (root @ inputs.flatten(1)).view(width, r1 - r0, m)
+            out[r0:r1] = projected.mul_(inputs).sum(dim=0)
+        return out
+
+    def _sub_blocks(self, n, m, n_outputs, per_row):
+        """Row ranges of ``n`` whose temporaries (``per_row`` numbers a row)
+        take at most what ``m`` rows' states do (:meth:`bytes_per_row`).
+
+        The loops budget one column chunk's state besides the row tile's, so
+        the metric's per-pair temporaries fit in what is budgeted. The
+        sub-block depends on the network and the shapes only, never on the
+        budget: the same bits for every ``working_memory``.
+        """
+        rows = max(1, m * self.bytes_per_row(n_outputs, 1) // per_row)
+        return [(r0, min(r0 + rows, n)) for r0 in range(0, n, rows)]
+
 
 def _derivative(activation, z, a):
     """``phi'(z)`` of an elementwise activation, given ``a = phi(z)``."""
@@ -333,3 +481,37 @@ def _derivative(activation, z, a):
         # The clone keeps an in-place activation off the leaf.
         (grad,) = torch.autograd.grad(activation(z.clone()).sum(), z)
     return grad
+
+
+class _MetricState(list):
+    """A structured state taken in a metric: ``(A, D, M)`` per Linear layer."""
+
+
+def _layer_metric(metric, index, trains_weight, trains_bias, X):
+    """Layer ``index``'s metric laid out like its ``[A, 1]``, or None."""
+    parts = ([metric[f"{index}.weight"]] if trains_weight else []) + (
+        [metric[f"{index}.bias"].unsqueeze(1)] if trains_bias else []
+    )
+    if not parts:
+        return None
+    return torch.cat(parts, dim=1).to(dtype=X.dtype, device=X.device)
+
+
+def _metric_diagonal(state):
+    """``K(x_i, x_i)`` in the state's metric, per row: (n,)."""
+    total = None
+    for A, D, M in state:
+        if M is None:
+            continue
+        squares = A * A
+        if D is None:  # identity signals: sum_o D_oj^2 = 1 for every unit
+            term = squares @ M.sum(dim=0)
+        else:
+            term = ((squares @ M.T) * (D * D).sum(dim=1)).sum(dim=1)
+        total = term if total is None else total + term
+    return total
+
+
+def _rows(state):
+    """The number of rows a metric state holds."""
+    return next(layer[0].shape[0] for layer in state if layer[2] is not None)
