@@ -358,72 +358,99 @@ class StructuredEngine(Engine):
     def _metric_contract(self, state_x, state_y, trace=True, vectors=None):
         """:meth:`contract` (or, with ``vectors``, ``contract_vector``) in a metric.
 
-        A layer's term no longer factorises into two Grams: with ``M`` the
-        metric laid out like ``[A, 1]``, the traced term of rows ``x, y`` is
-        ``sum_j G_D[j] G_A[j]`` over the layer's units ``j``, where
-        ``G_D[j] = sum_o D_x[o, j] D_y[o, j]`` and
-        ``G_A[j] = a_x diag(M[j]) a_y^T``. Both are batched matrix products
-        over the units: ``h_l`` Grams of ``n x m`` with inner sizes ``O`` and
-        ``h_{l-1} + 1``, ``2 n m h_l (h_{l-1} + 1 + O)`` FLOPs, ``O`` times
-        fewer than a Gram of the ``O x d`` per-example gradients and faster,
-        on a CPU, than forming every pair's ``a_x * a_y`` for one large
-        product. The full kernel and ``K v`` use the same ``G_A``. Rows of
-        ``X`` go in sub-blocks whose temporaries stay within about one
-        column state (:meth:`_sub_blocks`).
+        A layer's term no longer factorises into two Grams. With ``M`` the
+        metric laid out like ``[A, 1]`` (``(h_l, h_{l-1} [+ 1])``), the
+        traced term of rows ``x, y`` is ``sum_j G_D[j] G_A[j]`` over the
+        layer's units ``j``, where ``G_D[j] = sum_o D_x[o, j] D_y[o, j]`` and
+        ``G_A[j] = a_x diag(M[j]) a_y^T``: ``h_l`` Grams each, with inner
+        sizes ``O`` and ``h_{l-1} + 1``, hence ``2 n m h_l (h_{l-1} + 1 +
+        O)`` FLOPs, ``O`` times fewer than a Gram of the ``O x d``
+        per-example gradients (what the Jacobian engine pays). All ``G_A[j]``
+        are one GEMM, ``(h_l r, h_{l-1} + 1) @ (h_{l-1} + 1, m)``; no
+        ``(pairs, h)`` tensor of ``a_x * a_y`` is needed. The output layer's
+        identity signals make ``G_D[j] = 1``: one Gram in ``M``'s column
+        sums. Rows of ``X`` go in sub-blocks of ``r`` rows whose temporaries
+        stay within about one column state (:meth:`_sub_blocks`).
         """
         n, m = _rows(state_x), _rows(state_y)
         n_outputs = self._n_outputs(state_x)
         if vectors is not None:
-            shape = (n, m, n_outputs)
+            term, shape = self._applied_term, (n, m, n_outputs)
+        elif trace:
+            term, shape = self._traced_term, (n, m)
         else:
-            shape = (n, m) if trace else (n, m, n_outputs, n_outputs)
-        like = next(layer[0] for layer in state_x if layer[2] is not None)
-        total = like.new_zeros(shape)
+            term, shape = self._full_term, (n, m, n_outputs, n_outputs)
+        total = None
         for (A_x, D_x, M), (A_y, D_y, _) in zip(state_x, state_y):
             if M is None:  # a layer with nothing trained
                 continue
-            width, inputs = M.shape
-            # A_y^T once for every unit: a broadcast view, no copy.
-            A_yT = A_y.T.expand(width, -1, -1)
-            if D_x is not None:
-                D_yT = D_y.permute(2, 1, 0).contiguous()  # (h_l, O, m)
-            if vectors is not None and D_x is not None:
-                folded = torch.einsum("jbw,jb->wj", D_y, vectors)  # (h_l, m)
-            if vectors is None and trace and D_x is None:
-                # Identity signals: G_D[j] = 1 for every unit, so the term is
-                # one Gram in the metric's column sums.
-                total.addmm_(A_x * M.sum(dim=0), A_y.T)
-                continue
-            per_row = width * (inputs + 2 * m) + m * n_outputs * (
-                width if (D_x is not None and vectors is None and not trace) else 1
-            )
-            for r0, r1 in self._sub_blocks(n, m, n_outputs, per_row):
-                G_A = torch.bmm(A_x[r0:r1].unsqueeze(0) * M.unsqueeze(1), A_yT)
-                if D_x is None:  # identity signals: G_D is the identity
-                    G_A = G_A.permute(1, 2, 0)  # (r, m, O)
-                    total[r0:r1] += (
-                        G_A * vectors.unsqueeze(0)
-                        if vectors is not None
-                        else torch.diag_embed(G_A)
-                    )
-                elif vectors is not None:
-                    # K v = sum_j D_x[:, j] G_A[j] (D_y[:, j] . v): fold v first.
-                    weighted = G_A.mul_(folded.unsqueeze(1)).permute(1, 2, 0)
-                    total[r0:r1] += torch.bmm(weighted, D_x[r0:r1].transpose(1, 2))
-                elif trace:
-                    G_D = torch.bmm(D_x[r0:r1].permute(2, 0, 1), D_yT)
-                    total[r0:r1] += G_A.mul_(G_D).sum(dim=0)
-                else:
-                    # K[i, j] = D_x[i] diag(G_A[:, i, j]) D_y[j]^T, batched over j.
-                    r = r1 - r0
-                    scaled = D_x[r0:r1].unsqueeze(0) * G_A.permute(2, 1, 0).unsqueeze(2)
-                    part = torch.bmm(
-                        scaled.reshape(m, r * n_outputs, width), D_y.transpose(1, 2)
-                    )
-                    total[r0:r1] += part.view(m, r, n_outputs, n_outputs).transpose(
-                        0, 1
-                    )
+            if total is None:
+                total = A_x.new_zeros(shape)
+            term(total, A_x, A_y, D_x, D_y, M, n_outputs, vectors)
         return total
+
+    def _traced_term(self, total, A_x, A_y, D_x, D_y, M, n_outputs, vectors):
+        """Add one layer's traced term in its metric to ``total`` (n, m)."""
+        if D_x is None:  # identity signals: G_D[j] = 1 for every unit
+            total.addmm_(A_x * M.sum(dim=0), A_y.T)
+            return
+        width, inputs = M.shape
+        m = A_y.shape[0]
+        # Laid out once so that every product is a plain batched GEMM (torch's
+        # bmm copies odd strides batch by batch).
+        D_xT = D_x.permute(2, 0, 1).contiguous()  # (h_l, n, O)
+        D_yT = D_y.permute(2, 1, 0).contiguous()  # (h_l, O, m)
+        per_row = width * (inputs + 2 * m + n_outputs)
+        for r0, r1 in self._sub_blocks(A_x.shape[0], m, n_outputs, per_row):
+            G_A = _input_grams(A_x[r0:r1], A_y, M)  # (h_l, r, m)
+            G_D = torch.bmm(D_xT[:, r0:r1], D_yT)
+            total[r0:r1] += G_A.mul_(G_D).sum(dim=0)
+
+    def _applied_term(self, total, A_x, A_y, D_x, D_y, M, n_outputs, vectors):
+        """Add one layer's ``K[i, j] @ vectors[j]`` in its metric: (n, m, O).
+
+        ``sum_j D_x[:, j] G_A[j] (D_y[:, j] . v)``: ``v`` is folded into
+        ``D_y`` first, so no ``O x O`` block is formed.
+        """
+        width, inputs = M.shape
+        m = A_y.shape[0]
+        if D_x is not None:
+            folded = torch.einsum("jbw,jb->wj", D_y, vectors).unsqueeze(1)
+        per_row = width * (inputs + 2 * m) + m * n_outputs
+        for r0, r1 in self._sub_blocks(A_x.shape[0], m, n_outputs, per_row):
+            G_A = _input_grams(A_x[r0:r1], A_y, M)  # (h_l, r, m)
+            if D_x is None:  # identity signals: unit j is output j
+                total[r0:r1] += G_A.permute(1, 2, 0) * vectors
+            else:
+                weighted = G_A.mul_(folded).transpose(0, 1)  # (r, h_l, m)
+                total[r0:r1] += torch.bmm(D_x[r0:r1], weighted).transpose(1, 2)
+
+    def _full_term(self, total, A_x, A_y, D_x, D_y, M, n_outputs, vectors):
+        """Add one layer's ``O x O`` kernel in its metric: (n, m, O, O).
+
+        ``K[i, j] = D_x[i] diag(G_A[:, i, j]) D_y[j]^T``: ``2 n m O^2 h_l``
+        FLOPs besides ``G_A``, as without a metric.
+        """
+        width, inputs = M.shape
+        m = A_y.shape[0]
+        if D_x is None:  # identity signals: diagonal, G_A[o] on (o, o)
+            per_row = width * (inputs + 2 * m) + m * n_outputs**2
+            for r0, r1 in self._sub_blocks(A_x.shape[0], m, n_outputs, per_row):
+                G_A = _input_grams(A_x[r0:r1], A_y, M)
+                total[r0:r1] += torch.diag_embed(G_A.permute(1, 2, 0))
+            return
+        # Here G_A is wanted as (r, m, h_l): from every pair's a_x * a_y, one
+        # GEMM with M^T. Then, batched over the rows i, (D_y * G_A[i]) D_x[i]^T.
+        M_t = M.T.contiguous()
+        D_x_t = D_x.transpose(1, 2).contiguous()  # (n, h_l, O)
+        per_row = m * (inputs + width + n_outputs * (width + n_outputs))
+        for r0, r1 in self._sub_blocks(A_x.shape[0], m, n_outputs, per_row):
+            r = r1 - r0
+            pairs = A_x[r0:r1].unsqueeze(1) * A_y.unsqueeze(0)  # (r, m, k)
+            G_A = (pairs.view(r * m, inputs) @ M_t).view(r, m, 1, width)
+            scaled = (D_y.unsqueeze(0) * G_A).view(r, m * n_outputs, width)
+            part = torch.bmm(scaled, D_x_t[r0:r1])  # [i, (j, b), a]
+            total[r0:r1] += part.view(r, m, n_outputs, n_outputs).transpose(2, 3)
 
     def _metric_sketch(self, layer, start, stop, factors):
         """One layer's sketch piece in its metric ``M``.
@@ -446,8 +473,9 @@ class StructuredEngine(Engine):
         o0, o1 = start // width, -(-stop // width)
         padded = U.new_zeros((o1 - o0) * width, m)
         padded[start - o0 * width : stop - o0 * width] = U
-        padded = padded.view(o1 - o0, width, m).transpose(0, 1)  # (h_l, O', m)
-        signals = D[:, o0:o1].permute(2, 0, 1)  # (h_l, n, O')
+        # (h_l, O', m) and (h_l, n, O'), laid out for plain batched GEMMs.
+        padded = padded.view(o1 - o0, width, m).transpose(0, 1).contiguous()
+        signals = D[:, o0:o1].permute(2, 0, 1).contiguous()
         root = M.sqrt()
         out = A.new_empty(n, m)
         per_row = (A.shape[1] + 2 * width) * m + width * (o1 - o0)
@@ -495,6 +523,17 @@ def _layer_metric(metric, index, trains_weight, trains_bias, X):
     if not parts:
         return None
     return torch.cat(parts, dim=1).to(dtype=X.dtype, device=X.device)
+
+
+def _input_grams(A_x, A_y, M):
+    """``G_A[j] = A_x diag(M[j]) A_y^T`` for every unit ``j``: (h_l, n, m).
+
+    One GEMM, ``(h_l n, k) @ (k, m)``, with ``k = h_{l-1} [+ 1]``.
+    """
+    width, inputs = M.shape
+    scaled = A_x.unsqueeze(0) * M.unsqueeze(1)  # (h_l, n, k)
+    n = A_x.shape[0]
+    return (scaled.view(width * n, inputs) @ A_y.T).view(width, n, A_y.shape[0])
 
 
 def _metric_diagonal(state):
