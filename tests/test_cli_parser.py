@@ -34,7 +34,7 @@ def test_help_of_every_command(capsys):
         "--hidden-layer-sizes",
         "--activation",
         "--max-iter",
-        "--learning-rate",
+        "--learning-rate-init",
         "--normalize",
         "mean_diagonal",
         "--no-standardize",
@@ -76,8 +76,8 @@ def test_defaults_and_conversions():
     assert (args.standardize, args.delimiter, args.threads) == (True, ",", None)
     args = kernel_args("--hidden-layer-sizes", "none", "--delimiter", "tab")
     assert args.hidden_layer_sizes == () and args.delimiter == "\t"
-    args = kernel_args("--no-standardize", "-vv", "--learning-rate", "0.5")
-    assert (args.standardize, args.verbose, args.learning_rate) == (False, 2, 0.5)
+    args = kernel_args("--no-standardize", "-vv", "--learning-rate-init", "0.5")
+    assert (args.standardize, args.verbose, args.learning_rate_init) == (False, 2, 0.5)
     args = build_parser().parse_args(["demo", "--datasets", "diabetes,digits,diabetes"])
     assert args.datasets == ["diabetes", "digits"]
 
@@ -86,7 +86,7 @@ def test_defaults_and_conversions():
     "extra, message",
     [
         (["--max-iter", "0"], "expected a positive integer, got '0'"),
-        (["--learning-rate", "nan"], "expected a positive number"),
+        (["--learning-rate-init", "nan"], "expected a positive number"),
         (["--alpha", "-1"], "expected a non-negative number"),
         (["--hidden-layer-sizes", "8,x"], "comma-separated integers"),
         (["--hidden-layer-sizes", "8,0"], "must be positive integers"),

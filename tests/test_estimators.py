@@ -249,9 +249,11 @@ def test_user_module_with_wrong_output_is_refused(toy):
 def test_pipeline_grid_search_and_clone(toy):
     X, y = toy
     pipe = make_pipeline(StandardScaler(), PathKernelRegressor((6,), random_state=0))
-    grid = GridSearchCV(pipe, {"pathkernelregressor__learning_rate": [0.03, 0.1]}, cv=2)
+    grid = GridSearchCV(
+        pipe, {"pathkernelregressor__learning_rate_init": [0.03, 0.1]}, cv=2
+    )
     _quiet(grid, X, y)
-    assert grid.best_params_["pathkernelregressor__learning_rate"] in (0.03, 0.1)
+    assert grid.best_params_["pathkernelregressor__learning_rate_init"] in (0.03, 0.1)
     cloned = clone(grid.best_estimator_[-1])
     assert not hasattr(cloned, "module_")
 
@@ -323,10 +325,14 @@ def test_wrong_number_of_features_after_fit(toy):
 def test_divergence_warns_and_keeps_a_finite_usable_model(toy):
     X, y = toy
     with pytest.warns(
-        DivergenceWarning, match="Use a smaller learning_rate \\(now 1000"
+        DivergenceWarning, match="Use a smaller learning_rate_init \\(now 1000"
     ):
         reg = PathKernelRegressor(
-            (16,), learning_rate=1e3, activation="relu", max_iter=50, random_state=0
+            (16,),
+            learning_rate_init=1e3,
+            activation="relu",
+            max_iter=50,
+            random_state=0,
         ).fit(X, 100 * y)
     assert np.isfinite(reg.predict(X)).all()
     assert np.isfinite(reg.kernel(X)).all()
@@ -367,12 +373,12 @@ def test_a_loss_that_grows_but_stays_finite_is_divergence(toy):
     with warnings.catch_warnings(record=True) as record:
         warnings.simplefilter("always")
         reg = PathKernelRegressor(
-            (16,), learning_rate=0.9, max_iter=8, tol=0, random_state=0
+            (16,), learning_rate_init=0.9, max_iter=8, tol=0, random_state=0
         ).fit(X, 3 * y)
     assert [type(w.message) for w in record] == [DivergenceWarning]  # no "improving"
     assert re.match(
         r"PathKernelRegressor: the training loss grew from 8\.7\d* to .*Use a "
-        r"smaller learning_rate \(now 0\.9\)",
+        r"smaller learning_rate_init \(now 0\.9\)",
         str(record[0].message),
     )
     assert np.isfinite(reg.loss_curve_).all() and reg.n_iter_ == 8

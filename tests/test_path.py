@@ -247,14 +247,14 @@ def test_checkpoints_weigh_the_learning_rate_times_the_steps_they_stand_for(
     record_every,
 ):
     # Independent of Trajectory.weights: the step size is the estimator's
-    # learning_rate, and a checkpoint stands for record_every steps (the
+    # learning_rate_init, and a checkpoint stands for record_every steps (the
     # last one for what remains of the 7): the left rule over every kept
     # checkpoint, the definition before quadrature rules.
     rng = np.random.RandomState(3)
     X = rng.randn(12, 3)
     est = PathKernelRegressor(
         (5,),
-        learning_rate=0.05,
+        learning_rate_init=0.05,
         max_iter=7,
         tol=0.0,
         n_iter_no_change=100,

@@ -322,11 +322,11 @@ def test_unfitted_estimator_loads_unfitted(Est, method, data, tmp_path):
     X, _, y = data
     y = y if Est is PathKernelRegressor else y > 0
     est = Est((3, 2), activation="relu", max_iter=4, device=torch.device("cpu"))
-    est.set_params(learning_rate=np.float64(0.05), random_state=3, verbose=False)
+    est.set_params(learning_rate_init=np.float64(0.05), random_state=3, verbose=False)
     loaded = _round_trip(est, method, tmp_path)
     _assert_same(est, loaded)
     assert loaded.get_params() == est.get_params()
-    assert type(loaded.learning_rate) is np.float64
+    assert type(loaded.learning_rate_init) is np.float64
     with pytest.raises(NotFittedError):
         check_is_fitted(loaded)
     assert np.array_equal(_fit(loaded, X, y).predict(X), _fit(est, X, y).predict(X))

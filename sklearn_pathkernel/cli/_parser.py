@@ -381,11 +381,11 @@ def _add_training_options(group):
         "number of steps (default: 200)",
     )
     group.add_argument(
-        "--learning-rate",
+        "--learning-rate-init",
         type=_positive_float,
         default=0.1,
         metavar="LR",
-        help="step size of gradient descent (default: 0.1)",
+        help="step size (the estimators' learning_rate_init; default: 0.1)",
     )
     group.add_argument(
         "--batch-size",
