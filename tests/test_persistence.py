@@ -150,8 +150,28 @@ def _random_state_instance(X, Y, y):
     return est, (X, y, {}), X, Y
 
 
+def _adam_early_stopping(X, Y, y):
+    est = PathKernelRegressor(
+        (4,),
+        solver="adam",
+        learning_rate_init=0.01,
+        early_stopping=True,
+        validation_fraction=0.25,
+        max_iter=6,
+        random_state=0,
+    )
+    return est, (X, y, {}), X, Y
+
+
+def _nesterov(X, Y, y):
+    est = PathKernelClassifier((4,), momentum=0.8, max_iter=6, random_state=0)
+    return est, (X, y > 0, {}), X, Y
+
+
 CASES = {
     "regressor-1d": (_regressor_1d, None),
+    "adam-early-stopping": (_adam_early_stopping, None),
+    "nesterov": (_nesterov, None),
     "regressor-2d-float64-record3-alpha": (_regressor_2d_float64, None),
     "regressor-minibatch-sample-weight-float32-X": (
         _regressor_minibatch_weighted,
