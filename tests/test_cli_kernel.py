@@ -103,7 +103,7 @@ def test_writes_train_and_test_kernels(cancer_csv, tmp_path, capsys):
     np.testing.assert_allclose(K_test, expected_test, rtol=1e-6, atol=atol)
 
 
-def test_regression_normalized_without_standardizing(tmp_path, capsys):
+def test_regression_normalized_without_standardizing_with_adam(tmp_path, capsys):
     rng = np.random.default_rng(0)
     X = rng.normal(size=(30, 3))
     y = X @ [1.0, -2.0, 0.5] + 0.1 * rng.normal(size=30)
@@ -129,6 +129,8 @@ def test_regression_normalized_without_standardizing(tmp_path, capsys):
             "--dtype",
             "float64",
             *SETTINGS,
+            "--solver",
+            "adam",
         ],
         capsys,
     )
@@ -137,6 +139,7 @@ def test_regression_normalized_without_standardizing(tmp_path, capsys):
         hidden_layer_sizes=(8,),
         max_iter=15,
         learning_rate_init=0.2,
+        solver="adam",
         dtype="float64",
         kernel_normalize="cosine",
         random_state=0,

@@ -35,6 +35,8 @@ def test_help_of_every_command(capsys):
         "--activation",
         "--max-iter",
         "--learning-rate-init",
+        "--solver",
+        "--momentum",
         "--normalize",
         "mean_diagonal",
         "--no-standardize",
@@ -78,6 +80,8 @@ def test_defaults_and_conversions():
     assert args.hidden_layer_sizes == () and args.delimiter == "\t"
     args = kernel_args("--no-standardize", "-vv", "--learning-rate-init", "0.5")
     assert (args.standardize, args.verbose, args.learning_rate_init) == (False, 2, 0.5)
+    args = kernel_args("--solver", "adam", "--momentum", "0.9")
+    assert (args.solver, args.momentum) == ("adam", 0.9)
     args = build_parser().parse_args(["demo", "--datasets", "diabetes,digits,diabetes"])
     assert args.datasets == ["diabetes", "digits"]
 
@@ -93,6 +97,8 @@ def test_defaults_and_conversions():
         (["--delimiter", ";;"], "a single character"),
         (["--activation", "gelu"], "invalid choice: 'gelu'"),
         (["--dtype", "float16"], "invalid choice: 'float16'"),
+        (["--solver", "lbfgs"], "invalid choice: 'lbfgs'"),
+        (["--momentum", "1"], "expected a number below 1, got '1'"),
     ],
 )
 def test_bad_kernel_option_is_a_usage_error(extra, message, capsys):

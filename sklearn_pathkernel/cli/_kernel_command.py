@@ -167,6 +167,8 @@ def _summary(args, data):
 _ESTIMATOR_OPTIONS = (
     "hidden_layer_sizes",
     "activation",
+    "solver",
+    "momentum",
     "learning_rate_init",
     "max_iter",
     "batch_size",
