@@ -36,7 +36,7 @@ def main():
     X_train, y_train, X_query = X[: args.train], y[: args.train], X[args.train :]
     est = PathKernelRegressor(
         (256, 256),
-        learning_rate=0.05,
+        learning_rate_init=0.05,
         max_iter=args.steps,
         tol=0,
         dtype="float64",

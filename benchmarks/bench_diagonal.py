@@ -74,7 +74,7 @@ def main():
             warnings.simplefilter("ignore", ConvergenceWarning)
             fits[max_iter] = PathKernelClassifier(
                 (64,),
-                learning_rate=0.5,
+                learning_rate_init=0.5,
                 max_iter=max_iter,
                 tol=0,
                 dtype="float64",

@@ -121,7 +121,7 @@ def digits(n):
 
 
 def workload(name, quick):
-    """``(module, X, Y, loss, learning_rate, checkpoints)`` of one workload."""
+    """``(module, X, Y, loss, learning_rate_init, checkpoints)`` of one workload."""
     gen = torch.Generator().manual_seed(0)
     torch.manual_seed(0)  # default initialisation of the benchmark's modules
     if name == "a":
@@ -155,7 +155,10 @@ def trained(name, quick):
             loss,
             sample_weight=torch.ones(len(X)),
             options=TrainingOptions(
-                learning_rate=lr, max_iter=checkpoints, tol=0.0, n_iter_no_change=10**9
+                learning_rate_init=lr,
+                max_iter=checkpoints,
+                tol=0.0,
+                n_iter_no_change=10**9,
             ),
             generator=torch.Generator().manual_seed(0),
         )

@@ -355,7 +355,7 @@ def recording(repeats=3):
                     SOFTMAX_CROSS_ENTROPY,
                     sample_weight=torch.ones(len(X)),
                     options=TrainingOptions(
-                        learning_rate=0.1,
+                        learning_rate_init=0.1,
                         max_iter=epochs,
                         batch_size=batch_size,
                         tol=0.0,

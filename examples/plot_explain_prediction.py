@@ -38,7 +38,7 @@ X_train, X_test = scaler.transform(X_train), scaler.transform(X_test)
 # Full-batch gradient descent in float64, every step kept: the setting in
 # which the exact form reproduces the network to rounding.
 clf = PathKernelClassifier(
-    (64,), learning_rate=0.1, max_iter=100, tol=0, dtype="float64", random_state=0
+    (64,), learning_rate_init=0.1, max_iter=100, tol=0, dtype="float64", random_state=0
 ).fit(X_train, y_train)
 print(f"test accuracy of the network: {clf.score(X_test, y_test):.3f}")
 

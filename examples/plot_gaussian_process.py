@@ -64,7 +64,7 @@ seconds = {}
 start = time.perf_counter()
 net = PathKernelRegressor(
     (64,),
-    learning_rate=0.05,
+    learning_rate_init=0.05,
     max_iter=2000,
     record_every=40,
     tol=0,

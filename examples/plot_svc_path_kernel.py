@@ -10,7 +10,7 @@ tunes three models with ``GridSearchCV`` on ``load_digits`` and
 
 - the network (``PathKernelClassifier``) alone, its step size tuned;
 - ``SVC`` on the network's path kernel, the step size and ``C`` tuned
-  together (``pk__estimator__learning_rate``, ``svc__C``);
+  together (``pk__estimator__learning_rate_init``, ``svc__C``);
 - ``SVC`` on an RBF kernel, ``C`` and ``gamma`` tuned.
 
 The path kernel is normalised by its mean training diagonal
@@ -55,7 +55,7 @@ def models():
     return {
         "network (PathKernelClassifier)": GridSearchCV(
             Pipeline([("scale", StandardScaler()), ("net", network)]),
-            {"net__learning_rate": step_sizes},
+            {"net__learning_rate_init": step_sizes},
             cv=3,
         ),
         "SVC on the path kernel": GridSearchCV(
@@ -68,7 +68,7 @@ def models():
                 memory=cache.name,
             ),
             {
-                "pk__estimator__learning_rate": step_sizes,
+                "pk__estimator__learning_rate_init": step_sizes,
                 "svc__C": np.logspace(-1, 2, 4),
             },
             cv=3,

@@ -8,7 +8,8 @@ from numbers import Integral, Real
 
 import numpy as np
 import torch
-from sklearn.base import BaseEstimator, _fit_context
+from sklearn.base import BaseEstimator, _fit_context, is_classifier
+from sklearn.model_selection import train_test_split
 from sklearn.utils import check_random_state
 from sklearn.utils._param_validation import (
     Interval,
@@ -33,6 +34,7 @@ from ._network import (
 from ._normalize import NORMALIZATIONS, normalize_kernel
 from ._path import path_kernel, path_kernel_diagonal
 from ._quadrature import RULES
+from ._solvers import SCHEDULES, SOLVERS, Solver
 from ._training import TrainingOptions, train
 from ._validation import (
     DTYPES,
@@ -97,13 +99,28 @@ class BasePathKernelEstimator(BaseEstimator):
         # Checked whole at fit, by _input_shape, like hidden_layer_sizes.
         "input_shape": "no_validation",
         "tokens": ["boolean"],
-        "learning_rate": [Interval(Real, 0, None, closed="neither")],
+        # "lbfgs" is accepted here to be refused at fit with the reason.
+        "solver": [StrOptions({*SOLVERS, "lbfgs"})],
+        "learning_rate_init": [Interval(Real, 0, None, closed="neither")],
+        "learning_rate": [StrOptions(set(SCHEDULES))],
+        "power_t": [Interval(Real, 0, None, closed="left")],
+        "momentum": [Interval(Real, 0, 1, closed="left")],
+        "nesterovs_momentum": ["boolean"],
+        "beta_1": [Interval(Real, 0, 1, closed="left")],
+        "beta_2": [Interval(Real, 0, 1, closed="left")],
+        "epsilon": [Interval(Real, 0, None, closed="neither")],
         "max_iter": [Interval(Integral, 1, None, closed="left")],
-        "batch_size": [None, Interval(Integral, 1, None, closed="left")],
+        "batch_size": [
+            None,
+            StrOptions({"auto"}),
+            Interval(Integral, 1, None, closed="left"),
+        ],
         "shuffle": ["boolean"],
         "alpha": [Interval(Real, 0, None, closed="left")],
         "tol": [Interval(Real, 0, None, closed="left")],
         "n_iter_no_change": [Interval(Integral, 1, None, closed="left")],
+        "early_stopping": ["boolean"],
+        "validation_fraction": [Interval(Real, 0, 1, closed="neither")],
         "record_every": [Interval(Integral, 1, None, closed="left")],
         "quadrature": [StrOptions(set(RULES))],
         "kernel_nodes": [
@@ -132,13 +149,23 @@ class BasePathKernelEstimator(BaseEstimator):
         module=None,
         input_shape=None,
         tokens=False,
-        learning_rate=0.1,
+        solver="sgd",
+        learning_rate_init=0.1,
+        learning_rate="constant",
+        power_t=0.5,
+        momentum=0.0,
+        nesterovs_momentum=True,
+        beta_1=0.9,
+        beta_2=0.999,
+        epsilon=1e-8,
         max_iter=200,
         batch_size=None,
         shuffle=True,
         alpha=0.0,
         tol=1e-4,
         n_iter_no_change=10,
+        early_stopping=False,
+        validation_fraction=0.1,
         record_every=1,
         quadrature="simpson",
         kernel_nodes=0.1,
@@ -158,13 +185,23 @@ class BasePathKernelEstimator(BaseEstimator):
         self.module = module
         self.input_shape = input_shape
         self.tokens = tokens
+        self.solver = solver
+        self.learning_rate_init = learning_rate_init
         self.learning_rate = learning_rate
+        self.power_t = power_t
+        self.momentum = momentum
+        self.nesterovs_momentum = nesterovs_momentum
+        self.beta_1 = beta_1
+        self.beta_2 = beta_2
+        self.epsilon = epsilon
         self.max_iter = max_iter
         self.batch_size = batch_size
         self.shuffle = shuffle
         self.alpha = alpha
         self.tol = tol
         self.n_iter_no_change = n_iter_no_change
+        self.early_stopping = early_stopping
+        self.validation_fraction = validation_fraction
         self.record_every = record_every
         self.quadrature = quadrature
         self.kernel_nodes = kernel_nodes
@@ -189,6 +226,13 @@ class BasePathKernelEstimator(BaseEstimator):
 
         The attributes (e.g. ``classes_``) are a dict that ``fit`` assigns
         together with the others once training has finished.
+        """
+        raise NotImplementedError
+
+    def _validation_score(self, outputs, targets, sample_weight):
+        """Early stopping's score of network ``outputs`` against encoded targets.
+
+        The score ``score`` reports (accuracy, R^2), as MLP uses.
         """
         raise NotImplementedError
 
@@ -225,13 +269,18 @@ class BasePathKernelEstimator(BaseEstimator):
         sample_weight = _check_sample_weight(
             sample_weight, X, dtype=np.float64, ensure_non_negative=True
         )
+        solver = self._solver()
         targets, loss, target_attributes = self._encode_targets(y)
         device = resolve_device(self.device)
         dtype = DTYPES[self.dtype]
-        seed = int(
-            check_random_state(self.random_state).randint(np.iinfo(np.int32).max)
-        )
+        random_state = check_random_state(self.random_state)
+        seed = int(random_state.randint(np.iinfo(np.int32).max))
         generator = torch.Generator().manual_seed(seed)
+        validation = None
+        if self.early_stopping:
+            X, targets, sample_weight, validation = self._hold_out(
+                X, y, targets, sample_weight, random_state, dtype, device
+            )
 
         X_t = to_tensor(X, dtype=dtype, device=device, name="X")
         Y_t = to_tensor(targets, dtype=dtype, device=device, name="y")
@@ -261,13 +310,16 @@ class BasePathKernelEstimator(BaseEstimator):
                     sample_weight, dtype=dtype, device=device, name="sample_weight"
                 ),
                 options=TrainingOptions(
-                    learning_rate=self.learning_rate,
+                    learning_rate_init=self.learning_rate_init,
                     max_iter=self.max_iter,
-                    batch_size=self.batch_size,
+                    solver=solver,
+                    learning_rate=self.learning_rate,
+                    power_t=self.power_t,
+                    batch_size=self._batch_size(X.shape[0]),
                     shuffle=self.shuffle,
-                    alpha=self.alpha,
                     tol=self.tol,
                     n_iter_no_change=self.n_iter_no_change,
+                    validation=validation,
                     record_every=self.record_every,
                     quadrature=self.quadrature,
                     kernel_nodes=self.kernel_nodes,
@@ -286,6 +338,9 @@ class BasePathKernelEstimator(BaseEstimator):
         self.module_ = module
         self.trajectory_ = result.trajectory
         self.loss_curve_ = result.loss_curve
+        self.best_loss_ = result.best_loss
+        self.validation_scores_ = result.validation_scores
+        self.best_validation_score_ = result.best_validation_score
         self.n_iter_ = result.n_iter
         self.n_outputs_ = targets.shape[1]
         self._fit_X = X  # the kernel machine sums over these rows
@@ -295,6 +350,74 @@ class BasePathKernelEstimator(BaseEstimator):
         for name, value in target_attributes.items():
             setattr(self, name, value)
         return self
+
+    def _solver(self):
+        """The update rule the parameters describe; refuses "lbfgs" with the reason."""
+        if self.solver == "lbfgs":
+            raise ValueError(
+                f"{type(self).__name__} does not support solver='lbfgs': L-BFGS "
+                "moves along directions built from many past gradients and chosen "
+                "by a line search, so a step is not a fixed linear map of the "
+                "training rows' gradients and has no step-wise path kernel or "
+                "exact decomposition. Use solver='sgd' (with momentum) or 'adam'."
+            )
+        decoupled = self.solver == "adamw"
+        return Solver(
+            self.solver,
+            momentum=self.momentum if self.solver == "sgd" else 0.0,
+            nesterov=(
+                self.solver == "sgd"
+                and bool(self.nesterovs_momentum)
+                and self.momentum > 0
+            ),
+            beta_1=self.beta_1,
+            beta_2=self.beta_2,
+            epsilon=self.epsilon,
+            alpha=0.0 if decoupled else self.alpha,
+            weight_decay=self.alpha if decoupled else 0.0,
+        )
+
+    def _batch_size(self, n_samples):
+        """Rows per step: ``"auto"`` is ``min(200, n_samples)``, as for MLP."""
+        if isinstance(self.batch_size, str):
+            return min(200, n_samples)
+        return self.batch_size
+
+    def _hold_out(self, X, y, targets, sample_weight, random_state, dtype, device):
+        """Early stopping: split off ``validation_fraction`` of the rows.
+
+        Stratified for a classifier, as MLP does. Returns the training part
+        and ``validation(module)``, which scores the module on the rest.
+        """
+        stratify = y if is_classifier(self) and np.ndim(y) == 1 else None
+        try:
+            train, held = train_test_split(
+                np.arange(X.shape[0]),
+                test_size=self.validation_fraction,
+                random_state=random_state,
+                stratify=stratify,
+            )
+        except ValueError as error:  # e.g. fewer rows of a class than classes
+            raise ValueError(
+                f"early_stopping cannot hold out validation_fraction="
+                f"{self.validation_fraction} of {X.shape[0]} rows: {error}"
+            ) from error
+        if len(held) < 2 or len(train) < 2:
+            raise ValueError(
+                f"The validation set is too small: validation_fraction="
+                f"{self.validation_fraction} of {X.shape[0]} rows leaves "
+                f"{len(held)} for validation and {len(train)} for training. "
+                "Increase validation_fraction or the size of the dataset."
+            )
+        train, held = np.sort(train), np.sort(held)
+        X_held = to_tensor(X[held], dtype=dtype, device=device, name="X")
+        targets_held, weight_held = targets[held], sample_weight[held]
+
+        def validation(module):
+            outputs = forward(module, X_held).double().cpu().numpy()
+            return self._validation_score(outputs, targets_held, weight_held)
+
+        return X[train], targets[train], sample_weight[train], validation
 
     def _initial_module(self, n_features, n_outputs, generator, seed):
         if self.module is not None:

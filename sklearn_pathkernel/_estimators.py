@@ -5,6 +5,7 @@ import textwrap
 import numpy as np
 from scipy.special import expit, log_softmax, softmax
 from sklearn.base import ClassifierMixin, RegressorMixin
+from sklearn.metrics import accuracy_score, r2_score
 from sklearn.preprocessing import LabelEncoder
 from sklearn.utils import check_consistent_length
 from sklearn.utils.multiclass import check_classification_targets
@@ -53,24 +54,67 @@ _PARAMETERS_DOC = (
         ``2**24`` in float32; an id beyond an embedding table raises a
         ``ValueError`` naming the array. With ``input_shape`` too, each row
         of ids is reshaped.
-    learning_rate : float, default=0.1
-        The step size ``eps`` of gradient descent.
+    solver : {"sgd", "adam", "adamw"}, default="sgd"
+        The update rule, as ``torch.optim`` writes it: "sgd" is (minibatch)
+        gradient descent, with heavy-ball or Nesterov ``momentum``; "adam"
+        is Adam with bias correction; "adamw" is Adam with decoupled weight
+        decay ``alpha``. The names and the other parameters below are
+        those of scikit-learn's ``MLPClassifier``, so its parameter dicts
+        carry over; the defaults differ where the paper's setting needs it
+        (MLP's are "adam", ``learning_rate_init=0.001``, ``momentum=0.9``
+        and ``batch_size="auto"``; ours are plain full-batch gradient
+        descent). "lbfgs" is refused: its line-search steps have no
+        step-wise path kernel. Every solver has a path kernel and an exact
+        decomposition (docs/design.md, section 12).
+    learning_rate_init : float, default=0.1
+        The step size ``eps`` (the initial one with a schedule).
+    learning_rate : {"constant", "invscaling", "adaptive"}, default="constant"
+        Step-size schedule, for ``solver="sgd"`` only (as MLP): "invscaling"
+        sets ``eps = learning_rate_init / (t + 1) ** power_t`` after each
+        epoch, ``t`` the rows seen so far; "adaptive" divides ``eps`` by 5
+        whenever ``tol`` and ``n_iter_no_change`` would stop training, and
+        stops once it is below 1e-6.
+    power_t : float, default=0.5
+        The exponent of "invscaling".
+    momentum : float, default=0.0
+        Heavy-ball momentum ``mu`` of ``solver="sgd"``, in [0, 1). A gradient
+        then moves the parameters by about ``eps / (1 - mu)`` in all, which is
+        its weight in the path kernel.
+    nesterovs_momentum : bool, default=True
+        Nesterov's momentum, when ``solver="sgd"`` and ``momentum > 0``.
+    beta_1 : float, default=0.9
+        Adam's decay rate of the first moment estimate, in [0, 1).
+    beta_2 : float, default=0.999
+        Adam's decay rate of the second moment estimate, in [0, 1).
+    epsilon : float, default=1e-8
+        Adam's guard in ``1 / (sqrt(v_hat) + epsilon)``.
     max_iter : int, default=200
         Number of epochs. With ``batch_size=None`` one epoch is one step.
-    batch_size : int, default=None
-        Rows per step; None (or at least n_samples) is full-batch gradient
-        descent, the setting of the paper's theorem.
+    batch_size : int, "auto" or None, default=None
+        Rows per step; None (or at least n_samples) is full-batch training,
+        the setting of the paper's theorem; "auto" is ``min(200,
+        n_samples)``, as for MLP.
     shuffle : bool, default=True
         Reshuffle the rows each epoch (minibatch training only).
     alpha : float, default=0.0
         L2 strength on all trainable parameters: the objective adds
-        ``alpha / 2 * ||w||^2``. Zero keeps the kernel machine in its plainest
+        ``alpha / 2 * ||w||^2`` ("sgd", "adam"); with "adamw" it is the
+        decoupled weight decay, each step multiplying ``w`` by
+        ``1 - eps * alpha``. Zero keeps the kernel machine in its plainest
         form (no L2 term in the bias, Remark 4 of the paper).
     tol : float, default=1e-4
-        Training stops when the epoch loss has not improved by ``tol`` for
+        Training stops when the epoch loss (with ``early_stopping``, the
+        validation score) has not improved by ``tol`` for
         ``n_iter_no_change`` consecutive epochs.
     n_iter_no_change : int, default=10
         See ``tol``.
+    early_stopping : bool, default=False
+        Hold out ``validation_fraction`` of the rows (stratified for a
+        classifier), score them after each epoch (accuracy, R^2) and end
+        with the parameters of the best epoch. The path ends there too, and
+        the held-out rows never enter the kernel or the decomposition.
+    validation_fraction : float, default=0.1
+        The share held out by ``early_stopping``.
     record_every : int, default=1
         Keep the parameters every ``record_every`` steps. They take
         ``n_checkpoints * n_parameters * itemsize`` bytes (2.6 MB for the
@@ -154,6 +198,14 @@ _ATTRIBUTES_DOC = """
     loss_curve_ : list of float
         The objective at each epoch (weighted mean over its steps, before
         each update, including the L2 term).
+    best_loss_ : float or None
+        The lowest epoch loss; None with ``early_stopping``.
+    validation_scores_ : list of float or None
+        With ``early_stopping``, the score on the held-out rows after each
+        epoch; None otherwise.
+    best_validation_score_ : float or None
+        The best of ``validation_scores_``; the network and its path end at
+        that epoch. None without ``early_stopping``.
     n_iter_ : int
         Number of epochs run.
     n_outputs_ : int
@@ -262,6 +314,9 @@ class PathKernelRegressor(RegressorMixin, BasePathKernelEstimator):
         targets = y.reshape(-1, 1) if y.ndim == 1 else y
         return targets, SQUARED_ERROR, {"_y_ndim": y.ndim}
 
+    def _validation_score(self, outputs, targets, sample_weight):
+        return r2_score(targets, outputs, sample_weight=sample_weight)
+
     def predict(self, X):
         """The trained network's prediction.
 
@@ -345,6 +400,15 @@ class PathKernelClassifier(ClassifierMixin, BasePathKernelEstimator):
             )
         targets = np.eye(len(classes))[codes]
         return targets, SOFTMAX_CROSS_ENTROPY, {"classes_": classes}
+
+    def _validation_score(self, outputs, targets, sample_weight):
+        if outputs.shape[1] == 1:
+            correct = (outputs[:, 0] > 0) == (targets[:, 0] > 0.5)
+        else:
+            correct = outputs.argmax(axis=1) == targets.argmax(axis=1)
+        return accuracy_score(
+            np.ones_like(correct), correct, sample_weight=sample_weight
+        )
 
     def decision_function(self, X):
         """The network's logits.

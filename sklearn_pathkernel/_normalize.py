@@ -1,7 +1,7 @@
 """Kernel normalisation: make the path kernel's scale independent of training length.
 
 The path kernel sums ``eps_t * J_t(x) J_t(x')^T`` over the steps of training,
-so it grows roughly in proportion to ``learning_rate * n_steps``. Multiplying
+so it grows roughly in proportion to ``learning_rate_init * n_steps``. Multiplying
 a kernel by ``c`` is the same, for ``SVC``, as multiplying ``C`` by ``c``, and
 for ``KernelRidge`` as dividing ``alpha`` by ``c``: the useful range of those
 parameters moves with the length of training. Dividing the kernel by a scale
@@ -18,7 +18,7 @@ NORMALIZATIONS = ("none", "mean_diagonal", "cosine")
 
 NORMALIZE_DOC = """\
 "none" leaves ``K_path`` as it is. Its scale grows with
-``learning_rate * n_steps``: the best ``C`` of ``SVC`` shrinks in
+``learning_rate_init * n_steps``: the best ``C`` of ``SVC`` shrinks in
 proportion, and the best ``alpha`` of ``KernelRidge`` grows. "mean_diagonal"
 divides by the mean of ``K_path(x_i, x_i)`` over the training rows
 (weighted by ``sample_weight``; taken from the training rows only, and

@@ -1,12 +1,17 @@
-"""The gradient-descent loop that records the Trajectory.
+"""The training loop that records the Trajectory.
 
-One step, exactly as docs/design.md, section 2, writes it::
+One step of plain gradient descent, exactly as docs/design.md, section 2,
+writes it::
 
-    w_{t+1} = w_t - eps * ( sum_{i in B_t} c_{i,t} J_t(x_i)^T g_{i,t} + alpha * w_t )
+    w_{t+1} = w_t - eps_t * ( sum_{i in B_t} c_{i,t} J_t(x_i)^T g_{i,t} + alpha * w_t )
 
 The backward pass is seeded with ``c_{i,t} g_{i,t}``, the very numbers the
-trajectory records, so the recorded path and the decomposition agree to
-rounding.
+trajectory records, and the resulting gradient goes to a ``torch.optim``
+optimiser (SGD with momentum or Nesterov, Adam, AdamW: ``_solvers``), whose
+step the trajectory records with whatever the decomposition needs (Adam's
+preconditioner), so that the recorded path and the decomposition agree to
+rounding. Early stopping keeps the best validation epoch, and the path ends
+there.
 """
 
 import warnings
@@ -19,6 +24,7 @@ from sklearn.exceptions import ConvergenceWarning
 from ._network import forward, trainable_parameters
 from ._probe import KernelProbe
 from ._progress import EpochLog
+from ._solvers import ADAPTIVE_DIVISOR, ADAPTIVE_FLOOR, Solver
 from ._trajectory import Step, Trajectory, flatten_parameters
 from .exceptions import DivergenceWarning
 
@@ -37,19 +43,32 @@ class TrainingOptions:
 
     Attributes
     ----------
-    learning_rate : float
-        The step size ``eps``.
+    learning_rate_init : float
+        The (initial) step size ``eps``.
     max_iter : int
         Number of epochs (passes over the data).
+    solver : Solver
+        The update rule, with its L2 strength (``solver.alpha``: the
+        objective adds ``alpha / 2 * ||w||^2``) or decoupled decay.
+    learning_rate : {"constant", "invscaling", "adaptive"}
+        The step-size schedule, for ``solver.name == "sgd"`` (scikit-learn's
+        rules): "invscaling" sets ``eps = learning_rate_init / (t + 1) **
+        power_t`` after each epoch, ``t`` the rows seen so far; "adaptive"
+        divides ``eps`` by 5 each time the stopping rule fires, and stops
+        only once it is below 1e-6.
+    power_t : float
     batch_size : int or None
         Rows per step; None for full-batch gradient descent.
     shuffle : bool
         Reshuffle rows every epoch (minibatch only).
-    alpha : float
-        L2 strength; the objective adds ``alpha / 2 * ||w||^2``.
     tol, n_iter_no_change : float, int
-        Stop when the epoch loss has not improved by ``tol`` for
-        ``n_iter_no_change`` consecutive epochs.
+        Stop when the epoch loss (or, with ``validation``, the validation
+        score) has not improved by ``tol`` for ``n_iter_no_change``
+        consecutive epochs.
+    validation : callable or None
+        Early stopping: ``validation(module)`` scores the module on held-out
+        rows (higher is better) after each epoch; training ends at the best
+        epoch's parameters, and so does the path.
     record_every : int
         Keep the parameters every ``record_every`` steps.
     quadrature, kernel_nodes : str, int, float or None
@@ -63,13 +82,16 @@ class TrainingOptions:
         Print a table row per epoch (loss, its change, seconds) when positive.
     """
 
-    learning_rate: float
+    learning_rate_init: float
     max_iter: int
+    solver: Solver = Solver()
+    learning_rate: str = "constant"
+    power_t: float = 0.5
     batch_size: int | None = None
     shuffle: bool = True
-    alpha: float = 0.0
     tol: float = 1e-4
     n_iter_no_change: int = 10
+    validation: object = None
     record_every: int = 1
     quadrature: str = "left"
     kernel_nodes: int | float | None = None
@@ -84,13 +106,16 @@ class TrainingResult:
 
     trajectory: Trajectory
     loss_curve: list = field(default_factory=list)
+    validation_scores: list | None = None
+    best_validation_score: float | None = None
+    best_loss: float | None = None
     n_iter: int = 0
     converged: bool = False
     diverged: bool = False
 
 
 def train(module, X, Y, loss, *, sample_weight, options, generator, owner="estimator"):
-    """Train ``module`` in place by (minibatch) gradient descent.
+    """Train ``module`` in place with ``options.solver``, recording the path.
 
     Parameters
     ----------
@@ -136,7 +161,7 @@ class _GradientDescent:
             Trajectory(
                 {name: tuple(p.shape) for name, p in named},
                 record_every=options.record_every,
-                alpha=options.alpha,
+                solver=options.solver,
                 quadrature=options.quadrature,
                 kernel_nodes=options.kernel_nodes,
                 directory=options.trajectory_dir,
@@ -150,11 +175,18 @@ class _GradientDescent:
         )
         self.last_from = None  # w_t of the last recorded step: where a rollback returns
         self.steps_per_epoch = 1
+        self.optimizer = options.solver.optimizer(
+            self.params, options.learning_rate_init
+        )
+        self.eps = float(options.learning_rate_init)  # this epoch's step size
+        self.best = None  # early stopping: (n_steps, flat parameters) of the best epoch
 
     def run(self, generator):
         options, result = self.options, self.result
         total_weight = float(self.sample_weight.sum())
-        best_loss, no_improvement = np.inf, 0
+        best_loss, no_improvement, rows_seen = np.inf, 0, 0
+        if options.validation is not None:
+            result.validation_scores, result.best_validation_score = [], -np.inf
         log = EpochLog(options.verbose)
         for epoch in range(options.max_iter):
             batches = self._batches(generator)
@@ -163,23 +195,81 @@ class _GradientDescent:
             for batch in batches:
                 step_loss, batch_weight = self._step(batch)
                 if step_loss is None:
+                    self._restore_best()
                     return result  # diverged and rolled back
                 epoch_loss += step_loss * batch_weight / total_weight
             result.loss_curve.append(epoch_loss)
             result.n_iter = epoch + 1
+            rows_seen += self.X.shape[0]
             log.epoch(epoch + 1, epoch_loss)
-            no_improvement = (
-                no_improvement + 1 if epoch_loss > best_loss - options.tol else 0
-            )
-            best_loss = min(best_loss, epoch_loss)
+            if options.validation is None:
+                improved = epoch_loss <= best_loss - options.tol
+                best_loss = min(best_loss, epoch_loss)
+            else:
+                improved = self._validate(log)
+            no_improvement = 0 if improved else no_improvement + 1
+            if self._sgd_schedule("invscaling"):
+                self.eps = (
+                    options.learning_rate_init / (rows_seen + 1) ** options.power_t
+                )
             if no_improvement >= options.n_iter_no_change:
+                what = "Validation score" if options.validation else "Training loss"
+                if self._sgd_schedule("adaptive") and self.eps > ADAPTIVE_FLOOR:
+                    self.eps /= ADAPTIVE_DIVISOR
+                    no_improvement = 0
+                    log.message(
+                        f"{what} did not improve more than tol={options.tol} for "
+                        f"{options.n_iter_no_change} consecutive epochs. Setting "
+                        f"learning rate to {self.eps:.6g}."
+                    )
+                    continue
                 result.converged = True
                 log.message(
-                    f"Training loss did not improve more than tol={options.tol} for "
+                    f"{what} did not improve more than tol={options.tol} for "
                     f"{options.n_iter_no_change} consecutive epochs. Stopping."
                 )
                 break
+        if options.validation is None:
+            result.best_loss = float(best_loss)
+        self._restore_best()
         return self._finish()
+
+    def _sgd_schedule(self, name):
+        """Whether the step-size schedule ``name`` applies (sgd only, as MLP)."""
+        return self.options.solver.name == "sgd" and self.options.learning_rate == name
+
+    def _validate(self, log):
+        """Score this epoch's parameters; keep them when they are the best so far.
+
+        Returns whether the score improved by more than ``tol``.
+        """
+        result = self.result
+        was_training = self.module.training
+        self.module.eval()  # scored as predict would: dropout off
+        with torch.no_grad():
+            score = float(self.options.validation(self.module))
+        self.module.train(was_training)
+        result.validation_scores.append(score)
+        log.message(f"Validation score: {score:.6f}")
+        improved = score >= result.best_validation_score + self.options.tol
+        if score > result.best_validation_score:
+            result.best_validation_score = score
+            self.best = (
+                self.result.trajectory.n_steps,
+                flatten_parameters(self.params),
+            )
+        return improved
+
+    def _restore_best(self):
+        """Early stopping: return to the best epoch, and end the path there."""
+        trajectory = self.result.trajectory
+        if self.best is None or self.best[0] >= trajectory.n_steps:
+            return
+        n_steps, flat = self.best
+        self._load(flat)
+        trajectory._truncate(n_steps)
+        trajectory._set_final(flat)
+        self.last_from = None
 
     def _batches(self, generator):
         """This epoch's batches of row indices, on the device of ``X``."""
@@ -208,7 +298,7 @@ class _GradientDescent:
         if c is None:
             self._roll_back(objective)
             return None, weight_sum
-        eps, alpha = self.options.learning_rate, self.options.alpha
+        eps = self.eps
         t = self.result.trajectory.n_steps
         node = (
             self.probe is not None
@@ -216,13 +306,21 @@ class _GradientDescent:
             and self.probe.moved({n: p.detach() for n, p in self.named.items()})
         )
         grads = torch.autograd.grad(out, self.params, grad_outputs=c[:, None] * g)
-        with torch.no_grad():
-            for p, grad in zip(self.params, grads):
-                if alpha:
-                    grad = grad + alpha * p
-                p.sub_(eps * grad)
+        for p, grad in zip(self.params, grads):
+            p.grad = grad
+        self.optimizer.param_groups[0]["lr"] = eps
+        self.optimizer.step()  # adds the coupled L2 (weight_decay) itself
+        for p in self.params:
+            p.grad = None
         step = Step(float(eps), batch.cpu(), c.cpu(), g.cpu())
-        self.result.trajectory._append_step(current, step, copy=False)  # fresh copy
+        self.result.trajectory._append_step(
+            current,
+            step,
+            preconditioner=self.options.solver.preconditioner(
+                self.optimizer, self.params
+            ),
+            copy=False,  # a fresh copy
+        )
         if node:
             self.result.trajectory._add_adaptive_node(t)
         self.last_from = current
@@ -234,7 +332,7 @@ class _GradientDescent:
         Returns ``(objective, None, None)`` when the objective or ``g`` is not
         finite: the one divergence test, used at every step and at the end.
         """
-        alpha = self.options.alpha
+        alpha = self.options.solver.alpha
         with torch.no_grad():
             # An all-zero-weight batch moves only through the L2 term.
             c = weights / weight_sum if weight_sum > 0 else torch.zeros_like(weights)
@@ -278,8 +376,8 @@ class _GradientDescent:
         warnings.warn(
             f"{self.owner}: the training loss grew from {curve[0]:.4g} to "
             f"{curve[-1]:.4g}: gradient descent is diverging without overflowing "
-            "yet. Use a smaller learning_rate (now "
-            f"{self.options.learning_rate}), or rescale X and y.",
+            "yet. Use a smaller learning_rate_init (now "
+            f"{self.options.learning_rate_init}), or rescale X and y.",
             DivergenceWarning,
             stacklevel=_USER_FRAME + 3,  # <- _finish <- run <- train
         )
@@ -300,11 +398,7 @@ class _GradientDescent:
                 "with StandardScaler) or use dtype='float64'."
             )
         n_good = trajectory.n_steps - 1
-        with torch.no_grad():
-            offset = 0
-            for p in self.params:
-                p.copy_(self.last_from[offset : offset + p.numel()].view_as(p))
-                offset += p.numel()
+        self._load(self.last_from)
         trajectory._truncate(n_good)
         trajectory._set_final(self.last_from)
         # Count only epochs whose every update was kept, so that
@@ -315,9 +409,18 @@ class _GradientDescent:
         warnings.warn(
             f"{self.owner}: training diverged at step {n_good + 1} (the loss became "
             f"{bad_loss}). Kept the parameters after step {n_good}, the last with "
-            "a finite loss, and the path up to them. Use a smaller learning_rate "
-            f"(now {self.options.learning_rate}), or rescale X and y.",
+            "a finite loss, and the path up to them. Use a smaller "
+            f"learning_rate_init (now {self.options.learning_rate_init}), or "
+            "rescale X and y.",
             DivergenceWarning,
             # _roll_back <- _step <- run <- train, or <- _finish <- run <- train
             stacklevel=_USER_FRAME + 3,
         )
+
+    def _load(self, flat):
+        """Copy the flat vector ``flat`` into the module's trained parameters."""
+        with torch.no_grad():
+            offset = 0
+            for p in self.params:
+                p.copy_(flat[offset : offset + p.numel()].view_as(p))
+                offset += p.numel()

@@ -95,7 +95,7 @@ class PathKernelTransformer(_BasePathKernelTransformer):
     (``SVC``, ``KernelRidge``, ``SpectralClustering``...): in a ``Pipeline``
     under ``GridSearchCV`` or ``cross_val_score`` each fold trains the
     network on that fold's training rows only, and nested parameters
-    (``pk__estimator__learning_rate``, ``svc__C``) are searched as usual.
+    (``pk__estimator__learning_rate_init``, ``svc__C``) are searched as usual.
 
     Parameters
     ----------

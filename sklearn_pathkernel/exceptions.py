@@ -15,7 +15,7 @@ class DivergenceWarning(ConvergenceWarning):
 
     The estimator keeps the last parameters whose loss was finite and the path
     that leads to them, so predictions, the kernel and the decomposition stay
-    usable. A smaller ``learning_rate`` usually avoids it.
+    usable. A smaller ``learning_rate_init`` usually avoids it.
 
     Examples
     --------

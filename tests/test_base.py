@@ -81,9 +81,9 @@ def test_unfitted_estimator_says_so(Est, toy):
     "params, message",
     [
         (
-            {"learning_rate": -1},
-            r"The 'learning_rate' parameter of PathKernelRegressor must be a float "
-            r"in the range \(0.0, inf\). Got -1 instead.",
+            {"learning_rate_init": -1},
+            r"The 'learning_rate_init' parameter of PathKernelRegressor must be a "
+            r"float in the range \(0.0, inf\). Got -1 instead.",
         ),
         ({"activation": "swish"}, "The 'activation' parameter of PathKernelRegressor"),
         (
@@ -306,7 +306,7 @@ _SHAPED = {
 def _shaped_fit(kind, **params):
     X, y = _shaped_data(kind)
     est = PathKernelRegressor(
-        **_SHAPED[kind], max_iter=3, learning_rate=0.05, dtype="float64", **params
+        **_SHAPED[kind], max_iter=3, learning_rate_init=0.05, dtype="float64", **params
     )
     return _quiet(est.set_params(random_state=0), X, y), X, y
 
@@ -532,7 +532,7 @@ def test_default_kernel_visits_a_tenth_of_the_steps_and_decomposes_exactly(toy):
 def test_higher_order_rules_approach_the_every_step_kernel(toy):
     X, y = toy
     est = PathKernelRegressor(
-        (8,), learning_rate=0.05, max_iter=60, dtype="float64", random_state=0
+        (8,), learning_rate_init=0.05, max_iter=60, dtype="float64", random_state=0
     )
     est = _quiet(est, X, y)
     every_step = est.trajectory_.with_quadrature("left")

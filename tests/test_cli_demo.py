@@ -174,7 +174,7 @@ def test_demo_output_writes_figures(quick_demo):
 
 def test_demo_reports_the_librarys_divergence(monkeypatch):
     # A step size that makes the network and every fold's network diverge.
-    spec = replace(DATASETS["diabetes"], learning_rate=30.0, quick_max_iter=6)
+    spec = replace(DATASETS["diabetes"], learning_rate_init=30.0, quick_max_iter=6)
     monkeypatch.setitem(DATASETS, "diabetes", spec)
     with limit_threads(1), warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")

@@ -21,7 +21,7 @@ SETTINGS = [
     "8",
     "--max-iter",
     "15",
-    "--learning-rate",
+    "--learning-rate-init",
     "0.2",
     "--threads",
     "1",
@@ -95,7 +95,7 @@ def test_writes_train_and_test_kernels(cancer_csv, tmp_path, capsys):
     X_train, X_test = scaler.transform(X[:60]), scaler.transform(X[60:])
     with limit_threads(1):  # as --threads 1; float32 rounding depends on it
         est = PathKernelClassifier(
-            hidden_layer_sizes=(8,), max_iter=15, learning_rate=0.2, random_state=3
+            hidden_layer_sizes=(8,), max_iter=15, learning_rate_init=0.2, random_state=3
         ).fit(X_train, y[:60])
         expected, expected_test = est.kernel(X_train), est.kernel(X_test, X_train)
     atol = 1e-6 * np.abs(expected).max()  # float32 network
@@ -103,7 +103,7 @@ def test_writes_train_and_test_kernels(cancer_csv, tmp_path, capsys):
     np.testing.assert_allclose(K_test, expected_test, rtol=1e-6, atol=atol)
 
 
-def test_regression_normalized_without_standardizing(tmp_path, capsys):
+def test_regression_normalized_without_standardizing_with_adam(tmp_path, capsys):
     rng = np.random.default_rng(0)
     X = rng.normal(size=(30, 3))
     y = X @ [1.0, -2.0, 0.5] + 0.1 * rng.normal(size=30)
@@ -129,6 +129,8 @@ def test_regression_normalized_without_standardizing(tmp_path, capsys):
             "--dtype",
             "float64",
             *SETTINGS,
+            "--solver",
+            "adam",
         ],
         capsys,
     )
@@ -136,7 +138,8 @@ def test_regression_normalized_without_standardizing(tmp_path, capsys):
     est = PathKernelRegressor(
         hidden_layer_sizes=(8,),
         max_iter=15,
-        learning_rate=0.2,
+        learning_rate_init=0.2,
+        solver="adam",
         dtype="float64",
         kernel_normalize="cosine",
         random_state=0,
@@ -168,12 +171,12 @@ def test_reports_the_librarys_divergence_warning(tmp_path, capsys):
     rows = [[str(i), str(i % 3), str(i * i)] for i in range(12)]
     train = write_csv(tmp_path / "t.csv", ["u", "v", "t"], rows)
     argv = ["kernel", train, "--target", "t", "-o", str(tmp_path / "K.npy")]
-    # The last --learning-rate wins.
-    argv += [*SETTINGS, "--task", "regression", "--learning-rate", "100"]
+    # The last --learning-rate-init wins.
+    argv += [*SETTINGS, "--task", "regression", "--learning-rate-init", "100"]
     _, err = run(argv, capsys)
     lines = err.splitlines()
     assert len(lines) == 1 and lines[0].startswith("warning: PathKernelRegressor: ")
-    assert "diverged" in err and "learning_rate (now 100.0)" in err
+    assert "diverged" in err and "learning_rate_init (now 100.0)" in err
     assert np.isfinite(np.load(tmp_path / "K.npy")).all()
 
 

@@ -34,7 +34,9 @@ def test_help_of_every_command(capsys):
         "--hidden-layer-sizes",
         "--activation",
         "--max-iter",
-        "--learning-rate",
+        "--learning-rate-init",
+        "--solver",
+        "--momentum",
         "--normalize",
         "mean_diagonal",
         "--no-standardize",
@@ -76,8 +78,10 @@ def test_defaults_and_conversions():
     assert (args.standardize, args.delimiter, args.threads) == (True, ",", None)
     args = kernel_args("--hidden-layer-sizes", "none", "--delimiter", "tab")
     assert args.hidden_layer_sizes == () and args.delimiter == "\t"
-    args = kernel_args("--no-standardize", "-vv", "--learning-rate", "0.5")
-    assert (args.standardize, args.verbose, args.learning_rate) == (False, 2, 0.5)
+    args = kernel_args("--no-standardize", "-vv", "--learning-rate-init", "0.5")
+    assert (args.standardize, args.verbose, args.learning_rate_init) == (False, 2, 0.5)
+    args = kernel_args("--solver", "adam", "--momentum", "0.9")
+    assert (args.solver, args.momentum) == ("adam", 0.9)
     args = build_parser().parse_args(["demo", "--datasets", "diabetes,digits,diabetes"])
     assert args.datasets == ["diabetes", "digits"]
 
@@ -86,13 +90,15 @@ def test_defaults_and_conversions():
     "extra, message",
     [
         (["--max-iter", "0"], "expected a positive integer, got '0'"),
-        (["--learning-rate", "nan"], "expected a positive number"),
+        (["--learning-rate-init", "nan"], "expected a positive number"),
         (["--alpha", "-1"], "expected a non-negative number"),
         (["--hidden-layer-sizes", "8,x"], "comma-separated integers"),
         (["--hidden-layer-sizes", "8,0"], "must be positive integers"),
         (["--delimiter", ";;"], "a single character"),
         (["--activation", "gelu"], "invalid choice: 'gelu'"),
         (["--dtype", "float16"], "invalid choice: 'float16'"),
+        (["--solver", "lbfgs"], "invalid choice: 'lbfgs'"),
+        (["--momentum", "1"], "expected a number below 1, got '1'"),
     ],
 )
 def test_bad_kernel_option_is_a_usage_error(extra, message, capsys):

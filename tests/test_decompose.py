@@ -46,7 +46,7 @@ def test_first_order_error_halves_with_the_step_size(diabetes):
     X, y = X[:150], y[:150]  # a third of the rows: the same first-order law
     errors = []
     for eps, steps in [(0.08, 25), (0.04, 50), (0.02, 100), (0.01, 200)]:
-        est = _fit(PathKernelRegressor, X, y, learning_rate=eps, max_iter=steps)
+        est = _fit(PathKernelRegressor, X, y, learning_rate_init=eps, max_iter=steps)
         errors.append(est.decompose(X[:20]).error["max_rel"])
     ratios = np.array(errors[:-1]) / np.array(errors[1:])
     assert np.all((ratios > 1.6) & (ratios < 2.5)), (errors, ratios)

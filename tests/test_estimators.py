@@ -249,9 +249,11 @@ def test_user_module_with_wrong_output_is_refused(toy):
 def test_pipeline_grid_search_and_clone(toy):
     X, y = toy
     pipe = make_pipeline(StandardScaler(), PathKernelRegressor((6,), random_state=0))
-    grid = GridSearchCV(pipe, {"pathkernelregressor__learning_rate": [0.03, 0.1]}, cv=2)
+    grid = GridSearchCV(
+        pipe, {"pathkernelregressor__learning_rate_init": [0.03, 0.1]}, cv=2
+    )
     _quiet(grid, X, y)
-    assert grid.best_params_["pathkernelregressor__learning_rate"] in (0.03, 0.1)
+    assert grid.best_params_["pathkernelregressor__learning_rate_init"] in (0.03, 0.1)
     cloned = clone(grid.best_estimator_[-1])
     assert not hasattr(cloned, "module_")
 
@@ -323,10 +325,14 @@ def test_wrong_number_of_features_after_fit(toy):
 def test_divergence_warns_and_keeps_a_finite_usable_model(toy):
     X, y = toy
     with pytest.warns(
-        DivergenceWarning, match="Use a smaller learning_rate \\(now 1000"
+        DivergenceWarning, match="Use a smaller learning_rate_init \\(now 1000"
     ):
         reg = PathKernelRegressor(
-            (16,), learning_rate=1e3, activation="relu", max_iter=50, random_state=0
+            (16,),
+            learning_rate_init=1e3,
+            activation="relu",
+            max_iter=50,
+            random_state=0,
         ).fit(X, 100 * y)
     assert np.isfinite(reg.predict(X)).all()
     assert np.isfinite(reg.kernel(X)).all()
@@ -367,12 +373,190 @@ def test_a_loss_that_grows_but_stays_finite_is_divergence(toy):
     with warnings.catch_warnings(record=True) as record:
         warnings.simplefilter("always")
         reg = PathKernelRegressor(
-            (16,), learning_rate=0.9, max_iter=8, tol=0, random_state=0
+            (16,), learning_rate_init=0.9, max_iter=8, tol=0, random_state=0
         ).fit(X, 3 * y)
     assert [type(w.message) for w in record] == [DivergenceWarning]  # no "improving"
     assert re.match(
         r"PathKernelRegressor: the training loss grew from 8\.7\d* to .*Use a "
-        r"smaller learning_rate \(now 0\.9\)",
+        r"smaller learning_rate_init \(now 0\.9\)",
         str(record[0].message),
     )
     assert np.isfinite(reg.loss_curve_).all() and reg.n_iter_ == 8
+
+
+# -- solvers under scikit-learn MLP's names ---------------------------------
+
+MLP_PARAMETER_DICTS = {
+    "sgd": dict(
+        solver="sgd",
+        learning_rate_init=0.05,
+        learning_rate="invscaling",
+        power_t=0.25,
+        momentum=0.9,
+        nesterovs_momentum=True,
+        batch_size=32,
+        shuffle=True,
+        alpha=1e-4,
+        tol=1e-4,
+        n_iter_no_change=5,
+        early_stopping=True,
+        validation_fraction=0.2,
+    ),
+    "adam": dict(
+        solver="adam",
+        learning_rate_init=0.01,
+        beta_1=0.8,
+        beta_2=0.99,
+        epsilon=1e-7,
+        batch_size="auto",
+        alpha=1e-3,
+        early_stopping=False,
+        n_iter_no_change=3,
+    ),
+}
+
+
+@pytest.mark.parametrize("solver", list(MLP_PARAMETER_DICTS))
+def test_mlp_parameter_dicts_carry_over(solver, cancer):
+    from sklearn.neural_network import MLPClassifier
+
+    X, _, y, _ = cancer
+    params = dict(
+        MLP_PARAMETER_DICTS[solver],
+        hidden_layer_sizes=(8,),
+        activation="tanh",
+        max_iter=6,
+        random_state=0,
+    )
+    mlp = _quiet(MLPClassifier(**params), X, y)
+    ours = _quiet(PathKernelClassifier(**params), X, y)
+    assert ours.get_params()["solver"] == mlp.get_params()["solver"] == solver
+    assert ours.score(X, y) > 0.8
+    assert (mlp.best_validation_score_ is None) == (ours.best_validation_score_ is None)
+
+
+def test_lbfgs_is_refused_with_the_reason(toy):
+    X, y = toy
+    with pytest.raises(ValueError, match=r"solver='lbfgs'.*line search"):
+        PathKernelRegressor(solver="lbfgs").fit(X, y)
+
+
+@pytest.mark.parametrize(
+    "params",
+    [
+        dict(solver="sgd", momentum=0.9),
+        dict(solver="sgd", momentum=0.9, nesterovs_momentum=False),
+        dict(solver="adam", learning_rate_init=0.01),
+        dict(solver="adamw", learning_rate_init=0.01, alpha=0.1),
+    ],
+    ids=["momentum", "heavy-ball", "adam", "adamw"],
+)
+def test_every_solver_learns_and_gives_a_psd_kernel(toy, params):
+    X, y = toy
+    est = _quiet(PathKernelRegressor((8,), max_iter=40, random_state=0, **params), X, y)
+    assert est.loss_curve_[-1] < 0.5 * est.loss_curve_[0]
+    K = est.kernel(X[:20])
+    np.testing.assert_array_equal(K, K.T)
+    assert np.linalg.eigvalsh(K).min() > -1e-8 * np.abs(K).max()
+
+
+def test_adamw_alpha_is_the_decoupled_decay(toy):
+    X, y = toy
+    est = _quiet(PathKernelRegressor((4,), solver="adamw", alpha=0.3, max_iter=3), X, y)
+    solver = est.trajectory_.solver
+    assert (solver.alpha, solver.weight_decay) == (0.0, 0.3)
+
+
+def test_momentum_without_nesterov_when_momentum_is_zero(toy):
+    X, y = toy
+    est = _quiet(PathKernelRegressor((4,), momentum=0.0, max_iter=2), X, y)
+    assert est.trajectory_.solver.nesterov is False
+
+
+def test_early_stopping_ends_the_path_at_the_best_epoch(cancer):
+    X, _, y, _ = cancer
+    est = _quiet(
+        PathKernelClassifier(
+            (16,),
+            solver="adam",
+            learning_rate_init=0.05,
+            batch_size=64,
+            early_stopping=True,
+            validation_fraction=0.25,
+            n_iter_no_change=3,
+            max_iter=60,
+            random_state=0,
+        ),
+        X,
+        y,
+    )
+    scores = est.validation_scores_
+    best = int(np.argmax(scores))  # the first best epoch, as MLP keeps it
+    assert est.best_validation_score_ == scores[best]
+    assert est.best_loss_ is None
+    assert est.n_iter_ == len(scores) == len(est.loss_curve_)
+    steps_per_epoch = -(-est._fit_X.shape[0] // 64)
+    assert est.trajectory_.n_steps == (best + 1) * steps_per_epoch
+    # The held-out quarter is never a training row of the kernel machine.
+    assert est._fit_X.shape[0] == X.shape[0] - int(np.ceil(0.25 * X.shape[0]))
+    # The network is the path's end.
+    final = est.trajectory_.final_parameters()
+    for name, p in est.module_.named_parameters():
+        torch.testing.assert_close(p.detach().cpu(), final[name])
+
+
+def test_early_stopping_needs_a_validation_set(toy):
+    X, y = toy
+    with pytest.raises(ValueError, match="The validation set is too small"):
+        PathKernelRegressor(early_stopping=True, validation_fraction=0.01).fit(
+            X[:10], y[:10]
+        )
+
+
+def test_adaptive_schedule_divides_the_step_by_five(toy):
+    X, y = toy
+    est = _quiet(
+        PathKernelRegressor(
+            (4,),
+            learning_rate="adaptive",
+            learning_rate_init=0.1,
+            # No improvement after the first epoch: it fires every 2 epochs.
+            tol=10.0,
+            n_iter_no_change=2,
+            max_iter=7,
+        ),
+        X,
+        y,
+    )
+    np.testing.assert_allclose(
+        est.trajectory_.step_sizes, [0.1, 0.1, 0.1, 0.02, 0.02, 0.004, 0.004]
+    )
+
+
+def test_invscaling_schedule_follows_rows_seen(toy):
+    X, y = toy
+    est = _quiet(
+        PathKernelRegressor(
+            (4,), learning_rate="invscaling", power_t=0.5, batch_size=25, max_iter=3
+        ),
+        X,
+        y,
+    )
+    n = X.shape[0]
+    per_epoch = -(-n // 25)
+    expected = np.repeat(
+        [0.1, 0.1 / (n + 1) ** 0.5, 0.1 / (2 * n + 1) ** 0.5], per_epoch
+    )
+    np.testing.assert_allclose(est.trajectory_.step_sizes, expected)
+
+
+def test_schedules_are_for_sgd_only_as_in_mlp(toy):
+    X, y = toy
+    est = _quiet(
+        PathKernelRegressor(
+            (4,), solver="adam", learning_rate="invscaling", max_iter=3
+        ),
+        X,
+        y,
+    )
+    np.testing.assert_array_equal(est.trajectory_.step_sizes, 0.1)

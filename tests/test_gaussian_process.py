@@ -26,7 +26,7 @@ def sine():
 def net(sine):
     X_train, _, y_train, _ = sine
     return PathKernelRegressor(
-        (32,), max_iter=200, learning_rate=0.2, dtype="float64", random_state=0
+        (32,), max_iter=200, learning_rate_init=0.2, dtype="float64", random_state=0
     ).fit(X_train, y_train)
 
 

@@ -247,14 +247,14 @@ def test_checkpoints_weigh_the_learning_rate_times_the_steps_they_stand_for(
     record_every,
 ):
     # Independent of Trajectory.weights: the step size is the estimator's
-    # learning_rate, and a checkpoint stands for record_every steps (the
+    # learning_rate_init, and a checkpoint stands for record_every steps (the
     # last one for what remains of the 7): the left rule over every kept
     # checkpoint, the definition before quadrature rules.
     rng = np.random.RandomState(3)
     X = rng.randn(12, 3)
     est = PathKernelRegressor(
         (5,),
-        learning_rate=0.05,
+        learning_rate_init=0.05,
         max_iter=7,
         tol=0.0,
         n_iter_no_change=100,
@@ -474,3 +474,73 @@ def test_kernels_are_computed_in_eval_mode_and_leave_the_mode_alone(engine):
     diagonal = _path.path_kernel_diagonal(module, trajectory, X[:5], engine=engine)
     np.testing.assert_allclose(diagonal, np.diag(expected), rtol=1e-10)
     assert all(layer.training for layer in module.modules())
+
+
+# -- solvers: the kernel of momentum and Adam paths --------------------------
+
+
+@pytest.fixture(scope="module", params=["nesterov", "adam"])
+def fitted_solver(request):
+    """A float64 regressor trained with Nesterov momentum or Adam, minibatch."""
+    rng = np.random.RandomState(1)
+    X = rng.randn(30, 4)
+    Y = np.column_stack([np.sin(X[:, 0]), X[:, 1] * X[:, 2]])
+    solver = (
+        dict(momentum=0.8, learning_rate_init=0.05)
+        if request.param == "nesterov"
+        else dict(solver="adam", learning_rate_init=0.01)
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        est = PathKernelRegressor(
+            (6,),
+            max_iter=4,
+            batch_size=10,
+            alpha=0.01,
+            dtype="float64",
+            random_state=0,
+            **solver,
+        ).fit(X, Y)
+    return est, X
+
+
+@pytest.mark.parametrize("engine", sorted(ENGINES))
+def test_solver_path_kernel_matches_reference(fitted_solver, engine):
+    est, X = fitted_solver
+    trajectory = est.trajectory_
+    if trajectory.solver.diagonal and not ENGINES[engine].supports_metric:
+        with pytest.raises(ValueError, match="cannot take the path kernel of a"):
+            path_kernel(est.module_, trajectory, X[:5], engine=engine)
+        return
+    got = path_kernel(est.module_, trajectory, X[:9], X[:4] + 0.1, engine=engine)
+    want = path_kernel_reference(est.module_, trajectory, X[:9], X[:4] + 0.1)
+    np.testing.assert_allclose(got, want, rtol=1e-10)
+    diagonal = _path.path_kernel_diagonal(est.module_, trajectory, X[:9], engine=engine)
+    np.testing.assert_allclose(
+        diagonal,
+        np.diag(path_kernel_reference(est.module_, trajectory, X[:9])),
+        rtol=1e-10,
+    )
+
+
+def test_momentum_kernel_weighs_each_step_by_its_effective_step_size(fitted_solver):
+    # The every-step kernel is sum_s p_s K_{w_s}, p_s = sum_{t>=s} eps_t beta_{t,s}
+    # (eps / (1 - mu) far from the end), in Adam's metric when there is one.
+    est, X = fitted_solver
+    trajectory = est.trajectory_.with_quadrature("left")
+    p = trajectory.effective_step_sizes
+    want = sum(
+        p[s]
+        * tangent_kernel_reference(
+            est.module_,
+            trajectory.parameters(s),
+            X[:6],
+            metric=trajectory.kernel_metric_at(s),
+        )
+        for s in range(trajectory.n_steps)
+    )
+    got = path_kernel(est.module_, trajectory, X[:6], engine="jacobian")
+    np.testing.assert_allclose(got, want, rtol=1e-10)
+    if not trajectory.solver.diagonal:  # Nesterov, 12 steps of 0.05, mu = 0.8
+        mu, eps = 0.8, 0.05
+        assert p[0] == pytest.approx(eps * (1 + mu * (1 - mu**12) / (1 - mu)))

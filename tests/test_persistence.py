@@ -150,8 +150,28 @@ def _random_state_instance(X, Y, y):
     return est, (X, y, {}), X, Y
 
 
+def _adam_early_stopping(X, Y, y):
+    est = PathKernelRegressor(
+        (4,),
+        solver="adam",
+        learning_rate_init=0.01,
+        early_stopping=True,
+        validation_fraction=0.25,
+        max_iter=6,
+        random_state=0,
+    )
+    return est, (X, y, {}), X, Y
+
+
+def _nesterov(X, Y, y):
+    est = PathKernelClassifier((4,), momentum=0.8, max_iter=6, random_state=0)
+    return est, (X, y > 0, {}), X, Y
+
+
 CASES = {
     "regressor-1d": (_regressor_1d, None),
+    "adam-early-stopping": (_adam_early_stopping, None),
+    "nesterov": (_nesterov, None),
     "regressor-2d-float64-record3-alpha": (_regressor_2d_float64, None),
     "regressor-minibatch-sample-weight-float32-X": (
         _regressor_minibatch_weighted,
@@ -322,11 +342,11 @@ def test_unfitted_estimator_loads_unfitted(Est, method, data, tmp_path):
     X, _, y = data
     y = y if Est is PathKernelRegressor else y > 0
     est = Est((3, 2), activation="relu", max_iter=4, device=torch.device("cpu"))
-    est.set_params(learning_rate=np.float64(0.05), random_state=3, verbose=False)
+    est.set_params(learning_rate_init=np.float64(0.05), random_state=3, verbose=False)
     loaded = _round_trip(est, method, tmp_path)
     _assert_same(est, loaded)
     assert loaded.get_params() == est.get_params()
-    assert type(loaded.learning_rate) is np.float64
+    assert type(loaded.learning_rate_init) is np.float64
     with pytest.raises(NotFittedError):
         check_is_fitted(loaded)
     assert np.array_equal(_fit(loaded, X, y).predict(X), _fit(est, X, y).predict(X))

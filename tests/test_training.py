@@ -24,6 +24,7 @@ from sklearn_pathkernel._losses import (
     SQUARED_ERROR,
 )
 from sklearn_pathkernel._network import forward, make_mlp, trainable_parameters
+from sklearn_pathkernel._solvers import Solver
 from sklearn_pathkernel._training import TrainingOptions, train
 from sklearn_pathkernel._trajectory import Step, flatten_parameters
 from sklearn_pathkernel.exceptions import DivergenceWarning
@@ -119,7 +120,7 @@ def _reference_update(module, flat, X, Y, loss, batch, weights, eps, alpha):
 def _options(sample_weight=None, generator=None, **overrides):
     """``train``'s keyword arguments: one full-batch epoch unless overridden."""
     options = dict(
-        learning_rate=0.1,
+        learning_rate_init=0.1,
         max_iter=1,
         batch_size=None,
         shuffle=True,
@@ -130,6 +131,8 @@ def _options(sample_weight=None, generator=None, **overrides):
         verbose=0,
     )
     options.update(overrides)
+    options.setdefault("solver", Solver(alpha=options.pop("alpha")))
+    options.pop("alpha", None)
     return dict(
         sample_weight=sample_weight,
         options=TrainingOptions(**options),
@@ -176,7 +179,9 @@ def test_one_full_batch_step_matches_formula(loss, n_outputs, alpha):
     )
     assert not torch.allclose(expected, w0)  # the step moves
 
-    result = _train(module, X, Y, loss, sample_weight=s, learning_rate=eps, alpha=alpha)
+    result = _train(
+        module, X, Y, loss, sample_weight=s, learning_rate_init=eps, alpha=alpha
+    )
 
     torch.testing.assert_close(_flat(module), expected, rtol=1e-12, atol=1e-14)
     traj = result.trajectory
@@ -234,7 +239,14 @@ def test_replay_reproduces_final_parameters(loss, n_outputs):
     initial = copy.deepcopy(module)
     alpha, eps = 0.05, 0.2
     result = _train(
-        module, X, Y, loss, sample_weight=s, learning_rate=eps, alpha=alpha, max_iter=6
+        module,
+        X,
+        Y,
+        loss,
+        sample_weight=s,
+        learning_rate_init=eps,
+        alpha=alpha,
+        max_iter=6,
     )
     traj = result.trajectory
     assert traj.n_steps == 6 and len(traj) == 6
@@ -275,7 +287,7 @@ def _minibatch_run(seed=1, shuffle=True, record_every=1, max_iter=3, lr=0.05, n=
         Y,
         SQUARED_ERROR,
         sample_weight=s,
-        learning_rate=lr,
+        learning_rate_init=lr,
         max_iter=max_iter,
         batch_size=3,
         shuffle=shuffle,
@@ -348,7 +360,7 @@ def test_minibatch_epoch_loss_is_weighted_mean_of_batches():
         Y,
         SQUARED_ERROR,
         sample_weight=s,
-        learning_rate=0.0,
+        learning_rate_init=0.0,
         batch_size=3,
         max_iter=1,
     )
@@ -443,7 +455,7 @@ def test_tol_stop_converges_without_warning(lr, tol, n_iter_no_change, expected_
             SQUARED_ERROR,
             **_options(
                 sample_weight=s,
-                learning_rate=lr,
+                learning_rate_init=lr,
                 tol=tol,
                 n_iter_no_change=n_iter_no_change,
                 max_iter=50,
@@ -538,7 +550,7 @@ def test_divergence_keeps_last_finite_parameters():
             X,
             Y,
             SQUARED_ERROR,
-            **_options(sample_weight=s, learning_rate=LR_DIVERGE, max_iter=200),
+            **_options(sample_weight=s, learning_rate_init=LR_DIVERGE, max_iter=200),
             owner="MyNet",
         )
     # Only the divergence is reported, not also "reached max_iter".
@@ -593,7 +605,7 @@ def test_divergence_on_the_last_step_is_caught():
             X,
             Y,
             SQUARED_ERROR,
-            **_options(sample_weight=s, learning_rate=LR_DIVERGE, max_iter=t_star),
+            **_options(sample_weight=s, learning_rate_init=LR_DIVERGE, max_iter=t_star),
         )
     assert result.diverged is True
     assert result.trajectory.n_steps == t_star - 1
@@ -615,7 +627,7 @@ def test_divergence_on_first_step_keeps_initial_parameters():
             X,
             Y,
             SQUARED_ERROR,
-            **_options(sample_weight=s, learning_rate=1e10, max_iter=10),
+            **_options(sample_weight=s, learning_rate_init=1e10, max_iter=10),
         )
     assert result.diverged is True
     assert result.trajectory.n_steps == 0
@@ -640,7 +652,7 @@ def test_overflowing_last_update_is_rolled_back():
             X,
             Y,
             SQUARED_ERROR,
-            **_options(sample_weight=s, learning_rate=1e308, max_iter=1),
+            **_options(sample_weight=s, learning_rate_init=1e308, max_iter=1),
         )
     assert result.diverged is True
     assert result.trajectory.n_steps == 0
@@ -687,7 +699,7 @@ def test_zero_weight_batch_moves_only_by_l2(alpha):
         Y,
         SQUARED_ERROR,
         sample_weight=s,
-        learning_rate=eps,
+        learning_rate_init=eps,
         alpha=alpha,
         batch_size=2,
         shuffle=False,
@@ -797,7 +809,7 @@ def _adaptive_run(lr, tol=0.05, **overrides):
         X,
         Y,
         SQUARED_ERROR,
-        learning_rate=lr,
+        learning_rate_init=lr,
         max_iter=40,
         quadrature="adaptive",
         adaptive_tol=tol,
@@ -841,7 +853,7 @@ def test_the_probe_does_not_change_the_path():
     adaptive = _adaptive_run(lr=0.5)
     X, Y, _ = _data(SQUARED_ERROR, n=12, seed=3)
     plain = _train(
-        _mlp(3, 2, seed=3), X, Y, SQUARED_ERROR, learning_rate=0.5, max_iter=40
+        _mlp(3, 2, seed=3), X, Y, SQUARED_ERROR, learning_rate_init=0.5, max_iter=40
     ).trajectory
     for k in range(plain.n_steps):
         assert torch.equal(adaptive.flat_parameters(k), plain.flat_parameters(k))
@@ -856,7 +868,7 @@ def test_recording_to_disk_is_bit_identical_and_a_memmap(tmp_path):
         Y,
         SQUARED_ERROR,
         sample_weight=s,
-        learning_rate=0.05,
+        learning_rate_init=0.05,
         max_iter=3,
         batch_size=3,
         trajectory_dir=tmp_path,

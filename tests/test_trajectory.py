@@ -2,12 +2,14 @@
 
 import gc
 import os
+import pickle
 
 import numpy as np
 import pytest
 import torch
 from torch import nn
 
+from sklearn_pathkernel._solvers import Solver
 from sklearn_pathkernel._trajectory import Step, Trajectory, flatten_parameters
 
 SHAPES = {"a": (2, 3), "b": (4,)}
@@ -430,3 +432,67 @@ def test_a_disk_path_whose_directory_is_gone_loads_into_a_temporary_one(tmp_path
     assert os.path.dirname(loaded._checkpoints.path) != str(tmp_path / "gone")
     empty = pickle.loads(pickle.dumps(Trajectory(SHAPES, directory=tmp_path / "x")))
     assert len(empty) == 0
+
+
+# -- solvers: effective step sizes and Adam's metric --------------------------
+
+
+def _build_adam(step_sizes, beta_1=0.8):
+    solver = Solver("adam", beta_1=beta_1)
+    traj = Trajectory(SHAPES, solver=solver, quadrature="trapezoid", kernel_nodes=3)
+    for t, eps in enumerate(step_sizes):
+        P = 1.0 + torch.arange(N_PARAMETERS, dtype=torch.float64) * (t + 1) / 10
+        traj._append_step(_flat(t), _step(eps, t), preconditioner=P)
+    traj._set_final(_flat(len(step_sizes)))
+    return traj
+
+
+def test_kernel_metric_is_the_effective_preconditioned_step_over_its_weight():
+    eps = [0.1, 0.2, 0.05, 0.1, 0.1]
+    traj = _build_adam(eps)
+    b1 = 0.8
+    for s in [0, 2, 4]:
+        # Ptilde_s = sum_{t>=s} eps_t (1 - b1) b1^(t-s) / (1 - b1^(t+1)) P_t
+        beta = [(1 - b1) * b1 ** (t - s) / (1 - b1 ** (t + 1)) for t in range(5)]
+        ptilde = sum(eps[t] * beta[t] * traj.preconditioner(t) for t in range(s, 5))
+        p = sum(eps[t] * beta[t] for t in range(s, 5))
+        assert traj.effective_step_sizes[s] == pytest.approx(p, rel=1e-14)
+        metric = traj.kernel_metric_at(s)
+        flat = torch.cat([metric["a"].reshape(-1), metric["b"]])
+        torch.testing.assert_close(flat, ptilde / p, rtol=1e-14, atol=0)
+    # w_T takes the last step's metric.
+    last = traj.kernel_metric_at(traj.n_steps)
+    torch.testing.assert_close(last["b"], traj.kernel_metric_at(4)["b"])
+
+
+def test_kernel_weights_are_effective_step_sizes():
+    traj = _build_adam([0.1] * 6).with_quadrature("left")
+    np.testing.assert_allclose(
+        [node.weight for node in traj.kernel_nodes()], traj.effective_step_sizes
+    )
+
+
+def test_sgd_paths_have_no_metric():
+    traj = _build([0.1, 0.1])
+    assert traj.kernel_metric_at(0) is None
+    assert traj.preconditioner(0) is None
+
+
+def test_an_adam_step_needs_its_preconditioner_and_sgd_refuses_one():
+    with pytest.raises(ValueError, match="'adam' step needs its preconditioner"):
+        Trajectory(SHAPES, solver=Solver("adam"))._append_step(_flat(0), _step(0.1))
+    with pytest.raises(ValueError, match="'sgd' step needs none"):
+        Trajectory(SHAPES)._append_step(
+            _flat(0), _step(0.1), preconditioner=torch.ones(N_PARAMETERS)
+        )
+
+
+def test_adam_paths_pickle_truncate_and_keep_their_metric():
+    traj = _build_adam([0.1] * 5)
+    before = traj.kernel_metric_at(2)
+    loaded = pickle.loads(pickle.dumps(traj))
+    assert loaded.solver == traj.solver
+    torch.testing.assert_close(loaded.kernel_metric_at(2), before, rtol=0, atol=0)
+    loaded._truncate(3)
+    assert len(loaded._preconditioners) == 3
+    assert not torch.equal(loaded.kernel_metric_at(2)["a"], before["a"])

@@ -125,13 +125,13 @@ def test_pipeline_with_svc_in_grid_search_and_cross_val_score(cancer):
             ("svc", SVC(kernel="precomputed")),
         ]
     )
-    grid = {"pk__estimator__learning_rate": [0.05, 0.2], "svc__C": [0.1, 10.0]}
+    grid = {"pk__estimator__learning_rate_init": [0.05, 0.2], "svc__C": [0.1, 10.0]}
     search = GridSearchCV(pipe, grid, cv=3).fit(X, y)
     assert set(search.best_params_) == set(grid)
     assert search.best_score_ > 0.9
     assert (
-        search.best_estimator_["pk"].estimator_.learning_rate
-        == (search.best_params_["pk__estimator__learning_rate"])
+        search.best_estimator_["pk"].estimator_.learning_rate_init
+        == (search.best_params_["pk__estimator__learning_rate_init"])
     )
     assert cross_val_score(pipe, X, y, cv=3).mean() > 0.9
 
@@ -177,7 +177,7 @@ def test_no_held_out_row_reaches_the_network(cancer):
     # GridSearchCV: every network trained on one fold's training rows (one
     # per candidate and fold), and the refit on all rows.
     _RecordingClassifier.seen.clear()
-    grid = {"pk__estimator__learning_rate": [0.05, 0.2], "svc__C": [0.1, 10.0]}
+    grid = {"pk__estimator__learning_rate_init": [0.05, 0.2], "svc__C": [0.1, 10.0]}
     GridSearchCV(pipe, grid, cv=cv).fit(X, y)
     seen = _RecordingClassifier.seen
     expected = [X[train].tobytes() for train, _ in splits] * 4 + [X.tobytes()]
@@ -333,7 +333,7 @@ def _network(hidden_layer_sizes, max_iter):
 
 def test_normalized_kernel_does_not_depend_on_training_length(diabetes):
     X, y = diabetes[0][:60], diabetes[1][:60]
-    # A linear model's path kernel is (learning_rate * steps) * (X X^T + 1):
+    # A linear model's path kernel is (learning_rate_init * steps) * (X X^T + 1):
     # raw, ten times more training multiplies it by ten; normalised, it is
     # the same kernel, so every tuned score is the same too.
     kernels = {

@@ -22,7 +22,7 @@ class DatasetSpec:
         A ``sklearn.datasets`` function, e.g. ``"load_digits"``.
     task : {"classification", "regression"}
     hidden_layer_sizes : tuple of int
-    learning_rate : float
+    learning_rate_init : float
     max_iter : int
         Full-batch steps of a full run.
     quick_max_iter : int
@@ -35,7 +35,7 @@ class DatasetSpec:
     loader: str
     task: str
     hidden_layer_sizes: tuple
-    learning_rate: float
+    learning_rate_init: float
     max_iter: int
     quick_max_iter: int
     image_shape: tuple = None
@@ -48,7 +48,7 @@ DATASETS = {
         "load_digits",
         "classification",
         hidden_layer_sizes=(64,),
-        learning_rate=0.5,
+        learning_rate_init=0.5,
         max_iter=60,
         quick_max_iter=40,
         image_shape=(8, 8),
@@ -57,7 +57,7 @@ DATASETS = {
         "load_breast_cancer",
         "classification",
         hidden_layer_sizes=(32,),
-        learning_rate=0.5,
+        learning_rate_init=0.5,
         max_iter=60,
         quick_max_iter=40,
     ),
@@ -65,7 +65,7 @@ DATASETS = {
         "load_diabetes",
         "regression",
         hidden_layer_sizes=(32,),
-        learning_rate=0.1,
+        learning_rate_init=0.1,
         max_iter=60,
         quick_max_iter=40,
     ),

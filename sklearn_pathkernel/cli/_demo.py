@@ -234,7 +234,7 @@ def _start(name, *, quick, random_state, verbose):
     cls = PathKernelClassifier if run.classification else PathKernelRegressor
     run.template = cls(
         spec.hidden_layer_sizes,
-        learning_rate=spec.learning_rate,
+        learning_rate_init=spec.learning_rate_init,
         max_iter=run.max_iter,
         tol=0.0,
         dtype="float64",
@@ -267,7 +267,7 @@ def _title(run):
         f"{len(run.data.X_test)} test rows\n  network: "
         f"{type(run.template).__name__}, tanh layers "
         f"{run.spec.hidden_layer_sizes}, float64, {run.max_iter} full-batch GD "
-        f"steps, learning_rate {run.spec.learning_rate}"
+        f"steps, learning_rate_init {run.spec.learning_rate_init}"
     )
 
 

@@ -167,7 +167,9 @@ def _summary(args, data):
 _ESTIMATOR_OPTIONS = (
     "hidden_layer_sizes",
     "activation",
-    "learning_rate",
+    "solver",
+    "momentum",
+    "learning_rate_init",
     "max_iter",
     "batch_size",
     "alpha",

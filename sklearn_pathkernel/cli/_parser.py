@@ -11,6 +11,7 @@ import math
 from .. import __version__
 from .._network import ACTIVATIONS
 from .._normalize import NORMALIZATIONS
+from .._solvers import SOLVERS
 from .._validation import DTYPES
 from ._datasets import DATASETS
 from ._demo import DemoError, check_dataset_names
@@ -43,6 +44,14 @@ _positive_int = _number(int, positive=True)
 _non_negative_int = _number(int, positive=False)
 _positive_float = _number(float, positive=True)
 _non_negative_float = _number(float, positive=False)
+
+
+def _momentum(text):
+    """A momentum coefficient: a number in [0, 1)."""
+    value = _non_negative_float(text)
+    if value >= 1:
+        raise argparse.ArgumentTypeError(f"expected a number below 1, got {text!r}")
+    return value
 
 
 def _layer_sizes(text):
@@ -381,11 +390,27 @@ def _add_training_options(group):
         "number of steps (default: 200)",
     )
     group.add_argument(
-        "--learning-rate",
+        "--solver",
+        choices=list(SOLVERS),
+        default="sgd",
+        help="update rule, as torch.optim takes it: sgd (with --momentum), adam, "
+        "or adamw (--alpha is then the decoupled weight decay). Each has its "
+        "own path kernel (default: sgd)",
+    )
+    group.add_argument(
+        "--momentum",
+        type=_momentum,
+        default=0.0,
+        metavar="MU",
+        help="heavy-ball momentum of sgd, in [0, 1); Nesterov's form, as "
+        "scikit-learn's MLP uses by default (default: 0)",
+    )
+    group.add_argument(
+        "--learning-rate-init",
         type=_positive_float,
         default=0.1,
         metavar="LR",
-        help="step size of gradient descent (default: 0.1)",
+        help="step size (the estimators' learning_rate_init; default: 0.1)",
     )
     group.add_argument(
         "--batch-size",
