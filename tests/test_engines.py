@@ -401,8 +401,9 @@ def test_structured_metric_sub_blocks_and_sketch_pieces(monkeypatch):
     net = _mlp(3, 3, "tanh")
     params = _params(net)
     bound = select_engine("structured", net, list(params), metric=True)
-    # Temporaries are bounded by what this many bytes a row allows: one row.
+    # Temporaries bounded so tightly that every sub-block is one row.
     monkeypatch.setattr(bound, "bytes_per_row", lambda n_outputs, itemsize: 1)
+    monkeypatch.setattr(_structured, "METRIC_TEMPORARIES", 1)
     assert bound._sub_blocks(6, 4, 3, per_row=100) == [(i, i + 1) for i in range(6)]
     X, Y = _data((6, 3), (4, 3))
     _check_metric("structured", net, params, X, Y, bound=bound)

@@ -13,7 +13,10 @@ trainable parameters (an MLP with widths ``h_0, ..., h_L = O``):
 ``"structured"`` (an ``nn.Sequential`` of Linear layers and elementwise
 activations)
     FLOPs ``2 n m sum_l (h_{l-1} + 1 + O h_l)``; memory per row
-    ``sum_l (h_{l-1} + 1 + O h_l)`` numbers. No Jacobian ever exists.
+    ``sum_l (h_{l-1} + 1 + O h_l)`` numbers. No Jacobian ever exists. In a
+    metric (Adam's path kernel): FLOPs ``2 n m sum_l h_l (h_{l-1} + 1 + O)``
+    (the output layer, identity signals: ``2 n m (h_{L-1} + 1)``), ``O``
+    times fewer than ``"jacobian"``; the same memory per row.
 ``"hooks"`` (Linear, Conv1d/2d, Embedding, norm and attention layers in any
 module graph)
     FLOPs ``2 n m`` times, per layer at ``P`` positions, the smaller of
@@ -23,15 +26,18 @@ module graph)
     ``P (h_in + O h_out)`` or ``O h_in h_out`` numbers.
 ``"jacobian"`` (any module)
     FLOPs ``2 n m O d`` plus the Jacobians; memory per row ``O d`` numbers.
+    The same in a metric.
 ``"ntk_vp"`` (any module)
     FLOPs about ``6 n m O d``; memory ``O`` numbers per row and ``d + n O``
     per column of a batch. For when ``O d`` numbers per row do not fit.
+    In a metric, ``d`` products more per column.
 
 Random features (``sketch``, ``m`` of them, ``n`` rows, per checkpoint): the
 structured engine's Kronecker sketch takes ``2 n m sum_l (O h_l + h_{l-1} +
-1)`` FLOPs and ``m sum_l (O h_l + h_{l-1} + 1)`` random numbers; the
-Jacobian engine's Gaussian projection ``2 n m O d`` FLOPs and ``m O d``
-random numbers; ``"ntk_vp"`` projects with ``O m`` Jacobian-vector products.
+1)`` FLOPs (in a metric ``2 n m sum_l h_l (h_{l-1} + 1 + O)``) and ``m
+sum_l (O h_l + h_{l-1} + 1)`` random numbers; the Jacobian engine's
+Gaussian projection ``2 n m O d`` FLOPs and ``m O d`` random numbers;
+``"ntk_vp"`` projects with ``O m`` Jacobian-vector products.
 
 To add an engine (docs/design.md, section 7): subclass :class:`Engine` in a
 module of its own, implement every method, and add it to :data:`ENGINES`

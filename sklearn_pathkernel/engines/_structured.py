@@ -13,6 +13,11 @@ The same structure gives a Kronecker sketch for random features: a layer's
 gradient ``vec D (x) a`` meets Gaussian ``u (x) v`` as ``(u . vec D) (v . a)``,
 ``2 n m (O h_l + h_{l-1} + 1)`` FLOPs per layer for ``m`` features instead of
 ``2 n m O h_l (h_{l-1} + 1)`` (docs/design.md, section 6).
+
+In a diagonal metric ``M`` (the path kernel of Adam) a layer's term is
+``sum_j G_D[j] G_A[j]`` over its units, ``G_A[j] = A_X diag(M[j]) A_Y^T``:
+``2 n m h_l (h_{l-1} + 1 + O)`` FLOPs, ``O`` times fewer than a Gram of
+the per-example gradients (docs/design.md, section 7.3).
 """
 
 import math
@@ -49,6 +54,9 @@ _ELEMENTWISE = (
 #: Rows of a layer's ``vec D`` (length ``O h_l``) per sketch piece: bounds a
 #: piece's signal factor to ``SKETCH_ROWS * m`` numbers for very wide layers.
 SKETCH_ROWS = 8192
+#: Numbers a row sub-block's temporaries in a metric may always take (16 MiB
+#: in float32), however few the columns: rows enough for efficient GEMMs.
+METRIC_TEMPORARIES = 2**22
 
 
 class StructuredEngine(Engine):
@@ -487,15 +495,16 @@ class StructuredEngine(Engine):
         return out
 
     def _sub_blocks(self, n, m, n_outputs, per_row):
-        """Row ranges of ``n`` whose temporaries (``per_row`` numbers a row)
-        take at most what ``m`` rows' states do (:meth:`bytes_per_row`).
+        """Row ranges of ``n`` for temporaries of ``per_row`` numbers a row.
 
-        The loops budget one column chunk's state besides the row tile's, so
-        the metric's per-pair temporaries fit in what is budgeted. The
-        sub-block depends on the network and the shapes only, never on the
-        budget: the same bits for every ``working_memory``.
+        A sub-block takes what ``m`` rows' states take (:meth:`bytes_per_row`:
+        the loops budget one column chunk's state besides the row tile's),
+        or :data:`METRIC_TEMPORARIES` numbers when that is more. It depends
+        on the network and the shapes only, never on the budget: the same
+        bits for every ``working_memory``.
         """
-        rows = max(1, m * self.bytes_per_row(n_outputs, 1) // per_row)
+        budget = max(m * self.bytes_per_row(n_outputs, 1), METRIC_TEMPORARIES)
+        rows = max(1, budget // per_row)
         return [(r0, min(r0 + rows, n)) for r0 in range(0, n, rows)]
 
 
