@@ -28,6 +28,7 @@ Usage::
     python benchmarks/bench_hooks.py              # all four workloads
     python benchmarks/bench_hooks.py --quick      # small sizes, a smoke test
     python benchmarks/bench_hooks.py --only a d
+    python benchmarks/bench_hooks.py --device cuda   # kernels on the GPU
 """
 
 import argparse
@@ -54,6 +55,9 @@ from sklearn_pathkernel.engines import select_engine
 
 sys.path.insert(0, os.path.dirname(__file__))
 from bench_kernel import PeakRSS  # noqa: E402
+
+# Where the kernels run (--device); training is on the CPU either way.
+DEVICE = torch.device("cpu")
 
 
 class ResidualMLP(nn.Module):
@@ -162,9 +166,10 @@ def trained(name, quick):
     return module, X, result.trajectory
 
 
-def points(trajectory, k):
+def points(trajectory, k, metric=None):
+    """The first ``k`` checkpoints as ``weighted_kernel_sum``'s points."""
     return [
-        (float(w), lambda dev, j=j: trajectory.parameters(j, device=dev))
+        (float(w), lambda j=j: trajectory.parameters(j), lambda: metric)
         for j, w in enumerate(trajectory.weights[:k])
     ]
 
@@ -173,22 +178,26 @@ def timed(fn):
     with PeakRSS() as memory:
         start = time.perf_counter()
         K = fn()
+        if DEVICE.type == "cuda":
+            torch.cuda.synchronize(DEVICE)
         seconds = time.perf_counter() - start
     return K, seconds, memory.mib
 
 
-def kernel(module, trajectory, X, engine, k):
+def kernel(module, trajectory, X, engine, k, metric=None):
     return weighted_kernel_sum(
         module,
-        points(trajectory, k),
+        points(trajectory, k, metric),
         X,
         parameter_names=trajectory.parameter_names,
         engine=engine,
+        device=DEVICE,
     )
 
 
 def bench(name, quick, jacobian_checkpoints, hooks_checkpoints):
     module, X, trajectory = trained(name, quick)
+    module, X = module.to(DEVICE), X.to(DEVICE)
     T = len(trajectory.weights)
     k = min(T, jacobian_checkpoints)
     t_all = min(T, hooks_checkpoints or T)
@@ -242,7 +251,17 @@ def main():
     parser.add_argument(
         "--hooks-checkpoints", type=int, default=None, help="default: all"
     )
+    parser.add_argument(
+        "--device", default="cpu", help="where the kernels run (cpu, cuda, cuda:1)"
+    )
     args = parser.parse_args()
+    global DEVICE
+    DEVICE = torch.device(args.device)
+    if DEVICE.type == "cuda" and not torch.cuda.is_available():
+        parser.error(
+            f"--device {args.device}: torch finds no CUDA device "
+            "(torch.cuda.is_available() is False); run with --device cpu."
+        )
     print(
         f"torch {torch.__version__}, {platform.processor() or platform.machine()}, "
         f"{torch.get_num_threads()} threads, load {os.getloadavg()[0]:.1f}"
