@@ -169,13 +169,37 @@ def force(form, monkeypatch):
         monkeypatch.setattr(_ghost, "_ghost_is_cheaper", lambda *args: forced)
 
 
-def _check_kernels(case):
+def metric_of(params, seed=7):
+    """A random positive metric spread over three decades, as Adam's is."""
+    gen = torch.Generator().manual_seed(seed)
+    return {
+        n: 10.0 ** (3 * torch.rand(p.shape, generator=gen, dtype=p.dtype) - 2)
+        for n, p in params.items()
+    }
+
+
+def _basis(heights):
+    """Factors whose columns run over every tuple of basis vectors (exact sketch)."""
+    grids = torch.meshgrid(*[torch.arange(h) for h in heights], indexing="ij")
+    return tuple(
+        torch.eye(h, dtype=torch.float64)[:, grid.reshape(-1)]
+        for h, grid in zip(heights, grids)
+    )
+
+
+def _check_kernels(case, metric=False):
+    """Traced, full, applied and diagonal kernels against the reference.
+
+    With ``metric`` true, in the random metric :func:`metric_of`.
+    """
     net, params, X, Y = _setup(case)
+    metric = metric_of(params) if metric else None
     bound = _engine(net, params, X)
-    full = tangent_kernel_reference(net, params, X, Y, trace=False)
+    full = tangent_kernel_reference(net, params, X, Y, trace=False, metric=metric)
     vectors = _floats(len(Y), full.shape[-1], seed=3)
     with torch.no_grad():  # as the blocked loops call engines
-        state_x, state_y = bound.state(params, X), bound.state(params, Y)
+        state_x = bound.state(params, X, metric=metric)
+        state_y = bound.state(params, Y, metric=metric)
         traced = bound.contract(state_x, state_y, True)
         whole = bound.contract(state_x, state_y, False)
         applied = bound.contract_vector(state_x, state_y, vectors)
@@ -185,5 +209,5 @@ def _check_kernels(case):
     np.testing.assert_allclose(whole.numpy(), full, **check)
     want = np.einsum("ijab,jb->ija", full, vectors.numpy())
     np.testing.assert_allclose(applied.numpy(), want, **check)
-    want = np.diag(tangent_kernel_reference(net, params, X))
+    want = np.diag(tangent_kernel_reference(net, params, X, metric=metric))
     np.testing.assert_allclose(diagonal.numpy(), want, rtol=1e-10)

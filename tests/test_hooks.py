@@ -3,21 +3,12 @@
 import numpy as np
 import pytest
 import torch
-from _hook_cases import CASES, _engine, _floats, _setup, force
+from _hook_cases import CASES, _basis, _engine, _floats, _setup, force
 from _oracle import jacobian_rows, tangent_kernel_reference
 from torch import nn
 
 from sklearn_pathkernel import tangent_kernel
 from sklearn_pathkernel.engines import _ghost, _hooks, select_engine
-
-
-def _basis(heights):
-    """Factors whose columns run over every tuple of basis vectors (exact sketch)."""
-    grids = torch.meshgrid(*[torch.arange(h) for h in heights], indexing="ij")
-    return tuple(
-        torch.eye(h, dtype=torch.float64)[:, grid.reshape(-1)]
-        for h, grid in zip(heights, grids)
-    )
 
 
 @pytest.mark.parametrize("case", sorted(CASES))

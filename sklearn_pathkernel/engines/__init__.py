@@ -136,6 +136,6 @@ def select_engine(engine, module, parameter_names, example=None, metric=False):
             + repr(next(n for n, c in ENGINES.items() if c.supports_metric))
             + "."
         )
-    if example is not None and cls is HookEngine:
-        return cls(module, list(parameter_names), example=example)
+    if cls is HookEngine:
+        return cls(module, list(parameter_names), example=example, metric=metric)
     return cls(module, list(parameter_names))

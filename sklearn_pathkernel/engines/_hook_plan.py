@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from .._network import check_rows_independent
-from . import _ghost
+from . import _ghost, _metric
 from ._layer_rules import _kron_shapes, _per_row, _rule
 
 #: Signals from one backward over ``O`` copies of each row rather than a
@@ -27,12 +27,19 @@ def _own_parameters(module):
 
 
 class _Ghost:
-    """One ghost term: a (layer, group) whose uses concatenate positions."""
+    """One ghost term: a (layer, group) whose uses concatenate positions.
 
-    def __init__(self, key, h_in, h_out, tokens, positions):
-        self.key, self.h_in, self.h_out = key, h_in, h_out
+    ``metric_form`` is its form in a metric (``_metric.py``): ``"ghost"``
+    for token inputs (the metric scales the signals), else ``"pairwise"`` or
+    ``"instantiated"``, by the cost rule.
+    """
+
+    def __init__(self, layer, group, h_in, h_out, tokens, positions, metric_form):
+        self.key, self.h_in, self.h_out = (id(layer.module), group), h_in, h_out
+        self.layer, self.group = layer, group
         self.tokens = tokens  # the input side is one-hot token ids
         self.positions = positions
+        self.metric_form = metric_form
 
 
 class _Layer:
@@ -106,7 +113,7 @@ class _Plan:
         self.layers = []
         self.ghosts = []
         inst_sizes = {}
-        numbers = activations = 0
+        numbers = activations = metric_numbers = 0
         for mod_id, layer in layers.items():
             calls2, calls3 = records[0][mod_id], records[1][mod_id]
             layer.calls = [_axes(a, b, layer) for a, b in zip(calls2, calls3)]
@@ -128,11 +135,14 @@ class _Plan:
             if terms and not tied and _ghost._ghost_is_cheaper(terms, self.n_outputs):
                 layer.ghost = True
                 for group, (h_in, h_out, P, tokens) in enumerate(terms):
+                    form = _metric_form(h_in, h_out, P, tokens, self.n_outputs)
                     self.ghosts.append(
-                        _Ghost((id(layer.module), group), h_in, h_out, tokens, P)
+                        _Ghost(layer, group, h_in, h_out, tokens, P, form)
                     )
                     # Token inputs are kept as ids: one number a position.
                     numbers += P * ((1 if tokens else h_in) + self.n_outputs * h_out)
+                    if form == "instantiated":
+                        metric_numbers += self.n_outputs * h_in * h_out
             else:
                 for local, full in layer.names.items():
                     inst_sizes[full] = _parameter(layer.module, local).numel()
@@ -150,6 +160,17 @@ class _Plan:
             offset += inst_sizes[full]
         self.n_instantiated = offset
         self.numbers_per_row = numbers + activations + self.n_outputs * offset
+        # In a metric, instantiated ghost terms hold their gradients as well.
+        self.metric_numbers_per_row = self.numbers_per_row + metric_numbers
+
+
+def _metric_form(h_in, h_out, P, tokens, n_outputs):
+    """A ghost term's form in a metric (``_metric._pairwise_is_cheaper``)."""
+    if tokens:
+        return "ghost"
+    if _metric._pairwise_is_cheaper(h_in, h_out, P, n_outputs):
+        return "pairwise"
+    return "instantiated"
 
 
 def _parameter(module, local):

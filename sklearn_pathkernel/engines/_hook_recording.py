@@ -18,7 +18,8 @@ from torch.func import functional_call
 
 from ._fallback import _fallback
 from ._hook_plan import _parameter, _tensors
-from ._layer_rules import _instantiate, _kron
+from ._layer_rules import _instantiate, _kron, _kron_metric
+from ._metric import _instantiate_term
 
 # functional_call swaps a module's parameters in place for the call, so two
 # threads inside the same module at once would compute at each other's
@@ -116,7 +117,15 @@ def _record(engine, parameters, X, recorder):
     return leaves, out, outputs, signals
 
 
-def _build_state(engine, parameters, X):
+def _build_state(engine, parameters, X, metric=None):
+    """The rows' state: instantiated gradients ``(n, O, k)`` and ghost terms.
+
+    With a ``metric`` (name -> positive tensor) every instantiated gradient
+    is scaled by its ``sqrt``, an embedding's signals by its tokens' rows,
+    and each other ghost term takes its ``metric_form`` (``_metric.py``):
+    ``(A, D, S)`` kept pairwise, or ``sqrt(S) * G`` instantiated;
+    ``"forms"`` says which, per term (None without a metric).
+    """
     plan = engine.plan
     module = engine.module
     copies = plan.n_outputs if plan.replicate else 1
@@ -132,6 +141,13 @@ def _build_state(engine, parameters, X):
         by_call.setdefault((id(layer.module), k), []).append(D)
 
     dtype = out.dtype
+    roots = None
+    if metric is not None:
+        roots = {
+            full: metric[full].to(device=out.device, dtype=dtype).sqrt()
+            for layer in plan.layers
+            for full in layer.names.values()
+        }
     inst = (
         out.new_zeros(n, n_outputs, plan.n_instantiated)
         if plan.n_instantiated
@@ -146,14 +162,17 @@ def _build_state(engine, parameters, X):
             if layer.rule == "fallback":
                 with _MODULE_LOCK:  # before TORCH_FUNC_LOCK, as in _record
                     grads = _fallback(layer, args, kwargs, Ds, axes, leaves, module)
+                if roots is not None:
+                    grads = {full: g * roots[full] for full, g in grads.items()}
             else:
                 D = Ds[0].movedim(axes["outputs"][0] + 1, 0)  # (n, O, ...)
                 x = args[0].movedim(axes["args"][0], 0)
                 if layer.ghost:
-                    for group, (A, Dg) in enumerate(_kron(layer, x, D, dtype)):
+                    terms = _kron(layer, x, D, dtype, roots)
+                    for group, (A, Dg) in enumerate(terms):
                         ghost.setdefault((id(layer.module), group), []).append((A, Dg))
                     continue
-                grads = _instantiate(layer, x, D, dtype)
+                grads = _instantiate(layer, x, D, dtype, roots)
             for full, g in grads.items():
                 start, stop = plan.inst_offsets[full]
                 inst[:, :, start:stop] += g.reshape(n, n_outputs, -1)
@@ -163,7 +182,30 @@ def _build_state(engine, parameters, X):
         A = parts[0][0] if len(parts) == 1 else torch.cat([a for a, _ in parts], 1)
         D = parts[0][1] if len(parts) == 1 else torch.cat([d for _, d in parts], 1)
         ghosts.append((A, D))
-    return {"inst": inst, "ghost": ghosts, "n": n, "n_outputs": n_outputs}
+    forms = None
+    if metric is not None:
+        forms = tuple(term.metric_form for term in plan.ghosts)
+        ghosts = [
+            _in_metric(term, A, D, metric, dtype)
+            for term, (A, D) in zip(plan.ghosts, ghosts)
+        ]
+    return {
+        "inst": inst,
+        "ghost": ghosts,
+        "forms": forms,
+        "n": n,
+        "n_outputs": n_outputs,
+    }
+
+
+def _in_metric(term, A, D, metric, dtype):
+    """One ghost term in its ``metric_form`` (an embedding's is scaled already)."""
+    if term.metric_form == "ghost":
+        return A, D
+    S = _kron_metric(term.layer, term.group, metric).to(device=D.device, dtype=dtype)
+    if term.metric_form == "pairwise":
+        return A, D, S
+    return _instantiate_term(A, D, S.sqrt())
 
 
 def _replicated_signals(out, tensors, axes):

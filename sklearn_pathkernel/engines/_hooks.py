@@ -17,7 +17,6 @@ built; ghost products go in sub-blocks of at most ``_ghost.GHOST_SCRATCH``
 numbers, a fixed grid, so results are bit-identical across budgets.
 """
 
-import torch
 from torch import nn
 
 from .._blocking import TILE_ROWS
@@ -27,6 +26,13 @@ from ._ghost import _contract_ghost, _ghost_diagonal, _ghost_sketch
 from ._hook_plan import _check_rows_independent, _own_parameters, _Plan
 from ._hook_recording import _build_state
 from ._layer_rules import _RULES
+from ._metric import (
+    _contract_gradients,
+    _contract_pairwise,
+    _gradient_sketch,
+    _pairwise_diagonal,
+    _pairwise_sketch,
+)
 
 #: Rows of an instantiated ``vec G`` or of a ghost layer's ``vec D`` per
 #: sketch piece, as in the structured engine.
@@ -40,9 +46,12 @@ class HookEngine(Engine):
     inputs ``A`` (n, P, h_in [+ 1]), or the token ids of an embedding, and
     signals ``D`` (n, P, O, h_out); and the instantiated per-example
     gradients of every other trained parameter, concatenated, (n, O, k).
-    Which layers are ghost, where each tensor's row axis is and how much a
-    row costs come from a probe forward on two and three copies of one row
-    (``example``, or the first rows the engine sees).
+    In a metric (``state(..., metric=)``, the path of Adam) the instantiated
+    gradients are scaled by its ``sqrt`` and each ghost term takes its form
+    in a metric (``_metric.py``). Which layers are ghost, where each
+    tensor's row axis is and how much a row costs come from a probe forward
+    on two and three copies of one row (``example``, or the first rows the
+    engine sees).
 
     Parameters
     ----------
@@ -52,6 +61,10 @@ class HookEngine(Engine):
         A row (or rows) of the input, ``(n, *input_shape)``: lets
         :meth:`bytes_per_row` and :meth:`sketch_shapes` answer before any
         state exists (``select_engine`` passes it).
+    metric : bool, default=False
+        Whether states will be taken in a metric: :meth:`bytes_per_row` then
+        counts the gradients that ghost terms instantiate in one (a state
+        taken in a metric sets it too).
 
     Examples
     --------
@@ -65,17 +78,23 @@ class HookEngine(Engine):
     >>> state = engine.state(params, X)
     >>> engine.contract(state, state, trace=True).shape
     torch.Size([5, 5])
+    >>> metric = {n: torch.rand(p.shape) + 0.5 for n, p in params.items()}
+    >>> state = engine.state(params, X, metric=metric)
+    >>> engine.diagonal(state, X).shape
+    torch.Size([5])
     """
 
     name = "hooks"
+    supports_metric = True
     supported_modules = (
         "a module whose parametrised layers are Linear, Conv1d, Conv2d, "
         "Embedding, LayerNorm, GroupNorm, BatchNorm or MultiheadAttention"
     )
 
-    def __init__(self, module, parameter_names, example=None):
+    def __init__(self, module, parameter_names, example=None, metric=False):
         self.module = module
         self.parameter_names = list(parameter_names)
+        self.metric = bool(metric)
         self.plan = None
         if example is not None:
             self._make_plan(example)
@@ -128,22 +147,22 @@ class HookEngine(Engine):
         # The state, and about as much again for the forward activations,
         # the graph and the signals alive while it is built; the ghost
         # scratch counted against a full tile.
-        return (
-            2 * plan.numbers_per_row * itemsize + _ghost.GHOST_SCRATCH * 8 // TILE_ROWS
-        )
+        numbers = plan.metric_numbers_per_row if self.metric else plan.numbers_per_row
+        return 2 * numbers * itemsize + _ghost.GHOST_SCRATCH * 8 // TILE_ROWS
 
     # ---------------------------------------------------------------- state
 
     def state(self, parameters, X, metric=None):
-        """Ghost terms ``(A, D)`` and instantiated gradients of the rows ``X``."""
-        if metric is not None:
-            raise NotImplementedError(
-                f"The {self.name!r} engine does not take a metric yet."
-            )
+        """Ghost terms ``(A, D)`` and instantiated gradients of the rows ``X``.
+
+        With a ``metric``, every product of the state is the one in it.
+        """
         if self.plan is None:
             self._make_plan(X[:1])
         _check_rows_independent(self.module)
-        return _build_state(self, parameters, X)
+        if metric is not None:
+            self.metric = True
+        return _build_state(self, parameters, X, metric)
 
     def static(self, X, Y):
         return None
@@ -152,36 +171,40 @@ class HookEngine(Engine):
 
     def contract(self, state_x, state_y, trace, static=None):
         """Instantiated Gram plus every ghost term: (n, m) or (n, m, O, O)."""
+        return self._contract(state_x, state_y, "trace" if trace else "full")
+
+    def _contract(self, state_x, state_y, mode, vectors=None):
         G_x, G_y = state_x["inst"], state_y["inst"]
         total = None
         if G_x is not None:
-            if trace:
-                total = G_x.flatten(1) @ G_y.flatten(1).T
-            else:
-                total = torch.einsum("iak,jbk->ijab", G_x, G_y)
-        for term, tx, ty in zip(self.plan.ghosts, state_x["ghost"], state_y["ghost"]):
-            part = _contract_ghost(term, tx, ty, "trace" if trace else "full")
+            total = _contract_gradients(G_x, G_y, mode, vectors)
+        for term, form, tx, ty in zip(
+            self.plan.ghosts, _forms(state_x), state_x["ghost"], state_y["ghost"]
+        ):
+            if form == "ghost":
+                part = _contract_ghost(term, tx, ty, mode, vectors)
+            elif form == "pairwise":
+                part = _contract_pairwise(tx, ty, mode, vectors)
+            else:  # sqrt(S) * G: (n, O, h_out, h_in)
+                part = _contract_gradients(tx.flatten(2), ty.flatten(2), mode, vectors)
             total = part if total is None else total.add_(part)
         return total
 
     def contract_vector(self, state_x, state_y, vectors, static=None):
         """``K[i, j] @ vectors[j]``: (n, m, O), ``v`` folded into Y's side first."""
-        G_x, G_y = state_x["inst"], state_y["inst"]
-        total = None
-        if G_x is not None:
-            folded = torch.einsum("jbk,jb->jk", G_y, vectors)
-            total = torch.einsum("iak,jk->ija", G_x, folded)
-        for term, tx, ty in zip(self.plan.ghosts, state_x["ghost"], state_y["ghost"]):
-            part = _contract_ghost(term, tx, ty, "vector", vectors)
-            total = part if total is None else total.add_(part)
-        return total
+        return self._contract(state_x, state_y, "vector", vectors)
 
     def diagonal(self, state, X):
         """``sum_o |G_o(x)|^2`` per row, ghost layers by per-row position Grams."""
         G = state["inst"]
         total = (G * G).sum(dim=(1, 2)) if G is not None else None
-        for term, (A, D) in zip(self.plan.ghosts, state["ghost"]):
-            part = _ghost_diagonal(term, A, D)
+        for term, form, t in zip(self.plan.ghosts, _forms(state), state["ghost"]):
+            if form == "ghost":
+                part = _ghost_diagonal(term, *t)
+            elif form == "pairwise":
+                part = _pairwise_diagonal(*t)
+            else:
+                part = (t * t).sum(dim=(1, 2, 3))
             total = part if total is None else total + part
         return total
 
@@ -193,6 +216,8 @@ class HookEngine(Engine):
         A ghost layer's gradient ``sum_p vec d_p (x) a_p`` is sketched as
         ``sum_p (u . vec d_p) (v . a_p)`` (a Kronecker sketch, linear in the
         sum); ``vec D`` longer than :data:`SKETCH_ROWS` is cut into blocks.
+        In a metric the same factors sketch ``sqrt(S) * G`` (the Kronecker
+        sketch is unbiased for any matrix), rows of it instantiated per piece.
         """
         return [shape for shape, _ in self._pieces(n_outputs)]
 
@@ -202,9 +227,13 @@ class HookEngine(Engine):
         if kind == "inst":
             (projection,) = factors
             return state["inst"].flatten(1)[:, start:stop] @ projection
-        term = self.plan.ghosts[index]
-        A, D = state["ghost"][index]
-        return _ghost_sketch(term, A, D, start, stop, factors)
+        term, form = self.plan.ghosts[index], _forms(state)[index]
+        t = state["ghost"][index]
+        if form == "ghost":
+            return _ghost_sketch(term, *t, start, stop, factors)
+        if form == "pairwise":
+            return _pairwise_sketch(*t, start, stop, factors)
+        return _gradient_sketch(t.flatten(1, 2)[:, start:stop], factors)
 
     def _pieces(self, n_outputs):
         plan = self._require_plan("sketch_shapes")
@@ -221,3 +250,8 @@ class HookEngine(Engine):
                     ((stop - start, term.h_in), ("ghost", index, start, stop))
                 )
         return pieces
+
+
+def _forms(state):
+    """Each ghost term's form in the state: all ``"ghost"`` without a metric."""
+    return state["forms"] or ("ghost",) * len(state["ghost"])

@@ -116,16 +116,34 @@ def _augment(A, trains_weight, trains_bias):
     return torch.cat(parts, dim=-1) if len(parts) > 1 else parts[0]
 
 
-def _kron(layer, x, D, dtype):
-    """Ghost terms ``(A, D)`` of one call, one per group."""
+def _embedding_signals(layer, x, D, dtype, roots):
+    """An embedding's tokens (n, P) and signals (n, P, O, dim).
+
+    With ``roots`` (``sqrt`` of the metric by name) each position's signal
+    is scaled by its token's row, ``sqrt(S[token])``: the one-hot input
+    meets only that row of the table, so the ghost form stays exact.
+    """
+    mod = layer.module
+    tokens = x.reshape(x.shape[0], -1)
+    _, Dp = _positions(x.to(dtype), D, 1)
+    if mod.padding_idx is not None:  # no gradient reaches padding rows
+        Dp = Dp * (tokens != mod.padding_idx)[:, :, None, None].to(dtype)
+    if roots is not None:
+        Dp = Dp * roots[layer.names["weight"]][tokens][:, :, None, :]
+    return tokens, Dp
+
+
+def _kron(layer, x, D, dtype, roots=None):
+    """Ghost terms ``(A, D)`` of one call, one per group.
+
+    ``roots`` (a metric's ``sqrt`` by name) scales an embedding's signals
+    (:func:`_embedding_signals`); other layers' terms are the same in a
+    metric (``_metric.py`` applies it).
+    """
     mod, names = layer.module, layer.names
     trains_w, trains_b = "weight" in names, "bias" in names
     if layer.rule == "embedding":
-        tokens = x.reshape(x.shape[0], -1)
-        _, Dp = _positions(x.to(dtype), D, 1)
-        if mod.padding_idx is not None:  # no gradient reaches padding rows
-            Dp = Dp * (tokens != mod.padding_idx)[:, :, None, None].to(dtype)
-        return [(tokens, Dp)]
+        return [_embedding_signals(layer, x, D, dtype, roots)]
     if layer.rule == "linear":
         A, Dp = _positions(x, D, mod.in_features)
         return [(_augment(A, trains_w, trains_b), Dp)]
@@ -141,24 +159,41 @@ def _kron(layer, x, D, dtype):
     ]
 
 
-def _instantiate(layer, x, D, dtype):
-    """Per-example gradients of one call, in each parameter's own layout."""
+def _instantiate(layer, x, D, dtype, roots=None):
+    """Per-example gradients of one call, in each parameter's own layout.
+
+    With ``roots`` (a metric's ``sqrt`` by name), ``sqrt(S) * G``: an
+    embedding's signals are scaled per token before they are added to the
+    table, the rest after.
+    """
+    if layer.rule == "embedding":
+        return _instantiate_embedding(layer, x, D, dtype, roots)
+    grads = _instantiate_kron_or_norm(layer, x, D)
+    if roots is not None:
+        grads = {
+            full: g * roots[full].reshape(g.shape[2:]) for full, g in grads.items()
+        }
+    return grads
+
+
+def _instantiate_embedding(layer, x, D, dtype, roots):
+    """The rows' tables ``(n, O, vocab, dim)``, by ``index_add``."""
     mod, names = layer.module, layer.names
     n, n_outputs = D.shape[0], D.shape[1]
+    tokens, Dp = _embedding_signals(layer, x, D, dtype, roots)  # (n, P, O, dim)
+    flat = (
+        tokens + mod.num_embeddings * torch.arange(n, device=tokens.device)[:, None]
+    ).reshape(-1)
+    weight = Dp.new_zeros(n * mod.num_embeddings, n_outputs, mod.embedding_dim)
+    weight.index_add_(0, flat, Dp.reshape(-1, n_outputs, mod.embedding_dim))
+    weight = weight.view(n, mod.num_embeddings, n_outputs, -1)
+    return {names["weight"]: weight.transpose(1, 2)}
+
+
+def _instantiate_kron_or_norm(layer, x, D):
+    """Linear, conv and norm gradients of one call (n, O, ...)."""
+    mod, names = layer.module, layer.names
     grads = {}
-    if layer.rule == "embedding":
-        tokens = x.reshape(n, -1)
-        _, Dp = _positions(x.to(dtype), D, 1)  # (n, P, O, dim)
-        if mod.padding_idx is not None:
-            Dp = Dp * (tokens != mod.padding_idx)[:, :, None, None].to(dtype)
-        flat = (
-            tokens + mod.num_embeddings * torch.arange(n, device=tokens.device)[:, None]
-        ).reshape(-1)
-        weight = Dp.new_zeros(n * mod.num_embeddings, n_outputs, mod.embedding_dim)
-        weight.index_add_(0, flat, Dp.reshape(-1, n_outputs, mod.embedding_dim))
-        grads[names["weight"]] = weight.view(n, mod.num_embeddings, n_outputs, -1)
-        grads[names["weight"]] = grads[names["weight"]].transpose(1, 2)
-        return grads
     if layer.rule == "norm":
         return _norm_gradients(layer, x, D)
     if layer.rule == "linear":
@@ -216,3 +251,23 @@ def _norm_gradients(layer, x, D):
             n, n_outputs, -1
         )
     return grads
+
+
+def _kron_metric(layer, group, metric):
+    """A Kronecker term's metric in its ``(h_out, h_in [+ 1])`` layout.
+
+    The weight's rows (a convolution's: this group's output channels) in
+    ``F.unfold``'s column order, then the bias as the ones column's.
+    """
+    mod, names = layer.module, layer.names
+    rows = slice(None)
+    if layer.rule == "conv":
+        c_out = mod.out_channels // mod.groups
+        rows = slice(group * c_out, (group + 1) * c_out)
+    parts = []
+    if "weight" in names:
+        weight = metric[names["weight"]]
+        parts.append(weight.reshape(weight.shape[0], -1)[rows])
+    if "bias" in names:
+        parts.append(metric[names["bias"]][rows, None])
+    return torch.cat(parts, dim=1) if len(parts) > 1 else parts[0]
