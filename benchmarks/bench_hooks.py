@@ -29,6 +29,7 @@ Usage::
     python benchmarks/bench_hooks.py --quick      # small sizes, a smoke test
     python benchmarks/bench_hooks.py --only a d
     python benchmarks/bench_hooks.py --device cuda   # kernels on the GPU
+    python benchmarks/bench_hooks.py --metric --only a   # in an Adam-like metric
 """
 
 import argparse
@@ -51,7 +52,7 @@ from sklearn_pathkernel._losses import (
 )
 from sklearn_pathkernel._path import weighted_kernel_sum
 from sklearn_pathkernel._training import TrainingOptions, train
-from sklearn_pathkernel.engines import select_engine
+from sklearn_pathkernel.engines import _metric, select_engine
 
 sys.path.insert(0, os.path.dirname(__file__))
 from bench_kernel import PeakRSS  # noqa: E402
@@ -241,6 +242,61 @@ def bench(name, quick, jacobian_checkpoints, hooks_checkpoints):
     )
 
 
+def adam_like_metric(module):
+    """A random positive metric over three decades, as Adam's ``Ptilde`` is.
+
+    (The training loop records SGD paths here; the cost of a metric does not
+    depend on its values.)
+    """
+    gen = torch.Generator().manual_seed(1)
+    return {
+        n: (10.0 ** (3 * torch.rand(p.shape, generator=gen) - 2)).to(p)
+        for n, p in module.named_parameters()
+    }
+
+
+def bench_metric(name, quick, checkpoints):
+    """Hooks against jacobian on the same checkpoints, both in a metric."""
+    module, X, trajectory = trained(name, quick)
+    module, X = module.to(DEVICE), X.to(DEVICE)
+    k = min(len(trajectory.weights), checkpoints)
+    metric = adam_like_metric(module)
+    bound = select_engine(
+        "auto", module, trajectory.parameter_names, example=X[:1], metric=True
+    )
+    forms = {
+        f"{term.layer.prefix}[{term.group}]": term.metric_form
+        for term in bound.plan.ghosts
+    }
+    print(f"\n### ({name}) in an Adam-like metric: n = {len(X)}, {k} checkpoint(s)\n")
+    print(f"auto engine: {bound.name!r}; ghost terms in a metric: {forms}\n")
+    kernel(module, trajectory, X[:8], "hooks", 1, metric)  # warm-up
+    K_p, s_p, m_p = timed(lambda: kernel(module, trajectory, X, "hooks", k))
+    K_h, s_h, m_h = timed(lambda: kernel(module, trajectory, X, "hooks", k, metric))
+    K_j, s_j, m_j = timed(lambda: kernel(module, trajectory, X, "jacobian", k, metric))
+    # The cost rule's alternative: every such ghost term instantiated.
+    rule = _metric._pairwise_is_cheaper
+    _metric._pairwise_is_cheaper = lambda *args: False
+    try:
+        K_i, s_i, m_i = timed(lambda: kernel(module, trajectory, X, "hooks", k, metric))
+    finally:
+        _metric._pairwise_is_cheaper = rule
+    err = np.abs(K_j - K_h).max() / np.abs(K_h).max()
+    err_i = np.abs(K_i - K_h).max() / np.abs(K_h).max()
+    print("| engine | metric | seconds | peak MiB | max rel. diff. |")
+    print("|---|---|---:|---:|---:|")
+    print(f"| hooks | none | {s_p:.2f} | {m_p:.0f} | |")
+    print(f"| hooks | Adam-like | {s_h:.2f} | {m_h:.0f} | 0 |")
+    print(f"| jacobian | Adam-like | {s_j:.2f} | {m_j:.0f} | {err:.1e} |")
+    print(
+        f"| hooks, all instantiated | Adam-like | {s_i:.2f} | {m_i:.0f} | {err_i:.1e} |"
+    )
+    print(
+        f"\nin a metric, hooks over jacobian: {s_j / s_h:.1f}x; "
+        f"hooks in a metric over hooks without: {s_h / s_p:.2f}x slower"
+    )
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true")
@@ -253,6 +309,11 @@ def main():
     )
     parser.add_argument(
         "--device", default="cpu", help="where the kernels run (cpu, cuda, cuda:1)"
+    )
+    parser.add_argument(
+        "--metric",
+        action="store_true",
+        help="hooks against jacobian in an Adam-like metric, same checkpoints",
     )
     args = parser.parse_args()
     global DEVICE
@@ -267,7 +328,10 @@ def main():
         f"{torch.get_num_threads()} threads, load {os.getloadavg()[0]:.1f}"
     )
     for name in args.only:
-        bench(name, args.quick, args.checkpoints, args.hooks_checkpoints)
+        if args.metric:
+            bench_metric(name, args.quick, args.checkpoints)
+        else:
+            bench(name, args.quick, args.checkpoints, args.hooks_checkpoints)
 
 
 if __name__ == "__main__":

@@ -1,5 +1,7 @@
 """Modules, inputs and fixtures shared by the hooks engine's test modules."""
 
+import functools
+
 import numpy as np
 import torch
 from _oracle import tangent_kernel_reference
@@ -195,7 +197,7 @@ def _check_kernels(case, metric=False):
     net, params, X, Y = _setup(case)
     metric = metric_of(params) if metric else None
     bound = _engine(net, params, X)
-    full = tangent_kernel_reference(net, params, X, Y, trace=False, metric=metric)
+    full, diagonal_want = _reference(case, metric is not None)
     vectors = _floats(len(Y), full.shape[-1], seed=3)
     with torch.no_grad():  # as the blocked loops call engines
         state_x = bound.state(params, X, metric=metric)
@@ -209,5 +211,17 @@ def _check_kernels(case, metric=False):
     np.testing.assert_allclose(whole.numpy(), full, **check)
     want = np.einsum("ijab,jb->ija", full, vectors.numpy())
     np.testing.assert_allclose(applied.numpy(), want, **check)
-    want = np.diag(tangent_kernel_reference(net, params, X, metric=metric))
-    np.testing.assert_allclose(diagonal.numpy(), want, rtol=1e-10)
+    np.testing.assert_allclose(diagonal.numpy(), diagonal_want, rtol=1e-10)
+
+
+@functools.cache
+def _reference(case, metric):
+    """The reference's full ``K(X, Y)`` and ``diag K(X, X)`` of a case, once.
+
+    Cached: several tests (forms, sparse or dense token pairs) share it.
+    """
+    net, params, X, Y = _setup(case)
+    metric = metric_of(params) if metric else None
+    full = tangent_kernel_reference(net, params, X, Y, trace=False, metric=metric)
+    diagonal = np.diag(tangent_kernel_reference(net, params, X, metric=metric))
+    return full, diagonal

@@ -16,7 +16,7 @@ from _hook_cases import (
 from _oracle import jacobian_rows, tangent_kernel_reference
 
 from sklearn_pathkernel._path import weighted_kernel_sum
-from sklearn_pathkernel.engines import _hooks, _metric, select_engine
+from sklearn_pathkernel.engines import _ghost, _hooks, _metric, select_engine
 from sklearn_pathkernel.engines._metric import _pairwise_is_cheaper
 
 
@@ -164,3 +164,21 @@ def test_the_pairwise_form_wins_at_one_position_with_several_outputs():
     assert _pairwise_is_cheaper(h_in=257, h_out=32, P=1, n_outputs=10)
     assert not _pairwise_is_cheaper(h_in=10, h_out=8, P=1, n_outputs=1)
     assert not _pairwise_is_cheaper(h_in=10, h_out=8, P=16, n_outputs=10)
+
+
+def test_results_in_a_metric_are_bit_identical_across_budgets_and_jobs(monkeypatch):
+    monkeypatch.setattr(_ghost, "GHOST_SCRATCH", 2**10)  # many sub-blocks
+    force("ghost", monkeypatch)
+    _force_metric("pairwise", monkeypatch)
+    net, params, _, _ = _setup("sequence")
+    X = _floats(40, 5, 3, seed=4)
+    points = [(1.0, lambda: params, lambda: metric_of(params))]
+
+    def kernel(**options):
+        return weighted_kernel_sum(
+            net, points, X, parameter_names=list(params), trace=False, **options
+        )
+
+    reference = kernel(working_memory=1024)
+    for options in ({"working_memory": 0.01}, {"n_jobs": 2, "working_memory": 0.01}):
+        assert np.array_equal(kernel(**options), reference), options

@@ -72,6 +72,8 @@ def _contract_pairwise(tx, ty, mode, vectors=None):
     sx = min(n, max(1, scratch // (per_pair * sy)), max(1, scratch // (P * h * h_in)))
     if mode == "vector":  # fold v into Y's signals first: (m, Q, h)
         D_y = torch.einsum("jqbh,jb->jqh", D_y, vectors)
+    elif mode == "trace":  # per h, contiguous (O, m Q): U by one batched product
+        D_y = D_y.reshape(m * Q, n_outputs, h).permute(2, 1, 0).contiguous()
     extra = {"trace": (), "vector": (n_outputs,), "full": (n_outputs, n_outputs)}
     result = D_x.new_zeros(n, m, *extra[mode])
     for i0 in range(0, n, sx):
@@ -80,23 +82,22 @@ def _contract_pairwise(tx, ty, mode, vectors=None):
         # X's inputs scaled by each row of S: (h, a P, h_in).
         B = (S[:, None, :] * A_x[i0:i1].reshape(1, a * P, h_in)).reshape(-1, h_in)
         dx = D_x[i0:i1].reshape(a * P, n_outputs, h)
+        if mode == "trace":
+            dx = dx.permute(2, 0, 1).contiguous()  # (h, a P, O)
         for j0 in range(0, m, sy):
             j1 = min(j0 + sy, m)
             b = j1 - j0
             W = (B @ A_y[j0:j1].reshape(b * Q, h_in).T).view(h, a * P, b, Q)
-            dy = D_y[j0:j1]
             if mode == "trace":
-                U = torch.bmm(
-                    dx.permute(2, 0, 1),
-                    dy.reshape(b * Q, n_outputs, h).permute(2, 1, 0),
-                ).view(h, a * P, b, Q)
-                part = (W * U).sum(dim=(0, 3)).view(a, P, b).sum(dim=1)
+                U = torch.bmm(dx, D_y[:, :, j0 * Q : j1 * Q]).view(h, a * P, b, Q)
+                part = torch.einsum("hxjq,hxjq->xj", W, U).view(a, P, b).sum(dim=1)
             elif mode == "vector":
-                Z = (W * dy.permute(2, 0, 1)[:, None]).sum(dim=3)  # (h, aP, b)
+                dy = D_y[j0:j1].permute(2, 0, 1)[:, None]  # (h, 1, b, Q)
+                Z = (W * dy).sum(dim=3)  # (h, a P, b)
                 part = torch.einsum("xoh,hxj->xjo", dx, Z)
                 part = part.view(a, P, b, n_outputs).sum(dim=1)
             else:
-                Z = torch.einsum("hxjq,jqbh->hxjb", W, dy)
+                Z = torch.einsum("hxjq,jqbh->hxjb", W, D_y[j0:j1])
                 part = torch.einsum("xoh,hxjb->xjob", dx, Z)
                 part = part.view(a, P, b, n_outputs, n_outputs).sum(dim=1)
             result[i0:i1, j0:j1] = part
