@@ -28,6 +28,8 @@ Usage::
     python benchmarks/bench_hooks.py              # all four workloads
     python benchmarks/bench_hooks.py --quick      # small sizes, a smoke test
     python benchmarks/bench_hooks.py --only a d
+    python benchmarks/bench_hooks.py --device cuda   # kernels on the GPU
+    python benchmarks/bench_hooks.py --metric --only a   # in an Adam-like metric
 """
 
 import argparse
@@ -50,10 +52,13 @@ from sklearn_pathkernel._losses import (
 )
 from sklearn_pathkernel._path import weighted_kernel_sum
 from sklearn_pathkernel._training import TrainingOptions, train
-from sklearn_pathkernel.engines import select_engine
+from sklearn_pathkernel.engines import _metric, select_engine
 
 sys.path.insert(0, os.path.dirname(__file__))
 from bench_kernel import PeakRSS  # noqa: E402
+
+# Where the kernels run (--device); training is on the CPU either way.
+DEVICE = torch.device("cpu")
 
 
 class ResidualMLP(nn.Module):
@@ -165,9 +170,10 @@ def trained(name, quick):
     return module, X, result.trajectory
 
 
-def points(trajectory, k):
+def points(trajectory, k, metric=None):
+    """The first ``k`` checkpoints as ``weighted_kernel_sum``'s points."""
     return [
-        (float(w), lambda dev, j=j: trajectory.parameters(j, device=dev))
+        (float(w), lambda j=j: trajectory.parameters(j), lambda: metric)
         for j, w in enumerate(trajectory.weights[:k])
     ]
 
@@ -176,22 +182,26 @@ def timed(fn):
     with PeakRSS() as memory:
         start = time.perf_counter()
         K = fn()
+        if DEVICE.type == "cuda":
+            torch.cuda.synchronize(DEVICE)
         seconds = time.perf_counter() - start
     return K, seconds, memory.mib
 
 
-def kernel(module, trajectory, X, engine, k):
+def kernel(module, trajectory, X, engine, k, metric=None):
     return weighted_kernel_sum(
         module,
-        points(trajectory, k),
+        points(trajectory, k, metric),
         X,
         parameter_names=trajectory.parameter_names,
         engine=engine,
+        device=DEVICE,
     )
 
 
 def bench(name, quick, jacobian_checkpoints, hooks_checkpoints):
     module, X, trajectory = trained(name, quick)
+    module, X = module.to(DEVICE), X.to(DEVICE)
     T = len(trajectory.weights)
     k = min(T, jacobian_checkpoints)
     t_all = min(T, hooks_checkpoints or T)
@@ -235,6 +245,61 @@ def bench(name, quick, jacobian_checkpoints, hooks_checkpoints):
     )
 
 
+def adam_like_metric(module):
+    """A random positive metric over three decades, as Adam's ``Ptilde`` is.
+
+    (The training loop records SGD paths here; the cost of a metric does not
+    depend on its values.)
+    """
+    gen = torch.Generator().manual_seed(1)
+    return {
+        n: (10.0 ** (3 * torch.rand(p.shape, generator=gen) - 2)).to(p)
+        for n, p in module.named_parameters()
+    }
+
+
+def bench_metric(name, quick, checkpoints):
+    """Hooks against jacobian on the same checkpoints, both in a metric."""
+    module, X, trajectory = trained(name, quick)
+    module, X = module.to(DEVICE), X.to(DEVICE)
+    k = min(len(trajectory.weights), checkpoints)
+    metric = adam_like_metric(module)
+    bound = select_engine(
+        "auto", module, trajectory.parameter_names, example=X[:1], metric=True
+    )
+    forms = {
+        f"{term.layer.prefix}[{term.group}]": term.metric_form
+        for term in bound.plan.ghosts
+    }
+    print(f"\n### ({name}) in an Adam-like metric: n = {len(X)}, {k} checkpoint(s)\n")
+    print(f"auto engine: {bound.name!r}; ghost terms in a metric: {forms}\n")
+    kernel(module, trajectory, X[:8], "hooks", 1, metric)  # warm-up
+    K_p, s_p, m_p = timed(lambda: kernel(module, trajectory, X, "hooks", k))
+    K_h, s_h, m_h = timed(lambda: kernel(module, trajectory, X, "hooks", k, metric))
+    K_j, s_j, m_j = timed(lambda: kernel(module, trajectory, X, "jacobian", k, metric))
+    # The cost rule's alternative: every such ghost term instantiated.
+    rule = _metric._pairwise_is_cheaper
+    _metric._pairwise_is_cheaper = lambda *args: False
+    try:
+        K_i, s_i, m_i = timed(lambda: kernel(module, trajectory, X, "hooks", k, metric))
+    finally:
+        _metric._pairwise_is_cheaper = rule
+    err = np.abs(K_j - K_h).max() / np.abs(K_h).max()
+    err_i = np.abs(K_i - K_h).max() / np.abs(K_h).max()
+    print("| engine | metric | seconds | peak MiB | max rel. diff. |")
+    print("|---|---|---:|---:|---:|")
+    print(f"| hooks | none | {s_p:.2f} | {m_p:.0f} | |")
+    print(f"| hooks | Adam-like | {s_h:.2f} | {m_h:.0f} | 0 |")
+    print(f"| jacobian | Adam-like | {s_j:.2f} | {m_j:.0f} | {err:.1e} |")
+    print(
+        f"| hooks, all instantiated | Adam-like | {s_i:.2f} | {m_i:.0f} | {err_i:.1e} |"
+    )
+    print(
+        f"\nin a metric, hooks over jacobian: {s_j / s_h:.1f}x; "
+        f"hooks in a metric over hooks without: {s_h / s_p:.2f}x slower"
+    )
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true")
@@ -245,13 +310,31 @@ def main():
     parser.add_argument(
         "--hooks-checkpoints", type=int, default=None, help="default: all"
     )
+    parser.add_argument(
+        "--device", default="cpu", help="where the kernels run (cpu, cuda, cuda:1)"
+    )
+    parser.add_argument(
+        "--metric",
+        action="store_true",
+        help="hooks against jacobian in an Adam-like metric, same checkpoints",
+    )
     args = parser.parse_args()
+    global DEVICE
+    DEVICE = torch.device(args.device)
+    if DEVICE.type == "cuda" and not torch.cuda.is_available():
+        parser.error(
+            f"--device {args.device}: torch finds no CUDA device "
+            "(torch.cuda.is_available() is False); run with --device cpu."
+        )
     print(
         f"torch {torch.__version__}, {platform.processor() or platform.machine()}, "
         f"{torch.get_num_threads()} threads, load {os.getloadavg()[0]:.1f}"
     )
     for name in args.only:
-        bench(name, args.quick, args.checkpoints, args.hooks_checkpoints)
+        if args.metric:
+            bench_metric(name, args.quick, args.checkpoints)
+        else:
+            bench(name, args.quick, args.checkpoints, args.hooks_checkpoints)
 
 
 if __name__ == "__main__":

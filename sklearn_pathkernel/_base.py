@@ -276,7 +276,7 @@ class BasePathKernelEstimator(BaseEstimator):
         random_state = check_random_state(self.random_state)
         seed = int(random_state.randint(np.iinfo(np.int32).max))
         generator = torch.Generator().manual_seed(seed)
-        validation = None
+        validation, X_all = None, X  # X_all: the token check sees held-out rows too
         if self.early_stopping:
             X, targets, sample_weight, validation = self._hold_out(
                 X, y, targets, sample_weight, random_state, dtype, device
@@ -299,7 +299,7 @@ class BasePathKernelEstimator(BaseEstimator):
                 with torch.cuda.device(device):
                     torch.cuda.manual_seed(seed)
             if self.tokens:
-                check_token_range(module, X, name="X")
+                check_token_range(module, X_all, name="X")
             check_module_output(module, X_t[:2], targets.shape[1])
             result = train(
                 module,

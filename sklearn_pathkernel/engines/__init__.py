@@ -23,7 +23,9 @@ module graph)
     ``P^2 (h_in + O h_out)`` (ghost form) and ``O h_in h_out``
     (instantiated gradient); attention and layers without a rule pay their
     own per-example gradients only. Memory per row: per layer
-    ``P (h_in + O h_out)`` or ``O h_in h_out`` numbers.
+    ``P (h_in + O h_out)`` or ``O h_in h_out`` numbers. In a metric (Adam)
+    a ghost layer pays the smaller of ``P^2 (h_in h_out + O h_out)``
+    (pairwise) and ``O h_in h_out``; embeddings are unchanged.
 ``"jacobian"`` (any module)
     FLOPs ``2 n m O d`` plus the Jacobians; memory per row ``O d`` numbers.
     The same in a metric.
@@ -142,6 +144,6 @@ def select_engine(engine, module, parameter_names, example=None, metric=False):
             + repr(next(n for n, c in ENGINES.items() if c.supports_metric))
             + "."
         )
-    if example is not None and cls is HookEngine:
-        return cls(module, list(parameter_names), example=example)
+    if cls is HookEngine:
+        return cls(module, list(parameter_names), example=example, metric=metric)
     return cls(module, list(parameter_names))

@@ -1,0 +1,65 @@
+"""The layer-hook engine's fallback for a layer without a rule.
+
+Any other parametrised module (``MultiheadAttention``, whose ``out_proj`` is
+applied functionally, included) gets per-example gradients of its own
+parameters by ``torch.func``: per-example vector-Jacobian products of that
+layer alone on its kept inputs, with the kept signals as cotangents; only
+that layer pays (docs/design.md, section 7.6).
+"""
+
+import warnings
+
+from torch.func import functional_call, vjp, vmap
+
+from ._base import TORCH_FUNC_LOCK
+from ._hook_plan import _parameter, _tensors
+
+
+def _fallback(layer, args, kwargs, Ds, axes, leaves, root):
+    """Per-example gradients of one layer's parameters by ``torch.func``.
+
+    ``vmap`` over rows of a vector-Jacobian product of that layer alone, at
+    its kept inputs, with the kept output signals as cotangents. The caller
+    holds the module lock (``_hook_recording._MODULE_LOCK``): ``functional_call``
+    swaps the layer's parameters in place.
+    """
+    mod = layer.module
+    params = {
+        local: leaves[full].detach() if full in leaves else _parameter(mod, local)
+        for local, full in layer.names.items()
+    }
+    arg_axes, kwarg_axes = axes["args"], axes["kwargs"]
+    out_axes = axes["outputs"]
+    kw_names = [k for k, ax in kwarg_axes.items() if ax is not None]
+    kw_fixed = {k: v for k, v in kwargs.items() if k not in kw_names}
+    row_args = [a if ax is not None else None for a, ax in zip(args, arg_axes)]
+    fixed_args = [a if ax is None else None for a, ax in zip(args, arg_axes)]
+
+    def single(row_args, row_kwargs, row_signals):
+        def f(p):
+            call_args = [
+                fixed if ax is None else a.unsqueeze(ax)
+                for a, fixed, ax in zip(row_args, fixed_args, arg_axes)
+            ]
+            call_kwargs = dict(kw_fixed)
+            for k, v in row_kwargs.items():
+                call_kwargs[k] = v.unsqueeze(kwarg_axes[k])
+            outputs = _tensors(functional_call(mod, p, tuple(call_args), call_kwargs))
+            return tuple(t.squeeze(ax) for t, ax in zip(outputs, out_axes))
+
+        _, pullback = vjp(f, params)
+        (grads,) = vmap(pullback)(tuple(row_signals))
+        return grads
+
+    in_dims = (
+        list(arg_axes),
+        {k: kwarg_axes[k] for k in kw_names},
+        tuple(ax + 1 for ax in out_axes),
+    )
+    with TORCH_FUNC_LOCK, warnings.catch_warnings():
+        # vmap over attention says it loops where it has no batching rule.
+        warnings.filterwarnings("ignore", "There is a performance drop")
+        grads = vmap(single, in_dims=in_dims)(
+            row_args, {k: kwargs[k] for k in kw_names}, tuple(Ds)
+        )
+    return {layer.names[local]: g for local, g in grads.items()}

@@ -1,0 +1,273 @@
+"""The layer-hook engine's recording: one forward with hooks, one backward.
+
+Forward hooks keep each parametrised layer's input ``A`` (and its output
+``Z``); one backward pass, over ``O`` copies of every row seeded with the
+``O`` unit vectors, gives every layer's output gradient ``D = df_o/dZ`` for
+all outputs at once (rows are independent, so the gradient of the
+row-summed output with respect to ``Z`` holds every row's signals). The
+rules of ``_layer_rules.py`` (or ``_fallback.py``) then turn each call's
+``A`` and ``D`` into the state: ghost terms and instantiated gradients
+(docs/design.md, section 7.6).
+"""
+
+import threading
+import warnings
+
+import torch
+from torch.func import functional_call
+
+from ._fallback import _fallback
+from ._hook_plan import _parameter, _tensors
+from ._layer_rules import _instantiate, _kron, _kron_metric
+from ._metric import _instantiate_term
+
+# functional_call swaps a module's parameters in place for the call, so two
+# threads inside the same module at once would compute at each other's
+# checkpoints: states take turns (reentrant; always taken before
+# TORCH_FUNC_LOCK). With thread-based n_jobs the hooks engine gains nothing
+# from several tasks at once; worker processes are unaffected.
+_MODULE_LOCK = threading.RLock()
+
+
+class _Recorder:
+    """Keeps, for this thread's forward, each hooked call's inputs and output.
+
+    With ``copies > 1`` (the forward runs each row ``copies`` times, see
+    :func:`_replicated_signals`) only the first copy of each row's inputs is
+    kept, along the row axes the plan found.
+    """
+
+    def __init__(self, layers, copies):
+        self.thread = threading.get_ident()
+        self.active = True
+        self.axes = {id(layer.module): layer.calls for layer in layers}
+        self.copies = copies
+        self.calls = {}  # id(module) -> list of (args, kwargs, outputs)
+
+    def _keep(self, value, axis):
+        if not isinstance(value, torch.Tensor):
+            return value
+        value = value.detach()
+        if self.copies > 1 and axis is not None:
+            first = torch.arange(0, value.shape[axis], self.copies, device=value.device)
+            return value.index_select(axis, first)  # a new tensor: no clone
+        # A clone: later in-place operations (relu_, x += shortcut) must not
+        # change the kept inputs.
+        return value.clone()
+
+    def hook(self, mod, args, kwargs, output):
+        if not self.active or threading.get_ident() != self.thread:
+            return None
+        calls = self.calls.setdefault(id(mod), [])
+        axes = self.axes[id(mod)][len(calls)]
+        kept_args = [self._keep(a, ax) for a, ax in zip(args, axes["args"])]
+        kept_kwargs = {
+            k: self._keep(v, axes["kwargs"].get(k)) for k, v in kwargs.items()
+        }
+        calls.append((kept_args, kept_kwargs, _tensors(output)))
+        # Downstream gets a clone, so in-place operations there leave the
+        # output we differentiate by untouched.
+        if isinstance(output, torch.Tensor):
+            return output.clone()
+        if isinstance(output, tuple):
+            return tuple(
+                t.clone() if isinstance(t, torch.Tensor) else t for t in output
+            )
+        return None
+
+
+def _record(engine, parameters, X, recorder):
+    """One forward with hooks and one backward, under ``_MODULE_LOCK``.
+
+    Returns the parameter leaves, the output, the hooked outputs and their
+    signals; ``recorder`` keeps the hooked calls' inputs.
+    """
+    plan, module = engine.plan, engine.module
+    copies = recorder.copies
+    handles = [
+        layer.module.register_forward_hook(recorder.hook, with_kwargs=True)
+        for layer in plan.layers
+    ]
+    try:
+        with torch.enable_grad():
+            leaves = {
+                name: parameters[name].detach().requires_grad_(True)
+                if name in parameters
+                else _parameter(module, name).detach().requires_grad_(True)
+                for name in engine.parameter_names
+            }
+            rows = X.repeat_interleave(copies, dim=0) if copies > 1 else X
+            out = functional_call(module, leaves, (rows,))
+            recorder.active = False
+            out = out.reshape(rows.shape[0], -1)
+            outputs = [
+                (layer, k, layer.calls[k]["outputs"][j], t)
+                for layer in plan.layers
+                for k, (_, _, ts) in enumerate(recorder.calls.get(id(layer.module), []))
+                for j, t in enumerate(ts)
+            ]
+            kept = [t for *_, t in outputs]
+            if copies > 1:
+                signals = _replicated_signals(out, kept, [a for _, _, a, _ in outputs])
+            else:
+                signals = _signals(out, kept)
+    finally:
+        for h in handles:
+            h.remove()
+    return leaves, out, outputs, signals
+
+
+def _build_state(engine, parameters, X, metric=None):
+    """The rows' state: instantiated gradients ``(n, O, k)`` and ghost terms.
+
+    With a ``metric`` (name -> positive tensor) every instantiated gradient
+    is scaled by its ``sqrt``, an embedding's signals by its tokens' rows,
+    and each other ghost term takes its ``metric_form`` (``_metric.py``):
+    ``(A, D, S)`` kept pairwise, or ``sqrt(S) * G`` instantiated;
+    ``"forms"`` says which, per term (None without a metric).
+    """
+    plan = engine.plan
+    module = engine.module
+    copies = plan.n_outputs if plan.replicate else 1
+    recorder = _Recorder(plan.layers, copies)
+    # functional_call swaps the module's parameters in place for the call:
+    # two threads inside it at once would run on each other's checkpoints.
+    with _MODULE_LOCK:
+        leaves, out, outputs, signals = _record(engine, parameters, X, recorder)
+    n = X.shape[0]
+    n_outputs = out.shape[1]
+    by_call = {}
+    for (layer, k, _, _), D in zip(outputs, signals):
+        by_call.setdefault((id(layer.module), k), []).append(D)
+
+    dtype = out.dtype
+    roots = None
+    if metric is not None:
+        roots = {
+            full: metric[full].to(device=out.device, dtype=dtype).sqrt()
+            for layer in plan.layers
+            for full in layer.names.values()
+        }
+    inst = (
+        out.new_zeros(n, n_outputs, plan.n_instantiated)
+        if plan.n_instantiated
+        else None
+    )
+    ghost = {}
+    for layer in plan.layers:
+        calls = recorder.calls.get(id(layer.module), [])
+        for k, (args, kwargs, _) in enumerate(calls):
+            Ds = by_call[(id(layer.module), k)]
+            axes = layer.calls[k]
+            if layer.rule == "fallback":
+                with _MODULE_LOCK:  # before TORCH_FUNC_LOCK, as in _record
+                    grads = _fallback(layer, args, kwargs, Ds, axes, leaves, module)
+                if roots is not None:
+                    grads = {full: g * roots[full] for full, g in grads.items()}
+            else:
+                D = Ds[0].movedim(axes["outputs"][0] + 1, 0)  # (n, O, ...)
+                x = args[0].movedim(axes["args"][0], 0)
+                if layer.ghost:
+                    terms = _kron(layer, x, D, dtype, roots)
+                    for group, (A, Dg) in enumerate(terms):
+                        ghost.setdefault((id(layer.module), group), []).append((A, Dg))
+                    continue
+                grads = _instantiate(layer, x, D, dtype, roots)
+            for full, g in grads.items():
+                start, stop = plan.inst_offsets[full]
+                inst[:, :, start:stop] += g.reshape(n, n_outputs, -1)
+    ghosts = []
+    for term in plan.ghosts:
+        parts = ghost[term.key]
+        A = parts[0][0] if len(parts) == 1 else torch.cat([a for a, _ in parts], 1)
+        D = parts[0][1] if len(parts) == 1 else torch.cat([d for _, d in parts], 1)
+        ghosts.append((A, D))
+    forms = None
+    if metric is not None:
+        forms = tuple(term.metric_form for term in plan.ghosts)
+        ghosts = [
+            _in_metric(term, A, D, metric, dtype)
+            for term, (A, D) in zip(plan.ghosts, ghosts)
+        ]
+    return {
+        "inst": inst,
+        "ghost": ghosts,
+        "forms": forms,
+        "n": n,
+        "n_outputs": n_outputs,
+    }
+
+
+def _in_metric(term, A, D, metric, dtype):
+    """One ghost term in its ``metric_form`` (an embedding's is scaled already)."""
+    if term.metric_form == "ghost":
+        return A, D
+    S = _kron_metric(term.layer, term.group, metric).to(device=D.device, dtype=dtype)
+    if term.metric_form == "pairwise":
+        return A, D, S
+    return _instantiate_term(A, D, S.sqrt())
+
+
+def _replicated_signals(out, tensors, axes):
+    """Signals from one backward over ``O`` copies of every row.
+
+    Copy ``o`` of row ``i`` (row ``i O + o`` of the forward) is seeded with
+    ``e_o``: one ordinary backward pass over an ``O`` times larger batch,
+    in place of ``O`` passes over the rows (or a ``vmap`` of them, which
+    loops where an operation has no batching rule, as convolution and
+    pooling backward do). Returns ``(O, *Z.shape)`` per kept output, ``Z``
+    with ``n`` rows on its row axis.
+    """
+    n_outputs = out.shape[1]
+    n = out.shape[0] // n_outputs
+    eye = torch.eye(n_outputs, dtype=out.dtype, device=out.device)
+    wanted = [t for t in tensors if t.requires_grad]
+    grads = iter(
+        torch.autograd.grad(out, wanted, eye.repeat(n, 1), allow_unused=True)
+        if wanted
+        else ()
+    )
+    result = []
+    for t, axis in zip(tensors, axes):
+        g = next(grads) if t.requires_grad else None
+        if g is None:
+            g = t.new_zeros(t.shape)
+        g = g.detach().movedim(axis, 0)
+        g = g.reshape(n, n_outputs, *g.shape[1:]).transpose(0, 1)
+        result.append(g.movedim(1, axis + 1))
+    return result
+
+
+def _signals(out, tensors):
+    """``df_o / dZ`` for every kept output ``Z`` and output ``o``: (O, *Z.shape)."""
+    n_outputs = out.shape[1]
+    wanted = [t for t in tensors if t.requires_grad]
+    grads = iter(())
+    if wanted:
+        eye = torch.eye(n_outputs, dtype=out.dtype, device=out.device)
+        seeds = eye[:, None, :].expand(n_outputs, out.shape[0], n_outputs)
+        try:
+            with warnings.catch_warnings():  # attention has no batching rule
+                warnings.filterwarnings("ignore", "There is a performance drop")
+                grads = torch.autograd.grad(
+                    out, wanted, seeds, is_grads_batched=True, allow_unused=True
+                )
+        except RuntimeError:  # an operation without a batching rule: one by one
+            per_output = [
+                torch.autograd.grad(
+                    out, wanted, seeds[o], retain_graph=True, allow_unused=True
+                )
+                for o in range(n_outputs)
+            ]
+            grads = [
+                None if parts[0] is None else torch.stack(parts)
+                for parts in zip(*per_output)
+            ]
+        grads = iter(grads)
+    result = []
+    for t in tensors:
+        g = next(grads) if t.requires_grad else None
+        if g is None:
+            g = t.new_zeros(n_outputs, *t.shape)
+        result.append(g.detach())
+    return result
