@@ -445,3 +445,18 @@ def test_structured_metric_of_ones_is_the_plain_kernel():
                 bound.contract(*metric, trace).numpy(),
                 bound.contract(*plain, trace, bound.static(X, Y)).numpy(),
             )
+
+
+@pytest.mark.parametrize("engine", ["structured", "ntk_vp"])
+def test_states_in_and_out_of_a_metric_do_not_meet(engine):
+    net = _mlp(3, 2)
+    params = _params(net)
+    X, Y = _data((4, 3), (3, 3))
+    bound = select_engine(engine, net, list(params), metric=True)
+    with torch.no_grad():
+        plain = bound.state(params, X)
+        weighed = bound.state(params, Y, metric=_metric(params))
+        with pytest.raises(ValueError, match="both be taken in a metric"):
+            bound.contract(plain, weighed, True, bound.static(X, Y))
+        with pytest.raises(ValueError, match="both be taken in a metric"):
+            bound.contract_vector(weighed, plain, torch.ones(4, 2), None)

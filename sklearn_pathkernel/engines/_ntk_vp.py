@@ -75,6 +75,11 @@ class NTKVectorProductEngine(Engine):
     def contract(self, state_x, state_y, trace, static=None):
         parameters, X = state_x[:2]
         parameters_y, Y = state_y[:2]
+        if len(state_x) != len(state_y):
+            raise ValueError(
+                "state_x and state_y must both be taken in a metric or both "
+                "without one."
+            )
         metric = _metric(state_y)
         f_x, f_y = self._outputs(X), self._outputs(Y)
 

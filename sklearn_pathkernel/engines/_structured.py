@@ -205,7 +205,7 @@ class StructuredEngine(Engine):
         return gram + 1.0 if trains_bias else gram
 
     def contract(self, state_x, state_y, trace, static=None):
-        if isinstance(state_x, _MetricState):
+        if _in_metric(state_x, state_y):
             return self._metric_contract(state_x, state_y, trace)
         total = None
         for input_gram, D_x, D_y, n_outputs in self._layer_terms(
@@ -246,7 +246,7 @@ class StructuredEngine(Engine):
         The vectors are folded into Y's signals first (``D_y^T v``, one
         ``(m, width)`` matrix per layer), so no ``O x O`` kernel is formed.
         """
-        if isinstance(state_x, _MetricState):
+        if _in_metric(state_x, state_y):
             return self._metric_contract(state_x, state_y, vectors=vectors)
         total = None
         for input_gram, D_x, D_y, _ in self._layer_terms(state_x, state_y, static):
@@ -522,6 +522,18 @@ def _derivative(activation, z, a):
 
 class _MetricState(list):
     """A structured state taken in a metric: ``(A, D, M)`` per Linear layer."""
+
+
+def _in_metric(state_x, state_y):
+    """Whether two states to contract were taken in a metric (both must agree)."""
+    in_x, in_y = isinstance(state_x, _MetricState), isinstance(state_y, _MetricState)
+    if in_x != in_y:
+        raise ValueError(
+            "state_x and state_y must both be taken in a metric or both without "
+            f"one; got state_x {'in' if in_x else 'without'} one and state_y "
+            f"{'in' if in_y else 'without'} one."
+        )
+    return in_x
 
 
 def _layer_metric(metric, index, trains_weight, trains_bias, X):
