@@ -16,6 +16,11 @@ step size, up to quadrature and rounding.
 Nothing of shape (n_X, n_train, O, O) is formed: each step's loss
 derivatives are folded into the training rows' engine states first
 (``contract_vector``), so the work per step is that of a kernel block.
+
+With momentum, Nesterov, Adam or AdamW a gradient acts over every later
+step; the decomposition then walks the steps backwards carrying the
+query-side direction ``q_s(x) = sum_{t>=s} eps_t beta_{t,s} P_t Jbar_t(x)^T``
+(``_query_side``; docs/design.md, section 4, "Other solvers").
 """
 
 import numbers
@@ -67,7 +72,8 @@ class KernelMachine:
     Attributes
     ----------
     bias : ndarray of shape (n_X, O)
-        ``b(x)``: the initial network's output plus the L2 term (Remark 4).
+        ``b(x)``: the initial network's output plus the L2 term (Remark 4)
+        and, for adamw, the decoupled decay's.
     contributions : ndarray of shape (n_X, n_train, O)
         ``phi_i(x)``: what training row ``i`` contributed to the output at
         ``x`` over the whole path.
@@ -211,6 +217,12 @@ def decompose_path(
 ):
     """Decompose the network's outputs at ``X`` over its training rows.
 
+    Plain sgd runs on the engines (``contract_vector``); so does the
+    first-order form with heavy-ball or Nesterov momentum, at the effective
+    step sizes. The exact form with momentum, and both forms with Adam or
+    AdamW, walk the steps backwards per query block (``_query_side``):
+    memory about ``5 O d`` float64 numbers per query row.
+
     Parameters
     ----------
     module : torch.nn.Module
@@ -247,6 +259,23 @@ def decompose_path(
     Returns
     -------
     machine : KernelMachine
+
+    Examples
+    --------
+    >>> import torch
+    >>> from sklearn.datasets import load_diabetes
+    >>> from sklearn.preprocessing import scale
+    >>> from sklearn_pathkernel import PathKernelRegressor
+    >>> from sklearn_pathkernel._decompose import decompose_path
+    >>> X, y = load_diabetes(return_X_y=True)
+    >>> X, y = scale(X)[:100], scale(y)[:100]
+    >>> est = PathKernelRegressor((8,), solver="adam", learning_rate_init=0.01,
+    ...                           max_iter=10, dtype="float64",
+    ...                           random_state=0).fit(X, y)
+    >>> machine = decompose_path(est.module_, est.trajectory_, torch.tensor(X),
+    ...                          torch.tensor(X[:3]), exact=True)
+    >>> machine.contributions.shape, bool(machine.error["max_rel"] < 1e-10)
+    ((3, 100, 1), True)
     """
     _check_options(trajectory, exact=exact, n_nodes=n_nodes, kernel=kernel)
     bound = select_engine(engine, module, trajectory.parameter_names, example=X[:1])
