@@ -155,7 +155,10 @@ def walk_block(walk, q0, q1):
                 query_jacobian = (k, _flat(flat_jacobian(walk.module, start, Xq)))
             J = query_jacobian[1]
             z = eps if P is None else eps * P
-        carried = kappa * z if carried is None else kappa * z + rho * carried
+        if carried is None or not torch.is_tensor(carried):
+            carried = kappa * z if carried is None else kappa * z + rho * carried
+        else:  # in place: one d x (n_q O) matrix fewer at the peak
+            carried.mul_(rho).add_(z, alpha=kappa)
         q = gamma * carried + delta * z if delta else gamma * carried
         if not walk.exact:
             q = J.T * (q[:, None] if torch.is_tensor(q) else q)
