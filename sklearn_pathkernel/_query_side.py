@@ -78,14 +78,7 @@ def flat_jacobian(module, parameters, X):
     >>> flat_jacobian(net, params, torch.tensor([[1.0, 2.0]]))  # [x, 1]
     tensor([[[1., 2., 1.]]])
     """
-
-    def one_row(p, x):
-        return forward_at(module, p, x.unsqueeze(0))[0]
-
-    with TORCH_FUNC_LOCK:
-        jac = vmap(jacrev(one_row), in_dims=(None, 0))(parameters, X)
-    n = X.shape[0]
-    return torch.cat([jac[name].reshape(n, jac[name].shape[1], -1) for name in jac], 2)
+    return torch.cat(_jacobian_pieces(module, parameters, X), 2)
 
 
 def per_example_gradients(module, parameters, X, cotangents):
@@ -105,14 +98,29 @@ def per_example_gradients(module, parameters, X, cotangents):
     tensor([[ 1.,  2.,  1.],
             [-6., -8., -2.]])
     """
+    return torch.cat(_gradient_pieces(module, parameters, X, cotangents), 1)
+
+
+def _jacobian_pieces(module, parameters, X):
+    """:func:`flat_jacobian` one parameter at a time: (n, O, numel) each."""
+
+    def one_row(p, x):
+        return forward_at(module, p, x.unsqueeze(0))[0]
+
+    with TORCH_FUNC_LOCK:
+        jac = vmap(jacrev(one_row), in_dims=(None, 0))(parameters, X)
+    return [jac[name].reshape(*jac[name].shape[:2], -1) for name in parameters]
+
+
+def _gradient_pieces(module, parameters, X, cotangents):
+    """:func:`per_example_gradients` one parameter at a time: (n, numel) each."""
 
     def one_row(p, x, v):
         return (forward_at(module, p, x.unsqueeze(0))[0] * v).sum()
 
     with TORCH_FUNC_LOCK:
         grads = vmap(grad(one_row), in_dims=(None, 0, 0))(parameters, X, cotangents)
-    n = X.shape[0]
-    return torch.cat([grads[name].reshape(n, -1) for name in grads], 1)
+    return [grads[name].reshape(X.shape[0], -1) for name in parameters]
 
 
 def walk_block(walk, q0, q1):
@@ -137,7 +145,7 @@ def walk_block(walk, q0, q1):
     steps = trajectory.checkpoint_steps
     phi = torch.zeros((n_train, n_q * n_outputs), dtype=torch.float64, device=device)
     bias = torch.zeros(n_q * n_outputs, dtype=torch.float64, device=device)
-    carried, query_jacobian = None, (None, None)  # first-order: (k, J_k(x))
+    carried, cached = None, (None, None)  # first order: (k, J_k(x)^T)
     for s in range(trajectory.n_steps - 1, -1, -1):
         kappa, rho, gamma, delta = solver.recursion(s)
         eps = float(step_sizes[s])
@@ -146,14 +154,24 @@ def walk_block(walk, q0, q1):
         # The training side's parameters: w_s, or the checkpoint standing for s.
         k = int(np.searchsorted(steps, s, side="right")) - 1
         start = trajectory.parameters(k, device=device)
+        w = torch.cat([p.reshape(-1) for p in start.values()]).double()
         if walk.exact:
             end = _parameters_after(trajectory, s, device)
-            J = _segment_jacobian(walk, Xq, start, end)
-            z = eps * (J.T if P is None else P[:, None] * J.T)
+            points = [
+                {n: start[n] + a * (end[n] - start[n]) for n in start}
+                for a in walk.nodes
+            ]
+            JT = _query_jacobian_T(walk.module, points, walk.node_weights, Xq)
         else:
-            if query_jacobian[0] != k:
-                query_jacobian = (k, _flat(flat_jacobian(walk.module, start, Xq)))
-            J = query_jacobian[1]
+            if cached[0] != k:
+                cached = (k, None)  # free the last one first
+                cached = (k, _query_jacobian_T(walk.module, [start], [1.0], Xq))
+            JT = cached[1]
+        if solver.weight_decay:
+            bias.add_(w @ JT, alpha=eps * solver.weight_decay)
+        if walk.exact:  # z_s = eps_s P_s Jbar_s^T, in Jbar's place
+            z = JT.mul_(eps) if P is None else JT.mul_(P[:, None]).mul_(eps)
+        else:
             z = eps if P is None else eps * P
         if carried is None or not torch.is_tensor(carried):
             carried = kappa * z if carried is None else kappa * z + rho * carried
@@ -161,19 +179,20 @@ def walk_block(walk, q0, q1):
             carried.mul_(rho).add_(z, alpha=kappa)
         q = gamma * carried + delta * z if delta else gamma * carried
         if not walk.exact:
-            q = J.T * (q[:, None] if torch.is_tensor(q) else q)
-        w = torch.cat([p.reshape(-1) for p in start.values()]).double()
+            q = JT * (q[:, None] if torch.is_tensor(q) else q)
         _training_side(walk, trajectory.step(s), start, q, phi)
         if solver.alpha:
             bias.add_(w @ q, alpha=solver.alpha)
-        if solver.weight_decay:
-            bias.add_(J @ w, alpha=eps * solver.weight_decay)
     phi = phi.T.reshape(n_q, n_outputs, n_train).permute(0, 2, 1)
     return phi, bias.reshape(n_q, n_outputs)
 
 
 def _training_side(walk, step, parameters, q, phi):
-    """``phi[batch] -= (c_i J(x_i)^T g_i) @ q``, a block of batch rows at a time."""
+    """``phi[batch] -= (c_i J(x_i)^T g_i) @ q``, a block of batch rows at a time.
+
+    Parameter by parameter (``addmm`` into one product), so that the
+    per-example gradients are never concatenated into a copy.
+    """
     device, dtype = walk.X.device, walk.X.dtype
     batch = step.batch.to(device)
     cotangents = step.batch_weights.to(device, dtype)[:, None] * (
@@ -181,25 +200,43 @@ def _training_side(walk, step, parameters, q, phi):
     )
     for r0 in range(0, len(batch), walk.rows):
         rows = batch[r0 : r0 + walk.rows]
-        G = per_example_gradients(
+        pieces = _gradient_pieces(
             walk.module, parameters, walk.X_train[rows], cotangents[r0 : r0 + walk.rows]
         )
-        phi.index_add_(0, rows, G.double() @ q, alpha=-1.0)
+        product, offset = None, 0
+        for piece in pieces:
+            width = piece.shape[1]
+            block = q[offset : offset + width]
+            if product is None:
+                product = piece.double() @ block
+            else:
+                product.addmm_(piece.double(), block)
+            offset += width
+        phi.index_add_(0, rows, product, alpha=-1.0)
 
 
-def _segment_jacobian(walk, Xq, start, end):
-    """``Jbar(x)``: the query Jacobian averaged over ``start -> end``, (n_q O, d)."""
+def _query_jacobian_T(module, points, weights, Xq):
+    """``sum_q weights[q] J(Xq; points[q])^T``: (d, n_q O) float64.
+
+    The segment average ``Jbar(x)^T`` for the exact form (one point for
+    the first-order form), written parameter by parameter into one float64
+    matrix; columns in query-major order (query, then output).
+    """
     total = None
-    for s, weight in zip(walk.nodes, walk.node_weights):
-        point = {n: start[n] + s * (end[n] - start[n]) for n in start}
-        J = _flat(flat_jacobian(walk.module, point, Xq))
-        total = J.mul_(weight) if total is None else total.add_(J, alpha=weight)
+    for point, weight in zip(points, weights):
+        pieces = _jacobian_pieces(module, point, Xq)
+        if total is None:
+            d = sum(piece.shape[2] for piece in pieces)
+            columns = pieces[0].shape[0] * pieces[0].shape[1]
+            total = torch.zeros((d, columns), dtype=torch.float64, device=Xq.device)
+        offset = 0
+        for piece in pieces:
+            width = piece.shape[2]
+            total[offset : offset + width].add_(
+                piece.reshape(columns, width).T, alpha=weight
+            )
+            offset += width
     return total
-
-
-def _flat(jacobian):
-    """(n, O, d) in any dtype -> (n O, d) float64: rows in query-major order."""
-    return jacobian.reshape(-1, jacobian.shape[-1]).double()
 
 
 def _parameters_after(trajectory, t, device):
