@@ -221,7 +221,7 @@ def decompose_path(
     first-order form with heavy-ball or Nesterov momentum, at the effective
     step sizes. The exact form with momentum, and both forms with Adam or
     AdamW, walk the steps backwards per query block (``_query_side``):
-    memory about ``5 O d`` float64 numbers per query row.
+    memory about ``3 O d`` float64 numbers per query row.
 
     Parameters
     ----------
@@ -503,10 +503,10 @@ def _walk_query_blocks(
     n_X, n_train = X.shape[0], X_train.shape[0]
     d = trajectory.n_parameters
     itemsize = X.element_size()
-    # Per query row and output: B_s, q_s, z_s, Jbar_s and one node's
-    # Jacobian (d each, float64, plus jacrev's own copy in the network's
-    # dtype); its float64 contributions and their transposed copy.
-    per_row = n_outputs * (d * (5 * 8 + 2 * itemsize) + n_train * 16)
+    # Per query row and output: Jbar_s^T (which becomes z_s), B_s and q_s
+    # (d each, float64), one node's Jacobian in the network's dtype with
+    # jacrev's own copy; its float64 contributions and their transposed copy.
+    per_row = n_outputs * (d * (3 * 8 + 2 * itemsize) + n_train * 16)
     block = tile_within_budget(working_memory, per_row)
     # Per-example gradients: a fixed block of training rows, a property of
     # the network (as the kernels' column chunks), so bits do not depend on
