@@ -251,3 +251,26 @@ def test_progress_bar_counts_every_step(capsys):
     )
     err = capsys.readouterr().err
     assert "decompose (exact)" in err and "0/3 " in err  # every step counted
+
+
+def test_the_shared_walk_reports_the_trajectory_it_carries():
+    """dask scatters a task argument once per call only when ``sizeof`` finds
+    it large: the walk carries the whole path, and says so."""
+    rng = np.random.RandomState(5)
+    X, y = rng.randn(10, 2), rng.randn(10)
+    est = _fit(PathKernelRegressor, X, y, max_iter=4, **SOLVERS["adam"])
+    traj = est.trajectory_
+    walk = QueryWalk(
+        module=est.module_,
+        trajectory=traj,
+        X_train=torch.tensor(X),
+        X=torch.tensor(X[:2]),
+        n_outputs=1,
+        nodes=[0.0],
+        node_weights=[1.0],
+        exact=False,
+        rows=8,
+    )
+    # Checkpoints, w_T and every step's preconditioner, in float64.
+    stored = (len(traj) + 1 + traj.n_steps) * traj.n_parameters * 8
+    assert walk.__sizeof__() >= stored
