@@ -367,14 +367,17 @@ def decompose_path(
         desc="decompose" + (" (exact)" if exact else ""),
         unit="step",
     )
+    with torch.no_grad():
+        # f(x; w_0) before any task starts: functional_call swaps the
+        # module's parameters, which the tasks' own calls must not see.
+        initial = trajectory.parameters(0, device=X.device)
+        outputs = [forward_at(module, initial, X[q0:q1]).double() for q0, q1 in blocks]
     parts = run_tasks(_checkpoint_part, walk, tasks, n_jobs=n_jobs)
     with torch.no_grad(), progress:
-        for q0, q1 in blocks:
+        for (q0, q1), b in zip(blocks, outputs):
             # Folded in checkpoint and step order: the same operations
             # whatever ran the tasks.
             Xq = X[q0:q1]
-            b = forward_at(module, trajectory.parameters(0, device=Xq.device), Xq)
-            b = b.double()
             phi = torch.zeros(
                 (q1 - q0, n_train, n_outputs), dtype=torch.float64, device=Xq.device
             )
@@ -532,13 +535,17 @@ def _walk_query_blocks(
         desc="decompose" + (" (exact)" if exact else ""),
         unit="step",
     )
+    with torch.no_grad():
+        # f(x; w_0) before any task starts: functional_call swaps the
+        # module's parameters, which the tasks' own calls must not see.
+        initial = trajectory.parameters(0, device=X.device)
+        for q0, q1 in blocks:
+            bias[q0:q1] = forward_at(module, initial, X[q0:q1]).double().cpu().numpy()
     parts = run_tasks(walk_block, walk, blocks, n_jobs=n_jobs)
-    with torch.no_grad(), progress:
+    with progress:
         for (q0, q1), (phi, bias_term) in zip(blocks, parts):
-            Xq = X[q0:q1]
-            b = forward_at(module, trajectory.parameters(0, device=Xq.device), Xq)
             contributions[q0:q1] = phi.cpu().numpy()
-            bias[q0:q1] = (b.double() - bias_term).cpu().numpy()
+            bias[q0:q1] -= bias_term.cpu().numpy()
             progress.update(trajectory.n_steps)
     return contributions, bias
 
