@@ -274,3 +274,22 @@ def test_the_shared_walk_reports_the_trajectory_it_carries():
     # Checkpoints, w_T and every step's preconditioner, in float64.
     stored = (len(traj) + 1 + traj.n_steps) * traj.n_parameters * 8
     assert walk.__sizeof__() >= stored
+
+
+def test_worker_processes_give_the_same_bits(monkeypatch):
+    """The walk and its path pickle to worker processes (loky here, as for a
+    dask cluster) and come back bit for bit."""
+    joblib = pytest.importorskip("joblib")
+    monkeypatch.setattr(_blocking, "TILE_ROWS", 2)  # 6 queries: 3 tasks
+    rng = np.random.RandomState(6)
+    X, y = rng.randn(20, 3), rng.randn(20)
+    est = _fit(
+        PathKernelRegressor, X, y, batch_size=8, max_iter=2, alpha=0.05,
+        **SOLVERS["adamw"],
+    )  # fmt: skip
+    serial = est.decompose(X[:6], exact=True)
+    est.set_params(n_jobs=2)
+    with joblib.parallel_config(backend="loky"):
+        workers = est.decompose(X[:6], exact=True)
+    assert np.array_equal(workers.contributions, serial.contributions)
+    assert np.array_equal(workers.bias, serial.bias)
