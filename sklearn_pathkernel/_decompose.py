@@ -16,6 +16,11 @@ step size, up to quadrature and rounding.
 Nothing of shape (n_X, n_train, O, O) is formed: each step's loss
 derivatives are folded into the training rows' engine states first
 (``contract_vector``), so the work per step is that of a kernel block.
+
+With momentum, Nesterov, Adam or AdamW a gradient acts over every later
+step; the decomposition then walks the steps backwards carrying the
+query-side direction ``q_s(x) = sum_{t>=s} eps_t beta_{t,s} P_t Jbar_t(x)^T``
+(``_query_side``; docs/design.md, section 4, "Other solvers").
 """
 
 import numbers
@@ -26,11 +31,12 @@ import numpy as np
 import torch
 from torch.func import jvp
 
-from ._blocking import tile_within_budget
+from ._blocking import grid, tile_within_budget
 from ._memory import check_result_fits
 from ._network import forward, forward_at, in_evaluation_mode
 from ._path import path_kernel
 from ._progress import progress_bar
+from ._query_side import QueryWalk, walk_block
 from ._tasks import Shared, compact, run_tasks
 from ._trajectory import Step
 from .engines import TORCH_FUNC_LOCK, select_engine
@@ -66,7 +72,8 @@ class KernelMachine:
     Attributes
     ----------
     bias : ndarray of shape (n_X, O)
-        ``b(x)``: the initial network's output plus the L2 term (Remark 4).
+        ``b(x)``: the initial network's output plus the L2 term (Remark 4)
+        and, for adamw, the decoupled decay's.
     contributions : ndarray of shape (n_X, n_train, O)
         ``phi_i(x)``: what training row ``i`` contributed to the output at
         ``x`` over the whole path.
@@ -210,6 +217,12 @@ def decompose_path(
 ):
     """Decompose the network's outputs at ``X`` over its training rows.
 
+    Plain sgd runs on the engines (``contract_vector``); so does the
+    first-order form with heavy-ball or Nesterov momentum, at the effective
+    step sizes. The exact form with momentum, and both forms with Adam or
+    AdamW, walk the steps backwards per query block (``_query_side``):
+    memory about ``3 O d`` float64 numbers per query row.
+
     Parameters
     ----------
     module : torch.nn.Module
@@ -246,6 +259,23 @@ def decompose_path(
     Returns
     -------
     machine : KernelMachine
+
+    Examples
+    --------
+    >>> import torch
+    >>> from sklearn.datasets import load_diabetes
+    >>> from sklearn.preprocessing import scale
+    >>> from sklearn_pathkernel import PathKernelRegressor
+    >>> from sklearn_pathkernel._decompose import decompose_path
+    >>> X, y = load_diabetes(return_X_y=True)
+    >>> X, y = scale(X)[:100], scale(y)[:100]
+    >>> est = PathKernelRegressor((8,), solver="adam", learning_rate_init=0.01,
+    ...                           max_iter=10, dtype="float64",
+    ...                           random_state=0).fit(X, y)
+    >>> machine = decompose_path(est.module_, est.trajectory_, torch.tensor(X),
+    ...                          torch.tensor(X[:3]), exact=True)
+    >>> machine.contributions.shape, bool(machine.error["max_rel"] < 1e-10)
+    ((3, 100, 1), True)
     """
     _check_options(trajectory, exact=exact, n_nodes=n_nodes, kernel=kernel)
     bound = select_engine(engine, module, trajectory.parameter_names, example=X[:1])
@@ -264,6 +294,38 @@ def decompose_path(
         remedy="Decompose fewer query rows at a time, e.g. decompose(X[i:j]).",
     )
     nodes, node_weights = _quadrature(n_nodes if exact else 0)
+    solver = trajectory.solver
+    if not (solver.plain or (not exact and not solver.diagonal)):
+        # A gradient acts over later steps through P_t (and Jbar_t): the
+        # backward walk of _query_side.
+        contributions, bias = _walk_query_blocks(
+            module,
+            trajectory,
+            X_train,
+            X,
+            n_outputs=n_outputs,
+            exact=exact,
+            nodes=nodes,
+            node_weights=node_weights,
+            working_memory=working_memory,
+            n_jobs=n_jobs,
+            verbose=verbose,
+        )
+        return _machine(
+            module,
+            trajectory,
+            X_train,
+            X,
+            bias,
+            contributions,
+            network_output,
+            exact=exact,
+            kernel=kernel,
+            engine=engine,
+            working_memory=working_memory,
+            n_jobs=n_jobs,
+            verbose=verbose,
+        )
     walk = _Walk(
         module=module,
         bound=bound,
@@ -284,12 +346,15 @@ def decompose_path(
     )
     blocks = [(q0, min(q0 + block, n_X)) for q0 in range(0, n_X, block)]
     steps = _steps_by_checkpoint(trajectory)
+    # With heavy-ball or Nesterov momentum (P_t = I), first order: a step's
+    # gradient moves the query by p_s J_s(x) (p_s = eps_s for plain sgd).
+    step_sizes = trajectory.effective_step_sizes
     tasks = (
         (
             q0,
             q1,
             compact(trajectory.parameters(k)),
-            _step_records(trajectory, ts, exact),
+            _step_records(trajectory, ts, exact, step_sizes),
         )
         for q0, q1 in blocks
         for k, ts in enumerate(steps)
@@ -302,14 +367,17 @@ def decompose_path(
         desc="decompose" + (" (exact)" if exact else ""),
         unit="step",
     )
+    with torch.no_grad():
+        # f(x; w_0) before any task starts: functional_call swaps the
+        # module's parameters, which the tasks' own calls must not see.
+        initial = trajectory.parameters(0, device=X.device)
+        outputs = [forward_at(module, initial, X[q0:q1]).double() for q0, q1 in blocks]
     parts = run_tasks(_checkpoint_part, walk, tasks, n_jobs=n_jobs)
     with torch.no_grad(), progress:
-        for q0, q1 in blocks:
+        for (q0, q1), b in zip(blocks, outputs):
             # Folded in checkpoint and step order: the same operations
             # whatever ran the tasks.
             Xq = X[q0:q1]
-            b = forward_at(module, trajectory.parameters(0, device=Xq.device), Xq)
-            b = b.double()
             phi = torch.zeros(
                 (q1 - q0, n_train, n_outputs), dtype=torch.float64, device=Xq.device
             )
@@ -320,7 +388,40 @@ def decompose_path(
                     progress.update(1)
             contributions[q0:q1] = phi.cpu().numpy()
             bias[q0:q1] = b.cpu().numpy()
+    return _machine(
+        module,
+        trajectory,
+        X_train,
+        X,
+        bias,
+        contributions,
+        network_output,
+        exact=exact,
+        kernel=kernel,
+        engine=engine,
+        working_memory=working_memory,
+        n_jobs=n_jobs,
+        verbose=verbose,
+    )
 
+
+def _machine(
+    module,
+    trajectory,
+    X_train,
+    X,
+    bias,
+    contributions,
+    network_output,
+    *,
+    exact,
+    kernel,
+    engine,
+    working_memory,
+    n_jobs,
+    verbose,
+):
+    """The :class:`KernelMachine`, with the kernel that was asked for."""
     if kernel == "loss_weighted":
         kernel_matrix = -contributions[:, :, 0]
     else:
@@ -368,15 +469,85 @@ class _Walk(Shared):
     alpha: float  # the L2 strength
 
 
-def _step_records(trajectory, steps, exact):
-    """What a task needs of ``steps``: each step, and its end when exact."""
+def _step_records(trajectory, steps, exact, step_sizes):
+    """What a task needs of ``steps``: each step, and its end when exact.
+
+    The step size recorded is ``step_sizes[t]``: ``eps_t`` for plain sgd,
+    the effective ``p_t`` for momentum's first-order form.
+    """
     records = []
     for t in steps:
         step = trajectory.step(t)
         tensors = {field: getattr(step, field) for field in Step._fields[1:]}
         end = compact(_parameters_after(trajectory, t)) if exact else None
-        records.append((Step(step.step_size, **compact(tensors)), end))
+        records.append((Step(float(step_sizes[t]), **compact(tensors)), end))
     return records
+
+
+def _walk_query_blocks(
+    module,
+    trajectory,
+    X_train,
+    X,
+    *,
+    n_outputs,
+    exact,
+    nodes,
+    node_weights,
+    working_memory,
+    n_jobs,
+    verbose,
+):
+    """Contributions and bias by :func:`_query_side.walk_block`, block by block.
+
+    One joblib task per query block: a block walks every step, so its
+    recursion stays in one task, and blocks run in parallel.
+    """
+    n_X, n_train = X.shape[0], X_train.shape[0]
+    d = trajectory.n_parameters
+    itemsize = X.element_size()
+    # Per query row and output: Jbar_s^T (which becomes z_s), B_s and q_s
+    # (d each, float64), one node's Jacobian in the network's dtype with
+    # jacrev's own copy; its float64 contributions and their transposed copy.
+    per_row = n_outputs * (d * (3 * 8 + 2 * itemsize) + n_train * 16)
+    block = tile_within_budget(working_memory, per_row)
+    # Per-example gradients: a fixed block of training rows, a property of
+    # the network (as the kernels' column chunks), so bits do not depend on
+    # the budget.
+    rows = grid(d * (8 + 2 * itemsize))[1]
+    walk = QueryWalk(
+        module=module,
+        trajectory=trajectory,
+        X_train=X_train,
+        X=X,
+        n_outputs=n_outputs,
+        nodes=nodes,
+        node_weights=node_weights,
+        exact=exact,
+        rows=rows,
+    )
+    blocks = [(q0, min(q0 + block, n_X)) for q0 in range(0, n_X, block)]
+    contributions = np.zeros((n_X, n_train, n_outputs))
+    bias = np.zeros((n_X, n_outputs))
+    progress = progress_bar(
+        verbose,
+        total=len(blocks) * trajectory.n_steps,
+        desc="decompose" + (" (exact)" if exact else ""),
+        unit="step",
+    )
+    with torch.no_grad():
+        # f(x; w_0) before any task starts: functional_call swaps the
+        # module's parameters, which the tasks' own calls must not see.
+        initial = trajectory.parameters(0, device=X.device)
+        for q0, q1 in blocks:
+            bias[q0:q1] = forward_at(module, initial, X[q0:q1]).double().cpu().numpy()
+    parts = run_tasks(walk_block, walk, blocks, n_jobs=n_jobs)
+    with progress:
+        for (q0, q1), (phi, bias_term) in zip(blocks, parts):
+            contributions[q0:q1] = phi.cpu().numpy()
+            bias[q0:q1] -= bias_term.cpu().numpy()
+            progress.update(trajectory.n_steps)
+    return contributions, bias
 
 
 def _checkpoint_part(walk, q0, q1, start, steps):

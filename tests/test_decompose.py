@@ -83,6 +83,85 @@ def test_exact_form_reproduces_the_network(case, diabetes):
     )
 
 
+SOLVERS = {
+    "momentum": {"solver": "sgd", "momentum": 0.9, "nesterovs_momentum": False},
+    "nesterov": {"solver": "sgd", "momentum": 0.9, "nesterovs_momentum": True},
+    "adam": {"solver": "adam", "learning_rate_init": 0.01},
+    "adamw": {"solver": "adamw", "learning_rate_init": 0.01},
+}
+
+
+@pytest.fixture(scope="module")
+def small_problems():
+    """60 rows for each loss: squared (regressor), logistic, softmax."""
+    X, y = load_diabetes(return_X_y=True)
+    problems = {"squared": (PathKernelRegressor, scale(X[:60]), scale(y[:60]))}
+    X, y = load_breast_cancer(return_X_y=True)
+    problems["logistic"] = (PathKernelClassifier, scale(X)[:60], y[:60])
+    X, y = load_iris(return_X_y=True)
+    problems["softmax"] = (PathKernelClassifier, scale(X)[::2][:60], y[::2][:60])
+    return problems
+
+
+@pytest.mark.parametrize("loss", ["squared", "logistic", "softmax"])
+@pytest.mark.parametrize("solver", list(SOLVERS))
+def test_exact_form_reproduces_every_solver(solver, loss, small_problems):
+    """Minibatches, sample weights and L2 (decoupled for adamw) at once."""
+    Est, X, y = small_problems[loss]
+    weights = np.random.RandomState(0).uniform(0.2, 2, len(X))
+    params = {"learning_rate_init": 0.02, **SOLVERS[solver]}
+    est = _fit(
+        Est, X, y, weights, hidden_layer_sizes=(8,), batch_size=20, max_iter=2,
+        alpha=0.05, **params,
+    )  # fmt: skip
+    assert est.trajectory_.n_steps == 6
+    # Six nodes: Adam moves every weight by about eps per step, and on the
+    # 30 features of the logistic case four nodes leave up to ~1e-10.
+    machine = est.decompose(X[:4], exact=True, n_nodes=6)
+    assert machine.error["max_rel"] <= 1e-10, machine.error
+
+
+@pytest.mark.parametrize(
+    "params, base",
+    [
+        ({"momentum": 0.5, "nesterovs_momentum": False}, 0.04),
+        ({"solver": "adam"}, 1e-3),
+    ],
+)
+def test_first_order_error_shrinks_with_the_step_size_for_other_solvers(
+    diabetes, params, base
+):
+    """Momentum and Adam: at equal eps * T, halving the step about halves
+    the first-order error (Adam's large first steps make the first ratio
+    smaller)."""
+    X, y = diabetes
+    X, y = X[:60], y[:60]
+    errors = []
+    for factor, steps in [(2, 20), (1, 40), (0.5, 80)]:
+        est = _fit(
+            PathKernelRegressor, X, y, hidden_layer_sizes=(8,),
+            learning_rate_init=base * factor, max_iter=steps, **params,
+        )  # fmt: skip
+        errors.append(est.decompose(X[:10], kernel="loss_weighted").error["max_rel"])
+    ratios = np.array(errors[:-1]) / np.array(errors[1:])
+    assert np.all((ratios > 1.4) & (ratios < 2.6)), (errors, ratios)
+
+
+def test_early_stopping_path_still_reconstructs_exactly():
+    """The path ends at the best validation epoch, and so does the module."""
+    X, y = load_iris(return_X_y=True)
+    X = scale(X)
+    est = _fit(
+        PathKernelClassifier, X, y, hidden_layer_sizes=(8,), solver="adam",
+        learning_rate_init=0.05, batch_size=30, max_iter=10, early_stopping=True,
+        n_iter_no_change=3, validation_fraction=0.2,
+    )  # fmt: skip
+    steps_per_epoch = 4  # 120 training rows in batches of 30
+    assert est.trajectory_.n_steps < est.n_iter_ * steps_per_epoch
+    machine = est.decompose(X[:5], exact=True, n_nodes=6)
+    assert machine.error["max_rel"] <= 1e-10, machine.error
+
+
 def test_error_measures_the_distance_to_the_network():
     bias = np.array([[1.0], [-2.0]])
     contributions = np.array([[[0.5], [0.25]], [[1.0], [0.0]]])  # sums 0.75, 1

@@ -70,11 +70,11 @@ def _interrupt_after(monkeypatch, n_strips, n_checkpoints):
     """
     calls = []
 
-    def part(work, r0, r1, parameters):
+    def part(work, r0, r1, parameters, metric):
         calls.append((r0, r1))
         if n_strips is not None and len(calls) > n_strips * n_checkpoints:
             raise KeyboardInterrupt
-        return _REAL_PART(work, r0, r1, parameters)
+        return _REAL_PART(work, r0, r1, parameters, metric)
 
     monkeypatch.setattr(_path, "_strip_part", part)
     return calls

@@ -1,0 +1,246 @@
+"""The decomposition for solvers whose gradients act over several steps.
+
+With momentum, Nesterov, Adam or AdamW a gradient taken at step ``s`` moves
+the parameters at every later step ``t``, by ``eps_t beta_{t,s} P_t``
+(docs/design.md, section 4, "Other solvers"). Collecting, for each ``s``,
+what its gradient did to the query's output gives the query-side direction::
+
+    q_s(x) = sum_{t>=s} eps_t beta_{t,s} P_t Jbar_t(x)^T        (d x O per query)
+    phi_i(x) = - sum_s c_{i,s} (J_s(x_i) q_s(x))^T g_{i,s}
+    b(x) = f(x; w_0) - alpha sum_s q_s(x)^T w_s - lambda sum_t eps_t Jbar_t(x) w_t
+
+``beta_{t,s} = gamma kappa_t rho^(t-s) + delta [s = t]`` makes ``q_s`` a
+backward recursion in ``s`` (``_solvers.Solver.recursion``)::
+
+    z_t = eps_t P_t Jbar_t(x)^T,   B_s = kappa_s z_s + rho B_{s+1},
+    q_s = gamma B_s + delta z_s
+
+so a query block carries one ``d x (n_q O)`` matrix down the steps and never
+anything of size ``n_train x d``. The training side of step ``s`` is its
+batch rows' per-example gradients ``c_{i,s} J_s(x_i)^T g_{i,s}`` (blocks of
+``rows`` rows, ``torch.func``), multiplied by ``q_s``. The first-order form is
+the same walk with ``q_s = Ptilde_s J_s(x)^T``: ``Ptilde_s`` comes from the
+same recursion with ``z_t = eps_t P_t`` (a vector), and ``J_s`` is taken at
+the checkpoint that stands for step ``s``.
+"""
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch.func import grad, jacrev, vmap
+
+from ._network import forward_at
+from ._tasks import Shared
+from .engines import TORCH_FUNC_LOCK
+
+
+@dataclass
+class QueryWalk(Shared):
+    """What every query block of one decomposition shares (``_tasks``).
+
+    Unlike the kernels' tasks, a block walks every step of the path (the
+    recursion carries ``B_s`` from step to step), so the trajectory itself
+    is shared: dask scatters it to each worker once per call.
+    """
+
+    module: torch.nn.Module
+    trajectory: object
+    X_train: torch.Tensor
+    X: torch.Tensor  # the query rows
+    n_outputs: int
+    nodes: list  # Gauss-Legendre points of a segment; [0.0] first-order
+    node_weights: list
+    exact: bool
+    rows: int  # training rows per block of per-example gradients
+
+    def __sizeof__(self):
+        trajectory = self.trajectory
+        itemsize = self.X.element_size()
+        stored = len(trajectory) + 1
+        if trajectory.solver.diagonal:
+            stored += trajectory.n_steps
+        return Shared.__sizeof__(self) + stored * trajectory.n_parameters * itemsize
+
+
+def flat_jacobian(module, parameters, X):
+    """``J(X)`` at ``parameters``: shape (n, O, d), the trajectory's order.
+
+    One ``jacrev`` per row (``vmap``), so the cost is ``n O`` backward
+    passes of one row each.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from sklearn_pathkernel._query_side import flat_jacobian
+    >>> net = torch.nn.Linear(2, 1)
+    >>> params = {n: p.detach() for n, p in net.named_parameters()}
+    >>> flat_jacobian(net, params, torch.tensor([[1.0, 2.0]]))  # [x, 1]
+    tensor([[[1., 2., 1.]]])
+    """
+    return torch.cat(_jacobian_pieces(module, parameters, X), 2)
+
+
+def per_example_gradients(module, parameters, X, cotangents):
+    """``J(x_i)^T v_i`` for every row: shape (n, d), the trajectory's order.
+
+    The gradient of the scalar ``v_i . f(x_i)`` with respect to the
+    parameters, row by row (``vmap`` of ``grad``).
+
+    Examples
+    --------
+    >>> import torch
+    >>> from sklearn_pathkernel._query_side import per_example_gradients
+    >>> net = torch.nn.Linear(2, 1)
+    >>> params = {n: p.detach() for n, p in net.named_parameters()}
+    >>> X = torch.tensor([[1.0, 2.0], [3.0, 4.0]])
+    >>> per_example_gradients(net, params, X, torch.tensor([[1.0], [-2.0]]))
+    tensor([[ 1.,  2.,  1.],
+            [-6., -8., -2.]])
+    """
+    return torch.cat(_gradient_pieces(module, parameters, X, cotangents), 1)
+
+
+def _jacobian_pieces(module, parameters, X):
+    """:func:`flat_jacobian` one parameter at a time: (n, O, numel) each."""
+
+    def one_row(p, x):
+        return forward_at(module, p, x.unsqueeze(0))[0]
+
+    with TORCH_FUNC_LOCK:
+        jac = vmap(jacrev(one_row), in_dims=(None, 0))(parameters, X)
+    return [jac[name].reshape(*jac[name].shape[:2], -1) for name in parameters]
+
+
+def _gradient_pieces(module, parameters, X, cotangents):
+    """:func:`per_example_gradients` one parameter at a time: (n, numel) each."""
+
+    def one_row(p, x, v):
+        return (forward_at(module, p, x.unsqueeze(0))[0] * v).sum()
+
+    with TORCH_FUNC_LOCK:
+        grads = vmap(grad(one_row), in_dims=(None, 0, 0))(parameters, X, cotangents)
+    return [grads[name].reshape(X.shape[0], -1) for name in parameters]
+
+
+def walk_block(walk, q0, q1):
+    """The contributions and bias terms of the query rows ``q0:q1``.
+
+    Walks the steps from the last to the first, carrying ``B_s`` (module
+    docstring); everything is accumulated in float64.
+
+    Returns
+    -------
+    phi : torch.Tensor of float64, shape (n_q, n_train, O)
+        ``phi_i(x)`` for every training row.
+    bias_term : torch.Tensor of float64, shape (n_q, O)
+        What the L2 and decay terms subtract from ``f(x; w_0)``.
+    """
+    trajectory, solver = walk.trajectory, walk.trajectory.solver
+    Xq = walk.X[q0:q1]
+    device = Xq.device
+    n_q, n_outputs = Xq.shape[0], walk.n_outputs
+    n_train = walk.X_train.shape[0]
+    step_sizes = trajectory.step_sizes
+    steps = trajectory.checkpoint_steps
+    phi = torch.zeros((n_train, n_q * n_outputs), dtype=torch.float64, device=device)
+    bias = torch.zeros(n_q * n_outputs, dtype=torch.float64, device=device)
+    carried, cached = None, (None, None)  # first order: (k, J_k(x)^T)
+    for s in range(trajectory.n_steps - 1, -1, -1):
+        kappa, rho, gamma, delta = solver.recursion(s)
+        eps = float(step_sizes[s])
+        P = trajectory.preconditioner(s)
+        P = None if P is None else P.to(device, torch.float64)
+        # The training side's parameters: w_s, or the checkpoint standing for s.
+        k = int(np.searchsorted(steps, s, side="right")) - 1
+        start = trajectory.parameters(k, device=device)
+        w = torch.cat([p.reshape(-1) for p in start.values()]).double()
+        if walk.exact:
+            end = _parameters_after(trajectory, s, device)
+            points = [
+                {n: start[n] + a * (end[n] - start[n]) for n in start}
+                for a in walk.nodes
+            ]
+            JT = _query_jacobian_T(walk.module, points, walk.node_weights, Xq)
+        else:
+            if cached[0] != k:
+                cached = (k, None)  # free the last one first
+                cached = (k, _query_jacobian_T(walk.module, [start], [1.0], Xq))
+            JT = cached[1]
+        if solver.weight_decay:
+            bias.add_(w @ JT, alpha=eps * solver.weight_decay)
+        if walk.exact:  # z_s = eps_s P_s Jbar_s^T, in Jbar's place
+            z = JT.mul_(eps) if P is None else JT.mul_(P[:, None]).mul_(eps)
+        else:
+            z = eps if P is None else eps * P
+        if carried is None or not torch.is_tensor(carried):
+            carried = kappa * z if carried is None else kappa * z + rho * carried
+        else:  # in place: one d x (n_q O) matrix fewer at the peak
+            carried.mul_(rho).add_(z, alpha=kappa)
+        q = gamma * carried + delta * z if delta else gamma * carried
+        if not walk.exact:
+            q = JT * (q[:, None] if torch.is_tensor(q) else q)
+        _training_side(walk, trajectory.step(s), start, q, phi)
+        if solver.alpha:
+            bias.add_(w @ q, alpha=solver.alpha)
+    phi = phi.T.reshape(n_q, n_outputs, n_train).permute(0, 2, 1)
+    return phi, bias.reshape(n_q, n_outputs)
+
+
+def _training_side(walk, step, parameters, q, phi):
+    """``phi[batch] -= (c_i J(x_i)^T g_i) @ q``, a block of batch rows at a time.
+
+    Parameter by parameter (``addmm`` into one product), so that the
+    per-example gradients are never concatenated into a copy.
+    """
+    device, dtype = walk.X.device, walk.X.dtype
+    batch = step.batch.to(device)
+    cotangents = step.batch_weights.to(device, dtype)[:, None] * (
+        step.output_gradients.to(device, dtype)
+    )
+    for r0 in range(0, len(batch), walk.rows):
+        rows = batch[r0 : r0 + walk.rows]
+        pieces = _gradient_pieces(
+            walk.module, parameters, walk.X_train[rows], cotangents[r0 : r0 + walk.rows]
+        )
+        product, offset = None, 0
+        for piece in pieces:
+            width = piece.shape[1]
+            block = q[offset : offset + width]
+            if product is None:
+                product = piece.double() @ block
+            else:
+                product.addmm_(piece.double(), block)
+            offset += width
+        phi.index_add_(0, rows, product, alpha=-1.0)
+
+
+def _query_jacobian_T(module, points, weights, Xq):
+    """``sum_q weights[q] J(Xq; points[q])^T``: (d, n_q O) float64.
+
+    The segment average ``Jbar(x)^T`` for the exact form (one point for
+    the first-order form), written parameter by parameter into one float64
+    matrix; columns in query-major order (query, then output).
+    """
+    total = None
+    for point, weight in zip(points, weights):
+        pieces = _jacobian_pieces(module, point, Xq)
+        if total is None:
+            d = sum(piece.shape[2] for piece in pieces)
+            columns = pieces[0].shape[0] * pieces[0].shape[1]
+            total = torch.zeros((d, columns), dtype=torch.float64, device=Xq.device)
+        offset = 0
+        for piece in pieces:
+            width = piece.shape[2]
+            total[offset : offset + width].add_(
+                piece.reshape(columns, width).T, alpha=weight
+            )
+            offset += width
+    return total
+
+
+def _parameters_after(trajectory, t, device):
+    """``w_{t+1}``: the next checkpoint, or the final parameters."""
+    if t + 1 < len(trajectory):
+        return trajectory.parameters(t + 1, device=device)
+    return trajectory.final_parameters(device=device)
