@@ -119,11 +119,20 @@ def test_engines_differentiate_only_the_given_parameters(engine, subset):
         lambda: [nn.Linear(3, 5), nn.ReLU(), nn.Linear(5, 3), nn.Identity()],
         lambda: [nn.Linear(3, 5), nn.Linear(5, 3), nn.Identity()],
         lambda: [nn.Linear(3, 2)],
+        # Dropout is the identity in eval mode, in which kernels are computed.
+        lambda: [
+            nn.Dropout(0.3),
+            nn.Linear(3, 6),
+            nn.Tanh(),
+            nn.Dropout(0.5),
+            nn.Linear(6, 2),
+            nn.AlphaDropout(0.2),
+        ],
     ],
 )
 def test_structured_engine_on_user_sequentials(layers):
     torch.manual_seed(0)  # this test's own modules: default init is fine here
-    net = nn.Sequential(*layers()).double()
+    net = nn.Sequential(*layers()).double().eval()
     assert StructuredEngine.supports(net)
     X, Y = _data((6, 3), (5, 3))
     _check_engine("structured", net, _params(net), X, Y)
@@ -168,6 +177,11 @@ def test_jacobian_state_is_the_jacobian():
     (X,) = _data((5, 3))
     state = JacobianEngine(net, list(_params(net))).state(_params(net), X)
     np.testing.assert_allclose(state.numpy(), jacobian_rows(net, _params(net), X))
+
+
+def test_auto_picks_the_structured_engine_for_mlps_with_dropout():
+    net = nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Dropout(0.2), nn.Linear(4, 1))
+    assert select_engine("auto", net, ["0.weight"]).name == "structured"
 
 
 def test_auto_picks_the_structured_engine_for_mlps():
@@ -385,12 +399,13 @@ def test_engines_in_a_metric_differentiate_only_the_given_parameters(engine, sub
         lambda: [nn.Tanh(), nn.Linear(3, 6), nn.SiLU(), nn.Identity(), nn.Linear(6, 1)],
         lambda: [nn.Linear(3, 5), nn.Linear(5, 3), nn.Identity()],
         lambda: [nn.Linear(3, 2)],
+        lambda: [nn.Dropout(0.3), nn.Linear(3, 6), nn.Dropout(0.5), nn.Linear(6, 2)],
     ],
-    ids=["activation-last", "not-static", "linear-linear", "one-layer"],
+    ids=["activation-last", "not-static", "linear-linear", "one-layer", "dropout"],
 )
 def test_structured_engine_in_a_metric_on_user_sequentials(layers):
     torch.manual_seed(0)  # this test's own modules: default init is fine here
-    net = nn.Sequential(*layers()).double()
+    net = nn.Sequential(*layers()).double().eval()
     X, Y = _data((6, 3), (5, 3))
     _check_metric("structured", net, _params(net), X, Y)
 

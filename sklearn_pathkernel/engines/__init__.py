@@ -10,7 +10,7 @@ module.
 Costs per checkpoint, for ``n`` rows against ``m``, ``O`` outputs and ``d``
 trainable parameters (an MLP with widths ``h_0, ..., h_L = O``):
 
-``"structured"`` (an ``nn.Sequential`` of Linear layers and elementwise
+``"structured"`` (an ``nn.Sequential`` of Linear layers, dropout and elementwise
 activations)
     FLOPs ``2 n m sum_l (h_{l-1} + 1 + O h_l)``; memory per row
     ``sum_l (h_{l-1} + 1 + O h_l)`` numbers. No Jacobian ever exists. In a

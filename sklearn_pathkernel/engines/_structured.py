@@ -35,8 +35,11 @@ _CLOSED_FORM_DERIVATIVES = {
     nn.Sigmoid: lambda z, a: a * (1.0 - a),
     nn.ReLU: lambda z, a: (z > 0).to(z.dtype),
 }
+# Layers that are the identity in eval mode, the mode kernels are computed in
+# (``_network.in_evaluation_mode``): skipped like nn.Identity.
+_IDENTITY = (nn.Identity, nn.Dropout, nn.AlphaDropout)
 _ELEMENTWISE = (
-    nn.Identity,
+    *_IDENTITY,
     nn.Tanh,
     nn.Sigmoid,
     nn.ReLU,
@@ -62,8 +65,9 @@ METRIC_TEMPORARIES = 2**22
 class StructuredEngine(Engine):
     """Outer-product structure of ``nn.Linear`` layers; no Jacobians at all.
 
-    Supports an ``nn.Sequential`` of ``nn.Linear`` layers and elementwise
-    activations (the default MLP is one). Each Linear layer contributes
+    Supports an ``nn.Sequential`` of ``nn.Linear`` layers, elementwise
+    activations and dropout (the identity in eval mode, in which kernels are
+    computed; the default MLP is one). Each Linear layer contributes
     ``G_A * G_D`` with ``G_A = [A_X, 1][A_Y, 1]^T`` (the ones column only when
     its bias is trained, ``A`` only when its weight is) and
     ``G_D = D_X D_Y^T`` over the flattened (output, unit) axis.
@@ -81,7 +85,7 @@ class StructuredEngine(Engine):
     name = "structured"
     supports_metric = True
     supported_modules = (
-        "an nn.Sequential of nn.Linear layers and elementwise activations"
+        "an nn.Sequential of nn.Linear layers, elementwise activations and dropout"
     )
 
     def __init__(self, module, parameter_names):
@@ -99,13 +103,13 @@ class StructuredEngine(Engine):
         self.static_input = (
             bool(self.layers)
             and self.layers[0][1]
-            and all(isinstance(c, nn.Identity) for c in list(module)[:first])
+            and all(isinstance(c, _IDENTITY) for c in list(module)[:first])
         )
-        # While only nn.Identity follows the last Linear layer, its signals
+        # While only identities follow the last Linear layer, its signals
         # are the identity (state stores None): the same for every row.
         last = self.layers[-1][0] if self.layers else 0
         self.identity_output = bool(self.layers) and all(
-            isinstance(c, nn.Identity) for c in list(module)[last + 1 :]
+            isinstance(c, _IDENTITY) for c in list(module)[last + 1 :]
         )
 
     @classmethod
@@ -161,7 +165,7 @@ class StructuredEngine(Engine):
                 weight = parameters.get(f"{index}.weight", child.weight)
                 bias = parameters.get(f"{index}.bias", child.bias)
                 signal = torch.nn.functional.linear(signal, weight, bias)
-            elif not isinstance(child, nn.Identity):
+            elif not isinstance(child, _IDENTITY):
                 # An in-place activation must not overwrite the kept z.
                 z = signal
                 signal = child(z.clone() if getattr(child, "inplace", False) else z)
@@ -183,7 +187,7 @@ class StructuredEngine(Engine):
                     weight = parameters.get(f"{index}.weight", child.weight)
                     G = weight.expand(n, -1, -1) if is_identity else G @ weight
                     is_identity = False
-            elif not isinstance(child, nn.Identity):
+            elif not isinstance(child, _IDENTITY):
                 is_identity = False
                 G = G * _derivative(child, *pre_activations[index]).unsqueeze(1)
         return inputs, signals
