@@ -295,7 +295,23 @@ def decompose_path(
     )
     nodes, node_weights = _quadrature(n_nodes if exact else 0)
     solver = trajectory.solver
-    if not (solver.plain or (not exact and not solver.diagonal)):
+    options = dict(working_memory=working_memory, n_jobs=n_jobs, verbose=verbose)
+    if solver.plain or (not exact and not solver.diagonal):
+        # Each step's gradient moves the query once, by p_s J_s(x): the
+        # engines' products between query and training rows.
+        contributions, bias = _engine_blocks(
+            module,
+            bound,
+            trajectory,
+            X_train,
+            X,
+            n_outputs,
+            exact,
+            nodes,
+            node_weights,
+            **options,
+        )
+    else:
         # A gradient acts over later steps through P_t (and Jbar_t): the
         # backward walk of _query_side.
         contributions, bias = _walk_query_blocks(
@@ -307,25 +323,43 @@ def decompose_path(
             exact=exact,
             nodes=nodes,
             node_weights=node_weights,
-            working_memory=working_memory,
-            n_jobs=n_jobs,
-            verbose=verbose,
+            **options,
         )
-        return _machine(
-            module,
-            trajectory,
-            X_train,
-            X,
-            bias,
-            contributions,
-            network_output,
-            exact=exact,
-            kernel=kernel,
-            engine=engine,
-            working_memory=working_memory,
-            n_jobs=n_jobs,
-            verbose=verbose,
-        )
+    return _machine(
+        module,
+        trajectory,
+        X_train,
+        X,
+        bias,
+        contributions,
+        network_output,
+        exact=exact,
+        kernel=kernel,
+        engine=engine,
+        **options,
+    )
+
+
+def _engine_blocks(
+    module,
+    bound,
+    trajectory,
+    X_train,
+    X,
+    n_outputs,
+    exact,
+    nodes,
+    node_weights,
+    *,
+    working_memory,
+    n_jobs,
+    verbose,
+):
+    """Contributions and bias through the engines' products, per query block.
+
+    For plain sgd, and the first-order form with momentum (``P_t = I``).
+    """
+    n_X, n_train = X.shape[0], X_train.shape[0]
     walk = _Walk(
         module=module,
         bound=bound,
@@ -388,21 +422,7 @@ def decompose_path(
                     progress.update(1)
             contributions[q0:q1] = phi.cpu().numpy()
             bias[q0:q1] = b.cpu().numpy()
-    return _machine(
-        module,
-        trajectory,
-        X_train,
-        X,
-        bias,
-        contributions,
-        network_output,
-        exact=exact,
-        kernel=kernel,
-        engine=engine,
-        working_memory=working_memory,
-        n_jobs=n_jobs,
-        verbose=verbose,
-    )
+    return contributions, bias
 
 
 def _machine(
