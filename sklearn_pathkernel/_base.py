@@ -340,7 +340,10 @@ class BasePathKernelEstimator(BaseEstimator):
         self.loss_curve_ = result.loss_curve
         self.best_loss_ = result.best_loss
         self.validation_scores_ = result.validation_scores
-        self.best_validation_score_ = result.best_validation_score
+        # None when training diverged before a first epoch was scored.
+        self.best_validation_score_ = (
+            result.best_validation_score if result.validation_scores else None
+        )
         self.n_iter_ = result.n_iter
         self.n_outputs_ = targets.shape[1]
         self._fit_X = X  # the kernel machine sums over these rows
