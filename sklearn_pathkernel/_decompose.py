@@ -37,7 +37,7 @@ from ._network import forward, forward_at, in_evaluation_mode
 from ._path import path_kernel
 from ._progress import progress_bar
 from ._query_side import QueryWalk, walk_block
-from ._tasks import Shared, compact, run_tasks
+from ._tasks import Shared, compact, row_blocks, run_tasks
 from ._trajectory import Step
 from .engines import TORCH_FUNC_LOCK, select_engine
 
@@ -378,7 +378,7 @@ def _engine_blocks(
         bound.bytes_per_row(n_outputs, itemsize) * (1 + len(nodes))
         + n_train * n_outputs * (16 + 3 * itemsize),
     )
-    blocks = [(q0, min(q0 + block, n_X)) for q0 in range(0, n_X, block)]
+    blocks, outputs = _query_blocks(module, trajectory, X, block)
     steps = _steps_by_checkpoint(trajectory)
     # With heavy-ball or Nesterov momentum (P_t = I), first order: a step's
     # gradient moves the query by p_s J_s(x) (p_s = eps_s for plain sgd).
@@ -395,17 +395,7 @@ def _engine_blocks(
     )
     contributions = np.zeros((n_X, n_train, n_outputs))
     bias = np.zeros((n_X, n_outputs))
-    progress = progress_bar(
-        verbose,
-        total=len(blocks) * trajectory.n_steps,
-        desc="decompose" + (" (exact)" if exact else ""),
-        unit="step",
-    )
-    with torch.no_grad():
-        # f(x; w_0) before any task starts: functional_call swaps the
-        # module's parameters, which the tasks' own calls must not see.
-        initial = trajectory.parameters(0, device=X.device)
-        outputs = [forward_at(module, initial, X[q0:q1]).double() for q0, q1 in blocks]
+    progress = _progress(verbose, len(blocks) * trajectory.n_steps, exact)
     parts = run_tasks(_checkpoint_part, walk, tasks, n_jobs=n_jobs)
     with torch.no_grad(), progress:
         for (q0, q1), b in zip(blocks, outputs):
@@ -423,6 +413,29 @@ def _engine_blocks(
             contributions[q0:q1] = phi.cpu().numpy()
             bias[q0:q1] = b.cpu().numpy()
     return contributions, bias
+
+
+def _query_blocks(module, trajectory, X, block):
+    """The query blocks of ``block`` rows, and ``f(x; w_0)`` on each (float64).
+
+    Taken before any task starts: ``functional_call`` swaps the module's
+    parameters, which the tasks' own calls must not see.
+    """
+    blocks = row_blocks(X.shape[0], block, tiles_per_block=1)
+    with torch.no_grad():
+        initial = trajectory.parameters(0, device=X.device)
+        outputs = [forward_at(module, initial, X[q0:q1]).double() for q0, q1 in blocks]
+    return blocks, outputs
+
+
+def _progress(verbose, total, exact):
+    """The decomposition's progress bar over (query block, step) pairs."""
+    return progress_bar(
+        verbose,
+        total=total,
+        desc="decompose" + (" (exact)" if exact else ""),
+        unit="step",
+    )
 
 
 def _machine(
@@ -546,25 +559,15 @@ def _walk_query_blocks(
         exact=exact,
         rows=rows,
     )
-    blocks = [(q0, min(q0 + block, n_X)) for q0 in range(0, n_X, block)]
+    blocks, outputs = _query_blocks(module, trajectory, X, block)
     contributions = np.zeros((n_X, n_train, n_outputs))
     bias = np.zeros((n_X, n_outputs))
-    progress = progress_bar(
-        verbose,
-        total=len(blocks) * trajectory.n_steps,
-        desc="decompose" + (" (exact)" if exact else ""),
-        unit="step",
-    )
-    with torch.no_grad():
-        # f(x; w_0) before any task starts: functional_call swaps the
-        # module's parameters, which the tasks' own calls must not see.
-        initial = trajectory.parameters(0, device=X.device)
-        for q0, q1 in blocks:
-            bias[q0:q1] = forward_at(module, initial, X[q0:q1]).double().cpu().numpy()
+    progress = _progress(verbose, len(blocks) * trajectory.n_steps, exact)
     parts = run_tasks(walk_block, walk, blocks, n_jobs=n_jobs)
     with progress:
-        for (q0, q1), (phi, bias_term) in zip(blocks, parts):
+        for (q0, q1), b, (phi, bias_term) in zip(blocks, outputs, parts):
             contributions[q0:q1] = phi.cpu().numpy()
+            bias[q0:q1] = b.cpu().numpy()
             bias[q0:q1] -= bias_term.cpu().numpy()
             progress.update(trajectory.n_steps)
     return contributions, bias

@@ -55,9 +55,9 @@ from sklearn import get_config
 
 from ._blocking import tile_within_budget
 from ._network import in_evaluation_mode, placement
+from ._path import path_engine
 from ._rows import kernel_rows, output_width
 from ._tasks import Shared, compact, row_blocks, run_tasks, to_device
-from .engines import select_engine
 
 
 def gaussian_factor(seed, k, piece, j, height, n_components):
@@ -194,13 +194,7 @@ def path_features(
     module, dtype, device = placement(module, device)
     X_t = kernel_rows(X, name="X", module=module, dtype=dtype, device=device)
     n = X_t.shape[0]
-    bound = select_engine(
-        engine,
-        module,
-        trajectory.parameter_names,
-        example=X_t[:1],
-        metric=trajectory.solver.diagonal,
-    )
+    bound = path_engine(engine, module, trajectory, example=X_t[:1])
     with torch.no_grad():
         n_outputs = output_width(module, X_t)
     shapes = bound.sketch_shapes(n_outputs)

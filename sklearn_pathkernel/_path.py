@@ -240,6 +240,21 @@ def kernel_points(trajectory):
     ]
 
 
+def path_engine(engine, module, trajectory, *, example):
+    """``select_engine`` for the nodes of ``trajectory``.
+
+    In a metric when the solver preconditions its steps (Adam): then only
+    engines that take one qualify.
+    """
+    return select_engine(
+        engine,
+        module,
+        trajectory.parameter_names,
+        example=example,
+        metric=trajectory.solver.diagonal,
+    )
+
+
 @in_evaluation_mode
 def path_kernel_diagonal(
     module,
@@ -290,13 +305,7 @@ def path_kernel_diagonal(
     with torch.no_grad():
         n_outputs = output_width(module, X_t)
     points = kernel_points(trajectory)
-    bound = select_engine(
-        engine,
-        module,
-        trajectory.parameter_names,
-        example=X_t[:1],
-        metric=trajectory.solver.diagonal,
-    )
+    bound = path_engine(engine, module, trajectory, example=X_t[:1])
     tile = tile_within_budget(
         working_memory, bound.bytes_per_row(n_outputs, dtype.itemsize)
     )
