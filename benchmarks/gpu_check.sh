@@ -1,15 +1,39 @@
 #!/usr/bin/env bash
 # The one device check for a session lent a GPU (see the device tool): the
-# CUDA tests, then the engine benchmark on the GPU. It runs under the GPU
-# image's own python3 and torch, with this checkout on PYTHONPATH instead of
-# an install. Copy its output into benchmarks/RESULTS.md with the card's name.
-set -euo pipefail
+# CUDA tests, the whole suite with the GPU visible (estimators default to
+# device="auto", so every fit in it then trains and computes kernels on the
+# GPU), then the engine benchmarks on the GPU. It runs under the GPU image's
+# own python3 and torch, with this checkout on PYTHONPATH instead of an
+# install. Each step has its own time limit and the steps go on past a
+# failure, so one run brings back everything it can; each step's output is
+# also written to $LOGS (the device tool's $OUT when set). Copy the numbers
+# into benchmarks/RESULTS.md with the card's name.
+set -uo pipefail
 cd "$(dirname "$0")/.."
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
-nvidia-smi --query-gpu=name,memory.total,clocks.max.sm --format=csv
-# Every test marked cuda (persistence, trajectory, transformers...), then the
-# engine modules whole, on the GPU image's torch.
-python3 -m pytest -q -p no:cacheprovider -m cuda tests
-python3 -m pytest -q -p no:cacheprovider tests/test_engines.py tests/test_blocking.py tests/test_path.py \
-    tests/test_decompose.py
-python3 benchmarks/bench_kernel.py --device cuda
+LOGS="${OUT:-${TMPDIR:-/tmp}/gpu_check}"
+mkdir -p "$LOGS"
+status=0
+
+step() {  # step NAME SECONDS COMMAND...: run with a limit, log, keep going
+    local name=$1 limit=$2
+    shift 2
+    echo "=== $name (limit ${limit}s): $*"
+    local start=$SECONDS
+    timeout "$limit" "$@" 2>&1 | tee "$LOGS/$name.log"
+    local rc=${PIPESTATUS[0]}
+    echo "=== $name: exit $rc after $((SECONDS - start))s"
+    [ "$rc" -eq 0 ] || status=1
+}
+
+step machine 30 bash -c 'nvidia-smi --query-gpu=name,memory.total,clocks.max.sm,driver_version --format=csv;
+    python3 -c "import sys, torch, sklearn, numpy; print(sys.version.split()[0], \"torch\", torch.__version__, \"cuda\", torch.version.cuda, \"sklearn\", sklearn.__version__, \"numpy\", numpy.__version__, \"gpu\", torch.cuda.get_device_name(0) if torch.cuda.is_available() else None)"'
+# The tests marked cuda: GPU against CPU for training, kernels, hooks, pickle.
+step cuda_tests 90 python3 -m pytest -q -p no:cacheprovider -rfE --tb=short -m cuda tests
+# Everything else with the GPU visible, in parallel where pytest-xdist is there.
+xdist=()
+python3 -c "import xdist" 2>/dev/null && xdist=(-n 8)
+step suite_on_gpu 200 python3 -m pytest -q -p no:cacheprovider -rfE --tb=line "${xdist[@]}" tests
+step bench_kernel 120 python3 benchmarks/bench_kernel.py --device cuda
+step bench_hooks 120 python3 benchmarks/bench_hooks.py --device cuda
+exit $status
