@@ -732,7 +732,9 @@ class BasePathKernelEstimator(BaseEstimator):
     # -- persistence --------------------------------------------------------
     def __getstate__(self):
         # Pickles load on CPU-only machines: the module travels on the CPU.
-        state = super().__getstate__()
+        # On Python 3.11+ object.__getstate__ hands back the live __dict__
+        # itself, so edit a copy, never the estimator being pickled.
+        state = dict(super().__getstate__())
         module = state.get("module_")
         if module is not None and any(
             p.device.type != "cpu" for p in module.parameters()

@@ -69,6 +69,18 @@ def test_pickle_round_trip(Est, toy):
     assert np.array_equal(loaded.kernel(X), est.kernel(X))
 
 
+def test_pickling_leaves_the_estimator_as_it_was(toy):
+    # __getstate__ moves a GPU module to the CPU in the state it returns; on
+    # Python 3.11+ object.__getstate__ returns the live __dict__, so an edit
+    # there would move the fitted estimator itself (seen on a GPU).
+    X, y = toy
+    est = _quiet(PathKernelRegressor((6,), max_iter=5, random_state=0), X, y)
+    state = est.__getstate__()
+    assert state is not est.__dict__
+    state["module_"] = None
+    assert est.module_ is not None
+
+
 @pytest.mark.parametrize("Est", ESTIMATORS)
 def test_unfitted_estimator_says_so(Est, toy):
     X, _ = toy
