@@ -41,7 +41,7 @@ from sklearn.preprocessing import StandardScaler
 from sklearn_pathkernel import PathKernelClassifier, path_kernel, tangent_kernel
 from sklearn_pathkernel._losses import SOFTMAX_CROSS_ENTROPY
 from sklearn_pathkernel._network import make_mlp
-from sklearn_pathkernel._path import weighted_kernel_sum
+from sklearn_pathkernel._path import kernel_points, weighted_kernel_sum
 from sklearn_pathkernel._training import TrainingOptions, train
 from sklearn_pathkernel._trajectory import Trajectory
 
@@ -252,13 +252,9 @@ def w2(rate, n_checkpoints, jacobian_checkpoints):
     ]
 
     def first_checkpoints(engine):
-        points = [
-            (float(w), lambda dev, k=k: trajectory.parameters(k, device=dev))
-            for k, w in enumerate(trajectory.weights[:jacobian_checkpoints])
-        ]
         return weighted_kernel_sum(
             module,
-            points,
+            kernel_points(trajectory)[:jacobian_checkpoints],
             X,
             engine=engine,
             parameter_names=trajectory.parameter_names,
@@ -295,7 +291,7 @@ def scaling(sizes, checkpoint_counts):
     print("|---:|---:|---:|---:|")
     for n in sizes:
         for count in checkpoint_counts:
-            points = [(1.0, lambda dev: params)] * count
+            points = [(1.0, lambda: params, lambda: None)] * count
             start = time.perf_counter()
             weighted_kernel_sum(net, points, X[:n], parameter_names=list(params))
             seconds = time.perf_counter() - start

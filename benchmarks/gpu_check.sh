@@ -7,7 +7,8 @@
 # install. Each step has its own time limit and the steps go on past a
 # failure, so one run brings back everything it can; each step's output is
 # also written to $LOGS (the device tool's $OUT when set). Copy the numbers
-# into benchmarks/RESULTS.md with the card's name.
+# into benchmarks/RESULTS.md with the card's name. GPU_CHECK_STEPS="a b"
+# runs only the steps named (a rerun inside a lease, say).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
@@ -18,6 +19,7 @@ status=0
 step() {  # step NAME SECONDS COMMAND...: run with a limit, log, keep going
     local name=$1 limit=$2
     shift 2
+    [[ " ${GPU_CHECK_STEPS:-$name} " == *" $name "* ]] || return 0
     echo "=== $name (limit ${limit}s): $*"
     local start=$SECONDS
     timeout "$limit" "$@" 2>&1 | tee "$LOGS/$name.log"
@@ -30,10 +32,13 @@ step machine 30 bash -c 'nvidia-smi --query-gpu=name,memory.total,clocks.max.sm,
     python3 -c "import sys, torch, sklearn, numpy; print(sys.version.split()[0], \"torch\", torch.__version__, \"cuda\", torch.version.cuda, \"sklearn\", sklearn.__version__, \"numpy\", numpy.__version__, \"gpu\", torch.cuda.get_device_name(0) if torch.cuda.is_available() else None)"'
 # The tests marked cuda: GPU against CPU for training, kernels, hooks, pickle.
 step cuda_tests 90 python3 -m pytest -q -p no:cacheprovider -rfE --tb=short -m cuda tests
-# Everything else with the GPU visible, in parallel where pytest-xdist is there.
-xdist=()
-python3 -c "import xdist" 2>/dev/null && xdist=(-n 8)
-step suite_on_gpu 200 python3 -m pytest -q -p no:cacheprovider -rfE --tb=line "${xdist[@]}" tests
+# Everything else with the GPU visible, in parallel where pytest-xdist is
+# there; -v names each failure as it happens, should the step run out of time.
+extra=()
+python3 -c "import xdist" 2>/dev/null && extra+=(-n 14)
+python3 -c "import pytest_timeout" 2>/dev/null && extra+=(--timeout 120)
+step suite_on_gpu 280 python3 -m pytest -v -p no:cacheprovider -rfE --tb=short \
+    --durations 15 "${extra[@]}" tests
 step bench_kernel 120 python3 benchmarks/bench_kernel.py --device cuda
 step bench_hooks 120 python3 benchmarks/bench_hooks.py --device cuda
 exit $status
