@@ -82,6 +82,12 @@ def _restore_on_failure(fit):
     return wrapper
 
 
+def _module_device(module):
+    """The device of ``module``'s first parameter, or None."""
+    reference = next(iter(module.parameters()), None) if module is not None else None
+    return None if reference is None else reference.device
+
+
 class BasePathKernelEstimator(BaseEstimator):
     """Train a torch network by gradient descent and record its path.
 
@@ -731,13 +737,34 @@ class BasePathKernelEstimator(BaseEstimator):
 
     # -- persistence --------------------------------------------------------
     def __getstate__(self):
-        # Pickles load on CPU-only machines: the module travels on the CPU.
-        # On Python 3.11+ object.__getstate__ hands back the live __dict__
-        # itself, so edit a copy, never the estimator being pickled.
+        # The module travels on the CPU, so that the pickle loads on any
+        # machine, with the device it lived on beside it (__setstate__ puts
+        # it back there when that device exists). On Python 3.11+
+        # object.__getstate__ hands back the live __dict__ itself: edit a
+        # copy, never the estimator being pickled.
         state = dict(super().__getstate__())
         module = state.get("module_")
-        if module is not None and any(
-            p.device.type != "cpu" for p in module.parameters()
-        ):
+        device = _module_device(module)
+        if device is not None and device.type != "cpu":
             state["module_"] = copy.deepcopy(module).to("cpu")
+            state["_module_device"] = str(device)
         return state
+
+    def __setstate__(self, state):
+        state = dict(state)
+        device = state.pop("_module_device", None)
+        super().__setstate__(state)
+        if device is None:
+            return
+        try:
+            resolve_device(device)
+        except ValueError:
+            warnings.warn(
+                f"{type(self).__name__}: the network was pickled on {device!r}, "
+                "which this machine does not have; it is loaded on the CPU, "
+                "where predictions, kernels and decompositions now run.",
+                UserWarning,
+                stacklevel=2,
+            )
+        else:
+            self.module_.to(device)

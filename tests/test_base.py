@@ -81,6 +81,24 @@ def test_pickling_leaves_the_estimator_as_it_was(toy):
     assert est.module_ is not None
 
 
+def test_pickle_puts_the_network_back_on_its_device_or_warns(toy, monkeypatch):
+    # A pickle records the device the network lived on; unpickled where that
+    # device is missing, the network stays on the CPU with a warning. The
+    # state is written as a GPU-fitted estimator's would be.
+    X, y = toy
+    est = _quiet(PathKernelRegressor((6,), max_iter=5, random_state=0), X, y)
+    state = est.__getstate__()
+    assert "_module_device" not in state  # a CPU network records nothing
+    state["_module_device"] = "cuda:0"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    loaded = PathKernelRegressor.__new__(PathKernelRegressor)
+    with pytest.warns(UserWarning, match="pickled on 'cuda:0', which this machine"):
+        loaded.__setstate__(state)
+    assert "_module_device" not in vars(loaded)
+    assert next(loaded.module_.parameters()).device.type == "cpu"
+    assert np.array_equal(loaded.predict(X), est.predict(X))
+
+
 @pytest.mark.parametrize("Est", ESTIMATORS)
 def test_unfitted_estimator_says_so(Est, toy):
     X, _ = toy
