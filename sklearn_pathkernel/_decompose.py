@@ -33,10 +33,11 @@ from torch.func import jvp
 
 from ._blocking import grid, tile_within_budget
 from ._memory import check_result_fits
-from ._network import forward, forward_at, in_evaluation_mode
+from ._network import forward, forward_at, in_evaluation_mode, placement
 from ._path import path_kernel
 from ._progress import progress_bar
 from ._query_side import QueryWalk, walk_block
+from ._rows import kernel_rows, output_width
 from ._tasks import Shared, compact, row_blocks, run_tasks
 from ._trajectory import Step
 from .engines import TORCH_FUNC_LOCK, select_engine
@@ -214,6 +215,7 @@ def decompose_path(
     working_memory=None,
     n_jobs=None,
     verbose=0,
+    device=None,
 ):
     """Decompose the network's outputs at ``X`` over its training rows.
 
@@ -226,12 +228,13 @@ def decompose_path(
     Parameters
     ----------
     module : torch.nn.Module
-        The trained network (``est.module_``), on the device to compute on.
+        The trained network (``est.module_``).
     trajectory : Trajectory
         Its recorded path (``est.trajectory_``).
-    X_train : torch.Tensor of shape (n_train, n_features)
-        The training rows, in the module's dtype and on its device.
-    X : torch.Tensor of shape (n_X, n_features)
+    X_train : array-like or torch.Tensor of shape (n_train, *input_shape)
+        The training rows, in the order the trajectory's steps index them;
+        converted to the module's dtype and moved to the device of the work.
+    X : array-like or torch.Tensor of shape (n_X, *input_shape)
         Query rows, likewise.
     exact : bool, default=False
         Average the query-side Jacobian over each step's segment, which
@@ -255,6 +258,8 @@ def decompose_path(
         cluster); the result is bit-identical whatever runs them.
     verbose : int, default=0
         Show a progress bar over query blocks and steps.
+    device : str or torch.device, default=None
+        Where to compute; the module's device when None.
 
     Returns
     -------
@@ -278,6 +283,11 @@ def decompose_path(
     ((3, 100, 1), True)
     """
     _check_options(trajectory, exact=exact, n_nodes=n_nodes, kernel=kernel)
+    module, dtype, device = placement(module, device)
+    rows = {"module": module, "dtype": dtype, "device": device}
+    X_train = kernel_rows(X_train, name="X_train", **rows)
+    X = kernel_rows(X, name="X", like=X_train, like_name="X_train", **rows)
+    output_width(module, X_train, name="X_train")  # a clear error if it fails
     bound = select_engine(engine, module, trajectory.parameter_names, example=X[:1])
     with torch.no_grad():
         network_output = forward(module, X).double()

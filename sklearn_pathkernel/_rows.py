@@ -6,7 +6,7 @@ from torch import nn
 from ._validation import check_kernel_input, to_tensor
 
 
-def kernel_rows(X, *, name, module, dtype, device, like=None):
+def kernel_rows(X, *, name, module, dtype, device, like=None, like_name="X"):
     """``X`` as a tensor of rows ``(n, *input_shape)`` on ``device``.
 
     A 2-D array-like or tensor goes through ``check_kernel_input`` and
@@ -27,6 +27,8 @@ def kernel_rows(X, *, name, module, dtype, device, like=None):
     device : torch.device
     like : torch.Tensor, default=None
         Rows whose per-row shape ``X`` must share (``X`` for ``Y``).
+    like_name : str, default="X"
+        How errors name ``like``.
 
     Returns
     -------
@@ -60,8 +62,8 @@ def kernel_rows(X, *, name, module, dtype, device, like=None):
             )
         if like is not None and X.shape[1:] != like.shape[1:]:
             raise ValueError(
-                f"{name} has rows of shape {tuple(X.shape[1:])}, but X has rows of "
-                f"shape {tuple(like.shape[1:])}."
+                f"{name} has rows of shape {tuple(X.shape[1:])}, but {like_name} "
+                f"has rows of shape {tuple(like.shape[1:])}."
             )
         if tokens:
             return X.detach().to(device=device)
@@ -70,11 +72,12 @@ def kernel_rows(X, *, name, module, dtype, device, like=None):
     if like is not None:
         if like.ndim != 2:
             raise ValueError(
-                f"{name} must have rows of shape {tuple(like.shape[1:])}, like X; "
+                f"{name} must have rows of shape {tuple(like.shape[1:])}, like "
+                f"{like_name}; "
                 f"got {type(X).__name__} of shape {tuple(getattr(X, 'shape', ()))}."
             )
         n_features = like.shape[1]
-    X = check_kernel_input(X, name=name, n_features=n_features)
+    X = check_kernel_input(X, name=name, n_features=n_features, like_name=like_name)
     return to_tensor(X, dtype=dtype, device=device, name=name)
 
 

@@ -68,11 +68,14 @@ def to_tensor(X, *, dtype, device, name="X"):
 
     Values beyond the range of ``dtype`` (e.g. 1e39 in float32) would turn
     into inf silently; they raise a ``ValueError`` that names the array.
+    The tensor is C-contiguous whatever the input's layout: a DataFrame
+    arrives column-major, and a GPU matmul on a transposed layout picks
+    another kernel, whose rounding differs (seen on an H200).
     """
     if isinstance(X, torch.Tensor):
-        tensor = X.detach().to(device=device, dtype=dtype)
+        tensor = X.detach().to(device=device, dtype=dtype).contiguous()
     else:
-        tensor = torch.tensor(np.asarray(X), dtype=dtype, device=device)
+        tensor = torch.tensor(np.ascontiguousarray(X), dtype=dtype, device=device)
     if not bool(torch.isfinite(tensor).all()):
         raise ValueError(
             f"{name} contains values that are not finite in {dtype} (largest "
@@ -82,7 +85,7 @@ def to_tensor(X, *, dtype, device, name="X"):
     return tensor
 
 
-def check_kernel_input(X, *, name, n_features=None):
+def check_kernel_input(X, *, name, n_features=None, like_name="X"):
     """Validate one argument of the functional kernel API.
 
     Accepts a 2-D array-like or tensor of finite numbers; returns it as a
@@ -122,7 +125,8 @@ def check_kernel_input(X, *, name, n_features=None):
         )
     if n_features is not None and X.shape[1] != n_features:
         raise ValueError(
-            f"{name} has {X.shape[1]} features, but X has {n_features} features."
+            f"{name} has {X.shape[1]} features, but {like_name} has {n_features} "
+            "features."
         )
     return X
 

@@ -18,6 +18,7 @@ from sklearn_pathkernel import (
     PathKernelRegressor,
     _blocking,
 )
+from sklearn_pathkernel._decompose import decompose_path
 
 
 def _fit(Est, X, y, sample_weight=None, **params):
@@ -347,6 +348,24 @@ def test_decompose_checks_its_input(diabetes):
     with pytest.raises(ValueError, match="Input X contains NaN"):
         est.decompose(np.full((2, X.shape[1]), np.nan))
     assert isinstance(est.decompose(X[:1]), KernelMachine)
+
+
+def test_functional_decomposition_places_its_rows(diabetes):
+    # Array-likes or tensors anywhere: the rows go to the module's dtype and
+    # device (an estimator fitted on a GPU, numpy rows), as path_kernel's do.
+    X, y = diabetes
+    est = _fit(PathKernelRegressor, X[:40], y[:40], max_iter=3)
+    from_arrays = decompose_path(est.module_, est.trajectory_, X[:40], X[:3])
+    from_tensors = decompose_path(
+        est.module_, est.trajectory_, torch.tensor(X[:40]), torch.tensor(X[:3])
+    )
+    assert np.array_equal(from_arrays.contributions, from_tensors.contributions)
+    with pytest.raises(ValueError, match="X has 2 features, but X_train has 10"):
+        decompose_path(est.module_, est.trajectory_, X[:40], X[:3, :2])
+    with pytest.raises(ValueError, match="The 'module' failed on X_train rows"):
+        decompose_path(est.module_, est.trajectory_, X[:40, :2], X[:3, :2])
+    with pytest.raises(ValueError, match="Input X_train contains NaN"):
+        decompose_path(est.module_, est.trajectory_, np.full((2, 10), np.nan), X[:3])
 
 
 # derandomize: CI sees the same examples every run; a failure reproduces.

@@ -70,6 +70,17 @@ def test_to_tensor_casts_and_copies():
     assert X[0, 0] == 0.0
 
 
+def test_to_tensor_is_c_contiguous_whatever_the_layout():
+    # A DataFrame's values arrive column-major; a transposed layout sends a
+    # GPU matmul to another kernel with other rounding (seen on an H200), so
+    # every tensor starts C-contiguous, from arrays and tensors alike.
+    X = np.asfortranarray(np.arange(12.0).reshape(4, 3))
+    for given in (X, torch.tensor(X).t().contiguous().t()):
+        tensor = to_tensor(given, dtype=torch.float32, device="cpu")
+        assert tensor.is_contiguous()
+        assert np.array_equal(tensor.numpy(), X)
+
+
 def test_to_tensor_refuses_float32_overflow_and_names_the_array():
     with pytest.raises(ValueError, match="y contains values that are not finite"):
         to_tensor(np.array([[1e300]]), dtype=torch.float32, device="cpu", name="y")
