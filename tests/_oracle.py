@@ -10,11 +10,19 @@ from torch.func import functional_call
 
 
 def jacobian_rows(module, parameters, X):
-    """Per-example Jacobians by a Python loop: array (n, O, d) in float64."""
+    """Per-example Jacobians by a Python loop: array (n, O, d) in float64.
+
+    Rows and parameters go to the module's device (a trajectory keeps its
+    parameters on the CPU; an estimator fitted on a GPU keeps its module there).
+    """
+    reference = next(iter(module.parameters()), None)
+    device = reference.device if reference is not None else torch.device("cpu")
     names = list(parameters)
-    leaves = {n: parameters[n].detach().clone().requires_grad_(True) for n in names}
+    leaves = {
+        n: parameters[n].detach().to(device).clone().requires_grad_(True) for n in names
+    }
     rows = []
-    for x in torch.as_tensor(X):
+    for x in torch.as_tensor(X).to(device):
         out = functional_call(module, leaves, (x.unsqueeze(0),)).reshape(-1)
         per_output = []
         for o in range(out.shape[0]):
