@@ -185,6 +185,13 @@ def test_frozen_projections_are_left_out(case, frozen, metric, monkeypatch):
     _check(net, params, X, Y, metric)
 
 
+@pytest.mark.parametrize("case", ["cross-bool-mask", "weights-per-head"])
+def test_rows_in_chunks_give_the_same_kernels(case, monkeypatch):
+    monkeypatch.setattr(_attention, "GHOST_SCRATCH", 1)  # one row at a time
+    net, params, X, Y = _setup(case)
+    _check(net, params, X, Y, metric=False)
+
+
 @pytest.mark.parametrize("length, ghost", [(2, True), (12, False)])
 def test_the_cost_rule_picks_the_form(length, ghost):
     torch.manual_seed(0)

@@ -25,6 +25,8 @@ import math
 import torch
 import torch.nn.functional as F
 
+from ._ghost import GHOST_SCRATCH
+
 #: ``MultiheadAttention.forward``'s arguments, in their positional order.
 _ARGUMENTS = (
     "query",
@@ -218,11 +220,9 @@ def _terms(layer, args, kwargs, Ds, axes, leaves):
     ``A`` is the projection's input ``(n, P, h_in)`` (no ones column) and
     ``D`` its output signals ``(n, P, O, E)``: the layer's output signals
     for the out-projection; for the in-projections, the core's backward of
-    those (plus any returned attention weights' signals) for all ``O``
-    outputs at once, as batched products.
+    those (:func:`_core_signals`) for all ``O`` outputs at once.
     """
     mod = layer.module
-    E, H = mod.embed_dim, mod.num_heads
     bound = _bind(args, kwargs)
     row_axes = _bind(axes["args"], axes["kwargs"])
     dtype = Ds[0].dtype
@@ -230,39 +230,61 @@ def _terms(layer, args, kwargs, Ds, axes, leaves):
     padding = bound.get("key_padding_mask")
     if padding is not None:
         padding = padding.movedim(row_axes["key_padding_mask"], 0)
+    D_out = Ds[0].movedim(axes["outputs"][0] + 1, 0)  # (n, O, L, E)
+    dW = Ds[1].movedim(axes["outputs"][1] + 1, 0) if len(Ds) > 1 else None
     projections = _projections(mod, layer.names, leaves)
+    n, n_outputs, L = D_out.shape[:3]
+    S = inputs[1].shape[1]
+    # The core's temporaries are (rows, O, H, L, S): rows in chunks of a
+    # fixed size keep them within the ghost scratch.
+    step = max(1, GHOST_SCRATCH // (n_outputs * mod.num_heads * L * S))
+    parts = []
     with torch.no_grad():
-        _, P, context, q, k, v = _forward(
-            mod, projections, *inputs, padding, bound.get("attn_mask")
-        )
-        # Output signals (n, O, L, E), then the core's backward for each o.
-        D_out = Ds[0].movedim(axes["outputs"][0] + 1, 0)
-        n, n_outputs, L = D_out.shape[:3]
-        d_context = (D_out @ projections["out"][0]).view(n, n_outputs, L, H, -1)
-        d_context = d_context.transpose(2, 3)  # (n, O, H, L, hd)
-        P_o = P.unsqueeze(1)
-        dv = P_o.transpose(-2, -1) @ d_context  # (n, O, H, S, hd)
-        dP = d_context @ v.unsqueeze(1).transpose(-2, -1)  # (n, O, H, L, S)
-        if len(Ds) > 1:  # the returned attention weights are used downstream
-            dW = Ds[1].movedim(axes["outputs"][1] + 1, 0)
-            dP = dP + (dW.unsqueeze(2) / H if dW.ndim == 4 else dW)
-        d_scores = P_o * (dP - (dP * P_o).sum(dim=-1, keepdim=True))
-        scale = (E // H) ** -0.5
-        signals = {
-            "query": d_scores @ k.unsqueeze(1) * scale,  # (n, O, H, L, hd)
-            "key": d_scores.transpose(-2, -1) @ q.unsqueeze(1) * scale,
-            "value": dv,
-        }
+        for i0 in range(0, n, step):
+            rows = slice(i0, i0 + step)
+            parts.append(
+                _core_signals(
+                    mod,
+                    projections,
+                    [x[rows] for x in inputs],
+                    None if padding is None else padding[rows],
+                    bound.get("attn_mask"),
+                    D_out[rows],
+                    None if dW is None else dW[rows],
+                )
+            )
+    context, *signals = (torch.cat(p) if len(p) > 1 else p[0] for p in zip(*parts))
+    signals = dict(zip(_INPUTS, signals), out=D_out.transpose(1, 2))
     sources = dict(zip(_INPUTS, inputs), out=context)
-    terms = []
-    for group in _groups(layer):
-        if group.which == "out":
-            D = D_out.transpose(1, 2)  # (n, L, O, E)
-        else:  # (n, O, H, P, hd) -> (n, P, O, E)
-            d = signals[group.which]
-            D = d.permute(0, 3, 1, 2, 4).reshape(n, d.shape[3], n_outputs, E)
-        terms.append((group, sources[group.which], D))
-    return terms
+    return [(g, sources[g.which], signals[g.which]) for g in _groups(layer)]
+
+
+def _core_signals(mod, projections, inputs, padding, attn_mask, D_out, dW):
+    """The merged context and the q, k, v signals ``(n, P, O, E)`` of some rows.
+
+    The backward of scaled dot-product softmax attention, written out for
+    every output at once: ``D_out`` (n, O, L, E) are the layer's output
+    signals, ``dW`` those of its returned attention weights (or None).
+    """
+    E, H = mod.embed_dim, mod.num_heads
+    _, P, context, q, k, v = _forward(mod, projections, *inputs, padding, attn_mask)
+    n, n_outputs, L = D_out.shape[:3]
+    d_context = (D_out @ projections["out"][0]).view(n, n_outputs, L, H, -1)
+    d_context = d_context.transpose(2, 3)  # (n, O, H, L, hd)
+    P = P.unsqueeze(1)
+    dv = P.transpose(-2, -1) @ d_context  # (n, O, H, S, hd)
+    dP = d_context @ v.unsqueeze(1).transpose(-2, -1)  # (n, O, H, L, S)
+    if dW is not None:  # averaged over heads (n, O, L, S), or per head
+        dP = dP + (dW.unsqueeze(2) / H if dW.ndim == 4 else dW)
+    d_scores = P * (dP - (dP * P).sum(dim=-1, keepdim=True))
+    scale = (E // H) ** -0.5
+    dq = d_scores @ k.unsqueeze(1) * scale  # (n, O, H, L, hd)
+    dk = d_scores.transpose(-2, -1) @ q.unsqueeze(1) * scale  # (n, O, H, S, hd)
+    # (n, O, H, P, hd) -> (n, P, O, E)
+    return (context,) + tuple(
+        d.permute(0, 3, 1, 2, 4).reshape(n, d.shape[3], n_outputs, E)
+        for d in (dq, dk, dv)
+    )
 
 
 def _kron(layer, args, kwargs, Ds, axes, leaves):
