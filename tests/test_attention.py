@@ -246,20 +246,14 @@ def test_the_forward_written_out_is_the_modules(case, batch_first):
     assert context.shape == (5, 3, E)
 
 
-@pytest.mark.parametrize(
-    "options, message",
-    [
-        (dict(add_bias_kv=True), "add_bias_kv=True"),
-        (dict(add_zero_attn=True), "add_zero_attn=True"),
-    ],
-)
-def test_options_without_a_rule_are_refused(options, message):
-    net = _SelfAttention(**options).double().eval()
+@pytest.mark.parametrize("option", ["add_bias_kv", "add_zero_attn"])
+def test_options_without_the_rule_go_to_the_exact_fallback(option):
+    torch.manual_seed(0)
+    net = _SelfAttention(**{option: True}).double().eval()
     params = {n: p.detach() for n, p in net.named_parameters()}
-    with pytest.raises(
-        ValueError, match=f"MultiheadAttention layer 'attn' with {message}"
-    ):
-        select_engine("hooks", net, list(params), example=_floats(2, 3, E, seed=0))
+    X, Y = _floats(5, 3, E, seed=1), _floats(4, 3, E, seed=2)
+    engine = _check(net, params, X, Y, metric=False)
+    assert [lay.rule for lay in engine.plan.layers] == ["fallback", "linear"]
 
 
 def test_a_per_head_attention_mask_is_refused():

@@ -13,8 +13,9 @@ no per-row loop). Four Kronecker groups, ``q``, ``k``, ``v`` and ``out``
 instantiated form by the cost rule of ``_ghost.py`` (docs/design.md,
 section 7.6).
 
-``add_bias_kv``, ``add_zero_attn`` and a per-head ``(N * num_heads, L, S)``
-``attn_mask`` are refused; ``kdim``/``vdim`` (separate projection weights),
+A layer with ``add_bias_kv`` or ``add_zero_attn`` goes to the per-layer
+fallback (exact, at its price); a per-head ``(N * num_heads, L, S)``
+``attn_mask`` is refused; ``kdim``/``vdim`` (separate projection weights),
 ``bias=False``, ``batch_first`` either way, ``key_padding_mask``, a 2-D
 ``attn_mask`` (bool or additive) and returned attention weights used
 downstream are handled. Dropout is off (the plan refuses an active one).
@@ -43,15 +44,15 @@ _INPUTS = ("query", "key", "value")
 
 
 def _rule(layer):
-    """``"attention"``, or a ``ValueError`` naming an option it cannot take."""
+    """``"attention"``; ``"fallback"`` for the options this rule leaves out.
+
+    ``add_bias_kv`` and ``add_zero_attn`` append key and value positions
+    of their own: such a layer goes through ``_fallback.py``, exact at the
+    fallback's price.
+    """
     mod = layer.module
-    for option in ("add_bias_kv", "add_zero_attn"):
-        on = mod.bias_k is not None if option == "add_bias_kv" else mod.add_zero_attn
-        if on:
-            raise ValueError(
-                f"The hooks engine cannot take the MultiheadAttention layer "
-                f"{layer.prefix!r} with {option}=True; use engine='jacobian'."
-            )
+    if mod.bias_k is not None or mod.add_zero_attn:
+        return "fallback"
     return "attention"
 
 
