@@ -1,8 +1,8 @@
 """The layer-hook engine's fallback for a layer without a rule.
 
-Any other parametrised module (``MultiheadAttention``, whose ``out_proj`` is
-applied functionally, included) gets per-example gradients of its own
-parameters by ``torch.func``: per-example vector-Jacobian products of that
+Any parametrised module without a rule (``_layer_rules.py``,
+``_attention.py``) gets per-example gradients of its own parameters by
+``torch.func``: per-example vector-Jacobian products of that
 layer alone on its kept inputs, with the kept signals as cotangents; only
 that layer pays (docs/design.md, section 7.6).
 """

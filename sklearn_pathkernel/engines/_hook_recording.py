@@ -16,6 +16,7 @@ import warnings
 import torch
 from torch.func import functional_call
 
+from . import _attention
 from ._fallback import _fallback
 from ._hook_plan import _parameter, _tensors
 from ._layer_rules import _instantiate, _kron, _kron_metric
@@ -164,6 +165,13 @@ def _build_state(engine, parameters, X, metric=None):
                     grads = _fallback(layer, args, kwargs, Ds, axes, leaves, module)
                 if roots is not None:
                     grads = {full: g * roots[full] for full, g in grads.items()}
+            elif layer.rule == "attention":
+                call = (layer, args, kwargs, Ds, axes, leaves)
+                if layer.ghost:
+                    for group, (A, Dg) in enumerate(_attention._kron(*call)):
+                        ghost.setdefault((id(layer.module), group), []).append((A, Dg))
+                    continue
+                grads = _attention._instantiate(*call, roots)
             else:
                 D = Ds[0].movedim(axes["outputs"][0] + 1, 0)  # (n, O, ...)
                 x = args[0].movedim(axes["args"][0], 0)

@@ -11,7 +11,8 @@ forms (docs/design.md, section 7.6):
 - ``LayerNorm``, ``GroupNorm``, eval-mode ``BatchNorm``: always
   instantiated, ``sum_p d_p * xhat_p`` (weight) and ``sum_p d_p`` (bias).
 
-Any other parametrised layer has no rule here: ``_fallback.py``.
+``MultiheadAttention``: four Kronecker groups (``_attention.py``). Any
+other parametrised layer has no rule here: ``_fallback.py``.
 """
 
 import math
@@ -20,6 +21,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import _attention
+
 _NORMS = (nn.LayerNorm, nn.GroupNorm, nn.modules.batchnorm._BatchNorm)
 _RULES = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Embedding, *_NORMS)
 _RULE_PARAMETERS = {"weight", "bias"}
@@ -27,6 +30,8 @@ _RULE_PARAMETERS = {"weight", "bias"}
 
 def _rule(layer):
     mod = layer.module
+    if isinstance(mod, nn.MultiheadAttention):
+        return _attention._rule(layer)
     if isinstance(mod, _RULES) and set(layer.names) <= _RULE_PARAMETERS:
         if isinstance(mod, nn.Embedding):
             if mod.max_norm is not None or mod.scale_grad_by_freq:
@@ -54,6 +59,8 @@ def _kron_shapes(layer, calls, n_outputs):
     """``(h_in, h_out, P, tokens)`` per group of a Kronecker layer, or []."""
     mod, names = layer.module, layer.names
     trains_w, trains_b = "weight" in names, "bias" in names
+    if layer.rule == "attention":
+        return _attention._kron_shapes(layer, calls)
     if layer.rule == "linear":
         h_in = (mod.in_features if trains_w else 0) + trains_b
         P = sum(
@@ -260,6 +267,8 @@ def _kron_metric(layer, group, metric):
     ``F.unfold``'s column order, then the bias as the ones column's.
     """
     mod, names = layer.module, layer.names
+    if layer.rule == "attention":
+        return _attention._kron_metric(layer, group, metric)
     rows = slice(None)
     if layer.rule == "conv":
         c_out = mod.out_channels // mod.groups
