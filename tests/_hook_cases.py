@@ -198,6 +198,15 @@ def _check_kernels(case, metric=False):
     metric = metric_of(params) if metric else None
     bound = _engine(net, params, X)
     full, diagonal_want = _reference(case, metric is not None)
+    check_engine(bound, params, X, Y, metric, full, diagonal_want)
+
+
+def check_engine(bound, params, X, Y, metric, full, diagonal_want):
+    """``bound``'s traced, full, applied and diagonal kernels at 1e-10.
+
+    ``full`` is the reference ``(n, m, O, O)`` kernel of ``X`` and ``Y``,
+    ``diagonal_want`` the reference traced diagonal of ``X``.
+    """
     vectors = _floats(len(Y), full.shape[-1], seed=3)
     with torch.no_grad():  # as the blocked loops call engines
         state_x = bound.state(params, X, metric=metric)

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 import torch
-from _hook_cases import _floats, force, metric_of
+from _hook_cases import _floats, check_engine, force, metric_of
 from _oracle import tangent_kernel_reference
 from torch import nn
 
@@ -136,20 +136,7 @@ def _check(net, params, X, Y, metric):
     engine = select_engine("hooks", net, list(params), example=X)
     full = tangent_kernel_reference(net, params, X, Y, trace=False, metric=metric)
     diagonal_want = np.diag(tangent_kernel_reference(net, params, X, metric=metric))
-    vectors = _floats(len(Y), full.shape[-1], seed=3)
-    with torch.no_grad():
-        state_x = engine.state(params, X, metric=metric)
-        state_y = engine.state(params, Y, metric=metric)
-        traced = engine.contract(state_x, state_y, True)
-        whole = engine.contract(state_x, state_y, False)
-        applied = engine.contract_vector(state_x, state_y, vectors)
-        diagonal = engine.diagonal(state_x, X)
-    check = dict(rtol=1e-10, atol=1e-12)
-    np.testing.assert_allclose(traced.numpy(), np.einsum("ijaa->ij", full), **check)
-    np.testing.assert_allclose(whole.numpy(), full, **check)
-    want = np.einsum("ijab,jb->ija", full, vectors.numpy())
-    np.testing.assert_allclose(applied.numpy(), want, **check)
-    np.testing.assert_allclose(diagonal.numpy(), diagonal_want, rtol=1e-10)
+    check_engine(engine, params, X, Y, metric, full, diagonal_want)
     return engine
 
 
