@@ -1,10 +1,10 @@
-"""The layer-hook engine's recording: one forward with hooks, one backward.
+"""The layer-hook engine's recording: one forward with hooks, then backward.
 
 Forward hooks keep each parametrised layer's input ``A`` (and its output
-``Z``); one backward pass, over ``O`` copies of every row seeded with the
-``O`` unit vectors, gives every layer's output gradient ``D = df_o/dZ`` for
-all outputs at once (rows are independent, so the gradient of the
-row-summed output with respect to ``Z`` holds every row's signals). The
+``Z``); one backward pass per output ``o`` over the rows, seeded with
+``e_o``, gives every layer's output gradient ``D = df_o/dZ`` (rows are
+independent, so the gradient of the row-summed output with respect to
+``Z`` holds every row's signals). The
 rules of ``_layer_rules.py`` (or ``_fallback.py``) then turn each call's
 ``A`` and ``D`` into the state: ghost terms and instantiated gradients
 (docs/design.md, section 7.6).
@@ -107,8 +107,11 @@ def _record(engine, parameters, X, recorder):
                 for j, t in enumerate(ts)
             ]
             kept = [t for *_, t in outputs]
+            axes = [a for _, _, a, _ in outputs]
             if copies > 1:
-                signals = _replicated_signals(out, kept, [a for _, _, a, _ in outputs])
+                signals = _replicated_signals(out, kept, axes)
+            elif plan.signals == "looped":
+                signals = _looped_signals(out, kept, axes)
             else:
                 signals = _signals(out, kept)
     finally:
@@ -128,7 +131,7 @@ def _build_state(engine, parameters, X, metric=None):
     """
     plan = engine.plan
     module = engine.module
-    copies = plan.n_outputs if plan.replicate else 1
+    copies = plan.n_outputs if plan.signals == "replicated" else 1
     recorder = _Recorder(plan.layers, copies)
     # functional_call swaps the module's parameters in place for the call:
     # two threads inside it at once would run on each other's checkpoints.
@@ -206,6 +209,39 @@ def _in_metric(term, A, D, metric, dtype):
     if term.metric_form == "pairwise":
         return A, D, S
     return _instantiate_term(A, D, S.sqrt())
+
+
+def _looped_signals(out, tensors, axes):
+    """Signals from one backward pass per output over the rows (graph kept).
+
+    The forward runs once; pass ``o`` seeds every row with ``e_o``. Faster
+    on the CPU than one backward over ``O`` copies of each row (the forward
+    is not repeated) or a ``vmap`` of the backward (which loops where an
+    operation has no batching rule: convolution and pooling backward).
+    Returns ``(O, *Z.shape)`` per kept output, a view of a buffer whose
+    outputs axis follows the row axis, so that ``(n, O, ...)`` is contiguous.
+    """
+    n_outputs = out.shape[1]
+    eye = torch.eye(n_outputs, dtype=out.dtype, device=out.device)
+    wanted = [t for t in tensors if t.requires_grad]
+    buffers = [
+        (t.new_empty if t.requires_grad else t.new_zeros)(
+            *t.shape[: axis + 1], n_outputs, *t.shape[axis + 1 :]
+        )
+        for t, axis in zip(tensors, axes)
+    ]
+    own = [(b, a) for t, b, a in zip(tensors, buffers, axes) if t.requires_grad]
+    for o in range(n_outputs if wanted else 0):
+        seed = eye[o].expand(out.shape[0], n_outputs)
+        grads = torch.autograd.grad(
+            out, wanted, seed, retain_graph=o + 1 < n_outputs, allow_unused=True
+        )
+        for g, (b, axis) in zip(grads, own):
+            if g is None:
+                b.select(axis + 1, o).zero_()
+            else:
+                b.select(axis + 1, o).copy_(g)
+    return [b.movedim(axis + 1, 0) for b, axis in zip(buffers, axes)]
 
 
 def _replicated_signals(out, tensors, axes):
