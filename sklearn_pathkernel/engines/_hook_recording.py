@@ -151,11 +151,7 @@ def _build_state(engine, parameters, X, metric=None):
             for layer in plan.layers
             for full in layer.names.values()
         }
-    inst = (
-        out.new_zeros(n, n_outputs, plan.n_instantiated)
-        if plan.n_instantiated
-        else None
-    )
+    grads_by_name = {}  # full name -> (n, O, numel), summed over calls
     ghost = {}
     for layer in plan.layers:
         calls = recorder.calls.get(id(layer.module), [])
@@ -177,8 +173,10 @@ def _build_state(engine, parameters, X, metric=None):
                     continue
                 grads = _instantiate(layer, x, D, dtype, roots)
             for full, g in grads.items():
-                start, stop = plan.inst_offsets[full]
-                inst[:, :, start:stop] += g.reshape(n, n_outputs, -1)
+                g = g.reshape(n, n_outputs, -1)
+                total = grads_by_name.get(full)
+                grads_by_name[full] = g if total is None else total + g
+    inst = _concatenate(plan, grads_by_name, out, n, n_outputs)
     ghosts = []
     for term in plan.ghosts:
         parts = ghost[term.key]
@@ -199,6 +197,22 @@ def _build_state(engine, parameters, X, metric=None):
         "n": n,
         "n_outputs": n_outputs,
     }
+
+
+def _concatenate(plan, grads, out, n, n_outputs):
+    """The instantiated gradients as one (n, O, k) matrix, by one copy.
+
+    Columns in ``plan.inst_offsets``' order; a parameter no call reached
+    (its layer did not run on these rows) is zero.
+    """
+    if not plan.n_instantiated:
+        return None
+    parts = []
+    for full in plan.inst_names:
+        start, stop = plan.inst_offsets[full]
+        g = grads.get(full)
+        parts.append(out.new_zeros(n, n_outputs, stop - start) if g is None else g)
+    return parts[0].contiguous() if len(parts) == 1 else torch.cat(parts, dim=2)
 
 
 def _in_metric(term, A, D, metric, dtype):
