@@ -1,4 +1,4 @@
-"""The hooks engine's recording: the signals of every output, three ways."""
+"""The hooks engine's recording: the signals of every output, two ways."""
 
 import numpy as np
 import pytest
@@ -9,10 +9,10 @@ from _oracle import tangent_kernel_reference
 from sklearn_pathkernel.engines import _hook_plan
 
 
-@pytest.mark.parametrize("signals", ["looped", "replicated", "batched"])
+@pytest.mark.parametrize("signals", ["batched", "replicated"])
 @pytest.mark.parametrize("case", ["cnn", "tied", "transformer", "conv1d"])
 def test_signals_of_every_strategy_agree(case, signals, monkeypatch):
-    """Looped, replicated and vmapped backward passes give the oracle's kernel."""
+    """Vmapped and replicated backward passes give the oracle's kernel."""
     monkeypatch.setattr(_hook_plan, "SIGNALS", signals)
     net, params, X, Y = _setup(case)
     bound = _engine(net, params, X)
