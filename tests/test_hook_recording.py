@@ -1,4 +1,4 @@
-"""The hooks engine's recording: the signals of one backward for all outputs."""
+"""The hooks engine's recording: the signals of every output, two ways."""
 
 import numpy as np
 import pytest
@@ -9,13 +9,14 @@ from _oracle import tangent_kernel_reference
 from sklearn_pathkernel.engines import _hook_plan
 
 
+@pytest.mark.parametrize("signals", ["batched", "replicated"])
 @pytest.mark.parametrize("case", ["cnn", "tied", "transformer", "conv1d"])
-def test_signals_by_batched_backward_agree(case, monkeypatch):
-    """Signals from one vmapped backward of O seeds, not from O copies."""
-    monkeypatch.setattr(_hook_plan, "REPLICATE", False)
+def test_signals_of_every_strategy_agree(case, signals, monkeypatch):
+    """Vmapped and replicated backward passes give the oracle's kernel."""
+    monkeypatch.setattr(_hook_plan, "SIGNALS", signals)
     net, params, X, Y = _setup(case)
     bound = _engine(net, params, X)
-    assert not bound.plan.replicate
+    assert bound.plan.signals == (signals if bound.plan.n_outputs > 1 else "batched")
     with torch.no_grad():
         got = bound.contract(bound.state(params, X), bound.state(params, Y), False)
     want = tangent_kernel_reference(net, params, X, Y, trace=False)

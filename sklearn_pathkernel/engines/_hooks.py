@@ -1,8 +1,8 @@
 """The layer-hook engine: per-layer rules on any module graph.
 
-Forward hooks keep each parametrised layer's input and one backward pass
-over ``O`` copies of every row gives its output signals for all outputs at
-once (``_hook_recording.py``); a rule per layer type turns them into that
+Forward hooks keep each parametrised layer's input and one backward pass,
+``vmap``-ed over the ``O`` output seeds, gives its output signals for all
+outputs at once (``_hook_recording.py``); a rule per layer type turns them into that
 layer's share of the tangent kernel (``_layer_rules.py``, ``_fallback.py``),
 kept in ghost form or instantiated by a cost rule (``_ghost.py``), as a
 probe forward planned (``_hook_plan.py``). No per-example Jacobian of the

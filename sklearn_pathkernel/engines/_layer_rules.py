@@ -96,12 +96,26 @@ def _positions(x, D, features):
 def _unfold(layer, x, D):
     """A conv layer's patches (n, P, C_in k) and signals (n, P, O, C_out).
 
-    Patches come from strided views of the padded input (one copy), in
-    ``F.unfold``'s order ``(C_in, k_h, k_w)``: the same numbers, several times
-    faster than ``im2col`` on the CPU for small images.
+    The patches are made contiguous: the state keeps them (ghost form) and
+    every ghost product then views them without a copy.
     """
     mod = layer.module
     n, n_outputs = D.shape[0], D.shape[1]
+    A = _patches(layer, x).transpose(1, 2).contiguous()
+    D = D.reshape(n, n_outputs, mod.out_channels, -1).permute(0, 3, 1, 2)
+    return A, D
+
+
+def _patches(layer, x):
+    """A conv layer's patches, positions last: (n, C_in k, P).
+
+    ``F.unfold``'s layout and order ``(C_in, k_h, k_w)``, from strided views
+    of the padded input (one copy whose inner loop runs along the output
+    row). On the CPU for 256 rows of 8 x 8 x 8 and a 3 x 3 kernel, on one
+    core: 0.8 ms, against 2.9 ms for ``F.unfold`` and 12.7 ms for the same
+    copy with positions first (whose inner loop runs along a kernel row).
+    """
+    mod = layer.module
     mode = "constant" if mod.padding_mode == "zeros" else mod.padding_mode
     x = F.pad(x, mod._reversed_padding_repeated_twice, mode=mode)
     kernel, dilation, stride = mod.kernel_size, mod.dilation, mod.stride
@@ -111,9 +125,36 @@ def _unfold(layer, x, D):
     (kh, kw), (dh, dw), (sh, sw) = kernel, dilation, stride
     windows = x.unfold(2, (kh - 1) * dh + 1, sh).unfold(3, (kw - 1) * dw + 1, sw)
     windows = windows[..., ::dh, ::dw]  # (n, C, out_h, out_w, kh, kw)
-    A = windows.permute(0, 2, 3, 1, 4, 5).reshape(n, -1, x.shape[1] * kh * kw)
-    D = D.reshape(n, n_outputs, mod.out_channels, -1).permute(0, 3, 1, 2)
-    return A, D
+    n, c = x.shape[:2]
+    return windows.permute(0, 1, 4, 5, 2, 3).reshape(n, c * kh * kw, -1)
+
+
+def _conv_gradients(layer, x, D):
+    """A conv layer's ``G_o = sum_p d_{o,p} a_p^T``, per group one ``bmm``.
+
+    ``D`` (n, O, C_out, ...) is multiplied as (n, O C_out, P) against the
+    patches (n, P, C_in k) (:func:`_patches`, transposed: no copy), so the
+    product comes out in the weight's layout (n, O, C_out, C_in k / groups).
+    """
+    mod, names = layer.module, layer.names
+    n, n_outputs = D.shape[0], D.shape[1]
+    D = D.reshape(n, n_outputs, mod.out_channels, -1)
+    grads = {}
+    if "weight" in names:
+        A = _patches(layer, x)
+        g = mod.groups
+        c_in, c_out = A.shape[1] // g, mod.out_channels // g
+        parts = [
+            torch.bmm(
+                D[:, :, k * c_out : (k + 1) * c_out].reshape(n, n_outputs * c_out, -1),
+                A[:, k * c_in : (k + 1) * c_in].transpose(1, 2),
+            ).view(n, n_outputs, c_out, c_in)
+            for k in range(g)
+        ]
+        grads[names["weight"]] = parts[0] if g == 1 else torch.cat(parts, dim=2)
+    if "bias" in names:
+        grads[names["bias"]] = D.sum(dim=3)
+    return grads
 
 
 def _augment(A, trains_weight, trains_bias):
@@ -210,24 +251,7 @@ def _instantiate_kron_or_norm(layer, x, D):
         if "bias" in names:
             grads[names["bias"]] = Dp.sum(dim=1)
         return grads
-    A, Dp = _unfold(layer, x, D)
-    g = mod.groups
-    c_in, c_out = A.shape[-1] // g, mod.out_channels // g
-    if "weight" in names:
-        grads[names["weight"]] = torch.cat(
-            [
-                torch.einsum(
-                    "npoh,npa->noha",
-                    Dp[..., k * c_out : (k + 1) * c_out],
-                    A[..., k * c_in : (k + 1) * c_in],
-                )
-                for k in range(g)
-            ],
-            dim=2,
-        )
-    if "bias" in names:
-        grads[names["bias"]] = Dp.sum(dim=1)
-    return grads
+    return _conv_gradients(layer, x, D)
 
 
 def _norm_gradients(layer, x, D):
