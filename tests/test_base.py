@@ -86,7 +86,8 @@ def test_pickle_puts_the_network_back_on_its_device_or_warns(toy, monkeypatch):
     # device is missing, the network stays on the CPU with a warning. The
     # state is written as a GPU-fitted estimator's would be.
     X, y = toy
-    est = _quiet(PathKernelRegressor((6,), max_iter=5, random_state=0), X, y)
+    est = PathKernelRegressor((6,), max_iter=5, device="cpu", random_state=0)
+    est = _quiet(est, X, y)
     state = est.__getstate__()
     assert "_module_device" not in state  # a CPU network records nothing
     state["_module_device"] = "cuda:0"
@@ -611,7 +612,7 @@ def test_trajectory_dir_keeps_the_path_on_disk_and_save_embeds_it(toy, tmp_path)
     del disk
     gc.collect()
     assert os.listdir(tmp_path / "paths") == []  # scratch, gone with the estimator
-    loaded = load(tmp_path / "model.pt")
+    loaded = load(tmp_path / "model.pt", map_location="auto")  # where it was fitted
     assert loaded.trajectory_.on_disk and len(files) == 1
     assert np.array_equal(loaded.kernel(X), memory.kernel(X))
     again = pickle.loads(pickle.dumps(loaded))
