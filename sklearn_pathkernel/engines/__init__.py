@@ -22,8 +22,9 @@ module graph)
     FLOPs ``2 n m`` times, per layer at ``P`` positions, the smaller of
     ``P^2 (h_in + O h_out)`` (ghost form) and ``O h_in h_out``
     (instantiated gradient); attention's four projections count as such
-    layers; layers without a rule pay their own per-example gradients only. Memory per row: per layer
-    ``P (h_in + O h_out)`` or ``O h_in h_out`` numbers. In a metric (Adam)
+    layers; layers without a rule pay their own per-example gradients only.
+    Memory per row: per layer ``P (h_in + O h_out)`` or ``O h_in h_out``
+    numbers. In a metric (Adam)
     a ghost layer pays the smaller of ``P^2 (h_in h_out + O h_out)``
     (pairwise) and ``O h_in h_out``; embeddings are unchanged.
 ``"jacobian"`` (any module)
