@@ -8,7 +8,8 @@ import pytest
 import torch
 from sklearn.exceptions import ConvergenceWarning
 
-from sklearn_pathkernel import PathKernelRegressor, path_kernel
+from sklearn_pathkernel import PathKernelRegressor, path_kernel, tangent_kernel
+from sklearn_pathkernel._decompose import decompose_path
 
 pytestmark = [
     pytest.mark.cuda,
@@ -103,3 +104,44 @@ def test_hooks_engine_on_the_gpu_agrees_with_the_cpu(device="cuda"):
     np.testing.assert_allclose(on_gpu, on_cpu, rtol=1e-8)
     gpu_est, _ = _fit_cnn(device)
     np.testing.assert_allclose(gpu_est.kernel(X), est.kernel(X), rtol=1e-8)
+
+
+def test_transformer_kernel_on_the_gpu_agrees_with_the_cpu():
+    # The attention rule's batched backward, on the GPU against the CPU.
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(
+        torch.nn.TransformerEncoderLayer(
+            8, 2, dim_feedforward=6, dropout=0.0, batch_first=True
+        ),
+        torch.nn.Flatten(),
+        torch.nn.Linear(8 * 5, 2),
+    ).double()
+    X = torch.randn(12, 5, 8, dtype=torch.float64)
+    on_cpu = tangent_kernel(net, None, X, engine="hooks", trace=False)
+    on_gpu = tangent_kernel(net, None, X, engine="hooks", trace=False, device="cuda")
+    np.testing.assert_allclose(on_gpu, on_cpu, rtol=1e-10, atol=1e-12)
+    assert next(net.parameters()).device.type == "cpu"  # worked on a copy
+
+
+def test_decompose_path_places_numpy_rows_on_the_gpu(data):
+    X, y = data
+    gpu = _fit("cuda", X, y)
+    from_arrays = decompose_path(gpu.module_, gpu.trajectory_, X, X[:3])
+    np.testing.assert_allclose(
+        from_arrays.contributions, gpu.decompose(X[:3]).contributions, rtol=1e-10
+    )
+
+
+def test_a_dataframe_gives_the_bits_of_its_array_on_the_gpu(data):
+    # A DataFrame's values are column-major: without C-contiguous tensors,
+    # cuBLAS takes another kernel and float32 results round differently.
+    pd = pytest.importorskip("pandas")
+    X, y = data
+    est = PathKernelRegressor((16,), max_iter=10, device="cuda", random_state=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        est.fit(X, y)
+    assert np.array_equal(est.predict(pd.DataFrame(X)), est.predict(X))
+    column_major = np.asfortranarray(X)
+    assert np.array_equal(est.predict(column_major), est.predict(X))
+    assert np.array_equal(est.kernel(column_major), est.kernel(X))
