@@ -1,5 +1,6 @@
 """The kernel machine (Theorem 1): first-order and exact decompositions."""
 
+import time
 import warnings
 
 import numpy as np
@@ -243,6 +244,37 @@ def test_blocks_of_whole_tiles_give_bit_identical_results(diabetes, monkeypatch)
     for other in machines[1:]:
         assert np.array_equal(other.contributions, machines[0].contributions)
         assert np.array_equal(other.bias, machines[0].bias)
+
+
+class _SleepyTanh(torch.nn.Module):
+    """tanh that sleeps, releasing the GIL mid-forward: threads interleave."""
+
+    def forward(self, x):
+        time.sleep(0.001)
+        return torch.tanh(x)
+
+
+def test_thread_tasks_never_share_a_module_mid_forward(monkeypatch):
+    # functional_call swaps the module's parameters in place: the hooks
+    # engine's states and the L2 term's jvp once held different locks, and
+    # thread tasks computed at each other's checkpoints (bias off by 0.02).
+    def make(n_features, n_outputs):
+        return torch.nn.Sequential(
+            torch.nn.Linear(n_features, 4),
+            torch.nn.LayerNorm(4),
+            _SleepyTanh(),
+            torch.nn.Linear(4, n_outputs),
+        )
+
+    rng = np.random.RandomState(3)
+    X, y = rng.randn(20, 3), rng.randn(20)
+    est = _fit(PathKernelRegressor, X, y, module=make, hidden_layer_sizes=(),
+               batch_size=10, max_iter=2, alpha=0.05)  # fmt: skip
+    monkeypatch.setattr(_blocking, "TILE_ROWS", 2)  # 8 queries: 4 tasks a step
+    serial = est.decompose(X[:8], exact=True)
+    threads = est.set_params(n_jobs=4).decompose(X[:8], exact=True)
+    assert np.array_equal(threads.contributions, serial.contributions)
+    assert np.array_equal(threads.bias, serial.bias)
 
 
 def test_verbose_shows_progress_over_steps(diabetes, capsys):

@@ -3,11 +3,16 @@
 import threading
 from abc import ABC, abstractmethod
 
-# torch.func keeps its transform stack (vmap, grad and dual levels) in global
-# state, so two threads inside transforms at once corrupt each other. Code
-# built on it takes turns: with thread-based joblib workers it gains nothing
-# from n_jobs > 1 (process-based backends are unaffected).
-TORCH_FUNC_LOCK = threading.Lock()
+# One lock for every functional use of a module. torch.func keeps its
+# transform stack (vmap, grad and dual levels) in global state, so two threads
+# inside transforms at once corrupt each other; and functional_call swaps the
+# module's parameters in place for the call, so two threads in functional
+# forwards of one module (the hooks engine's state, the decomposition's jvp,
+# the query-side walk) would compute at each other's checkpoints. Reentrant:
+# the hooks engine's per-layer fallback takes it again inside a state. With
+# thread-based joblib workers these gain nothing from n_jobs > 1
+# (process-based backends are unaffected).
+TORCH_FUNC_LOCK = threading.RLock()
 
 
 class Engine(ABC):

@@ -20,7 +20,7 @@ def _fallback(layer, args, kwargs, Ds, axes, leaves, root):
 
     ``vmap`` over rows of a vector-Jacobian product of that layer alone, at
     its kept inputs, with the kept output signals as cotangents. The caller
-    holds the module lock (``_hook_recording._MODULE_LOCK``): ``functional_call``
+    holds ``TORCH_FUNC_LOCK`` (reentrant) already: ``functional_call``
     swaps the layer's parameters in place.
     """
     mod = layer.module

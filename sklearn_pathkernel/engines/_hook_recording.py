@@ -17,17 +17,11 @@ import torch
 from torch.func import functional_call
 
 from . import _attention
+from ._base import TORCH_FUNC_LOCK
 from ._fallback import _fallback
 from ._hook_plan import _parameter, _tensors
 from ._layer_rules import _instantiate, _kron, _kron_metric
 from ._metric import _instantiate_term
-
-# functional_call swaps a module's parameters in place for the call, so two
-# threads inside the same module at once would compute at each other's
-# checkpoints: states take turns (reentrant; always taken before
-# TORCH_FUNC_LOCK). With thread-based n_jobs the hooks engine gains nothing
-# from several tasks at once; worker processes are unaffected.
-_MODULE_LOCK = threading.RLock()
 
 
 class _Recorder:
@@ -78,7 +72,7 @@ class _Recorder:
 
 
 def _record(engine, parameters, X, recorder):
-    """One forward with hooks and one backward, under ``_MODULE_LOCK``.
+    """One forward with hooks and one backward, under ``TORCH_FUNC_LOCK``.
 
     Returns the parameter leaves, the output, the hooked outputs and their
     signals; ``recorder`` keeps the hooked calls' inputs.
@@ -132,8 +126,8 @@ def _build_state(engine, parameters, X, metric=None):
     copies = plan.n_outputs if plan.signals == "replicated" else 1
     recorder = _Recorder(plan.layers, copies)
     # functional_call swaps the module's parameters in place for the call:
-    # two threads inside it at once would run on each other's checkpoints.
-    with _MODULE_LOCK:
+    # one lock with every other functional forward (engines/_base.py).
+    with TORCH_FUNC_LOCK:
         leaves, out, outputs, signals = _record(engine, parameters, X, recorder)
     n = X.shape[0]
     n_outputs = out.shape[1]
@@ -157,7 +151,7 @@ def _build_state(engine, parameters, X, metric=None):
             Ds = by_call[(id(layer.module), k)]
             axes = layer.calls[k]
             if layer.rule == "fallback":
-                with _MODULE_LOCK:  # before TORCH_FUNC_LOCK, as in _record
+                with TORCH_FUNC_LOCK:
                     grads = _fallback(layer, args, kwargs, Ds, axes, leaves, module)
                 if roots is not None:
                     grads = {full: g * roots[full] for full, g in grads.items()}
