@@ -3,7 +3,7 @@
 import copy
 import os
 import warnings
-from functools import partial, wraps
+from functools import wraps
 from numbers import Integral, Real
 
 import numpy as np
@@ -30,6 +30,7 @@ from ._network import (
     forward,
     make_mlp,
     mode_changes_output,
+    placement,
 )
 from ._normalize import NORMALIZATIONS, normalize_kernel
 from ._path import path_kernel, path_kernel_diagonal
@@ -80,12 +81,6 @@ def _restore_on_failure(fit):
             raise
 
     return wrapper
-
-
-def _module_device(module):
-    """The device of ``module``'s first parameter, or None."""
-    reference = next(iter(module.parameters()), None) if module is not None else None
-    return None if reference is None else reference.device
 
 
 class BasePathKernelEstimator(BaseEstimator):
@@ -714,13 +709,11 @@ class BasePathKernelEstimator(BaseEstimator):
                 UserWarning,
                 stacklevel=2,
             )
-        reference = next(self.module_.parameters())
-        as_tensor = partial(to_tensor, dtype=reference.dtype, device=reference.device)
         machine = decompose_path(
             self.module_,
             self.trajectory_,
-            as_tensor(self._fit_X, name="X_fit"),
-            as_tensor(X, name="X"),
+            self._fit_X,
+            X,
             exact=exact,
             n_nodes=n_nodes,
             kernel=kernel,
@@ -744,7 +737,7 @@ class BasePathKernelEstimator(BaseEstimator):
         # copy, never the estimator being pickled.
         state = dict(super().__getstate__())
         module = state.get("module_")
-        device = _module_device(module)
+        device = placement(module, None)[2] if module is not None else None
         if device is not None and device.type != "cpu":
             state["module_"] = copy.deepcopy(module).to("cpu")
             state["_module_device"] = str(device)

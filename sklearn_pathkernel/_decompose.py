@@ -36,7 +36,7 @@ from ._memory import check_result_fits
 from ._network import forward, forward_at, in_evaluation_mode, placement
 from ._path import path_kernel
 from ._progress import progress_bar
-from ._query_side import QueryWalk, walk_block
+from ._query_side import QueryWalk, parameters_after, walk_block
 from ._rows import kernel_rows, output_width
 from ._tasks import Shared, compact, row_blocks, run_tasks
 from ._trajectory import Step
@@ -428,11 +428,11 @@ def _engine_blocks(
 def _query_blocks(module, trajectory, X, block):
     """The query blocks of ``block`` rows, and ``f(x; w_0)`` on each (float64).
 
-    Taken before any task starts: ``functional_call`` swaps the module's
-    parameters, which the tasks' own calls must not see.
+    Under ``TORCH_FUNC_LOCK``, as every functional use of the module:
+    ``functional_call`` swaps the module's parameters for the call.
     """
     blocks = row_blocks(X.shape[0], block, tiles_per_block=1)
-    with torch.no_grad():
+    with torch.no_grad(), TORCH_FUNC_LOCK:
         initial = trajectory.parameters(0, device=X.device)
         outputs = [forward_at(module, initial, X[q0:q1]).double() for q0, q1 in blocks]
     return blocks, outputs
@@ -522,7 +522,7 @@ def _step_records(trajectory, steps, exact, step_sizes):
     for t in steps:
         step = trajectory.step(t)
         tensors = {field: getattr(step, field) for field in Step._fields[1:]}
-        end = compact(_parameters_after(trajectory, t)) if exact else None
+        end = compact(parameters_after(trajectory, t)) if exact else None
         records.append((Step(float(step_sizes[t]), **compact(tensors)), end))
     return records
 
@@ -649,13 +649,6 @@ def _jvp(module, parameters, X, tangent):
     with TORCH_FUNC_LOCK:
         _, out = jvp(lambda p: forward_at(module, p, X), (parameters,), (tangent,))
     return out
-
-
-def _parameters_after(trajectory, t):
-    """``w_{t+1}``: the next checkpoint, or the final parameters."""
-    if t + 1 < len(trajectory):
-        return trajectory.parameters(t + 1)
-    return trajectory.final_parameters()
 
 
 def _steps_by_checkpoint(trajectory):

@@ -156,7 +156,7 @@ def walk_block(walk, q0, q1):
         start = trajectory.parameters(k, device=device)
         w = torch.cat([p.reshape(-1) for p in start.values()]).double()
         if walk.exact:
-            end = _parameters_after(trajectory, s, device)
+            end = parameters_after(trajectory, s, device)
             points = [
                 {n: start[n] + a * (end[n] - start[n]) for n in start}
                 for a in walk.nodes
@@ -239,8 +239,25 @@ def _query_jacobian_T(module, points, weights, Xq):
     return total
 
 
-def _parameters_after(trajectory, t, device):
-    """``w_{t+1}``: the next checkpoint, or the final parameters."""
+def parameters_after(trajectory, t, device=None):
+    """``w_{t+1}``: the next checkpoint, or the final parameters.
+
+    Every step is a checkpoint here (``record_every=1``, as the exact form
+    and the walk need).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from sklearn_pathkernel import PathKernelRegressor
+    >>> from sklearn_pathkernel._query_side import parameters_after
+    >>> rng = np.random.RandomState(0)
+    >>> X, y = rng.randn(20, 2), rng.randn(20)
+    >>> est = PathKernelRegressor((3,), max_iter=2, random_state=0).fit(X, y)
+    >>> traj = est.trajectory_
+    >>> bool((parameters_after(traj, 1)["0.weight"]
+    ...       == traj.final_parameters()["0.weight"]).all())
+    True
+    """
     if t + 1 < len(trajectory):
         return trajectory.parameters(t + 1, device=device)
     return trajectory.final_parameters(device=device)
