@@ -34,7 +34,8 @@ import warnings
 
 import numpy as np
 
-from sklearn_pathkernel.engines import HookEngine, JacobianEngine, _attention
+from sklearn_pathkernel.engines import HookEngine, JacobianEngine
+from sklearn_pathkernel.engines._hooks import _attention
 
 sys.path.insert(0, os.path.dirname(__file__))
 import bench_hooks  # noqa: E402

@@ -49,7 +49,8 @@ from sklearn.exceptions import ConvergenceWarning
 from sklearn.preprocessing import StandardScaler
 
 import sklearn_pathkernel
-from sklearn_pathkernel import PathKernelClassifier, _path, path_kernel
+from sklearn_pathkernel import PathKernelClassifier, path_kernel
+from sklearn_pathkernel._kernels import _path
 
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
 

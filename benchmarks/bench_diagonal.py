@@ -25,7 +25,7 @@ from sklearn.exceptions import ConvergenceWarning
 from sklearn.preprocessing import StandardScaler
 
 from sklearn_pathkernel import PathKernelClassifier, path_kernel
-from sklearn_pathkernel._path import path_kernel_diagonal
+from sklearn_pathkernel._kernels._path import path_kernel_diagonal
 
 
 def best_of(repeats, fn):

@@ -50,8 +50,8 @@ from sklearn.exceptions import ConvergenceWarning
 from sklearn.preprocessing import StandardScaler
 
 from sklearn_pathkernel import PathKernelClassifier, path_kernel
-from sklearn_pathkernel._blocking import tile_within_budget
-from sklearn_pathkernel._features import gaussian_factor, path_features
+from sklearn_pathkernel._compute._blocking import tile_within_budget
+from sklearn_pathkernel._kernels._features import gaussian_factor, path_features
 from sklearn_pathkernel.engines import JacobianEngine, select_engine
 
 CPU = torch.device("cpu")

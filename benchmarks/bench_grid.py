@@ -26,7 +26,8 @@ from sklearn.datasets import load_digits
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.preprocessing import StandardScaler
 
-from sklearn_pathkernel import PathKernelClassifier, _blocking, path_kernel
+from sklearn_pathkernel import PathKernelClassifier, path_kernel
+from sklearn_pathkernel._compute import _blocking
 
 sys.path.insert(0, os.path.dirname(__file__))
 from bench_kernel import matmul_rate, structured_flops  # noqa: E402

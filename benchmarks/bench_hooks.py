@@ -45,14 +45,15 @@ from sklearn.datasets import load_digits
 from sklearn.preprocessing import StandardScaler
 from torch import nn
 
-from sklearn_pathkernel._losses import (
+from sklearn_pathkernel._kernels._path import weighted_kernel_sum
+from sklearn_pathkernel._training._loop import TrainingOptions, train
+from sklearn_pathkernel._training._losses import (
     BINARY_LOGISTIC,
     SOFTMAX_CROSS_ENTROPY,
     SQUARED_ERROR,
 )
-from sklearn_pathkernel._path import weighted_kernel_sum
-from sklearn_pathkernel._training import TrainingOptions, train
-from sklearn_pathkernel.engines import _metric, select_engine
+from sklearn_pathkernel.engines import select_engine
+from sklearn_pathkernel.engines._hooks import _metric
 
 sys.path.insert(0, os.path.dirname(__file__))
 from bench_kernel import PeakRSS  # noqa: E402

@@ -26,12 +26,12 @@ import time
 
 import torch
 
-from sklearn_pathkernel._blocking import grid
-from sklearn_pathkernel.engines import _hook_recording as recording
+from sklearn_pathkernel._compute._blocking import grid
 from sklearn_pathkernel.engines import select_engine
-from sklearn_pathkernel.engines._ghost import _contract_ghost
-from sklearn_pathkernel.engines._hook_plan import _probe
-from sklearn_pathkernel.engines._layer_rules import _instantiate, _kron, _kron_shapes
+from sklearn_pathkernel.engines._hooks import _recording as recording
+from sklearn_pathkernel.engines._hooks._ghost import _contract_ghost
+from sklearn_pathkernel.engines._hooks._plan import _probe
+from sklearn_pathkernel.engines._hooks._rules import _instantiate, _kron, _kron_shapes
 
 sys.path.insert(0, os.path.dirname(__file__))
 from bench_hooks import trained  # noqa: E402

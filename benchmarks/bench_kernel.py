@@ -39,11 +39,11 @@ from sklearn.exceptions import ConvergenceWarning
 from sklearn.preprocessing import StandardScaler
 
 from sklearn_pathkernel import PathKernelClassifier, path_kernel, tangent_kernel
-from sklearn_pathkernel._losses import SOFTMAX_CROSS_ENTROPY
-from sklearn_pathkernel._network import make_mlp
-from sklearn_pathkernel._path import kernel_points, weighted_kernel_sum
-from sklearn_pathkernel._training import TrainingOptions, train
-from sklearn_pathkernel._trajectory import Trajectory
+from sklearn_pathkernel._kernels._path import kernel_points, weighted_kernel_sum
+from sklearn_pathkernel._model._network import make_mlp
+from sklearn_pathkernel._training._loop import TrainingOptions, train
+from sklearn_pathkernel._training._losses import SOFTMAX_CROSS_ENTROPY
+from sklearn_pathkernel._training._trajectory import Trajectory
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tests"))
 from _oracle import tangent_kernel_reference  # noqa: E402

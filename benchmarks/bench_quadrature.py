@@ -32,9 +32,9 @@ from sklearn.exceptions import ConvergenceWarning
 from sklearn.preprocessing import scale
 
 from sklearn_pathkernel import PathKernelClassifier
-from sklearn_pathkernel._network import forward, trainable_parameters
-from sklearn_pathkernel._path import path_kernel
-from sklearn_pathkernel._probe import KernelProbe
+from sklearn_pathkernel._kernels._path import path_kernel
+from sklearn_pathkernel._model._network import forward, trainable_parameters
+from sklearn_pathkernel._training._probe import KernelProbe
 
 CASES = {
     "full": {"max_iter": 200},

@@ -41,7 +41,7 @@ from sklearn.exceptions import ConvergenceWarning
 from sklearn.preprocessing import StandardScaler
 
 from sklearn_pathkernel import PathKernelClassifier
-from sklearn_pathkernel._path import kernel_points, weighted_kernel_sum
+from sklearn_pathkernel._kernels._path import kernel_points, weighted_kernel_sum
 
 sys.path.insert(0, os.path.dirname(__file__))
 from bench_kernel import matmul_rate  # noqa: E402

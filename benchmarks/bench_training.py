@@ -34,7 +34,7 @@ from sklearn.exceptions import ConvergenceWarning
 from sklearn.preprocessing import scale
 
 from sklearn_pathkernel import PathKernelClassifier
-from sklearn_pathkernel._solvers import Solver
+from sklearn_pathkernel._training._solvers import Solver
 
 SOLVERS = {
     "sgd": dict(solver="sgd", learning_rate_init=0.1),

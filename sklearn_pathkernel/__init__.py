@@ -6,13 +6,13 @@ gradients at two inputs along the path the parameters took while training
 (P. Domingos, arXiv:2012.00152).
 """
 
-from ._decompose import KernelMachine
 from ._estimators import PathKernelClassifier, PathKernelRegressor
+from ._explain._decompose import KernelMachine
 from ._gaussian_process import PathKernel
+from ._kernels._path import path_kernel, tangent_kernel
 from ._nystroem import PathKernelNystroem
-from ._path import path_kernel, tangent_kernel
 from ._persistence import load, save
-from ._trajectory import Trajectory
+from ._training._trajectory import Trajectory
 from ._transformers import PathKernelFeatures, PathKernelTransformer
 
 __version__ = "0.1.0.dev0"

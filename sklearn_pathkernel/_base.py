@@ -19,8 +19,10 @@ from sklearn.utils._param_validation import (
 )
 from sklearn.utils.validation import _check_sample_weight, check_is_fitted
 
-from ._decompose import decompose_path
-from ._network import (
+from ._explain._decompose import decompose_path
+from ._kernels._normalize import NORMALIZATIONS, normalize_kernel
+from ._kernels._path import path_kernel, path_kernel_diagonal
+from ._model._network import (
     ACTIVATIONS,
     adapt_input,
     build_module,
@@ -32,12 +34,7 @@ from ._network import (
     mode_changes_output,
     placement,
 )
-from ._normalize import NORMALIZATIONS, normalize_kernel
-from ._path import path_kernel, path_kernel_diagonal
-from ._quadrature import RULES
-from ._solvers import SCHEDULES, SOLVERS, Solver
-from ._training import TrainingOptions, train
-from ._validation import (
+from ._model._validation import (
     DTYPES,
     check_finite_result,
     check_input_shape,
@@ -48,6 +45,9 @@ from ._validation import (
     validate_other,
     validate_X,
 )
+from ._training._loop import TrainingOptions, train
+from ._training._quadrature import RULES
+from ._training._solvers import SCHEDULES, SOLVERS, Solver
 from .engines import ENGINES
 
 # Rows per forward pass at predict time: bounds activation memory on large X.

@@ -12,9 +12,9 @@ from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import validate_data
 
 from ._base import BasePathKernelEstimator
-from ._losses import BINARY_LOGISTIC, SOFTMAX_CROSS_ENTROPY, SQUARED_ERROR
-from ._normalize import NORMALIZE_DOC
-from ._validation import FLOAT_DTYPES
+from ._kernels._normalize import NORMALIZE_DOC
+from ._model._validation import FLOAT_DTYPES
+from ._training._losses import BINARY_LOGISTIC, SOFTMAX_CROSS_ENTROPY, SQUARED_ERROR
 
 _PARAMETERS_DOC = (
     """

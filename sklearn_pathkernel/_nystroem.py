@@ -9,8 +9,8 @@ from sklearn.utils._param_validation import Interval
 from sklearn.utils.validation import check_is_fitted
 
 from ._estimators import _docstring
+from ._model._validation import validate_X
 from ._transformers import _BasePathKernelTransformer
-from ._validation import validate_X
 
 # scikit-learn's Nystroem clips the singular values of K(L, L) at 1e-12.
 _ABSOLUTE_FLOOR = 1e-12

@@ -75,17 +75,17 @@ from torch import nn
 
 from ._base import BasePathKernelEstimator
 from ._estimators import PathKernelClassifier, PathKernelRegressor
-from ._network import (
+from ._model._network import (
     ACTIVATIONS,
     adapt_input,
     build_module,
     make_mlp,
     trainable_parameters,
 )
+from ._model._validation import resolve_device
 from ._nystroem import PathKernelNystroem
-from ._trajectory import Trajectory
+from ._training._trajectory import Trajectory
 from ._transformers import PathKernelFeatures, PathKernelTransformer
-from ._validation import resolve_device
 from .exceptions import InconsistentVersionWarning
 
 __all__ = ["save", "load"]

@@ -17,9 +17,9 @@ from sklearn.utils.validation import check_is_fitted, validate_data
 
 from ._base import BasePathKernelEstimator
 from ._estimators import PathKernelClassifier, PathKernelRegressor, _docstring
-from ._features import path_features
-from ._normalize import NORMALIZATIONS, row_factors
-from ._validation import FLOAT_DTYPES, check_finite_result, refuse_nd, validate_X
+from ._kernels._features import path_features
+from ._kernels._normalize import NORMALIZATIONS, row_factors
+from ._model._validation import FLOAT_DTYPES, check_finite_result, refuse_nd, validate_X
 
 
 class _BasePathKernelTransformer(

@@ -7,7 +7,8 @@ import torch
 from _oracle import tangent_kernel_reference
 from torch import nn
 
-from sklearn_pathkernel.engines import _ghost, select_engine
+from sklearn_pathkernel.engines import select_engine
+from sklearn_pathkernel.engines._hooks import _ghost
 
 
 class _Residual(nn.Module):

@@ -7,7 +7,8 @@ from _hook_cases import _floats, check_engine, force, metric_of
 from _oracle import tangent_kernel_reference
 from torch import nn
 
-from sklearn_pathkernel.engines import HookEngine, _attention, select_engine
+from sklearn_pathkernel.engines import HookEngine, select_engine
+from sklearn_pathkernel.engines._hooks import _attention
 
 E = 4  # embedding width of the small attention modules
 

@@ -203,7 +203,7 @@ def test_structured_engine_on_a_module_it_cannot_handle_is_a_clear_error(toy):
 # -- interrupted fits ----------------------------------------------------------
 def _interrupt_at_step(monkeypatch, step, exception=KeyboardInterrupt):
     """Make the training loop raise ``exception`` when it reaches ``step``."""
-    from sklearn_pathkernel import _training
+    from sklearn_pathkernel._training import _loop as _training
 
     real_step, calls = _training._GradientDescent._step, []
 

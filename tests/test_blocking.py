@@ -2,7 +2,7 @@
 
 import torch
 
-from sklearn_pathkernel import _blocking
+from sklearn_pathkernel._compute import _blocking
 
 
 def test_working_memory_groups_whole_tiles():

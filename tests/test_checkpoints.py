@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from sklearn_pathkernel import _checkpoints
-from sklearn_pathkernel._checkpoints import CheckpointStore
+from sklearn_pathkernel._training import _checkpoints
+from sklearn_pathkernel._training._checkpoints import CheckpointStore
 
 
 def _rows(n, d=7):

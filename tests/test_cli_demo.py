@@ -13,7 +13,7 @@ from types import SimpleNamespace
 import pytest
 from sklearn.base import clone
 
-from sklearn_pathkernel._blocking import limit_threads
+from sklearn_pathkernel._compute._blocking import limit_threads
 from sklearn_pathkernel.cli import _demo, main
 from sklearn_pathkernel.cli._datasets import DATASETS, load_dataset
 from sklearn_pathkernel.cli._report import DemoResult, divergence_notes

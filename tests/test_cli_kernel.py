@@ -11,7 +11,7 @@ from sklearn.datasets import load_breast_cancer
 from sklearn.preprocessing import StandardScaler
 
 from sklearn_pathkernel import PathKernelClassifier, PathKernelRegressor
-from sklearn_pathkernel._blocking import limit_threads
+from sklearn_pathkernel._compute._blocking import limit_threads
 from sklearn_pathkernel.cli import main
 
 pytestmark = pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")

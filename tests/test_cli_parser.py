@@ -2,9 +2,9 @@
 
 import pytest
 
-from sklearn_pathkernel._network import ACTIVATIONS
-from sklearn_pathkernel._normalize import NORMALIZATIONS
-from sklearn_pathkernel._validation import DTYPES
+from sklearn_pathkernel._kernels._normalize import NORMALIZATIONS
+from sklearn_pathkernel._model._network import ACTIVATIONS
+from sklearn_pathkernel._model._validation import DTYPES
 from sklearn_pathkernel.cli import main
 from sklearn_pathkernel.cli._demo import DATASETS
 from sklearn_pathkernel.cli._parser import build_parser

@@ -9,7 +9,7 @@ import torch
 from sklearn.exceptions import ConvergenceWarning
 
 from sklearn_pathkernel import PathKernelRegressor, path_kernel, tangent_kernel
-from sklearn_pathkernel._decompose import decompose_path
+from sklearn_pathkernel._explain._decompose import decompose_path
 
 pytestmark = [
     pytest.mark.cuda,

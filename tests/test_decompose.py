@@ -13,13 +13,9 @@ from sklearn.datasets import load_breast_cancer, load_diabetes, load_iris
 from sklearn.exceptions import ConvergenceWarning, NotFittedError
 from sklearn.preprocessing import scale
 
-from sklearn_pathkernel import (
-    KernelMachine,
-    PathKernelClassifier,
-    PathKernelRegressor,
-    _blocking,
-)
-from sklearn_pathkernel._decompose import decompose_path
+from sklearn_pathkernel import KernelMachine, PathKernelClassifier, PathKernelRegressor
+from sklearn_pathkernel._compute import _blocking
+from sklearn_pathkernel._explain._decompose import decompose_path
 
 
 def _fit(Est, X, y, sample_weight=None, **params):

@@ -8,7 +8,7 @@ import torch
 from _oracle import flat_metric, jacobian_rows, tangent_kernel_reference
 from torch import nn
 
-from sklearn_pathkernel._network import make_mlp
+from sklearn_pathkernel._model._network import make_mlp
 from sklearn_pathkernel.engines import (
     ENGINES,
     Engine,

@@ -6,8 +6,9 @@ import torch
 from _oracle import jacobian_rows, path_kernel_reference
 from torch import nn
 
-from sklearn_pathkernel import PathKernelClassifier, PathKernelRegressor, _blocking
-from sklearn_pathkernel._features import gaussian_factor, path_features, plan
+from sklearn_pathkernel import PathKernelClassifier, PathKernelRegressor
+from sklearn_pathkernel._compute import _blocking
+from sklearn_pathkernel._kernels._features import gaussian_factor, path_features, plan
 from sklearn_pathkernel.engines import _jacobian, select_engine
 
 pytestmark = pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")

@@ -4,7 +4,7 @@ import pytest
 import torch
 from _hook_cases import _check_kernels
 
-from sklearn_pathkernel.engines import _ghost
+from sklearn_pathkernel.engines._hooks import _ghost
 
 
 @pytest.mark.parametrize("case", ["embedding", "embedding-padding", "tied"])

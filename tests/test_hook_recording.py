@@ -6,7 +6,7 @@ import torch
 from _hook_cases import _engine, _setup
 from _oracle import tangent_kernel_reference
 
-from sklearn_pathkernel.engines import _hook_plan
+from sklearn_pathkernel.engines._hooks import _plan as _hook_plan
 
 
 @pytest.mark.parametrize("signals", ["batched", "replicated"])

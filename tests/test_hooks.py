@@ -8,7 +8,9 @@ from _oracle import jacobian_rows, tangent_kernel_reference
 from torch import nn
 
 from sklearn_pathkernel import tangent_kernel
-from sklearn_pathkernel.engines import _ghost, _hooks, select_engine
+from sklearn_pathkernel.engines import select_engine
+from sklearn_pathkernel.engines._hooks import _engine as _hooks
+from sklearn_pathkernel.engines._hooks import _ghost
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
@@ -129,8 +131,8 @@ def trained_cnn():
 
 def test_estimator_kernels_and_decomposition_go_through_the_hooks_engine(trained_cnn):
     from sklearn_pathkernel import path_kernel
-    from sklearn_pathkernel._decompose import decompose_path
-    from sklearn_pathkernel._path import path_kernel_diagonal
+    from sklearn_pathkernel._explain._decompose import decompose_path
+    from sklearn_pathkernel._kernels._path import path_kernel_diagonal
 
     est, X = trained_cnn
     module, trajectory = est.module_, est.trajectory_
@@ -161,7 +163,7 @@ def test_estimator_kernels_and_decomposition_go_through_the_hooks_engine(trained
 
 def test_random_features_through_the_hooks_engine(trained_cnn):
     from sklearn_pathkernel import path_kernel
-    from sklearn_pathkernel._features import path_features
+    from sklearn_pathkernel._kernels._features import path_features
 
     est, X = trained_cnn
     module, trajectory = est.module_, est.trajectory_

@@ -9,7 +9,7 @@ from _oracle import jacobian_rows
 from torch import nn
 
 from sklearn_pathkernel.engines import select_engine
-from sklearn_pathkernel.engines._layer_rules import _patches
+from sklearn_pathkernel.engines._hooks._rules import _patches
 
 
 def test_embedding_with_max_norm_is_refused():
@@ -65,7 +65,7 @@ def test_conv_gradients_match_the_reference(conv, trained):
 @pytest.mark.parametrize("conv", sorted(_CONVS))
 def test_patches_are_the_unfolded_input(conv):
     """Patches (n, C_in k, P) are ``F.unfold`` of the padded input, bit for bit."""
-    from sklearn_pathkernel.engines._hook_plan import _Layer
+    from sklearn_pathkernel.engines._hooks._plan import _Layer
 
     mod = _CONVS[conv]().double()
     shape = _CONV_INPUTS.get(conv, (mod.in_channels, 5, 6))

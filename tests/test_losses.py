@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from sklearn_pathkernel._losses import (
+from sklearn_pathkernel._training._losses import (
     BINARY_LOGISTIC,
     SOFTMAX_CROSS_ENTROPY,
     SQUARED_ERROR,

@@ -6,7 +6,10 @@ import numpy as np
 import pytest
 from sklearn.exceptions import ConvergenceWarning
 
-from sklearn_pathkernel import PathKernelRegressor, _decompose, _memory, _path
+from sklearn_pathkernel import PathKernelRegressor
+from sklearn_pathkernel._compute import _memory
+from sklearn_pathkernel._explain import _decompose
+from sklearn_pathkernel._kernels import _path
 
 
 @pytest.fixture(scope="module")

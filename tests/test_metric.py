@@ -15,9 +15,11 @@ from _hook_cases import (
 )
 from _oracle import jacobian_rows, tangent_kernel_reference
 
-from sklearn_pathkernel._path import weighted_kernel_sum
-from sklearn_pathkernel.engines import _ghost, _hooks, _metric, select_engine
-from sklearn_pathkernel.engines._metric import _pairwise_is_cheaper
+from sklearn_pathkernel._kernels._path import weighted_kernel_sum
+from sklearn_pathkernel.engines import select_engine
+from sklearn_pathkernel.engines._hooks import _engine as _hooks
+from sklearn_pathkernel.engines._hooks import _ghost, _metric
+from sklearn_pathkernel.engines._hooks._metric import _pairwise_is_cheaper
 
 
 def _force_metric(form, monkeypatch):

@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from sklearn_pathkernel._network import (
+from sklearn_pathkernel._model._network import (
     ACTIVATIONS,
     InputAdapter,
     adapt_input,

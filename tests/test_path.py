@@ -15,11 +15,11 @@ from sklearn.exceptions import ConvergenceWarning
 from sklearn_pathkernel import (
     PathKernelClassifier,
     PathKernelRegressor,
-    _blocking,
-    _path,
     path_kernel,
     tangent_kernel,
 )
+from sklearn_pathkernel._compute import _blocking
+from sklearn_pathkernel._kernels import _path
 from sklearn_pathkernel.engines import ENGINES
 
 

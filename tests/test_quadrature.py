@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from sklearn_pathkernel._quadrature import (
+from sklearn_pathkernel._training._quadrature import (
     RULES,
     check_rule,
     node_count,

@@ -8,9 +8,10 @@ import torch
 from _oracle import jacobian_rows
 from sklearn.exceptions import ConvergenceWarning
 
-from sklearn_pathkernel import PathKernelClassifier, PathKernelRegressor, _blocking
-from sklearn_pathkernel._decompose import _quadrature, decompose_path
-from sklearn_pathkernel._query_side import (
+from sklearn_pathkernel import PathKernelClassifier, PathKernelRegressor
+from sklearn_pathkernel._compute import _blocking
+from sklearn_pathkernel._explain._decompose import _quadrature, decompose_path
+from sklearn_pathkernel._explain._query_side import (
     QueryWalk,
     flat_jacobian,
     per_example_gradients,

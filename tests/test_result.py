@@ -8,8 +8,10 @@ import numpy as np
 import pytest
 from sklearn.exceptions import ConvergenceWarning
 
-from sklearn_pathkernel import PathKernelRegressor, _blocking, _path, _result
+from sklearn_pathkernel import PathKernelRegressor
 from sklearn_pathkernel import path_kernel as _path_kernel
+from sklearn_pathkernel._compute import _blocking, _result
+from sklearn_pathkernel._kernels import _path
 
 Fitted = namedtuple("Fitted", "module trajectory X")
 _REAL_PART = _path._strip_part

@@ -5,7 +5,7 @@ import pytest
 import torch
 from torch import nn
 
-from sklearn_pathkernel._rows import kernel_rows, output_width
+from sklearn_pathkernel._kernels._rows import kernel_rows, output_width
 
 CPU = torch.device("cpu")
 

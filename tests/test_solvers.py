@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from sklearn_pathkernel._solvers import (
+from sklearn_pathkernel._training._solvers import (
     Solver,
     backward_sums,
     effective_step_sizes,

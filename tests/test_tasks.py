@@ -10,15 +10,11 @@ from joblib import parallel_config
 from sklearn.datasets import load_digits
 from sklearn.exceptions import ConvergenceWarning
 
-from sklearn_pathkernel import (
-    PathKernelClassifier,
-    PathKernelFeatures,
-    _blocking,
-    _decompose,
-    _features,
-    _path,
-)
-from sklearn_pathkernel._tasks import Shared, compact, row_blocks, run_tasks
+from sklearn_pathkernel import PathKernelClassifier, PathKernelFeatures
+from sklearn_pathkernel._compute import _blocking
+from sklearn_pathkernel._compute._tasks import Shared, compact, row_blocks, run_tasks
+from sklearn_pathkernel._explain import _decompose
+from sklearn_pathkernel._kernels import _features, _path
 
 
 def _fit(max_iter, n_rows=300):

@@ -18,15 +18,15 @@ import torch
 from sklearn.exceptions import ConvergenceWarning
 from torch.func import functional_call
 
-from sklearn_pathkernel._losses import (
+from sklearn_pathkernel._model._network import forward, make_mlp, trainable_parameters
+from sklearn_pathkernel._training._loop import TrainingOptions, train
+from sklearn_pathkernel._training._losses import (
     BINARY_LOGISTIC,
     SOFTMAX_CROSS_ENTROPY,
     SQUARED_ERROR,
 )
-from sklearn_pathkernel._network import forward, make_mlp, trainable_parameters
-from sklearn_pathkernel._solvers import Solver
-from sklearn_pathkernel._training import TrainingOptions, train
-from sklearn_pathkernel._trajectory import Step, flatten_parameters
+from sklearn_pathkernel._training._solvers import Solver
+from sklearn_pathkernel._training._trajectory import Step, flatten_parameters
 from sklearn_pathkernel.exceptions import DivergenceWarning
 
 F64 = torch.float64
@@ -834,7 +834,7 @@ def test_adaptive_nodes_are_where_the_probe_kernel_moved_past_the_tolerance():
     # the first step whose kernel moved more than tol since the last node.
     from _oracle import tangent_kernel_reference
 
-    from sklearn_pathkernel._probe import PROBE_ROWS
+    from sklearn_pathkernel._training._probe import PROBE_ROWS
 
     X, _, _ = _data(SQUARED_ERROR, n=12, seed=3)
     traj = _adaptive_run(lr=0.5)

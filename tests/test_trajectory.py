@@ -9,8 +9,12 @@ import pytest
 import torch
 from torch import nn
 
-from sklearn_pathkernel._solvers import Solver
-from sklearn_pathkernel._trajectory import Step, Trajectory, flatten_parameters
+from sklearn_pathkernel._training._solvers import Solver
+from sklearn_pathkernel._training._trajectory import (
+    Step,
+    Trajectory,
+    flatten_parameters,
+)
 
 SHAPES = {"a": (2, 3), "b": (4,)}
 N_PARAMETERS = 10

@@ -27,9 +27,9 @@ from sklearn_pathkernel import (
     PathKernelFeatures,
     PathKernelRegressor,
     PathKernelTransformer,
-    _blocking,
 )
-from sklearn_pathkernel._features import path_features
+from sklearn_pathkernel._compute import _blocking
+from sklearn_pathkernel._kernels._features import path_features
 
 pytestmark = pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
 

@@ -22,7 +22,7 @@ from sklearn_pathkernel import (
     PathKernelRegressor,
     PathKernelTransformer,
 )
-from sklearn_pathkernel._validation import (
+from sklearn_pathkernel._model._validation import (
     check_input_shape,
     check_kernel_input,
     check_tokens,

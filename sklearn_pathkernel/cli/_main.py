@@ -2,7 +2,7 @@
 
 import sys
 
-from .._blocking import limit_threads
+from .._compute._blocking import limit_threads
 from ._demo import DemoError, check_plotting, run_demo
 from ._errors import CLIError
 from ._kernel_command import run_kernel_command

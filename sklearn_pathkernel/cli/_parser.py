@@ -9,10 +9,10 @@ import argparse
 import math
 
 from .. import __version__
-from .._network import ACTIVATIONS
-from .._normalize import NORMALIZATIONS
-from .._solvers import SOLVERS
-from .._validation import DTYPES
+from .._kernels._normalize import NORMALIZATIONS
+from .._model._network import ACTIVATIONS
+from .._model._validation import DTYPES
+from .._training._solvers import SOLVERS
 from ._datasets import DATASETS
 from ._demo import DemoError, check_dataset_names
 from ._target import TASKS

@@ -49,7 +49,7 @@ module of its own, implement every method, and add it to :data:`ENGINES`
 """
 
 from ._base import TORCH_FUNC_LOCK, Engine
-from ._hooks import HookEngine
+from ._hooks._engine import HookEngine
 from ._jacobian import JacobianEngine
 from ._ntk_vp import NTKVectorProductEngine
 from ._structured import StructuredEngine

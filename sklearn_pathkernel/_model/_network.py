@@ -63,7 +63,7 @@ def make_mlp(n_features, n_outputs, hidden_layer_sizes, activation, *, generator
     Examples
     --------
     >>> import torch
-    >>> from sklearn_pathkernel._network import make_mlp
+    >>> from sklearn_pathkernel._model._network import make_mlp
     >>> net = make_mlp(3, 1, (8,), "tanh", generator=torch.Generator().manual_seed(0))
     >>> net(torch.zeros(5, 3)).shape
     torch.Size([5, 1])
@@ -142,7 +142,7 @@ class InputAdapter(nn.Module):
     Examples
     --------
     >>> import torch
-    >>> from sklearn_pathkernel._network import InputAdapter
+    >>> from sklearn_pathkernel._model._network import InputAdapter
     >>> conv = torch.nn.Sequential(torch.nn.Conv2d(1, 2, 3), torch.nn.Flatten())
     >>> InputAdapter(conv, input_shape=(1, 4, 4))(torch.zeros(5, 16)).shape
     torch.Size([5, 8])
@@ -347,7 +347,7 @@ def placement(module, device):
     Examples
     --------
     >>> import torch
-    >>> from sklearn_pathkernel._network import placement
+    >>> from sklearn_pathkernel._model._network import placement
     >>> net = torch.nn.Linear(2, 1).double()
     >>> placed, dtype, device = placement(net, None)
     >>> placed is net, dtype, device

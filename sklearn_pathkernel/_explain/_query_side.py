@@ -30,9 +30,9 @@ import numpy as np
 import torch
 from torch.func import grad, jacrev, vmap
 
-from ._network import forward_at
-from ._tasks import Shared
-from .engines import TORCH_FUNC_LOCK
+from .._compute._tasks import Shared
+from .._model._network import forward_at
+from ..engines import TORCH_FUNC_LOCK
 
 
 @dataclass
@@ -72,7 +72,7 @@ def flat_jacobian(module, parameters, X):
     Examples
     --------
     >>> import torch
-    >>> from sklearn_pathkernel._query_side import flat_jacobian
+    >>> from sklearn_pathkernel._explain._query_side import flat_jacobian
     >>> net = torch.nn.Linear(2, 1)
     >>> params = {n: p.detach() for n, p in net.named_parameters()}
     >>> flat_jacobian(net, params, torch.tensor([[1.0, 2.0]]))  # [x, 1]
@@ -90,7 +90,7 @@ def per_example_gradients(module, parameters, X, cotangents):
     Examples
     --------
     >>> import torch
-    >>> from sklearn_pathkernel._query_side import per_example_gradients
+    >>> from sklearn_pathkernel._explain._query_side import per_example_gradients
     >>> net = torch.nn.Linear(2, 1)
     >>> params = {n: p.detach() for n, p in net.named_parameters()}
     >>> X = torch.tensor([[1.0, 2.0], [3.0, 4.0]])
@@ -249,7 +249,7 @@ def parameters_after(trajectory, t, device=None):
     --------
     >>> import numpy as np
     >>> from sklearn_pathkernel import PathKernelRegressor
-    >>> from sklearn_pathkernel._query_side import parameters_after
+    >>> from sklearn_pathkernel._explain._query_side import parameters_after
     >>> rng = np.random.RandomState(0)
     >>> X, y = rng.randn(20, 2), rng.randn(20)
     >>> est = PathKernelRegressor((3,), max_iter=2, random_state=0).fit(X, y)

@@ -6,17 +6,17 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ._blocking import (
+from .._compute._blocking import (
     grid,
     rows_within_budget,
     tile_within_budget,
 )
-from ._network import in_evaluation_mode, placement
-from ._progress import progress_bar
-from ._result import fingerprint_of, open_result
+from .._compute._progress import progress_bar
+from .._compute._result import fingerprint_of, open_result
+from .._compute._tasks import Shared, compact, row_blocks, run_tasks, to_device
+from .._model._network import in_evaluation_mode, placement
+from ..engines import select_engine
 from ._rows import kernel_rows, output_width
-from ._tasks import Shared, compact, row_blocks, run_tasks, to_device
-from .engines import select_engine
 
 
 def tangent_kernel(
@@ -291,7 +291,7 @@ def path_kernel_diagonal(
     >>> from sklearn.datasets import load_diabetes
     >>> from sklearn.preprocessing import scale
     >>> from sklearn_pathkernel import PathKernelRegressor, path_kernel
-    >>> from sklearn_pathkernel._path import path_kernel_diagonal
+    >>> from sklearn_pathkernel._kernels._path import path_kernel_diagonal
     >>> X, y = load_diabetes(return_X_y=True)
     >>> X, y = scale(X), scale(y)
     >>> est = PathKernelRegressor(max_iter=20, random_state=0).fit(X, y)

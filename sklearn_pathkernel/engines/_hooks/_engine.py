@@ -20,13 +20,10 @@ numbers, a fixed grid, so results are bit-identical across budgets.
 
 from torch import nn
 
-from .._blocking import TILE_ROWS
+from ..._compute._blocking import TILE_ROWS
+from .._base import Engine
 from . import _ghost
-from ._base import Engine
 from ._ghost import _contract_ghost, _ghost_diagonal, _ghost_sketch
-from ._hook_plan import _check_rows_independent, _own_parameters, _Plan
-from ._hook_recording import _build_state
-from ._layer_rules import _RULES
 from ._metric import (
     _contract_gradients,
     _contract_pairwise,
@@ -34,6 +31,9 @@ from ._metric import (
     _pairwise_diagonal,
     _pairwise_sketch,
 )
+from ._plan import _check_rows_independent, _own_parameters, _Plan
+from ._recording import _build_state
+from ._rules import _RULES
 
 #: Rows of an instantiated ``vec G`` or of a ghost layer's ``vec D`` per
 #: sketch piece, as in the structured engine.

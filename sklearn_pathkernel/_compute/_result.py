@@ -102,7 +102,7 @@ def open_result(out, shape, *, dtype, fingerprint, what, remedy):
     --------
     >>> import os, tempfile
     >>> import numpy as np
-    >>> from sklearn_pathkernel._result import open_result
+    >>> from sklearn_pathkernel._compute._result import open_result
     >>> path = os.path.join(tempfile.mkdtemp(), "K.npy")
     >>> result = open_result(path, (3, 3), dtype=np.float32,
     ...                      fingerprint=lambda: "demo", what="K", remedy="")
@@ -177,7 +177,7 @@ def fingerprint_of(*parts):
     Examples
     --------
     >>> import numpy as np
-    >>> from sklearn_pathkernel._result import fingerprint_of
+    >>> from sklearn_pathkernel._compute._result import fingerprint_of
     >>> fingerprint_of(np.ones(3), "x") == fingerprint_of(np.ones(3), "x")
     True
     >>> fingerprint_of(np.ones(3)) == fingerprint_of(np.zeros(3))

@@ -31,16 +31,16 @@ import numpy as np
 import torch
 from torch.func import jvp
 
-from ._blocking import grid, tile_within_budget
-from ._memory import check_result_fits
-from ._network import forward, forward_at, in_evaluation_mode, placement
-from ._path import path_kernel
-from ._progress import progress_bar
+from .._compute._blocking import grid, tile_within_budget
+from .._compute._memory import check_result_fits
+from .._compute._progress import progress_bar
+from .._compute._tasks import Shared, compact, row_blocks, run_tasks
+from .._kernels._path import path_kernel
+from .._kernels._rows import kernel_rows, output_width
+from .._model._network import forward, forward_at, in_evaluation_mode, placement
+from .._training._trajectory import Step
+from ..engines import TORCH_FUNC_LOCK, select_engine
 from ._query_side import QueryWalk, parameters_after, walk_block
-from ._rows import kernel_rows, output_width
-from ._tasks import Shared, compact, row_blocks, run_tasks
-from ._trajectory import Step
-from .engines import TORCH_FUNC_LOCK, select_engine
 
 
 class TopContributors(NamedTuple):
@@ -271,7 +271,7 @@ def decompose_path(
     >>> from sklearn.datasets import load_diabetes
     >>> from sklearn.preprocessing import scale
     >>> from sklearn_pathkernel import PathKernelRegressor
-    >>> from sklearn_pathkernel._decompose import decompose_path
+    >>> from sklearn_pathkernel._explain._decompose import decompose_path
     >>> X, y = load_diabetes(return_X_y=True)
     >>> X, y = scale(X)[:100], scale(y)[:100]
     >>> est = PathKernelRegressor((8,), solver="adam", learning_rate_init=0.01,

@@ -41,7 +41,7 @@ class Shared:
     Examples
     --------
     >>> import torch
-    >>> from sklearn_pathkernel._tasks import Shared
+    >>> from sklearn_pathkernel._compute._tasks import Shared
     >>> shared = Shared()
     >>> shared.rows = torch.zeros(1000)
     >>> shared.__sizeof__() >= 4000  # dask scatters it (more than 1 kB)
@@ -106,7 +106,7 @@ def compact(tensors):
     Examples
     --------
     >>> import torch
-    >>> from sklearn_pathkernel._tasks import compact
+    >>> from sklearn_pathkernel._compute._tasks import compact
     >>> whole = torch.zeros(1000)
     >>> part = compact({"w": whole[:10]})["w"]
     >>> part.untyped_storage().nbytes()
@@ -152,7 +152,7 @@ def run_tasks(function, shared, tasks, *, n_jobs):
 
     Examples
     --------
-    >>> from sklearn_pathkernel._tasks import Shared, run_tasks
+    >>> from sklearn_pathkernel._compute._tasks import Shared, run_tasks
     >>> def add(shared, a, b):
     ...     return a + b
     >>> list(run_tasks(add, Shared(), [(1, 2), (3, 4)], n_jobs=2))
@@ -172,7 +172,7 @@ def row_blocks(n_rows, tile, tiles_per_block=8):
 
     Examples
     --------
-    >>> from sklearn_pathkernel._tasks import row_blocks
+    >>> from sklearn_pathkernel._compute._tasks import row_blocks
     >>> row_blocks(10, 2, tiles_per_block=2)
     [(0, 4), (4, 8), (8, 10)]
     """

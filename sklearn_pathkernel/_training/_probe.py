@@ -15,7 +15,7 @@ on ``load_digits`` (benchmarks/bench_quadrature.py).
 
 import torch
 
-from .engines import select_engine
+from ..engines import select_engine
 
 PROBE_ROWS = 8
 

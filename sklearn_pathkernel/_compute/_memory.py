@@ -17,7 +17,7 @@ def available_memory():
 
     Examples
     --------
-    >>> from sklearn_pathkernel._memory import available_memory
+    >>> from sklearn_pathkernel._compute._memory import available_memory
     >>> available_memory() > 0
     True
     """
@@ -40,7 +40,7 @@ def check_result_fits(shape, *, itemsize=8, what, remedy):
 
     Examples
     --------
-    >>> from sklearn_pathkernel._memory import check_result_fits
+    >>> from sklearn_pathkernel._compute._memory import check_result_fits
     >>> check_result_fits((10, 10), what="The kernel", remedy="")
     >>> check_result_fits((10**7, 10**7), what="The kernel", remedy="Use less.")
     Traceback (most recent call last):

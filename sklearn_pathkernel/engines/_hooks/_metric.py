@@ -23,7 +23,7 @@ products do.
 
 import torch
 
-from .._blocking import TILE_ROWS
+from ..._compute._blocking import TILE_ROWS
 from . import _ghost
 
 

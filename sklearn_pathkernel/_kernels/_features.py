@@ -53,11 +53,11 @@ import numpy as np
 import torch
 from sklearn import get_config
 
-from ._blocking import tile_within_budget
-from ._network import in_evaluation_mode, placement
+from .._compute._blocking import tile_within_budget
+from .._compute._tasks import Shared, compact, row_blocks, run_tasks, to_device
+from .._model._network import in_evaluation_mode, placement
 from ._path import path_engine
 from ._rows import kernel_rows, output_width
-from ._tasks import Shared, compact, row_blocks, run_tasks, to_device
 
 
 def gaussian_factor(seed, k, piece, j, height, n_components):
@@ -71,7 +71,7 @@ def gaussian_factor(seed, k, piece, j, height, n_components):
     Examples
     --------
     >>> import torch
-    >>> from sklearn_pathkernel._features import gaussian_factor
+    >>> from sklearn_pathkernel._kernels._features import gaussian_factor
     >>> a = gaussian_factor(0, 3, 1, 0, 5, 4)
     >>> a.shape, a.dtype
     (torch.Size([5, 4]), torch.float64)
@@ -97,7 +97,7 @@ def plan(engine, shapes, n_outputs, itemsize, n_components, working_memory):
     Examples
     --------
     >>> import torch
-    >>> from sklearn_pathkernel._features import plan
+    >>> from sklearn_pathkernel._kernels._features import plan
     >>> from sklearn_pathkernel.engines import JacobianEngine
     >>> engine = JacobianEngine(torch.nn.Linear(4000, 1), ["weight"])
     >>> shapes = engine.sketch_shapes(1)  # two blocks of vec J
@@ -179,7 +179,7 @@ def path_features(
     >>> from sklearn.datasets import load_diabetes
     >>> from sklearn.preprocessing import scale
     >>> from sklearn_pathkernel import PathKernelRegressor
-    >>> from sklearn_pathkernel._features import path_features
+    >>> from sklearn_pathkernel._kernels._features import path_features
     >>> X, y = load_diabetes(return_X_y=True)
     >>> X, y = scale(X), scale(y)
     >>> est = PathKernelRegressor((8,), max_iter=10, random_state=0).fit(X, y)

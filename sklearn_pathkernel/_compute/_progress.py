@@ -19,7 +19,7 @@ def progress_bar(verbose, *, total, desc, unit="it"):
 
     Examples
     --------
-    >>> from sklearn_pathkernel._progress import progress_bar
+    >>> from sklearn_pathkernel._compute._progress import progress_bar
     >>> with progress_bar(0, total=3, desc="blocks") as bar:
     ...     for _ in range(3):
     ...         bar.update(1)
@@ -49,7 +49,7 @@ class EpochLog:
 
     Examples
     --------
-    >>> from sklearn_pathkernel._progress import EpochLog
+    >>> from sklearn_pathkernel._compute._progress import EpochLog
     >>> log = EpochLog(verbose=1)
     >>> log.epoch(1, 0.5)  # doctest: +ELLIPSIS
       epoch    train_loss       change      dur

@@ -13,9 +13,9 @@ import math
 import torch
 from torch import nn
 
-from .._network import check_rows_independent
+from ..._model._network import check_rows_independent
 from . import _ghost, _metric
-from ._layer_rules import _kron_shapes, _per_row, _rule
+from ._rules import _kron_shapes, _per_row, _rule
 
 #: How the signals of ``O > 1`` outputs are taken (``_hook_recording``):
 #: ``"batched"``, one forward and a ``vmap`` of the backward over ``O``

@@ -12,7 +12,7 @@ shapes alone, so results are bit-identical across budgets
 
 import torch
 
-from .._blocking import TILE_ROWS
+from ..._compute._blocking import TILE_ROWS
 
 #: Largest temporary of a ghost contraction, in numbers (row sub-blocks of
 #: a fixed size keep every product's shape independent of the budget).

@@ -16,12 +16,12 @@ import warnings
 import torch
 from torch.func import functional_call
 
+from .._base import TORCH_FUNC_LOCK
 from . import _attention
-from ._base import TORCH_FUNC_LOCK
 from ._fallback import _fallback
-from ._hook_plan import _parameter, _tensors
-from ._layer_rules import _instantiate, _kron, _kron_metric
 from ._metric import _instantiate_term
+from ._plan import _parameter, _tensors
+from ._rules import _instantiate, _kron, _kron_metric
 
 
 class _Recorder:

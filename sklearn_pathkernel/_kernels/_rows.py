@@ -3,7 +3,7 @@
 import torch
 from torch import nn
 
-from ._validation import check_kernel_input, to_tensor
+from .._model._validation import check_kernel_input, to_tensor
 
 
 def kernel_rows(X, *, name, module, dtype, device, like=None, like_name="X"):
@@ -37,7 +37,7 @@ def kernel_rows(X, *, name, module, dtype, device, like=None, like_name="X"):
     Examples
     --------
     >>> import torch
-    >>> from sklearn_pathkernel._rows import kernel_rows
+    >>> from sklearn_pathkernel._kernels._rows import kernel_rows
     >>> emb = torch.nn.Embedding(10, 3)
     >>> tokens = torch.tensor([[1, 2], [3, 3]])
     >>> kernel_rows(tokens, name="X", module=emb, dtype=torch.float32,

@@ -62,7 +62,7 @@ class Solver:
 
     Examples
     --------
-    >>> from sklearn_pathkernel._solvers import Solver
+    >>> from sklearn_pathkernel._training._solvers import Solver
     >>> Solver("sgd", momentum=0.9).recursion(t=5)
     (1.0, 0.9, 1.0, 0.0)
     >>> Solver("adam").diagonal

@@ -21,12 +21,12 @@ import numpy as np
 import torch
 from sklearn.exceptions import ConvergenceWarning
 
-from ._network import forward, trainable_parameters
+from .._compute._progress import EpochLog
+from .._model._network import forward, trainable_parameters
+from ..exceptions import DivergenceWarning
 from ._probe import KernelProbe
-from ._progress import EpochLog
 from ._solvers import ADAPTIVE_DIVISOR, ADAPTIVE_FLOOR, Solver
 from ._trajectory import Step, Trajectory, flatten_parameters
-from .exceptions import DivergenceWarning
 
 # Frames between a warning raised in train() and the user's call of fit:
 # train <- fit <- _fit_context <- _restore_on_failure <- user.

@@ -88,7 +88,7 @@ def normalize_kernel(K, mode, *, diag_X=None, diag_Y=None, scale=None, in_place=
     Examples
     --------
     >>> import numpy as np
-    >>> from sklearn_pathkernel._normalize import normalize_kernel
+    >>> from sklearn_pathkernel._kernels._normalize import normalize_kernel
     >>> K = np.array([[4.0, 2.0], [2.0, 9.0]])
     >>> normalize_kernel(K, "cosine", diag_X=np.diag(K), diag_Y=np.diag(K))
     array([[1.        , 0.33333333],

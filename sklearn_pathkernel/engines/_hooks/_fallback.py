@@ -11,8 +11,8 @@ import warnings
 
 from torch.func import functional_call, vjp, vmap
 
-from ._base import TORCH_FUNC_LOCK
-from ._hook_plan import _parameter, _tensors
+from .._base import TORCH_FUNC_LOCK
+from ._plan import _parameter, _tensors
 
 
 def _fallback(layer, args, kwargs, Ds, axes, leaves, root):

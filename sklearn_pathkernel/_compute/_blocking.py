@@ -48,7 +48,7 @@ def grid(state_bytes):
 
     Examples
     --------
-    >>> from sklearn_pathkernel._blocking import grid
+    >>> from sklearn_pathkernel._compute._blocking import grid
     >>> grid(1000), grid(2**20)
     ((512, 512), (128, 128))
     """
@@ -83,7 +83,7 @@ def rows_within_budget(
 
     Examples
     --------
-    >>> from sklearn_pathkernel._blocking import rows_within_budget
+    >>> from sklearn_pathkernel._compute._blocking import rows_within_budget
     >>> rows_within_budget(1, 1024, 10_000), rows_within_budget(1, 1024, 100)
     (1024, 100)
     >>> rows_within_budget(1, 1024, 10_000, multiple_of=300)
@@ -105,7 +105,7 @@ def tile_within_budget(working_memory, bytes_per_row):
 
     Examples
     --------
-    >>> from sklearn_pathkernel._blocking import tile_within_budget
+    >>> from sklearn_pathkernel._compute._blocking import tile_within_budget
     >>> tile_within_budget(None, 1000), tile_within_budget(1, 2**20 // 100)
     (512, 64)
     """
@@ -123,7 +123,7 @@ def threads_per_task(n_jobs):
     Examples
     --------
     >>> import torch
-    >>> from sklearn_pathkernel._blocking import threads_per_task
+    >>> from sklearn_pathkernel._compute._blocking import threads_per_task
     >>> threads_per_task(None) is None and threads_per_task(1) is None
     True
     >>> threads_per_task(2) == max(1, torch.get_num_threads() // 2)
@@ -148,7 +148,7 @@ def limit_threads(threads):
     Examples
     --------
     >>> import torch
-    >>> from sklearn_pathkernel._blocking import limit_threads
+    >>> from sklearn_pathkernel._compute._blocking import limit_threads
     >>> before = torch.get_num_threads()
     >>> with limit_threads(1):
     ...     torch.get_num_threads()
