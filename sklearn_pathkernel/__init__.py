@@ -7,13 +7,14 @@ gradients at two inputs along the path the parameters took while training
 """
 
 from ._estimators import PathKernelClassifier, PathKernelRegressor
-from ._explain._decompose import KernelMachine
+from ._explain._decompose import KernelMachine, decompose_path
 from ._gaussian_process import PathKernel
-from ._kernels._path import path_kernel, tangent_kernel
-from ._nystroem import PathKernelNystroem
+from ._kernel_approximation import PathKernelFeatures, PathKernelNystroem
+from ._kernels._features import path_features
+from ._kernels._path import path_kernel, path_kernel_diagonal, tangent_kernel
 from ._persistence import load, save
 from ._training._trajectory import Trajectory
-from ._transformers import PathKernelFeatures, PathKernelTransformer
+from ._transformers import PathKernelTransformer
 
 __version__ = "0.1.0.dev0"
 
@@ -27,7 +28,10 @@ __all__ = [
     "KernelMachine",
     "Trajectory",
     "path_kernel",
+    "path_kernel_diagonal",
     "tangent_kernel",
+    "path_features",
+    "decompose_path",
     "save",
     "load",
     "__version__",

@@ -3,6 +3,7 @@
 import copy
 import os
 import warnings
+from contextlib import contextmanager
 from functools import wraps
 from numbers import Integral, Real
 
@@ -83,12 +84,35 @@ def _restore_on_failure(fit):
     return wrapper
 
 
+@contextmanager
+def _seeded_global_rng(seed, device):
+    """torch's global RNG seeded with ``seed``, the caller's stream restored after.
+
+    Dropout draws its masks from the global RNG (and on a GPU from that
+    device's): seeding it from ``random_state`` makes training reproducible
+    without changing the caller's own random stream.
+    """
+    devices = [device] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        torch.default_generator.manual_seed(seed)
+        if device.type == "cuda":
+            with torch.cuda.device(device):
+                torch.cuda.manual_seed(seed)
+        yield
+
+
 class BasePathKernelEstimator(BaseEstimator):
     """Train a torch network by gradient descent and record its path.
 
     Subclasses say how targets become network outputs and which loss is used
     (``_encode_targets``); everything else, training, recording and the path
     kernel, lives here. Not meant to be used directly.
+
+    Objects that wrap a fitted estimator (``PathKernelFeatures``) reach what
+    they need beyond the public methods through two hooks, public by
+    convention like scikit-learn's ``__sklearn_tags__``:
+    ``__pathkernel_validate__(X)`` checks rows as the estimator's own methods
+    do, and ``__pathkernel_scale__()`` is the divisor of "mean_diagonal".
     """
 
     _parameter_constraints: dict = {
@@ -262,14 +286,7 @@ class BasePathKernelEstimator(BaseEstimator):
         self : object
             The fitted estimator.
         """
-        input_shape = self._input_shape()
-        refuse_nd(X, name="X")
-        X, y = self._validate_targets(X, y)
-        check_input_shape(input_shape, X.shape[1])
-        check_layout(self, X, name="X")
-        sample_weight = _check_sample_weight(
-            sample_weight, X, dtype=np.float64, ensure_non_negative=True
-        )
+        X, y, sample_weight, input_shape = self._validate_fit_data(X, y, sample_weight)
         solver = self._solver()
         targets, loss, target_attributes = self._encode_targets(y)
         device = resolve_device(self.device)
@@ -291,14 +308,7 @@ class BasePathKernelEstimator(BaseEstimator):
         owner = f"The 'module' of {type(self).__name__}"
         check_rows_independent(module, owner=owner)
 
-        # Dropout draws its masks from torch's global RNG: seeded here from
-        # random_state, and the caller's stream restored afterwards.
-        devices = [device] if device.type == "cuda" else []
-        with torch.random.fork_rng(devices=devices):
-            torch.default_generator.manual_seed(seed)
-            if device.type == "cuda":
-                with torch.cuda.device(device):
-                    torch.cuda.manual_seed(seed)
+        with _seeded_global_rng(seed, device):
             if self.tokens:
                 check_token_range(module, X_all, name="X")
             check_module_output(module, X_t[:2], targets.shape[1])
@@ -310,24 +320,7 @@ class BasePathKernelEstimator(BaseEstimator):
                 sample_weight=to_tensor(
                     sample_weight, dtype=dtype, device=device, name="sample_weight"
                 ),
-                options=TrainingOptions(
-                    learning_rate_init=self.learning_rate_init,
-                    max_iter=self.max_iter,
-                    solver=solver,
-                    learning_rate=self.learning_rate,
-                    power_t=self.power_t,
-                    batch_size=self._batch_size(X.shape[0]),
-                    shuffle=self.shuffle,
-                    tol=self.tol,
-                    n_iter_no_change=self.n_iter_no_change,
-                    validation=validation,
-                    record_every=self.record_every,
-                    quadrature=self.quadrature,
-                    kernel_nodes=self.kernel_nodes,
-                    adaptive_tol=self.adaptive_tol,
-                    trajectory_dir=self.trajectory_dir,
-                    verbose=self.verbose,
-                ),
+                options=self._training_options(solver, X.shape[0], validation),
                 generator=generator,
                 owner=type(self).__name__,
             )
@@ -335,7 +328,47 @@ class BasePathKernelEstimator(BaseEstimator):
             # from them when the module's training mode changes its outputs.
             mode_changed = mode_changes_output(module, X_t[:_MODE_PROBE_ROWS])
         module.eval()
-        # Assigned together at the end: an interrupted fit changes nothing.
+        self._set_fitted(module, result, X, sample_weight, mode_changed)
+        self.n_outputs_ = targets.shape[1]
+        for name, value in target_attributes.items():
+            setattr(self, name, value)
+        return self
+
+    def _validate_fit_data(self, X, y, sample_weight):
+        """``(X, y, sample_weight, input_shape)`` checked for training."""
+        input_shape = self._input_shape()
+        refuse_nd(X, name="X")
+        X, y = self._validate_targets(X, y)
+        check_input_shape(input_shape, X.shape[1])
+        check_layout(self, X, name="X")
+        sample_weight = _check_sample_weight(
+            sample_weight, X, dtype=np.float64, ensure_non_negative=True
+        )
+        return X, y, sample_weight, input_shape
+
+    def _training_options(self, solver, n_samples, validation):
+        """The loop's options, from the estimator's parameters."""
+        return TrainingOptions(
+            learning_rate_init=self.learning_rate_init,
+            max_iter=self.max_iter,
+            solver=solver,
+            learning_rate=self.learning_rate,
+            power_t=self.power_t,
+            batch_size=self._batch_size(n_samples),
+            shuffle=self.shuffle,
+            tol=self.tol,
+            n_iter_no_change=self.n_iter_no_change,
+            validation=validation,
+            record_every=self.record_every,
+            quadrature=self.quadrature,
+            kernel_nodes=self.kernel_nodes,
+            adaptive_tol=self.adaptive_tol,
+            trajectory_dir=self.trajectory_dir,
+            verbose=self.verbose,
+        )
+
+    def _set_fitted(self, module, result, X, sample_weight, mode_changed):
+        """Assign the fitted attributes together: an interrupted fit changes nothing."""
         self.module_ = module
         self.trajectory_ = result.trajectory
         self.loss_curve_ = result.loss_curve
@@ -346,14 +379,10 @@ class BasePathKernelEstimator(BaseEstimator):
             result.best_validation_score if result.validation_scores else None
         )
         self.n_iter_ = result.n_iter
-        self.n_outputs_ = targets.shape[1]
         self._fit_X = X  # the kernel machine sums over these rows
         self._fit_sample_weight = sample_weight  # weights the kernel's scale
         self._fit_diagonal = None  # K_path(x_i, x_i), computed when first needed
         self._fit_mode_changed = mode_changed  # dropout: decompose cannot be exact
-        for name, value in target_attributes.items():
-            setattr(self, name, value)
-        return self
 
     def _solver(self):
         """The update rule the parameters describe; refuses "lbfgs" with the reason."""
@@ -493,6 +522,34 @@ class BasePathKernelEstimator(BaseEstimator):
         if self.tokens and X.size and X.max() > self._fit_X.max(initial=0):
             check_token_range(self.module_, X, name=name)
         return X
+
+    def __pathkernel_validate__(self, X):
+        """Rows checked as :meth:`kernel` checks them; for wrapping objects.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+
+        Returns
+        -------
+        X : ndarray
+            Validated rows; with ``tokens=True``, ids checked against the
+            network's embedding tables.
+        """
+        check_is_fitted(self)
+        return self._validate_X(X)
+
+    def __pathkernel_scale__(self):
+        """The divisor of "mean_diagonal"; for wrapping objects.
+
+        Returns
+        -------
+        scale : float
+            The mean training ``K_path(x_i, x_i)``, weighted by the training
+            sample weights; computed once per fit.
+        """
+        check_is_fitted(self)
+        return self._training_scale()
 
     def _network_output(self, X):
         """The trained network's outputs on ``X``, float64 (n_samples, O)."""

@@ -83,9 +83,9 @@ from ._model._network import (
     trainable_parameters,
 )
 from ._model._validation import resolve_device
-from ._nystroem import PathKernelNystroem
+from ._kernel_approximation import PathKernelFeatures, PathKernelNystroem
 from ._training._trajectory import Trajectory
-from ._transformers import PathKernelFeatures, PathKernelTransformer
+from ._transformers import PathKernelTransformer
 from .exceptions import InconsistentVersionWarning
 
 __all__ = ["save", "load"]
@@ -180,7 +180,7 @@ or PathKernelFeatures
     >>> import os, tempfile
     >>> import numpy as np
     >>> from sklearn_pathkernel import PathKernelRegressor
-    >>> from sklearn_pathkernel._persistence import load, save
+    >>> from sklearn_pathkernel import load, save
     >>> rng = np.random.RandomState(0)
     >>> X = rng.randn(30, 3)
     >>> y = X[:, 0] - X[:, 1]
@@ -270,7 +270,7 @@ PathKernelTransformer or PathKernelFeatures
     >>> import numpy as np
     >>> from torch import nn
     >>> from sklearn_pathkernel import PathKernelClassifier
-    >>> from sklearn_pathkernel._persistence import load, save
+    >>> from sklearn_pathkernel import load, save
     >>> rng = np.random.RandomState(0)
     >>> X = rng.randn(30, 2)
     >>> y = np.where(X[:, 0] > 0, "yes", "no")

@@ -2,6 +2,7 @@
 
 import ast
 import inspect
+import re
 from pathlib import Path
 
 import sklearn_pathkernel
@@ -84,3 +85,152 @@ def test_every_public_name_is_documented_with_an_example():
             continue
         doc = inspect.getdoc(obj) or ""
         assert "Examples" in doc and ">>>" in doc, name
+
+
+# -- the floor plan --------------------------------------------------------
+_DESIGN = PACKAGE.parent / "docs" / "design.md"
+
+
+def _module_map():
+    """The paths the module map of docs/design.md (section 9) names."""
+    text = _DESIGN.read_text()
+    start = text.index("<!-- module map -->")
+    end = text.index("<!-- end of module map -->")
+    return set(re.findall(r"`([\w/]+(?:\.py|/))`", text[start:end]))
+
+
+def test_the_module_map_lists_every_module_and_folder():
+    modules = {
+        path.relative_to(PACKAGE).as_posix()
+        for path in _PATHS
+        if path.name != "__init__.py"
+    }
+    folders = {
+        path.parent.relative_to(PACKAGE).as_posix() + "/"
+        for path in _PATHS
+        if path.name == "__init__.py" and path.parent != PACKAGE
+    }
+    listed = _module_map()
+    assert modules | folders == listed, (
+        f"not in docs/design.md: {sorted(modules | folders - listed)}; "
+        f"listed but absent: {sorted(listed - modules - folders)}"
+    )
+
+
+def test_few_modules_at_the_top():
+    # Estimator-facing modules only; the rest live in rooms named by job.
+    top = [path.name for path in PACKAGE.glob("*.py")]
+    assert len(top) <= 12, sorted(top)
+
+
+def _underscore_imports(source, name, is_package=False):
+    """``(line, what)`` for each underscore name module ``name`` takes from another.
+
+    ``from x import _name`` where ``_name`` is not a module, and
+    ``module._name`` on a module the file imported. Importing a private
+    *module* is fine; reaching into another module's private names is not.
+    """
+    package = name if is_package else name.rpartition(".")[0]
+    tree = ast.parse(source)
+    found, modules = [], set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and (
+            node.level or (node.module or "").startswith("sklearn_pathkernel")
+        ):
+            if node.level:
+                anchor = package.split(".")[: len(package.split(".")) - node.level + 1]
+                base = ".".join([*anchor, node.module] if node.module else anchor)
+            else:
+                base = node.module
+            for alias in node.names:
+                if f"{base}.{alias.name}" in _MODULES:
+                    modules.add(alias.asname or alias.name)
+                elif alias.name.startswith("_") and not alias.name.startswith("__"):
+                    found.append((node.lineno, f"from {base} import {alias.name}"))
+    for node in ast.walk(tree):
+        if (
+            isinstance(node, ast.Attribute)
+            and isinstance(node.value, ast.Name)
+            and node.value.id in modules
+            and node.attr.startswith("_")
+            and not node.attr.startswith("__")
+        ):
+            found.append((node.lineno, f"{node.value.id}.{node.attr}"))
+    return found
+
+
+def test_the_underscore_finder_finds_them():
+    source = (
+        "from ._compute import _tasks\n"
+        "from ._compute._tasks import _nbytes, Shared\n"
+        "x = _tasks._nbytes\n"
+        "y = _tasks.Shared, _nbytes.__name__\n"
+    )
+    found = _underscore_imports(source, "sklearn_pathkernel._example")
+    assert [what for _, what in found] == [
+        "from sklearn_pathkernel._compute._tasks import _nbytes",
+        "_tasks._nbytes",
+    ]
+
+
+def test_no_module_reaches_into_another_modules_private_names():
+    found = {
+        path.relative_to(PACKAGE).as_posix(): _underscore_imports(
+            path.read_text(), _module_name(path), path.name == "__init__.py"
+        )
+        for path in _PATHS
+    }
+    assert not {path: hits for path, hits in found.items() if hits}
+
+
+def test_select_engine_names_no_engine_class():
+    from sklearn_pathkernel import engines
+
+    source = inspect.getsource(engines.select_engine)
+    code = source.split('"""')[-1]  # the body after the docstring
+    for name in engines.ENGINES.values():
+        assert name.__name__ not in code
+
+
+def _function_lengths():
+    """``(lines of code, place)`` of every function: no docstring, blank or comment."""
+    for path in _PATHS:
+        lines = path.read_text().splitlines()
+        for node in ast.walk(ast.parse("\n".join(lines))):
+            if not isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+                continue
+            body = node.body
+            if (
+                isinstance(body[0], ast.Expr)
+                and isinstance(body[0].value, ast.Constant)
+                and isinstance(body[0].value.value, str)
+            ):
+                body = body[1:]
+            if not body:
+                continue
+            code = [
+                line
+                for line in lines[body[0].lineno - 1 : node.end_lineno]
+                if line.strip() and not line.strip().startswith("#")
+            ]
+            yield len(code), f"{path.relative_to(PACKAGE)}:{node.lineno} {node.name}"
+
+
+def test_no_function_is_longer_than_sixty_lines():
+    assert [place for n, place in _function_lengths() if n > 60] == []
+
+
+def test_no_public_example_imports_a_private_module():
+    def docstrings(obj):
+        yield inspect.getdoc(obj) or ""
+        if inspect.isclass(obj):
+            for attribute, value in vars(obj).items():
+                if not attribute.startswith("_") and callable(value):
+                    yield inspect.getdoc(value) or ""
+
+    private = re.compile(r">>> (from|import) sklearn_pathkernel\.(_|engines\._)")
+    for name in sklearn_pathkernel.__all__:
+        if name.startswith("__"):
+            continue
+        for doc in docstrings(getattr(sklearn_pathkernel, name)):
+            assert not private.search(doc), name

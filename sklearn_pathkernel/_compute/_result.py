@@ -11,7 +11,7 @@ fingerprint of the call (shape, result dtype, the rows, the checkpoint
 weights, the first and last checkpoints' parameters), so a different call
 never resumes a file it did not start: it starts the file afresh.
 
-Strips are cut on the fixed tile grid (``_blocking``), so rows resumed under
+Strips are cut on the fixed tile grid (``_compute/_blocking.py``), so rows resumed under
 another ``working_memory`` or ``n_jobs`` hold the same bits as if the kernel
 had been computed in one go.
 """

@@ -16,18 +16,6 @@ import numpy as np
 
 NORMALIZATIONS = ("none", "mean_diagonal", "cosine")
 
-NORMALIZE_DOC = """\
-"none" leaves ``K_path`` as it is. Its scale grows with
-``learning_rate_init * n_steps``: the best ``C`` of ``SVC`` shrinks in
-proportion, and the best ``alpha`` of ``KernelRidge`` grows. "mean_diagonal"
-divides by the mean of ``K_path(x_i, x_i)`` over the training rows
-(weighted by ``sample_weight``; taken from the training rows only, and
-applied to new rows as well). "cosine"
-divides each entry by ``sqrt(K_path(x, x) * K_path(x', x'))``, so that
-every row has unit self-similarity. With either, the kernel's scale no
-longer depends on how long the network trained, and one grid of ``C`` or
-``alpha`` (e.g. ``np.logspace(-3, 3, 13)``) serves all training lengths."""
-
 
 def row_factors(mode, *, diagonal=None, scale=None, n_rows=None):
     """Per-row factors ``f`` with normalised ``K_ij = f_X[i] K_ij f_Y[j]``.

@@ -64,7 +64,7 @@ def resolve_device(device, *, parameter="device"):
 
 
 def to_tensor(X, *, dtype, device, name="X"):
-    """Convert a validated 2-D float array to a tensor, refusing overflow.
+    """A validated array or tensor, of any shape, as a tensor; refuses overflow.
 
     Values beyond the range of ``dtype`` (e.g. 1e39 in float32) would turn
     into inf silently; they raise a ``ValueError`` that names the array.
@@ -91,8 +91,8 @@ def check_kernel_input(X, *, name, n_features=None, like_name="X"):
     Accepts a 2-D array-like or tensor of finite numbers; returns it as a
     float array or tensor with the right number of columns. Images and
     sequences come as tensors of shape ``(n, *input_shape)``, which
-    ``_rows.kernel_rows`` takes before this check, or flattened for a module
-    that restores their shape (an estimator's ``module_`` does when it was
+    ``kernel_rows`` (``_kernels/_rows.py``) takes before this check, or
+    flattened for a module that restores their shape (an estimator's ``module_`` does when it was
     fitted with ``input_shape``).
     """
     shape = getattr(X, "shape", None)

@@ -67,7 +67,7 @@ class CheckpointStore:
             self.directory is not None
             or (self._count + 1) * flat.numel() * flat.element_size() > SPILL_BYTES
         ):
-            self._to_disk(flat)
+            self.to_disk(flat)
         if self._map is None:
             self._rows.append(flat)
         else:
@@ -87,7 +87,7 @@ class CheckpointStore:
             return torch.stack(self._rows) if self._rows else None
         return torch.from_numpy(np.asarray(self._map[: self._count]))
 
-    def _to_disk(self, like):
+    def to_disk(self, like):
         """Move to a new file in ``directory`` (the temporary one when None)."""
         directory = self.directory or tempfile.gettempdir()
         os.makedirs(directory, exist_ok=True)

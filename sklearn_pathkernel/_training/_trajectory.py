@@ -254,7 +254,7 @@ class Trajectory:
         )
         gone = directory is not None and self._checkpoints.directory is None
         if gone and packed is not None:
-            self._checkpoints._to_disk(packed[0])  # in a temporary directory
+            self._checkpoints.to_disk(packed[0])  # in a temporary directory
         for row in [] if packed is None else packed.unbind(0):
             self._checkpoints.append(row)
         self._preconditioners = None

@@ -1,26 +1,33 @@
-"""PathKernelNystroem: Nyström features of the path kernel."""
+"""PathKernelNystroem and PathKernelFeatures: explicit features of the path kernel."""
 
 import pickle
+import warnings
 
 import numpy as np
 import pytest
+import torch
 from sklearn.base import clone
-from sklearn.datasets import load_breast_cancer
-from sklearn.exceptions import NotFittedError
+from sklearn.datasets import load_breast_cancer, load_diabetes
+from sklearn.exceptions import ConvergenceWarning, NotFittedError
 from sklearn.kernel_approximation import Nystroem
-from sklearn.linear_model import RidgeClassifier
+from sklearn.linear_model import Ridge, RidgeClassifier, SGDClassifier
 from sklearn.model_selection import GridSearchCV, cross_val_score
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler, scale
+from sklearn.svm import LinearSVC
 from sklearn.utils._param_validation import InvalidParameterError
 from sklearn.utils.estimator_checks import parametrize_with_checks
 
 from sklearn_pathkernel import (
     PathKernelClassifier,
+    PathKernelFeatures,
     PathKernelNystroem,
     PathKernelRegressor,
+    PathKernelTransformer,
 )
-from sklearn_pathkernel._nystroem import inverse_sqrt
+from sklearn_pathkernel._compute import _blocking
+from sklearn_pathkernel._kernel_approximation import inverse_sqrt
+from sklearn_pathkernel._kernels._features import path_features
 
 pytestmark = pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
 
@@ -143,7 +150,7 @@ def test_landmarks_are_drawn_as_scikit_learns_nystroem_draws_them(toy):
     assert len(set(ny.component_indices_)) == 7  # without replacement
 
 
-def test_features_are_seeded(toy):
+def test_nystroem_features_are_seeded(toy):
     X, y = toy
 
     def features(random_state):
@@ -312,3 +319,136 @@ def test_unfitted_and_wrong_feature_count_raise(toy):
 )
 def test_sklearn_compatible_estimator(estimator, check):
     check(estimator)
+
+
+# -- PathKernelFeatures ------------------------------------------------------
+# The features' own data: float32 networks on scaled rows.
+
+
+@pytest.fixture(scope="module")
+def toy30():
+    rng = np.random.RandomState(0)
+    X = rng.randn(30, 3)
+    return X, np.sin(X[:, 0]) + 0.5 * X[:, 1]
+
+
+@pytest.fixture(scope="module")
+def scaled_cancer():
+    X, y = load_breast_cancer(return_X_y=True)
+    return scale(X)[::3], y[::3]  # 190 rows
+
+
+@pytest.fixture(scope="module")
+def diabetes():
+    X, y = load_diabetes(return_X_y=True)
+    return scale(X), scale(y)
+
+
+def _net32(cls=PathKernelRegressor, **params):
+    return cls(
+        **{"hidden_layer_sizes": (8,), "max_iter": 20, "random_state": 0, **params}
+    )
+
+
+@pytest.mark.parametrize(
+    "engine, sketch", [("auto", "structured"), ("jacobian", "jacobian")]
+)
+def test_features_sketch_with_the_estimators_engine(engine, sketch, toy30):
+    X, y = toy30
+    classes = np.digitize(y, [-0.5, 0.5])  # three classes: three outputs
+    est = _net32(PathKernelClassifier, dtype="float64", engine=engine)
+    features = PathKernelFeatures(est, n_components=6, random_state=0)
+    phi = features.fit(X, classes).transform(X)
+    net = features.estimator_
+
+    def sketched(engine):
+        return path_features(
+            net.module_,
+            net.trajectory_,
+            X,
+            n_components=6,
+            seed=features.seed_,
+            engine=engine,
+        )[0]
+
+    # An MLP gets the structured engine's Kronecker sketch under "auto"; a
+    # named engine is respected.
+    np.testing.assert_array_equal(phi, sketched(sketch))
+    other = "jacobian" if sketch == "structured" else "structured"
+    assert not np.allclose(phi, sketched(other))
+
+
+def test_features_do_not_depend_on_blocking(toy30):
+    X, y = toy30
+    net = _net32(dtype="float64", record_every=5)
+    features = PathKernelFeatures(net, n_components=9, random_state=0).fit(X, y)
+    full = features.transform(X)
+    features.estimator_.working_memory = 1e-4  # one row per block
+    np.testing.assert_allclose(features.transform(X), full, rtol=1e-10)
+    np.testing.assert_allclose(features.transform(X[7:9]), full[7:9], rtol=1e-10)
+
+
+def test_features_are_bit_identical_across_budgets_that_hold_a_tile(toy30, monkeypatch):
+    X, y = toy30
+    monkeypatch.setattr(_blocking, "TILE_ROWS", 4)  # several tiles of toy30 rows
+    features = PathKernelFeatures(_net32(), n_components=9, random_state=0).fit(X, y)
+    full = features.transform(X)
+    for memory in (1.0, 64.0):
+        features.estimator_.working_memory = memory
+        assert np.array_equal(features.transform(X), full)
+
+
+def test_features_are_seeded(toy30):
+    X, y = toy30
+    a = PathKernelFeatures(_net32(), n_components=5, random_state=0).fit_transform(X, y)
+    b = PathKernelFeatures(_net32(), n_components=5, random_state=0).fit_transform(X, y)
+    c = PathKernelFeatures(_net32(), n_components=5, random_state=1).fit_transform(X, y)
+    np.testing.assert_array_equal(a, b)
+    assert not np.allclose(a, c)
+
+
+@pytest.mark.parametrize("mode", ["mean_diagonal", "cosine"])
+def test_features_normalize(mode, toy30):
+    X, y = toy30
+    features = PathKernelFeatures(
+        _net32(dtype="float64"), n_components=4000, normalize=mode, random_state=0
+    ).fit(X, y)
+    phi = features.transform(X)
+    K = features.estimator_.kernel(X, normalize=mode)
+    assert np.linalg.norm(phi @ phi.T - K) / np.linalg.norm(K) < 0.06
+    if mode == "cosine":
+        # Each row is scaled by the exact K(x, x): unit norms on average.
+        assert abs(np.mean(np.sum(phi**2, axis=1)) - 1.0) < 0.05
+
+
+@pytest.mark.parametrize(
+    "model", [LinearSVC(), SGDClassifier(random_state=0), Ridge()], ids=repr
+)
+def test_features_in_front_of_linear_models(model, scaled_cancer, diabetes):
+    regression = isinstance(model, Ridge)
+    X, y = diabetes if regression else scaled_cancer
+    net = _net32(PathKernelRegressor if regression else PathKernelClassifier)
+    features = PathKernelFeatures(
+        net, n_components=200, normalize="mean_diagonal", random_state=0
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        scores = cross_val_score(make_pipeline(features, model), X, y, cv=3)
+    assert scores.mean() > (0.3 if regression else 0.9), scores
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_features_and_kernel_on_the_gpu_agree_with_the_cpu(toy30):
+    X, y = toy30
+    results = {}
+    for device in ("cpu", "cuda"):
+        net = _net32(dtype="float64", device=device)
+        features = PathKernelFeatures(net, n_components=8, random_state=0)
+        kernel = PathKernelTransformer(net, normalize="cosine")
+        results[device] = (
+            features.fit(X, y).transform(X),
+            kernel.fit(X, y).transform(X),
+        )
+    for on_cpu, on_gpu in zip(results["cpu"], results["cuda"]):
+        np.testing.assert_allclose(on_gpu, on_cpu, rtol=1e-8, atol=1e-12)

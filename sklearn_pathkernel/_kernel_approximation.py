@@ -1,4 +1,12 @@
-"""PathKernelNystroem: Nyström features of a trained network's path kernel."""
+"""Kernel approximations: explicit features whose inner products give the path kernel.
+
+scikit-learn keeps its samplers together (``sklearn.kernel_approximation``);
+so do we. :class:`PathKernelFeatures` draws random features that estimate
+the path kernel without bias at a cost linear in the rows;
+:class:`PathKernelNystroem` builds Nyström features from landmark rows, exact
+on the landmarks. Both train a clone of their estimator in ``fit`` and hold
+it as ``estimator_``.
+"""
 
 import warnings
 from numbers import Integral
@@ -8,9 +16,12 @@ from sklearn.utils import check_random_state
 from sklearn.utils._param_validation import Interval
 from sklearn.utils.validation import check_is_fitted
 
-from ._estimators import _docstring
-from ._model._validation import validate_X
-from ._transformers import _BasePathKernelTransformer
+from ._base import BasePathKernelEstimator
+from ._docstrings import fill_docstring
+from ._kernels._features import path_features
+from ._kernels._normalize import row_factors
+from ._model._validation import check_finite_result, validate_X
+from ._transformers import BasePathKernelTransformer
 
 # scikit-learn's Nystroem clips the singular values of K(L, L) at 1e-12.
 _ABSOLUTE_FLOOR = 1e-12
@@ -42,7 +53,7 @@ def inverse_sqrt(K, *, rtol):
     Examples
     --------
     >>> import numpy as np
-    >>> from sklearn_pathkernel._nystroem import inverse_sqrt
+    >>> from sklearn_pathkernel._kernel_approximation import inverse_sqrt
     >>> inverse_sqrt(np.array([[4.0, 0.0], [0.0, 0.25]]), rtol=1e-15)
     array([[0.5, 0. ],
            [0. , 2. ]])
@@ -55,8 +66,8 @@ def inverse_sqrt(K, *, rtol):
     return (K_inv_sqrt + K_inv_sqrt.T) / 2
 
 
-@_docstring
-class PathKernelNystroem(_BasePathKernelTransformer):
+@fill_docstring
+class PathKernelNystroem(BasePathKernelTransformer):
     """Nyström features of a trained network's path kernel.
 
     Like ``sklearn.kernel_approximation.Nystroem``, but for the path kernel
@@ -158,7 +169,7 @@ class PathKernelNystroem(_BasePathKernelTransformer):
     """
 
     _parameter_constraints: dict = {
-        **_BasePathKernelTransformer._parameter_constraints,
+        **BasePathKernelTransformer._parameter_constraints,
         "n_components": [Interval(Integral, 1, None, closed="left")],
     }
 
@@ -208,3 +219,155 @@ class PathKernelNystroem(_BasePathKernelTransformer):
         check_is_fitted(self)
         X = validate_X(self, X)
         return self._kernel(X, self.components_) @ self.normalization_
+
+
+@fill_docstring
+class PathKernelFeatures(BasePathKernelTransformer):
+    """Explicit random features whose inner products estimate the path kernel.
+
+    Like ``Nystroem`` or ``RBFSampler``, but for the path kernel of a trained
+    network: ``fit(X, y)`` trains a clone of ``estimator``, and
+    ``transform(X)`` returns ``phi(X)`` of shape ``(n_samples,
+    n_components)`` with ``E[phi(x) . phi(x')] = K_path(x, x')``, so that a
+    linear model (``LinearSVC``, ``Ridge``, ``SGDClassifier``) on ``phi``
+    approximates a kernel machine on ``K_path`` at a cost linear in the
+    number of rows.
+
+    The features sketch the path kernel's exact feature map
+    ``Phi(x) = concat_k sqrt(w_k) vec J_k(x)`` (every checkpoint's Jacobian,
+    flattened over outputs and parameters, scaled by the square root of its
+    weight; ``Phi(x) . Phi(x') = K_path(x, x')`` exactly) with independent
+    Gaussian factors per checkpoint and piece, so the estimate is unbiased
+    and its error falls like ``1 / sqrt(n_components)``. How depends on the
+    estimator's ``engine`` (``"auto"`` as for its kernel):
+
+    - the **structured** engine (MLPs and other ``nn.Sequential`` of Linear
+      layers and elementwise activations) uses the outer-product form of a
+      Linear layer's gradient, ``d_o(x) a(x)^T``: feature ``r`` is::
+
+          phi_r(x) = sum_k sqrt(w_k / m) sum_l (u . vec D_l(x)) (v . [a_l(x), 1])
+
+      a Kronecker sketch costing ``2 m (O h_l + h_{{l-1}} + 1)`` FLOPs per row,
+      layer and checkpoint (``m = n_components``, ``h`` the widths), about
+      as much as an ``m``-column slice of the exact kernel. Its variance is
+      that of a Gaussian projection plus a term that is largest (four times
+      the variance on the diagonal) when one layer and checkpoint carry the
+      whole kernel, and small when many checkpoints share it;
+    - any other engine projects ``vec J_k(x)`` with a Gaussian ``P_k``,
+      ``phi(x) = sum_k sqrt(w_k / m) P_k^T vec J_k(x)``: about
+      ``2 O d m`` FLOPs per row and checkpoint, and a variance of
+      ``(K(x, x) K(x', x') + K(x, x')^2) / m``.
+
+    Each factor is drawn once per ``transform``, in float64 on the CPU from
+    a ``torch.Generator`` seeded by ``(seed_, checkpoint, piece)``, so the
+    same seed gives the same features on any device and for any blocking of
+    the rows (docs/design.md, section 6). The exact ``K_path(x, x)``, needed
+    by "cosine", comes from the same pass.
+
+    Parameters
+    ----------
+    estimator : PathKernelRegressor, PathKernelClassifier or None, default=None
+        The (unfitted) network, cloned at ``fit``. None takes
+        ``PathKernelClassifier()`` when ``y`` holds class labels (binary or
+        multiclass, as ``type_of_target`` says) and ``PathKernelRegressor()``
+        otherwise.
+    n_components : int, default=100
+        Number of features.
+    {normalize}
+        "mean_diagonal" divides the features by the square root of the mean
+        exact training diagonal, "cosine" each row by the square root of its
+        exact ``K_path(x, x)``: both estimates stay unbiased.
+    random_state : int, RandomState instance or None, default=None
+        Seeds the projections, and the default estimator when ``estimator``
+        is None (a given estimator keeps its own ``random_state``).
+
+    Attributes
+    ----------
+    estimator_ : PathKernelRegressor or PathKernelClassifier
+        The fitted clone of ``estimator``.
+    seed_ : int
+        The seed of the projections, drawn from ``random_state`` at fit.
+    n_features_in_ : int
+        Number of features seen during fit.
+    feature_names_in_ : ndarray of shape (n_features_in_,)
+        Names of features seen during fit, when X has string column names.
+
+    See Also
+    --------
+    PathKernelTransformer : The exact kernel against the training rows.
+    sklearn.kernel_approximation.Nystroem : Features for a kernel function.
+
+    {references}
+
+    Examples
+    --------
+    >>> from sklearn.datasets import load_breast_cancer
+    >>> from sklearn.pipeline import make_pipeline
+    >>> from sklearn.preprocessing import StandardScaler
+    >>> from sklearn.svm import LinearSVC
+    >>> from sklearn_pathkernel import PathKernelClassifier, PathKernelFeatures
+    >>> X, y = load_breast_cancer(return_X_y=True)
+    >>> net = PathKernelClassifier((16,), max_iter=30, random_state=0)
+    >>> features = PathKernelFeatures(
+    ...     net, n_components=50, normalize="mean_diagonal", random_state=0
+    ... )
+    >>> pipe = make_pipeline(StandardScaler(), features, LinearSVC()).fit(X, y)
+    >>> pipe[:2].transform(X[:3]).shape
+    (3, 50)
+    >>> bool(pipe.score(X, y) > 0.9)
+    True
+    """
+
+    _parameter_constraints: dict = {
+        **BasePathKernelTransformer._parameter_constraints,
+        "estimator": [None, BasePathKernelEstimator],
+        "n_components": [Interval(Integral, 1, None, closed="left")],
+    }
+
+    def __init__(
+        self, estimator=None, *, n_components=100, normalize=None, random_state=None
+    ):
+        self.estimator = estimator
+        self.n_components = n_components
+        self.normalize = normalize
+        self.random_state = random_state
+
+    def _fitted(self, X):
+        rng = check_random_state(self.random_state)
+        self.seed_ = int(rng.randint(np.iinfo(np.int32).max))
+        self._n_features_out = self.n_components
+
+    def transform(self, X):
+        """The random features ``phi(X)``.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+
+        Returns
+        -------
+        phi : ndarray of float64, shape (n_samples, n_components)
+        """
+        check_is_fitted(self)
+        est = self.estimator_
+        # The estimator's own checks too: token ids, for tokens=True.
+        X = est.__pathkernel_validate__(validate_X(self, X))
+        features, diagonal = path_features(
+            est.module_,
+            est.trajectory_,
+            X,
+            n_components=self.n_components,
+            seed=self.seed_,
+            engine=est.engine,
+            working_memory=est.working_memory,
+            n_jobs=est.n_jobs,
+        )
+        mode = self._normalize_mode()
+        scale = est.__pathkernel_scale__() if mode == "mean_diagonal" else None
+        factors = row_factors(mode, diagonal=diagonal, scale=scale)
+        return check_finite_result(
+            features * factors[:, None],
+            what="The path-kernel features",
+            dtype=est.dtype,
+            X=X,
+        )
