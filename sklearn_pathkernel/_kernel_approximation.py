@@ -66,8 +66,25 @@ def inverse_sqrt(K, *, rtol):
     return (K_inv_sqrt + K_inv_sqrt.T) / 2
 
 
+class _KernelApproximation(BasePathKernelTransformer):
+    """What the two approximations share: ``n_components`` features of a clone."""
+
+    _parameter_constraints: dict = {
+        **BasePathKernelTransformer._parameter_constraints,
+        "n_components": [Interval(Integral, 1, None, closed="left")],
+    }
+
+    def __init__(
+        self, estimator=None, *, n_components=100, normalize=None, random_state=None
+    ):
+        self.estimator = estimator
+        self.n_components = n_components
+        self.normalize = normalize
+        self.random_state = random_state
+
+
 @fill_docstring
-class PathKernelNystroem(BasePathKernelTransformer):
+class PathKernelNystroem(_KernelApproximation):
     """Nyström features of a trained network's path kernel.
 
     Like ``sklearn.kernel_approximation.Nystroem``, but for the path kernel
@@ -168,19 +185,6 @@ class PathKernelNystroem(BasePathKernelTransformer):
     True
     """
 
-    _parameter_constraints: dict = {
-        **BasePathKernelTransformer._parameter_constraints,
-        "n_components": [Interval(Integral, 1, None, closed="left")],
-    }
-
-    def __init__(
-        self, estimator=None, *, n_components=100, normalize=None, random_state=None
-    ):
-        self.estimator = estimator
-        self.n_components = n_components
-        self.normalize = normalize
-        self.random_state = random_state
-
     def _fitted(self, X):
         n_samples = X.shape[0]
         n_components = self.n_components
@@ -222,7 +226,7 @@ class PathKernelNystroem(BasePathKernelTransformer):
 
 
 @fill_docstring
-class PathKernelFeatures(BasePathKernelTransformer):
+class PathKernelFeatures(_KernelApproximation):
     """Explicit random features whose inner products estimate the path kernel.
 
     Like ``Nystroem`` or ``RBFSampler``, but for the path kernel of a trained
@@ -319,18 +323,9 @@ class PathKernelFeatures(BasePathKernelTransformer):
     """
 
     _parameter_constraints: dict = {
-        **BasePathKernelTransformer._parameter_constraints,
+        **_KernelApproximation._parameter_constraints,
         "estimator": [None, BasePathKernelEstimator],
-        "n_components": [Interval(Integral, 1, None, closed="left")],
     }
-
-    def __init__(
-        self, estimator=None, *, n_components=100, normalize=None, random_state=None
-    ):
-        self.estimator = estimator
-        self.n_components = n_components
-        self.normalize = normalize
-        self.random_state = random_state
 
     def _fitted(self, X):
         rng = check_random_state(self.random_state)
