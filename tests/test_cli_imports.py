@@ -87,3 +87,47 @@ def test_no_import_cycle_inside_the_cli():
 
     for name in sorted(graph):
         visit(name)
+
+
+def private(name):
+    """``_name``, not ``__dunder__``."""
+    return name.startswith("_") and not (name.startswith("__") and name.endswith("__"))
+
+
+def underscore_uses(path):
+    """``from m import _name`` and ``module._name`` in ``path``: others' privates.
+
+    Importing a private module (``from . import _csv``) is fine; reaching
+    into it for an underscore name is not.
+    """
+    tree = ast.parse(path.read_text(), filename=str(path))
+    modules, found = set(), []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            modules.update((a.asname or a.name).split(".")[0] for a in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            found += [
+                f"from {node.module} import {a.name}"
+                for a in node.names
+                if private(a.name)
+            ]
+            modules.update(a.asname or a.name for a in node.names)
+    for node in ast.walk(tree):
+        if (
+            isinstance(node, ast.Attribute)
+            and isinstance(node.value, ast.Name)
+            and node.value.id in modules
+            and private(node.attr)
+            and node.attr != "_parameter_constraints"  # scikit-learn's convention
+        ):
+            found.append(f"{node.value.id}.{node.attr}")
+    return found
+
+
+def test_no_cli_module_uses_another_modules_underscore_names():
+    offenders = {
+        path.name: underscore_uses(path)
+        for path in CLI.rglob("*.py")
+        if underscore_uses(path)
+    }
+    assert not offenders

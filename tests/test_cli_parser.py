@@ -2,9 +2,7 @@
 
 import pytest
 
-from sklearn_pathkernel._kernels._normalize import NORMALIZATIONS
-from sklearn_pathkernel._model._network import ACTIVATIONS
-from sklearn_pathkernel._model._validation import DTYPES
+from sklearn_pathkernel import PathKernelClassifier
 from sklearn_pathkernel.cli import main
 from sklearn_pathkernel.cli._demo import DATASETS
 from sklearn_pathkernel.cli._parser import build_parser
@@ -45,6 +43,8 @@ def test_help_of_every_command(capsys):
         "--random-state",
         "--threads",
         "--verbose",
+        "--set NAME=VALUE",
+        "estimator parameters",
         "task detection",
         "example:",
     ):
@@ -59,29 +59,42 @@ def test_help_of_every_command(capsys):
         assert name in out
 
 
-def test_choices_are_the_package_constants():
-    kernel = build_parser()._subparsers._group_actions[0].choices["kernel"]
-    choices = {action.dest: action.choices for action in kernel._actions}
-    assert list(choices["activation"]) == list(ACTIVATIONS)
-    assert list(choices["dtype"]) == list(DTYPES)
-    assert list(choices["normalize"]) == list(NORMALIZATIONS)
+def kernel_parser():
+    return build_parser()._subparsers._group_actions[0].choices["kernel"]
+
+
+def test_dedicated_options_forward_to_estimator_parameters():
+    forwarded = {
+        action.option_strings[0]: action.parameter
+        for action in kernel_parser()._actions
+        if getattr(action, "parameter", None) is not None
+    }
+    assert forwarded["--max-iter"] == "max_iter"
+    assert forwarded["--normalize"] == "kernel_normalize"
+    assert set(forwarded.values()) <= set(PathKernelClassifier._parameter_constraints)
+    choices = {action.dest: action.choices for action in kernel_parser()._actions}
     assert list(choices["task"]) == ["auto", "classification", "regression"]
+
+
+def settings(args):
+    return {name: setting.value for name, setting in args.estimator_params.items()}
 
 
 def test_defaults_and_conversions():
     args = kernel_args()
-    assert (args.task, args.hidden_layer_sizes, args.activation) == (
-        "auto",
-        (100,),
-        "tanh",
-    )
+    assert (args.task, args.estimator_params) == ("auto", None)
     assert (args.standardize, args.delimiter, args.threads) == (True, ",", None)
     args = kernel_args("--hidden-layer-sizes", "none", "--delimiter", "tab")
-    assert args.hidden_layer_sizes == () and args.delimiter == "\t"
+    assert settings(args) == {"hidden_layer_sizes": ()} and args.delimiter == "\t"
     args = kernel_args("--no-standardize", "-vv", "--learning-rate-init", "0.5")
-    assert (args.standardize, args.verbose, args.learning_rate_init) == (False, 2, 0.5)
-    args = kernel_args("--solver", "adam", "--momentum", "0.9")
-    assert (args.solver, args.momentum) == ("adam", 0.9)
+    assert (args.standardize, args.verbose) == (False, 2)
+    assert settings(args) == {"learning_rate_init": 0.5}
+    args = kernel_args("--solver", "adam", "--momentum", "0.9", "--max-iter", "7")
+    assert settings(args) == {"solver": "adam", "momentum": 0.9, "max_iter": 7}
+    # A dedicated option and --set are one setting: the last one wins.
+    args = kernel_args("--max-iter", "7", "--set", "max_iter=9", "--set", "tol=0")
+    assert settings(args) == {"max_iter": 9, "tol": 0}
+    assert args.estimator_params["max_iter"].source == "--set max_iter=9"
     args = build_parser().parse_args(["demo", "--datasets", "diabetes,digits,diabetes"])
     assert args.datasets == ["diabetes", "digits"]
 
@@ -89,16 +102,12 @@ def test_defaults_and_conversions():
 @pytest.mark.parametrize(
     "extra, message",
     [
-        (["--max-iter", "0"], "expected a positive integer, got '0'"),
-        (["--learning-rate-init", "nan"], "expected a positive number"),
-        (["--alpha", "-1"], "expected a non-negative number"),
-        (["--hidden-layer-sizes", "8,x"], "comma-separated integers"),
-        (["--hidden-layer-sizes", "8,0"], "must be positive integers"),
         (["--delimiter", ";;"], "a single character"),
-        (["--activation", "gelu"], "invalid choice: 'gelu'"),
-        (["--dtype", "float16"], "invalid choice: 'float16'"),
-        (["--solver", "lbfgs"], "invalid choice: 'lbfgs'"),
-        (["--momentum", "1"], "expected a number below 1, got '1'"),
+        (["--task", "ranking"], "invalid choice: 'ranking'"),
+        (["--threads", "0"], "expected a positive integer, got '0'"),
+        (["--set", "max_iter"], "expected NAME=VALUE, such as max_iter=50"),
+        (["--set", "quadratur=left"], "unknown estimator parameter 'quadratur'"),
+        (["--set", "module=x"], "cannot set module: module takes a Python object"),
     ],
 )
 def test_bad_kernel_option_is_a_usage_error(extra, message, capsys):

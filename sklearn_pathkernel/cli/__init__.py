@@ -8,6 +8,10 @@ nothing in the library imports it. Where to make a change:
     line on stderr and exit code 2.
 ``_parser.py``
     The options of every command and their ``--help`` text.
+``_settings.py``
+    Estimator parameters from the command line: ``--set NAME=VALUE``, the
+    options that forward to it, the rule of values, their check by the
+    estimators' ``_parameter_constraints`` and their list in ``--help``.
 ``_errors.py``
     ``CLIError``, the user errors of the ``kernel`` command and of paths.
 ``_paths.py``

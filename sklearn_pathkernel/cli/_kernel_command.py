@@ -1,7 +1,8 @@
 """The ``kernel`` command: train on a CSV file and write the path kernel as .npy.
 
 The steps, in order: check the output paths, read the data (``_csv.py``)
-and the target (``_target.py``), standardize, train, report divergence
+and the target (``_target.py``), build and check the estimator
+(``_settings.py``), standardize, train, report divergence
 (the library's ``DivergenceWarning``), compute and write the kernels.
 """
 
@@ -13,10 +14,10 @@ from dataclasses import dataclass
 import numpy as np
 from sklearn.preprocessing import StandardScaler
 
-from .. import PathKernelClassifier, PathKernelRegressor
 from ._csv import read_csv
 from ._errors import CLIError
 from ._paths import check_writable, save_array
+from ._settings import COMMAND_DEFAULTS, build_estimator
 from ._target import read_target
 from ._warnings import collect_divergence
 
@@ -54,10 +55,11 @@ def run_kernel_command(args):
     """
     _check_outputs(args)
     data = read_data(args)
+    est = make_estimator(args, data.task)  # a bad setting: before any work
     if args.standardize:
         data = standardize(data)
     print(_summary(args, data))
-    est = _train(args, data)
+    _train(args, est, data)
     _write_kernels(args, est, data)
     return 0
 
@@ -163,37 +165,23 @@ def _summary(args, data):
     return summary
 
 
-# Options passed to the estimator under their own name.
-_ESTIMATOR_OPTIONS = (
-    "hidden_layer_sizes",
-    "activation",
-    "solver",
-    "momentum",
-    "learning_rate_init",
-    "max_iter",
-    "batch_size",
-    "alpha",
-    "tol",
-    "record_every",
-    "device",
-    "dtype",
-    "random_state",
-)
-
-
 def make_estimator(args, task):
-    """The unfitted PathKernelClassifier or PathKernelRegressor of ``args``."""
-    cls = PathKernelClassifier if task == "classification" else PathKernelRegressor
-    return cls(
-        **{name: getattr(args, name) for name in _ESTIMATOR_OPTIONS},
-        kernel_normalize=args.normalize,
-        verbose=max(args.verbose - 1, 0),  # -vv: the loss at every epoch
+    """The unfitted PathKernelClassifier or PathKernelRegressor of ``args``.
+
+    Its parameters: the estimator options given (``--set`` and the dedicated
+    ones), checked by the estimator's constraints; else ``COMMAND_DEFAULTS``
+    and ``-v`` (``-vv``: the loss at every epoch); else the estimator's own.
+    """
+    return build_estimator(
+        task,
+        args.estimator_params or {},
+        **COMMAND_DEFAULTS,
+        verbose=max(args.verbose - 1, 0),
     )
 
 
-def _train(args, data):
-    """Fit the network; print its loss and any DivergenceWarning (on stderr)."""
-    est = make_estimator(args, data.task)
+def _train(args, est, data):
+    """Fit ``est``; print its loss and any DivergenceWarning (on stderr)."""
     if args.verbose:
         print(f"training {est!r}")
     start = time.perf_counter()
@@ -211,7 +199,6 @@ def _train(args, data):
     )
     for message in diverged:
         print(f"warning: {message}", file=sys.stderr)
-    return est
 
 
 def _write_kernels(args, est, data):

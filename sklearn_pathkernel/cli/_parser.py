@@ -1,23 +1,42 @@
 """The command line's arguments: every option of every command, and its help.
 
-The choices of ``--activation``, ``--dtype`` and ``--normalize`` are the
-package's own constants, and the datasets of ``demo --datasets`` the demo's
-``DATASETS``: adding one there adds it here.
+The kernel command's estimator options store estimator parameters through
+``_settings.SetParameter`` (``--set NAME=VALUE`` and the dedicated options
+such as ``--max-iter``); the list of them in ``kernel --help`` is generated
+from the estimators' ``_parameter_constraints`` when the help is shown. The
+datasets of ``demo --datasets`` are the demo's ``DATASETS``: adding one
+there adds it here.
 """
 
 import argparse
 import math
 
 from .. import __version__
-from .._kernels._normalize import NORMALIZATIONS
-from .._model._network import ACTIVATIONS
-from .._model._validation import DTYPES
-from .._training._solvers import SOLVERS
 from ._datasets import DATASETS
 from ._demo import DemoError, check_dataset_names
+from ._settings import COMMAND_DEFAULTS, SetParameter, parameters_help
 from ._target import TASKS
 
 PROG = "sklearn-pathkernel"
+
+
+class _CommandParser(argparse.ArgumentParser):
+    """A command's parser whose help can start its epilog with generated text.
+
+    ``help_appendix`` (a function returning text) runs only when the help is
+    shown, so that parsing does not pay for it.
+    """
+
+    def __init__(self, *args, help_appendix=None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.help_appendix = help_appendix
+
+    def format_help(self):
+        if self.help_appendix is not None:
+            generated = self.help_appendix().replace("%", "%%")
+            self.epilog = "\n\n".join(filter(None, [generated, self.epilog]))
+            self.help_appendix = None
+        return super().format_help()
 
 
 # -- argument types ------------------------------------------------------------
@@ -42,33 +61,6 @@ def _number(kind, *, positive):
 
 _positive_int = _number(int, positive=True)
 _non_negative_int = _number(int, positive=False)
-_positive_float = _number(float, positive=True)
-_non_negative_float = _number(float, positive=False)
-
-
-def _momentum(text):
-    """A momentum coefficient: a number in [0, 1)."""
-    value = _non_negative_float(text)
-    if value >= 1:
-        raise argparse.ArgumentTypeError(f"expected a number below 1, got {text!r}")
-    return value
-
-
-def _layer_sizes(text):
-    """``"64,64"`` -> ``(64, 64)``; ``""`` or ``"none"`` -> ``()`` (linear)."""
-    if text.strip().lower() in ("", "none"):
-        return ()
-    try:
-        sizes = tuple(int(part) for part in text.split(","))
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"expected comma-separated integers such as 64,64; got {text!r}"
-        ) from None
-    if any(size < 1 for size in sizes):
-        raise argparse.ArgumentTypeError(
-            f"layer sizes must be positive integers; got {text!r}"
-        )
-    return sizes
 
 
 def _dataset_list(text):
@@ -154,7 +146,8 @@ standardization (--standardize, the default):
 
 example:
   %(prog)s train.csv --target species --output K.npy \\
-      --test test.csv --test-output K_test.npy --hidden-layer-sizes 64,64
+      --test test.csv --test-output K_test.npy --hidden-layer-sizes 64,64 \\
+      --set quadrature=trapezoid --set kernel_nodes=20
 
   then, in Python:
       K, K_test = np.load("K.npy"), np.load("K_test.npy")
@@ -173,9 +166,12 @@ def build_parser():
     --------
     >>> from sklearn_pathkernel.cli._parser import build_parser
     >>> args = build_parser().parse_args(["kernel", "t.csv", "--target", "y",
-    ...                                   "-o", "K.npy", "--hidden-layer-sizes", "8,8"])
-    >>> args.command, args.hidden_layer_sizes, args.task
-    ('kernel', (8, 8), 'auto')
+    ...                                   "-o", "K.npy", "--hidden-layer-sizes", "8,8",
+    ...                                   "--set", "quadrature=trapezoid"])
+    >>> args.command, args.task
+    ('kernel', 'auto')
+    >>> {name: s.value for name, s in args.estimator_params.items()}
+    {'hidden_layer_sizes': (8, 8), 'quadrature': 'trapezoid'}
     """
     parser = argparse.ArgumentParser(
         prog=PROG,
@@ -187,22 +183,18 @@ def build_parser():
         "--version", action="version", version=f"%(prog)s {__version__}"
     )
     commands = parser.add_subparsers(
-        dest="command", metavar="COMMAND", title="commands"
+        dest="command",
+        metavar="COMMAND",
+        title="commands",
+        parser_class=_CommandParser,
     )
     _add_demo_command(commands)
     _add_kernel_command(commands)
     return parser
 
 
-def _add_common_options(parser, *, verbose_help, seed_help):
-    """``--random-state``, ``--threads`` and ``-v``: on every command."""
-    parser.add_argument(
-        "--random-state",
-        type=_non_negative_int,
-        default=0,
-        metavar="N",
-        help=f"{seed_help} (default: 0)",
-    )
+def _add_common_options(parser, *, verbose_help):
+    """``--threads`` and ``-v``: on every command."""
     parser.add_argument(
         "--threads",
         type=_positive_int,
@@ -253,11 +245,16 @@ def _add_demo_command(commands):
         help=f"comma-separated datasets to run, from {_choices(DATASETS)} "
         "(default: all)",
     )
+    demo.add_argument(
+        "--random-state",
+        type=_non_negative_int,
+        default=0,
+        metavar="N",
+        help="seed of the train/test split, the subsampling, the folds and the "
+        "networks (default: 0)",
+    )
     _add_common_options(
-        demo,
-        verbose_help="report progress on stderr while the demo runs",
-        seed_help="seed of the train/test split, the subsampling, the folds and "
-        "the networks",
+        demo, verbose_help="report progress on stderr while the demo runs"
     )
 
 
@@ -268,16 +265,16 @@ def _add_kernel_command(commands):
         help="train on a CSV file and write its path kernel as .npy",
         description=_KERNEL_DESCRIPTION,
         epilog=_KERNEL_EPILOG,
+        help_appendix=parameters_help,
     )
     _add_data_options(kernel)
     _add_network_options(kernel.add_argument_group("the network"))
     _add_training_options(kernel.add_argument_group("training"))
+    _add_sampling_options(kernel.add_argument_group("training (continued)"))
     _add_common_options(
         kernel,
         verbose_help="print settings and timings; twice (-vv) also the loss at "
-        "every epoch",
-        seed_help="seed of the initial weights (and of the shuffling with "
-        "--batch-size): the same seed gives the same kernel",
+        "every epoch (as --set verbose=1)",
     )
 
 
@@ -339,38 +336,55 @@ def _add_data_options(kernel):
     )
 
 
+def _forward(group, flag, parameter, *, metavar, help):
+    """An option that sets estimator parameter ``parameter``, as ``--set`` does."""
+    group.add_argument(
+        flag,
+        action=SetParameter,
+        parameter=parameter,
+        dest="estimator_params",
+        metavar=metavar,
+        help=f"{help} [--set {parameter}]",
+    )
+
+
 def _add_network_options(group):
     """The network and where it runs; the kernel's scaling."""
-    group.add_argument(
+    _forward(
+        group,
         "--hidden-layer-sizes",
-        type=_layer_sizes,
-        default=(100,),
+        "hidden_layer_sizes",
         metavar="SIZES",
         help="widths of the network's hidden layers, comma-separated, e.g. "
         "64,64; 'none' for a linear model (default: 100)",
     )
-    group.add_argument(
+    _forward(
+        group,
         "--activation",
-        choices=list(ACTIVATIONS),
-        default="tanh",
-        help="activation of the hidden layers (default: tanh)",
+        "activation",
+        metavar="NAME",
+        help="activation of the hidden layers, e.g. relu (default: tanh)",
     )
-    group.add_argument(
+    _forward(
+        group,
         "--dtype",
-        choices=list(DTYPES),
-        default="float32",
-        help="precision of the network; the kernel is accumulated in float64 "
-        "either way (default: float32)",
+        "dtype",
+        metavar="DTYPE",
+        help="precision of the network, float32 or float64; the kernel is "
+        "accumulated in float64 either way (default: float32)",
     )
-    group.add_argument(
+    _forward(
+        group,
         "--device",
-        default="auto",
+        "device",
+        metavar="DEVICE",
         help="'cpu', 'cuda' or 'auto' (a GPU when there is one; default: auto)",
     )
-    group.add_argument(
+    _forward(
+        group,
         "--normalize",
-        choices=NORMALIZATIONS,
-        default="none",
+        "kernel_normalize",
+        metavar="HOW",
         help="scaling of the kernel: 'none' keeps K_path, whose scale grows with "
         "learning rate times steps; 'mean_diagonal' divides by the mean of the "
         "training diagonal; 'cosine' gives every row unit self-similarity. The "
@@ -379,67 +393,90 @@ def _add_network_options(group):
 
 
 def _add_training_options(group):
-    """Gradient descent: steps, step size, batches, penalty, recording."""
-    group.add_argument(
+    """Gradient descent: steps, step size, update rule."""
+    _forward(
+        group,
         "--max-iter",
-        type=_positive_int,
-        default=200,
+        "max_iter",
         metavar="N",
         help="number of epochs of gradient descent; one step each unless "
         "--batch-size is given. The kernel's cost grows linearly with the "
         "number of steps (default: 200)",
     )
-    group.add_argument(
+    _forward(
+        group,
         "--solver",
-        choices=list(SOLVERS),
-        default="sgd",
+        "solver",
+        metavar="NAME",
         help="update rule, as torch.optim takes it: sgd (with --momentum), adam, "
         "or adamw (--alpha is then the decoupled weight decay). Each has its "
         "own path kernel (default: sgd)",
     )
-    group.add_argument(
+    _forward(
+        group,
         "--momentum",
-        type=_momentum,
-        default=0.0,
+        "momentum",
         metavar="MU",
         help="heavy-ball momentum of sgd, in [0, 1); Nesterov's form, as "
         "scikit-learn's MLP uses by default (default: 0)",
     )
-    group.add_argument(
+    _forward(
+        group,
         "--learning-rate-init",
-        type=_positive_float,
-        default=0.1,
+        "learning_rate_init",
         metavar="LR",
         help="step size (the estimators' learning_rate_init; default: 0.1)",
     )
-    group.add_argument(
+
+
+def _add_sampling_options(group):
+    """Batches, penalty, stopping, recording, seed; and ``--set``."""
+    _forward(
+        group,
         "--batch-size",
-        type=_positive_int,
-        default=None,
+        "batch_size",
         metavar="N",
         help="rows per step; full-batch gradient descent when not given, the "
         "setting of the paper's theorem",
     )
-    group.add_argument(
+    _forward(
+        group,
         "--alpha",
-        type=_non_negative_float,
-        default=0.0,
+        "alpha",
         metavar="A",
         help="L2 penalty on the network's parameters (default: 0)",
     )
-    group.add_argument(
+    _forward(
+        group,
         "--tol",
-        type=_non_negative_float,
-        default=1e-4,
+        "tol",
         metavar="TOL",
         help="stop early when the loss has not improved by TOL for 10 epochs; 0 "
         "always runs --max-iter epochs (default: 1e-4)",
     )
-    group.add_argument(
+    _forward(
+        group,
         "--record-every",
-        type=_positive_int,
-        default=1,
+        "record_every",
         metavar="K",
         help="keep the parameters every K steps only: the kernel costs about K "
         "times less and sums the same path more coarsely (default: 1)",
+    )
+    _forward(
+        group,
+        "--random-state",
+        "random_state",
+        metavar="N",
+        help="seed of the initial weights (and of the shuffling with "
+        "--batch-size): the same seed gives the same kernel (default: "
+        f"{COMMAND_DEFAULTS['random_state']})",
+    )
+    group.add_argument(
+        "--set",
+        action=SetParameter,
+        dest="estimator_params",
+        metavar="NAME=VALUE",
+        help="set any parameter of the estimator, e.g. --set quadrature=trapezoid "
+        "--set kernel_nodes=0.2; repeatable. The names, their values and how "
+        "VALUE is read are listed below; the estimator checks the value",
     )
