@@ -9,7 +9,6 @@ there adds it here.
 """
 
 import argparse
-import math
 
 from .. import __version__
 from ._datasets import DATASETS
@@ -40,27 +39,26 @@ class _CommandParser(argparse.ArgumentParser):
 
 
 # -- argument types ------------------------------------------------------------
-def _number(kind, *, positive):
-    """An argparse type: a finite ``kind`` (int or float) > 0, or >= 0."""
-    noun = "an integer" if kind is int else "a number"
+def _integer(*, positive):
+    """An argparse type: an integer > 0, or >= 0."""
     sign = "positive" if positive else "non-negative"
 
     def parse(text):
         try:
-            value = kind(text)
+            value = int(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"expected {noun}, got {text!r}") from None
-        if not (math.isfinite(value) and (value > 0 if positive else value >= 0)):
             raise argparse.ArgumentTypeError(
-                f"expected a {sign} {noun.split()[-1]}, got {text!r}"
-            )
+                f"expected an integer, got {text!r}"
+            ) from None
+        if not (value > 0 if positive else value >= 0):
+            raise argparse.ArgumentTypeError(f"expected a {sign} integer, got {text!r}")
         return value
 
     return parse
 
 
-_positive_int = _number(int, positive=True)
-_non_negative_int = _number(int, positive=False)
+_positive_int = _integer(positive=True)
+_non_negative_int = _integer(positive=False)
 
 
 def _dataset_list(text):
