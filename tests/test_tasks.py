@@ -1,4 +1,4 @@
-"""Tasks per block and checkpoint (``_tasks.py``): on threads and on a real cluster."""
+"""Tasks per block and checkpoint (``_compute/_tasks.py``): threads and a cluster."""
 
 import pickle
 import warnings
@@ -11,7 +11,7 @@ from sklearn.datasets import load_digits
 from sklearn.exceptions import ConvergenceWarning
 
 from sklearn_pathkernel import PathKernelClassifier, PathKernelFeatures
-from sklearn_pathkernel._compute import _blocking
+from sklearn_pathkernel._compute import _blocking, _tasks
 from sklearn_pathkernel._compute._tasks import (
     Shared,
     block_parts,
@@ -19,8 +19,7 @@ from sklearn_pathkernel._compute._tasks import (
     row_blocks,
     run_tasks,
 )
-from sklearn_pathkernel._explain import _decompose
-from sklearn_pathkernel._kernels import _features, _path
+from sklearn_pathkernel._kernels import _path
 
 
 def _fit(max_iter, n_rows=300):
@@ -216,19 +215,16 @@ def _payloads(monkeypatch, est, X, y):
     """Pickled bytes of the shared object and the largest task, per caller."""
     sizes = {}
 
-    def spy(module_name):
-        def recording(function, shared, tasks, *, n_jobs):
-            tasks = list(tasks)
-            sizes[module_name, function.__name__] = (
-                len(pickle.dumps(shared)),
-                max(len(pickle.dumps(task)) for task in tasks),
-            )
-            return run_tasks(function, shared, tasks, n_jobs=n_jobs)
+    def recording(function, shared, tasks, *, n_jobs):
+        tasks = list(tasks)
+        sizes[function.__module__, function.__name__] = (
+            len(pickle.dumps(shared)),
+            max(len(pickle.dumps(task)) for task in tasks),
+        )
+        return run_tasks(function, shared, tasks, n_jobs=n_jobs)
 
-        return recording
-
-    for module in (_path, _decompose, _features):
-        monkeypatch.setattr(module, "run_tasks", spy(module.__name__))
+    # Every caller's tasks go through the one skeleton, block_parts.
+    monkeypatch.setattr(_tasks, "run_tasks", recording)
     # Round-tripped: its checkpoints are views of one matrix holding them all.
     est = pickle.loads(pickle.dumps(est))
     est.kernel(X[:30])
