@@ -16,6 +16,7 @@ from sklearn.preprocessing import scale
 from sklearn_pathkernel import KernelMachine, PathKernelClassifier, PathKernelRegressor
 from sklearn_pathkernel._compute import _blocking
 from sklearn_pathkernel._explain._decompose import decompose_path
+from sklearn_pathkernel._kernels import _path
 
 
 def _fit(Est, X, y, sample_weight=None, **params):
@@ -394,6 +395,36 @@ def test_functional_decomposition_places_its_rows(diabetes):
         decompose_path(est.module_, est.trajectory_, X[:40, :2], X[:3, :2])
     with pytest.raises(ValueError, match="Input X_train contains NaN"):
         decompose_path(est.module_, est.trajectory_, np.full((2, 10), np.nan), X[:3])
+
+
+@pytest.mark.parametrize("solver", ["sgd", "adam"])
+def test_decompose_places_its_rows_and_binds_its_engine_once(
+    diabetes, solver, monkeypatch
+):
+    # The kernel it returns included: one conversion of each array and one
+    # engine (the hooks engine probes the module with a forward pass), for
+    # the engines' products (sgd) and the backward walk (adam) alike.
+    X, y = diabetes
+    est = _fit(PathKernelRegressor, X[:40], y[:40], max_iter=3, solver=solver)
+    expected = _path.path_kernel(
+        est.module_, est.trajectory_, X[:3], X[:40], engine="hooks"
+    )
+    calls = []
+
+    def counting(name, real):
+        def wrapper(*args, **kwargs):
+            calls.append(name)
+            return real(*args, **kwargs)
+
+        return wrapper
+
+    monkeypatch.setattr(_path, "select_engine", counting("engine", _path.select_engine))
+    monkeypatch.setattr(_path, "kernel_rows", counting("rows", _path.kernel_rows))
+    machine = decompose_path(
+        est.module_, est.trajectory_, X[:40], X[:3], engine="hooks"
+    )
+    assert calls == ["engine"]  # rows placed by decompose_path alone
+    assert np.array_equal(machine.kernel, expected)
 
 
 # derandomize: CI sees the same examples every run; a failure reproduces.

@@ -71,7 +71,7 @@ def test_decomposition_too_large_fails_before_the_work(
     fitted, little_memory, monkeypatch
 ):
     est, X = fitted
-    monkeypatch.setattr(_decompose, "path_kernel", None)  # never reached
+    monkeypatch.setattr(_decompose, "kernel_sum", None)  # never reached
     with pytest.raises(
         MemoryError,
         match=r"contributions of shape \(15, 20, 1\).*decompose\(X\[i:j\]\)",

@@ -1,4 +1,4 @@
-"""Tasks per block and checkpoint (``_tasks.py``): on threads and on a real cluster."""
+"""Tasks per block and checkpoint (``_compute/_tasks.py``): threads and a cluster."""
 
 import pickle
 import warnings
@@ -11,10 +11,15 @@ from sklearn.datasets import load_digits
 from sklearn.exceptions import ConvergenceWarning
 
 from sklearn_pathkernel import PathKernelClassifier, PathKernelFeatures
-from sklearn_pathkernel._compute import _blocking
-from sklearn_pathkernel._compute._tasks import Shared, compact, row_blocks, run_tasks
-from sklearn_pathkernel._explain import _decompose
-from sklearn_pathkernel._kernels import _features, _path
+from sklearn_pathkernel._compute import _blocking, _tasks
+from sklearn_pathkernel._compute._tasks import (
+    Shared,
+    block_parts,
+    compact,
+    row_blocks,
+    run_tasks,
+)
+from sklearn_pathkernel._kernels import _path
 
 
 def _fit(max_iter, n_rows=300):
@@ -139,6 +144,70 @@ def test_row_blocks_are_whole_tiles():
     assert row_blocks(5, 64) == [(0, 5)]
 
 
+# -- the skeleton: blocks x checkpoints ----------------------------------------
+
+
+def _serial(function, shared, blocks, checkpoints, checkpoints_outside):
+    """What :func:`block_parts` stands for: a plain loop, in its task order."""
+    if checkpoints_outside:
+        return [
+            (block, [function(shared, *block, *c())])
+            for c in checkpoints
+            for block in blocks
+        ]
+    return [
+        (block, [function(shared, *block, *c()) for c in checkpoints])
+        for block in blocks
+    ]
+
+
+def _scaled_rows(shared, r0, r1, weight):
+    return torch.arange(r0, r1, dtype=torch.float64) * weight + shared.offset
+
+
+@pytest.mark.parametrize("checkpoints_outside", [False, True])
+@pytest.mark.parametrize("n_jobs", [None, 2])
+def test_block_parts_is_the_serial_loop(n_jobs, checkpoints_outside):
+    shared = Shared()
+    shared.offset = 0.5
+    blocks = row_blocks(11, 2, tiles_per_block=2)
+    loaded = []
+
+    def checkpoint(weight):
+        loaded.append(weight)
+        return (weight,)
+
+    checkpoints = [lambda w=w: checkpoint(w) for w in (1.0, 0.1, 3.0)]
+    got = [
+        (block, list(parts))
+        for block, parts in block_parts(
+            _scaled_rows,
+            shared,
+            blocks,
+            checkpoints,
+            n_jobs=n_jobs,
+            checkpoints_outside=checkpoints_outside,
+        )
+    ]
+    # One load per task, as it is dispatched.
+    assert len(loaded) == len(blocks) * len(checkpoints)
+    expected = _serial(_scaled_rows, shared, blocks, checkpoints, checkpoints_outside)
+    assert [block for block, _ in got] == [block for block, _ in expected]
+    for (_, parts), (_, want) in zip(got, expected):
+        assert len(parts) == len(want)
+        assert all(torch.equal(a, b) for a, b in zip(parts, want))
+
+
+def test_block_parts_skips_what_a_caller_leaves_of_a_run():
+    blocks, checkpoints = [(0, 1), (1, 2)], [lambda: (1.0,), lambda: (2.0,)]
+    shared = Shared()
+    shared.offset = 0.0
+    runs = block_parts(_scaled_rows, shared, blocks, checkpoints, n_jobs=None)
+    firsts = [(block, next(parts)) for block, parts in runs]
+    assert [block for block, _ in firsts] == blocks
+    assert [float(part[0]) for _, part in firsts] == [0.0, 1.0]  # each block's own
+
+
 # -- what travels to a worker -------------------------------------------------
 
 
@@ -146,19 +215,16 @@ def _payloads(monkeypatch, est, X, y):
     """Pickled bytes of the shared object and the largest task, per caller."""
     sizes = {}
 
-    def spy(module_name):
-        def recording(function, shared, tasks, *, n_jobs):
-            tasks = list(tasks)
-            sizes[module_name, function.__name__] = (
-                len(pickle.dumps(shared)),
-                max(len(pickle.dumps(task)) for task in tasks),
-            )
-            return run_tasks(function, shared, tasks, n_jobs=n_jobs)
+    def recording(function, shared, tasks, *, n_jobs):
+        tasks = list(tasks)
+        sizes[function.__module__, function.__name__] = (
+            len(pickle.dumps(shared)),
+            max(len(pickle.dumps(task)) for task in tasks),
+        )
+        return run_tasks(function, shared, tasks, n_jobs=n_jobs)
 
-        return recording
-
-    for module in (_path, _decompose, _features):
-        monkeypatch.setattr(module, "run_tasks", spy(module.__name__))
+    # Every caller's tasks go through the one skeleton, block_parts.
+    monkeypatch.setattr(_tasks, "run_tasks", recording)
     # Round-tripped: its checkpoints are views of one matrix holding them all.
     est = pickle.loads(pickle.dumps(est))
     est.kernel(X[:30])

@@ -2,7 +2,10 @@
 
 The kernel, its diagonal, the decomposition and the features all sum, over
 the checkpoints of a path, something computed on a block of rows at one
-checkpoint's parameters. Each such (block, checkpoint) is one joblib task:
+checkpoint's parameters. Each such (block, checkpoint) is one joblib task,
+and :func:`block_parts` is the one skeleton they share: it builds the tasks,
+runs them (:func:`run_tasks`) and hands each block's results back in
+checkpoint order, for the caller to add up.
 
 - **What a task receives.** ``shared``, the same :class:`Shared` object for
   every task of a call (the engine and its module, the rows), and the small
@@ -24,6 +27,8 @@ checkpoint's parameters. Each such (block, checkpoint) is one joblib task:
 
 import sys
 import threading
+from collections import deque
+from itertools import islice
 
 import torch
 from joblib import Parallel, delayed
@@ -162,6 +167,80 @@ def run_tasks(function, shared, tasks, *, n_jobs):
         yield from Parallel(n_jobs=n_jobs, prefer="threads", return_as="generator")(
             delayed(function)(shared, *task) for task in tasks
         )
+
+
+def block_parts(
+    function, shared, blocks, checkpoints, *, n_jobs, checkpoints_outside=False
+):
+    """Each block's results over the checkpoints, one task per pair.
+
+    The task of block ``b`` and checkpoint ``c`` is
+    ``function(shared, *b, *c())``, run through :func:`run_tasks`; the
+    caller adds up what comes back, block by block in checkpoint order, so
+    that the same operations run in the same order whatever runs the tasks.
+
+    Parameters
+    ----------
+    function : callable
+        A module-level function, so that it pickles by name.
+    shared : Shared
+        What every task shares (the engine, the rows).
+    blocks : sequence of tuple
+        Each block's own arguments, e.g. its row range ``(r0, r1)``.
+    checkpoints : sequence of callable
+        ``c()`` returns one checkpoint's arguments, a tuple (``()`` for a
+        task that walks the whole path). It is called once per task, as the
+        task is dispatched, so that only the checkpoints of the tasks in
+        flight are loaded.
+    n_jobs : int or None
+        As for :func:`run_tasks`.
+    checkpoints_outside : bool, default=False
+        The order of the tasks. False: a block's checkpoints follow each
+        other, and a block's results come as one run of
+        ``len(checkpoints)``. True: a checkpoint's blocks follow each other
+        (what a checkpoint's tasks share, e.g. random factors, is kept
+        between them; ``Shared.cached``), and each result comes as a run of
+        its own; a block's runs still come in checkpoint order.
+
+    Yields
+    ------
+    block : tuple
+        An element of ``blocks``.
+    parts : iterator
+        The results of the run, in checkpoint order. What the caller leaves
+        of it is skipped before the next run.
+
+    Examples
+    --------
+    >>> from sklearn_pathkernel._compute._tasks import Shared, block_parts
+    >>> def scaled(shared, r0, r1, weight):
+    ...     return [weight * row for row in range(r0, r1)]
+    >>> blocks, checkpoints = [(0, 2), (2, 3)], [lambda: (1,), lambda: (10,)]
+    >>> for block, parts in block_parts(scaled, Shared(), blocks, checkpoints,
+    ...                                 n_jobs=2):
+    ...     print(block, list(parts))
+    (0, 2) [[0, 1], [0, 10]]
+    (2, 3) [[2], [20]]
+    >>> for block, parts in block_parts(scaled, Shared(), blocks, checkpoints,
+    ...                                 n_jobs=None, checkpoints_outside=True):
+    ...     print(block, list(parts))
+    (0, 2) [[0, 1]]
+    (2, 3) [[2]]
+    (0, 2) [[0, 10]]
+    (2, 3) [[20]]
+    """
+    if checkpoints_outside:
+        pairs = [(b, c) for c in checkpoints for b in blocks]
+        runs = [(b, 1) for b, _ in pairs]
+    else:
+        pairs = [(b, c) for b in blocks for c in checkpoints]
+        runs = [(b, len(checkpoints)) for b in blocks]
+    tasks = (b + c() for b, c in pairs)
+    results = run_tasks(function, shared, tasks, n_jobs=n_jobs)
+    for block, length in runs:
+        parts = islice(results, length)
+        yield block, parts
+        deque(parts, maxlen=0)  # what the caller left of this run
 
 
 def row_blocks(n_rows, tile, tiles_per_block=8):

@@ -20,7 +20,7 @@ derivatives are folded into the training rows' engine states first
 With momentum, Nesterov, Adam or AdamW a gradient acts over every later
 step; the decomposition then walks the steps backwards carrying the
 query-side direction ``q_s(x) = sum_{t>=s} eps_t beta_{t,s} P_t Jbar_t(x)^T``
-(``_query_side``; docs/design.md, section 4, "Other solvers").
+(``_explain/_query_side.py``; docs/design.md, section 4, "Other solvers").
 """
 
 import numbers
@@ -34,12 +34,12 @@ from torch.func import jvp
 from .._compute._blocking import grid, tile_within_budget
 from .._compute._memory import check_result_fits
 from .._compute._progress import progress_bar
-from .._compute._tasks import Shared, compact, row_blocks, run_tasks
-from .._kernels._path import path_kernel
+from .._compute._tasks import Shared, block_parts, compact, row_blocks
+from .._kernels._path import kernel_engine, kernel_points, kernel_sum
 from .._kernels._rows import kernel_rows, output_width
 from .._model._network import forward, forward_at, in_evaluation_mode, placement
 from .._training._trajectory import Step
-from ..engines import TORCH_FUNC_LOCK, select_engine
+from ..engines import TORCH_FUNC_LOCK
 from ._query_side import QueryWalk, parameters_after, walk_block
 
 
@@ -222,8 +222,10 @@ def decompose_path(
     Plain sgd runs on the engines (``contract_vector``); so does the
     first-order form with heavy-ball or Nesterov momentum, at the effective
     step sizes. The exact form with momentum, and both forms with Adam or
-    AdamW, walk the steps backwards per query block (``_query_side``):
-    memory about ``3 O d`` float64 numbers per query row.
+    AdamW, walk the steps backwards per query block, carrying the
+    query-side direction: memory about ``3 O d`` float64 numbers per query
+    row. The rows are placed, and the engine bound, once for the whole call,
+    the kernel included.
 
     Parameters
     ----------
@@ -248,6 +250,9 @@ def decompose_path(
         What :attr:`KernelMachine.kernel` holds: the path kernel, or the
         loss-weighted path kernel of Remark 2 (then all coefficients are -1).
     engine : {"auto", "structured", "hooks", "jacobian", "ntk_vp"}, default="auto"
+        How the Jacobian work is done (see ``path_kernel``): the products
+        between query and training rows of the engine route, and the path
+        kernel.
     working_memory : float, default=None
         Budget in MiB for one block of query rows. Blocks hold 512 rows
         whenever that fits, and a power of two fewer otherwise, so results
@@ -270,8 +275,7 @@ def decompose_path(
     >>> import torch
     >>> from sklearn.datasets import load_diabetes
     >>> from sklearn.preprocessing import scale
-    >>> from sklearn_pathkernel import PathKernelRegressor
-    >>> from sklearn_pathkernel._explain._decompose import decompose_path
+    >>> from sklearn_pathkernel import PathKernelRegressor, decompose_path
     >>> X, y = load_diabetes(return_X_y=True)
     >>> X, y = scale(X)[:100], scale(y)[:100]
     >>> est = PathKernelRegressor((8,), solver="adam", learning_rate_init=0.01,
@@ -288,7 +292,12 @@ def decompose_path(
     X_train = kernel_rows(X_train, name="X_train", **rows)
     X = kernel_rows(X, name="X", like=X_train, like_name="X_train", **rows)
     output_width(module, X_train, name="X_train")  # a clear error if it fails
-    bound = select_engine(engine, module, trajectory.parameter_names, example=X[:1])
+    # One engine for the products and the kernel, bound once: in the
+    # kernel's metric when it has one (Adam), which only the walk needs.
+    points = kernel_points(trajectory) if kernel == "path" else []
+    bound = kernel_engine(
+        engine, module, trajectory.parameter_names, points, example=X[:1]
+    )
     with torch.no_grad():
         network_output = forward(module, X).double()
     n_X, n_outputs = network_output.shape
@@ -297,60 +306,33 @@ def decompose_path(
             "The loss-weighted kernel (Remark 2) is defined for one output; "
             f"this network has {n_outputs}."
         )
-    n_train = X_train.shape[0]
     check_result_fits(
-        (n_X, n_train, n_outputs),
+        (n_X, X_train.shape[0], n_outputs),
         what="The contributions",
         remedy="Decompose fewer query rows at a time, e.g. decompose(X[i:j]).",
     )
-    nodes, node_weights = _quadrature(n_nodes if exact else 0)
-    solver = trajectory.solver
     options = dict(working_memory=working_memory, n_jobs=n_jobs, verbose=verbose)
-    if solver.plain or (not exact and not solver.diagonal):
-        # Each step's gradient moves the query once, by p_s J_s(x): the
-        # engines' products between query and training rows.
-        contributions, bias = _engine_blocks(
-            module,
-            bound,
-            trajectory,
-            X_train,
-            X,
-            n_outputs,
-            exact,
-            nodes,
-            node_weights,
-            **options,
-        )
+    contributions, bias = _contributions(
+        module, bound, trajectory, X_train, X, n_outputs, exact, n_nodes, **options
+    )
+    if kernel == "loss_weighted":
+        kernel_matrix = -contributions[:, :, 0]
     else:
-        # A gradient acts over later steps through P_t (and Jbar_t): the
-        # backward walk of _query_side.
-        contributions, bias = _walk_query_blocks(
-            module,
-            trajectory,
-            X_train,
+        kernel_matrix = kernel_sum(
+            bound,
+            points,
             X,
+            X_train,
             n_outputs=n_outputs,
-            exact=exact,
-            nodes=nodes,
-            node_weights=node_weights,
+            network_dtype=dtype,
             **options,
         )
-    return _machine(
-        module,
-        trajectory,
-        X_train,
-        X,
-        bias,
-        contributions,
-        network_output,
-        exact=exact,
-        kernel=kernel,
-        engine=engine,
-        **options,
+    return KernelMachine(
+        bias, contributions, network_output.cpu().numpy(), kernel_matrix, exact
     )
 
 
-def _engine_blocks(
+def _contributions(
     module,
     bound,
     trajectory,
@@ -358,18 +340,66 @@ def _engine_blocks(
     X,
     n_outputs,
     exact,
-    nodes,
-    node_weights,
+    n_nodes,
     *,
     working_memory,
     n_jobs,
     verbose,
 ):
-    """Contributions and bias through the engines' products, per query block.
+    """``(contributions, bias)`` by the route the solver and the form need."""
+    nodes, node_weights = _quadrature(n_nodes if exact else 0)
+    solver = trajectory.solver
+    if solver.plain or (not exact and not solver.diagonal):
+        # Each step's gradient moves the query once, by p_s J_s(x): the
+        # engines' products between query and training rows.
+        route = _engine_route
+    else:
+        # A gradient acts over later steps through P_t (and Jbar_t): the
+        # backward walk of _explain/_query_side.py.
+        route = _walk_route
+    plan = route(
+        module,
+        bound,
+        trajectory,
+        X_train,
+        X,
+        n_outputs=n_outputs,
+        exact=exact,
+        nodes=nodes,
+        node_weights=node_weights,
+        working_memory=working_memory,
+    )
+    return _gather(plan, trajectory, n_outputs, exact, n_jobs, verbose)
+
+
+class _Route(NamedTuple):
+    """How a route computes a query block's contributions (:func:`_gather`)."""
+
+    function: object  # a task: function(shared, q0, q1, *checkpoint())
+    shared: Shared
+    checkpoints: list  # callables giving each checkpoint's task arguments
+    fold: object  # fold(parts, b, progress) -> (phi, bias) of one block
+    block: int  # query rows per block
+
+
+def _engine_route(
+    module,
+    bound,
+    trajectory,
+    X_train,
+    X,
+    *,
+    n_outputs,
+    exact,
+    nodes,
+    node_weights,
+    working_memory,
+):
+    """The route through the engines' products: a task per block and checkpoint.
 
     For plain sgd, and the first-order form with momentum (``P_t = I``).
     """
-    n_X, n_train = X.shape[0], X_train.shape[0]
+    n_train = X_train.shape[0]
     walk = _Walk(
         module=module,
         bound=bound,
@@ -388,38 +418,41 @@ def _engine_blocks(
         bound.bytes_per_row(n_outputs, itemsize) * (1 + len(nodes))
         + n_train * n_outputs * (16 + 3 * itemsize),
     )
-    blocks, outputs = _query_blocks(module, trajectory, X, block)
-    steps = _steps_by_checkpoint(trajectory)
-    # With heavy-ball or Nesterov momentum (P_t = I), first order: a step's
-    # gradient moves the query by p_s J_s(x) (p_s = eps_s for plain sgd).
-    step_sizes = trajectory.effective_step_sizes
-    tasks = (
-        (
-            q0,
-            q1,
-            compact(trajectory.parameters(k)),
-            _step_records(trajectory, ts, exact, step_sizes),
+
+    def fold(parts, b, progress):
+        # Folded in checkpoint and step order: the same operations whatever
+        # ran the tasks.
+        phi = torch.zeros(
+            (b.shape[0], n_train, n_outputs), dtype=torch.float64, device=b.device
         )
-        for q0, q1 in blocks
-        for k, ts in enumerate(steps)
-    )
-    contributions = np.zeros((n_X, n_train, n_outputs))
-    bias = np.zeros((n_X, n_outputs))
+        for steps in parts:
+            for batch, part, bias_term in steps:
+                phi.index_add_(1, batch.to(b.device), part.double())
+                b -= bias_term
+                progress.update(1)
+        return phi, b
+
+    return _Route(_checkpoint_part, walk, _checkpoints(trajectory, exact), fold, block)
+
+
+def _gather(plan, trajectory, n_outputs, exact, n_jobs, verbose):
+    """Contributions and bias of the query rows, block by block.
+
+    One task per query block and checkpoint of ``plan`` (``block_parts``);
+    ``plan.fold(parts, b, progress)`` adds a block's parts, in checkpoint
+    order, to ``b = f(x; w_0)`` on the block and returns the block's
+    ``(phi, bias)``, float64 tensors.
+    """
+    walk = plan.shared
+    X, n_train = walk.X, walk.X_train.shape[0]
+    blocks, outputs = _query_blocks(walk.module, trajectory, X, plan.block)
+    contributions = np.zeros((X.shape[0], n_train, n_outputs))
+    bias = np.zeros((X.shape[0], n_outputs))
     progress = _progress(verbose, len(blocks) * trajectory.n_steps, exact)
-    parts = run_tasks(_checkpoint_part, walk, tasks, n_jobs=n_jobs)
-    with torch.no_grad(), progress:
-        for (q0, q1), b in zip(blocks, outputs):
-            # Folded in checkpoint and step order: the same operations
-            # whatever ran the tasks.
-            Xq = X[q0:q1]
-            phi = torch.zeros(
-                (q1 - q0, n_train, n_outputs), dtype=torch.float64, device=Xq.device
-            )
-            for _ in steps:
-                for batch, part, bias_term in next(parts):
-                    phi.index_add_(1, batch.to(Xq.device), part.double())
-                    b -= bias_term
-                    progress.update(1)
+    runs = block_parts(plan.function, walk, blocks, plan.checkpoints, n_jobs=n_jobs)
+    with progress:
+        for ((q0, q1), parts), b in zip(runs, outputs):
+            phi, b = plan.fold(parts, b, progress)
             contributions[q0:q1] = phi.cpu().numpy()
             bias[q0:q1] = b.cpu().numpy()
     return contributions, bias
@@ -448,41 +481,6 @@ def _progress(verbose, total, exact):
     )
 
 
-def _machine(
-    module,
-    trajectory,
-    X_train,
-    X,
-    bias,
-    contributions,
-    network_output,
-    *,
-    exact,
-    kernel,
-    engine,
-    working_memory,
-    n_jobs,
-    verbose,
-):
-    """The :class:`KernelMachine`, with the kernel that was asked for."""
-    if kernel == "loss_weighted":
-        kernel_matrix = -contributions[:, :, 0]
-    else:
-        kernel_matrix = path_kernel(
-            module,
-            trajectory,
-            X,
-            X_train,
-            engine=engine,
-            working_memory=working_memory,
-            n_jobs=n_jobs,
-            verbose=verbose,
-        )
-    return KernelMachine(
-        bias, contributions, network_output.cpu().numpy(), kernel_matrix, exact
-    )
-
-
 def _check_options(trajectory, *, exact, n_nodes, kernel):
     """Refuse what :func:`decompose_path` cannot do, before any work."""
     if kernel not in ("path", "loss_weighted"):
@@ -501,7 +499,7 @@ def _check_options(trajectory, *, exact, n_nodes, kernel):
 
 @dataclass
 class _Walk(Shared):
-    """What every task of one decomposition shares (``_tasks``)."""
+    """What every task of one engine-route decomposition shares."""
 
     module: torch.nn.Module
     bound: object  # the engine, bound to the module
@@ -510,6 +508,23 @@ class _Walk(Shared):
     nodes: list  # points of each step's segment where the query side is taken
     node_weights: list  # their quadrature weights, summing to 1
     alpha: float  # the L2 strength
+
+
+def _checkpoints(trajectory, exact):
+    """Each checkpoint's task arguments ``(parameters, step records)``.
+
+    Loaded when called (``block_parts``). With heavy-ball or Nesterov
+    momentum (P_t = I), first order: a step's gradient moves the query by
+    p_s J_s(x) (p_s = eps_s for plain sgd).
+    """
+    step_sizes = trajectory.effective_step_sizes
+    return [
+        lambda k=k, steps=steps: (
+            compact(trajectory.parameters(k)),
+            _step_records(trajectory, steps, exact, step_sizes),
+        )
+        for k, steps in enumerate(_steps_by_checkpoint(trajectory))
+    ]
 
 
 def _step_records(trajectory, steps, exact, step_sizes):
@@ -521,14 +536,21 @@ def _step_records(trajectory, steps, exact, step_sizes):
     records = []
     for t in steps:
         step = trajectory.step(t)
-        tensors = {field: getattr(step, field) for field in Step._fields[1:]}
+        tensors = compact(
+            {
+                "batch": step.batch,
+                "batch_weights": step.batch_weights,
+                "output_gradients": step.output_gradients,
+            }
+        )
         end = compact(parameters_after(trajectory, t)) if exact else None
-        records.append((Step(float(step_sizes[t]), **compact(tensors)), end))
+        records.append((Step(float(step_sizes[t]), **tensors), end))
     return records
 
 
-def _walk_query_blocks(
+def _walk_route(
     module,
+    bound,
     trajectory,
     X_train,
     X,
@@ -538,15 +560,14 @@ def _walk_query_blocks(
     nodes,
     node_weights,
     working_memory,
-    n_jobs,
-    verbose,
 ):
-    """Contributions and bias by :func:`_query_side.walk_block`, block by block.
+    """The route of ``walk_block`` (``_explain/_query_side.py``).
 
-    One joblib task per query block: a block walks every step, so its
-    recursion stays in one task, and blocks run in parallel.
+    One joblib task per query block, for the whole path: a block walks every
+    step, so its recursion stays in one task, and blocks run in parallel.
+    The engine (``bound``) has no part in it.
     """
-    n_X, n_train = X.shape[0], X_train.shape[0]
+    n_train = X_train.shape[0]
     d = trajectory.n_parameters
     itemsize = X.element_size()
     # Per query row and output: Jbar_s^T (which becomes z_s), B_s and q_s
@@ -569,18 +590,14 @@ def _walk_query_blocks(
         exact=exact,
         rows=rows,
     )
-    blocks, outputs = _query_blocks(module, trajectory, X, block)
-    contributions = np.zeros((n_X, n_train, n_outputs))
-    bias = np.zeros((n_X, n_outputs))
-    progress = _progress(verbose, len(blocks) * trajectory.n_steps, exact)
-    parts = run_tasks(walk_block, walk, blocks, n_jobs=n_jobs)
-    with progress:
-        for (q0, q1), b, (phi, bias_term) in zip(blocks, outputs, parts):
-            contributions[q0:q1] = phi.cpu().numpy()
-            bias[q0:q1] = b.cpu().numpy()
-            bias[q0:q1] -= bias_term.cpu().numpy()
-            progress.update(trajectory.n_steps)
-    return contributions, bias
+
+    def fold(parts, b, progress):
+        ((phi, bias_term),) = parts  # the whole path, one part
+        progress.update(trajectory.n_steps)
+        return phi, b.sub_(bias_term)
+
+    # The whole path is one "checkpoint": a task's arguments are its block's.
+    return _Route(walk_block, walk, [lambda: ()], fold, block)
 
 
 def _checkpoint_part(walk, q0, q1, start, steps):
@@ -604,10 +621,12 @@ def _checkpoint_part(walk, q0, q1, start, steps):
     """
     Xq = walk.X[q0:q1]
     device = Xq.device
-    static = walk.cached(("static", q0), lambda: walk.bound.static(Xq, walk.X_train))
     start = {n: p.to(device) for n, p in start.items()}
     parts = []
     with torch.no_grad():
+        static = walk.cached(
+            ("static", q0), lambda: walk.bound.static(Xq, walk.X_train)
+        )
         for step, end in steps:
             points = [start]
             if end is not None:

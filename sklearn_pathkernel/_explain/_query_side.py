@@ -10,7 +10,7 @@ what its gradient did to the query's output gives the query-side direction::
     b(x) = f(x; w_0) - alpha sum_s q_s(x)^T w_s - lambda sum_t eps_t Jbar_t(x) w_t
 
 ``beta_{t,s} = gamma kappa_t rho^(t-s) + delta [s = t]`` makes ``q_s`` a
-backward recursion in ``s`` (``_solvers.Solver.recursion``)::
+backward recursion in ``s`` (``Solver.recursion``, ``_training/_solvers.py``)::
 
     z_t = eps_t P_t Jbar_t(x)^T,   B_s = kappa_s z_s + rho B_{s+1},
     q_s = gamma B_s + delta z_s
@@ -37,7 +37,7 @@ from ..engines import TORCH_FUNC_LOCK
 
 @dataclass
 class QueryWalk(Shared):
-    """What every query block of one decomposition shares (``_tasks``).
+    """What every query block of one decomposition shares (``_compute/_tasks.py``).
 
     Unlike the kernels' tasks, a block walks every step of the path (the
     recursion carries ``B_s`` from step to step), so the trajectory itself

@@ -41,9 +41,9 @@ Each factor is drawn in float64 on the CPU from a ``torch.Generator`` seeded
 by ``(seed, k, l, j)`` (:func:`gaussian_factor`), then cast to the work's
 dtype and device: the features depend on the seed, the engine's pieces and
 ``m``, not on the blocking of the rows, the budget, the device or what runs
-the tasks (one per block of rows and checkpoint, ``_tasks``; a thread keeps a
-checkpoint's factors for its next task, so they are drawn once per call and
-thread when they fit the budget together).
+the tasks (one per block of rows and checkpoint, ``_compute/_tasks.py``; a
+thread keeps a checkpoint's factors for its next task, so they are drawn once
+per call and thread when they fit the budget together).
 """
 
 import math
@@ -54,7 +54,7 @@ import torch
 from sklearn import get_config
 
 from .._compute._blocking import tile_within_budget
-from .._compute._tasks import Shared, compact, row_blocks, run_tasks, to_device
+from .._compute._tasks import Shared, block_parts, compact, row_blocks, to_device
 from .._model._network import in_evaluation_mode, placement
 from ._path import path_engine
 from ._rows import kernel_rows, output_width
@@ -148,6 +148,8 @@ def path_features(
     trajectory : Trajectory
         The recorded path.
     X : array-like or torch.Tensor of shape (n_X, n_features)
+        The rows to map; or a tensor of shape (n_X, *input_shape) (images,
+        sequences, token ids), as for ``path_kernel``.
     n_components : int
         ``m``, the number of features.
     seed : int
@@ -178,8 +180,7 @@ def path_features(
     >>> import numpy as np
     >>> from sklearn.datasets import load_diabetes
     >>> from sklearn.preprocessing import scale
-    >>> from sklearn_pathkernel import PathKernelRegressor
-    >>> from sklearn_pathkernel._kernels._features import path_features
+    >>> from sklearn_pathkernel import PathKernelRegressor, path_features
     >>> X, y = load_diabetes(return_X_y=True)
     >>> X, y = scale(X), scale(y)
     >>> est = PathKernelRegressor((8,), max_iter=10, random_state=0).fit(X, y)
@@ -216,32 +217,39 @@ def path_features(
         working_memory = get_config()["working_memory"]
     result_tiles = working_memory * 2**20 / 4 // (tile * n_components * 8)
     blocks = row_blocks(n, tile, tiles_per_block=int(max(1, min(8, result_tiles))))
-    # Checkpoints outside, row blocks inside: a thread's factors are drawn
-    # once per checkpoint when they fit the budget together (one group).
-    kept = [
-        (k, node) for k, node in enumerate(trajectory.kernel_nodes()) if node.weight
-    ]
-    tasks = (
-        (
-            r0,
-            r1,
+    features = torch.zeros((n, n_components), dtype=torch.float64, device=device)
+    diagonal = torch.zeros(n, dtype=torch.float64, device=device)
+    for (r0, r1), parts in block_parts(
+        _sketch_part,
+        sketch,
+        blocks,
+        _checkpoints(trajectory),
+        n_jobs=n_jobs,
+        # Checkpoints outside, row blocks inside: a thread's factors are
+        # drawn once per checkpoint when they fit the budget together.
+        checkpoints_outside=True,
+    ):
+        for part_features, part_diagonal in parts:
+            features[r0:r1] += part_features
+            diagonal[r0:r1] += part_diagonal
+    return features.cpu().numpy(), diagonal.cpu().numpy()
+
+
+def _checkpoints(trajectory):
+    """Each kernel node's task arguments ``(k, weight, parameters, metric)``.
+
+    Loaded when called (``block_parts``).
+    """
+    return [
+        lambda k=k, node=node: (
             k,
             float(node.weight),
             compact(trajectory.parameters_at(node.step)),
             compact(trajectory.kernel_metric_at(node.step)),
         )
-        for k, node in kept
-        for r0, r1 in blocks
-    )
-    parts = run_tasks(_sketch_part, sketch, tasks, n_jobs=n_jobs)
-    features = torch.zeros((n, n_components), dtype=torch.float64, device=device)
-    diagonal = torch.zeros(n, dtype=torch.float64, device=device)
-    for _ in kept:
-        for r0, r1 in blocks:
-            part_features, part_diagonal = next(parts)
-            features[r0:r1] += part_features
-            diagonal[r0:r1] += part_diagonal
-    return features.cpu().numpy(), diagonal.cpu().numpy()
+        for k, node in enumerate(trajectory.kernel_nodes())
+        if node.weight
+    ]
 
 
 @dataclass

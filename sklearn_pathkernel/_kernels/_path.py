@@ -13,7 +13,7 @@ from .._compute._blocking import (
 )
 from .._compute._progress import progress_bar
 from .._compute._result import fingerprint_of, open_result
-from .._compute._tasks import Shared, compact, row_blocks, run_tasks, to_device
+from .._compute._tasks import Shared, block_parts, compact, row_blocks, to_device
 from .._model._network import in_evaluation_mode, placement
 from ..engines import select_engine
 from ._rows import kernel_rows, output_width
@@ -255,6 +255,31 @@ def path_engine(engine, module, trajectory, *, example):
     )
 
 
+def kernel_engine(engine, module, parameter_names, points, *, example):
+    """``select_engine`` for a kernel over ``points`` (:func:`kernel_points`).
+
+    In a metric when the points have one (``load_metric()`` is not None).
+    """
+    return select_engine(
+        engine,
+        module,
+        parameter_names,
+        example=example,
+        metric=bool(points) and points[0][2]() is not None,
+    )
+
+
+def _checkpoints(points):
+    """Each point's task arguments ``(parameters, metric)``, loaded when called."""
+    return [
+        lambda load=load, load_metric=load_metric: (
+            compact(load()),
+            compact(load_metric()),
+        )
+        for _, load, load_metric in points
+    ]
+
+
 @in_evaluation_mode
 def path_kernel_diagonal(
     module,
@@ -273,25 +298,41 @@ def path_kernel_diagonal(
     checkpoint. Rows go in tiles from the fixed grid, so the result is
     bit-identical across every budget that holds a full tile, and across
     ``n_jobs`` and joblib backends (a task per block of rows and
-    checkpoint; ``_tasks``).
+    checkpoint).
 
     Parameters
     ----------
-    module, trajectory : as for :func:`path_kernel`
+    module : torch.nn.Module
+        The module the trajectory was recorded on (e.g. ``est.module_``).
+    trajectory : Trajectory
+        The recorded path (e.g. ``est.trajectory_``).
     X : array-like or torch.Tensor of shape (n_X, n_features)
-    engine, working_memory, device, n_jobs : as for :func:`path_kernel`
+        Or a tensor of shape (n_X, *input_shape), as for :func:`path_kernel`.
+    engine : {"auto", "structured", "hooks", "jacobian", "ntk_vp"}, default="auto"
+        How the Jacobian work is done; see :func:`tangent_kernel`.
+    working_memory : float, default=None
+        Budget in MiB for one tile of rows' engine states; scikit-learn's
+        ``working_memory`` setting when None.
+    device : str or torch.device, default=None
+        Where to compute; the module's device when None.
+    n_jobs : int, default=None
+        Each block of rows and checkpoint is a joblib task, threads unless a
+        ``joblib.parallel_config`` chooses another backend (dask, for a
+        cluster); the result is bit-identical whatever runs them.
 
     Returns
     -------
     diagonal : ndarray of float64, shape (n_X,)
+        ``K_path(x, x)`` (summed over outputs), one per row of ``X``.
 
     Examples
     --------
     >>> import numpy as np
     >>> from sklearn.datasets import load_diabetes
     >>> from sklearn.preprocessing import scale
-    >>> from sklearn_pathkernel import PathKernelRegressor, path_kernel
-    >>> from sklearn_pathkernel._kernels._path import path_kernel_diagonal
+    >>> from sklearn_pathkernel import (
+    ...     PathKernelRegressor, path_kernel, path_kernel_diagonal
+    ... )
     >>> X, y = load_diabetes(return_X_y=True)
     >>> X, y = scale(X), scale(y)
     >>> est = PathKernelRegressor(max_iter=20, random_state=0).fit(X, y)
@@ -311,16 +352,12 @@ def path_kernel_diagonal(
     )
     rows = _Rows(bound=bound, X_t=X_t, tile=tile, device=device)
     blocks = row_blocks(X_t.shape[0], tile)
-    tasks = (
-        (r0, r1, compact(load()), compact(load_metric()))
-        for r0, r1 in blocks
-        for _, load, load_metric in points
-    )
-    parts = run_tasks(_diagonal_part, rows, tasks, n_jobs=n_jobs)
     diagonal = torch.zeros(X_t.shape[0], dtype=torch.float64, device=device)
-    for _ in blocks:
-        for weight, _, _ in points:
-            for a0, part in next(parts):
+    for _, parts in block_parts(
+        _diagonal_part, rows, blocks, _checkpoints(points), n_jobs=n_jobs
+    ):
+        for (weight, _, _), tiles in zip(points, parts):
+            for a0, part in tiles:
                 diagonal[a0 : a0 + tile] += float(weight) * part.double()
     return diagonal.cpu().numpy()
 
@@ -367,37 +404,72 @@ def weighted_kernel_sum(
     out=None,
     dtype=np.float64,
 ):
-    """``sum_k weight_k * J_k(X) J_k(Y)^T`` over ``points``, in row blocks.
+    """``sum_k weight_k * J_k(X) J_k(Y)^T`` over ``points``, from raw rows.
 
     ``points`` is a sequence of ``(weight, load, load_metric)`` where
     ``load()`` returns the parameter mapping of that point (on any device)
-    and ``load_metric()`` its metric (``Engine.state``), or None. The work
-    is cut on the fixed grid of ``_blocking``: row tiles of X against column
-    chunks of Y, the same for every budget. ``working_memory`` only decides
-    how many row tiles a block holds; each block and point is an independent
-    task (run through joblib with ``n_jobs``, ``_tasks``) that builds the
-    point's states tile by tile and contracts tile against chunk; the
-    block's strip adds the points' parts in order, in float64 on the device.
-    For ``Y=None`` only tiles on or above the diagonal are computed and the
-    rest is mirrored, so the result is exactly symmetric and bit-identical
-    across budgets, ``n_jobs`` and joblib backends. ``out`` and ``dtype``
-    say where the result goes (``_result.open_result``); strips
-    already written to an ``out`` file by an interrupted call are skipped.
+    and ``load_metric()`` its metric (``Engine.state``), or None. Places the
+    rows (``kernel_rows``) and binds the engine (:func:`kernel_engine`) once,
+    then computes :func:`kernel_sum`.
     """
-    symmetric = Y is None
     module, network_dtype, device = placement(module, device)
     rows = {"module": module, "dtype": network_dtype, "device": device}
     X_t = kernel_rows(X, name="X", **rows)
-    Y_t = X_t if symmetric else kernel_rows(Y, name="Y", like=X_t, **rows)
+    Y_t = None if Y is None else kernel_rows(Y, name="Y", like=X_t, **rows)
     with torch.no_grad():
         n_outputs = output_width(module, X_t)
-    bound = select_engine(
-        engine,
-        module,
-        parameter_names,
-        example=X_t[:1],
-        metric=bool(points) and points[0][2]() is not None,
+    bound = kernel_engine(engine, module, parameter_names, points, example=X_t[:1])
+    return kernel_sum(
+        bound,
+        points,
+        X_t,
+        Y_t,
+        n_outputs=n_outputs,
+        network_dtype=network_dtype,
+        trace=trace,
+        working_memory=working_memory,
+        n_jobs=n_jobs,
+        verbose=verbose,
+        out=out,
+        dtype=dtype,
     )
+
+
+def kernel_sum(
+    bound,
+    points,
+    X_t,
+    Y_t=None,
+    *,
+    n_outputs,
+    network_dtype,
+    trace=True,
+    working_memory=None,
+    n_jobs=None,
+    verbose=0,
+    out=None,
+    dtype=np.float64,
+):
+    """``sum_k weight_k * J_k(X) J_k(Y)^T`` with a bound engine, on placed rows.
+
+    ``bound`` is the engine bound to the module (:func:`kernel_engine`);
+    ``X_t`` and ``Y_t`` are rows already placed on the device of the work
+    (``kernel_rows``), ``Y_t=None`` meaning ``X_t``; ``n_outputs`` and
+    ``network_dtype`` are the module's. The work is cut on the fixed grid of
+    ``_compute/_blocking.py``: row tiles of X against column chunks of Y, the
+    same for every budget. ``working_memory`` only decides how many row
+    tiles a block holds; each block and point is an independent task
+    (``_compute/_tasks.py``, run through joblib with ``n_jobs``) that builds
+    the point's states tile by tile and contracts tile against chunk; the
+    block's strip adds the points' parts in order, in float64 on the device.
+    For ``Y_t=None`` only tiles on or above the diagonal are computed and the
+    rest is mirrored, so the result is exactly symmetric and bit-identical
+    across budgets, ``n_jobs`` and joblib backends. ``out`` and ``dtype``
+    say where the result goes (``_compute/_result.py``); strips already
+    written to an ``out`` file by an interrupted call are skipped.
+    """
+    symmetric = Y_t is None
+    Y_t = X_t if symmetric else Y_t
     extra = () if trace else (n_outputs, n_outputs)
     result = open_result(
         out,
@@ -425,15 +497,15 @@ def weighted_kernel_sum(
         symmetric=symmetric,
         trace=trace,
         extra=extra,
-        device=device,
+        device=X_t.device,
         **_plan_grid(bound, n_outputs, network_dtype),
     )
-    row_blocks = [
+    blocks = [
         (r0, r1)
         for r0, r1 in _row_blocks(work, working_memory)
         if not result.is_done(r0, r1)
     ]
-    _run_strips(result, work, points, row_blocks, n_jobs, verbose)
+    _run_strips(result, work, points, blocks, n_jobs, verbose)
     if symmetric:
         _mirror_upper(K, work.tile)
     result.finish()
@@ -444,7 +516,7 @@ def weighted_kernel_sum(
 class _Work(Shared):
     """What every task of one kernel shares: the engine and the rows.
 
-    The checkpoints are not here: each task gets its own (``_tasks``).
+    The checkpoints are not here: each task gets its own.
     """
 
     bound: object  # the engine, bound to the module
@@ -504,18 +576,18 @@ def _row_blocks(work, working_memory):
     return [(r0, min(r0 + block, n)) for r0 in range(0, n, block)]
 
 
-def _run_strips(result, work, points, row_blocks, n_jobs, verbose):
+def _run_strips(result, work, points, blocks, n_jobs, verbose):
     """Compute the strips into ``result``, with progress.
 
     One task per strip and checkpoint (``_strip_part``); the strip adds its
     checkpoints' parts in order, and is written, and recorded as done, as
     soon as its last checkpoint arrives.
     """
-    if not row_blocks:
+    if not blocks:
         return  # every strip was written by an earlier, interrupted call
     progress = progress_bar(
         verbose,
-        total=len(row_blocks) * len(points),
+        total=len(blocks) * len(points),
         desc=f"path kernel ({work.bound.name})",
         unit="checkpoint-block",
     )
@@ -523,26 +595,21 @@ def _run_strips(result, work, points, row_blocks, n_jobs, verbose):
         n, m = work.X_t.shape[0], work.Y_t.shape[0]
         progress.write(
             f"path kernel: engine {work.bound.name!r}, {n} x {m} over "
-            f"{len(points)} checkpoint(s), {len(row_blocks)} row block(s) of "
-            f"up to {row_blocks[0][1] - row_blocks[0][0]} rows in tiles of "
+            f"{len(points)} checkpoint(s), {len(blocks)} row block(s) of "
+            f"up to {blocks[0][1] - blocks[0][0]} rows in tiles of "
             f"{work.tile} x {work.chunk}"
         )
-    tasks = (
-        (r0, r1, compact(load()), compact(load_metric()))
-        for r0, r1 in row_blocks
-        for _, load, load_metric in points
-    )
-    parts = run_tasks(_strip_part, work, tasks, n_jobs=n_jobs)
+    strips = block_parts(_strip_part, work, blocks, _checkpoints(points), n_jobs=n_jobs)
     with progress:
-        for r0, r1 in row_blocks:
+        for (r0, r1), parts in strips:
             c_start = _first_column(r0, work.chunk, work.symmetric)
             strip = torch.zeros(
                 (r1 - r0, work.Y_t.shape[0] - c_start, *work.extra),
                 dtype=torch.float64,
                 device=work.device,
             )
-            for weight, _, _ in points:
-                for (a0, a1, b0, b1), part in next(parts):
+            for (weight, _, _), tiles in zip(points, parts):
+                for (a0, a1, b0, b1), part in tiles:
                     strip[a0 - r0 : a1 - r0, b0 - c_start : b1 - c_start].add_(
                         part, alpha=weight
                     )

@@ -10,7 +10,7 @@ def kernel_rows(X, *, name, module, dtype, device, like=None, like_name="X"):
     """``X`` as a tensor of rows ``(n, *input_shape)`` on ``device``.
 
     A 2-D array-like or tensor goes through ``check_kernel_input`` and
-    ``to_tensor`` as before (a float table in the network's dtype). A tensor
+    ``to_tensor`` (a float table in the network's dtype). A tensor
     with more axes (images ``(n, C, H, W)``, sequences ``(n, L, h)``) is taken
     as it is, in the network's dtype; an integer tensor stays integer when
     ``module`` holds an ``nn.Embedding`` (token ids), and is converted like
