@@ -92,7 +92,7 @@ class HookEngine(Engine):
         "Embedding, LayerNorm, GroupNorm, BatchNorm or MultiheadAttention"
     )
 
-    def __init__(self, module, parameter_names, example=None, metric=False):
+    def __init__(self, module, parameter_names, *, example=None, metric=False):
         self.module = module
         self.parameter_names = list(parameter_names)
         self.metric = bool(metric)
