@@ -12,10 +12,10 @@ import warnings
 from torch.func import functional_call, vjp, vmap
 
 from .._base import TORCH_FUNC_LOCK
-from ._plan import _parameter, _tensors
+from ._plan import output_tensors, parameter_at
 
 
-def _fallback(layer, args, kwargs, Ds, axes, leaves, root):
+def fallback_gradients(layer, args, kwargs, Ds, axes, leaves, root):
     """Per-example gradients of one layer's parameters by ``torch.func``.
 
     ``vmap`` over rows of a vector-Jacobian product of that layer alone, at
@@ -25,7 +25,7 @@ def _fallback(layer, args, kwargs, Ds, axes, leaves, root):
     """
     mod = layer.module
     params = {
-        local: leaves[full].detach() if full in leaves else _parameter(mod, local)
+        local: leaves[full].detach() if full in leaves else parameter_at(mod, local)
         for local, full in layer.names.items()
     }
     arg_axes, kwarg_axes = axes["args"], axes["kwargs"]
@@ -44,7 +44,9 @@ def _fallback(layer, args, kwargs, Ds, axes, leaves, root):
             call_kwargs = dict(kw_fixed)
             for k, v in row_kwargs.items():
                 call_kwargs[k] = v.unsqueeze(kwarg_axes[k])
-            outputs = _tensors(functional_call(mod, p, tuple(call_args), call_kwargs))
+            outputs = output_tensors(
+                functional_call(mod, p, tuple(call_args), call_kwargs)
+            )
             return tuple(t.squeeze(ax) for t, ax in zip(outputs, out_axes))
 
         _, pullback = vjp(f, params)

@@ -15,7 +15,7 @@ from torch import nn
 
 from ..._model._network import check_rows_independent
 from . import _ghost, _metric
-from ._rules import _kron_shapes, _per_row, _rule
+from ._rules import kron_shapes, per_row, rule_of
 
 #: How the signals of ``O > 1`` outputs are taken (``_hook_recording``):
 #: ``"batched"``, one forward and a ``vmap`` of the backward over ``O``
@@ -24,7 +24,7 @@ from ._rules import _kron_shapes, _per_row, _rule
 SIGNALS = "batched"
 
 
-def _own_parameters(module):
+def own_parameters(module):
     return dict(module.named_parameters(recurse=False))
 
 
@@ -54,7 +54,7 @@ class _Layer:
         self.calls = []  # per call: batch axes of (args, kwargs, outputs)
 
 
-class _Plan:
+class Plan:
     """What the probe forward learns about a module and its trained parameters."""
 
     def __init__(self, module, parameter_names, example):
@@ -64,7 +64,7 @@ class _Plan:
             canonical[id(p)] = name
         uses = {}  # canonical name -> owning modules
         for mod_name, mod in module.named_modules(remove_duplicate=False):
-            for local, p in _own_parameters(mod).items():
+            for local, p in own_parameters(mod).items():
                 full = canonical[id(p)]
                 if full in trained:
                     uses.setdefault(full, set()).add(id(mod))
@@ -85,7 +85,7 @@ class _Plan:
         for mod_id, mod in modules.items():
             names = {
                 local: canonical[id(p)]
-                for local, p in _own_parameters(mod).items()
+                for local, p in own_parameters(mod).items()
                 if canonical[id(p)] in trained
             }
             if not names:
@@ -108,7 +108,7 @@ class _Plan:
                 )
             layer.names.update(names)
         for layer in layers.values():
-            layer.rule = _rule(layer)
+            layer.rule = rule_of(layer)
 
         outputs = records[0][id(module)][0]["outputs"]
         self.n_outputs = int(math.prod(outputs[0][1:])) if outputs else 1
@@ -132,9 +132,9 @@ class _Plan:
                 _row_numbers(c, axes) for c, axes in zip(calls2, layer.calls)
             )
             self.layers.append(layer)
-            terms = _kron_shapes(layer, calls2, self.n_outputs)
+            terms = kron_shapes(layer, calls2, self.n_outputs)
             tied = any(full in self.tied for full in layer.names.values())
-            if terms and not tied and _ghost._ghost_is_cheaper(terms, self.n_outputs):
+            if terms and not tied and _ghost.ghost_is_cheaper(terms, self.n_outputs):
                 layer.ghost = True
                 for group, (h_in, h_out, P, tokens) in enumerate(terms):
                     form = _metric_form(h_in, h_out, P, tokens, self.n_outputs)
@@ -147,7 +147,7 @@ class _Plan:
                         metric_numbers += self.n_outputs * h_in * h_out
             else:
                 for local, full in layer.names.items():
-                    inst_sizes[full] = _parameter(layer.module, local).numel()
+                    inst_sizes[full] = parameter_at(layer.module, local).numel()
         # With several outputs the signals of all O are alive at once (and,
         # replicated, the forward activations are O times as many) while a
         # state is built: counted alike for every strategy, so the tile
@@ -168,15 +168,15 @@ class _Plan:
 
 
 def _metric_form(h_in, h_out, P, tokens, n_outputs):
-    """A ghost term's form in a metric (``_metric._pairwise_is_cheaper``)."""
+    """A ghost term's form in a metric (``_metric.pairwise_is_cheaper``)."""
     if tokens:
         return "ghost"
-    if _metric._pairwise_is_cheaper(h_in, h_out, P, n_outputs):
+    if _metric.pairwise_is_cheaper(h_in, h_out, P, n_outputs):
         return "pairwise"
     return "instantiated"
 
 
-def _parameter(module, local):
+def parameter_at(module, local):
     owner = module
     *path, leaf = local.split(".")
     for part in path:
@@ -184,7 +184,7 @@ def _parameter(module, local):
     return getattr(owner, leaf)
 
 
-def _check_rows_independent(module):
+def check_rows_deterministic(module):
     """Refuse layers whose outputs mix rows (batch statistics) or are random."""
     check_rows_independent(module)  # BatchNorm on batch statistics
     for prefix, sub in module.named_modules():
@@ -209,7 +209,7 @@ def _probe(module, example, rows):
             {
                 "args": [_shape(a) for a in args],
                 "kwargs": {k: _shape(v) for k, v in kwargs.items()},
-                "outputs": [tuple(t.shape) for t in _tensors(output)],
+                "outputs": [tuple(t.shape) for t in output_tensors(output)],
             }
         )
 
@@ -229,7 +229,7 @@ def _shape(value):
     return tuple(value.shape) if isinstance(value, torch.Tensor) else None
 
 
-def _tensors(output):
+def output_tensors(output):
     if isinstance(output, torch.Tensor):
         return [output]
     if isinstance(output, (tuple, list)):
@@ -269,6 +269,6 @@ def _axes(call2, call3, layer):
 
 def _row_numbers(call, axes):
     """Numbers per row of a call's inputs and outputs (kept while building)."""
-    return sum(_per_row(s, a) for s, a in zip(call["args"], axes["args"])) + sum(
-        _per_row(s, a) for s, a in zip(call["outputs"], axes["outputs"])
+    return sum(per_row(s, a) for s, a in zip(call["args"], axes["args"])) + sum(
+        per_row(s, a) for s, a in zip(call["outputs"], axes["outputs"])
     )

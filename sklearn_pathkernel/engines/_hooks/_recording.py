@@ -18,10 +18,10 @@ from torch.func import functional_call
 
 from .._base import TORCH_FUNC_LOCK
 from . import _attention
-from ._fallback import _fallback
-from ._metric import _instantiate_term
-from ._plan import _parameter, _tensors
-from ._rules import _instantiate, _kron, _kron_metric
+from ._fallback import fallback_gradients
+from ._metric import instantiate_term
+from ._plan import output_tensors, parameter_at
+from ._rules import instantiate, kron, kron_metric
 
 
 class _Recorder:
@@ -59,7 +59,7 @@ class _Recorder:
         kept_kwargs = {
             k: self._keep(v, axes["kwargs"].get(k)) for k, v in kwargs.items()
         }
-        calls.append((kept_args, kept_kwargs, _tensors(output)))
+        calls.append((kept_args, kept_kwargs, output_tensors(output)))
         # Downstream gets a clone, so in-place operations there leave the
         # output we differentiate by untouched.
         if isinstance(output, torch.Tensor):
@@ -88,7 +88,7 @@ def _record(engine, parameters, X, recorder):
             leaves = {
                 name: parameters[name].detach().requires_grad_(True)
                 if name in parameters
-                else _parameter(module, name).detach().requires_grad_(True)
+                else parameter_at(module, name).detach().requires_grad_(True)
                 for name in engine.parameter_names
             }
             rows = X.repeat_interleave(copies, dim=0) if copies > 1 else X
@@ -112,7 +112,7 @@ def _record(engine, parameters, X, recorder):
     return leaves, out, outputs, signals
 
 
-def _build_state(engine, parameters, X, metric=None):
+def build_state(engine, parameters, X, metric=None):
     """The rows' state: instantiated gradients ``(n, O, k)`` and ghost terms.
 
     With a ``metric`` (name -> positive tensor) every instantiated gradient
@@ -152,25 +152,27 @@ def _build_state(engine, parameters, X, metric=None):
             axes = layer.calls[k]
             if layer.rule == "fallback":
                 with TORCH_FUNC_LOCK:
-                    grads = _fallback(layer, args, kwargs, Ds, axes, leaves, module)
+                    grads = fallback_gradients(
+                        layer, args, kwargs, Ds, axes, leaves, module
+                    )
                 if roots is not None:
                     grads = {full: g * roots[full] for full, g in grads.items()}
             elif layer.rule == "attention":
                 call = (layer, args, kwargs, Ds, axes, leaves)
                 if layer.ghost:
-                    for group, (A, Dg) in enumerate(_attention._kron(*call)):
+                    for group, (A, Dg) in enumerate(_attention.kron(*call)):
                         ghost.setdefault((id(layer.module), group), []).append((A, Dg))
                     continue
-                grads = _attention._instantiate(*call, roots)
+                grads = _attention.instantiate(*call, roots)
             else:
                 D = Ds[0].movedim(axes["outputs"][0] + 1, 0)  # (n, O, ...)
                 x = args[0].movedim(axes["args"][0], 0)
                 if layer.ghost:
-                    terms = _kron(layer, x, D, dtype, roots)
+                    terms = kron(layer, x, D, dtype, roots)
                     for group, (A, Dg) in enumerate(terms):
                         ghost.setdefault((id(layer.module), group), []).append((A, Dg))
                     continue
-                grads = _instantiate(layer, x, D, dtype, roots)
+                grads = instantiate(layer, x, D, dtype, roots)
             for full, g in grads.items():
                 g = g.reshape(n, n_outputs, -1)
                 total = grads_by_name.get(full)
@@ -218,10 +220,10 @@ def _in_metric(term, A, D, metric, dtype):
     """One ghost term in its ``metric_form`` (an embedding's is scaled already)."""
     if term.metric_form == "ghost":
         return A, D
-    S = _kron_metric(term.layer, term.group, metric).to(device=D.device, dtype=dtype)
+    S = kron_metric(term.layer, term.group, metric).to(device=D.device, dtype=dtype)
     if term.metric_form == "pairwise":
         return A, D, S
-    return _instantiate_term(A, D, S.sqrt())
+    return instantiate_term(A, D, S.sqrt())
 
 
 def _replicated_signals(out, tensors, axes):
