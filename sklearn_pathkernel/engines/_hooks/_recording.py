@@ -122,7 +122,6 @@ def build_state(engine, parameters, X, metric=None):
     ``"forms"`` says which, per term (None without a metric).
     """
     plan = engine.plan
-    module = engine.module
     copies = plan.n_outputs if plan.signals == "replicated" else 1
     recorder = _Recorder(plan.layers, copies)
     # functional_call swaps the module's parameters in place for the call:
@@ -131,66 +130,25 @@ def build_state(engine, parameters, X, metric=None):
         leaves, out, outputs, signals = _record(engine, parameters, X, recorder)
     n = X.shape[0]
     n_outputs = out.shape[1]
-    by_call = {}
+    by_call = {}  # (id(module), call) -> the signals of its outputs
     for (layer, k, _, _), D in zip(outputs, signals):
         by_call.setdefault((id(layer.module), k), []).append(D)
-
-    dtype = out.dtype
     roots = None
     if metric is not None:
         roots = {
-            full: metric[full].to(device=out.device, dtype=dtype).sqrt()
+            full: metric[full].to(device=out.device, dtype=out.dtype).sqrt()
             for layer in plan.layers
             for full in layer.names.values()
         }
-    grads_by_name = {}  # full name -> (n, O, numel), summed over calls
-    ghost = {}
-    for layer in plan.layers:
-        calls = recorder.calls.get(id(layer.module), [])
-        for k, (args, kwargs, _) in enumerate(calls):
-            Ds = by_call[(id(layer.module), k)]
-            axes = layer.calls[k]
-            if layer.rule == "fallback":
-                with TORCH_FUNC_LOCK:
-                    grads = fallback_gradients(
-                        layer, args, kwargs, Ds, axes, leaves, module
-                    )
-                if roots is not None:
-                    grads = {full: g * roots[full] for full, g in grads.items()}
-            elif layer.rule == "attention":
-                call = (layer, args, kwargs, Ds, axes, leaves)
-                if layer.ghost:
-                    for group, (A, Dg) in enumerate(_attention.kron(*call)):
-                        ghost.setdefault((id(layer.module), group), []).append((A, Dg))
-                    continue
-                grads = _attention.instantiate(*call, roots)
-            else:
-                D = Ds[0].movedim(axes["outputs"][0] + 1, 0)  # (n, O, ...)
-                x = args[0].movedim(axes["args"][0], 0)
-                if layer.ghost:
-                    terms = kron(layer, x, D, dtype, roots)
-                    for group, (A, Dg) in enumerate(terms):
-                        ghost.setdefault((id(layer.module), group), []).append((A, Dg))
-                    continue
-                grads = instantiate(layer, x, D, dtype, roots)
-            for full, g in grads.items():
-                g = g.reshape(n, n_outputs, -1)
-                total = grads_by_name.get(full)
-                grads_by_name[full] = g if total is None else total + g
-    inst = _concatenate(plan, grads_by_name, out, n, n_outputs)
-    ghosts = []
-    for term in plan.ghosts:
-        parts = ghost[term.key]
-        A = parts[0][0] if len(parts) == 1 else torch.cat([a for a, _ in parts], 1)
-        D = parts[0][1] if len(parts) == 1 else torch.cat([d for _, d in parts], 1)
-        ghosts.append((A, D))
+    rows = (n, n_outputs)
+    grads, ghost = _apply_rules(
+        engine, recorder, by_call, leaves, roots, out.dtype, rows
+    )
+    inst = _concatenate(plan, grads, out, n, n_outputs)
+    ghosts = _ghost_terms(plan, ghost, metric, out.dtype)
     forms = None
     if metric is not None:
         forms = tuple(term.metric_form for term in plan.ghosts)
-        ghosts = [
-            _in_metric(term, A, D, metric, dtype)
-            for term, (A, D) in zip(plan.ghosts, ghosts)
-        ]
     return {
         "inst": inst,
         "ghost": ghosts,
@@ -198,6 +156,84 @@ def build_state(engine, parameters, X, metric=None):
         "n": n,
         "n_outputs": n_outputs,
     }
+
+
+def _apply_rules(engine, recorder, by_call, leaves, roots, dtype, rows):
+    """Every recorded call through its layer's rule.
+
+    Returns the instantiated gradients by full name, ``(n, O, numel)``
+    (``rows`` is ``(n, O)``) summed over calls, and the ghost terms'
+    ``(A, D)`` by ``(id(module), group)``, one per call.
+    """
+    n, n_outputs = rows
+    grads_by_name = {}
+    ghost = {}
+    for layer in engine.plan.layers:
+        calls = recorder.calls.get(id(layer.module), [])
+        for k, (args, kwargs, _) in enumerate(calls):
+            Ds = by_call[(id(layer.module), k)]
+            terms, grads = _call_rule(
+                layer,
+                args,
+                kwargs,
+                Ds,
+                layer.calls[k],
+                leaves,
+                engine.module,
+                dtype,
+                roots,
+            )
+            for group, (A, Dg) in enumerate(terms):
+                ghost.setdefault((id(layer.module), group), []).append((A, Dg))
+            for full, g in grads.items():
+                g = g.reshape(n, n_outputs, -1)
+                total = grads_by_name.get(full)
+                grads_by_name[full] = g if total is None else total + g
+    return grads_by_name, ghost
+
+
+def _call_rule(layer, args, kwargs, Ds, axes, leaves, module, dtype, roots):
+    """One call through its layer's rule: ``(ghost terms, gradients by name)``.
+
+    A ghost layer gives its ``(A, D)`` per group and no gradients; any other
+    its per-example gradients (``sqrt(S) * G`` with ``roots``) and no terms.
+    """
+    if layer.rule == "fallback":
+        with TORCH_FUNC_LOCK:
+            grads = fallback_gradients(layer, args, kwargs, Ds, axes, leaves, module)
+        if roots is not None:
+            grads = {full: g * roots[full] for full, g in grads.items()}
+        return [], grads
+    if layer.rule == "attention":
+        call = (layer, args, kwargs, Ds, axes, leaves)
+        if layer.ghost:
+            return _attention.kron(*call), {}
+        return [], _attention.instantiate(*call, roots)
+    D = Ds[0].movedim(axes["outputs"][0] + 1, 0)  # (n, O, ...)
+    x = args[0].movedim(axes["args"][0], 0)
+    if layer.ghost:
+        return kron(layer, x, D, dtype, roots), {}
+    return [], instantiate(layer, x, D, dtype, roots)
+
+
+def _ghost_terms(plan, ghost, metric, dtype):
+    """Each ghost term's calls concatenated along positions, in its form.
+
+    Without a ``metric`` every term is ``(A, D)``; in one, its
+    ``metric_form`` (:func:`_in_metric`).
+    """
+    ghosts = []
+    for term in plan.ghosts:
+        parts = ghost[term.key]
+        A = parts[0][0] if len(parts) == 1 else torch.cat([a for a, _ in parts], 1)
+        D = parts[0][1] if len(parts) == 1 else torch.cat([d for _, d in parts], 1)
+        ghosts.append((A, D))
+    if metric is None:
+        return ghosts
+    return [
+        _in_metric(term, A, D, metric, dtype)
+        for term, (A, D) in zip(plan.ghosts, ghosts)
+    ]
 
 
 def _concatenate(plan, grads, out, n, n_outputs):
