@@ -7,8 +7,6 @@ layer alone on its kept inputs, with the kept signals as cotangents; only
 that layer pays (docs/design.md, section 7.6).
 """
 
-import warnings
-
 from torch.func import functional_call, vjp, vmap
 
 from .._base import TORCH_FUNC_LOCK
@@ -58,9 +56,12 @@ def fallback_gradients(layer, args, kwargs, Ds, axes, leaves, root):
         {k: kwarg_axes[k] for k in kw_names},
         tuple(ax + 1 for ax in out_axes),
     )
-    with TORCH_FUNC_LOCK, warnings.catch_warnings():
-        # vmap over attention says it loops where it has no batching rule.
-        warnings.filterwarnings("ignore", "There is a performance drop")
+    # No warning filter: a layer whose operations lack a batching rule gets
+    # torch's "There is a performance drop" warning, as it would through the
+    # Jacobian engine, which "auto" picks for such a module; and
+    # warnings.catch_warnings() here, on a worker thread, would change the
+    # process-wide filters under other threads before Python 3.14.
+    with TORCH_FUNC_LOCK:
         grads = vmap(single, in_dims=in_dims)(
             row_args, {k: kwargs[k] for k in kw_names}, tuple(Ds)
         )

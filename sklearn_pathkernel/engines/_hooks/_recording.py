@@ -11,7 +11,6 @@ rules of ``_layer_rules.py`` (or ``_fallback.py``) then turn each call's
 """
 
 import threading
-import warnings
 
 import torch
 from torch.func import functional_call
@@ -308,11 +307,15 @@ def _signals(out, tensors):
         eye = torch.eye(n_outputs, dtype=out.dtype, device=out.device)
         seeds = eye[:, None, :].expand(n_outputs, out.shape[0], n_outputs)
         try:
-            with warnings.catch_warnings():  # attention has no batching rule
-                warnings.filterwarnings("ignore", "There is a performance drop")
-                grads = torch.autograd.grad(
-                    out, wanted, seeds, is_grads_batched=True, allow_unused=True
-                )
+            # Where an operation has no batching rule, the batched backward
+            # loops; torch says so ("There is a performance drop ...") only
+            # when its debug switch asks for it
+            # (torch._C._debug_only_display_vmap_fallback_warnings), so no
+            # filter here: warnings.catch_warnings() would change the
+            # process-wide filters from this worker thread before Python 3.14.
+            grads = torch.autograd.grad(
+                out, wanted, seeds, is_grads_batched=True, allow_unused=True
+            )
         except RuntimeError:  # an operation without a batching rule: one by one
             per_output = [
                 torch.autograd.grad(
