@@ -27,7 +27,11 @@ def test_signals_of_every_strategy_agree(case, signals, monkeypatch):
 
 
 class _BiasKV(torch.nn.Module):
-    """Attention with ``add_bias_kv``: the per-layer fallback vmaps it."""
+    """Attention with ``add_bias_kv``: the per-layer fallback vmaps its core.
+
+    Without the weights, scaled dot-product attention, which ``vmap`` loops
+    with torch's "performance drop" warning.
+    """
 
     def __init__(self):
         super().__init__()
@@ -37,7 +41,7 @@ class _BiasKV(torch.nn.Module):
         self.head = torch.nn.Linear(4, 2)
 
     def forward(self, x):
-        out, _ = self.attn(x, x, x)
+        out, _ = self.attn(x, x, x, need_weights=False)
         return self.head(out.mean(dim=1))
 
 
@@ -55,10 +59,10 @@ def test_concurrent_states_leave_every_thread_its_warnings(monkeypatch):
     The batched backward (a CNN's convolution backward has no batching rule:
     it loops) and the per-layer fallback (attention with ``add_bias_kv``)
     run on threads, as joblib's thread backend runs them, while a user's
-    thread turns its own warnings into errors and emits others: every one
-    of the user's warnings arrives, torch's "performance drop" warning does
-    not, the engine's threads never change the process-wide filters, and
-    the states are those of one thread alone.
+    thread emits warnings, some of them errors: every one of the user's
+    warnings arrives, torch's looped-attention warning does not, the
+    engine's threads never change the process-wide filters, and the states
+    are those of one thread alone.
     """
     cnn, cnn_params, X_cnn, _ = _setup("cnn")
     bias_kv, bias_kv_params, X_kv = _bias_kv_setup()
@@ -104,7 +108,7 @@ def test_concurrent_states_leave_every_thread_its_warnings(monkeypatch):
                 raised.append(i)
 
     with warnings.catch_warnings(record=True) as log:
-        warnings.simplefilter("always")
+        warnings.filterwarnings("always", "the user's warning")
         warnings.simplefilter("error", RuntimeWarning)
         threads = [threading.Thread(target=user_thread, name="user")] + [
             threading.Thread(target=engine_thread, args=(name,), name=name)

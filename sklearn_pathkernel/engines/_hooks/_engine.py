@@ -23,6 +23,7 @@ from torch import nn
 from ..._compute._blocking import TILE_ROWS
 from .._base import Engine
 from . import _ghost
+from ._fallback import quiet_looped_attention
 from ._ghost import contract_ghost, ghost_diagonal, ghost_sketch
 from ._metric import (
     contract_gradients,
@@ -97,6 +98,7 @@ class HookEngine(Engine):
         self.parameter_names = list(parameter_names)
         self.metric = bool(metric)
         self.plan = None
+        quiet_looped_attention()  # here, on the caller's thread
         if example is not None:
             self._make_plan(example)
 

@@ -7,10 +7,40 @@ layer alone on its kept inputs, with the kept signals as cotangents; only
 that layer pays (docs/design.md, section 7.6).
 """
 
+import warnings
+
 from torch.func import functional_call, vjp, vmap
 
 from .._base import TORCH_FUNC_LOCK
 from ._plan import output_tensors, parameter_at
+
+#: torch's note that ``vmap`` loops the attention core (scaled dot-product
+#: attention has no batching rule), which the fallback meets for every
+#: attention layer whose options have no rule (``add_bias_kv``,
+#: ``add_zero_attn``): known, harmless, and the price ``_attention.py``
+#: states for those options.
+LOOPED_ATTENTION = (
+    "There is a performance drop because we have not yet implemented the "
+    r"batching rule for aten::_scaled_dot_product_\w+"
+)
+
+
+def quiet_looped_attention():
+    """Ignore :data:`LOOPED_ATTENTION`, process-wide, unless already ignored.
+
+    Called on the caller's thread whenever a hooks engine is built (again,
+    should a ``warnings.catch_warnings()`` block have restored the filters
+    since), never on the workers that build states: before Python 3.14
+    ``warnings.catch_warnings()`` or ``filterwarnings`` there would change
+    the process-wide filters under every other thread, so one call could
+    drop or restore another thread's filters. Other warnings of the
+    fallback's ``vmap`` (operations of a user's layer without a batching
+    rule) reach the user, as they do through the Jacobian engine.
+    """
+    for action, message, *_ in warnings.filters:
+        if action == "ignore" and message and message.pattern == LOOPED_ATTENTION:
+            return
+    warnings.filterwarnings("ignore", LOOPED_ATTENTION, UserWarning)
 
 
 def fallback_gradients(layer, args, kwargs, Ds, axes, leaves, root):
@@ -56,11 +86,9 @@ def fallback_gradients(layer, args, kwargs, Ds, axes, leaves, root):
         {k: kwarg_axes[k] for k in kw_names},
         tuple(ax + 1 for ax in out_axes),
     )
-    # No warning filter: a layer whose operations lack a batching rule gets
-    # torch's "There is a performance drop" warning, as it would through the
-    # Jacobian engine, which "auto" picks for such a module; and
-    # warnings.catch_warnings() here, on a worker thread, would change the
-    # process-wide filters under other threads before Python 3.14.
+    # No warnings.catch_warnings() on this worker thread: the engine's
+    # constructor ignored the looped attention's warning once, on the
+    # caller's thread (quiet_looped_attention).
     with TORCH_FUNC_LOCK:
         grads = vmap(single, in_dims=in_dims)(
             row_args, {k: kwargs[k] for k in kw_names}, tuple(Ds)
