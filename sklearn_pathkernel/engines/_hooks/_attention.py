@@ -292,7 +292,7 @@ def kron(layer, args, kwargs, Ds, axes, leaves):
     """Ghost terms ``(A, D)`` of one call, one per trained group.
 
     ``A`` gets a ones column for a trained bias (alone, for a frozen
-    weight), as ``_layer_rules._augment`` does.
+    weight), as the rules of ``_rules.py`` do.
     """
     terms = []
     for group, A, D in _terms(layer, args, kwargs, Ds, axes, leaves):

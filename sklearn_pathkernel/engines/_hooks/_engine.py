@@ -2,12 +2,13 @@
 
 Forward hooks keep each parametrised layer's input and one backward pass,
 ``vmap``-ed over the ``O`` output seeds, gives its output signals for all
-outputs at once (``_hook_recording.py``); a rule per layer type turns them into that
-layer's share of the tangent kernel (``_layer_rules.py``, ``_fallback.py``),
-kept in ghost form or instantiated by a cost rule (``_ghost.py``), as a
-probe forward planned (``_hook_plan.py``). No per-example Jacobian of the
-whole network ever exists (docs/design.md, section 7.6). In a diagonal
-metric (the path of Adam) ghost terms take the forms of ``_metric.py``.
+outputs at once (``_recording.py``); a rule per layer type turns them into
+that layer's share of the tangent kernel (``_rules.py``, ``_attention.py``,
+``_fallback.py``), kept in ghost form or instantiated by a cost rule
+(``_ghost.py``), as a probe forward planned (``_plan.py``). No per-example
+Jacobian of the whole network ever exists (docs/design.md, section 7.6). In
+a diagonal metric (the path of Adam) ghost terms take the forms of
+``_metric.py``.
 
 FLOPs per checkpoint: ``2 n m`` times, per layer, the smaller of the ghost
 cost ``P Q (h_in + O h_out)`` and the instantiated ``O h_in h_out`` (the

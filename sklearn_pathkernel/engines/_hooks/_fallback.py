@@ -1,6 +1,6 @@
 """The layer-hook engine's fallback for a layer without a rule.
 
-Any parametrised module without a rule (``_layer_rules.py``,
+Any parametrised module without a rule (``_rules.py``,
 ``_attention.py``) gets per-example gradients of its own parameters by
 ``torch.func``: per-example vector-Jacobian products of that
 layer alone on its kept inputs, with the kept signals as cotangents; only

@@ -3,7 +3,7 @@
 A probe forward at two and three copies of an example row records which
 modules run and the shapes of their inputs and outputs; the axis whose size
 changes is each tensor's row axis. Every module owning trained parameters
-gets a rule (``_layer_rules.py``), and each Kronecker layer ghost or
+gets a rule (``_rules.py``), and each Kronecker layer ghost or
 instantiated form by the cost rule of ``_ghost.py`` (docs/design.md,
 section 7.6).
 """
@@ -17,7 +17,7 @@ from ..._model._network import check_rows_independent
 from . import _ghost, _metric
 from ._rules import kron_shapes, per_row, rule_of
 
-#: How the signals of ``O > 1`` outputs are taken (``_hook_recording``):
+#: How the signals of ``O > 1`` outputs are taken (``_recording.py``):
 #: ``"batched"``, one forward and a ``vmap`` of the backward over ``O``
 #: seeds; ``"replicated"``, one forward and backward over ``O`` copies of
 #: each row (the forward repeated: about 1.5x slower on the CPU).

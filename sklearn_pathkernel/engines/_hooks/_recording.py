@@ -4,9 +4,9 @@ Forward hooks keep each parametrised layer's input ``A`` (and its output
 ``Z``); a backward pass ``vmap``-ed over the ``O`` seeds ``e_o`` gives
 every layer's output gradient ``D = df_o/dZ`` for all outputs at once
 (rows are independent, so the gradient of the row-summed output with
-respect to ``Z`` holds every row's signals). The
-rules of ``_layer_rules.py`` (or ``_fallback.py``) then turn each call's
-``A`` and ``D`` into the state: ghost terms and instantiated gradients
+respect to ``Z`` holds every row's signals). The rules of ``_rules.py``
+(or ``_attention.py``, ``_fallback.py``) then turn each call's ``A`` and
+``D`` into the state: ghost terms and instantiated gradients
 (docs/design.md, section 7.6).
 """
 
