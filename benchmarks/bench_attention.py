@@ -10,7 +10,7 @@ traced path kernel, run in turns in one process, best of ``--repeats``
   (``engines/_attention.py``);
 - ``hooks, attention by fallback``: the same engine with attention sent to
   the per-layer ``torch.func`` fallback, as before that rule (the rule's
-  alternative, switched here by patching ``_attention._rule``);
+  alternative, switched here by patching ``_attention.rule_of``);
 - ``jacobian``: per-example Jacobians by ``torch.func``.
 
 Each run's seconds are split into the engine's ``state`` calls (per-example
@@ -71,7 +71,7 @@ class _Split:
             setattr(cls, name, original)
 
 
-_RULE = _attention._rule
+_RULE = _attention.rule_of
 
 
 def _fallback_rule(layer):
@@ -83,14 +83,14 @@ def run(module, trajectory, X, how, checkpoints, metric):
     """One kernel, its seconds and their split: (K, total, state, contract)."""
     engine = "jacobian" if how == "jacobian" else "hooks"
     if how == "fallback":
-        _attention._rule = _fallback_rule
+        _attention.rule_of = _fallback_rule
     try:
         with _Split() as split:
             start = time.perf_counter()
             K = bench_hooks.kernel(module, trajectory, X, engine, checkpoints, metric)
             total = time.perf_counter() - start
     finally:
-        _attention._rule = _RULE
+        _attention.rule_of = _RULE
     return K, total, split.seconds["state"], split.seconds["contract"]
 
 

@@ -29,9 +29,9 @@ import torch
 from sklearn_pathkernel._compute._blocking import grid
 from sklearn_pathkernel.engines import select_engine
 from sklearn_pathkernel.engines._hooks import _recording as recording
-from sklearn_pathkernel.engines._hooks._ghost import _contract_ghost
+from sklearn_pathkernel.engines._hooks._ghost import contract_ghost
 from sklearn_pathkernel.engines._hooks._plan import _probe
-from sklearn_pathkernel.engines._hooks._rules import _instantiate, _kron, _kron_shapes
+from sklearn_pathkernel.engines._hooks._rules import instantiate, kron, kron_shapes
 
 sys.path.insert(0, os.path.dirname(__file__))
 from bench_hooks import trained  # noqa: E402
@@ -52,7 +52,7 @@ def layer_costs(module, plan, example):
     probe = _probe(module, example, 2)  # the plan's shapes at two rows
     rows = []
     for layer in plan.layers:
-        terms = _kron_shapes(layer, probe[id(layer.module)], n_outputs)
+        terms = kron_shapes(layer, probe[id(layer.module)], n_outputs)
         for h_in, h_out, P, tokens in terms:
             ghost = P * P * ((1 if tokens else h_in) + n_outputs * h_out)
             inst = n_outputs * h_in * h_out
@@ -123,7 +123,7 @@ def main():
             axes = layer.calls[k]
             D = D.movedim(axes["outputs"][0] + 1, 0)
             x = recorder.calls[id(layer.module)][k][0][0].movedim(axes["args"][0], 0)
-            rule = _kron if layer.ghost else _instantiate
+            rule = kron if layer.ghost else instantiate
             ms[f"  rule {layer.prefix} ({'ghost' if layer.ghost else 'inst.'})"] = best(
                 lambda: rule(layer, x, D, out.dtype), args.repeats
             )
@@ -133,7 +133,7 @@ def main():
             ms["  instantiated product"] = best(lambda: Ga @ Gb.T, args.repeats)
         for term, ta, tb in zip(plan.ghosts, sa["ghost"], sb["ghost"]):
             ms[f"  ghost {term.layer.prefix}[{term.group}]"] = best(
-                lambda: _contract_ghost(term, ta, tb, "trace"), args.repeats
+                lambda: contract_ghost(term, ta, tb, "trace"), args.repeats
             )
         ja, jb = jacobian.state(params, Xa), jacobian.state(params, Xb)
         repeats = max(1, args.repeats // 3)

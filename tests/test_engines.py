@@ -262,6 +262,15 @@ def test_every_engine_implements_the_whole_interface(name):
         assert isinstance(defined, kind), method
 
 
+@pytest.mark.parametrize("name", sorted(ENGINES))
+def test_every_engine_is_built_and_picked_alike(name):
+    # select_engine builds every engine with the same arguments and asks
+    # only covers (a classmethod; supports unless overridden) when picking.
+    cls = ENGINES[name]
+    assert inspect.signature(cls.__init__) == inspect.signature(Engine.__init__)
+    assert isinstance(inspect.getattr_static(cls, "covers"), classmethod)
+
+
 def test_an_engine_missing_a_method_cannot_be_built():
     class Incomplete(Engine):
         name = "incomplete"

@@ -16,7 +16,7 @@ def test_embeddings_by_token_pairs_or_all_position_pairs(
     """In a metric too: the signals scaled by their tokens' rows stay ghost."""
     monkeypatch.setattr(_ghost, "SPARSE_TOKENS", sparse)
     monkeypatch.setattr(_ghost, "GHOST_SCRATCH", 64)  # several pieces of pairs
-    monkeypatch.setattr(_ghost, "_ghost_is_cheaper", lambda *args: True)
+    monkeypatch.setattr(_ghost, "ghost_is_cheaper", lambda *args: True)
     _check_kernels(case, metric=metric)
 
 
@@ -34,9 +34,9 @@ def test_token_matches_are_every_pair_of_equal_tokens():
 @pytest.mark.parametrize("h_in, h_out, outputs", [(3, 4, 1), (512, 512, 10)])
 def test_one_position_is_always_ghost(h_in, h_out, outputs):
     """``P = 1`` is the structured rule: ghost whatever the widths."""
-    assert _ghost._ghost_is_cheaper([(h_in, h_out, 1, False)], outputs)
+    assert _ghost.ghost_is_cheaper([(h_in, h_out, 1, False)], outputs)
 
 
 def test_many_positions_of_a_small_layer_are_instantiated():
     # A 3x3 convolution 8 -> 16 over 64 pixels: P^2 dwarfs h_in h_out.
-    assert not _ghost._ghost_is_cheaper([(73, 16, 64, False)], 10)
+    assert not _ghost.ghost_is_cheaper([(73, 16, 64, False)], 10)

@@ -19,14 +19,14 @@ from sklearn_pathkernel._kernels._path import weighted_kernel_sum
 from sklearn_pathkernel.engines import select_engine
 from sklearn_pathkernel.engines._hooks import _engine as _hooks
 from sklearn_pathkernel.engines._hooks import _ghost, _metric
-from sklearn_pathkernel.engines._hooks._metric import _pairwise_is_cheaper
+from sklearn_pathkernel.engines._hooks._metric import pairwise_is_cheaper
 
 
 def _force_metric(form, monkeypatch):
     """Each ghost term's form in a metric by the cost rule, or forced."""
     if form != "cost":
         forced = form == "pairwise"
-        monkeypatch.setattr(_metric, "_pairwise_is_cheaper", lambda *args: forced)
+        monkeypatch.setattr(_metric, "pairwise_is_cheaper", lambda *args: forced)
 
 
 # (plan form, metric form): the cost rules; every ghost term (P > 1 included)
@@ -163,9 +163,9 @@ def test_bytes_per_row_in_a_metric_counts_the_instantiated_terms(monkeypatch):
 
 
 def test_the_pairwise_form_wins_at_one_position_with_several_outputs():
-    assert _pairwise_is_cheaper(h_in=257, h_out=32, P=1, n_outputs=10)
-    assert not _pairwise_is_cheaper(h_in=10, h_out=8, P=1, n_outputs=1)
-    assert not _pairwise_is_cheaper(h_in=10, h_out=8, P=16, n_outputs=10)
+    assert pairwise_is_cheaper(h_in=257, h_out=32, P=1, n_outputs=10)
+    assert not pairwise_is_cheaper(h_in=10, h_out=8, P=1, n_outputs=1)
+    assert not pairwise_is_cheaper(h_in=10, h_out=8, P=16, n_outputs=10)
 
 
 def test_results_in_a_metric_are_bit_identical_across_budgets(monkeypatch):

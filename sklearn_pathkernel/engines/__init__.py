@@ -4,8 +4,9 @@ An engine turns a block of rows into a *state* at one point ``w`` of
 parameter space and contracts two states into that block's tangent kernel
 ``J_w(X) J_w(Y)^T``. The blocked loops never need to know what a state is:
 they call only the methods of :class:`Engine`. :data:`ENGINES` is the one
-dispatch table; ``"auto"`` takes the first engine in it that supports the
-module.
+dispatch table; ``"auto"`` takes the first engine in it that *covers* the
+module (:meth:`Engine.covers`: by default, that supports it) and, for a
+metric, supports one.
 
 Costs per checkpoint, for ``n`` rows against ``m``, ``O`` outputs and ``d``
 trainable parameters (an MLP with widths ``h_0, ..., h_L = O``):
@@ -43,13 +44,17 @@ Gaussian projection ``2 n m O d`` FLOPs and ``m O d`` random numbers;
 ``"ntk_vp"`` projects with ``O m`` Jacobian-vector products.
 
 To add an engine (docs/design.md, section 7): subclass :class:`Engine` in a
-module of its own, implement every method, and add it to :data:`ENGINES`
-(before the generic ones if ``"auto"`` should prefer it);
-``tests/test_engines.py`` checks it against the autograd reference.
+module of its own, with the constructor ``(module, parameter_names, *,
+example=None, metric=False)`` and every abstract method; override
+:meth:`Engine.covers` if ``"auto"`` should pick it for fewer modules than it
+supports; set ``supports_metric`` if :meth:`Engine.state` takes a metric.
+Then add it to :data:`ENGINES` (before the generic ones if ``"auto"`` should
+prefer it): ``select_engine`` needs no edit. ``tests/test_engines.py``
+checks it against the autograd reference.
 """
 
 from ._base import TORCH_FUNC_LOCK, Engine
-from ._hooks._engine import HookEngine
+from ._hooks import HookEngine
 from ._jacobian import JacobianEngine
 from ._ntk_vp import NTKVectorProductEngine
 from ._structured import StructuredEngine
@@ -80,12 +85,12 @@ def select_engine(engine, module, parameter_names, example=None, metric=False):
     Parameters
     ----------
     engine : {"auto", "structured", "hooks", "jacobian", "ntk_vp"}
-        "auto" picks the first engine in :data:`ENGINES` that supports the
-        module: the structured engine for Linear/elementwise
-        ``nn.Sequential`` networks, the layer-hook engine for modules whose
-        parametrised layers all have rules (Linear, Conv1d/2d, Embedding,
-        LayerNorm, GroupNorm, BatchNorm, MultiheadAttention), the generic
-        Jacobian engine otherwise.
+        "auto" picks the first engine in :data:`ENGINES` that covers the
+        module (and, for a metric, supports one): the structured engine for
+        Linear/elementwise ``nn.Sequential`` networks, the layer-hook engine
+        for modules whose parametrised layers all have rules (Linear,
+        Conv1d/2d, Embedding, LayerNorm, GroupNorm, BatchNorm,
+        MultiheadAttention), the generic Jacobian engine otherwise.
     module : torch.nn.Module
     parameter_names : iterable of str
         The parameters the kernel is taken with respect to.
@@ -96,7 +101,8 @@ def select_engine(engine, module, parameter_names, example=None, metric=False):
     metric : bool, default=False
         Whether states will be taken in a metric (the path of a
         preconditioned solver such as Adam): "auto" then picks among the
-        engines that support one.
+        engines that support one; engines whose memory per row depends on
+        it (the hooks engine) are told.
 
     Returns
     -------
@@ -118,13 +124,10 @@ def select_engine(engine, module, parameter_names, example=None, metric=False):
     'jacobian'
     """
     if engine == "auto":
-        # An engine may support more than it should be picked for (the hooks
-        # engine runs any module, but is preferred only where rules cover it).
         engine = next(
             name
             for name, cls in ENGINES.items()
-            if getattr(cls, "covers", cls.supports)(module)
-            and (cls.supports_metric or not metric)
+            if cls.covers(module) and (cls.supports_metric or not metric)
         )
     if engine not in ENGINES:
         raise ValueError(
@@ -145,6 +148,4 @@ def select_engine(engine, module, parameter_names, example=None, metric=False):
             + repr(next(n for n, c in ENGINES.items() if c.supports_metric))
             + "."
         )
-    if cls is HookEngine:
-        return cls(module, list(parameter_names), example=example, metric=metric)
-    return cls(module, list(parameter_names))
+    return cls(module, list(parameter_names), example=example, metric=metric)

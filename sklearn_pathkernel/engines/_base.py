@@ -18,12 +18,14 @@ TORCH_FUNC_LOCK = threading.RLock()
 class Engine(ABC):
     """Turns blocks of rows into states at one point ``w``, and contracts them.
 
-    The blocked loops (``_path.py``, ``_decompose.py``, ``_features.py``)
-    call exactly these methods and nothing else, so an engine is free to
-    choose what a *state* is: per-layer inputs and output signals,
-    per-example Jacobians, or the rows themselves. Every method is
-    abstract: a new engine that forgets one fails when it is built, not
-    half-way through a kernel.
+    The blocked loops (``_kernels/_path.py``, ``_explain/_decompose.py``,
+    ``_kernels/_features.py``) call exactly these methods and nothing else,
+    so an engine is free to choose what a *state* is: per-layer inputs and
+    output signals, per-example Jacobians, or the rows themselves. Every
+    method they call is abstract: a new engine that forgets one fails when
+    it is built, not half-way through a kernel. ``select_engine`` asks only
+    :meth:`covers`, :meth:`supports` and :attr:`supports_metric`, and builds
+    every engine with the same arguments.
 
     Parameters
     ----------
@@ -32,6 +34,12 @@ class Engine(ABC):
     parameter_names : list of str
         The trainable parameters the kernel is taken with respect to; the
         others are held fixed.
+    example : torch.Tensor, default=None
+        Some rows of the input, for an engine that learns the shapes of the
+        work from a probe forward (the hooks engine); others ignore it.
+    metric : bool, default=False
+        Whether states will be taken in a metric (the path of Adam), for an
+        engine whose :meth:`bytes_per_row` depends on it; others ignore it.
 
     Examples
     --------
@@ -58,10 +66,31 @@ class Engine(ABC):
     #: Whether :meth:`state` takes a ``metric`` (a preconditioned path, Adam).
     supports_metric: bool = False
 
+    def __init__(self, module, parameter_names, *, example=None, metric=False):
+        """Bind the engine to ``module`` and its trained ``parameter_names``.
+
+        Every engine's constructor has exactly this signature, so
+        ``select_engine`` builds each one alike; an engine that learns
+        nothing from a probe or keeps no metric flag ignores ``example`` and
+        ``metric``.
+        """
+        self.module = module
+
     @classmethod
     @abstractmethod
     def supports(cls, module):
         """Whether the engine computes exact kernels for ``module``."""
+
+    @classmethod
+    def covers(cls, module):
+        """Whether ``engine="auto"`` may pick the engine for ``module``.
+
+        The same as :meth:`supports` unless an engine runs more modules
+        than it should be preferred for (the hooks engine runs any module,
+        but is picked only where its layer rules cover every parametrised
+        layer).
+        """
+        return cls.supports(module)
 
     @abstractmethod
     def bytes_per_row(self, n_outputs, itemsize):
@@ -136,9 +165,9 @@ class Engine(ABC):
         ``T_piece(x)`` contracted with column ``r`` of every factor,
         multilinear in the factors. With independent ``N(0, 1)`` factors,
         each column has mean zero and ``E[s_r(x) s_r(y)] = <T(x), T(y)>``,
-        this piece's share of the traced tangent kernel: ``_features.py``
-        turns that into unbiased random features (docs/design.md, section
-        6). ``state`` is the state of the rows ``X``.
+        this piece's share of the traced tangent kernel:
+        ``_kernels/_features.py`` turns that into unbiased random features
+        (docs/design.md, section 6). ``state`` is the state of the rows ``X``.
         """
 
 

@@ -34,7 +34,7 @@ class JacobianEngine(Engine):
     name = "jacobian"
     supports_metric = True
 
-    def __init__(self, module, parameter_names):
+    def __init__(self, module, parameter_names, *, example=None, metric=False):
         self.module = module
         self.n_parameters = count_parameters(module, parameter_names)
 

@@ -44,7 +44,7 @@ class NTKVectorProductEngine(Engine):
     name = "ntk_vp"
     supports_metric = True
 
-    def __init__(self, module, parameter_names):
+    def __init__(self, module, parameter_names, *, example=None, metric=False):
         self.module = module
         self.n_parameters = count_parameters(module, parameter_names)
         # Columns (or, for the diagonal, rows) pushed through at once: bounds

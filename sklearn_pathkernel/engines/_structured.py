@@ -88,7 +88,7 @@ class StructuredEngine(Engine):
         "an nn.Sequential of nn.Linear layers, elementwise activations and dropout"
     )
 
-    def __init__(self, module, parameter_names):
+    def __init__(self, module, parameter_names, *, example=None, metric=False):
         self.module = module
         names = set(parameter_names)
         self.layers = []  # (index, trains weight, trains bias) per Linear

@@ -43,7 +43,7 @@ _DEFAULTS = {"need_weights": True, "average_attn_weights": True}
 _INPUTS = ("query", "key", "value")
 
 
-def _rule(layer):
+def rule_of(layer):
     """``"attention"``; ``"fallback"`` for the options this rule leaves out.
 
     ``add_bias_kv`` and ``add_zero_attn`` append key and value positions
@@ -132,7 +132,7 @@ class _Whole:
         self.names = None
 
 
-def _kron_shapes(layer, calls):
+def kron_shapes(layer, calls):
     """``(h_in, h_out, P, False)`` per group, checking each call's options."""
     mod = layer.module
     groups = _groups(layer)
@@ -288,11 +288,11 @@ def _core_signals(mod, projections, inputs, padding, attn_mask, D_out, dW):
     )
 
 
-def _kron(layer, args, kwargs, Ds, axes, leaves):
+def kron(layer, args, kwargs, Ds, axes, leaves):
     """Ghost terms ``(A, D)`` of one call, one per trained group.
 
     ``A`` gets a ones column for a trained bias (alone, for a frozen
-    weight), as ``_layer_rules._augment`` does.
+    weight), as the rules of ``_rules.py`` do.
     """
     terms = []
     for group, A, D in _terms(layer, args, kwargs, Ds, axes, leaves):
@@ -303,7 +303,7 @@ def _kron(layer, args, kwargs, Ds, axes, leaves):
     return terms
 
 
-def _instantiate(layer, args, kwargs, Ds, axes, leaves, roots=None):
+def instantiate(layer, args, kwargs, Ds, axes, leaves, roots=None):
     """Per-example gradients ``(n, O, *shape)`` of one call, by full name.
 
     A packed in-projection's are its query, key and value rows stacked;
@@ -326,7 +326,7 @@ def _instantiate(layer, args, kwargs, Ds, axes, leaves, roots=None):
     return grads
 
 
-def _kron_metric(layer, index, metric):
+def kron_metric(layer, index, metric):
     """Group ``index``'s metric in its ``(E, h_in [+ 1])`` layout."""
     group = _groups(layer)[index]
     parts = []

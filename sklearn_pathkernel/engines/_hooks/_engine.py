@@ -2,12 +2,13 @@
 
 Forward hooks keep each parametrised layer's input and one backward pass,
 ``vmap``-ed over the ``O`` output seeds, gives its output signals for all
-outputs at once (``_hook_recording.py``); a rule per layer type turns them into that
-layer's share of the tangent kernel (``_layer_rules.py``, ``_fallback.py``),
-kept in ghost form or instantiated by a cost rule (``_ghost.py``), as a
-probe forward planned (``_hook_plan.py``). No per-example Jacobian of the
-whole network ever exists (docs/design.md, section 7.6). In a diagonal
-metric (the path of Adam) ghost terms take the forms of ``_metric.py``.
+outputs at once (``_recording.py``); a rule per layer type turns them into
+that layer's share of the tangent kernel (``_rules.py``, ``_attention.py``,
+``_fallback.py``), kept in ghost form or instantiated by a cost rule
+(``_ghost.py``), as a probe forward planned (``_plan.py``). No per-example
+Jacobian of the whole network ever exists (docs/design.md, section 7.6). In
+a diagonal metric (the path of Adam) ghost terms take the forms of
+``_metric.py``.
 
 FLOPs per checkpoint: ``2 n m`` times, per layer, the smaller of the ghost
 cost ``P Q (h_in + O h_out)`` and the instantiated ``O h_in h_out`` (the
@@ -23,17 +24,18 @@ from torch import nn
 from ..._compute._blocking import TILE_ROWS
 from .._base import Engine
 from . import _ghost
-from ._ghost import _contract_ghost, _ghost_diagonal, _ghost_sketch
+from ._fallback import quiet_looped_attention
+from ._ghost import contract_ghost, ghost_diagonal, ghost_sketch
 from ._metric import (
-    _contract_gradients,
-    _contract_pairwise,
-    _gradient_sketch,
-    _pairwise_diagonal,
-    _pairwise_sketch,
+    contract_gradients,
+    contract_pairwise,
+    gradient_sketch,
+    pairwise_diagonal,
+    pairwise_sketch,
 )
-from ._plan import _check_rows_independent, _own_parameters, _Plan
-from ._recording import _build_state
-from ._rules import _RULES
+from ._plan import Plan, check_rows_deterministic, own_parameters
+from ._recording import build_state
+from ._rules import RULES
 
 #: Rows of an instantiated ``vec G`` or of a ghost layer's ``vec D`` per
 #: sketch piece, as in the structured engine.
@@ -92,11 +94,12 @@ class HookEngine(Engine):
         "Embedding, LayerNorm, GroupNorm, BatchNorm or MultiheadAttention"
     )
 
-    def __init__(self, module, parameter_names, example=None, metric=False):
+    def __init__(self, module, parameter_names, *, example=None, metric=False):
         self.module = module
         self.parameter_names = list(parameter_names)
         self.metric = bool(metric)
         self.plan = None
+        quiet_looped_attention()  # here, on the caller's thread
         if example is not None:
             self._make_plan(example)
 
@@ -113,7 +116,7 @@ class HookEngine(Engine):
         unusual layer still runs exactly with ``engine="hooks"`` (that
         layer through the per-layer fallback).
         """
-        owners = [m for m in module.modules() if _own_parameters(m)]
+        owners = [m for m in module.modules() if own_parameters(m)]
         if not owners:
             return False
         inside_attention = {
@@ -124,7 +127,7 @@ class HookEngine(Engine):
             if sub is not m
         }
         return all(
-            isinstance(m, (*_RULES, nn.MultiheadAttention)) or id(m) in inside_attention
+            isinstance(m, (*RULES, nn.MultiheadAttention)) or id(m) in inside_attention
             for m in owners
         )
 
@@ -132,8 +135,8 @@ class HookEngine(Engine):
 
     def _make_plan(self, example):
         """Probe the module: which layers run, their rules, axes and sizes."""
-        _check_rows_independent(self.module)
-        self.plan = _Plan(self.module, self.parameter_names, example)
+        check_rows_deterministic(self.module)
+        self.plan = Plan(self.module, self.parameter_names, example)
 
     def _require_plan(self, what):
         if self.plan is None:
@@ -160,10 +163,10 @@ class HookEngine(Engine):
         """
         if self.plan is None:
             self._make_plan(X[:1])
-        _check_rows_independent(self.module)
+        check_rows_deterministic(self.module)
         if metric is not None:
             self.metric = True
-        return _build_state(self, parameters, X, metric)
+        return build_state(self, parameters, X, metric)
 
     def static(self, X, Y):
         return None
@@ -178,16 +181,16 @@ class HookEngine(Engine):
         G_x, G_y = state_x["inst"], state_y["inst"]
         total = None
         if G_x is not None:
-            total = _contract_gradients(G_x, G_y, mode, vectors)
+            total = contract_gradients(G_x, G_y, mode, vectors)
         for term, form, tx, ty in zip(
             self.plan.ghosts, _forms(state_x), state_x["ghost"], state_y["ghost"]
         ):
             if form == "ghost":
-                part = _contract_ghost(term, tx, ty, mode, vectors)
+                part = contract_ghost(term, tx, ty, mode, vectors)
             elif form == "pairwise":
-                part = _contract_pairwise(tx, ty, mode, vectors)
+                part = contract_pairwise(tx, ty, mode, vectors)
             else:  # sqrt(S) * G: (n, O, h_out, h_in)
-                part = _contract_gradients(tx.flatten(2), ty.flatten(2), mode, vectors)
+                part = contract_gradients(tx.flatten(2), ty.flatten(2), mode, vectors)
             total = part if total is None else total.add_(part)
         return total
 
@@ -201,9 +204,9 @@ class HookEngine(Engine):
         total = (G * G).sum(dim=(1, 2)) if G is not None else None
         for term, form, t in zip(self.plan.ghosts, _forms(state), state["ghost"]):
             if form == "ghost":
-                part = _ghost_diagonal(term, *t)
+                part = ghost_diagonal(term, *t)
             elif form == "pairwise":
-                part = _pairwise_diagonal(*t)
+                part = pairwise_diagonal(*t)
             else:
                 part = (t * t).sum(dim=(1, 2, 3))
             total = part if total is None else total + part
@@ -231,10 +234,10 @@ class HookEngine(Engine):
         term, form = self.plan.ghosts[index], _forms(state)[index]
         t = state["ghost"][index]
         if form == "ghost":
-            return _ghost_sketch(term, *t, start, stop, factors)
+            return ghost_sketch(term, *t, start, stop, factors)
         if form == "pairwise":
-            return _pairwise_sketch(*t, start, stop, factors)
-        return _gradient_sketch(t.flatten(1, 2)[:, start:stop], factors)
+            return pairwise_sketch(*t, start, stop, factors)
+        return gradient_sketch(t.flatten(1, 2)[:, start:stop], factors)
 
     def _pieces(self, n_outputs):
         plan = self._require_plan("sketch_shapes")

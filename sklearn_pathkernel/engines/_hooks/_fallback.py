@@ -1,6 +1,6 @@
 """The layer-hook engine's fallback for a layer without a rule.
 
-Any parametrised module without a rule (``_layer_rules.py``,
+Any parametrised module without a rule (``_rules.py``,
 ``_attention.py``) gets per-example gradients of its own parameters by
 ``torch.func``: per-example vector-Jacobian products of that
 layer alone on its kept inputs, with the kept signals as cotangents; only
@@ -12,10 +12,38 @@ import warnings
 from torch.func import functional_call, vjp, vmap
 
 from .._base import TORCH_FUNC_LOCK
-from ._plan import _parameter, _tensors
+from ._plan import output_tensors, parameter_at
+
+#: torch's note that ``vmap`` loops the attention core (scaled dot-product
+#: attention has no batching rule), which the fallback meets for every
+#: attention layer whose options have no rule (``add_bias_kv``,
+#: ``add_zero_attn``): known, harmless, and the price ``_attention.py``
+#: states for those options.
+LOOPED_ATTENTION = (
+    "There is a performance drop because we have not yet implemented the "
+    r"batching rule for aten::_scaled_dot_product_\w+"
+)
 
 
-def _fallback(layer, args, kwargs, Ds, axes, leaves, root):
+def quiet_looped_attention():
+    """Ignore :data:`LOOPED_ATTENTION`, process-wide, unless already ignored.
+
+    Called on the caller's thread whenever a hooks engine is built (again,
+    should a ``warnings.catch_warnings()`` block have restored the filters
+    since), never on the workers that build states: before Python 3.14
+    ``warnings.catch_warnings()`` or ``filterwarnings`` there would change
+    the process-wide filters under every other thread, so one call could
+    drop or restore another thread's filters. Other warnings of the
+    fallback's ``vmap`` (operations of a user's layer without a batching
+    rule) reach the user, as they do through the Jacobian engine.
+    """
+    for action, message, *_ in warnings.filters:
+        if action == "ignore" and message and message.pattern == LOOPED_ATTENTION:
+            return
+    warnings.filterwarnings("ignore", LOOPED_ATTENTION, UserWarning)
+
+
+def fallback_gradients(layer, args, kwargs, Ds, axes, leaves, root):
     """Per-example gradients of one layer's parameters by ``torch.func``.
 
     ``vmap`` over rows of a vector-Jacobian product of that layer alone, at
@@ -25,7 +53,7 @@ def _fallback(layer, args, kwargs, Ds, axes, leaves, root):
     """
     mod = layer.module
     params = {
-        local: leaves[full].detach() if full in leaves else _parameter(mod, local)
+        local: leaves[full].detach() if full in leaves else parameter_at(mod, local)
         for local, full in layer.names.items()
     }
     arg_axes, kwarg_axes = axes["args"], axes["kwargs"]
@@ -44,7 +72,9 @@ def _fallback(layer, args, kwargs, Ds, axes, leaves, root):
             call_kwargs = dict(kw_fixed)
             for k, v in row_kwargs.items():
                 call_kwargs[k] = v.unsqueeze(kwarg_axes[k])
-            outputs = _tensors(functional_call(mod, p, tuple(call_args), call_kwargs))
+            outputs = output_tensors(
+                functional_call(mod, p, tuple(call_args), call_kwargs)
+            )
             return tuple(t.squeeze(ax) for t, ax in zip(outputs, out_axes))
 
         _, pullback = vjp(f, params)
@@ -56,9 +86,10 @@ def _fallback(layer, args, kwargs, Ds, axes, leaves, root):
         {k: kwarg_axes[k] for k in kw_names},
         tuple(ax + 1 for ax in out_axes),
     )
-    with TORCH_FUNC_LOCK, warnings.catch_warnings():
-        # vmap over attention says it loops where it has no batching rule.
-        warnings.filterwarnings("ignore", "There is a performance drop")
+    # No warnings.catch_warnings() on this worker thread: the engine's
+    # constructor ignored the looped attention's warning once, on the
+    # caller's thread (quiet_looped_attention).
+    with TORCH_FUNC_LOCK:
         grads = vmap(single, in_dims=in_dims)(
             row_args, {k: kwargs[k] for k in kw_names}, tuple(Ds)
         )

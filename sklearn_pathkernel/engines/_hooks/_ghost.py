@@ -22,7 +22,7 @@ GHOST_SCRATCH = 2**21
 SPARSE_TOKENS = 8
 
 
-def _ghost_is_cheaper(terms, n_outputs):
+def ghost_is_cheaper(terms, n_outputs):
     """``P^2 (h_in + O h_out) < O h_in h_out (1 + 2 P / T)`` over the groups.
 
     For token inputs the input Gram is one comparison per pair of
@@ -55,7 +55,7 @@ def _input_gram(term, A_x, A_y):
     return (A_x.reshape(n * P, -1) @ A_y.reshape(m * Q, -1).T).view(n, P, m, Q)
 
 
-def _contract_ghost(term, tx, ty, mode, vectors=None):
+def contract_ghost(term, tx, ty, mode, vectors=None):
     """One ghost term between two blocks, in row sub-blocks of fixed size."""
     (A_x, D_x), (A_y, D_y) = tx, ty
     n, P, n_outputs, _ = D_x.shape
@@ -148,7 +148,7 @@ def _sparse_tokens(pairs, D_x, D_y, m, mode):
     return result.view(n, m, *extra[mode])
 
 
-def _ghost_diagonal(term, A, D):
+def ghost_diagonal(term, A, D):
     """``sum_o |G_o|^2`` per row of one ghost term, by per-row position Grams."""
     n, P = D.shape[0], D.shape[1]
     step = max(1, GHOST_SCRATCH // max(1, P * P))
@@ -161,7 +161,7 @@ def _ghost_diagonal(term, A, D):
     return torch.cat(parts)
 
 
-def _ghost_sketch(term, A, D, start, stop, factors):
+def ghost_sketch(term, A, D, start, stop, factors):
     """Rows ``start:stop`` of ``vec D`` of one ghost term, Kronecker-sketched.
 
     ``sum_p (u . vec d_p) (v . a_p)`` (``v[token]`` for an embedding): (n, m).

@@ -14,7 +14,7 @@ metric (docs/design.md, section 7.6):
   ``G_o = sum_p d_{o,p} a_p^T``, or kept in *pairwise* form: per pair of
   rows and of positions ``U = sum_o d_{o,p} * d'_{o,q}`` (``h_out``),
   ``V = a_p * a'_q`` (``h_in``), and the term is ``U^T S V``, by the cost
-  rule :func:`_pairwise_is_cheaper`.
+  rule :func:`pairwise_is_cheaper`.
 
 Pairwise products go in row sub-blocks of at most
 ``_ghost.GHOST_SCRATCH`` numbers, sizes set by the shapes alone, as ghost
@@ -27,14 +27,14 @@ from ..._compute._blocking import TILE_ROWS
 from . import _ghost
 
 
-def _pairwise_is_cheaper(h_in, h_out, P, n_outputs):
+def pairwise_is_cheaper(h_in, h_out, P, n_outputs):
     """``P^2 (h_in h_out + O h_out) < O h_in h_out (1 + 2 P / T)``.
 
     Per pair of rows (traced), the pairwise form costs ``P^2`` position
     pairs of ``h_in h_out`` (``S V``, by one matrix product over a block)
     and ``O h_out`` (``U``); the instantiated one ``O h_in h_out``, plus
     building ``G`` amortised over a tile of ``T`` rows (as in
-    ``_ghost._ghost_is_cheaper``). With ``P = 1`` and ``O > 1`` pairwise
+    ``_ghost.ghost_is_cheaper``). With ``P = 1`` and ``O > 1`` pairwise
     wins by about ``O``.
     """
     pairwise = P * P * (h_in * h_out + n_outputs * h_out)
@@ -42,12 +42,12 @@ def _pairwise_is_cheaper(h_in, h_out, P, n_outputs):
     return pairwise < instantiated
 
 
-def _instantiate_term(A, D, root):
+def instantiate_term(A, D, root):
     """``sqrt(S) * G``, ``G_o = sum_p d_{o,p} a_p^T``: (n, O, h_out, h_in)."""
     return torch.einsum("npoh,npa->noha", D, A).mul_(root)
 
 
-def _contract_gradients(G_x, G_y, mode, vectors=None):
+def contract_gradients(G_x, G_y, mode, vectors=None):
     """Gram of per-example gradients ``(n, O, k)``: traced, full or applied."""
     if mode == "trace":
         return G_x.flatten(1) @ G_y.flatten(1).T
@@ -57,7 +57,7 @@ def _contract_gradients(G_x, G_y, mode, vectors=None):
     return torch.einsum("iak,jk->ija", G_x, folded)
 
 
-def _contract_pairwise(tx, ty, mode, vectors=None):
+def contract_pairwise(tx, ty, mode, vectors=None):
     """``sum_{p,q} U^T S V`` between two blocks, in row sub-blocks of fixed size.
 
     ``W[h, (i,p), (j,q)] = sum_a a_{i,p,a} S[h, a] a'_{j,q,a}`` is one matrix
@@ -104,7 +104,7 @@ def _contract_pairwise(tx, ty, mode, vectors=None):
     return result
 
 
-def _pairwise_diagonal(A, D, S):
+def pairwise_diagonal(A, D, S):
     """``sum_{p,q} U^T S V`` of each row with itself: (n,)."""
     n, P, _, h = D.shape
     h_in = A.shape[-1]
@@ -118,13 +118,13 @@ def _pairwise_diagonal(A, D, S):
     return torch.cat(parts)
 
 
-def _gradient_sketch(G, factors):
+def gradient_sketch(G, factors):
     """Rows of ``sqrt(S) * G`` as ``(n, r, h_in)``, Kronecker-sketched: (n, m)."""
     U, V = factors
     return ((G @ V) * U).sum(dim=1)
 
 
-def _pairwise_sketch(A, D, S, start, stop, factors):
+def pairwise_sketch(A, D, S, start, stop, factors):
     """Rows ``start:stop`` of ``vec D`` of a pairwise term, sketched: (n, m).
 
     The scaled gradient is instantiated for those rows only (``(o, h)`` with
@@ -133,4 +133,4 @@ def _pairwise_sketch(A, D, S, start, stop, factors):
     h = D.shape[-1]
     rows = torch.arange(start, stop, device=D.device) % h
     G = torch.einsum("ipr,ipa->ira", D.flatten(2)[:, :, start:stop], A)
-    return _gradient_sketch(G.mul_(S.sqrt()[rows]), factors)
+    return gradient_sketch(G.mul_(S.sqrt()[rows]), factors)

@@ -3,7 +3,7 @@
 A probe forward at two and three copies of an example row records which
 modules run and the shapes of their inputs and outputs; the axis whose size
 changes is each tensor's row axis. Every module owning trained parameters
-gets a rule (``_layer_rules.py``), and each Kronecker layer ghost or
+gets a rule (``_rules.py``), and each Kronecker layer ghost or
 instantiated form by the cost rule of ``_ghost.py`` (docs/design.md,
 section 7.6).
 """
@@ -15,16 +15,16 @@ from torch import nn
 
 from ..._model._network import check_rows_independent
 from . import _ghost, _metric
-from ._rules import _kron_shapes, _per_row, _rule
+from ._rules import kron_shapes, per_row, rule_of
 
-#: How the signals of ``O > 1`` outputs are taken (``_hook_recording``):
+#: How the signals of ``O > 1`` outputs are taken (``_recording.py``):
 #: ``"batched"``, one forward and a ``vmap`` of the backward over ``O``
 #: seeds; ``"replicated"``, one forward and backward over ``O`` copies of
 #: each row (the forward repeated: about 1.5x slower on the CPU).
 SIGNALS = "batched"
 
 
-def _own_parameters(module):
+def own_parameters(module):
     return dict(module.named_parameters(recurse=False))
 
 
@@ -54,100 +54,71 @@ class _Layer:
         self.calls = []  # per call: batch axes of (args, kwargs, outputs)
 
 
-class _Plan:
+class Plan:
     """What the probe forward learns about a module and its trained parameters."""
 
     def __init__(self, module, parameter_names, example):
         trained = set(parameter_names)
-        canonical = {}  # id(parameter) -> its name in named_parameters()
-        for name, p in module.named_parameters():
-            canonical[id(p)] = name
-        uses = {}  # canonical name -> owning modules
-        for mod_name, mod in module.named_modules(remove_duplicate=False):
-            for local, p in _own_parameters(mod).items():
-                full = canonical[id(p)]
-                if full in trained:
-                    uses.setdefault(full, set()).add(id(mod))
-        self.tied = {full for full, owners in uses.items() if len(owners) > 1}
-
+        # id(parameter) -> its name in named_parameters()
+        canonical = {id(p): name for name, p in module.named_parameters()}
+        self.tied = _tied_parameters(module, canonical, trained)
         # Which modules run, with the shapes of their inputs and outputs at
         # two batch sizes: the axis that changes is the row axis.
         records = [_probe(module, example, rows) for rows in (2, 3)]
-        called = records[0]
-        prefixes = {id(m): name for name, m in module.named_modules()}
-        modules = {id(m): m for m in module.modules()}
-        parents = {}
-        for name, m in module.named_modules():
-            for child in m.children():
-                parents.setdefault(id(child), id(m))
-
-        layers = {}
-        for mod_id, mod in modules.items():
-            names = {
-                local: canonical[id(p)]
-                for local, p in _own_parameters(mod).items()
-                if canonical[id(p)] in trained
-            }
-            if not names:
-                continue
-            owner = mod_id
-            while owner not in called and owner in parents:
-                owner = parents[owner]  # out_proj inside attention: its caller
-            if owner not in called:
-                raise ValueError(
-                    f"The hooks engine found no call of the layer owning "
-                    f"{sorted(names.values())}: its parameters cannot be reached."
-                )
-            if owner != mod_id:
-                rel = prefixes[mod_id][len(prefixes[owner]) :].lstrip(".")
-                names = {f"{rel}.{k}": v for k, v in names.items()}
-            layer = layers.get(owner)
-            if layer is None:
-                layer = layers[owner] = _Layer(
-                    modules[owner], prefixes[owner], {}, None
-                )
-            layer.names.update(names)
-        for layer in layers.values():
-            layer.rule = _rule(layer)
-
+        layers = _trained_layers(module, canonical, trained, called=records[0])
         outputs = records[0][id(module)][0]["outputs"]
         self.n_outputs = int(math.prod(outputs[0][1:])) if outputs else 1
         self.layers = []
         self.ghosts = []
-        inst_sizes = {}
+        inst_sizes = {}  # full name -> numel, of every instantiated parameter
         numbers = activations = metric_numbers = 0
         for mod_id, layer in layers.items():
-            calls2, calls3 = records[0][mod_id], records[1][mod_id]
-            layer.calls = [_axes(a, b, layer) for a, b in zip(calls2, calls3)]
-            if any(None in axes["outputs"] for axes in layer.calls):
-                # Its output serves every row at once (a positional table):
-                # the row-summed gradient would mix the rows' signals.
-                raise ValueError(
-                    f"The layer {layer.prefix!r} gives an output without a row "
-                    "axis (shared by all rows), so the hooks engine cannot "
-                    "separate the rows' gradients; use engine='jacobian', or "
-                    "apply the layer to inputs with a row axis."
-                )
-            activations += sum(
-                _row_numbers(c, axes) for c, axes in zip(calls2, layer.calls)
+            counts = self._add_layer(
+                layer, records[0][mod_id], records[1][mod_id], inst_sizes
             )
-            self.layers.append(layer)
-            terms = _kron_shapes(layer, calls2, self.n_outputs)
-            tied = any(full in self.tied for full in layer.names.values())
-            if terms and not tied and _ghost._ghost_is_cheaper(terms, self.n_outputs):
-                layer.ghost = True
-                for group, (h_in, h_out, P, tokens) in enumerate(terms):
-                    form = _metric_form(h_in, h_out, P, tokens, self.n_outputs)
-                    self.ghosts.append(
-                        _Ghost(layer, group, h_in, h_out, tokens, P, form)
-                    )
-                    # Token inputs are kept as ids: one number a position.
-                    numbers += P * ((1 if tokens else h_in) + self.n_outputs * h_out)
-                    if form == "instantiated":
-                        metric_numbers += self.n_outputs * h_in * h_out
-            else:
-                for local, full in layer.names.items():
-                    inst_sizes[full] = _parameter(layer.module, local).numel()
+            activations += counts[0]
+            numbers += counts[1]
+            metric_numbers += counts[2]
+        self._count_numbers(numbers, activations, metric_numbers, inst_sizes)
+
+    def _add_layer(self, layer, calls2, calls3, inst_sizes):
+        """Row axes of a layer's calls, then its form: ghost terms or instantiated.
+
+        Returns the layer's numbers per row: of its calls' inputs and
+        outputs, of its ghost terms, and of their gradients instantiated in
+        a metric.
+        """
+        layer.calls = [_axes(a, b, layer) for a, b in zip(calls2, calls3)]
+        if any(None in axes["outputs"] for axes in layer.calls):
+            # Its output serves every row at once (a positional table):
+            # the row-summed gradient would mix the rows' signals.
+            raise ValueError(
+                f"The layer {layer.prefix!r} gives an output without a row "
+                "axis (shared by all rows), so the hooks engine cannot "
+                "separate the rows' gradients; use engine='jacobian', or "
+                "apply the layer to inputs with a row axis."
+            )
+        activations = sum(_row_numbers(c, axes) for c, axes in zip(calls2, layer.calls))
+        self.layers.append(layer)
+        numbers = metric_numbers = 0
+        terms = kron_shapes(layer, calls2, self.n_outputs)
+        tied = any(full in self.tied for full in layer.names.values())
+        if terms and not tied and _ghost.ghost_is_cheaper(terms, self.n_outputs):
+            layer.ghost = True
+            for group, (h_in, h_out, P, tokens) in enumerate(terms):
+                form = _metric_form(h_in, h_out, P, tokens, self.n_outputs)
+                self.ghosts.append(_Ghost(layer, group, h_in, h_out, tokens, P, form))
+                # Token inputs are kept as ids: one number a position.
+                numbers += P * ((1 if tokens else h_in) + self.n_outputs * h_out)
+                if form == "instantiated":
+                    metric_numbers += self.n_outputs * h_in * h_out
+        else:
+            for local, full in layer.names.items():
+                inst_sizes[full] = parameter_at(layer.module, local).numel()
+        return activations, numbers, metric_numbers
+
+    def _count_numbers(self, numbers, activations, metric_numbers, inst_sizes):
+        """The instantiated columns' layout and the numbers a row's state takes."""
         # With several outputs the signals of all O are alive at once (and,
         # replicated, the forward activations are O times as many) while a
         # state is built: counted alike for every strategy, so the tile
@@ -167,16 +138,70 @@ class _Plan:
         self.metric_numbers_per_row = self.numbers_per_row + metric_numbers
 
 
+def _tied_parameters(module, canonical, trained):
+    """The trained parameters that more than one module owns (tied weights)."""
+    uses = {}  # canonical name -> owning modules
+    for _, mod in module.named_modules(remove_duplicate=False):
+        for p in own_parameters(mod).values():
+            full = canonical[id(p)]
+            if full in trained:
+                uses.setdefault(full, set()).add(id(mod))
+    return {full for full, owners in uses.items() if len(owners) > 1}
+
+
+def _trained_layers(module, canonical, trained, called):
+    """The hooked layers by module id, each with its trained parameters and rule.
+
+    A module owning trained parameters is hooked itself if the probe saw it
+    called (``called``, by module id), else through its nearest called
+    ancestor (attention's ``out_proj``, applied functionally by its caller),
+    its parameters then named relative to that ancestor.
+    """
+    prefixes = {id(m): name for name, m in module.named_modules()}
+    modules = {id(m): m for m in module.modules()}
+    parents = {}
+    for m in module.modules():
+        for child in m.children():
+            parents.setdefault(id(child), id(m))
+    layers = {}
+    for mod_id, mod in modules.items():
+        names = {
+            local: canonical[id(p)]
+            for local, p in own_parameters(mod).items()
+            if canonical[id(p)] in trained
+        }
+        if not names:
+            continue
+        owner = mod_id
+        while owner not in called and owner in parents:
+            owner = parents[owner]  # out_proj inside attention: its caller
+        if owner not in called:
+            raise ValueError(
+                f"The hooks engine found no call of the layer owning "
+                f"{sorted(names.values())}: its parameters cannot be reached."
+            )
+        if owner != mod_id:
+            rel = prefixes[mod_id][len(prefixes[owner]) :].lstrip(".")
+            names = {f"{rel}.{k}": v for k, v in names.items()}
+        layer = layers.get(owner)
+        if layer is None:
+            layer = layers[owner] = _Layer(modules[owner], prefixes[owner], {}, None)
+        layer.names.update(names)
+    for layer in layers.values():
+        layer.rule = rule_of(layer)
+    return layers
+
+
 def _metric_form(h_in, h_out, P, tokens, n_outputs):
-    """A ghost term's form in a metric (``_metric._pairwise_is_cheaper``)."""
+    """A ghost term's form in a metric (``_metric.pairwise_is_cheaper``)."""
     if tokens:
         return "ghost"
-    if _metric._pairwise_is_cheaper(h_in, h_out, P, n_outputs):
+    if _metric.pairwise_is_cheaper(h_in, h_out, P, n_outputs):
         return "pairwise"
     return "instantiated"
 
 
-def _parameter(module, local):
+def parameter_at(module, local):
     owner = module
     *path, leaf = local.split(".")
     for part in path:
@@ -184,7 +209,7 @@ def _parameter(module, local):
     return getattr(owner, leaf)
 
 
-def _check_rows_independent(module):
+def check_rows_deterministic(module):
     """Refuse layers whose outputs mix rows (batch statistics) or are random."""
     check_rows_independent(module)  # BatchNorm on batch statistics
     for prefix, sub in module.named_modules():
@@ -209,7 +234,7 @@ def _probe(module, example, rows):
             {
                 "args": [_shape(a) for a in args],
                 "kwargs": {k: _shape(v) for k, v in kwargs.items()},
-                "outputs": [tuple(t.shape) for t in _tensors(output)],
+                "outputs": [tuple(t.shape) for t in output_tensors(output)],
             }
         )
 
@@ -229,7 +254,7 @@ def _shape(value):
     return tuple(value.shape) if isinstance(value, torch.Tensor) else None
 
 
-def _tensors(output):
+def output_tensors(output):
     if isinstance(output, torch.Tensor):
         return [output]
     if isinstance(output, (tuple, list)):
@@ -269,6 +294,6 @@ def _axes(call2, call3, layer):
 
 def _row_numbers(call, axes):
     """Numbers per row of a call's inputs and outputs (kept while building)."""
-    return sum(_per_row(s, a) for s, a in zip(call["args"], axes["args"])) + sum(
-        _per_row(s, a) for s, a in zip(call["outputs"], axes["outputs"])
+    return sum(per_row(s, a) for s, a in zip(call["args"], axes["args"])) + sum(
+        per_row(s, a) for s, a in zip(call["outputs"], axes["outputs"])
     )

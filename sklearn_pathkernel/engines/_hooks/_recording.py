@@ -4,24 +4,23 @@ Forward hooks keep each parametrised layer's input ``A`` (and its output
 ``Z``); a backward pass ``vmap``-ed over the ``O`` seeds ``e_o`` gives
 every layer's output gradient ``D = df_o/dZ`` for all outputs at once
 (rows are independent, so the gradient of the row-summed output with
-respect to ``Z`` holds every row's signals). The
-rules of ``_layer_rules.py`` (or ``_fallback.py``) then turn each call's
-``A`` and ``D`` into the state: ghost terms and instantiated gradients
+respect to ``Z`` holds every row's signals). The rules of ``_rules.py``
+(or ``_attention.py``, ``_fallback.py``) then turn each call's ``A`` and
+``D`` into the state: ghost terms and instantiated gradients
 (docs/design.md, section 7.6).
 """
 
 import threading
-import warnings
 
 import torch
 from torch.func import functional_call
 
 from .._base import TORCH_FUNC_LOCK
 from . import _attention
-from ._fallback import _fallback
-from ._metric import _instantiate_term
-from ._plan import _parameter, _tensors
-from ._rules import _instantiate, _kron, _kron_metric
+from ._fallback import fallback_gradients
+from ._metric import instantiate_term
+from ._plan import output_tensors, parameter_at
+from ._rules import instantiate, kron, kron_metric
 
 
 class _Recorder:
@@ -59,7 +58,7 @@ class _Recorder:
         kept_kwargs = {
             k: self._keep(v, axes["kwargs"].get(k)) for k, v in kwargs.items()
         }
-        calls.append((kept_args, kept_kwargs, _tensors(output)))
+        calls.append((kept_args, kept_kwargs, output_tensors(output)))
         # Downstream gets a clone, so in-place operations there leave the
         # output we differentiate by untouched.
         if isinstance(output, torch.Tensor):
@@ -88,7 +87,7 @@ def _record(engine, parameters, X, recorder):
             leaves = {
                 name: parameters[name].detach().requires_grad_(True)
                 if name in parameters
-                else _parameter(module, name).detach().requires_grad_(True)
+                else parameter_at(module, name).detach().requires_grad_(True)
                 for name in engine.parameter_names
             }
             rows = X.repeat_interleave(copies, dim=0) if copies > 1 else X
@@ -112,7 +111,7 @@ def _record(engine, parameters, X, recorder):
     return leaves, out, outputs, signals
 
 
-def _build_state(engine, parameters, X, metric=None):
+def build_state(engine, parameters, X, metric=None):
     """The rows' state: instantiated gradients ``(n, O, k)`` and ghost terms.
 
     With a ``metric`` (name -> positive tensor) every instantiated gradient
@@ -122,7 +121,6 @@ def _build_state(engine, parameters, X, metric=None):
     ``"forms"`` says which, per term (None without a metric).
     """
     plan = engine.plan
-    module = engine.module
     copies = plan.n_outputs if plan.signals == "replicated" else 1
     recorder = _Recorder(plan.layers, copies)
     # functional_call swaps the module's parameters in place for the call:
@@ -131,64 +129,25 @@ def _build_state(engine, parameters, X, metric=None):
         leaves, out, outputs, signals = _record(engine, parameters, X, recorder)
     n = X.shape[0]
     n_outputs = out.shape[1]
-    by_call = {}
+    by_call = {}  # (id(module), call) -> the signals of its outputs
     for (layer, k, _, _), D in zip(outputs, signals):
         by_call.setdefault((id(layer.module), k), []).append(D)
-
-    dtype = out.dtype
     roots = None
     if metric is not None:
         roots = {
-            full: metric[full].to(device=out.device, dtype=dtype).sqrt()
+            full: metric[full].to(device=out.device, dtype=out.dtype).sqrt()
             for layer in plan.layers
             for full in layer.names.values()
         }
-    grads_by_name = {}  # full name -> (n, O, numel), summed over calls
-    ghost = {}
-    for layer in plan.layers:
-        calls = recorder.calls.get(id(layer.module), [])
-        for k, (args, kwargs, _) in enumerate(calls):
-            Ds = by_call[(id(layer.module), k)]
-            axes = layer.calls[k]
-            if layer.rule == "fallback":
-                with TORCH_FUNC_LOCK:
-                    grads = _fallback(layer, args, kwargs, Ds, axes, leaves, module)
-                if roots is not None:
-                    grads = {full: g * roots[full] for full, g in grads.items()}
-            elif layer.rule == "attention":
-                call = (layer, args, kwargs, Ds, axes, leaves)
-                if layer.ghost:
-                    for group, (A, Dg) in enumerate(_attention._kron(*call)):
-                        ghost.setdefault((id(layer.module), group), []).append((A, Dg))
-                    continue
-                grads = _attention._instantiate(*call, roots)
-            else:
-                D = Ds[0].movedim(axes["outputs"][0] + 1, 0)  # (n, O, ...)
-                x = args[0].movedim(axes["args"][0], 0)
-                if layer.ghost:
-                    terms = _kron(layer, x, D, dtype, roots)
-                    for group, (A, Dg) in enumerate(terms):
-                        ghost.setdefault((id(layer.module), group), []).append((A, Dg))
-                    continue
-                grads = _instantiate(layer, x, D, dtype, roots)
-            for full, g in grads.items():
-                g = g.reshape(n, n_outputs, -1)
-                total = grads_by_name.get(full)
-                grads_by_name[full] = g if total is None else total + g
-    inst = _concatenate(plan, grads_by_name, out, n, n_outputs)
-    ghosts = []
-    for term in plan.ghosts:
-        parts = ghost[term.key]
-        A = parts[0][0] if len(parts) == 1 else torch.cat([a for a, _ in parts], 1)
-        D = parts[0][1] if len(parts) == 1 else torch.cat([d for _, d in parts], 1)
-        ghosts.append((A, D))
+    rows = (n, n_outputs)
+    grads, ghost = _apply_rules(
+        engine, recorder, by_call, leaves, roots, out.dtype, rows
+    )
+    inst = _concatenate(plan, grads, out, n, n_outputs)
+    ghosts = _ghost_terms(plan, ghost, metric, out.dtype)
     forms = None
     if metric is not None:
         forms = tuple(term.metric_form for term in plan.ghosts)
-        ghosts = [
-            _in_metric(term, A, D, metric, dtype)
-            for term, (A, D) in zip(plan.ghosts, ghosts)
-        ]
     return {
         "inst": inst,
         "ghost": ghosts,
@@ -196,6 +155,84 @@ def _build_state(engine, parameters, X, metric=None):
         "n": n,
         "n_outputs": n_outputs,
     }
+
+
+def _apply_rules(engine, recorder, by_call, leaves, roots, dtype, rows):
+    """Every recorded call through its layer's rule.
+
+    Returns the instantiated gradients by full name, ``(n, O, numel)``
+    (``rows`` is ``(n, O)``) summed over calls, and the ghost terms'
+    ``(A, D)`` by ``(id(module), group)``, one per call.
+    """
+    n, n_outputs = rows
+    grads_by_name = {}
+    ghost = {}
+    for layer in engine.plan.layers:
+        calls = recorder.calls.get(id(layer.module), [])
+        for k, (args, kwargs, _) in enumerate(calls):
+            Ds = by_call[(id(layer.module), k)]
+            terms, grads = _call_rule(
+                layer,
+                args,
+                kwargs,
+                Ds,
+                layer.calls[k],
+                leaves,
+                engine.module,
+                dtype,
+                roots,
+            )
+            for group, (A, Dg) in enumerate(terms):
+                ghost.setdefault((id(layer.module), group), []).append((A, Dg))
+            for full, g in grads.items():
+                g = g.reshape(n, n_outputs, -1)
+                total = grads_by_name.get(full)
+                grads_by_name[full] = g if total is None else total + g
+    return grads_by_name, ghost
+
+
+def _call_rule(layer, args, kwargs, Ds, axes, leaves, module, dtype, roots):
+    """One call through its layer's rule: ``(ghost terms, gradients by name)``.
+
+    A ghost layer gives its ``(A, D)`` per group and no gradients; any other
+    its per-example gradients (``sqrt(S) * G`` with ``roots``) and no terms.
+    """
+    if layer.rule == "fallback":
+        with TORCH_FUNC_LOCK:
+            grads = fallback_gradients(layer, args, kwargs, Ds, axes, leaves, module)
+        if roots is not None:
+            grads = {full: g * roots[full] for full, g in grads.items()}
+        return [], grads
+    if layer.rule == "attention":
+        call = (layer, args, kwargs, Ds, axes, leaves)
+        if layer.ghost:
+            return _attention.kron(*call), {}
+        return [], _attention.instantiate(*call, roots)
+    D = Ds[0].movedim(axes["outputs"][0] + 1, 0)  # (n, O, ...)
+    x = args[0].movedim(axes["args"][0], 0)
+    if layer.ghost:
+        return kron(layer, x, D, dtype, roots), {}
+    return [], instantiate(layer, x, D, dtype, roots)
+
+
+def _ghost_terms(plan, ghost, metric, dtype):
+    """Each ghost term's calls concatenated along positions, in its form.
+
+    Without a ``metric`` every term is ``(A, D)``; in one, its
+    ``metric_form`` (:func:`_in_metric`).
+    """
+    ghosts = []
+    for term in plan.ghosts:
+        parts = ghost[term.key]
+        A = parts[0][0] if len(parts) == 1 else torch.cat([a for a, _ in parts], 1)
+        D = parts[0][1] if len(parts) == 1 else torch.cat([d for _, d in parts], 1)
+        ghosts.append((A, D))
+    if metric is None:
+        return ghosts
+    return [
+        _in_metric(term, A, D, metric, dtype)
+        for term, (A, D) in zip(plan.ghosts, ghosts)
+    ]
 
 
 def _concatenate(plan, grads, out, n, n_outputs):
@@ -218,10 +255,10 @@ def _in_metric(term, A, D, metric, dtype):
     """One ghost term in its ``metric_form`` (an embedding's is scaled already)."""
     if term.metric_form == "ghost":
         return A, D
-    S = _kron_metric(term.layer, term.group, metric).to(device=D.device, dtype=dtype)
+    S = kron_metric(term.layer, term.group, metric).to(device=D.device, dtype=dtype)
     if term.metric_form == "pairwise":
         return A, D, S
-    return _instantiate_term(A, D, S.sqrt())
+    return instantiate_term(A, D, S.sqrt())
 
 
 def _replicated_signals(out, tensors, axes):
@@ -270,11 +307,15 @@ def _signals(out, tensors):
         eye = torch.eye(n_outputs, dtype=out.dtype, device=out.device)
         seeds = eye[:, None, :].expand(n_outputs, out.shape[0], n_outputs)
         try:
-            with warnings.catch_warnings():  # attention has no batching rule
-                warnings.filterwarnings("ignore", "There is a performance drop")
-                grads = torch.autograd.grad(
-                    out, wanted, seeds, is_grads_batched=True, allow_unused=True
-                )
+            # Where an operation has no batching rule, the batched backward
+            # loops; torch says so ("There is a performance drop ...") only
+            # when its debug switch asks for it
+            # (torch._C._debug_only_display_vmap_fallback_warnings), so no
+            # filter here: warnings.catch_warnings() would change the
+            # process-wide filters from this worker thread before Python 3.14.
+            grads = torch.autograd.grad(
+                out, wanted, seeds, is_grads_batched=True, allow_unused=True
+            )
         except RuntimeError:  # an operation without a batching rule: one by one
             per_output = [
                 torch.autograd.grad(

@@ -6,8 +6,8 @@ forms (docs/design.md, section 7.6):
 
 - ``Linear`` at ``P`` positions, ``Conv1d``/``Conv2d`` unfolded to ``P``
   output pixels (per group), ``Embedding`` (its input is one-hot): the
-  Kronecker terms ``(A, D)`` of :func:`_kron` (ghost form, contracted in
-  ``_ghost.py``), or :func:`_instantiate`'s ``G_o = sum_p d_{o,p} a_p^T``;
+  Kronecker terms ``(A, D)`` of :func:`kron` (ghost form, contracted in
+  ``_ghost.py``), or :func:`instantiate`'s ``G_o = sum_p d_{o,p} a_p^T``;
 - ``LayerNorm``, ``GroupNorm``, eval-mode ``BatchNorm``: always
   instantiated, ``sum_p d_p * xhat_p`` (weight) and ``sum_p d_p`` (bias).
 
@@ -24,15 +24,15 @@ from torch import nn
 from . import _attention
 
 _NORMS = (nn.LayerNorm, nn.GroupNorm, nn.modules.batchnorm._BatchNorm)
-_RULES = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Embedding, *_NORMS)
+RULES = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Embedding, *_NORMS)
 _RULE_PARAMETERS = {"weight", "bias"}
 
 
-def _rule(layer):
+def rule_of(layer):
     mod = layer.module
     if isinstance(mod, nn.MultiheadAttention):
-        return _attention._rule(layer)
-    if isinstance(mod, _RULES) and set(layer.names) <= _RULE_PARAMETERS:
+        return _attention.rule_of(layer)
+    if isinstance(mod, RULES) and set(layer.names) <= _RULE_PARAMETERS:
         if isinstance(mod, nn.Embedding):
             if mod.max_norm is not None or mod.scale_grad_by_freq:
                 raise ValueError(
@@ -49,22 +49,22 @@ def _rule(layer):
     return "fallback"
 
 
-def _per_row(shape, axis):
+def per_row(shape, axis):
     if shape is None or axis is None:
         return 0
     return math.prod(shape) // shape[axis]
 
 
-def _kron_shapes(layer, calls, n_outputs):
+def kron_shapes(layer, calls, n_outputs):
     """``(h_in, h_out, P, tokens)`` per group of a Kronecker layer, or []."""
     mod, names = layer.module, layer.names
     trains_w, trains_b = "weight" in names, "bias" in names
     if layer.rule == "attention":
-        return _attention._kron_shapes(layer, calls)
+        return _attention.kron_shapes(layer, calls)
     if layer.rule == "linear":
         h_in = (mod.in_features if trains_w else 0) + trains_b
         P = sum(
-            _per_row(c["args"][0], a["args"][0]) // mod.in_features
+            per_row(c["args"][0], a["args"][0]) // mod.in_features
             for c, a in zip(calls, layer.calls)
         )
         return [(h_in, mod.out_features, P, False)] if h_in else []
@@ -73,14 +73,12 @@ def _kron_shapes(layer, calls, n_outputs):
         k = math.prod(mod.kernel_size) * mod.in_channels // groups
         h_in = (k if trains_w else 0) + trains_b
         P = sum(
-            _per_row(c["outputs"][0], a["outputs"][0]) // mod.out_channels
+            per_row(c["outputs"][0], a["outputs"][0]) // mod.out_channels
             for c, a in zip(calls, layer.calls)
         )
         return [(h_in, mod.out_channels // groups, P, False)] * groups if h_in else []
     if layer.rule == "embedding":
-        P = sum(
-            _per_row(c["args"][0], a["args"][0]) for c, a in zip(calls, layer.calls)
-        )
+        P = sum(per_row(c["args"][0], a["args"][0]) for c, a in zip(calls, layer.calls))
         return [(mod.num_embeddings, mod.embedding_dim, P, True)]
     return []
 
@@ -181,7 +179,7 @@ def _embedding_signals(layer, x, D, dtype, roots):
     return tokens, Dp
 
 
-def _kron(layer, x, D, dtype, roots=None):
+def kron(layer, x, D, dtype, roots=None):
     """Ghost terms ``(A, D)`` of one call, one per group.
 
     ``roots`` (a metric's ``sqrt`` by name) scales an embedding's signals
@@ -207,7 +205,7 @@ def _kron(layer, x, D, dtype, roots=None):
     ]
 
 
-def _instantiate(layer, x, D, dtype, roots=None):
+def instantiate(layer, x, D, dtype, roots=None):
     """Per-example gradients of one call, in each parameter's own layout.
 
     With ``roots`` (a metric's ``sqrt`` by name), ``sqrt(S) * G``: an
@@ -284,7 +282,7 @@ def _norm_gradients(layer, x, D):
     return grads
 
 
-def _kron_metric(layer, group, metric):
+def kron_metric(layer, group, metric):
     """A Kronecker term's metric in its ``(h_out, h_in [+ 1])`` layout.
 
     The weight's rows (a convolution's: this group's output channels) in
@@ -292,7 +290,7 @@ def _kron_metric(layer, group, metric):
     """
     mod, names = layer.module, layer.names
     if layer.rule == "attention":
-        return _attention._kron_metric(layer, group, metric)
+        return _attention.kron_metric(layer, group, metric)
     rows = slice(None)
     if layer.rule == "conv":
         c_out = mod.out_channels // mod.groups
