@@ -75,6 +75,7 @@ from torch import nn
 
 from ._base import BasePathKernelEstimator
 from ._estimators import PathKernelClassifier, PathKernelRegressor
+from ._kernel_approximation import PathKernelFeatures, PathKernelNystroem
 from ._model._network import (
     ACTIVATIONS,
     adapt_input,
@@ -83,7 +84,6 @@ from ._model._network import (
     trainable_parameters,
 )
 from ._model._validation import resolve_device
-from ._kernel_approximation import PathKernelFeatures, PathKernelNystroem
 from ._training._trajectory import Trajectory
 from ._transformers import PathKernelTransformer
 from .exceptions import InconsistentVersionWarning

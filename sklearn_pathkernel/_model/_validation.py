@@ -92,8 +92,8 @@ def check_kernel_input(X, *, name, n_features=None, like_name="X"):
     float array or tensor with the right number of columns. Images and
     sequences come as tensors of shape ``(n, *input_shape)``, which
     ``kernel_rows`` (``_kernels/_rows.py``) takes before this check, or
-    flattened for a module that restores their shape (an estimator's ``module_`` does when it was
-    fitted with ``input_shape``).
+    flattened for a module that restores their shape (an estimator's
+    ``module_`` does when it was fitted with ``input_shape``).
     """
     shape = getattr(X, "shape", None)
     if shape is not None and len(shape) > 2:
