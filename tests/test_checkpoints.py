@@ -37,7 +37,7 @@ def test_disk_store_is_a_memmap_removed_with_the_store(tmp_path):
     store.append(_rows(1)[0])
     path = store.path
     assert os.path.dirname(path) == str(tmp_path)
-    assert isinstance(store._map, np.memmap) and not store._rows
+    assert isinstance(store._file._data, np.memmap) and not store._rows
     del store
     gc.collect()
     assert not os.path.exists(path)

@@ -874,7 +874,7 @@ def test_recording_to_disk_is_bit_identical_and_a_memmap(tmp_path):
         trajectory_dir=tmp_path,
         generator=torch.Generator().manual_seed(1),
     ).trajectory
-    assert disk.on_disk and isinstance(disk._checkpoints._map, np.memmap)
+    assert disk.on_disk and isinstance(disk._checkpoints._file._data, np.memmap)
     assert not disk._checkpoints._rows  # nothing kept in memory
     assert len(disk) == len(memory) == 12
     for k in range(12):

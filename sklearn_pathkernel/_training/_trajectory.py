@@ -7,7 +7,7 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
-from ._checkpoints import CheckpointStore
+from ._checkpoints import CheckpointStore, RecordStore
 from ._quadrature import check_rule, node_count, node_weights, select_nodes
 from ._solvers import Solver, backward_sums, effective_step_sizes
 
@@ -71,12 +71,15 @@ class Trajectory:
     step, stored like the checkpoints); the kernel at node ``s`` is then
     taken in the metric ``Ptilde_s / p_s`` (:meth:`kernel_metric_at`).
 
-    Checkpoints are one flat CPU vector each, in memory or, with
-    ``directory`` (or past 1 GiB), in a memory-mapped file: memory is
+    Checkpoints are one flat CPU vector each, and the per-step records one
+    row ``(index, weight, derivatives)`` per batch row: in memory or, with
+    ``directory`` (or past 1 GiB, and the records once the parameters have
+    moved), in memory-mapped files. That is
     ``(len(trajectory) + 1) * n_parameters * itemsize`` bytes for the
     parameters, plus ``n_steps * batch_size * (n_outputs + 2)`` numbers for the
-    per-step records. For example the default MLP (one hidden layer of 100) on
-    30 features, trained full batch for 200 steps in float32, keeps
+    per-step records; on disk only 16 bytes a step (its size, where its rows
+    end) stay in memory. For example the default MLP (one hidden layer of
+    100) on 30 features, trained full batch for 200 steps in float32, keeps
     201 * 3201 * 4 bytes = 2.6 MB of parameters.
 
     Trajectories are built by the estimators' ``fit``; users read them.
@@ -100,7 +103,8 @@ class Trajectory:
         or None for every checkpoint. Ignored by "adaptive", whose nodes
         training chose.
     directory : str, os.PathLike or None, default=None
-        Keep the checkpoints in a memory-mapped file there.
+        Keep the checkpoints and the per-step records in memory-mapped
+        files there (created when missing; ValueError when it is a file).
 
     Attributes
     ----------
@@ -157,7 +161,7 @@ class Trajectory:
         self._metrics = {}  # step -> Ptilde_s / p_s, flat: built on demand
         self._checkpoint_steps = []
         self._adaptive_steps = None  # nodes training chose, for "adaptive"
-        self._steps = []
+        self._steps = RecordStore(directory)
         self._final = None
 
     # -- recording (used by training) -------------------------------------
@@ -180,6 +184,8 @@ class Trajectory:
             self._checkpoint_steps.append(len(self._steps))
         if preconditioner is not None:
             self._preconditioners.append(_to_cpu(preconditioner))
+        if self._checkpoints.on_disk:
+            self._steps.to_disk()  # the records follow the parameters there
         self._steps.append(step)
         self._metrics.clear()
 
@@ -195,7 +201,7 @@ class Trajectory:
 
     def _truncate(self, n_steps):
         """Forget steps ``n_steps`` and later (used after a divergence)."""
-        del self._steps[n_steps:]
+        self._steps.truncate(n_steps)
         if self._preconditioners is not None:
             self._preconditioners.truncate(n_steps)
         self._metrics.clear()
@@ -209,8 +215,8 @@ class Trajectory:
     def __getstate__(self):
         # Thousands of small tensors pickle one by one, slowly: pack the
         # checkpoints into one matrix and every step's records into three.
-        # The parameters are embedded even when they live in a file: that
-        # file is scratch, removed with the trajectory.
+        # Parameters and records are embedded even when they live in files:
+        # those are scratch, removed with the trajectory.
         state = self.__dict__.copy()
         steps = state.pop("_steps")
         checkpoints = state.pop("_checkpoints")
@@ -222,20 +228,13 @@ class Trajectory:
         )
         state["_packed_checkpoints"] = checkpoints.matrix()
         state["_directory"] = checkpoints.directory if checkpoints.on_disk else None
-        state["_packed_steps"] = (
-            [s.step_size for s in steps],
-            [len(s.batch) for s in steps],
-            *(
-                torch.cat([getattr(s, field) for s in steps]) if steps else None
-                for field in ("batch", "batch_weights", "output_gradients")
-            ),
-        )
+        state["_packed_steps"] = steps.packed()
         return state
 
     def __setstate__(self, state):
         packed = state.pop("_packed_checkpoints")
         directory = state.pop("_directory", None)
-        sizes, lengths, batches, weights, gradients = state.pop("_packed_steps")
+        packed_steps = state.pop("_packed_steps")
         preconditioners = state.pop("_packed_preconditioners", None)
         # Paths saved before solvers existed were plain sgd with an alpha.
         alpha = state.pop("alpha", 0.0)
@@ -262,19 +261,11 @@ class Trajectory:
             self._preconditioners = CheckpointStore(self._checkpoints.directory)
             for row in [] if preconditioners is None else preconditioners.unbind(0):
                 self._preconditioners.append(row)
-        self._steps = (
-            [
-                Step(size, *parts)
-                for size, *parts in zip(
-                    sizes,
-                    batches.split(lengths),
-                    weights.split(lengths),
-                    gradients.split(lengths),
-                )
-            ]
-            if sizes
-            else []
-        )
+        self._steps = RecordStore(self._checkpoints.directory)
+        if self._checkpoints.on_disk:
+            self._steps.to_disk()
+        if packed_steps[0]:
+            self._steps.extend(*packed_steps)
 
     # -- reading ----------------------------------------------------------
     def __len__(self):
@@ -304,7 +295,7 @@ class Trajectory:
     @property
     def step_sizes(self):
         """``eps_t`` for every step, float64 array of shape (n_steps,)."""
-        return np.array([s.step_size for s in self._steps], dtype=np.float64)
+        return self._steps.step_sizes()
 
     @property
     def alpha(self):
@@ -500,7 +491,7 @@ class Trajectory:
         -------
         step : Step
         """
-        return self._steps[t]
+        return Step(*self._steps[t])
 
     def flat_parameters(self, k):
         """Checkpoint ``k`` as one flat CPU tensor of length ``n_parameters``."""
