@@ -8,7 +8,11 @@ import pytest
 import torch
 
 from sklearn_pathkernel._training import _checkpoints
-from sklearn_pathkernel._training._checkpoints import CheckpointStore
+from sklearn_pathkernel._training._checkpoints import (
+    CheckpointStore,
+    GrowableArray,
+    RecordStore,
+)
 
 
 def _rows(n, d=7):
@@ -54,3 +58,124 @@ def test_memory_store_spills_to_disk_past_the_limit(monkeypatch):
     store.append(rows[4])
     assert store.on_disk and store.directory is None
     assert torch.equal(store.matrix(), torch.stack(rows))
+
+
+# -- per-step records -----------------------------------------------------------
+def _steps(n, n_outputs=2, dtype=torch.float32):
+    """Steps of varying batch lengths, with -0.0 and a NaN to test the bits."""
+    steps = []
+    for t in range(n):
+        b = 1 + t % 4
+        g = torch.arange(b * n_outputs, dtype=dtype).view(b, n_outputs) / (t + 3)
+        g[0, 0] = -0.0 if t % 2 else float("nan")
+        steps.append(
+            (0.1 * (t + 1), torch.arange(t, t + b), torch.rand(b, dtype=dtype), g)
+        )
+    return steps
+
+
+def _assert_identical(got, want):
+    assert got[0] == want[0]
+    for a, b in zip(got[1:], want[1:]):
+        _assert_same_bits(a, b)
+
+
+def _assert_same_bits(a, b):
+    assert a.dtype == b.dtype and a.shape == b.shape
+    assert torch.equal(a.reshape(-1).view(torch.uint8), b.reshape(-1).view(torch.uint8))
+
+
+@pytest.mark.parametrize("on_disk", [False, True])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_record_store_gives_back_every_step_bit_for_bit(tmp_path, on_disk, dtype):
+    store = RecordStore(tmp_path if on_disk else None)
+    steps = _steps(30, dtype=dtype)  # 75 rows, past the first capacity
+    for step in steps:
+        store.append(step)
+    assert store.on_disk is on_disk and len(store) == 30
+    for t, step in enumerate(steps):
+        _assert_identical(store[t], step)
+    _assert_identical(store[-1], steps[-1])
+    np.testing.assert_array_equal(store.step_sizes(), [s[0] for s in steps])
+    store.truncate(7)
+    assert len(store) == 7 and len(store._rows) == sum(len(s[1]) for s in steps[:7])
+    store.append(steps[29])
+    _assert_identical(store[7], steps[29])
+    with pytest.raises(IndexError):
+        store[8]
+
+
+def test_record_store_packs_and_extends_in_the_pickled_form(tmp_path):
+    steps = _steps(9)
+    store = RecordStore()
+    for step in steps:
+        store.append(step)
+    sizes, lengths, *fields = store.packed()
+    assert sizes == [s[0] for s in steps] and lengths == [len(s[1]) for s in steps]
+    for k, field in enumerate(fields, start=1):
+        _assert_same_bits(field, torch.cat([s[k] for s in steps]))
+    again = RecordStore(tmp_path)
+    again.extend(*store.packed())
+    assert again.on_disk
+    for t, step in enumerate(steps):
+        _assert_identical(again[t], step)
+    assert RecordStore().packed() == ([], [], None, None, None)
+
+
+def test_record_store_refuses_a_step_of_another_shape():
+    store = RecordStore()
+    store.append(_steps(1, n_outputs=2)[0])
+    with pytest.raises(ValueError, match="records"):
+        store.append(_steps(1, n_outputs=3)[0])
+
+
+def test_record_store_spills_past_the_limit_and_its_file_goes_with_it(monkeypatch):
+    steps = _steps(8)
+    row_bytes = 8 + 4 + 2 * 4  # index, weight, two derivatives
+    monkeypatch.setattr(_checkpoints, "SPILL_BYTES", 6 * row_bytes)
+    store = RecordStore()
+    for step in steps[:3]:  # 1 + 2 + 3 = 6 rows: still in memory
+        store.append(step)
+    assert not store.on_disk
+    for step in steps[3:]:
+        store.append(step)
+    assert store.on_disk and store.directory is None
+    assert isinstance(store._rows._data, np.memmap)
+    assert os.path.basename(store.path).startswith("records-")
+    assert os.stat(store.path).st_mode & 0o777 == 0o600
+    for t, step in enumerate(steps):
+        _assert_identical(store[t], step)
+    path = store.path
+    del store
+    gc.collect()
+    assert not os.path.exists(path)
+
+
+def test_to_disk_before_the_first_step_takes_effect_at_it(tmp_path):
+    store = RecordStore()
+    store.to_disk()
+    assert not store.on_disk
+    store.append(_steps(1)[0])
+    assert store.on_disk
+
+
+def test_growable_array_in_memory_and_on_disk(tmp_path):
+    memory = GrowableArray(np.float32, (3,))
+    memory.extend(np.arange(60, dtype=np.float32).reshape(20, 3))
+    memory.extend(np.ones((100, 3), np.float32))  # more than twice at once
+    disk = memory.to_file("x-", tmp_path)
+    assert isinstance(disk._data, np.memmap) and len(disk) == 120
+    np.testing.assert_array_equal(disk.view(), memory.view())
+    disk.truncate(20)
+    np.testing.assert_array_equal(disk.view(), np.arange(60).reshape(20, 3))
+
+
+@pytest.mark.parametrize("store", [CheckpointStore, RecordStore])
+def test_a_directory_that_is_a_file_is_refused_by_name(tmp_path, store):
+    a_file = tmp_path / "taken"
+    a_file.write_text("")
+    for path in [a_file, a_file / "below"]:
+        with pytest.raises(ValueError, match=r"trajectory_dir='.*taken.*' is a file"):
+            store(path)
+    store(tmp_path / "new" / "dir")
+    assert (tmp_path / "new" / "dir").is_dir()

@@ -8,7 +8,9 @@ with ``c_{i,t} = s_i / sum_{j in B_t} s_j`` and ``g = dl/df`` in closed form.
 """
 
 import copy
+import gc
 import math
+import os
 import re
 import warnings
 
@@ -879,3 +881,77 @@ def test_recording_to_disk_is_bit_identical_and_a_memmap(tmp_path):
     assert len(disk) == len(memory) == 12
     for k in range(12):
         assert torch.equal(disk.flat_parameters(k), memory.flat_parameters(k))
+
+
+# -- per-step records on disk ----------------------------------------------------
+
+
+def _fit_quietly(estimator, X, y):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        return estimator.fit(X, y)
+
+
+@pytest.mark.parametrize("solver", ["sgd", "adam"])
+def test_records_on_disk_give_the_same_kernel_and_exact_decomposition(tmp_path, solver):
+    from sklearn_pathkernel import PathKernelRegressor
+
+    rng = np.random.RandomState(0)
+    X, y = rng.randn(23, 3), rng.randn(23)
+    options = dict(
+        hidden_layer_sizes=(5,),
+        solver=solver,
+        learning_rate_init=0.01,
+        batch_size=4,
+        max_iter=3,
+        random_state=0,
+    )
+    memory = _fit_quietly(PathKernelRegressor(**options), X, y)
+    disk = _fit_quietly(PathKernelRegressor(trajectory_dir=tmp_path, **options), X, y)
+    a, b = memory.trajectory_, disk.trajectory_
+    assert b._steps.on_disk and not a._steps.on_disk and b.n_steps == 18
+    assert isinstance(b._steps._rows._data, np.memmap)
+    for t in range(a.n_steps):
+        for x, z in zip(a.step(t), b.step(t)):
+            assert x == z if isinstance(x, float) else torch.equal(x, z)
+    np.testing.assert_array_equal(disk.kernel(X[:5]), memory.kernel(X[:5]))
+    exact_memory = memory.decompose(X[:3], exact=True)
+    exact_disk = disk.decompose(X[:3], exact=True)
+    for name in ("bias", "contributions", "network_output"):
+        np.testing.assert_array_equal(
+            getattr(exact_disk, name), getattr(exact_memory, name)
+        )
+
+
+def test_scratch_files_go_with_the_estimator(tmp_path):
+    from sklearn_pathkernel import PathKernelRegressor
+
+    rng = np.random.RandomState(0)
+    X, y = rng.randn(12, 3), rng.randn(12)
+    est = PathKernelRegressor((4,), batch_size=5, max_iter=2, trajectory_dir=tmp_path)
+    _fit_quietly(est, X, y)
+    first = sorted(os.listdir(tmp_path))
+    assert [name.split("-")[0] for name in first] == ["checkpoints", "records"]
+    _fit_quietly(est, X, y)  # a refit replaces them
+    assert len(os.listdir(tmp_path)) == 2 and not set(first) & set(os.listdir(tmp_path))
+    del est
+    gc.collect()
+    assert os.listdir(tmp_path) == []
+
+
+def test_trajectory_dir_naming_a_file_is_refused_before_training(tmp_path, monkeypatch):
+    from sklearn_pathkernel import PathKernelRegressor
+    from sklearn_pathkernel._training import _loop
+
+    a_file = tmp_path / "not-a-dir"
+    a_file.write_text("taken")
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("training started")
+
+    monkeypatch.setattr(_loop._GradientDescent, "run", no_training)
+    X, y = np.random.RandomState(0).randn(8, 2), np.arange(8.0)
+    message = rf"trajectory_dir='{re.escape(str(a_file))}' is a file, not a directory"
+    with pytest.raises(ValueError, match=message):
+        PathKernelRegressor((4,), max_iter=2, trajectory_dir=a_file).fit(X, y)
+    assert a_file.read_text() == "taken"

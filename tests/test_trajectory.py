@@ -511,3 +511,69 @@ def test_adam_paths_pickle_truncate_and_keep_their_metric():
     loaded._truncate(3)
     assert len(loaded._preconditioners) == 3
     assert not torch.equal(loaded.kernel_metric_at(2)["a"], before["a"])
+
+
+# -- per-step records on disk ----------------------------------------------------
+
+PACKED_KEYS = {
+    "solver",
+    "_names",
+    "_shapes",
+    "_numels",
+    "record_every",
+    "quadrature",
+    "_kernel_nodes",
+    "_checkpoint_steps",
+    "_adaptive_steps",
+    "_final",
+    "_packed_preconditioners",
+    "_packed_checkpoints",
+    "_directory",
+    "_packed_steps",
+}
+
+
+@pytest.mark.parametrize("adam", [False, True])
+def test_records_on_disk_pickle_in_the_packed_form_and_round_trip(tmp_path, adam):
+    build = _build_adam if adam else _build
+    memory = build([0.1, 0.2, 0.3] * 7)
+    state = memory.__getstate__()  # the same path, loaded into a directory
+    disk = Trajectory.__new__(Trajectory)
+    state["_directory"] = str(tmp_path)
+    disk.__setstate__(state)
+    assert disk._steps.on_disk and os.path.dirname(disk._steps.path) == str(tmp_path)
+    packed = disk.__getstate__()
+    assert set(packed) == set(memory.__getstate__()) == PACKED_KEYS
+    sizes, lengths, *fields = packed["_packed_steps"]
+    assert sizes == list(memory.step_sizes) and lengths == [2] * 21
+    assert all(type(f) is torch.Tensor for f in fields)
+    loaded = pickle.loads(pickle.dumps(disk))
+    assert loaded._steps.on_disk and loaded.n_steps == 21
+    for t in range(21):
+        _assert_same_step(loaded.step(t), memory.step(t))
+        _assert_same_step(disk.step(t), memory.step(t))
+    if adam:
+        torch.testing.assert_close(
+            loaded.kernel_metric_at(3), memory.kernel_metric_at(3), rtol=0, atol=0
+        )
+
+
+def test_records_follow_the_checkpoints_when_they_spill(monkeypatch):
+    from sklearn_pathkernel._training import _checkpoints
+
+    # Checkpoints spill at the 4th (10 float64 each); the records alone would not.
+    monkeypatch.setattr(_checkpoints, "SPILL_BYTES", 3 * N_PARAMETERS * 8)
+    traj = _build([0.1] * 3, final=False)
+    assert not traj.on_disk and not traj._steps.on_disk
+    traj._append_step(_flat(3), _step(0.1, 3))
+    assert traj.on_disk and traj._steps.on_disk
+    assert os.path.basename(traj._steps.path).startswith("records-")
+    reference = _build([0.1] * 4, final=False)
+    for t in range(4):
+        _assert_same_step(traj.step(t), reference.step(t))
+    traj._truncate(2)
+    assert traj.n_steps == 2 and len(traj._steps._rows) == 4
+    path = traj._steps.path
+    del traj
+    gc.collect()
+    assert not os.path.exists(path)
