@@ -244,8 +244,9 @@ class RecordStore:
         return np.array(self._steps.view()["size"])
 
     def append(self, step):
-        """Keep ``step`` (a :class:`Step` of CPU tensors) as the next one."""
-        self.extend([step.step_size], [len(step.batch)], *step[1:])
+        """Keep ``step``, a ``Step`` (or a tuple in its order), as the next one."""
+        size, batch, batch_weights, output_gradients = step
+        self.extend([size], [len(batch)], batch, batch_weights, output_gradients)
 
     def extend(self, sizes, lengths, batch, batch_weights, output_gradients):
         """Append steps of ``sizes`` and ``lengths`` whose rows are concatenated.
@@ -266,7 +267,7 @@ class RecordStore:
             self.to_disk()
         steps = np.empty(len(sizes), _STEP)
         steps["size"] = sizes
-        steps["end"] = len(self._rows) + np.cumsum(lengths, dtype=np.int64)
+        steps["end"] = len(self._rows) + np.asarray(lengths, np.int64).cumsum()
         self._rows.extend(rows)
         self._steps.extend(steps)
 

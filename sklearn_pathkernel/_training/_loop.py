@@ -77,7 +77,8 @@ class TrainingOptions:
         With ``quadrature="adaptive"``: the probe kernel's relative movement
         that makes a new node (:class:`KernelProbe`).
     trajectory_dir : str, os.PathLike or None
-        Keep the parameters in a memory-mapped file there.
+        Keep the parameters and the per-step records in memory-mapped files
+        there.
     verbose : int
         Print a table row per epoch (loss, its change, seconds) when positive.
     """
