@@ -547,3 +547,76 @@ def test_momentum_kernel_weighs_each_step_by_its_effective_step_size(fitted_solv
     if not trajectory.solver.diagonal:  # Nesterov, 12 steps of 0.05, mu = 0.8
         mu, eps = 0.8, 0.05
         assert p[0] == pytest.approx(eps * (1 + mu * (1 - mu**12) / (1 - mu)))
+
+
+# -- a dask worker lost while the kernel runs -----------------------------------
+
+
+def _kill_a_busy_worker(scheduler, pids):
+    """A scheduler plugin that SIGKILLs a worker with tasks in flight.
+
+    First it copies the call's scattered data (joblib scatters the shared
+    object, engine and rows, to one worker, and runs every task there when
+    tasks are short) to every worker: data without a recipe cannot be
+    computed again, so losing its only holder fails the call with
+    FutureCancelledError instead of retrying its tasks. Then, when a task is
+    next done, it kills a worker that is processing some.
+    """
+    import asyncio
+    import os
+    import signal
+
+    from distributed.diagnostics.plugin import SchedulerPlugin
+
+    class Killer(SchedulerPlugin):
+        killed = None  # (address, tasks it was processing)
+        copying = False
+
+        def transition(self, key, start, finish, *args, **kwargs):
+            if self.killed is not None or finish != "memory":
+                return
+            n_workers = len(scheduler.workers)
+            data = [task for task in scheduler.tasks.values() if not task.run_spec]
+            if not data or any(len(task.who_has) < n_workers for task in data):
+                if data and not self.copying:
+                    self.copying = True
+                    keys = [task.key for task in data]
+                    asyncio.ensure_future(scheduler.replicate(keys, n=n_workers))
+                return
+            for worker in scheduler.workers.values():
+                if worker.processing:
+                    self.killed = (worker.address, len(worker.processing))
+                    os.kill(pids[worker.address], signal.SIGKILL)
+                    return
+
+    return Killer()
+
+
+@pytest.mark.slow  # a LocalCluster of two processes: ~10 s, more under load
+def test_a_dask_worker_lost_mid_kernel_changes_no_bit(fitted, small_grid):
+    # The lost worker's tasks run again on the other one (its nanny restarts
+    # it meanwhile), and the caller adds every part in order as before.
+    import os
+
+    distributed = pytest.importorskip("distributed")
+    est, X = fitted
+    expected = path_kernel(est.module_, est.trajectory_, X, working_memory=1e-4)
+    with (
+        distributed.LocalCluster(
+            n_workers=2,
+            processes=True,
+            threads_per_worker=1,
+            dashboard_address=None,
+            silence_logs=50,
+        ) as cluster,
+        distributed.Client(cluster) as client,
+    ):
+        client.run(__import__, "sklearn_pathkernel")  # import once, up front
+        killer = _kill_a_busy_worker(cluster.scheduler, client.run(os.getpid))
+        cluster.scheduler.add_plugin(killer)
+        with parallel_config(backend="dask"):
+            got = path_kernel(
+                est.module_, est.trajectory_, X, working_memory=1e-4, n_jobs=2
+            )
+    assert killer.killed is not None and killer.killed[1] > 0, killer.killed
+    assert np.array_equal(got, expected)

@@ -484,31 +484,33 @@ def kernel_sum(
             "linearly with the number of rows."
             + ("" if trace else " trace=True sums over outputs: O*O times less.")
         ),
-    )
-    K = result.array
-    if not points:  # an empty path: the zero kernel
-        K[...] = 0.0
-        result.finish()
-        return K
-    work = _Work(
-        bound=bound,
-        X_t=X_t,
-        Y_t=Y_t,
         symmetric=symmetric,
-        trace=trace,
-        extra=extra,
-        device=X_t.device,
-        **_plan_grid(bound, n_outputs, network_dtype),
     )
-    blocks = [
-        (r0, r1)
-        for r0, r1 in _row_blocks(work, working_memory)
-        if not result.is_done(r0, r1)
-    ]
-    _run_strips(result, work, points, blocks, n_jobs, verbose)
-    if symmetric:
-        _mirror_upper(K, work.tile)
-    result.finish()
+    with result:  # a file's lock is released however the call ends
+        K = result.array
+        if not points:  # an empty path: the zero kernel
+            K[...] = 0.0
+            result.finish()
+            return K
+        work = _Work(
+            bound=bound,
+            X_t=X_t,
+            Y_t=Y_t,
+            symmetric=symmetric,
+            trace=trace,
+            extra=extra,
+            device=X_t.device,
+            **_plan_grid(bound, n_outputs, network_dtype),
+        )
+        blocks = [
+            (r0, r1)
+            for r0, r1 in _row_blocks(work, working_memory)
+            if not result.is_done(r0, r1)
+        ]
+        _run_strips(result, work, points, blocks, n_jobs, verbose)
+        if symmetric:
+            _mirror_upper(K, work.tile)
+        result.finish()
     return K
 
 
