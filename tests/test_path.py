@@ -555,14 +555,13 @@ def test_momentum_kernel_weighs_each_step_by_its_effective_step_size(fitted_solv
 def _kill_a_busy_worker(scheduler, pids):
     """A scheduler plugin that SIGKILLs a worker with tasks in flight.
 
-    First it copies the call's scattered data (joblib scatters the shared
-    object, engine and rows, to one worker, and runs every task there when
-    tasks are short) to every worker: data without a recipe cannot be
-    computed again, so losing its only holder fails the call with
-    FutureCancelledError instead of retrying its tasks. Then, when a task is
-    next done, it kills a worker that is processing some.
+    It waits until the call's scattered data (the shared object: engine and
+    rows) is on every worker, as ``run_tasks`` broadcasts it: data without a
+    recipe cannot be computed again, so a call whose only copy was lost would
+    fail with FutureCancelledError instead of retrying its tasks. Then, when a
+    task is next done, it kills a worker that is processing some. Should the
+    data never reach every worker, nothing is killed and the test fails.
     """
-    import asyncio
     import os
     import signal
 
@@ -570,7 +569,6 @@ def _kill_a_busy_worker(scheduler, pids):
 
     class Killer(SchedulerPlugin):
         killed = None  # (address, tasks it was processing)
-        copying = False
 
         def transition(self, key, start, finish, *args, **kwargs):
             if self.killed is not None or finish != "memory":
@@ -578,10 +576,6 @@ def _kill_a_busy_worker(scheduler, pids):
             n_workers = len(scheduler.workers)
             data = [task for task in scheduler.tasks.values() if not task.run_spec]
             if not data or any(len(task.who_has) < n_workers for task in data):
-                if data and not self.copying:
-                    self.copying = True
-                    keys = [task.key for task in data]
-                    asyncio.ensure_future(scheduler.replicate(keys, n=n_workers))
                 return
             for worker in scheduler.workers.values():
                 if worker.processing:

@@ -10,10 +10,13 @@ checkpoint order, for the caller to add up.
 - **What a task receives.** ``shared``, the same :class:`Shared` object for
   every task of a call (the engine and its module, the rows), and the small
   arguments of its own: a block's row range and one checkpoint's parameters
-  (:func:`compact`). Closures over the trajectory never travel. joblib's dask
-  backend scatters an argument to the workers once per call when it is
-  weak-referenceable and ``dask.sizeof`` finds it larger than 1 kB, so
-  :class:`Shared` reports its tensors' bytes in ``__sizeof__``.
+  (:func:`compact`). Closures over the trajectory never travel. Under
+  joblib's dask backend :func:`run_tasks` broadcasts ``shared`` to every
+  worker once per call, so that a worker lost mid-call costs only its tasks,
+  which dask runs again elsewhere; left to itself, joblib would scatter it
+  to one worker (it does so for an argument that ``dask.sizeof`` finds
+  larger than 1 kB, which is why :class:`Shared` reports its tensors' bytes
+  in ``__sizeof__``).
 - **What a task returns.** Its checkpoint's contribution, not yet weighted
   into the total: the caller adds contributions in checkpoint order, with
   the same operations whatever runs the tasks. Serial runs, threads and
@@ -28,10 +31,12 @@ checkpoint order, for the caller to add up.
 import sys
 import threading
 from collections import deque
+from contextlib import nullcontext
 from itertools import islice
 
 import torch
-from joblib import Parallel, delayed
+from joblib import Parallel, delayed, parallel_config
+from joblib.parallel import get_active_backend
 
 from ._blocking import limit_threads, threads_per_task
 
@@ -163,10 +168,32 @@ def run_tasks(function, shared, tasks, *, n_jobs):
     >>> list(run_tasks(add, Shared(), [(1, 2), (3, 4)], n_jobs=2))
     [3, 7]
     """
-    with limit_threads(threads_per_task(n_jobs)):
+    with limit_threads(threads_per_task(n_jobs)), _on_every_worker(shared):
         yield from Parallel(n_jobs=n_jobs, prefer="threads", return_as="generator")(
             delayed(function)(shared, *task) for task in tasks
         )
+
+
+def _on_every_worker(shared):
+    """Under joblib's dask backend, ``shared`` sent to every worker up front.
+
+    Left to itself the backend scatters a large argument to one worker;
+    data a worker was sent has no recipe to compute it again, so losing
+    that worker would fail the call instead of retrying its tasks
+    elsewhere. Broadcast, every worker holds a copy, and dask reruns a lost
+    worker's tasks on another. Other backends: nothing to do.
+    """
+    backend, _ = get_active_backend()
+    client = getattr(backend, "client", None)
+    if client is None or not hasattr(backend, "data_futures"):
+        return nullcontext()
+    return parallel_config(
+        backend="dask",
+        client=client,
+        scatter=[shared],
+        wait_for_workers_timeout=backend.wait_for_workers_timeout,
+        **getattr(backend, "submit_kwargs", {}),
+    )
 
 
 def block_parts(
