@@ -147,11 +147,13 @@ _PARAMETERS_DOC = (
         The relative (Frobenius) movement of the probe kernel that makes a
         new node with ``quadrature="adaptive"``.
     trajectory_dir : str or os.PathLike, default=None
-        Keep the recorded parameters in a memory-mapped file in this
-        directory rather than in memory; training then holds one vector at
-        a time. The file is scratch, deleted with the trajectory; pickle and
-        :func:`save` embed the parameters. When None they are kept in memory
-        up to 1 GiB, then moved to such a file in the temporary directory.
+        Keep the recorded parameters and per-step records in memory-mapped
+        files in this directory (created when missing; a path naming a file
+        raises a ``ValueError``) rather than in memory; training then holds
+        one vector at a time. The files are scratch, deleted with the
+        trajectory; pickle and :func:`save` embed their contents. When None
+        they are kept in memory up to 1 GiB, then moved to such files in the
+        temporary directory.
     device : {"auto", "cpu", "cuda"} or torch.device, default="auto"
         Where training and the kernel run; "auto" takes a GPU when there is
         one. Asking for "cuda" without one raises a ``ValueError``.
