@@ -354,23 +354,37 @@ def test_unfitted_estimator_loads_unfitted(Est, method, data, tmp_path):
     assert np.array_equal(_fit(loaded, X, y).predict(X), _fit(est, X, y).predict(X))
 
 
-def test_extra_fitted_attributes_round_trip(data, tmp_path):
-    est, _, X, Y = _fitted("regressor-1d", data)
-    est.extra_ = {"a": [np.float32(1.5), (1, "x")], 2: b"raw", b"": None, 3.5: [{}]}
-    est.dates_ = np.array(["2024-01-01", "NaT"], dtype="datetime64[D]")
-    est.big_ = np.arange(6, dtype=np.uint32).reshape(2, 3, order="F")
-    est.words_ = np.array([[b"ab", b"c"]])
-    est.empty_ = np.zeros((0, 2), dtype="<U3")
-    est.scalar_ = np.array(np.nan)
-    est.dtype_ = torch.float64
+def test_plain_values_round_trip(data, tmp_path):
+    # Every kind of value the format stores, in the one parameter that takes
+    # anything (device: only checked when fit uses it).
+    est, _, _, _ = _fitted("regressor-1d", data)
+    est.set_params(
+        device={
+            "extra": {"a": [np.float32(1.5), (1, "x")], 2: b"raw", b"": None},
+            "dates": np.array(["2024-01-01", "NaT"], dtype="datetime64[D]"),
+            "big": np.arange(6, dtype=np.uint32).reshape(2, 3, order="F"),
+            "words": np.array([[b"ab", b"c"]]),
+            "empty": np.zeros((0, 2), dtype="<U3"),
+            "scalar": np.array(np.nan),
+            "dtype": torch.float64,
+            3.5: [{}],
+        }
+    )
     loaded = _round_trip(est, "save", tmp_path)
     _assert_same(est, loaded)
 
 
-def test_unknown_attribute_type_is_refused_at_save(data, tmp_path):
+def test_attributes_fit_does_not_set_are_refused(data, tmp_path):
     est, _, _, _ = _fitted("regressor-1d", data)
-    est.something_ = object()
-    with pytest.raises(TypeError, match="PathKernelRegressor.something_"):
+    est.extra_ = 1
+    with pytest.raises(TypeError, match=r"\['extra_'\] are not attributes that"):
+        save(est, tmp_path / "model.pt")
+
+
+def test_unknown_value_type_is_refused_at_save(data, tmp_path):
+    est, _, _, _ = _fitted("regressor-1d", data)
+    est.set_params(device=object())
+    with pytest.raises(TypeError, match="PathKernelRegressor.device"):
         save(est, tmp_path / "model.pt")
 
 
@@ -643,5 +657,9 @@ def test_damaged_records_are_refused(data, tmp_path):
         load(path)
     save(est, path)
     _rewrite(path, lambda r: r["estimator"]["attributes"].update(__class__=1))
-    with pytest.raises(ValueError, match="not an attribute name"):
+    with pytest.raises(
+        ValueError,
+        match=r"model.pt' is damaged or not ours: estimator \(PathKernelRegressor\)"
+        r".attributes: \['__class__'\]: not attributes that PathKernelRegressor.fit",
+    ):
         load(path)
