@@ -52,13 +52,30 @@ dict tagged with ``"__kind__"`` for what is neither:
   as: one tensor of checkpoints, one per step record, and lists of numbers.
   A trajectory kept in a memory-mapped file (``trajectory_dir``) is saved
   with its parameters embedded, never as a reference to that scratch file;
-  loaded, they go to a new file in the same directory (a temporary one when
-  it is gone);
+  loaded, they go to a new file in the directory :func:`load` is given (its
+  ``trajectory_dir``, else the system's temporary one), never in one the
+  file names;
 - ``"estimator"``: a nested estimator (``PathKernelTransformer.estimator_``).
 
 Anything else (a new attribute of a type this module does not know) makes
 :func:`save` raise a ``TypeError`` naming it, rather than write a file that
 would not round-trip.
+
+The schema. :func:`load` checks the whole file before it builds anything
+from it: the zip's checksums; the entries of each record, no more and no
+fewer; the attributes of each class, the closed set that its ``fit`` sets
+(``_FITTED``, and a few that only sometimes exist); the parameters, as
+``fit`` checks them; and every shape and dtype, derived from a few numbers:
+``_fit_X`` is ``(n_rows, n_features_in_)``, float32 or float64, and
+``_fit_sample_weight`` ``(n_rows,)``; ``classes_`` has two labels for one
+network output or ``n_outputs_`` labels; the network's weights follow from
+its recorded widths (or from the ``module`` passed to :func:`load`); the
+path's parameter names and shapes are the network's trainable ones, its
+checkpoints ``(ceil(n_steps / record_every), n_parameters)`` in the
+network's dtype (Adam's preconditioners ``(n_steps, n_parameters)``), each
+step's batch rows within ``_fit_X`` and its loss derivatives ``(batch,
+n_outputs_)``. Whatever differs is a ``ValueError`` that names the file and
+the entry.
 """
 
 import copy
@@ -246,6 +263,14 @@ def load(path, *, module=None, map_location="cpu", trajectory_dir=None):
         for a GPU when there is one. The trajectory stays on the CPU, as
         always. The estimator's ``device`` parameter is kept as saved; it
         only says where a refit trains.
+    trajectory_dir : str, os.PathLike or None, default=None
+        Where a path that was saved from a memory-mapped file (fitted with
+        ``trajectory_dir``) goes back to such a file, a new, randomly named
+        one readable by its owner only, removed with the estimator; created
+        when missing. None: the system's temporary directory. The directory
+        recorded in the file is never used: the loaded estimator keeps it as
+        its ``trajectory_dir`` parameter, where a refit would write, but
+        :func:`load` writes nothing there. Paths kept in memory stay there.
 
     Returns
     -------
@@ -259,9 +284,14 @@ PathKernelTransformer or PathKernelFeatures
     FileNotFoundError
         When there is no such file.
     ValueError
-        When the file was not written by :func:`save` (or holds objects that
-        ``weights_only`` refuses), uses another format version, or when
+        When the file is not one :func:`save` writes: unreadable, truncated
+        or with a wrong checksum, holding objects that ``weights_only``
+        refuses, of another format version, or with an entry that does not
+        fit the format (an attribute ``fit`` does not set, a value of the
+        wrong type, a tensor whose shape or dtype does not follow from the
+        rest); the message names the file and the entry. Also when
         ``module`` is missing, not needed, or does not fit the saved weights.
+        Nothing is built, and no file written, before every check passed.
 
     Warns
     -----
@@ -295,6 +325,21 @@ PathKernelTransformer or PathKernelFeatures
     array(['no', 'yes'], dtype='<U3')
     >>> bool(np.array_equal(loaded.predict_proba(X), clf.predict_proba(X)))
     True
+
+    A path kept on disk comes back in a directory of the caller's choice:
+
+    >>> import os, tempfile
+    >>> from sklearn_pathkernel import PathKernelRegressor
+    >>> with tempfile.TemporaryDirectory() as folder:
+    ...     reg = PathKernelRegressor((6,), max_iter=5, random_state=0,
+    ...                               trajectory_dir=os.path.join(folder, "fit"))
+    ...     reg = reg.fit(X, X[:, 0])
+    ...     save(reg, os.path.join(folder, "model.pt"))
+    ...     scratch = os.path.join(folder, "scratch")
+    ...     loaded = load(os.path.join(folder, "model.pt"), trajectory_dir=scratch)
+    ...     print(len(os.listdir(scratch)), loaded.trajectory_.on_disk)
+    ...     del loaded, reg
+    1 True
     """
     name = _path_name(path)
     record = _read(path, name)

@@ -1,8 +1,13 @@
 """Safe persistence (save / load) and pickling: bit-identical round trips."""
 
+import copy
+import gc
 import io
+import os
 import pathlib
 import pickle
+import tempfile
+import time
 import warnings
 
 import numpy as np
@@ -663,3 +668,56 @@ def test_damaged_records_are_refused(data, tmp_path):
         r".attributes: \['__class__'\]: not attributes that PathKernelRegressor.fit",
     ):
         load(path)
+
+
+# -- trajectory_dir: scratch files go where load says, never where the file says
+def test_path_on_disk_goes_to_the_directory_load_is_given(data, tmp_path):
+    X, Y, y = data
+    named = tmp_path / "named"
+    est = _fit(
+        PathKernelRegressor((4,), max_iter=4, random_state=0, trajectory_dir=named),
+        X,
+        y,
+    )
+    save(est, tmp_path / "model.pt")
+    before = sorted(named.iterdir())
+    scratch = tmp_path / "scratch"
+    loaded = load(tmp_path / "model.pt", trajectory_dir=scratch)
+    assert loaded.trajectory_.on_disk and loaded.trajectory_dir == named
+    files = list(scratch.iterdir())
+    assert len(files) == 1 and files[0].name.startswith("checkpoints-")
+    assert files[0].stat().st_mode & 0o777 == 0o600
+    assert sorted(named.iterdir()) == before
+    _assert_same_results(est, loaded, X, Y)
+    del loaded
+    assert list(scratch.iterdir()) == []
+
+
+def test_path_on_disk_goes_to_the_temporary_directory_by_default(
+    data, tmp_path, monkeypatch
+):
+    X, _, y = data
+    est = _fit(
+        PathKernelRegressor((4,), max_iter=4, random_state=0, trajectory_dir=tmp_path),
+        X,
+        y,
+    )
+    save(est, tmp_path / "model.pt")
+    record = torch.load(tmp_path / "model.pt", weights_only=True)
+    # A tampered file names another directory: load never writes there.
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    state = record["estimator"]["attributes"]["trajectory_"]["state"]
+    state["items"] = [
+        (key, str(elsewhere) if key == "_directory" else value)
+        for key, value in state["items"]
+    ]
+    torch.save(record, tmp_path / "tampered.pt")
+    temporary = tmp_path / "tmp"
+    temporary.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(temporary))
+    loaded = load(tmp_path / "tampered.pt")
+    assert loaded.trajectory_.on_disk
+    assert [p.name[:12] for p in temporary.iterdir()] == ["checkpoints-"]
+    assert list(elsewhere.iterdir()) == []
+    assert np.array_equal(loaded.predict(X), est.predict(X))
