@@ -400,11 +400,11 @@ def _check_header(record, name):
     """The file's top-level entries; returns the estimator's record."""
     from . import __version__
 
-    if not isinstance(record, dict) or record.get("format") != FORMAT:
+    if type(record) is not dict or not _is(record.get("format"), FORMAT):
         raise ValueError(f"{name} is not a file written by sklearn_pathkernel.save.")
     version = record.get("format_version")
     saved_with = record.get("sklearn_pathkernel_version")
-    if version != FORMAT_VERSION or type(version) is not int:
+    if not _is(version, FORMAT_VERSION):
         raise ValueError(
             f"{name} uses format version {version!r} (written by "
             f"sklearn_pathkernel {saved_with}), but sklearn_pathkernel "
@@ -418,9 +418,10 @@ def _check_header(record, name):
                 f"{_show(record.get(key))}"
             )
     unknown = [key for key in record if key not in _HEADER and key not in _TOP]
-    if unknown:
+    if unknown or "estimator" not in record:
         raise _LoadError(
-            f"{name} is damaged or not ours: unexpected entries {reprlib.repr(unknown)}"
+            f"{name} is damaged or not ours: unexpected entries "
+            f"{reprlib.repr(unknown)}, or no estimator"
         )
     estimator_record = record["estimator"]
     if saved_with != __version__:
@@ -717,6 +718,11 @@ def _unknown_attributes(name, attributes):
     return sorted((k for k in attributes if k not in known), key=repr)
 
 
+def _is(value, expected):
+    """``value == expected``, of the same type (never a tensor's elementwise ==)."""
+    return type(value) is type(expected) and value == expected
+
+
 def _show(value):
     """A short description of a value for an error message."""
     return f"{type(value).__name__} {reprlib.repr(value)}"
@@ -986,7 +992,7 @@ class _Loader:
             self.fail(where, f"unknown estimator class {reprlib.repr(name)}")
         where = f"{where} ({name})"
         params = value["params"]
-        self.keys(params, f"{where}.params", (), cls._get_param_names())
+        self.keys(params, f"{where}.params", (), set(cls._get_param_names()))
         params = {
             key: self.decode(v, f"{where}.params.{key}") for key, v in params.items()
         }
@@ -1176,7 +1182,7 @@ class _Loader:
             where,
             {"__kind__", "n_features", "n_outputs", "state", "architecture"},
         )
-        if value["__kind__"] != "module":
+        if not _is(value["__kind__"], "module"):
             self.fail(where, "not a module entry")
         for key, expected, attribute in (
             ("n_features", n_features, "n_features_in_"),
@@ -1317,7 +1323,7 @@ class _Loader:
         ``_directory`` says only whether the path was kept on disk.
         """
         self.keys(value, where, {"__kind__", "state"})
-        if value["__kind__"] != "trajectory":
+        if not _is(value["__kind__"], "trajectory"):
             self.fail(where, "not a trajectory entry")
         state = self.decode(value["state"], where)
         if type(state) is dict:  # the defaults of paths saved by older versions
@@ -1433,7 +1439,7 @@ class _Loader:
             )
         elif state["_packed_preconditioners"] is not None:
             self.fail(at, f"solver {solver.name!r} keeps no preconditioners")
-        self.tensor(state["_final"], f"{where}._final", dtype, (width,), none=True)
+        self.tensor(state["_final"], f"{where}._final", dtype, (width,))
         self.string(state["quadrature"], f"{where}.quadrature", RULES)
         try:
             check_rule(state["quadrature"], state["_kernel_nodes"])
