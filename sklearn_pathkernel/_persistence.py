@@ -52,21 +52,42 @@ dict tagged with ``"__kind__"`` for what is neither:
   as: one tensor of checkpoints, one per step record, and lists of numbers.
   A trajectory kept in a memory-mapped file (``trajectory_dir``) is saved
   with its parameters embedded, never as a reference to that scratch file;
-  loaded, they go to a new file in the same directory (a temporary one when
-  it is gone);
+  loaded, they go to a new file in the directory :func:`load` is given (its
+  ``trajectory_dir``, else the system's temporary one), never in one the
+  file names;
 - ``"estimator"``: a nested estimator (``PathKernelTransformer.estimator_``).
 
 Anything else (a new attribute of a type this module does not know) makes
 :func:`save` raise a ``TypeError`` naming it, rather than write a file that
 would not round-trip.
+
+The schema. :func:`load` checks the whole file before it builds anything
+from it: the zip's checksums; the entries of each record, no more and no
+fewer; the attributes of each class, the closed set that its ``fit`` sets
+(``_FITTED``, and a few that only sometimes exist); the parameters, as
+``fit`` checks them; and every shape and dtype, derived from a few numbers:
+``_fit_X`` is ``(n_rows, n_features_in_)``, float32 or float64, and
+``_fit_sample_weight`` ``(n_rows,)``; ``classes_`` has two labels for one
+network output or ``n_outputs_`` labels; the network's weights follow from
+its recorded widths (or from the ``module`` passed to :func:`load`); the
+path's parameter names and shapes are the network's trainable ones, its
+checkpoints ``(ceil(n_steps / record_every), n_parameters)`` in the
+network's dtype (Adam's preconditioners ``(n_steps, n_parameters)``), each
+step's batch rows within ``_fit_X`` and its loss derivatives ``(batch,
+n_outputs_)``. Whatever differs is a ``ValueError`` that names the file and
+the entry.
 """
 
 import copy
+import dataclasses
 import io
+import math
 import os
 import pathlib
-import pickle
+import reprlib
+import tempfile
 import warnings
+import zipfile
 
 import numpy as np
 import sklearn
@@ -84,6 +105,8 @@ from ._model._network import (
     trainable_parameters,
 )
 from ._model._validation import resolve_device
+from ._training._quadrature import RULES, check_rule
+from ._training._solvers import SOLVERS, Solver
 from ._training._trajectory import Trajectory
 from ._transformers import PathKernelTransformer
 from .exceptions import InconsistentVersionWarning
@@ -92,6 +115,9 @@ __all__ = ["save", "load"]
 
 FORMAT = "sklearn_pathkernel"
 FORMAT_VERSION = 1
+# The top-level entries of a file: the version strings, and the rest.
+_HEADER = ("sklearn_pathkernel_version", "torch_version", "sklearn_version")
+_TOP = ("format", "format_version", "estimator")
 
 # The only classes load() ever instantiates from a name in a file.
 _CLASSES = {
@@ -213,7 +239,7 @@ or PathKernelFeatures
     torch.save(record, path)
 
 
-def load(path, *, module=None, map_location="cpu"):
+def load(path, *, module=None, map_location="cpu", trajectory_dir=None):
     """Load an estimator written by :func:`save`, without unpickling objects.
 
     The file is read by ``torch.load(path, weights_only=True)``: only
@@ -237,6 +263,14 @@ def load(path, *, module=None, map_location="cpu"):
         for a GPU when there is one. The trajectory stays on the CPU, as
         always. The estimator's ``device`` parameter is kept as saved; it
         only says where a refit trains.
+    trajectory_dir : str, os.PathLike or None, default=None
+        Where a path that was saved from a memory-mapped file (fitted with
+        ``trajectory_dir``) goes back to such a file, a new, randomly named
+        one readable by its owner only, removed with the estimator; created
+        when missing. None: the system's temporary directory. The directory
+        recorded in the file is never used: the loaded estimator keeps it as
+        its ``trajectory_dir`` parameter, where a refit would write, but
+        :func:`load` writes nothing there. Paths kept in memory stay there.
 
     Returns
     -------
@@ -250,9 +284,14 @@ PathKernelTransformer or PathKernelFeatures
     FileNotFoundError
         When there is no such file.
     ValueError
-        When the file was not written by :func:`save` (or holds objects that
-        ``weights_only`` refuses), uses another format version, or when
+        When the file is not one :func:`save` writes: unreadable, truncated
+        or with a wrong checksum, holding objects that ``weights_only``
+        refuses, of another format version, or with an entry that does not
+        fit the format (an attribute ``fit`` does not set, a value of the
+        wrong type, a tensor whose shape or dtype does not follow from the
+        rest); the message names the file and the entry. Also when
         ``module`` is missing, not needed, or does not fit the saved weights.
+        Nothing is built, and no file written, before every check passed.
 
     Warns
     -----
@@ -286,29 +325,105 @@ PathKernelTransformer or PathKernelFeatures
     array(['no', 'yes'], dtype='<U3')
     >>> bool(np.array_equal(loaded.predict_proba(X), clf.predict_proba(X)))
     True
+
+    A path kept on disk comes back in a directory of the caller's choice:
+
+    >>> import os, tempfile
+    >>> from sklearn_pathkernel import PathKernelRegressor
+    >>> with tempfile.TemporaryDirectory() as folder:
+    ...     reg = PathKernelRegressor((6,), max_iter=5, random_state=0,
+    ...                               trajectory_dir=os.path.join(folder, "fit"))
+    ...     reg = reg.fit(X, X[:, 0])
+    ...     save(reg, os.path.join(folder, "model.pt"))
+    ...     scratch = os.path.join(folder, "scratch")
+    ...     loaded = load(os.path.join(folder, "model.pt"), trajectory_dir=scratch)
+    ...     print(len(os.listdir(scratch)), loaded.trajectory_.on_disk)
+    ...     del loaded, reg
+    1 True
     """
+    name = _path_name(path)
+    record = _read(path, name)
+    loader = _Loader(
+        name,
+        module,
+        resolve_device(map_location, parameter="map_location"),
+        trajectory_dir,
+    )
+    try:
+        estimator_record = _check_header(record, name)
+        estimator = loader.decode(estimator_record, "estimator")
+    except _LoadError as exc:
+        raise ValueError(str(exc)) from None
+    except RecursionError:
+        raise ValueError(f"{name} is damaged or not ours: data nested too deeply")
+    if not isinstance(estimator, tuple(_CLASSES.values())):
+        raise ValueError(f"{name} does not hold an estimator.")
+    if module is not None and not loader.module_used:
+        raise ValueError(
+            f"{name} was saved with the default network (module=None); do not "
+            "pass module= to load it."
+        )
+    loader.finish()
+    return estimator
+
+
+def _read(path, name):
+    """The file's record, by the safe loader, once its zip checksums are right.
+
+    ``torch.load`` does not check the CRC-32 of the zip members it reads: a
+    flipped bit in a tensor's bytes would load as another number. Python's
+    ``zipfile`` checks them first, reading the file through once.
+    """
+    opened = None
+    if isinstance(path, str | os.PathLike):
+        opened = path = open(path, "rb")  # FileNotFoundError stays what it is
+    try:
+        start = path.tell()
+        with zipfile.ZipFile(path) as archive:
+            damaged = archive.testzip()
+        if damaged is not None:
+            raise ValueError(f"the checksum of its member {damaged!r} is wrong")
+        path.seek(start)
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # whatever the reader meets in a damaged file
+        raise ValueError(
+            f"{name} is not a file written by sklearn_pathkernel.save, is "
+            "damaged, or holds objects that a safe load refuses: "
+            f"{type(exc).__name__}: {exc}"
+        ) from exc
+    finally:
+        if opened is not None:
+            opened.close()
+
+
+def _check_header(record, name):
+    """The file's top-level entries; returns the estimator's record."""
     from . import __version__
 
-    name = _path_name(path)
-    try:
-        record = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError) as exc:
-        raise ValueError(
-            f"{name} is not a file written by sklearn_pathkernel.save, or holds "
-            f"objects that a safe load refuses: {type(exc).__name__}: {exc}"
-        ) from exc
-    if not isinstance(record, dict) or record.get("format") != FORMAT:
+    if type(record) is not dict or not _is(record.get("format"), FORMAT):
         raise ValueError(f"{name} is not a file written by sklearn_pathkernel.save.")
     version = record.get("format_version")
     saved_with = record.get("sklearn_pathkernel_version")
-    if version != FORMAT_VERSION:
+    if not _is(version, FORMAT_VERSION):
         raise ValueError(
             f"{name} uses format version {version!r} (written by "
             f"sklearn_pathkernel {saved_with}), but sklearn_pathkernel "
             f"{__version__} reads format version {FORMAT_VERSION} only. Load it "
             f"with sklearn_pathkernel {saved_with}, or refit the estimator."
         )
-    estimator_record = record.get("estimator")
+    for key in _HEADER:
+        if type(record.get(key)) is not str:
+            raise _LoadError(
+                f"{name} is damaged or not ours: {key}: expected a str, got "
+                f"{_show(record.get(key))}"
+            )
+    unknown = [key for key in record if key not in _HEADER and key not in _TOP]
+    if unknown or "estimator" not in record:
+        raise _LoadError(
+            f"{name} is damaged or not ours: unexpected entries "
+            f"{reprlib.repr(unknown)}, or no estimator"
+        )
+    estimator_record = record["estimator"]
     if saved_with != __version__:
         estimator_name = (
             estimator_record.get("class", "an estimator")
@@ -317,26 +432,15 @@ PathKernelTransformer or PathKernelFeatures
         )
         warnings.warn(
             InconsistentVersionWarning(
-                estimator_name=estimator_name,
+                estimator_name=str(estimator_name),
                 current_version=__version__,
                 original_version=saved_with,
                 path=name,
                 original_sklearn_version=record.get("sklearn_version"),
             ),
-            stacklevel=2,
+            stacklevel=3,
         )
-    loader = _Loader(
-        name, module, resolve_device(map_location, parameter="map_location")
-    )
-    estimator = loader.decode(estimator_record, "estimator")
-    if not isinstance(estimator, tuple(_CLASSES.values())):
-        raise ValueError(f"{name} does not hold an estimator.")
-    if module is not None and not loader.module_used:
-        raise ValueError(
-            f"{name} was saved with the default network (module=None); do not "
-            "pass module= to load it."
-        )
-    return estimator
+    return estimator_record
 
 
 # -- encoding -----------------------------------------------------------------
@@ -362,6 +466,14 @@ def _encode_estimator(estimator, where):
             encoded_params[name] = _encode_module_spec(value, f"{where}.{name}")
         else:
             encoded_params[name] = _encode(value, f"{where}.{name}")
+    unknown = _unknown_attributes(cls.__name__, vars(estimator).keys() - params.keys())
+    if unknown:
+        raise TypeError(
+            f"Cannot save {where}: {unknown} are not attributes that "
+            f"{cls.__name__}.fit sets, and load() restores those only. Delete "
+            "them before saving, or use pickle (and load it from trusted files "
+            "only)."
+        )
     attributes = {}
     for name, value in vars(estimator).items():
         if name in params:
@@ -518,21 +630,230 @@ def _encode_array(array, where="array"):
     return record
 
 
-# -- decoding -----------------------------------------------------------------
-class _Loader:
-    """Rebuild objects from the tagged data of a file, nothing else."""
+# -- the schema ---------------------------------------------------------------
+# The attributes fit sets, per class: the only names load() restores. A file
+# with any other name, or with some of these and not the others, is refused.
+_NETWORK_FITTED = frozenset(
+    {
+        "n_features_in_",
+        "module_",
+        "trajectory_",
+        "loss_curve_",
+        "best_loss_",
+        "validation_scores_",
+        "best_validation_score_",
+        "n_iter_",
+        "n_outputs_",
+        "_fit_X",
+        "_fit_sample_weight",
+    }
+)
+_FITTED = {
+    "PathKernelRegressor": _NETWORK_FITTED | {"_y_ndim"},
+    "PathKernelClassifier": _NETWORK_FITTED | {"classes_"},
+    "PathKernelTransformer": frozenset(
+        {"n_features_in_", "estimator_", "X_fit_", "n_samples_fit_", "_n_features_out"}
+    ),
+    "PathKernelNystroem": frozenset(
+        {
+            "n_features_in_",
+            "estimator_",
+            "normalization_",
+            "component_indices_",
+            "components_",
+            "_n_features_out",
+        }
+    ),
+    "PathKernelFeatures": frozenset(
+        {"n_features_in_", "estimator_", "seed_", "_n_features_out"}
+    ),
+}
+# Set only sometimes: feature_names_in_ (fitted on a DataFrame), the
+# _fit_diagonal cache (filled by the first "mean_diagonal" kernel),
+# _fit_mode_changed (absent from files of older versions), and set_output's
+# configuration (on fitted and unfitted transformers alike).
+_NETWORK_OPTIONAL = frozenset(
+    {"feature_names_in_", "_fit_diagonal", "_fit_mode_changed"}
+)
+_TRANSFORMER_OPTIONAL = frozenset({"feature_names_in_"})
+_ANY_TIME = frozenset({"_sklearn_output_config"})
+_FIT_X_DTYPES = {np.dtype("float32"), np.dtype("float64")}
+_FLOAT64 = {np.dtype("float64")}
 
-    def __init__(self, name, module, device):
+# The packed form of a Trajectory (Trajectory.__getstate__), and the defaults
+# of the keys that paths saved by older versions lack (as __setstate__ has).
+_TRAJECTORY_KEYS = frozenset(
+    {
+        "solver",
+        "_names",
+        "_shapes",
+        "_numels",
+        "record_every",
+        "quadrature",
+        "_kernel_nodes",
+        "_checkpoint_steps",
+        "_adaptive_steps",
+        "_final",
+        "_packed_preconditioners",
+        "_packed_checkpoints",
+        "_directory",
+        "_packed_steps",
+    }
+)
+_TRAJECTORY_DEFAULTS = {
+    "quadrature": "left",
+    "_kernel_nodes": None,
+    "_adaptive_steps": None,
+    "_packed_preconditioners": None,
+}
+_NETWORKS = frozenset({"PathKernelRegressor", "PathKernelClassifier"})
+_CONTENT = ("tensor", "bytes", "list")  # what an "ndarray" entry holds
+_SOLVER_FIELDS = {field.name: field.type for field in dataclasses.fields(Solver)}
+
+
+def _unknown_attributes(name, attributes):
+    """The names among ``attributes`` that a fitted ``name`` does not have."""
+    optional = _NETWORK_OPTIONAL if name in _NETWORKS else _TRANSFORMER_OPTIONAL
+    known = _FITTED[name] | optional | _ANY_TIME
+    return sorted((k for k in attributes if k not in known), key=repr)
+
+
+def _is(value, expected):
+    """``value == expected``, of the same type (never a tensor's elementwise ==)."""
+    return type(value) is type(expected) and value == expected
+
+
+def _show(value):
+    """A short description of a value for an error message."""
+    return f"{type(value).__name__} {reprlib.repr(value)}"
+
+
+def _shape_text(shape):
+    return "(" + ", ".join("any" if n is None else str(n) for n in shape) + ")"
+
+
+# -- decoding -----------------------------------------------------------------
+class _LoadError(ValueError):
+    """A file load() refuses; load() re-raises it as a plain ValueError."""
+
+
+class _Loader:
+    """Check the tagged data of a file against the format, then rebuild it.
+
+    Every value is checked before anything is built from it, and the
+    trajectories, the only objects that may write (scratch files), are
+    built by :meth:`finish`, once the whole file has been checked.
+    """
+
+    def __init__(self, name, module, device, trajectory_dir):
         self.name = name
         self.module = module
         self.device = device
+        self.trajectory_dir = trajectory_dir
         self.module_used = False
+        self.pending = []  # (estimator, checked packed trajectory)
 
     def fail(self, where, why):
-        raise ValueError(f"{self.name} is damaged or not ours: {where}: {why}")
+        raise _LoadError(f"{self.name} is damaged or not ours: {where}: {why}")
 
+    def finish(self):
+        """Build the checked trajectories; scratch files go where load says."""
+        for estimator, state in self.pending:
+            if state["_directory"] is not None:
+                directory = self.trajectory_dir or tempfile.gettempdir()
+                os.makedirs(directory, exist_ok=True)
+                state["_directory"] = os.fspath(directory)
+            trajectory = Trajectory.__new__(Trajectory)
+            trajectory.__setstate__(state)
+            estimator.trajectory_ = trajectory
+        self.pending = []
+
+    # -- checks of plain values ---------------------------------------------
+    def keys(self, value, where, required, optional=()):
+        """``value`` is a dict: all the keys ``required``, some ``optional``."""
+        if type(value) is not dict:
+            self.fail(where, f"expected a dict, got {_show(value)}")
+        unknown = [k for k in value if k not in required and k not in optional]
+        if unknown:
+            self.fail(where, f"unexpected entries {reprlib.repr(unknown)}")
+        missing = sorted(k for k in required if k not in value)
+        if missing:
+            self.fail(where, f"missing entries {missing}")
+        return value
+
+    def integer(self, value, where, low=0, high=None):
+        if type(value) is not int or value < low or (high is not None and value > high):
+            limit = f"an int >= {low}" + ("" if high is None else f" and <= {high}")
+            self.fail(where, f"expected {limit}, got {_show(value)}")
+        return value
+
+    def integers(self, value, where, low=0):
+        if type(value) not in (list, tuple):
+            self.fail(where, f"expected a list of ints, got {_show(value)}")
+        for i, item in enumerate(value):
+            self.integer(item, f"{where}[{i}]", low)
+        return list(value)
+
+    def number(self, value, where, *, none=False):
+        if (value is None and none) or type(value) in (int, float):
+            return value
+        wanted = "a number or None" if none else "a number"
+        self.fail(where, f"expected {wanted}, got {_show(value)}")
+
+    def numbers(self, value, where, *, none=False):
+        if value is None and none:
+            return value
+        if type(value) is not list:
+            self.fail(where, f"expected a list of numbers, got {_show(value)}")
+        for i, item in enumerate(value):
+            self.number(item, f"{where}[{i}]")
+        return value
+
+    def boolean(self, value, where):
+        if type(value) is not bool:
+            self.fail(where, f"expected True or False, got {_show(value)}")
+        return value
+
+    def string(self, value, where, choices=None):
+        if type(value) is not str or (choices is not None and value not in choices):
+            wanted = "a str" if choices is None else f"one of {sorted(choices)}"
+            self.fail(where, f"expected {wanted}, got {_show(value)}")
+        return value
+
+    def array(self, value, where, dtypes, shape):
+        """An ndarray of one of ``dtypes`` (None: any) and ``shape`` (None: any)."""
+        if type(value) is not np.ndarray:
+            self.fail(where, f"expected an array, got {_show(value)}")
+        if dtypes is not None and value.dtype not in dtypes:
+            wanted = ", ".join(sorted(str(d) for d in dtypes))
+            self.fail(where, f"an array of {value.dtype}, expected {wanted}")
+        self._shape(value.shape, where, shape)
+        return value
+
+    def tensor(self, value, where, dtype, shape, *, none=False):
+        """A tensor of ``dtype`` and ``shape`` (None: any length), or None."""
+        if value is None and none:
+            return value
+        if type(value) is not torch.Tensor:
+            self.fail(where, f"expected a tensor, got {_show(value)}")
+        if value.dtype != dtype:
+            self.fail(where, f"a tensor of {value.dtype}, expected {dtype}")
+        self._shape(tuple(value.shape), where, shape)
+        return value
+
+    def _shape(self, got, where, shape):
+        if len(got) != len(shape) or any(
+            want is not None and n != want for n, want in zip(got, shape)
+        ):
+            self.fail(where, f"shape {tuple(got)}, expected {_shape_text(shape)}")
+
+    # -- generic values -----------------------------------------------------
     def decode(self, value, where):
-        if type(value) in _PLAIN or type(value) is torch.Tensor:
+        if type(value) in _PLAIN:
+            return value
+        if type(value) is torch.Tensor:
+            if value.requires_grad or value.layout != torch.strided:
+                self.fail(where, "a tensor that requires grad or is not dense")
             return value
         if type(value) in (list, tuple):
             items = [self.decode(v, f"{where}[{i}]") for i, v in enumerate(value)]
@@ -540,122 +861,349 @@ class _Loader:
         if type(value) is not dict or "__kind__" not in value:
             self.fail(where, f"unexpected {type(value).__name__}")
         kind = value["__kind__"]
-        method = getattr(self, f"_decode_{kind}", None)
-        if not isinstance(kind, str) or method is None:
-            self.fail(where, f"unknown entry {kind!r}")
+        method = getattr(self, f"_decode_{kind}", None) if type(kind) is str else None
+        if method is None:
+            self.fail(where, f"unknown entry {reprlib.repr(kind)}")
         try:
             return method(value, where)
-        except (KeyError, TypeError, IndexError) as exc:
+        except _LoadError:
+            raise
+        except (
+            KeyError,
+            TypeError,
+            IndexError,
+            AttributeError,
+            ValueError,
+            OverflowError,
+            RuntimeError,
+        ) as exc:
             self.fail(where, f"{type(exc).__name__}: {exc}")
 
     def _decode_dict(self, value, where):
+        self.keys(value, where, {"__kind__", "items"})
+        pairs = value["items"]
+        if type(pairs) is not list or any(
+            type(p) not in (list, tuple) or len(p) != 2 for p in pairs
+        ):
+            self.fail(where, "items are not a list of key-value pairs")
         return {
             self.decode(k, f"{where} key"): self.decode(v, f"{where}[{k!r}]")
-            for k, v in value["items"]
+            for k, v in pairs
         }
 
     def _decode_numpy_scalar(self, value, where):
-        return self._decode_ndarray(value["array"], where)[()]
+        self.keys(value, where, {"__kind__", "array"})
+        array = self._decode_ndarray(value["array"], where)
+        if array.ndim:
+            self.fail(where, f"a scalar of shape {array.shape}")
+        return array[()]
 
     def _decode_bytes(self, value, where):
-        return value["data"].numpy().tobytes()
+        self.keys(value, where, {"__kind__", "data"})
+        return self.tensor(value["data"], where, torch.uint8, (None,)).numpy().tobytes()
 
     def _decode_path(self, value, where):
-        return pathlib.Path(value["value"])
+        self.keys(value, where, {"__kind__", "value"})
+        return pathlib.Path(self.string(value["value"], where))
 
     def _decode_torch_device(self, value, where):
-        return torch.device(value["value"])
+        self.keys(value, where, {"__kind__", "value"})
+        return torch.device(self.string(value["value"], where))
 
     def _decode_torch_dtype(self, value, where):
-        dtype = getattr(torch, value["value"], None)
+        self.keys(value, where, {"__kind__", "value"})
+        dtype = getattr(torch, self.string(value["value"], where), None)
         if not isinstance(dtype, torch.dtype):
             self.fail(where, f"unknown torch dtype {value['value']!r}")
         return dtype
 
     def _decode_random_state(self, value, where):
+        self.keys(value, where, {"__kind__", "state"})
         rng = np.random.RandomState()
         rng.set_state(self.decode(value["state"], where))
         return rng
 
     def _decode_ndarray(self, value, where):
-        dtype = np.dtype(value["dtype"])
-        shape = tuple(value["shape"])
+        self.keys(value, where, {"__kind__", "dtype", "shape", "fortran"}, _CONTENT)
+        if sum(key in value for key in _CONTENT) != 1:
+            self.fail(where, f"an array needs exactly one of {sorted(_CONTENT)}")
+        dtype = np.dtype(self.string(value["dtype"], f"{where}.dtype"))
+        shape = tuple(self.integers(value["shape"], f"{where}.shape"))
+        count = math.prod(shape)
         if "tensor" in value:
-            array = value["tensor"].numpy()
+            array = self.tensor(value["tensor"], where, value["tensor"].dtype, (count,))
+            array = array.numpy()
         elif "bytes" in value:
-            array = value["bytes"].numpy().view(dtype)
-        elif dtype.kind == "O":
-            items = [
-                self.decode(v, f"{where}[{i}]") for i, v in enumerate(value["list"])
-            ]
-            array = np.empty(len(items), dtype=object)
-            for i, item in enumerate(items):
-                array[i] = item
+            if dtype.kind not in _RAW_KINDS or dtype.fields is not None:
+                self.fail(where, f"dtype {dtype} is not stored as bytes")
+            raw = self.tensor(
+                value["bytes"], where, torch.uint8, (count * dtype.itemsize,)
+            )
+            array = raw.numpy().view(dtype)
         else:
-            array = np.array(value["list"], dtype=dtype)
+            array = self._list_array(value["list"], dtype, count, where)
         if array.dtype != dtype:
             self.fail(where, f"array of {array.dtype} where {dtype} was stored")
         array = array.reshape(shape)
-        return np.asfortranarray(array) if value["fortran"] else array
+        if self.boolean(value["fortran"], f"{where}.fortran"):
+            return np.asfortranarray(array)
+        return array
 
-    def _decode_trajectory(self, value, where):
-        trajectory = Trajectory.__new__(Trajectory)
-        trajectory.__setstate__(self.decode(value["state"], where))
-        return trajectory
+    def _list_array(self, items, dtype, count, where):
+        """String and object arrays, stored as lists."""
+        if type(items) is not list or len(items) != count:
+            self.fail(where, f"expected a list of {count} items, got {_show(items)}")
+        if dtype.kind == "U":
+            longest = max((len(s) for s in items if type(s) is str), default=0)
+            if any(type(s) is not str for s in items) or dtype.itemsize > 4 * max(
+                longest, 64
+            ):
+                self.fail(where, f"not a list of strings of dtype {dtype}")
+            return np.array(items, dtype=dtype)
+        if dtype.kind != "O":
+            self.fail(where, f"dtype {dtype} is not stored as a list")
+        array = np.empty(count, dtype=object)
+        for i, item in enumerate(items):
+            array[i] = self.decode(item, f"{where}[{i}]")
+        return array
 
     def _decode_custom_module(self, value, where):
+        self.keys(value, where, {"__kind__", "type", "state"})
         if self.module is None:
-            raise ValueError(
-                f"{self.name} was saved with a custom module ({value['type']}); "
-                "pass module=... to load: the same architecture, as an "
-                "nn.Module or a factory module(n_features, n_outputs)."
+            raise _LoadError(
+                f"{self.name} was saved with a custom module "
+                f"({reprlib.repr(value['type'])}); pass module=... to load: the "
+                "same architecture, as an nn.Module or a factory "
+                "module(n_features, n_outputs)."
             )
         self.module_used = True
         if value["state"] is None or not isinstance(self.module, nn.Module):
             return self.module
         module = copy.deepcopy(self.module)  # the caller's object stays as it is
-        self._restore(module, value["state"], where)
+        self._restore(module, self._module_state(value["state"], where), where)
         return module
 
+    # -- estimators ---------------------------------------------------------
     def _decode_estimator(self, value, where):
+        self.keys(value, where, {"__kind__", "class", "params", "attributes"})
         name = value["class"]
-        cls = _CLASSES.get(name) if isinstance(name, str) else None
+        cls = _CLASSES.get(name) if type(name) is str else None
         if cls is None:
-            self.fail(where, f"unknown estimator class {name!r}")
+            self.fail(where, f"unknown estimator class {reprlib.repr(name)}")
         where = f"{where} ({name})"
+        params = value["params"]
+        self.keys(params, f"{where}.params", (), set(cls._get_param_names()))
         params = {
-            key: self.decode(v, f"{where}.{key}") for key, v in value["params"].items()
+            key: self.decode(v, f"{where}.params.{key}") for key, v in params.items()
         }
         estimator = cls(**params)
-        for key, v in value["attributes"].items():
-            if not isinstance(key, str) or not key.isidentifier() or key[:2] == "__":
-                self.fail(where, f"not an attribute name: {key!r}")
-            if key == "module_":
-                setattr(estimator, key, self._module(v, params, f"{where}.{key}"))
-            else:
-                setattr(estimator, key, self.decode(v, f"{where}.{key}"))
-        module = getattr(estimator, "module_", None)
-        trajectory = getattr(estimator, "trajectory_", None)
-        if module is not None and trajectory is not None:
-            names = [n for n, _ in trainable_parameters(module)]
-            if names != trajectory.parameter_names:
-                raise ValueError(
-                    f"{self.name}: the module's trainable parameters {names} are "
-                    f"not those of the saved path {trajectory.parameter_names}."
-                )
+        self._check_params(estimator, f"{where}.params")
+        attributes = value["attributes"]
+        fitted = type(attributes) is dict and any(
+            k not in _ANY_TIME for k in attributes
+        )
+        unknown = _unknown_attributes(name, attributes if fitted else ())
+        if unknown:
+            self.fail(
+                f"{where}.attributes",
+                f"{reprlib.repr(unknown)}: not attributes that {name}.fit sets",
+            )
+        optional = _ANY_TIME | (
+            _NETWORK_OPTIONAL if name in _NETWORKS else _TRANSFORMER_OPTIONAL
+        )
+        self.keys(
+            attributes,
+            f"{where}.attributes",
+            _FITTED[name] if fitted else (),
+            optional if fitted else _ANY_TIME,
+        )
+        values = {
+            key: self.decode(v, f"{where}.{key}")
+            for key, v in attributes.items()
+            if key not in ("module_", "trajectory_")
+        }
+        if "_sklearn_output_config" in values:
+            self._check_output_config(values, f"{where}._sklearn_output_config")
+        if fitted and name in _NETWORKS:
+            self._check_network(values, attributes, params, where)
+        elif fitted:
+            self._check_transformer(name, values, where)
+        if "trajectory_" in values:  # built by finish(), after every check
+            self.pending.append((estimator, values.pop("trajectory_")))
+        for key, v in values.items():
+            setattr(estimator, key, v)
         return estimator
 
-    def _module(self, value, params, where):
-        if type(value) is not dict or value.get("__kind__") != "module":
+    def _check_params(self, estimator, where):
+        """The parameters as fit would check them (InvalidParameterError)."""
+        try:
+            estimator._validate_params()
+            if isinstance(estimator, BasePathKernelEstimator):
+                estimator._hidden_layer_sizes()
+                estimator._input_shape()
+        except (ValueError, TypeError) as exc:
+            self.fail(where, str(exc))
+
+    def _check_output_config(self, values, where):
+        config = values["_sklearn_output_config"]
+        if type(config) is not dict:
+            self.fail(where, f"expected a dict, got {_show(config)}")
+        for key, v in config.items():
+            self.string(key, f"{where} key")
+            self.string(v, f"{where}[{key!r}]")
+
+    def _check_network(self, values, attributes, params, where):
+        """A fitted regressor's or classifier's attributes, checked together.
+
+        Every shape follows from the training rows ``_fit_X`` and the two
+        widths ``n_features_in_`` and ``n_outputs_``; the network from the
+        recorded architecture or the ``module`` passed to load; the path
+        from the network and the rows.
+        """
+        n_features = self.integer(
+            values["n_features_in_"], f"{where}.n_features_in_", 1
+        )
+        n_outputs = self.integer(values["n_outputs_"], f"{where}.n_outputs_", 1)
+        X = self.array(
+            values["_fit_X"], f"{where}._fit_X", _FIT_X_DTYPES, (None, n_features)
+        )
+        n_rows = self.integer(len(X), f"{where}._fit_X rows", 1)
+        self.array(
+            values["_fit_sample_weight"],
+            f"{where}._fit_sample_weight",
+            _FLOAT64,
+            (n_rows,),
+        )
+        if values.get("_fit_diagonal") is not None:
+            self.array(
+                values["_fit_diagonal"], f"{where}._fit_diagonal", _FLOAT64, (n_rows,)
+            )
+        if "_fit_mode_changed" in values:
+            self.boolean(values["_fit_mode_changed"], f"{where}._fit_mode_changed")
+        if "feature_names_in_" in values:
+            self._check_feature_names(values["feature_names_in_"], n_features, where)
+        self.numbers(values["loss_curve_"], f"{where}.loss_curve_")
+        self.number(values["best_loss_"], f"{where}.best_loss_", none=True)
+        self.numbers(
+            values["validation_scores_"], f"{where}.validation_scores_", none=True
+        )
+        self.number(
+            values["best_validation_score_"],
+            f"{where}.best_validation_score_",
+            none=True,
+        )
+        self.integer(values["n_iter_"], f"{where}.n_iter_")
+        if "_y_ndim" in values:
+            ndim = self.integer(values["_y_ndim"], f"{where}._y_ndim", 1, 2)
+            if ndim == 1 and n_outputs != 1:
+                self.fail(f"{where}._y_ndim", f"1-D targets but {n_outputs} outputs")
+        if "classes_" in values:
+            self._check_classes(values["classes_"], n_outputs, f"{where}.classes_")
+        module = self._module(
+            attributes["module_"], params, n_features, n_outputs, f"{where}.module_"
+        )
+        values["module_"] = module
+        values["trajectory_"] = self._trajectory(
+            attributes["trajectory_"], module, n_rows, n_outputs, f"{where}.trajectory_"
+        )
+
+    def _check_feature_names(self, names, n_features, where):
+        where = f"{where}.feature_names_in_"
+        self.array(names, where, {np.dtype(object)}, (n_features,))
+        for i, item in enumerate(names):
+            self.string(item, f"{where}[{i}]")
+
+    def _check_classes(self, classes, n_outputs, where):
+        """As the classifier's _encode_targets: 2 classes, 1 output; K > 2, K."""
+        self.array(classes, where, None, (None,))
+        n_classes = len(classes)
+        if n_classes < 2:
+            self.fail(where, f"{n_classes} classes; a classifier has at least 2")
+        expected = 1 if n_classes == 2 else n_classes
+        if n_outputs != expected:
+            self.fail(
+                where,
+                f"{n_classes} classes need {expected} network outputs, but "
+                f"n_outputs_ is {n_outputs}",
+            )
+        try:
+            distinct = len(set(classes.tolist()))
+        except TypeError:  # unhashable labels
+            distinct = -1
+        if distinct != n_classes:
+            self.fail(where, "the classes are not distinct labels")
+
+    def _check_transformer(self, name, values, where):
+        inner = values["estimator_"]
+        if not isinstance(inner, BasePathKernelEstimator) or "module_" not in vars(
+            inner
+        ):
+            self.fail(f"{where}.estimator_", "not a fitted path-kernel estimator")
+        n_features = self.integer(
+            values["n_features_in_"], f"{where}.n_features_in_", 1
+        )
+        if n_features != inner.n_features_in_:
+            self.fail(
+                f"{where}.n_features_in_",
+                f"{n_features}, but the estimator's is {inner.n_features_in_}",
+            )
+        if "feature_names_in_" in values:
+            self._check_feature_names(values["feature_names_in_"], n_features, where)
+        n_out = self.integer(values["_n_features_out"], f"{where}._n_features_out", 1)
+        if name == "PathKernelTransformer":
+            n_rows = self.integer(
+                values["n_samples_fit_"], f"{where}.n_samples_fit_", 1
+            )
+            shape = (n_rows, n_features)
+            self.array(values["X_fit_"], f"{where}.X_fit_", _FIT_X_DTYPES, shape)
+        elif name == "PathKernelNystroem":
+            shape = (n_out, n_features)
+            self.array(
+                values["components_"], f"{where}.components_", _FIT_X_DTYPES, shape
+            )
+            indices = values["component_indices_"]
+            where_indices = f"{where}.component_indices_"
+            self.array(indices, where_indices, {np.dtype(np.int64)}, (n_out,))
+            if indices.size and indices.min() < 0:
+                self.fail(where_indices, "negative row indices")
+            shape = (n_out, n_out)
+            self.array(
+                values["normalization_"], f"{where}.normalization_", _FLOAT64, shape
+            )
+        else:
+            self.integer(values["seed_"], f"{where}.seed_", 0, np.iinfo(np.int32).max)
+        if name == "PathKernelTransformer" and n_out != n_rows:
+            self.fail(f"{where}._n_features_out", f"{n_out}, expected {n_rows}")
+
+    # -- the network --------------------------------------------------------
+    def _module(self, value, params, n_features, n_outputs, where):
+        self.keys(
+            value,
+            where,
+            {"__kind__", "n_features", "n_outputs", "state", "architecture"},
+        )
+        if not _is(value["__kind__"], "module"):
             self.fail(where, "not a module entry")
-        n_features, n_outputs = value["n_features"], value["n_outputs"]
+        for key, expected, attribute in (
+            ("n_features", n_features, "n_features_in_"),
+            ("n_outputs", n_outputs, "n_outputs_"),
+        ):
+            if type(value[key]) is not int or value[key] != expected:
+                self.fail(
+                    f"{where}.{key}",
+                    f"{_show(value[key])}, but {attribute} is {expected}",
+                )
+        state = self._module_state(value["state"], where)
         architecture = value["architecture"]
         if architecture is not None:
+            widths, activation = self._architecture(
+                architecture, n_features, n_outputs, state["state_dict"], where
+            )
             module = make_mlp(
                 n_features,
                 n_outputs,
-                architecture["hidden_layer_sizes"],
-                architecture["activation"],
+                widths,
+                activation,
                 generator=torch.Generator().manual_seed(0),
             )
         else:
@@ -667,48 +1215,243 @@ class _Loader:
             module = adapt_input(
                 module, params.get("input_shape"), params.get("tokens", False)
             )
-        self._restore(module, value["state"], where)
+        self._restore(module, state, where)
         return module.to(self.device)
 
-    def _restore(self, module, state, where):
-        """Give ``module`` the saved dtype, weights and flags, in place."""
-        dtype = state["dtype"]
-        if dtype is not None:
-            if dtype not in _FLOAT_DTYPES:
-                self.fail(where, f"unknown dtype {dtype!r}")
-            module.to(dtype=_FLOAT_DTYPES[dtype])
-        state_dict = {
-            key: self.decode(v, f"{where}[{key!r}]")
-            for key, v in state["state_dict"].items()
+    def _module_state(self, state, where):
+        """The saved dtype, weights and flags of a network, checked as data."""
+        where = f"{where}.state"
+        self.keys(state, where, {"dtype", "state_dict", "requires_grad", "training"})
+        if state["dtype"] is not None:
+            self.string(state["dtype"], f"{where}.dtype", _FLOAT_DTYPES)
+        checked = {"dtype": state["dtype"]}
+        for key in ("state_dict", "requires_grad", "training"):
+            entries = self.keys(state[key], f"{where}.{key}", (), state[key])
+            checked[key] = {}
+            for name, v in entries.items():
+                at = f"{where}.{key}[{name!r}]"
+                self.string(name, f"{where}.{key} key")
+                checked[key][name] = (
+                    self.decode(v, at) if key == "state_dict" else self.boolean(v, at)
+                )
+        for name, v in checked["state_dict"].items():
+            if type(v) is not torch.Tensor and not name.endswith("_extra_state"):
+                self.fail(f"{where}.state_dict[{name!r}]", f"not a tensor: {_show(v)}")
+        return checked
+
+    def _architecture(self, architecture, n_features, n_outputs, state_dict, where):
+        """The default MLP's widths, checked against the saved weights' shapes."""
+        where = f"{where}.architecture"
+        self.keys(architecture, where, {"hidden_layer_sizes", "activation"})
+        hidden = self.integers(
+            architecture["hidden_layer_sizes"], f"{where}.hidden_layer_sizes", 1
+        )
+        activation = self.string(
+            architecture["activation"], f"{where}.activation", ACTIVATIONS
+        )
+        widths = [n_features, *hidden, n_outputs]
+        expected = {}
+        for i, (fan_in, fan_out) in enumerate(zip(widths[:-1], widths[1:])):
+            expected[f"{2 * i}.weight"] = (fan_out, fan_in)
+            expected[f"{2 * i}.bias"] = (fan_out,)
+        got = {
+            key: tuple(v.shape) if type(v) is torch.Tensor else None
+            for key, v in state_dict.items()
         }
-        self._check_state_dict(module, state_dict, where)
-        module.load_state_dict(state_dict, strict=True)
+        if got != expected:
+            self.fail(
+                where,
+                f"widths {widths} need weights of shapes {expected}, but the file "
+                f"holds {reprlib.repr(got)}",
+            )
+        return hidden, activation
+
+    def _restore(self, module, state, where):
+        """Give ``module`` the checked dtype, weights and flags, in place."""
+        if state["dtype"] is not None:
+            module.to(dtype=_FLOAT_DTYPES[state["dtype"]])
+        self._check_state_dict(module, state["state_dict"])
+        module.load_state_dict(state["state_dict"], strict=True)
+        for key, items in (
+            ("requires_grad", dict(module.named_parameters())),
+            ("training", dict(module.named_modules())),
+        ):
+            unknown = [name for name in state[key] if name not in items]
+            if unknown:
+                self.fail(f"{where}.state.{key}", f"names the module lacks: {unknown}")
         for name, parameter in module.named_parameters():
             parameter.requires_grad_(state["requires_grad"].get(name, True))
         for name, submodule in module.named_modules():
             submodule.training = state["training"].get(name, submodule.training)
 
-    def _check_state_dict(self, module, state_dict, where):
+    def _check_state_dict(self, module, state_dict):
         """Refuse weights that do not fit ``module``, with what differs."""
         expected = module.state_dict()
         missing = [k for k in expected if k not in state_dict]
         unexpected = [k for k in state_dict if k not in expected]
         if missing or unexpected:
-            raise ValueError(
+            raise _LoadError(
                 f"{self.name}: the module does not fit the saved weights: keys "
                 f"missing from the file {missing}, keys the module lacks "
                 f"{unexpected}. Pass the architecture the estimator was fitted "
                 "with as module=."
             )
         for key, tensor in state_dict.items():
-            if type(tensor) is not torch.Tensor:
-                continue  # extra state: the module's own load handles it
             own = expected[key]
+            if type(own) is not torch.Tensor:
+                continue  # extra state: the module's own load handles it
+            if type(tensor) is not torch.Tensor:
+                raise _LoadError(
+                    f"{self.name}: the module does not fit the saved weights: "
+                    f"{key!r} is a tensor in the module, a {type(tensor).__name__} "
+                    "in the file."
+                )
             if tuple(own.shape) != tuple(tensor.shape) or own.dtype != tensor.dtype:
-                raise ValueError(
+                raise _LoadError(
                     f"{self.name}: the module does not fit the saved weights: "
                     f"{key!r} has shape {tuple(own.shape)} and dtype {own.dtype} "
                     f"in the module, but shape {tuple(tensor.shape)} and dtype "
                     f"{tensor.dtype} in the file. Pass the architecture the "
                     "estimator was fitted with as module=."
                 )
+
+    # -- the path -----------------------------------------------------------
+    def _trajectory(self, value, module, n_rows, n_outputs, where):
+        """The packed path, checked against the network and the training rows.
+
+        Returned as the packed state for :meth:`finish` to build: its
+        ``_directory`` says only whether the path was kept on disk.
+        """
+        self.keys(value, where, {"__kind__", "state"})
+        if not _is(value["__kind__"], "trajectory"):
+            self.fail(where, "not a trajectory entry")
+        state = self.decode(value["state"], where)
+        if type(state) is dict:  # the defaults of paths saved by older versions
+            if "solver" not in state:
+                state["solver"] = {"alpha": state.pop("alpha", 0.0)}
+            for key, default in _TRAJECTORY_DEFAULTS.items():
+                state.setdefault(key, default)
+        self.keys(state, where, _TRAJECTORY_KEYS)
+        solver = self._solver(state["solver"], f"{where}.solver")
+        trainable = trainable_parameters(module)
+        dtype = trainable[0][1].dtype if trainable else torch.float32
+        width = self._layout(state, trainable, where)
+        n_steps = self._steps(
+            state["_packed_steps"], dtype, n_rows, n_outputs, f"{where}._packed_steps"
+        )
+        self._checkpoints(state, solver, n_steps, width, dtype, where)
+        if state["_directory"] is not None:
+            self.string(state["_directory"], f"{where}._directory")
+        return state
+
+    def _solver(self, value, where):
+        self.keys(value, where, (), _SOLVER_FIELDS)
+        for key, v in value.items():
+            at = f"{where}.{key}"
+            if key == "name":
+                self.string(v, at, SOLVERS)
+            elif key == "nesterov":
+                self.boolean(v, at)
+            elif not (self.number(v, at) >= 0 and math.isfinite(v)):
+                self.fail(at, f"expected a finite number >= 0, got {v!r}")
+        return Solver(**value)
+
+    def _layout(self, state, trainable, where):
+        """Names, shapes and sizes of the parameters: the network's trainable ones."""
+        names = [name for name, _ in trainable]
+        shapes = [tuple(p.shape) for _, p in trainable]
+        got = state["_names"]
+        if (
+            type(got) is not list
+            or any(type(n) is not str for n in got)
+            or got != names
+        ):
+            self.fail(
+                f"{where}._names",
+                f"{reprlib.repr(got)}, but the network's trainable parameters are "
+                f"{names}",
+            )
+        got = state["_shapes"]
+        if type(got) is not list:
+            self.fail(f"{where}._shapes", f"expected a list, got {_show(got)}")
+        got = [
+            tuple(self.integers(s, f"{where}._shapes[{i}]")) for i, s in enumerate(got)
+        ]
+        if got != shapes:
+            self.fail(f"{where}._shapes", f"{got}, but the network's are {shapes}")
+        numels = [math.prod(shape) for shape in shapes]
+        if self.integers(state["_numels"], f"{where}._numels") != numels:
+            self.fail(f"{where}._numels", f"{state['_numels']}, expected {numels}")
+        state["_shapes"] = got
+        return sum(numels)
+
+    def _steps(self, packed, dtype, n_rows, n_outputs, where):
+        """Every step's size, batch, batch weights and loss derivatives."""
+        if type(packed) not in (list, tuple) or len(packed) != 5:
+            self.fail(where, f"expected 5 entries, got {_show(packed)}")
+        sizes, lengths, batches, weights, gradients = packed
+        self.numbers(sizes, f"{where}[0] (step sizes)")
+        lengths = self.integers(lengths, f"{where}[1] (batch lengths)", 1)
+        n_steps = len(sizes)
+        if len(lengths) != n_steps or any(n > n_rows for n in lengths):
+            self.fail(
+                f"{where}[1] (batch lengths)",
+                f"{len(lengths)} batches of up to {max(lengths, default=0)} rows, "
+                f"expected {n_steps} (one per step) of at most {n_rows} rows",
+            )
+        if n_steps == 0:
+            if any(t is not None for t in (batches, weights, gradients)):
+                self.fail(where, "records of steps on a path of none")
+            return 0
+        total = sum(lengths)
+        self.tensor(batches, f"{where}[2] (batch rows)", torch.int64, (total,))
+        if batches.min() < 0 or batches.max() >= n_rows:
+            self.fail(
+                f"{where}[2] (batch rows)",
+                f"row indices outside the {n_rows} training rows of _fit_X",
+            )
+        self.tensor(weights, f"{where}[3] (batch weights)", dtype, (total,))
+        shape = (total, n_outputs)
+        self.tensor(gradients, f"{where}[4] (loss derivatives)", dtype, shape)
+        return n_steps
+
+    def _checkpoints(self, state, solver, n_steps, width, dtype, where):
+        """The stored parameters: every ``record_every``-th step's, and w_T."""
+        record_every = self.integer(state["record_every"], f"{where}.record_every", 1)
+        steps = list(range(0, n_steps, record_every))
+        if (
+            self.integers(state["_checkpoint_steps"], f"{where}._checkpoint_steps")
+            != steps
+        ):
+            self.fail(
+                f"{where}._checkpoint_steps",
+                f"expected every {record_every}th of the {n_steps} steps",
+            )
+        at = f"{where}._packed_checkpoints"
+        self.tensor(
+            state["_packed_checkpoints"], at, dtype, (len(steps), width), none=not steps
+        )
+        at = f"{where}._packed_preconditioners"
+        if solver.diagonal:
+            shape = (n_steps, width)
+            self.tensor(
+                state["_packed_preconditioners"], at, dtype, shape, none=not n_steps
+            )
+        elif state["_packed_preconditioners"] is not None:
+            self.fail(at, f"solver {solver.name!r} keeps no preconditioners")
+        self.tensor(state["_final"], f"{where}._final", dtype, (width,))
+        self.string(state["quadrature"], f"{where}.quadrature", RULES)
+        try:
+            check_rule(state["quadrature"], state["_kernel_nodes"])
+        except (ValueError, TypeError) as exc:
+            self.fail(f"{where}._kernel_nodes", str(exc))
+        adaptive = state["_adaptive_steps"]
+        if adaptive is not None:
+            at = f"{where}._adaptive_steps"
+            adaptive = self.integers(adaptive, at)
+            if adaptive and (
+                adaptive[0] != 0
+                or any(b <= a for a, b in zip(adaptive, adaptive[1:]))
+                or not set(adaptive) <= set(steps)
+            ):
+                self.fail(at, "not increasing recorded steps from 0")

@@ -1,8 +1,11 @@
 """Safe persistence (save / load) and pickling: bit-identical round trips."""
 
+import copy
 import io
 import pathlib
 import pickle
+import tempfile
+import time
 import warnings
 
 import numpy as np
@@ -354,23 +357,37 @@ def test_unfitted_estimator_loads_unfitted(Est, method, data, tmp_path):
     assert np.array_equal(_fit(loaded, X, y).predict(X), _fit(est, X, y).predict(X))
 
 
-def test_extra_fitted_attributes_round_trip(data, tmp_path):
-    est, _, X, Y = _fitted("regressor-1d", data)
-    est.extra_ = {"a": [np.float32(1.5), (1, "x")], 2: b"raw", b"": None, 3.5: [{}]}
-    est.dates_ = np.array(["2024-01-01", "NaT"], dtype="datetime64[D]")
-    est.big_ = np.arange(6, dtype=np.uint32).reshape(2, 3, order="F")
-    est.words_ = np.array([[b"ab", b"c"]])
-    est.empty_ = np.zeros((0, 2), dtype="<U3")
-    est.scalar_ = np.array(np.nan)
-    est.dtype_ = torch.float64
+def test_plain_values_round_trip(data, tmp_path):
+    # Every kind of value the format stores, in the one parameter that takes
+    # anything (device: only checked when fit uses it).
+    est, _, _, _ = _fitted("regressor-1d", data)
+    est.set_params(
+        device={
+            "extra": {"a": [np.float32(1.5), (1, "x")], 2: b"raw", b"": None},
+            "dates": np.array(["2024-01-01", "NaT"], dtype="datetime64[D]"),
+            "big": np.arange(6, dtype=np.uint32).reshape(2, 3, order="F"),
+            "words": np.array([[b"ab", b"c"]]),
+            "empty": np.zeros((0, 2), dtype="<U3"),
+            "scalar": np.array(np.nan),
+            "dtype": torch.float64,
+            3.5: [{}],
+        }
+    )
     loaded = _round_trip(est, "save", tmp_path)
     _assert_same(est, loaded)
 
 
-def test_unknown_attribute_type_is_refused_at_save(data, tmp_path):
+def test_attributes_fit_does_not_set_are_refused(data, tmp_path):
     est, _, _, _ = _fitted("regressor-1d", data)
-    est.something_ = object()
-    with pytest.raises(TypeError, match="PathKernelRegressor.something_"):
+    est.extra_ = 1
+    with pytest.raises(TypeError, match=r"\['extra_'\] are not attributes that"):
+        save(est, tmp_path / "model.pt")
+
+
+def test_unknown_value_type_is_refused_at_save(data, tmp_path):
+    est, _, _, _ = _fitted("regressor-1d", data)
+    est.set_params(device=object())
+    with pytest.raises(TypeError, match="PathKernelRegressor.device"):
         save(est, tmp_path / "model.pt")
 
 
@@ -643,5 +660,278 @@ def test_damaged_records_are_refused(data, tmp_path):
         load(path)
     save(est, path)
     _rewrite(path, lambda r: r["estimator"]["attributes"].update(__class__=1))
-    with pytest.raises(ValueError, match="not an attribute name"):
+    with pytest.raises(
+        ValueError,
+        match=r"model.pt' is damaged or not ours: estimator \(PathKernelRegressor\)"
+        r".attributes: \['__class__'\]: not attributes that PathKernelRegressor.fit",
+    ):
         load(path)
+
+
+# -- trajectory_dir: scratch files go where load says, never where the file says
+def test_path_on_disk_goes_to_the_directory_load_is_given(data, tmp_path):
+    X, Y, y = data
+    named = tmp_path / "named"
+    est = _fit(
+        PathKernelRegressor((4,), max_iter=4, random_state=0, trajectory_dir=named),
+        X,
+        y,
+    )
+    save(est, tmp_path / "model.pt")
+    before = sorted(named.iterdir())
+    scratch = tmp_path / "scratch"
+    loaded = load(tmp_path / "model.pt", trajectory_dir=scratch)
+    assert loaded.trajectory_.on_disk and loaded.trajectory_dir == named
+    files = list(scratch.iterdir())
+    assert len(files) == 1 and files[0].name.startswith("checkpoints-")
+    assert files[0].stat().st_mode & 0o777 == 0o600
+    assert sorted(named.iterdir()) == before
+    _assert_same_results(est, loaded, X, Y)
+    del loaded
+    assert list(scratch.iterdir()) == []
+
+
+def test_path_on_disk_goes_to_the_temporary_directory_by_default(
+    data, tmp_path, monkeypatch
+):
+    X, _, y = data
+    est = _fit(
+        PathKernelRegressor((4,), max_iter=4, random_state=0, trajectory_dir=tmp_path),
+        X,
+        y,
+    )
+    save(est, tmp_path / "model.pt")
+    record = torch.load(tmp_path / "model.pt", weights_only=True)
+    # A tampered file names another directory: load never writes there.
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    state = record["estimator"]["attributes"]["trajectory_"]["state"]
+    state["items"] = [
+        (key, str(elsewhere) if key == "_directory" else value)
+        for key, value in state["items"]
+    ]
+    torch.save(record, tmp_path / "tampered.pt")
+    temporary = tmp_path / "tmp"
+    temporary.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(temporary))
+    loaded = load(tmp_path / "tampered.pt")
+    assert loaded.trajectory_.on_disk
+    assert [p.name[:12] for p in temporary.iterdir()] == ["checkpoints-"]
+    assert list(elsewhere.iterdir()) == []
+    assert np.array_equal(loaded.predict(X), est.predict(X))
+
+
+# -- fuzzing the format ----------------------------------------------------------
+# Each mutated file must end in a ValueError from load(), or in an estimator
+# whose predict, kernel and decompose are the original's bit for bit; never in
+# another exception, a file written outside the chosen scratch directory, or
+# code run from the file.
+def _fuzz_bases(root):
+    rng = np.random.RandomState(1)
+    X, Q = rng.randn(10, 2), rng.randn(3, 2)
+    y = X[:, 0] - X[:, 1]
+    labels = np.digitize(y, [-0.5, 0.5])
+    named = root / "named"  # the directory the files name
+    small = {"max_iter": 2, "batch_size": 5, "random_state": 0}
+    estimators = [
+        PathKernelRegressor((3,), **small),
+        PathKernelRegressor((3,), solver="adam", trajectory_dir=named, **small),
+        PathKernelClassifier((3,), solver="adam", **small),
+        PathKernelClassifier((3,), trajectory_dir=named, **small),
+    ]
+    bases = []
+    for est, target in zip(estimators, [y, y, labels, labels > 0]):
+        est = _fit(est, X, target)
+        buffer = io.BytesIO()
+        save(est, buffer)
+        bases.append((buffer.getvalue(), _fuzz_results(est, Q)))
+    return bases, Q, named
+
+
+def _fuzz_results(est, Q):
+    machine = est.decompose(Q[:2])
+    return [est.predict(Q), est.kernel(Q)] + [
+        getattr(machine, f) for f in ("bias", "contributions", "network_output")
+    ]
+
+
+class _Payload:
+    """Writes a marker file if unpickled: load must never do so."""
+
+    marker = None
+
+    def __reduce__(self):
+        return (pathlib.Path.touch, (pathlib.Path(self.marker),))
+
+
+def _leaves(value, path=()):
+    """``(path, value)`` of every entry of a record, containers included."""
+    yield path, value
+    if isinstance(value, dict):
+        items = value.items()
+    elif isinstance(value, list | tuple):
+        items = enumerate(value)
+    else:
+        return
+    for key, item in items:
+        yield from _leaves(item, (*path, key))
+
+
+def _replace(record, path, new):
+    """``record`` with the entry at ``path`` replaced (tuples rebuilt)."""
+    if not path:
+        return new
+    head, rest = path[0], path[1:]
+    if isinstance(record, tuple):
+        items = list(record)
+        items[head] = _replace(items[head], rest, new)
+        return tuple(items)
+    record[head] = _replace(record[head], rest, new)
+    return record
+
+
+_ODD_VALUES = ["x", None, [], {}, True, 2.5, -1, 10**30, (1,), torch.zeros(2)]
+_ODD_NAMES = ["predict", "__class__", "__dict__", "fit", "kernel", "_fit_Y", "x_"]
+
+
+def _kind(value):
+    if isinstance(value, bool) or value is None:
+        return repr(value)
+    if isinstance(value, int | float):
+        return "number"
+    return type(value).__name__
+
+
+def _edit_tensor(rng, tensor):
+    choice = rng.integers(6)
+    if choice == 0 and tensor.ndim:
+        return tensor[:-1]
+    if choice == 1 and tensor.ndim:
+        return torch.cat([tensor, tensor[:1]])
+    if choice == 2:
+        return tensor.unsqueeze(0)
+    if choice == 3 and tensor.ndim == 2 and tensor.shape[0] != tensor.shape[1]:
+        return tensor.T.contiguous()  # a square one transposed is another value
+    dtypes = [torch.float32, torch.float64, torch.int64, torch.int32, torch.uint8]
+    dtypes.remove(tensor.dtype) if tensor.dtype in dtypes else None
+    return tensor.to(dtypes[rng.integers(len(dtypes))])
+
+
+def _structured(rng, record, marker):
+    """One edit of the record: shapes, dtypes, keys, types, swaps, payloads."""
+    record = copy.deepcopy(record)
+    entries = list(_leaves(record))
+    tensors = [(p, v) for p, v in entries if isinstance(v, torch.Tensor)]
+    dicts = [(p, v) for p, v in entries if isinstance(v, dict) and v]
+    choice = rng.integers(7)
+    if choice == 0:  # shape or dtype of a tensor
+        path, tensor = tensors[rng.integers(len(tensors))]
+        return _replace(record, path, _edit_tensor(rng, tensor))
+    if choice == 1:  # two tensors of different shapes or dtypes swapped
+        (p, a), (q, b) = (tensors[i] for i in rng.choice(len(tensors), 2, False))
+        if a.shape == b.shape and a.dtype == b.dtype:
+            return None
+        return _replace(_replace(record, p, b), q, a)
+    if choice == 2:  # a value of another kind of Python type
+        path, value = entries[1 + rng.integers(len(entries) - 1)]
+        odd = [v for v in _ODD_VALUES if _kind(v) != _kind(value)]
+        parent = entries[[p for p, _ in entries].index(path[:-1])][1]
+        if isinstance(parent, tuple) and parent[0] == "_kernel_nodes":
+            odd.remove(None)  # a valid value there: every checkpoint
+        return _replace(record, path, copy.deepcopy(odd[rng.integers(len(odd))]))
+    if choice == 6:  # an object whose unpickling writes a marker file
+        path, _ = entries[rng.integers(len(entries))]
+        _Payload.marker = marker
+        return _replace(record, path, _Payload())
+    path, entry = dicts[rng.integers(len(dicts))]
+    keys = list(entry)
+    key = keys[rng.integers(len(keys))]
+    if choice == 3:  # a key renamed
+        entry[_ODD_NAMES[rng.integers(len(_ODD_NAMES))]] = entry.pop(key)
+    elif choice == 4:  # a key removed
+        del entry[key]
+    else:  # an extra key: an attribute named like a method, or any entry
+        attributes = record["estimator"]["attributes"]
+        target = attributes if rng.integers(2) else entry
+        target[_ODD_NAMES[rng.integers(len(_ODD_NAMES))]] = entry[key]
+    return record
+
+
+def _mutate(rng, data, record, marker):
+    """Mutated file bytes: bits flipped, the file truncated, or an edit."""
+    choice = rng.integers(4)
+    if choice == 0:
+        damaged = bytearray(data)
+        for position in rng.integers(len(data), size=rng.integers(1, 4)):
+            damaged[position] ^= 1 << rng.integers(8)
+        return bytes(damaged)
+    if choice == 1:
+        return data[: rng.integers(len(data))]
+    edited = _structured(rng, record, marker)
+    if edited is None:
+        return None
+    buffer = io.BytesIO()
+    torch.save(edited, buffer)
+    return buffer.getvalue()
+
+
+def _fuzz_one(path, scratch, Q, expected):
+    """ "refused", "same", or what went wrong."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            loaded = load(path, trajectory_dir=scratch)
+        except ValueError:
+            return "refused"
+        except Exception as exc:
+            return f"load raised {exc!r}"[:300]
+        try:
+            got = _fuzz_results(loaded, Q)
+        except Exception as exc:
+            return f"loaded, then raised {exc!r}"[:300]
+    if all(np.array_equal(a, b) for a, b in zip(got, expected)):
+        return "same"
+    return "loaded, but differs"
+
+
+def _fuzz(seed, n_mutations, root, monkeypatch):
+    bases, Q, named = _fuzz_bases(root)
+    records = [torch.load(io.BytesIO(data), weights_only=True) for data, _ in bases]
+    scratch, temporary, marker = root / "scratch", root / "tmp", root / "marker"
+    temporary.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(temporary))
+    named_before = sorted(named.iterdir())
+    rng = np.random.default_rng(seed)
+    outcomes, escapes = {"refused": 0, "same": 0}, []
+    path = root / "mutated.pt"
+    while sum(outcomes.values()) < n_mutations:
+        k = rng.integers(len(bases))
+        mutated = _mutate(rng, bases[k][0], records[k], marker)
+        if mutated is None:
+            continue
+        path.write_bytes(mutated)
+        outcome = _fuzz_one(path, scratch, Q, bases[k][1])
+        outcomes["refused" if outcome == "refused" else "same"] += 1
+        if outcome not in ("refused", "same"):
+            escapes.append((seed, sum(outcomes.values()), outcome))
+        assert not marker.exists(), "code from the file ran"
+        assert sorted(named.iterdir()) == named_before
+        assert list(temporary.iterdir()) == []
+        assert not scratch.exists() or list(scratch.iterdir()) == []
+    return outcomes, escapes
+
+
+@pytest.mark.parametrize("seed", [0])
+def test_fuzzed_files_are_refused_or_load_the_same(seed, tmp_path, monkeypatch):
+    start = time.perf_counter()
+    outcomes, escapes = _fuzz(seed, 300, tmp_path, monkeypatch)
+    print(f"fuzz seed={seed}: {outcomes} in {time.perf_counter() - start:.1f} s")
+    assert escapes == []
+    assert outcomes["refused"] > 100 and outcomes["same"] > 0
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("seed", [1, 2, 3, 4, 5, 6, 7])
+def test_fuzzed_files_many_more(seed, tmp_path, monkeypatch):
+    outcomes, escapes = _fuzz(seed, 300, tmp_path, monkeypatch)
+    assert escapes == []
