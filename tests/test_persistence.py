@@ -682,9 +682,10 @@ def test_path_on_disk_goes_to_the_directory_load_is_given(data, tmp_path):
     scratch = tmp_path / "scratch"
     loaded = load(tmp_path / "model.pt", trajectory_dir=scratch)
     assert loaded.trajectory_.on_disk and loaded.trajectory_dir == named
-    files = list(scratch.iterdir())
-    assert len(files) == 1 and files[0].name.startswith("checkpoints-")
-    assert files[0].stat().st_mode & 0o777 == 0o600
+    files = sorted(scratch.iterdir())
+    # The parameters and the per-step records, each in a scratch file.
+    assert [f.name.split("-")[0] for f in files] == ["checkpoints", "records"]
+    assert all(f.stat().st_mode & 0o777 == 0o600 for f in files)
     assert sorted(named.iterdir()) == before
     _assert_same_results(est, loaded, X, Y)
     del loaded
@@ -716,7 +717,8 @@ def test_path_on_disk_goes_to_the_temporary_directory_by_default(
     monkeypatch.setattr(tempfile, "tempdir", str(temporary))
     loaded = load(tmp_path / "tampered.pt")
     assert loaded.trajectory_.on_disk
-    assert [p.name[:12] for p in temporary.iterdir()] == ["checkpoints-"]
+    names = sorted(p.name.split("-")[0] for p in temporary.iterdir())
+    assert names == ["checkpoints", "records"]
     assert list(elsewhere.iterdir()) == []
     assert np.array_equal(loaded.predict(X), est.predict(X))
 
