@@ -179,3 +179,20 @@ def test_a_directory_that_is_a_file_is_refused_by_name(tmp_path, store):
             store(path)
     store(tmp_path / "new" / "dir")
     assert (tmp_path / "new" / "dir").is_dir()
+
+
+def test_record_store_packs_pending_steps_in_groups_and_reads_them_all(monkeypatch):
+    # Steps wait as tensors, PENDING_STEPS at a time; reads, lengths and the
+    # packed form see every step, pending or packed, bit for bit.
+    monkeypatch.setattr(_checkpoints, "PENDING_STEPS", 4)
+    steps = _steps(10)
+    store = RecordStore()
+    for t, step in enumerate(steps):
+        store.append(step)
+        assert len(store) == t + 1
+        assert len(store._steps) == (t + 1) // 4 * 4  # packed in fours
+    for t in range(10):
+        _assert_identical(store[t], steps[t])
+    sizes, lengths, *_ = store.packed()
+    assert sizes == [step[0] for step in steps]
+    assert lengths == [len(step[1]) for step in steps]

@@ -192,6 +192,10 @@ class CheckpointStore:
             self._file.extend(row.numpy()[None])
 
 
+#: Steps a :class:`RecordStore` keeps as tensors before it packs them.
+PENDING_STEPS = 256
+
+
 class RecordStore:
     """Every step's record (a ``Step``), appended one at a time, read by index.
 
@@ -200,7 +204,9 @@ class RecordStore:
     :class:`GrowableArray`: in memory until it would pass
     :data:`SPILL_BYTES`, then in a file ``records-*.bin`` (straight there
     with ``directory``, or once :meth:`to_disk` is called). Per step, its
-    size and the end of its rows stay in memory. Reading step ``t`` copies
+    size and the end of its rows stay in memory. The last steps, up to
+    :data:`PENDING_STEPS`, wait as the tensors they came as, and are packed
+    together. Reading step ``t`` copies
     its rows into new tensors, bit for bit those that were appended.
 
     Parameters
@@ -214,6 +220,10 @@ class RecordStore:
         self._steps = GrowableArray(_STEP)
         self._rows = None  # created by the first step, which gives the dtype
         self._wants_disk = directory is not None
+        # The last steps as they came, packed into rows PENDING_STEPS at a
+        # time: packing costs per call, not per row, so one call per step
+        # would cost a small network a few percent of its training time.
+        self._pending = []
 
     @property
     def on_disk(self):
@@ -223,14 +233,16 @@ class RecordStore:
     @property
     def path(self):
         """The file holding the rows, or None in memory."""
+        self.flush()
         return None if self._rows is None else self._rows.path
 
     def __len__(self):
-        return len(self._steps)
+        return len(self._steps) + len(self._pending)
 
     def __getitem__(self, t):
         """Step ``t``: ``(step_size, batch, batch_weights, output_gradients)``."""
         t = range(len(self))[t]  # negative indices, and IndexError
+        self.flush()
         steps = self._steps.view()
         start = int(steps["end"][t - 1]) if t else 0
         rows = self._rows.view()[start : steps["end"][t]]
@@ -241,18 +253,39 @@ class RecordStore:
 
     def step_sizes(self):
         """``eps_t`` of every step, a float64 array."""
+        self.flush()
         return np.array(self._steps.view()["size"])
 
     def append(self, step):
         """Keep ``step``, a ``Step`` (or a tuple in its order), as the next one."""
-        size, batch, batch_weights, output_gradients = step
-        self.extend([size], [len(batch)], batch, batch_weights, output_gradients)
+        step = tuple(step)
+        kind = [(part.dtype, part.shape[1:]) for part in step[1:]]
+        if self._pending and kind != self._pending_kind:
+            raise ValueError(
+                f"A step's records {kind} differ from the path's {self._pending_kind}."
+            )
+        self._pending.append(step)
+        self._pending_kind = kind
+        if len(self._pending) >= PENDING_STEPS:
+            self.flush()
+
+    def flush(self):
+        """Pack the pending steps into rows."""
+        pending, self._pending = self._pending, []
+        if pending:
+            sizes, batches, weights, gradients = zip(*pending)
+            self.extend(
+                sizes,
+                [len(batch) for batch in batches],
+                *(torch.cat(parts) for parts in (batches, weights, gradients)),
+            )
 
     def extend(self, sizes, lengths, batch, batch_weights, output_gradients):
         """Append steps of ``sizes`` and ``lengths`` whose rows are concatenated.
 
         The arguments are those of :meth:`packed`.
         """
+        self.flush()
         rows = _records(batch, batch_weights, output_gradients)
         if self._rows is None:
             self._rows = GrowableArray(rows.dtype)
@@ -273,6 +306,7 @@ class RecordStore:
 
     def truncate(self, n):
         """Forget steps ``n`` and later."""
+        self.flush()
         self._steps.truncate(n)
         if self._rows is not None:
             self._rows.truncate(int(self._steps.view()["end"][-1]) if n else 0)
@@ -293,6 +327,7 @@ class RecordStore:
         step concatenated into new tensors (None without steps): the form a
         trajectory pickles its records in.
         """
+        self.flush()
         if not len(self):
             return [], [], None, None, None
         steps = self._steps.view()

@@ -198,6 +198,7 @@ class Trajectory:
     def _set_final(self, flat_parameters):
         self._final = _to_cpu(flat_parameters)
         self._metrics.clear()
+        self._steps.flush()  # the last steps join the others, on disk if there
 
     def _truncate(self, n_steps):
         """Forget steps ``n_steps`` and later (used after a divergence)."""
