@@ -107,7 +107,7 @@ from ._model._network import (
 from ._model._validation import resolve_device
 from ._training._quadrature import RULES, check_rule
 from ._training._solvers import SOLVERS, Solver
-from ._training._trajectory import Trajectory
+from ._training._trajectory import PACKED_KEYS, Trajectory
 from ._transformers import PathKernelTransformer
 from .exceptions import InconsistentVersionWarning
 
@@ -680,26 +680,8 @@ _ANY_TIME = frozenset({"_sklearn_output_config"})
 _FIT_X_DTYPES = {np.dtype("float32"), np.dtype("float64")}
 _FLOAT64 = {np.dtype("float64")}
 
-# The packed form of a Trajectory (Trajectory.__getstate__), and the defaults
-# of the keys that paths saved by older versions lack (as __setstate__ has).
-_TRAJECTORY_KEYS = frozenset(
-    {
-        "solver",
-        "_names",
-        "_shapes",
-        "_numels",
-        "record_every",
-        "quadrature",
-        "_kernel_nodes",
-        "_checkpoint_steps",
-        "_adaptive_steps",
-        "_final",
-        "_packed_preconditioners",
-        "_packed_checkpoints",
-        "_directory",
-        "_packed_steps",
-    }
-)
+# The defaults of the packed keys that paths saved by older versions lack (as
+# Trajectory.__setstate__ has).
 _TRAJECTORY_DEFAULTS = {
     "quadrature": "left",
     "_kernel_nodes": None,
@@ -1331,7 +1313,7 @@ class _Loader:
                 state["solver"] = {"alpha": state.pop("alpha", 0.0)}
             for key, default in _TRAJECTORY_DEFAULTS.items():
                 state.setdefault(key, default)
-        self.keys(state, where, _TRAJECTORY_KEYS)
+        self.keys(state, where, PACKED_KEYS)
         solver = self._solver(state["solver"], f"{where}.solver")
         trainable = trainable_parameters(module)
         dtype = trainable[0][1].dtype if trainable else torch.float32

@@ -6,6 +6,7 @@ import warnings
 import numpy as np
 import pytest
 import torch
+from _cluster import local_cluster
 from _oracle import path_kernel_reference, tangent_kernel_reference
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -589,23 +590,12 @@ def _kill_a_busy_worker(scheduler, pids):
 @pytest.mark.slow  # a LocalCluster of two processes: ~10 s, more under load
 def test_a_dask_worker_lost_mid_kernel_changes_no_bit(fitted, small_grid):
     # The lost worker's tasks run again on the other one (its nanny restarts
-    # it meanwhile), and the caller adds every part in order as before.
+    # it meanwhile), and the caller adds every part in checkpoint order.
     import os
 
-    distributed = pytest.importorskip("distributed")
     est, X = fitted
     expected = path_kernel(est.module_, est.trajectory_, X, working_memory=1e-4)
-    with (
-        distributed.LocalCluster(
-            n_workers=2,
-            processes=True,
-            threads_per_worker=1,
-            dashboard_address=None,
-            silence_logs=50,
-        ) as cluster,
-        distributed.Client(cluster) as client,
-    ):
-        client.run(__import__, "sklearn_pathkernel")  # import once, up front
+    with local_cluster() as (cluster, client):
         killer = _kill_a_busy_worker(cluster.scheduler, client.run(os.getpid))
         cluster.scheduler.add_plugin(killer)
         with parallel_config(backend="dask"):

@@ -6,6 +6,7 @@ import warnings
 import numpy as np
 import pytest
 import torch
+from _cluster import local_cluster
 from joblib import parallel_config
 from sklearn.datasets import load_digits
 from sklearn.exceptions import ConvergenceWarning
@@ -76,18 +77,7 @@ def small_grid(monkeypatch):
 
 @pytest.fixture(scope="module")
 def cluster():
-    distributed = pytest.importorskip("distributed")
-    with (
-        distributed.LocalCluster(
-            n_workers=2,
-            processes=True,
-            threads_per_worker=1,
-            dashboard_address=None,
-            silence_logs=50,
-        ) as cluster,
-        distributed.Client(cluster) as client,
-    ):
-        client.run(__import__, "sklearn_pathkernel")  # import once, up front
+    with local_cluster() as (_, client):
         yield client
 
 

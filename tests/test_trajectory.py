@@ -11,6 +11,7 @@ from torch import nn
 
 from sklearn_pathkernel._training._solvers import Solver
 from sklearn_pathkernel._training._trajectory import (
+    PACKED_KEYS,
     Step,
     Trajectory,
     flatten_parameters,
@@ -514,23 +515,6 @@ def test_adam_paths_pickle_truncate_and_keep_their_metric():
 
 
 # -- per-step records on disk ----------------------------------------------------
-
-PACKED_KEYS = {
-    "solver",
-    "_names",
-    "_shapes",
-    "_numels",
-    "record_every",
-    "quadrature",
-    "_kernel_nodes",
-    "_checkpoint_steps",
-    "_adaptive_steps",
-    "_final",
-    "_packed_preconditioners",
-    "_packed_checkpoints",
-    "_directory",
-    "_packed_steps",
-}
 
 
 @pytest.mark.parametrize("adam", [False, True])

@@ -47,6 +47,28 @@ class KernelNode(NamedTuple):
     weight: float
 
 
+#: The keys of a trajectory's packed form (``Trajectory.__getstate__``): what a
+#: pickle and :func:`~sklearn_pathkernel.save` hold, and what ``load`` checks.
+PACKED_KEYS = frozenset(
+    {
+        "solver",
+        "_names",
+        "_shapes",
+        "_numels",
+        "record_every",
+        "quadrature",
+        "_kernel_nodes",
+        "_checkpoint_steps",
+        "_adaptive_steps",
+        "_final",
+        "_packed_preconditioners",
+        "_packed_checkpoints",
+        "_directory",
+        "_packed_steps",
+    }
+)
+
+
 class Trajectory:
     """The path the parameters took during gradient descent.
 
