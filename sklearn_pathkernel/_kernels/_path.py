@@ -93,9 +93,13 @@ def tangent_kernel(
         Where to write the kernel. None: a new array in memory. A path: a
         ``.npy`` file written strip by strip through a memory map, for
         kernels larger than memory; a sidecar ``<out>.progress.json``
-        records the finished rows, so that the same call after a crash or
-        Ctrl-C computes only the missing ones (it is removed once the
-        kernel is complete). An array of the result's shape and ``dtype``
+        records the finished rows and their checksums, so that the same
+        call after a crash or Ctrl-C computes only the missing ones (what no
+        longer matches is computed again, with a warning; the sidecar is
+        removed once the kernel is complete). One call writes a file at a
+        time: another call on the same path waits up to 60 s for its lock
+        (``<out>.lock``), then raises ``TimeoutError`` naming the holder's
+        pid and host. An array of the result's shape and ``dtype``
         (e.g. a ``numpy.memmap``): filled in place. Memory stays within
         ``working_memory`` plus one strip either way.
     dtype : {numpy.float64, numpy.float32}, default=numpy.float64
