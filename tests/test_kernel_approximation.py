@@ -34,8 +34,12 @@ pytestmark = pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceW
 
 @pytest.fixture(scope="module")
 def toy():
+    return _toy(40)
+
+
+def _toy(n_rows):
     rng = np.random.RandomState(0)
-    X = rng.randn(40, 3)
+    X = rng.randn(n_rows, 3)
     return X, np.sin(X[:, 0]) + 0.5 * X[:, 1]
 
 
@@ -327,9 +331,7 @@ def test_sklearn_compatible_estimator(estimator, check):
 
 @pytest.fixture(scope="module")
 def toy30():
-    rng = np.random.RandomState(0)
-    X = rng.randn(30, 3)
-    return X, np.sin(X[:, 0]) + 0.5 * X[:, 1]
+    return _toy(30)
 
 
 @pytest.fixture(scope="module")
@@ -345,9 +347,8 @@ def diabetes():
 
 
 def _net32(cls=PathKernelRegressor, **params):
-    return cls(
-        **{"hidden_layer_sizes": (8,), "max_iter": 20, "random_state": 0, **params}
-    )
+    """``_net`` in the estimators' default dtype, float32."""
+    return _net(cls, **{"dtype": "float32", **params})
 
 
 @pytest.mark.parametrize(

@@ -259,13 +259,12 @@ class RecordStore:
     def append(self, step):
         """Keep ``step``, a ``Step`` (or a tuple in its order), as the next one."""
         step = tuple(step)
-        kind = [(part.dtype, part.shape[1:]) for part in step[1:]]
-        if self._pending and kind != self._pending_kind:
+        if self._pending and _kind(step) != _kind(self._pending[0]):
             raise ValueError(
-                f"A step's records {kind} differ from the path's {self._pending_kind}."
+                f"A step's records {_kind(step)} differ from the path's "
+                f"{_kind(self._pending[0])}."
             )
         self._pending.append(step)
-        self._pending_kind = kind
         if len(self._pending) >= PENDING_STEPS:
             self.flush()
 
@@ -337,6 +336,11 @@ class RecordStore:
             np.diff(steps["end"], prepend=0).tolist(),
             *(torch.from_numpy(np.array(rows[field])) for field in _FIELDS),
         )
+
+
+def _kind(step):
+    """The dtype and row shape of each of a step's tensors."""
+    return [(part.dtype, part.shape[1:]) for part in step[1:]]
 
 
 def _records(*tensors):
