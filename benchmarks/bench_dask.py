@@ -50,6 +50,7 @@ from sklearn.preprocessing import StandardScaler
 
 import sklearn_pathkernel
 from sklearn_pathkernel import PathKernelClassifier, path_kernel
+from sklearn_pathkernel._compute import _tasks
 from sklearn_pathkernel._kernels import _path
 
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
@@ -165,17 +166,17 @@ def kernel_of(clf, X):
 def tasks_of(clf, X):
     """The shared object and the tasks of the serial kernel, as it makes them."""
     captured = {}
-    real = _path.run_tasks
+    real = _tasks.run_tasks
 
     def spy(function, shared, tasks, *, n_jobs):
         captured["shared"], captured["tasks"] = shared, list(tasks)
         return real(function, shared, captured["tasks"], n_jobs=n_jobs)
 
-    _path.run_tasks = spy
+    _tasks.run_tasks = spy
     try:
         path_kernel(clf.module_, clf.trajectory_, X)
     finally:
-        _path.run_tasks = real
+        _tasks.run_tasks = real
     return captured["shared"], captured["tasks"]
 
 
@@ -203,21 +204,24 @@ def before(args, clf, X, y):
     module, trajectory = clf.module_, clf.trajectory_
     X_train = torch.as_tensor(X, dtype=torch.float32)
 
+    def function(package, name, old_module):
+        """``name`` from the package, or from its module in older revisions."""
+        if hasattr(package, name):
+            return getattr(package, name)
+        module = importlib.import_module(f"{package.__name__}.{old_module}")
+        return getattr(module, name)
+
     def work(package):
-        path = importlib.import_module(package.__name__ + "._path")
-        decompose = importlib.import_module(package.__name__ + "._decompose")
-        features = importlib.import_module(package.__name__ + "._features")
+        diagonal = function(package, "path_kernel_diagonal", "_path")
+        decompose = function(package, "decompose_path", "_decompose")
+        features = function(package, "path_features", "_features")
         return {
-            "kernel (W2)": lambda: path.path_kernel(module, trajectory, X),
-            "kernel_diagonal, 1797 rows": lambda: path.path_kernel_diagonal(
-                module, trajectory, X
-            ),
+            "kernel (W2)": lambda: package.path_kernel(module, trajectory, X),
+            "kernel_diagonal, 1797 rows": lambda: diagonal(module, trajectory, X),
             "decompose, 64 queries": lambda: (
-                decompose.decompose_path(
-                    module, trajectory, X_train, X_train[:64]
-                ).contributions
+                decompose(module, trajectory, X_train, X_train[:64]).contributions
             ),
-            "features, m=1024, 1797 rows": lambda: features.path_features(
+            "features, m=1024, 1797 rows": lambda: features(
                 module, trajectory, X, n_components=1024, seed=0
             )[0],
         }
