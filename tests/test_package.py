@@ -1,9 +1,16 @@
 """The package as a whole: its public names, and imports without cycles."""
 
 import ast
+import importlib
 import inspect
+import os
+import pickle
 import re
+import subprocess
+import sys
 from pathlib import Path
+
+import pytest
 
 import sklearn_pathkernel
 
@@ -234,3 +241,55 @@ def test_no_public_example_imports_a_private_module():
             continue
         for doc in docstrings(getattr(sklearn_pathkernel, name)):
             assert not private.search(doc), name
+
+
+# -- the public names, imported on first use --------------------------------------
+_HEAVY = ("torch", "sklearn", "scipy", "numpy")
+
+
+def _run(code):
+    """Run ``code`` in a fresh interpreter; its stdout."""
+    env = {**os.environ, "PYTHONPATH": str(PACKAGE.parent)}
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=env
+    )
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+def test_importing_the_package_imports_nothing_heavy():
+    out = _run(
+        "import sys, sklearn_pathkernel as s\n"
+        f"print(sorted(m for m in {_HEAVY!r} if m in sys.modules))\n"
+        "print(s.__version__, sorted(set(s.__all__) - set(dir(s))))\n"
+    )
+    assert out.splitlines() == ["[]", f"{sklearn_pathkernel.__version__} []"]
+    # A public name, once asked for, is kept: later lookups are plain.
+    sklearn_pathkernel.PathKernelClassifier  # noqa: B018
+    assert "PathKernelClassifier" in vars(sklearn_pathkernel)
+
+
+def test_every_public_name_is_its_modules():
+    namespace = {}
+    exec("from sklearn_pathkernel import *", namespace)
+    assert set(sklearn_pathkernel.__all__) <= set(namespace)
+    for name in sklearn_pathkernel.__all__:
+        obj = getattr(sklearn_pathkernel, name)
+        assert namespace[name] is obj
+        if name != "__version__":  # the object its own module holds
+            assert getattr(importlib.import_module(obj.__module__), name) is obj
+    for name in ("cli", "engines", "exceptions", "plotting"):
+        assert (
+            getattr(sklearn_pathkernel, name).__name__ == f"sklearn_pathkernel.{name}"
+        )
+        assert name in dir(sklearn_pathkernel)
+    assert set(sklearn_pathkernel.__all__) <= set(dir(sklearn_pathkernel))
+    with pytest.raises(AttributeError, match="has no attribute 'PathKernelClassifer'"):
+        sklearn_pathkernel.PathKernelClassifer  # noqa: B018
+
+
+def test_an_estimator_pickles_through_the_lazy_name():
+    est = sklearn_pathkernel.PathKernelRegressor(max_iter=3, hidden_layer_sizes=(2,))
+    back = pickle.loads(pickle.dumps(est))
+    assert type(back) is sklearn_pathkernel.PathKernelRegressor
+    assert back.get_params() == est.get_params()
