@@ -2,11 +2,19 @@
 
 No module outside ``sklearn_pathkernel/cli/`` imports the CLI (except
 ``__main__.py``, which runs it), and the modules of ``cli/`` do not import
-each other in a cycle.
+each other in a cycle. And it starts at once: ``--help``, ``--version`` and
+usage errors import neither torch, scikit-learn, SciPy nor NumPy (checked in
+fresh interpreters; ``benchmarks/bench_cli_startup.py`` times them).
 """
 
 import ast
+import json
+import os
+import subprocess
+import sys
 from pathlib import Path
+
+import pytest
 
 import sklearn_pathkernel
 
@@ -131,3 +139,75 @@ def test_no_cli_module_uses_another_modules_underscore_names():
         if underscore_uses(path)
     }
     assert not offenders
+
+
+# -- starting at once ----------------------------------------------------------------
+HEAVY = ("torch", "sklearn", "scipy", "numpy")
+KERNEL = ["kernel", "t.csv", "--target", "y", "-o", "K.npy"]
+
+# argv, exit code, a piece of what it prints
+CASES = [
+    (["--help"], 0, "usage: sklearn-pathkernel"),
+    (["--version"], 0, "sklearn-pathkernel 0."),
+    (["kernel", "--help"], 0, "  kernel_nodes         None|int in [2, inf)|"),
+    (["demo", "--help"], 0, "comma-separated datasets to run, from digits,"),
+    ([], 2, "usage:"),
+    (["kernel", "t.csv"], 2, "the following arguments are required: --target"),
+    ([*KERNEL, "--set", "kernel_node=3"], 2, "(did you mean kernel_nodes?)"),
+    ([*KERNEL, "--set", "module=x"], 2, "cannot set module"),
+    ([*KERNEL, "--threads", "0"], 2, "expected a positive integer"),
+    (["demo", "--datasets", "iris"], 2, "unknown dataset 'iris'"),
+    (["fit"], 2, "invalid choice: 'fit'"),
+]
+
+# What the console script runs (import sklearn_pathkernel.cli, call main), for
+# every case in turn; after each, the heavy packages imported so far.
+PROBE = f"""
+import contextlib, io, json, sys
+from sklearn_pathkernel.cli import main
+found = []
+for argv in json.loads(sys.argv[1]):
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(out):
+        code = main(argv)
+    heavy = sorted(m for m in {HEAVY!r} if m in sys.modules)
+    found.append([code, out.getvalue(), heavy])
+print(json.dumps(found))
+"""
+
+
+def run_python(*args):
+    """``python *args`` in a fresh interpreter that imports this package."""
+    env = {**os.environ, "PYTHONPATH": str(PACKAGE.parent)}
+    return subprocess.run(
+        [sys.executable, *args], capture_output=True, text=True, env=env
+    )
+
+
+@pytest.fixture(scope="module")
+def probed():
+    """Every case in one fresh interpreter: ``[code, text, heavy]`` per case."""
+    done = run_python("-c", PROBE, json.dumps([argv for argv, _, _ in CASES]))
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout)
+
+
+@pytest.mark.parametrize("case", range(len(CASES)), ids=lambda i: " ".join(CASES[i][0]))
+def test_help_and_usage_errors_import_nothing_heavy(case, probed):
+    argv, code, text = CASES[case]
+    found_code, found_text, heavy = probed[case]
+    assert found_code == code and text in found_text, found_text
+    assert heavy == [], f"main({argv}) imported {heavy}"
+
+
+def test_python_dash_m_help_imports_nothing_heavy():
+    # The real entry point, __main__.py included; -X importtime lists every import.
+    done = run_python("-X", "importtime", "-m", "sklearn_pathkernel", "--help")
+    assert done.returncode == 0 and "usage: sklearn-pathkernel" in done.stdout
+    imported = {
+        line.rpartition("|")[2].strip().split(".")[0]
+        for line in done.stderr.splitlines()
+        if line.startswith("import time:")
+    }
+    assert "sklearn_pathkernel" in imported and "argparse" in imported
+    assert imported.isdisjoint(HEAVY), sorted(imported & set(HEAVY))

@@ -1,8 +1,12 @@
 """``--set NAME=VALUE`` (``cli._settings``): every estimator parameter, forwarded.
 
 Names and values are checked by the estimators' ``_parameter_constraints``:
-the tests compare with them, not with a list of their own.
+the tests compare with them, not with a list of their own. The parser reads
+them from ``PARAMETERS``, written out so as not to import the estimators: it
+is compared here with the estimators' signatures and constraints.
 """
+
+import inspect
 
 import numpy as np
 import pytest
@@ -12,8 +16,10 @@ from sklearn_pathkernel._compute._blocking import limit_threads
 from sklearn_pathkernel.cli import _kernel_command, main
 from sklearn_pathkernel.cli._settings import (
     COMMAND_DEFAULTS,
+    PARAMETERS,
     check_name,
     parameter_constraints,
+    parameter_table,
     parse_value,
     refusal,
 )
@@ -94,6 +100,41 @@ def test_every_parameter_but_module_is_settable():
     for name in constraints:
         if name not in refused:
             check_name(name)
+
+
+def _source(table):
+    """``table`` as the code of ``PARAMETERS``, to paste into cli/_settings.py."""
+    rows = "".join(
+        f"    {name!r}: {parameter!r},\n" for name, parameter in table.items()
+    )
+    return "PARAMETERS = {\n" + rows + "}"
+
+
+def test_the_written_parameters_are_the_estimators():
+    # Compared as code: the order, and 0 against 0.0 or False, count too.
+    table = parameter_table()
+    assert _source(PARAMETERS) == _source(table), (
+        "cli/_settings.py PARAMETERS no longer matches the estimators; replace "
+        "it with (then run ruff format):\n" + _source(table)
+    )
+
+
+def test_the_written_parameters_are_the_signatures():
+    # Their __init__ signatures, not the constraints the table came from.
+    expected = {}
+    for cls in (PathKernelClassifier, PathKernelRegressor):
+        for name, p in inspect.signature(cls).parameters.items():
+            expected.setdefault(name, p.default)
+    assert list(PARAMETERS) == list(expected)
+    assert {name: p.default for name, p in PARAMETERS.items()} == expected
+    assert [name for name, p in PARAMETERS.items() if not p.settable] == ["module"]
+
+
+def test_a_changed_table_is_caught():
+    table = dict(PARAMETERS)
+    table["max_iter"] = table["max_iter"]._replace(default=200.0)
+    assert _source(table) != _source(PARAMETERS)  # == would hold: 200 == 200.0
+    assert table == PARAMETERS
 
 
 def test_unknown_name_lists_the_valid_ones(tmp_path, tiny_csv, capsys):

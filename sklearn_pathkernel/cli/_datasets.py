@@ -2,14 +2,21 @@
 
 To add a dataset, add an entry to ``DATASETS``: the name of its loader in
 ``sklearn.datasets``, its task and the settings of its network.
+
+The parser lists and checks the names of ``DATASETS`` before any command
+runs, so this module imports numpy and scikit-learn only when it loads data:
+``--help`` and a usage error start without them.
 """
 
-from dataclasses import dataclass
+from __future__ import annotations
 
-import numpy as np
-from sklearn import datasets
-from sklearn.model_selection import train_test_split
-from sklearn.preprocessing import StandardScaler
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from ._errors import DemoError
+
+if TYPE_CHECKING:  # the annotations of DemoData only
+    import numpy as np
 
 
 @dataclass(frozen=True)
@@ -70,6 +77,25 @@ DATASETS = {
         quick_max_iter=40,
     ),
 }
+
+
+def check_dataset_names(names):
+    """Raise ``DemoError`` unless ``names`` are one or more keys of ``DATASETS``.
+
+    Examples
+    --------
+    >>> from sklearn_pathkernel.cli._datasets import check_dataset_names
+    >>> check_dataset_names(["digits"])
+    >>> check_dataset_names(["iris"])
+    Traceback (most recent call last):
+    ...
+    sklearn_pathkernel.cli._errors.DemoError: unknown dataset 'iris'; choose from ...
+    """
+    unknown = [name for name in names if name not in DATASETS]
+    if unknown or not names:
+        what = ", ".join(map(repr, unknown)) or "none given"
+        raise DemoError(f"unknown dataset {what}; choose from {','.join(DATASETS)}")
+
 
 QUICK_TRAIN_ROWS = 300
 QUICK_TEST_ROWS = 200
@@ -133,6 +159,10 @@ def load_dataset(name, *, quick=False, random_state=0):
     >>> bool(abs(data.fit_y_train.mean()) < 1e-12)
     True
     """
+    import numpy as np
+    from sklearn import datasets
+    from sklearn.preprocessing import StandardScaler
+
     spec = DATASETS[name]
     bunch = getattr(datasets, spec.loader)()
     X, y = bunch.data.astype(np.float64), bunch.target
@@ -173,6 +203,8 @@ def _fit_targets(spec, y_train, y_test):
 
 def _split(X, y, spec, **options):
     """``train_test_split``, stratified for classification."""
+    from sklearn.model_selection import train_test_split
+
     stratify = y if spec.task == "classification" else None
     return train_test_split(X, y, stratify=stratify, **options)
 

@@ -30,7 +30,14 @@ import numpy as np
 from sklearn.base import clone
 
 from .. import PathKernelClassifier, PathKernelRegressor
-from ._datasets import DATASETS, DatasetSpec, DemoData, load_dataset
+from ._datasets import (
+    DATASETS,
+    DatasetSpec,
+    DemoData,
+    check_dataset_names,
+    load_dataset,
+)
+from ._errors import DemoError
 from ._figures import write_figures
 from ._report import (
     DemoResult,
@@ -54,32 +61,6 @@ __all__ = [
 
 N_QUERIES = {False: 10, True: 5}  # test rows decomposed: full run, --quick
 N_NODES = 8  # Gauss-Legendre nodes per step of the exact decomposition
-
-
-class DemoError(ValueError):
-    """A user error of the demo; ``main`` prints it and returns exit code 2.
-
-    Raised for an unknown dataset, and for figures that cannot be drawn (no
-    matplotlib) or written.
-    """
-
-
-def check_dataset_names(names):
-    """Raise ``DemoError`` unless ``names`` are one or more keys of ``DATASETS``.
-
-    Examples
-    --------
-    >>> from sklearn_pathkernel.cli._demo import check_dataset_names
-    >>> check_dataset_names(["digits"])
-    >>> check_dataset_names(["iris"])
-    Traceback (most recent call last):
-    ...
-    sklearn_pathkernel.cli._demo.DemoError: unknown dataset 'iris'; choose from ...
-    """
-    unknown = [name for name in names if name not in DATASETS]
-    if unknown or not names:
-        what = ", ".join(map(repr, unknown)) or "none given"
-        raise DemoError(f"unknown dataset {what}; choose from {','.join(DATASETS)}")
 
 
 def check_plotting():

@@ -1,13 +1,14 @@
-"""``main``: parse the arguments, run the command, map errors to exit codes."""
+"""``main``: parse the arguments, run the command, map errors to exit codes.
+
+Only the parser is imported with this module: a command's modules (and
+with them numpy, scikit-learn and torch, seconds of imports) are imported
+when the command runs, so ``--help`` and usage errors come back at once.
+"""
 
 import sys
 
-from .._compute._blocking import limit_threads
-from ._demo import DemoError, check_plotting, run_demo
-from ._errors import CLIError
-from ._kernel_command import run_kernel_command
+from ._errors import CLIError, DemoError
 from ._parser import PROG, build_parser
-from ._paths import check_writable
 
 
 def main(argv=None):
@@ -69,6 +70,8 @@ def main(argv=None):
         parser.print_help(sys.stderr)
         return 2
     try:
+        from .._compute._blocking import limit_threads  # torch: a command runs
+
         with limit_threads(args.threads):
             return _COMMANDS[args.command](args)
     except (CLIError, DemoError) as exc:
@@ -81,6 +84,9 @@ def main(argv=None):
 
 def run_demo_command(args):
     """Run ``demo`` with parsed arguments ``args``; 0 on success."""
+    from ._demo import check_plotting, run_demo
+    from ._paths import check_writable
+
     if args.output is not None:  # fail before any work
         check_plotting()
         check_writable(args.output, "--output", directory=True)
@@ -92,6 +98,13 @@ def run_demo_command(args):
         verbose=args.verbose,
     )
     return 0
+
+
+def run_kernel_command(args):
+    """Run ``kernel`` with parsed arguments ``args``; 0 on success."""
+    from ._kernel_command import run_kernel_command as run
+
+    return run(args)
 
 
 _COMMANDS = {"demo": run_demo_command, "kernel": run_kernel_command}

@@ -3,18 +3,21 @@
 The kernel command's estimator options store estimator parameters through
 ``_settings.SetParameter`` (``--set NAME=VALUE`` and the dedicated options
 such as ``--max-iter``); the list of them in ``kernel --help`` is generated
-from the estimators' ``_parameter_constraints`` when the help is shown. The
+from ``_settings.PARAMETERS`` (the estimators' ``_parameter_constraints``,
+written out) when the help is shown. The
 datasets of ``demo --datasets`` are the demo's ``DATASETS``: adding one
 there adds it here.
+
+Nothing imported here imports numpy, torch or scikit-learn: ``--help`` and
+a usage error come back at once (``tests/test_cli_imports.py`` checks it).
 """
 
 import argparse
 
 from .. import __version__
-from ._datasets import DATASETS
-from ._demo import DemoError, check_dataset_names
-from ._settings import COMMAND_DEFAULTS, SetParameter, parameters_help
-from ._target import TASKS
+from ._datasets import DATASETS, check_dataset_names
+from ._errors import DemoError
+from ._settings import COMMAND_DEFAULTS, TASKS, SetParameter, parameters_help
 
 PROG = "sklearn-pathkernel"
 

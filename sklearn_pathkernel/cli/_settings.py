@@ -1,19 +1,22 @@
 """Estimator parameters from the command line: ``--set NAME=VALUE``.
 
 Every parameter of ``PathKernelClassifier`` / ``PathKernelRegressor`` is
-settable, by the names and rules of their ``_parameter_constraints``: the
-list in ``--help``, the check of a name and the check of a value all come
-from there, so a new estimator parameter needs no change here. The
+settable, by the names and rules of their ``_parameter_constraints``. The
 dedicated options (``--max-iter N`` and the like) store into the same
 settings through ``SetParameter``.
 
+Parsing and ``--help`` run before any command, and must not wait seconds
+for torch and scikit-learn: the check of a name and the list in ``--help``
+read ``PARAMETERS``, the estimators' parameters written out here.
+``parameter_table()`` derives the same table from the estimators, and
+``tests/test_cli_settings.py`` fails, printing the table to paste, whenever
+the two differ: a new estimator parameter needs that paste and nothing else.
+
 A value is turned into a Python value by ``parse_value`` (the rule is in
 ``VALUE_RULE``), then checked by scikit-learn's parameter validation
-against the estimator's constraints when the estimator is built
-(``build_estimator``), so a bad value gets scikit-learn's own message.
-
-The estimators (and with them torch) are imported only when a parameter is
-looked up, not when this module is.
+against the estimator's own constraints when the estimator is built
+(``build_estimator``, when the command runs), so a bad value gets
+scikit-learn's own message.
 """
 
 import argparse
@@ -33,6 +36,68 @@ values of --set NAME=VALUE (and of the options above that forward to it):
   always takes a tuple: 64 -> (64,), and none or () -> (). The estimator
   then checks the value as in Python, with scikit-learn's messages; the
   last setting of a name wins."""
+
+TASKS = ("auto", "classification", "regression")
+
+
+class Parameter(NamedTuple):
+    """An estimator parameter as the command line lists and checks it.
+
+    Attributes
+    ----------
+    allowed : str
+        Its values as ``--help`` lists them: ``describe`` of its constraints.
+    default : object
+        The estimators' default.
+    settable : bool, default=True
+        False for a parameter that takes a Python object (see ``refusal``).
+    """
+
+    allowed: str
+    default: object
+    settable: bool = True
+
+
+# parameter_table() as the estimators give it, in their order, written out
+# so that parsing and --help import neither torch nor scikit-learn (a test
+# compares the two and prints the new table when they differ).
+PARAMETERS = {
+    "hidden_layer_sizes": Parameter("checked at fit", (100,)),
+    "activation": Parameter("'identity'|'logistic'|'relu'|'tanh'", "tanh"),
+    "module": Parameter("None|callable", None, settable=False),
+    "input_shape": Parameter("checked at fit", None),
+    "tokens": Parameter("true|false", False),
+    "solver": Parameter("'adam'|'adamw'|'lbfgs'|'sgd'", "sgd"),
+    "learning_rate_init": Parameter("float in (0, inf)", 0.1),
+    "learning_rate": Parameter("'adaptive'|'constant'|'invscaling'", "constant"),
+    "power_t": Parameter("float in [0, inf)", 0.5),
+    "momentum": Parameter("float in [0, 1)", 0.0),
+    "nesterovs_momentum": Parameter("true|false", True),
+    "beta_1": Parameter("float in [0, 1)", 0.9),
+    "beta_2": Parameter("float in [0, 1)", 0.999),
+    "epsilon": Parameter("float in (0, inf)", 1e-08),
+    "max_iter": Parameter("int in [1, inf)", 200),
+    "batch_size": Parameter("None|'auto'|int in [1, inf)", None),
+    "shuffle": Parameter("true|false", True),
+    "alpha": Parameter("float in [0, inf)", 0.0),
+    "tol": Parameter("float in [0, inf)", 0.0001),
+    "n_iter_no_change": Parameter("int in [1, inf)", 10),
+    "early_stopping": Parameter("true|false", False),
+    "validation_fraction": Parameter("float in (0, 1)", 0.1),
+    "record_every": Parameter("int in [1, inf)", 1),
+    "quadrature": Parameter("'adaptive'|'left'|'simpson'|'trapezoid'", "simpson"),
+    "kernel_nodes": Parameter("None|int in [2, inf)|float in (0, 1]", 0.1),
+    "adaptive_tol": Parameter("float in (0, inf)", 0.05),
+    "trajectory_dir": Parameter("None|str|path", None),
+    "device": Parameter("checked at fit", "auto"),
+    "dtype": Parameter("'float32'|'float64'", "float32"),
+    "engine": Parameter("'auto'|'hooks'|'jacobian'|'ntk_vp'|'structured'", "auto"),
+    "kernel_normalize": Parameter("'cosine'|'mean_diagonal'|'none'", "none"),
+    "working_memory": Parameter("None|float in (0, inf)", None),
+    "n_jobs": Parameter("None|int", None),
+    "random_state": Parameter("int (seed)|None", None),
+    "verbose": Parameter("int", 0),
+}
 
 # The kernel command's defaults where they differ from the estimators': a
 # fixed seed, so that the same command gives the same kernel.
@@ -141,25 +206,37 @@ def refusal(name, constraints):
     if isinstance(constraints, list) and any(
         c is callable or c == "callable" for c in constraints
     ):
-        return (
-            f"{name} takes a Python object (a callable, such as a torch module), "
-            "which a command line cannot give; use the Python API"
-        )
+        return _object_refusal(name)
     return None
+
+
+def _object_refusal(name):
+    return (
+        f"{name} takes a Python object (a callable, such as a torch module), "
+        "which a command line cannot give; use the Python API"
+    )
 
 
 def check_name(name):
     """Raise ``ValueError`` unless ``name`` is a settable parameter.
 
     The message of an unknown name lists the valid names (and the closest).
+    The names are those of ``PARAMETERS``: no estimator is imported.
+
+    Examples
+    --------
+    >>> from sklearn_pathkernel.cli._settings import check_name
+    >>> check_name("max_iter")
+    >>> check_name("max_iters")
+    Traceback (most recent call last):
+    ...
+    ValueError: unknown estimator parameter 'max_iters' (did you mean max_iter?); ...
     """
-    constraints = parameter_constraints()
-    if name in constraints:
-        reason = refusal(name, constraints[name])
-        if reason is not None:
-            raise ValueError(f"cannot set {name}: {reason}")
+    if name in PARAMETERS:
+        if not PARAMETERS[name].settable:
+            raise ValueError(f"cannot set {name}: {_object_refusal(name)}")
         return
-    valid = [n for n, c in constraints.items() if refusal(n, c) is None]
+    valid = [n for n, parameter in PARAMETERS.items() if parameter.settable]
     close = difflib.get_close_matches(name, valid, n=1)
     hint = f" (did you mean {close[0]}?)" if close else ""
     raise ValueError(
@@ -193,7 +270,7 @@ class SetParameter(argparse.Action):
             check_name(name)
         except ValueError as exc:
             raise argparse.ArgumentError(self, str(exc)) from None
-        sequence = isinstance(parameter_defaults().get(name), tuple)
+        sequence = isinstance(PARAMETERS[name].default, tuple)
         settings = dict(getattr(namespace, self.dest, None) or {})
         settings[name] = Setting(parse_value(text, sequence=sequence), source)
         setattr(namespace, self.dest, settings)
@@ -235,6 +312,25 @@ def build_estimator(task, settings, **defaults):
         raise CLIError(str(exc)) from None
 
 
+def parameter_table():
+    """``PARAMETERS`` as the estimators give it (imports them, and torch).
+
+    Returns
+    -------
+    table : dict of str to Parameter
+        Every parameter of either estimator, in their order, with
+        ``describe`` of its constraints, its default and whether it is
+        settable from a shell.
+    """
+    constraints, defaults = parameter_constraints(), parameter_defaults()
+    return {
+        name: Parameter(
+            describe(allowed), defaults[name], refusal(name, allowed) is None
+        )
+        for name, allowed in constraints.items()
+    }
+
+
 def describe(constraints):
     """How ``constraints`` (of one parameter) read in ``--help``.
 
@@ -255,6 +351,8 @@ def describe(constraints):
 def _describe_one(constraint):
     if constraint is None:
         return "None"
+    if constraint is callable:
+        return "callable"
     if isinstance(constraint, str):
         return _CONSTRAINT_WORDS.get(constraint, constraint)
     if hasattr(constraint, "options"):  # StrOptions, Options
@@ -272,21 +370,31 @@ def _describe_one(constraint):
 
 
 def parameters_help(width=79):
-    """The ``--help`` section listing every estimator parameter, generated.
+    """The ``--help`` section listing every estimator parameter.
 
     Each settable parameter with its allowed values and its default (the
     command's where ``COMMAND_DEFAULTS`` has one), then the refused ones,
-    then the rule of values.
+    then the rule of values. Read from ``PARAMETERS``: no estimator is
+    imported.
+
+    Examples
+    --------
+    >>> from sklearn_pathkernel.cli._settings import parameters_help
+    >>> print(parameters_help())  # doctest: +ELLIPSIS
+    estimator parameters (--set NAME=VALUE, repeatable):
+      hidden_layer_sizes   checked at fit (default: (100,))
+    ...
+      random_state         int (seed)|None (default: 0)
+    ...
     """
-    constraints = parameter_constraints()
-    defaults = {**parameter_defaults(), **COMMAND_DEFAULTS}
     lines = ["estimator parameters (--set NAME=VALUE, repeatable):"]
     refused = []
-    for name, allowed in constraints.items():
-        if refusal(name, allowed) is not None:
+    for name, parameter in PARAMETERS.items():
+        if not parameter.settable:
             refused.append(name)
             continue
-        text = f"{describe(allowed)} (default: {defaults.get(name)!r})"
+        default = COMMAND_DEFAULTS.get(name, parameter.default)
+        text = f"{parameter.allowed} (default: {default!r})"
         lines += textwrap.wrap(
             text,
             width,

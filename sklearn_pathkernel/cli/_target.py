@@ -12,8 +12,6 @@ from sklearn.utils.multiclass import type_of_target
 from ._csv import parse_numbers
 from ._errors import CLIError
 
-TASKS = ("auto", "classification", "regression")
-
 # Integers up to this size are exact in float64: labels such as 3.0 become 3.
 _EXACT_INTEGERS = 2.0**53
 
