@@ -16,8 +16,14 @@ rank the training rows by four scores:
 
 For each it reports the share of the flipped rows found in the top 10% and
 20% of the ranking, and the test accuracy after removing the top 10% and
-training again. Run it with ``python examples/plot_find_mislabelled.py``;
-the figure is saved as ``find_mislabelled.png`` in the working directory.
+training again. After this short training the network's own loss ranks about
+as well as self-influence. Trained longer, the network fits the flipped
+labels and their loss falls, while their self-influence, summed along the
+whole path, keeps them on top: with 300 steps ``benchmarks/bench_mislabelled.py``
+finds 93% of them in the top 10% by self-influence, 81% by the loss.
+
+Run it with ``python examples/plot_find_mislabelled.py``; the figure is
+saved as ``find_mislabelled.png`` in the working directory.
 """
 
 # %%
