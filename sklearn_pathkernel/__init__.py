@@ -27,6 +27,8 @@ _WHERE = {
     "tangent_kernel": "._kernels._path",
     "path_features": "._kernels._features",
     "decompose_path": "._explain._decompose",
+    "path_influence": "._explain._influence",
+    "path_self_influence": "._explain._influence",
     "save": "._persistence",
     "load": "._persistence",
 }
@@ -49,6 +51,8 @@ __all__ = [
     "tangent_kernel",
     "path_features",
     "decompose_path",
+    "path_influence",
+    "path_self_influence",
     "save",
     "load",
     "__version__",

@@ -21,6 +21,7 @@ from sklearn.utils._param_validation import (
 from sklearn.utils.validation import _check_sample_weight, check_is_fitted
 
 from ._explain._decompose import decompose_path
+from ._explain._influence import path_influence, path_self_influence
 from ._kernels._normalize import NORMALIZATIONS, normalize_kernel
 from ._kernels._path import path_kernel, path_kernel_diagonal
 from ._model._network import (
@@ -329,6 +330,9 @@ class BasePathKernelEstimator(BaseEstimator):
             mode_changed = mode_changes_output(module, X_t[:_MODE_PROBE_ROWS])
         module.eval()
         self._set_fitted(module, result, X, sample_weight, mode_changed)
+        # The training rows' targets as the network's outputs see them: the
+        # loss derivatives of influence and self_influence need them.
+        self._fit_targets = np.array(targets, dtype=np.float64)
         self.n_outputs_ = targets.shape[1]
         for name, value in target_attributes.items():
             setattr(self, name, value)
@@ -784,6 +788,135 @@ class BasePathKernelEstimator(BaseEstimator):
             X=X,
         )
         return machine
+
+    # -- influence ------------------------------------------------------------
+    def influence(self, X, y):
+        """TracIn influence of each training row on the loss at each row of ``X``.
+
+        ``sum_k weight_k g_k(x, y)^T K_k(x, x_i) g_k(x_i, y_i)`` over the
+        path kernel's nodes, ``g = dl/df`` the loss derivative at the
+        network's outputs (logits for a classifier): how much the steps
+        taken on training row ``i`` lowered (positive, a proponent) or
+        raised (negative, an opponent) the loss at ``(x, y)``. Captum's
+        ``TracInCP`` on the same checkpoints, with the node weights as
+        learning rates and the per-row loss unreduced (see
+        :func:`~sklearn_pathkernel.path_influence`). Each row's ``g`` is
+        folded into its engine state: a pair costs what one output of
+        :meth:`kernel` costs.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_X, n_features)
+            Labelled rows, e.g. test rows.
+        y : array-like of shape (n_X,) or (n_X, n_targets)
+            Their labels (classes seen in training) or targets.
+
+        Returns
+        -------
+        influence : ndarray of float64, shape (n_X, n_train)
+            Against the training rows, in their order (the rows kept for
+            training when ``early_stopping`` held some out).
+
+        Examples
+        --------
+        >>> from sklearn.datasets import load_iris
+        >>> from sklearn.preprocessing import scale
+        >>> from sklearn_pathkernel import PathKernelClassifier
+        >>> X, y = load_iris(return_X_y=True)
+        >>> X = scale(X)
+        >>> clf = PathKernelClassifier((16,), max_iter=30, random_state=0).fit(X, y)
+        >>> scores = clf.influence(X[:2], y[:2])
+        >>> scores.shape
+        (2, 150)
+        >>> top = scores[0].argsort()[::-1][:10]  # row 0's strongest proponents
+        >>> y[top].tolist()  # all of its own class
+        [0, 0, 0, 0, 0, 0, 0, 0, 0, 0]
+        """
+        check_is_fitted(self)
+        X = self._validate_X(X)
+        targets = self._influence_targets(y, X.shape[0])
+        scores = path_influence(
+            self.module_,
+            self.trajectory_,
+            self._fit_X,
+            self._training_targets(),
+            X,
+            targets,
+            loss=self._influence_loss,
+            verbose=self.verbose,
+            **self._kernel_options(),
+        )
+        return check_finite_result(scores, what="The influence", dtype=self.dtype, X=X)
+
+    def self_influence(self, X=None, y=None):
+        """Each labelled row's influence on its own loss: TracIn's self-influence.
+
+        ``sum_k weight_k g_k(x, y)^T K_k(x, x) g_k(x, y)``, the diagonal of
+        :meth:`influence`, at the cost of :meth:`kernel_diagonal`. Rows the
+        path kept pushing on score high: mislabelled rows among them (rank
+        the training rows and inspect the top).
+
+        Parameters
+        ----------
+        X : array-like of shape (n, n_features), default=None
+            Labelled rows; None: the training rows with their own targets.
+        y : array-like of shape (n,) or (n, n_targets), default=None
+            Their labels or targets; given exactly when ``X`` is.
+
+        Returns
+        -------
+        self_influence : ndarray of float64, shape (n,)
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> from sklearn.datasets import load_iris
+        >>> from sklearn.preprocessing import scale
+        >>> from sklearn_pathkernel import PathKernelClassifier
+        >>> X, y = load_iris(return_X_y=True)
+        >>> X, y = scale(X), y.copy()
+        >>> y[:5] = 2  # five setosas labelled virginica
+        >>> clf = PathKernelClassifier((16,), max_iter=30, random_state=0).fit(X, y)
+        >>> ranked = np.argsort(-clf.self_influence())
+        >>> sorted(ranked[:5].tolist())
+        [0, 1, 2, 3, 4]
+        """
+        check_is_fitted(self)
+        if (X is None) != (y is None):
+            raise ValueError(
+                "X and y go together: pass both, or neither for the training rows."
+            )
+        if X is None:
+            X, targets = self._fit_X, self._training_targets()
+        else:
+            X = self._validate_X(X)
+            targets = self._influence_targets(y, X.shape[0])
+        scores = path_self_influence(
+            self.module_,
+            self.trajectory_,
+            X,
+            targets,
+            loss=self._influence_loss,
+            **self._kernel_options(),
+        )
+        return check_finite_result(scores, what="The influence", dtype=self.dtype, X=X)
+
+    #: The loss of influence's derivatives (``path_influence``'s ``loss``).
+    _influence_loss = None
+
+    def _influence_targets(self, y, n_rows):
+        """Labels or targets ``y`` as the network's outputs see them: (n_rows, O)."""
+        raise NotImplementedError
+
+    def _training_targets(self):
+        """The training rows' targets, kept by ``fit``; older saved files lack them."""
+        targets = getattr(self, "_fit_targets", None)
+        if targets is None:
+            raise ValueError(
+                f"This {type(self).__name__} was saved by a version that did not "
+                "keep the training targets, which influence needs; fit it again."
+            )
+        return targets
 
     # -- persistence --------------------------------------------------------
     def __getstate__(self):

@@ -11,6 +11,7 @@ from sklearn.utils.validation import validate_data
 
 from ._base import BasePathKernelEstimator
 from ._docstrings import fill_docstring
+from ._explain._influence import influence_targets
 from ._model._validation import FLOAT_DTYPES
 from ._training._losses import BINARY_LOGISTIC, SOFTMAX_CROSS_ENTROPY, SQUARED_ERROR
 
@@ -77,6 +78,11 @@ class PathKernelRegressor(RegressorMixin, BasePathKernelEstimator):
 
     def _validation_score(self, outputs, targets, sample_weight):
         return r2_score(targets, outputs, sample_weight=sample_weight)
+
+    _influence_loss = "squared_error"
+
+    def _influence_targets(self, y, n_rows):
+        return influence_targets(y, n_rows, self.n_outputs_, name="y")
 
     def predict(self, X):
         """The trained network's prediction.
@@ -170,6 +176,28 @@ class PathKernelClassifier(ClassifierMixin, BasePathKernelEstimator):
         return accuracy_score(
             np.ones_like(correct), correct, sample_weight=sample_weight
         )
+
+    _influence_loss = "log_loss"
+
+    def _influence_targets(self, y, n_rows):
+        """Labels as the logits see them: codes for one logit, one-hot rows."""
+        y = np.asarray(y)
+        if y.shape != (n_rows,):
+            raise ValueError(
+                f"y must have shape ({n_rows},): one label per row of X; got "
+                f"shape {y.shape}."
+            )
+        known = np.isin(y, self.classes_)
+        if not known.all():
+            raise ValueError(
+                f"y contains labels not seen in training: "
+                f"{np.unique(y[~known])[:5].tolist()}; classes_ is "
+                f"{self.classes_.tolist()}."
+            )
+        codes = np.searchsorted(self.classes_, y)
+        if len(self.classes_) == 2:
+            return codes.reshape(-1, 1).astype(np.float64)
+        return np.eye(len(self.classes_))[codes]
 
     def decision_function(self, X):
         """The network's logits.

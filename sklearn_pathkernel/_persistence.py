@@ -670,10 +670,10 @@ _FITTED = {
 }
 # Set only sometimes: feature_names_in_ (fitted on a DataFrame), the
 # _fit_diagonal cache (filled by the first "mean_diagonal" kernel),
-# _fit_mode_changed (absent from files of older versions), and set_output's
-# configuration (on fitted and unfitted transformers alike).
+# _fit_mode_changed and _fit_targets (absent from files of older versions),
+# and set_output's configuration (on fitted and unfitted transformers alike).
 _NETWORK_OPTIONAL = frozenset(
-    {"feature_names_in_", "_fit_diagonal", "_fit_mode_changed"}
+    {"feature_names_in_", "_fit_diagonal", "_fit_mode_changed", "_fit_targets"}
 )
 _TRANSFORMER_OPTIONAL = frozenset({"feature_names_in_"})
 _ANY_TIME = frozenset({"_sklearn_output_config"})
@@ -1062,6 +1062,13 @@ class _Loader:
             )
         if "_fit_mode_changed" in values:
             self.boolean(values["_fit_mode_changed"], f"{where}._fit_mode_changed")
+        if "_fit_targets" in values:
+            self.array(
+                values["_fit_targets"],
+                f"{where}._fit_targets",
+                _FLOAT64,
+                (n_rows, n_outputs),
+            )
         if "feature_names_in_" in values:
             self._check_feature_names(values["feature_names_in_"], n_features, where)
         self.numbers(values["loss_curve_"], f"{where}.loss_curve_")

@@ -222,6 +222,17 @@ def check_engine(bound, params, X, Y, metric, full, diagonal_want):
     want = np.einsum("ijab,jb->ija", full, vectors.numpy())
     np.testing.assert_allclose(applied.numpy(), want, **check)
     np.testing.assert_allclose(diagonal.numpy(), diagonal_want, rtol=1e-10)
+    # Folded states (an influence's loss derivatives): one output, u^T K v.
+    u = _floats(len(X), full.shape[-1], seed=4)
+    with torch.no_grad():
+        folded_x = bound.folded_state(params, X, u, metric=metric)
+        folded_y = bound.folded_state(params, Y, vectors, metric=metric)
+        folded = bound.contract(folded_x, folded_y, True)
+        own = bound.diagonal(folded_x, X)
+        self_x = bound.contract(folded_x, folded_x, True)
+    want = np.einsum("ia,ijab,jb->ij", u.numpy(), full, vectors.numpy())
+    np.testing.assert_allclose(folded.numpy(), want, **check)
+    np.testing.assert_allclose(own.numpy(), np.diag(self_x.numpy()), rtol=1e-10)
 
 
 @functools.cache

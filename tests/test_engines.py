@@ -55,7 +55,32 @@ def _check_engine(engine, net, params, X, Y):
             got = bound.contract(state_x, state_y, trace, bound.static(X, Y))
         want = tangent_kernel_reference(net, params, X, Y, trace=trace)
         np.testing.assert_allclose(got.numpy(), want, rtol=1e-6, atol=1e-12)
+    _check_fold(bound, params, X, Y, want)
     _check_sketch(bound, net, params, X, Y)
+
+
+def _check_fold(bound, params, X, Y, full, metric=None):
+    """Folded states: ``u_i^T K(x_i, y_j) v_j`` and ``u^T K(x, x) u``, no O x O."""
+    u, v = _data((len(X), full.shape[-1]), (len(Y), full.shape[-1]), seed=5)
+    with torch.no_grad():
+        state_x = bound.folded_state(params, X, u, metric=metric)
+        state_y = bound.folded_state(params, Y, v, metric=metric)
+        got = bound.contract(state_x, state_y, True, bound.static(X, Y))
+        self_x = bound.contract(state_x, state_x, True, bound.static(X, X))
+        diagonal = bound.diagonal(state_x, X)
+        # Vectors made from the rows' outputs by the engine's own forward.
+        made = bound.folded_state(params, X, torch.sin, metric=metric)
+        given = bound.folded_state(
+            params,
+            X,
+            torch.sin(torch.func.functional_call(bound.module, params, X)),
+            metric=metric,
+        )
+        made, given = bound.diagonal(made, X), bound.diagonal(given, X)
+    want = np.einsum("ia,ijab,jb->ij", u.numpy(), full, v.numpy())
+    np.testing.assert_allclose(got.numpy(), want, rtol=1e-6, atol=1e-12)
+    np.testing.assert_allclose(diagonal.numpy(), np.diag(self_x), rtol=1e-10)
+    np.testing.assert_allclose(made.numpy(), given.numpy(), rtol=1e-12)
 
 
 def _basis(heights):
@@ -107,6 +132,27 @@ def test_engines_differentiate_only_the_given_parameters(engine, subset):
     params = {n: p for n, p in _params(net).items() if n in subset}
     X, Y = _data((5, 3), (3, 3))
     _check_engine(engine, net, params, X, Y)
+
+
+@pytest.mark.parametrize("engine", sorted(ENGINES))
+@pytest.mark.parametrize("subset", [["4.weight", "4.bias"], ["2.weight"]])
+def test_parameters_outside_the_trained_ones_are_held_at_their_values(engine, subset):
+    # A checkpoint's whole mapping with a subset trained (a last-layer
+    # influence): the frozen layers sit at the checkpoint, not the module.
+    net = _mlp(3, 2)
+    shifted = {n: p + 0.1 * torch.cos(p) for n, p in _params(net).items()}
+    X, Y = _data((5, 3), (3, 3))
+    bound = select_engine(engine, net, subset, example=X[:1])
+    with torch.no_grad():
+        got = bound.contract(
+            bound.state(shifted, X), bound.state(shifted, Y), False, bound.static(X, Y)
+        )
+        moved = _mlp(3, 2)
+        moved.load_state_dict(shifted)
+    want = tangent_kernel_reference(
+        moved, {n: shifted[n] for n in subset}, X, Y, trace=False
+    )
+    np.testing.assert_allclose(got.numpy(), want, rtol=1e-10, atol=1e-12)
 
 
 @pytest.mark.parametrize(
@@ -240,6 +286,7 @@ def test_the_interface_names_what_the_blocked_loops_call():
             "contract",
             "contract_vector",
             "diagonal",
+            "folded_state",
             "sketch",
             "sketch_shapes",
             "state",
@@ -370,6 +417,7 @@ def _check_metric(engine, net, params, X, Y, bound=None):
     # Basis factors make the multilinear sketch exact: sum_r s_r(x) s_r(y) is
     # <T(x), T(y)>, so E over Gaussian factors is the kernel in the metric.
     _close(sketched.numpy(), np.einsum("ijaa->ij", full))
+    _check_fold(bound, params, X, Y, full, metric)
 
 
 def test_the_structured_and_ntk_vp_engines_take_a_metric():

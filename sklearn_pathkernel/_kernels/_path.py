@@ -351,12 +351,28 @@ def path_kernel_diagonal(
         n_outputs = output_width(module, X_t)
     points = kernel_points(trajectory)
     bound = path_engine(engine, module, trajectory, example=X_t[:1])
-    tile = tile_within_budget(
-        working_memory, bound.bytes_per_row(n_outputs, dtype.itemsize)
+    return diagonal_sum(
+        bound,
+        points,
+        X_t,
+        bytes_per_row=bound.bytes_per_row(n_outputs, dtype.itemsize),
+        working_memory=working_memory,
+        n_jobs=n_jobs,
     )
-    rows = _Rows(bound=bound, X_t=X_t, tile=tile, device=device)
+
+
+def diagonal_sum(bound, points, X_t, *, bytes_per_row, working_memory, n_jobs):
+    """``sum_k weight_k * diag K_k(X, X)`` with a bound engine, on placed rows.
+
+    The row-by-row counterpart of :func:`kernel_sum`: tiles of the fixed
+    grid (``bytes_per_row`` of engine state each, within
+    ``working_memory``), a task per block of rows and point, parts added in
+    point order in float64. Returns a float64 numpy array ``(n_X,)``.
+    """
+    tile = tile_within_budget(working_memory, bytes_per_row)
+    rows = _Rows(bound=bound, X_t=X_t, tile=tile, device=X_t.device)
     blocks = row_blocks(X_t.shape[0], tile)
-    diagonal = torch.zeros(X_t.shape[0], dtype=torch.float64, device=device)
+    diagonal = torch.zeros(X_t.shape[0], dtype=torch.float64, device=X_t.device)
     for _, parts in block_parts(
         _diagonal_part, rows, blocks, _checkpoints(points), n_jobs=n_jobs
     ):

@@ -100,6 +100,11 @@ class Engine(ABC):
     def state(self, parameters, X, metric=None):
         """The state of the rows ``X`` at ``parameters`` (a name -> tensor dict).
 
+        Derivatives are taken with respect to the engine's
+        ``parameter_names``: a name of ``parameters`` outside them is held
+        fixed at its value there, and a trained name absent from it keeps
+        the module's own value.
+
         ``metric`` (same names and shapes, positive) makes every product of
         the state's methods the one in that diagonal metric,
         ``J(X) diag(metric) J(Y)^T`` (the path kernel of a preconditioned
@@ -131,6 +136,24 @@ class Engine(ABC):
         ``vectors`` (m, O) are per-row output vectors of ``Y`` (the
         decomposition's loss derivatives); the ``O x O`` kernel is never
         needed whole.
+        """
+
+    @abstractmethod
+    def folded_state(self, parameters, X, vectors, metric=None):
+        """The state of the one output ``vectors[i] . f(x_i)`` of every row.
+
+        ``vectors`` (n, O), in the rows' dtype and device, are per-row output
+        vectors held constant (an influence's loss derivatives ``g``), or a
+        callable that makes them from the rows' outputs ``f`` (n, O) at
+        ``parameters`` (then the engine's own forward pass serves): the
+        state is that of ``g^T J`` at ``parameters`` (as :meth:`state`, in
+        ``metric`` when given), so a traced :meth:`contract` of two folded
+        states is ``g_x^T K(x, y) g_y`` and :meth:`diagonal` of one
+        ``g^T K(x, x) g``, with no ``O x O`` block. An engine that
+        backpropagates output signals seeds its one backward pass with
+        ``vectors``: ``O`` times less work than :meth:`state`. Folded
+        states meet only folded states, in :meth:`contract` (traced),
+        :meth:`contract_vector` (``O = 1``) and :meth:`diagonal`.
         """
 
     @abstractmethod
@@ -175,3 +198,31 @@ def count_parameters(module, parameter_names):
     """Number of scalar parameters under ``parameter_names`` in ``module``."""
     named = dict(module.named_parameters())
     return sum(named[name].numel() for name in parameter_names)
+
+
+def split_parameters(parameters, parameter_names):
+    """``(trained, fixed)``: the entries in ``parameter_names``, and the rest.
+
+    The fixed ones are values to hold the module at (a frozen layer at a
+    checkpoint); derivatives are taken with respect to the trained ones.
+    """
+    trained = {n: p for n, p in parameters.items() if n in parameter_names}
+    fixed = {n: p for n, p in parameters.items() if n not in parameter_names}
+    return trained, fixed
+
+
+def output_vectors(vectors, outputs):
+    """``folded_state``'s vectors: ``vectors`` itself, or made from ``outputs``.
+
+    A callable's result must hold one number per row and output; it is
+    taken in the outputs' dtype, detached.
+    """
+    if not callable(vectors):
+        return vectors
+    made = vectors(outputs.detach())
+    if tuple(made.shape) != tuple(outputs.shape):
+        raise ValueError(
+            "The output vectors must hold one number per row and output, shape "
+            f"{tuple(outputs.shape)}; got {tuple(made.shape)}."
+        )
+    return made.detach().to(outputs.dtype)

@@ -8,7 +8,13 @@ memory per row ``O d`` numbers. Its sketch is a Gaussian projection of
 import torch
 from torch.func import functional_call, jacrev, vmap
 
-from ._base import TORCH_FUNC_LOCK, Engine, count_parameters
+from ._base import (
+    TORCH_FUNC_LOCK,
+    Engine,
+    count_parameters,
+    output_vectors,
+    split_parameters,
+)
 
 #: Rows of ``vec J`` (length ``O d``) per sketch piece: a piece's factor is
 #: ``SKETCH_ROWS * m`` numbers, so the projection never exists whole.
@@ -36,6 +42,7 @@ class JacobianEngine(Engine):
 
     def __init__(self, module, parameter_names, *, example=None, metric=False):
         self.module = module
+        self.parameter_names = set(parameter_names)
         self.n_parameters = count_parameters(module, parameter_names)
 
     @classmethod
@@ -54,12 +61,15 @@ class JacobianEngine(Engine):
         the one in that metric.
         """
         module = self.module
+        trained, fixed = split_parameters(parameters, self.parameter_names)
 
         def single(params, x):
-            return functional_call(module, params, (x.unsqueeze(0),)).reshape(-1)
+            return functional_call(
+                module, {**fixed, **params}, (x.unsqueeze(0),)
+            ).reshape(-1)
 
         with TORCH_FUNC_LOCK:
-            jac = vmap(jacrev(single), in_dims=(None, 0))(parameters, X)
+            jac = vmap(jacrev(single), in_dims=(None, 0))(trained, X)
         n = X.shape[0]
         if metric is not None:
             jac = {name: j * metric[name].sqrt().to(j.dtype) for name, j in jac.items()}
@@ -78,6 +88,15 @@ class JacobianEngine(Engine):
         """``K[i, j] @ vectors[j]`` for every pair: (n, m, O), no O x O kernel."""
         pulled = torch.einsum("jbd,jb->jd", state_y, vectors)  # J_y^T v_j
         return torch.einsum("iad,jd->ija", state_x, pulled)
+
+    def folded_state(self, parameters, X, vectors, metric=None):
+        """``v^T J`` per row: (n, 1, d), from the rows' Jacobians."""
+        if callable(vectors):
+            with TORCH_FUNC_LOCK:
+                outputs = functional_call(self.module, parameters, (X,))
+            vectors = output_vectors(vectors, outputs.reshape(X.shape[0], -1))
+        state = self.state(parameters, X, metric=metric)
+        return torch.einsum("nod,no->nd", state, vectors).unsqueeze(1)
 
     def diagonal(self, state, X):
         """``K(x_i, x_i)`` summed over outputs: the rows' squared Jacobian norms."""

@@ -15,17 +15,40 @@ the projection's columns times ``sqrt(M)``: the same cost plus ``d`` products
 per column.
 """
 
+from typing import NamedTuple
+
 import torch
 from torch.func import functional_call, jvp, vjp, vmap
 
-from ._base import TORCH_FUNC_LOCK, Engine, count_parameters
+from ._base import (
+    TORCH_FUNC_LOCK,
+    Engine,
+    count_parameters,
+    output_vectors,
+    split_parameters,
+)
+
+
+class _State(NamedTuple):
+    """An ``ntk_vp`` state: nothing is computed until two states meet.
+
+    ``parameters`` are the trained ones, ``fixed`` those held at a value;
+    ``vectors`` (n, O), when folded, make the rows' one output
+    ``vectors[i] . f(x_i)``.
+    """
+
+    parameters: dict
+    rows: torch.Tensor
+    metric: dict = None
+    fixed: dict = None
+    vectors: torch.Tensor = None
 
 
 class NTKVectorProductEngine(Engine):
     """Kernel columns by vector-Jacobian then Jacobian-vector products.
 
-    A state is the pair ``(parameters, rows)``, or ``(parameters, rows,
-    metric)`` in a metric: nothing is computed until two states meet, which
+    A state holds the parameters and the rows (and a metric, or folded
+    output vectors): nothing is computed until two states meet, which
     is what lets the two sides sit at different parameters (the exact
     decomposition pairs a query at ``w'`` with training rows at ``w``).
 
@@ -46,6 +69,7 @@ class NTKVectorProductEngine(Engine):
 
     def __init__(self, module, parameter_names, *, example=None, metric=False):
         self.module = module
+        self.parameter_names = set(parameter_names)
         self.n_parameters = count_parameters(module, parameter_names)
         # Columns (or, for the diagonal, rows) pushed through at once: bounds
         # the memory of one batch to columns_per_batch * (d + n O) numbers.
@@ -62,42 +86,51 @@ class NTKVectorProductEngine(Engine):
         return 4 * n_outputs * itemsize
 
     def state(self, parameters, X, metric=None):
-        if metric is None:
-            return parameters, X
-        metric = {
-            name: metric[name].to(dtype=X.dtype, device=X.device) for name in parameters
-        }
-        return parameters, X, metric
+        trained, fixed = split_parameters(parameters, self.parameter_names)
+        if metric is not None:
+            metric = {
+                name: metric[name].to(dtype=X.dtype, device=X.device)
+                for name in trained
+            }
+        return _State(trained, X, metric, fixed)
 
     def static(self, X, Y):
         return None
 
+    def folded_state(self, parameters, X, vectors, metric=None):
+        """The state, its outputs folded with ``vectors`` when states meet."""
+        state = self.state(parameters, X, metric=metric)
+        if callable(vectors):
+            with TORCH_FUNC_LOCK:
+                outputs = self._outputs(state)(state.parameters)
+            vectors = output_vectors(vectors, outputs)
+        return state._replace(vectors=vectors)
+
     def contract(self, state_x, state_y, trace, static=None):
-        parameters, X = state_x[:2]
-        parameters_y, Y = state_y[:2]
-        if len(state_x) != len(state_y):
+        if (state_x.metric is None) != (state_y.metric is None):
             raise ValueError(
                 "state_x and state_y must both be taken in a metric or both "
                 "without one."
             )
-        metric = _metric(state_y)
-        f_x, f_y = self._outputs(X), self._outputs(Y)
+        metric = state_y.metric
+        f_x, f_y = self._outputs(state_x), self._outputs(state_y)
 
         def column(cotangent):
             (tangent,) = pullback(cotangent)
             if metric is not None:  # J_X M J_Y^T e: scale between the two
                 tangent = {name: t * metric[name] for name, t in tangent.items()}
-            return jvp(f_x, (parameters,), (tangent,))[1]
+            return jvp(f_x, (state_x.parameters,), (tangent,))[1]
 
         with TORCH_FUNC_LOCK:
-            out_y, pullback = vjp(f_y, parameters_y)
+            out_y, pullback = vjp(f_y, state_y.parameters)
             m, n_outputs = out_y.shape
             basis = torch.eye(m * n_outputs, dtype=out_y.dtype, device=out_y.device)
             basis = basis.view(m * n_outputs, m, n_outputs)
             columns = torch.cat(
                 [vmap(column)(chunk) for chunk in basis.split(self.columns_per_batch)]
             )  # (m * O, n, O): columns[(j, b), i, a] = K[i, j, a, b]
-        full = columns.view(m, n_outputs, X.shape[0], n_outputs).permute(2, 0, 3, 1)
+        n = state_x.rows.shape[0]
+        full = columns.view(m, n_outputs, n, -1).permute(2, 0, 3, 1)
         return full.diagonal(dim1=2, dim2=3).sum(-1) if trace else full
 
     def contract_vector(self, state_x, state_y, vectors, static=None):
@@ -110,17 +143,17 @@ class NTKVectorProductEngine(Engine):
 
         Rows go through in batches of ``columns_per_batch`` (``vmap``), so at
         most that many parameter-sized gradients exist at once. In a metric,
-        ``sum_o |J(x_i)^T e_o|_M^2``.
+        ``sum_o |J(x_i)^T e_o|_M^2``; folded, the one output ``v . f``.
         """
-        parameters, rows = state[:2]
-        metric = _metric(state)
-        module = self.module
+        metric, module, fixed = state.metric, self.module, state.fixed
 
-        def single(x):
+        def single(x, v):
             def f(p):
-                return functional_call(module, p, (x.unsqueeze(0),)).reshape(-1)
+                out = functional_call(module, {**fixed, **p}, (x.unsqueeze(0),))
+                out = out.reshape(-1)
+                return out if v is None else (out * v).sum().unsqueeze(0)
 
-            out, pullback = vjp(f, parameters)
+            out, pullback = vjp(f, state.parameters)
             total = out.new_zeros(())
             for e_o in torch.eye(out.shape[0], dtype=out.dtype, device=out.device):
                 (gradient,) = pullback(e_o)
@@ -130,9 +163,18 @@ class NTKVectorProductEngine(Engine):
                 )
             return total
 
+        rows, vectors = state.rows, state.vectors
+        size = self.columns_per_batch
         with TORCH_FUNC_LOCK:
+            if vectors is None:
+                return torch.cat(
+                    [vmap(lambda x: single(x, None))(b) for b in rows.split(size)]
+                )
             return torch.cat(
-                [vmap(single)(batch) for batch in rows.split(self.columns_per_batch)]
+                [
+                    vmap(single)(b, v)
+                    for b, v in zip(rows.split(size), vectors.split(size))
+                ]
             )
 
     def sketch_shapes(self, n_outputs):
@@ -147,10 +189,9 @@ class NTKVectorProductEngine(Engine):
         ``J_o(x) sqrt(M)``, so the tangents are ``sqrt(M)`` times the
         columns of ``P``.
         """
-        parameters, rows = state[:2]
-        metric = _metric(state)
+        parameters, metric = state.parameters, state.metric
         (projection,) = factors  # (d, m), rows in the order of ``parameters``
-        outputs = self._outputs(rows)
+        outputs = self._outputs(state)
         names = list(parameters)
         sizes = [parameters[name].numel() for name in names]
         if metric is not None:
@@ -173,12 +214,18 @@ class NTKVectorProductEngine(Engine):
             )  # (m, n)
         return columns.T
 
-    def _outputs(self, rows):
-        """``p -> f(rows; p)`` as an (n, O) matrix."""
-        module = self.module
-        return lambda p: functional_call(module, p, (rows,)).reshape(rows.shape[0], -1)
+    def _outputs(self, state):
+        """``p -> f(rows; p)`` as an (n, O) matrix; (n, 1) when folded."""
+        module, rows, fixed, vectors = (
+            self.module,
+            state.rows,
+            state.fixed,
+            state.vectors,
+        )
 
+        def outputs(p):
+            out = functional_call(module, {**fixed, **p}, (rows,))
+            out = out.reshape(rows.shape[0], -1)
+            return out if vectors is None else (out * vectors).sum(1, keepdim=True)
 
-def _metric(state):
-    """The metric a state was taken in, or None."""
-    return state[2] if len(state) == 3 else None
+        return outputs

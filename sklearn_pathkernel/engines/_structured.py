@@ -25,7 +25,7 @@ import math
 import torch
 from torch import nn
 
-from ._base import Engine
+from ._base import Engine, output_vectors
 
 # Elementwise activations the structured engine understands. Those with a
 # closed-form derivative avoid an autograd call; the rest get theirs from
@@ -138,25 +138,32 @@ class StructuredEngine(Engine):
         is no longer the same at every checkpoint.
         """
         inputs, signals = self._inputs_and_signals(parameters, X)
+        return self._pack(inputs, signals, X, metric)
+
+    def _pack(self, inputs, signals, X, metric):
+        """Per Linear layer ``(A, D)``, or a :class:`_MetricState` in a metric."""
         if metric is None:
             return [
-                (self._augment(inputs[index], w, b, k == 0), signals[index])
+                (self._augment(inputs[index], w, b, k == 0), signals.get(index))
                 for k, (index, w, b) in enumerate(self.layers)
             ]
         return _MetricState(
             (
                 self._augment(inputs[index], w, b, is_first=False),
-                signals[index],
+                signals.get(index),
                 _layer_metric(metric, index, w, b, X),
             )
             for index, w, b in self.layers
         )
 
-    def _inputs_and_signals(self, parameters, X):
+    def _inputs_and_signals(self, parameters, X, vectors=None):
         """Each Linear layer's input and its output signals ``(n, O, h_l)``.
 
         The signals are None for the output layer while they are the
-        identity (no activation after the last Linear layer).
+        identity (no activation after the last Linear layer); with
+        ``vectors`` (n, O) the one signal ``vectors . f``. The backward
+        pass stops at the first trained layer: layers before it have no
+        signals (a last-layer kernel costs a forward and one layer).
         """
         inputs, pre_activations, signal = {}, {}, X
         for index, child in enumerate(self.module):
@@ -173,11 +180,15 @@ class StructuredEngine(Engine):
         n, n_outputs = X.shape[0], signal.shape[1]
         # Backward pass of all O output signals at once: G is (n, O, width).
         # While G is still the identity (no activation after the last Linear),
-        # G @ W is W itself: a broadcast view, no product.
+        # G @ W is W itself: a broadcast view, no product. Seeded with
+        # vectors, one signal: G is (n, 1, width).
         G = torch.eye(n_outputs, dtype=X.dtype, device=X.device).expand(n, -1, -1)
-        is_identity = True
+        is_identity = vectors is None
+        if not is_identity:
+            G = output_vectors(vectors, signal.reshape(n, n_outputs)).unsqueeze(1)
         signals = {}
-        first = self.layers[0][0]
+        trained = [index for index, w, b in self.layers if w or b]
+        first = trained[0] if trained else self.layers[0][0]
         for index in range(len(self.module) - 1, first - 1, -1):
             child = self.module[index]
             if isinstance(child, nn.Linear):
@@ -262,6 +273,14 @@ class StructuredEngine(Engine):
             term = signal * input_gram[:, :, None]
             total = term if total is None else total.add_(term)
         return total
+
+    def folded_state(self, parameters, X, vectors, metric=None):
+        """:meth:`state` of ``vectors . f``: the backward pass seeded with them.
+
+        Signals ``(n, 1, h_l)``: ``D^T v``, the output layer's ``v`` itself.
+        """
+        inputs, signals = self._inputs_and_signals(parameters, X, vectors)
+        return self._pack(inputs, signals, X, metric)
 
     def diagonal(self, state, X):
         """``K(x_i, x_i)`` summed over outputs, row by row: (n,).

@@ -198,6 +198,15 @@ class HookEngine(Engine):
         """``K[i, j] @ vectors[j]``: (n, m, O), ``v`` folded into Y's side first."""
         return self._contract(state_x, state_y, "vector", vectors)
 
+    def folded_state(self, parameters, X, vectors, metric=None):
+        """:meth:`state` of ``vectors . f``: one backward seeded with them."""
+        if self.plan is None:
+            self._make_plan(X[:1])
+        check_rows_deterministic(self.module)
+        if metric is not None:
+            self.metric = True
+        return build_state(self, parameters, X, metric, vectors=vectors)
+
     def diagonal(self, state, X):
         """``sum_o |G_o(x)|^2`` per row, ghost layers by per-row position Grams."""
         G = state["inst"]

@@ -15,7 +15,7 @@ import threading
 import torch
 from torch.func import functional_call
 
-from .._base import TORCH_FUNC_LOCK
+from .._base import TORCH_FUNC_LOCK, output_vectors
 from . import _attention
 from ._fallback import fallback_gradients
 from ._metric import instantiate_term
@@ -70,11 +70,12 @@ class _Recorder:
         return None
 
 
-def _record(engine, parameters, X, recorder):
+def _record(engine, parameters, X, recorder, vectors=None):
     """One forward with hooks and one backward, under ``TORCH_FUNC_LOCK``.
 
     Returns the parameter leaves, the output, the hooked outputs and their
-    signals; ``recorder`` keeps the hooked calls' inputs.
+    signals; ``recorder`` keeps the hooked calls' inputs. With ``vectors``
+    (n, O) the backward is seeded with them: one signal, ``vectors . f``.
     """
     plan, module = engine.plan, engine.module
     copies = recorder.copies
@@ -84,12 +85,21 @@ def _record(engine, parameters, X, recorder):
     ]
     try:
         with torch.enable_grad():
+            trained = set(engine.parameter_names)
             leaves = {
                 name: parameters[name].detach().requires_grad_(True)
                 if name in parameters
                 else parameter_at(module, name).detach().requires_grad_(True)
                 for name in engine.parameter_names
             }
+            # Parameters held fixed at a value of their own (a frozen layer at
+            # a checkpoint): in the forward, and for the rules that read a
+            # layer's parameters (the fallback, attention), without gradients.
+            leaves.update(
+                (name, p.detach())
+                for name, p in parameters.items()
+                if name not in trained
+            )
             rows = X.repeat_interleave(copies, dim=0) if copies > 1 else X
             out = functional_call(module, leaves, (rows,))
             recorder.active = False
@@ -101,7 +111,9 @@ def _record(engine, parameters, X, recorder):
                 for j, t in enumerate(ts)
             ]
             kept = [t for *_, t in outputs]
-            if copies > 1:
+            if vectors is not None:
+                signals = _seeded_signals(out, kept, output_vectors(vectors, out))
+            elif copies > 1:
                 signals = _replicated_signals(out, kept, [a for _, _, a, _ in outputs])
             else:
                 signals = _signals(out, kept)
@@ -111,8 +123,11 @@ def _record(engine, parameters, X, recorder):
     return leaves, out, outputs, signals
 
 
-def build_state(engine, parameters, X, metric=None):
+def build_state(engine, parameters, X, metric=None, vectors=None):
     """The rows' state: instantiated gradients ``(n, O, k)`` and ghost terms.
+
+    With ``vectors`` (n, O), the state of the one output ``vectors . f``
+    (``O = 1``), from one backward pass seeded with them.
 
     With a ``metric`` (name -> positive tensor) every instantiated gradient
     is scaled by its ``sqrt``, an embedding's signals by its tokens' rows,
@@ -121,14 +136,17 @@ def build_state(engine, parameters, X, metric=None):
     ``"forms"`` says which, per term (None without a metric).
     """
     plan = engine.plan
-    copies = plan.n_outputs if plan.signals == "replicated" else 1
+    replicated = plan.signals == "replicated" and vectors is None
+    copies = plan.n_outputs if replicated else 1
     recorder = _Recorder(plan.layers, copies)
     # functional_call swaps the module's parameters in place for the call:
     # one lock with every other functional forward (engines/_base.py).
     with TORCH_FUNC_LOCK:
-        leaves, out, outputs, signals = _record(engine, parameters, X, recorder)
+        leaves, out, outputs, signals = _record(
+            engine, parameters, X, recorder, vectors
+        )
     n = X.shape[0]
-    n_outputs = out.shape[1]
+    n_outputs = out.shape[1] if vectors is None else 1
     by_call = {}  # (id(module), call) -> the signals of its outputs
     for (layer, k, _, _), D in zip(outputs, signals):
         by_call.setdefault((id(layer.module), k), []).append(D)
@@ -287,6 +305,24 @@ def _replicated_signals(out, tensors, axes):
         g = g.detach().movedim(axis, 0)
         g = g.reshape(n, n_outputs, *g.shape[1:]).transpose(0, 1)
         result.append(g.movedim(1, axis + 1))
+    return result
+
+
+def _seeded_signals(out, tensors, vectors):
+    """``d(vectors . f)/dZ`` for every kept output ``Z``: (1, *Z.shape).
+
+    One ordinary backward pass seeded with the per-row ``vectors`` (n, O).
+    """
+    wanted = [t for t in tensors if t.requires_grad]
+    grads = iter(
+        torch.autograd.grad(out, wanted, vectors.to(out.dtype), allow_unused=True)
+        if wanted
+        else ()
+    )
+    result = []
+    for t in tensors:
+        g = next(grads) if t.requires_grad else None
+        result.append((t.new_zeros(t.shape) if g is None else g.detach()).unsqueeze(0))
     return result
 
 
