@@ -24,6 +24,7 @@ query-side direction ``q_s(x) = sum_{t>=s} eps_t beta_{t,s} P_t Jbar_t(x)^T``
 """
 
 import numbers
+import warnings
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -40,6 +41,7 @@ from .._kernels._rows import kernel_rows, output_width
 from .._model._network import forward, forward_at, in_evaluation_mode, placement
 from .._training._trajectory import Step
 from ..engines import TORCH_FUNC_LOCK
+from ._kinks import probe
 from ._query_side import QueryWalk, parameters_after, walk_block
 
 
@@ -85,6 +87,9 @@ class KernelMachine:
         kernel ``-phi_i(x)`` of Remark 2 when so requested (one output).
     exact : bool
         Whether the exact (segment-averaged) form was used.
+    kinks : bool
+        Whether each step's segment was split where a query's activation
+        pattern changes (the exact form of a piecewise-linear network).
 
     Examples
     --------
@@ -107,6 +112,7 @@ class KernelMachine:
     network_output: np.ndarray
     kernel: np.ndarray
     exact: bool
+    kinks: bool = False
 
     def prediction(self):
         """``bias + sum_i contributions_i``, shape (n_X, O)."""
@@ -210,6 +216,7 @@ def decompose_path(
     *,
     exact=False,
     n_nodes=4,
+    kinks="auto",
     kernel="path",
     engine="auto",
     working_memory=None,
@@ -243,9 +250,23 @@ def decompose_path(
         makes the decomposition exact; needs every step's parameters
         (``record_every=1``). Costs ``n_nodes`` times the first-order form.
     n_nodes : int, default=4
-        Gauss-Legendre nodes per step for ``exact=True``. Four reach float64
-        rounding for smooth activations at ordinary step sizes; piecewise
-        linear ones (relu) are exact only between kinks.
+        Gauss-Legendre nodes per step for ``exact=True``, or per piece of a
+        step between kinks. Four reach float64 rounding for smooth
+        activations at ordinary step sizes, and are exact on the pieces of a
+        piecewise-linear network of up to 8 parameterised layers in a chain
+        (its Jacobian is a polynomial of degree below that number there, and
+        ``n`` nodes integrate degree ``2n - 1``).
+    kinks : "auto" or bool, default="auto"
+        For ``exact=True``: split each step's segment where a query's
+        activation pattern changes (relu, leaky_relu, hardtanh, max-pooling,
+        a comparison...: every discrete decision of the forward pass), and
+        integrate each piece with ``n_nodes`` nodes, which makes
+        piecewise-linear networks exact. Such networks are walked step by
+        step backwards whatever the solver (``_explain/_query_side.py``).
+        "auto" does so when the forward pass makes such decisions and can
+        be evaluated row by row (``torch.func.vmap``), else warns and
+        integrates across kinks; True insists (an error when it cannot);
+        False never splits. Ignored when ``exact=False``.
     kernel : {"path", "loss_weighted"}, default="path"
         What :attr:`KernelMachine.kernel` holds: the path kernel, or the
         loss-weighted path kernel of Remark 2 (then all coefficients are -1).
@@ -286,7 +307,7 @@ def decompose_path(
     >>> machine.contributions.shape, bool(machine.error["max_rel"] < 1e-10)
     ((3, 100, 1), True)
     """
-    _check_options(trajectory, exact=exact, n_nodes=n_nodes, kernel=kernel)
+    _check_options(trajectory, exact=exact, n_nodes=n_nodes, kernel=kernel, kinks=kinks)
     module, dtype, device = placement(module, device)
     rows = {"module": module, "dtype": dtype, "device": device}
     X_train = kernel_rows(X_train, name="X_train", **rows)
@@ -312,9 +333,11 @@ def decompose_path(
         remedy="Decompose fewer query rows at a time, e.g. decompose(X[i:j]).",
     )
     options = dict(working_memory=working_memory, n_jobs=n_jobs, verbose=verbose)
+    split = _kink_search(module, trajectory, X, kinks) if exact else None
     contributions, bias = _contributions(
-        module, bound, trajectory, X_train, X, n_outputs, exact, n_nodes, **options
-    )
+        module, bound, trajectory, X_train, X, n_outputs, exact, n_nodes, split,
+        **options,
+    )  # fmt: skip
     if kernel == "loss_weighted":
         kernel_matrix = -contributions[:, :, 0]
     else:
@@ -328,7 +351,12 @@ def decompose_path(
             **options,
         )
     return KernelMachine(
-        bias, contributions, network_output.cpu().numpy(), kernel_matrix, exact
+        bias,
+        contributions,
+        network_output.cpu().numpy(),
+        kernel_matrix,
+        exact,
+        kinks=split is not None,
     )
 
 
@@ -341,15 +369,19 @@ def _contributions(
     n_outputs,
     exact,
     n_nodes,
+    split,
     *,
     working_memory,
     n_jobs,
     verbose,
 ):
-    """``(contributions, bias)`` by the route the solver and the form need."""
+    """``(contributions, bias)`` by the route the solver and the form need.
+
+    ``split``: None, or how :func:`_kink_search` finds the pattern changes.
+    """
     nodes, node_weights = _quadrature(n_nodes if exact else 0)
     solver = trajectory.solver
-    if solver.plain or (not exact and not solver.diagonal):
+    if split is None and (solver.plain or (not exact and not solver.diagonal)):
         # Each step's gradient moves the query once, by p_s J_s(x): the
         # engines' products between query and training rows.
         route = _engine_route
@@ -368,6 +400,7 @@ def _contributions(
         nodes=nodes,
         node_weights=node_weights,
         working_memory=working_memory,
+        split=split,
     )
     return _gather(plan, trajectory, n_outputs, exact, n_jobs, verbose)
 
@@ -394,6 +427,7 @@ def _engine_route(
     nodes,
     node_weights,
     working_memory,
+    split,
 ):
     """The route through the engines' products: a task per block and checkpoint.
 
@@ -481,8 +515,10 @@ def _progress(verbose, total, exact):
     )
 
 
-def _check_options(trajectory, *, exact, n_nodes, kernel):
+def _check_options(trajectory, *, exact, n_nodes, kernel, kinks):
     """Refuse what :func:`decompose_path` cannot do, before any work."""
+    if not (isinstance(kinks, bool) or (isinstance(kinks, str) and kinks == "auto")):
+        raise ValueError(f"kinks must be 'auto', True or False; got {kinks!r}.")
     if kernel not in ("path", "loss_weighted"):
         raise ValueError(
             f"kernel must be 'path' or 'loss_weighted'; got {kernel!r} instead."
@@ -560,6 +596,7 @@ def _walk_route(
     nodes,
     node_weights,
     working_memory,
+    split,
 ):
     """The route of ``walk_block`` (``_explain/_query_side.py``).
 
@@ -573,7 +610,9 @@ def _walk_route(
     # Per query row and output: Jbar_s^T (which becomes z_s), B_s and q_s
     # (d each, float64), one node's Jacobian in the network's dtype with
     # jacrev's own copy; its float64 contributions and their transposed copy.
+    # Split at kinks: a node's parameters too, one copy per row (vmap).
     per_row = n_outputs * (d * (3 * 8 + 2 * itemsize) + n_train * 16)
+    per_row += 0 if split is None else d * itemsize
     block = tile_within_budget(working_memory, per_row)
     # Per-example gradients: a fixed block of training rows, a property of
     # the network (as the kernels' column chunks), so bits do not depend on
@@ -589,6 +628,8 @@ def _walk_route(
         node_weights=node_weights,
         exact=exact,
         rows=rows,
+        kinks=split is not None,
+        batched_patterns=bool(split and split["batched"]),
     )
 
     def fold(parts, b, progress):
@@ -668,6 +709,40 @@ def _jvp(module, parameters, X, tangent):
     with TORCH_FUNC_LOCK:
         _, out = jvp(lambda p: forward_at(module, p, X), (parameters,), (tangent,))
     return out
+
+
+def _kink_search(module, trajectory, X, kinks):
+    """How the exact form finds kinks: None (no split) or ``{"batched": bool}``.
+
+    "auto" splits when the forward pass makes discrete decisions
+    (``_kinks.probe``) and can be evaluated row by row; it warns when it
+    cannot, and integrates across the kinks.
+    """
+    if kinks is False:
+        return None
+    start = trajectory.parameters(0, device=X.device)
+    end = trajectory.final_parameters(device=X.device)
+    try:
+        names, batched = probe(module, start, end, X[:2])
+    except Exception as exc:  # the user's module under torch.func.vmap
+        if kinks is True:
+            raise ValueError(
+                "kinks=True needs the network's forward pass row by row "
+                f"(torch.func.vmap), which failed: {exc}. Use kinks=False."
+            ) from exc
+        warnings.warn(
+            "The exact decomposition could not search this network for kinks "
+            "(its forward pass fails under torch.func.vmap: "
+            f"{type(exc).__name__}); it integrates across them with shared "
+            "Gauss-Legendre nodes, exact only for smooth networks. The "
+            "result's error attribute reports the gap.",
+            UserWarning,
+            stacklevel=3,
+        )
+        return None
+    if not names and kinks == "auto":
+        return None  # smooth: today's routes, unchanged
+    return {"batched": batched}
 
 
 def _steps_by_checkpoint(trajectory):
