@@ -15,6 +15,7 @@ from sklearn.preprocessing import scale
 
 from sklearn_pathkernel import KernelMachine, PathKernelClassifier, PathKernelRegressor
 from sklearn_pathkernel._compute import _blocking
+from sklearn_pathkernel._explain import _decompose
 from sklearn_pathkernel._explain._decompose import decompose_path
 from sklearn_pathkernel._kernels import _path
 
@@ -634,6 +635,42 @@ def test_contributions_across_kinks_match_a_plain_reference():
     # The shared nodes across the kinks miss the reference.
     across = est.decompose(X[:3], exact=True, kinks=False)
     assert np.abs(across.contributions - phi).max() > 1e-6 * scale_
+
+
+def test_the_engines_and_the_walk_agree_across_kinks(monkeypatch):
+    """Plain sgd takes the engines' products with per-row query states when
+    the engine builds them by explicit tensor code (structured), and the
+    walk otherwise (hooks); both are exact and give the same contributions."""
+    rng = np.random.RandomState(8)
+    X, y = rng.randn(30, 3), rng.randn(30)
+    est = _fit(
+        PathKernelRegressor, X, y, hidden_layer_sizes=(6, 6), activation="relu",
+        batch_size=10, max_iter=2, alpha=0.05, learning_rate_init=0.3,
+    )  # fmt: skip
+    walks = []
+    walk_route = _decompose._walk_route
+    monkeypatch.setattr(
+        _decompose,
+        "_walk_route",
+        lambda *a, **k: walks.append(1) or walk_route(*a, **k),
+    )
+    args = (est.module_, est.trajectory_, torch.tensor(X), torch.tensor(X[:4]))
+    machines = {
+        engine: decompose_path(*args, exact=True, engine=engine)
+        for engine in ("structured", "hooks")
+    }
+    assert walks == [1]  # the hooks engine's states follow no per-row point
+    for machine in machines.values():
+        assert machine.kinks and machine.error["max_rel"] <= 1e-10
+    structured, hooks = machines["structured"], machines["hooks"]
+    scale_ = np.abs(structured.contributions).max()
+    np.testing.assert_allclose(
+        structured.contributions, hooks.contributions, rtol=1e-10, atol=1e-13 * scale_
+    )
+    np.testing.assert_allclose(structured.bias, hooks.bias, rtol=1e-12)
+    # n_nodes=4 on this chain of 3 layers: 2 nodes per piece, the same sums.
+    fewer = decompose_path(*args, exact=True, engine="structured", n_nodes=2)
+    assert np.array_equal(fewer.contributions, structured.contributions)
 
 
 def test_smooth_networks_keep_their_route(diabetes):

@@ -91,15 +91,28 @@ def test_first_layer_crossings_are_found_to_rounding():
 
 
 class _Scaled(nn.Module):
-    """A parameter outside any layer: patterns need a per-row copy (vmap)."""
+    """Parameters outside any layer: one scales the rows (affine, a
+    batched forward), the other enters through exp (a per-row copy, vmap)."""
 
     def __init__(self):
         super().__init__()
         self.a, self.b = nn.Linear(3, 12), nn.Linear(12, 2)
         self.scale = nn.Parameter(torch.ones(12))
+        self.log_scale = nn.Parameter(torch.zeros(12))
 
     def forward(self, x):
-        return self.b(torch.relu(self.a(x)) * self.scale)
+        h = torch.relu(self.a(x)) * self.scale
+        return self.b(h * torch.exp(self.log_scale))
+
+
+def test_batched_patterns_need_every_parameter_affine():
+    net = _Scaled().double()
+    start, end = _segment(net, 5)
+    X = torch.randn(2, 3, dtype=torch.float64)
+    assert probe(net, start, end, X) == (["relu"], False)
+    net.log_scale.requires_grad_(False)  # no longer moves along the path
+    del start["log_scale"], end["log_scale"]
+    assert probe(net, start, end, X) == (["relu"], True)
 
 
 def _cnn():
@@ -196,3 +209,23 @@ def test_the_search_warns_when_a_bracket_holds_too_many_kinks(monkeypatch):
     with pytest.warns(UserWarning, match="kink search stopped after 1"):
         kinks = segment_kinks(net, start, end, torch.zeros(1, 1).double())
     np.testing.assert_allclose(kinks, [[0.01]], atol=1e-15)
+
+
+def test_chain_layers_counts_the_parameterised_layers_of_a_chain():
+    from sklearn_pathkernel._explain._kinks import chain_layers
+    from sklearn_pathkernel._model._network import InputAdapter
+
+    assert chain_layers(_mlp(3, 4, 4, 2)) == 3
+    assert chain_layers(InputAdapter(_cnn()[1:], input_shape=(1, 5, 5))) == 3
+    nested = nn.Sequential(nn.Sequential(nn.Linear(2, 2), nn.ReLU()), nn.Linear(2, 1))
+    assert chain_layers(nested) == 2
+    nested[0][0].requires_grad_(False)  # a frozen layer does not move
+    assert chain_layers(nested) == 1
+    assert chain_layers(_mlp(3, 4, 2, activation=nn.Tanh)) is None
+    assert chain_layers(_Everything()) is None  # its own forward
+
+    class Custom(nn.ReLU):
+        def forward(self, x):
+            return torch.tanh(x)
+
+    assert chain_layers(nn.Sequential(nn.Linear(2, 2), Custom())) is None

@@ -30,7 +30,7 @@ from typing import NamedTuple
 
 import numpy as np
 import torch
-from torch.func import jvp
+from torch.func import jvp, vmap
 
 from .._compute._blocking import grid, tile_within_budget
 from .._compute._memory import check_result_fits
@@ -41,7 +41,14 @@ from .._kernels._rows import kernel_rows, output_width
 from .._model._network import forward, forward_at, in_evaluation_mode, placement
 from .._training._trajectory import Step
 from ..engines import TORCH_FUNC_LOCK
-from ._kinks import probe
+from ._kinks import (
+    RowPoints,
+    chain_layers,
+    in_chunks,
+    piece_rounds,
+    probe,
+    segment_kinks,
+)
 from ._query_side import QueryWalk, parameters_after, walk_block
 
 
@@ -255,15 +262,18 @@ def decompose_path(
         activations at ordinary step sizes, and are exact on the pieces of a
         piecewise-linear network of up to 8 parameterised layers in a chain
         (its Jacobian is a polynomial of degree below that number there, and
-        ``n`` nodes integrate degree ``2n - 1``).
+        ``n`` nodes integrate degree ``2n - 1``). On an ``nn.Sequential``
+        chain the pieces get no more than the ``ceil(L / 2)`` nodes their
+        degree needs (``L`` parameterised layers; one for one hidden layer).
     kinks : "auto" or bool, default="auto"
         For ``exact=True``: split each step's segment where a query's
         activation pattern changes (relu, leaky_relu, hardtanh, max-pooling,
         a comparison...: every discrete decision of the forward pass), and
         integrate each piece with ``n_nodes`` nodes, which makes
-        piecewise-linear networks exact. Such networks are walked step by
-        step backwards whatever the solver (``_explain/_query_side.py``).
-        "auto" does so when the forward pass makes such decisions and can
+        piecewise-linear networks exact. Plain sgd stays on the engines when
+        the engine's query states follow per-row points (structured); other
+        solvers and engines walk the steps backwards
+        (``_explain/_query_side.py``). "auto" does so when the forward pass makes such decisions and can
         be evaluated row by row (``torch.func.vmap``), else warns and
         integrates across kinks; True insists (an error when it cannot);
         False never splits. Ignored when ``exact=False``.
@@ -379,16 +389,21 @@ def _contributions(
 
     ``split``: None, or how :func:`_kink_search` finds the pattern changes.
     """
+    if split is not None and chain_layers(module) is not None:
+        # No more nodes than the pieces' degree needs: the same result.
+        n_nodes = min(n_nodes, max(1, (chain_layers(module) + 1) // 2))
     nodes, node_weights = _quadrature(n_nodes if exact else 0)
     solver = trajectory.solver
-    if split is None and (solver.plain or (not exact and not solver.diagonal)):
-        # Each step's gradient moves the query once, by p_s J_s(x): the
-        # engines' products between query and training rows.
-        route = _engine_route
-    else:
-        # A gradient acts over later steps through P_t (and Jbar_t): the
-        # backward walk of _explain/_query_side.py.
-        route = _walk_route
+    # Each step's gradient moves the query once, by p_s J_s(x): the engines'
+    # products between query and training rows. Otherwise a gradient acts over
+    # later steps through P_t (and Jbar_t): the backward walk of
+    # _explain/_query_side.py, which also takes per-row nodes between kinks.
+    engine = solver.plain or (not exact and not solver.diagonal)
+    if split is not None:
+        # The engines, when their query states can be built row by row.
+        engine = solver.plain and _engine_takes_row_points(module, bound, trajectory, X)
+        split = {**split, "engine": engine}
+    route = _engine_route if engine else _walk_route
     plan = route(
         module,
         bound,
@@ -442,6 +457,8 @@ def _engine_route(
         nodes=nodes,
         node_weights=node_weights,
         alpha=trajectory.alpha,
+        kinks=split is not None,
+        batched_patterns=bool(split and split["batched"]),
     )
     itemsize = next(module.parameters()).element_size()
     block = tile_within_budget(
@@ -544,6 +561,10 @@ class _Walk(Shared):
     nodes: list  # points of each step's segment where the query side is taken
     node_weights: list  # their quadrature weights, summing to 1
     alpha: float  # the L2 strength
+    # Exact form: the nodes of each piece between a query's kinks instead
+    # (_kinks.py), patterns found by a batched forward or not.
+    kinks: bool = False
+    batched_patterns: bool = False
 
 
 def _checkpoints(trajectory, exact):
@@ -669,13 +690,6 @@ def _checkpoint_part(walk, q0, q1, start, steps):
             ("static", q0), lambda: walk.bound.static(Xq, walk.X_train)
         )
         for step, end in steps:
-            points = [start]
-            if end is not None:
-                end = {n: p.to(device) for n, p in end.items()}
-                points = [
-                    {n: start[n] + s * (end[n] - start[n]) for n in start}
-                    for s in walk.nodes
-                ]
             batch = step.batch.to(device)
             train_state = walk.bound.state(start, walk.X_train[batch])
             vectors = (
@@ -684,24 +698,130 @@ def _checkpoint_part(walk, q0, q1, start, steps):
                 * step.output_gradients.to(device, Xq.dtype)
             )
             batch_static = None if static is None else static[:, batch]
-            total, bias_term = None, 0.0
-            for weight, point in zip(walk.node_weights, points):
-                part = walk.bound.contract_vector(
-                    walk.bound.state(point, Xq), train_state, vectors, batch_static
-                )
-                if len(points) == 1:
-                    total = part  # weight 1: added as it is
-                else:
-                    if total is None:
-                        total = torch.zeros_like(part, dtype=torch.float64)
-                    total.add_(part.double(), alpha=weight)
-                if walk.alpha:
-                    # Remark 4: the L2 pull, through the same (averaged) Jacobian.
-                    bias_term = bias_term + weight * walk.alpha * (
-                        step.step_size * _jvp(walk.module, point, Xq, start).double()
-                    )
+            train = (train_state, vectors, batch_static, step.step_size)
+            if end is not None:
+                end = {n: p.to(device) for n, p in end.items()}
+            if walk.kinks:
+                total, bias_term = _kinked_part(walk, Xq, start, end, train)
+            else:
+                total, bias_term = _node_part(walk, Xq, start, end, train)
             parts.append((step.batch, total, bias_term))
     return parts
+
+
+def _node_part(walk, Xq, start, end, train):
+    """A step's contributions and L2 bias term at the segment's shared nodes.
+
+    ``train``: the batch rows' state, the step's vectors, the batch's
+    static Gram and the step size. The first-order form (``end`` None) takes
+    ``start`` alone.
+    """
+    train_state, vectors, batch_static, step_size = train
+    points = [start]
+    if end is not None:
+        points = [
+            {n: start[n] + s * (end[n] - start[n]) for n in start} for s in walk.nodes
+        ]
+    total, bias_term = None, 0.0
+    for weight, point in zip(walk.node_weights, points):
+        part = walk.bound.contract_vector(
+            walk.bound.state(point, Xq), train_state, vectors, batch_static
+        )
+        if len(points) == 1:
+            total = part  # weight 1: added as it is
+        else:
+            if total is None:
+                total = torch.zeros_like(part, dtype=torch.float64)
+            total.add_(part.double(), alpha=weight)
+        if walk.alpha:
+            # Remark 4: the L2 pull, through the same (averaged) Jacobian.
+            bias_term = bias_term + weight * walk.alpha * (
+                step_size * _jvp(walk.module, point, Xq, start).double()
+            )
+    return total, bias_term
+
+
+def _kinked_part(walk, Xq, start, end, train):
+    """:func:`_node_part` at each row's nodes of the pieces between its kinks.
+
+    Each round's query states are taken at per-row points by a batched
+    forward (``RowPoints``), which an engine computing its states by
+    explicit tensor code follows (``_engine_takes_row_points``).
+    """
+    train_state, vectors, batch_static, step_size = train
+    delta = {n: end[n] - start[n] for n in start}
+    kinks = segment_kinks(walk.module, start, end, Xq, batched=walk.batched_patterns)
+    total, bias_term = None, 0.0
+    rounds = piece_rounds(kinks, walk.nodes, walk.node_weights)
+    for rows, s, w in in_chunks(rounds, Xq.shape[0]):
+        rows, w = rows.to(Xq.device), w.to(Xq.device)
+        with RowPoints(start, delta, s.to(Xq)):
+            state = walk.bound.state(start, Xq[rows])
+        part = walk.bound.contract_vector(
+            state,
+            train_state,
+            vectors,
+            None if batch_static is None else batch_static[rows],
+        )
+        if total is None:
+            total = torch.zeros(
+                (Xq.shape[0], *part.shape[1:]), dtype=torch.float64, device=Xq.device
+            )
+        total.index_add_(0, rows, part.double() * w[:, None, None])
+        if walk.alpha:
+            pull = _rows_jvp(walk.module, start, delta, s.to(Xq), Xq[rows], start)
+            if not torch.is_tensor(bias_term):
+                bias_term = torch.zeros_like(total[:, 0])
+            bias_term.index_add_(
+                0, rows, pull.double() * (walk.alpha * step_size * w)[:, None]
+            )
+    return total, bias_term
+
+
+def _rows_jvp(module, start, delta, s, X, tangent):
+    """``J(x_i; start + s_i delta) @ tangent`` row by row: (n, O)."""
+
+    def one_row(s_i, x):
+        point = {n: start[n] + s_i * delta[n] for n in start}
+        return jvp(lambda p: forward_at(module, p, x[None])[0], (point,), (tangent,))[1]
+
+    with TORCH_FUNC_LOCK:
+        return vmap(one_row)(s, X)
+
+
+def _engine_takes_row_points(module, bound, trajectory, X):
+    """Whether ``bound`` builds states at per-row points under ``RowPoints``.
+
+    An engine whose states come from explicit tensor code (the structured
+    engine) follows the batched forward; one that runs autograd through
+    the module (hooks, Jacobian, ntk_vp) would take its backward at the
+    shared parameters. Checked on two rows against states at each row's
+    own point.
+    """
+    start = trajectory.parameters(0, device=X.device)
+    end = trajectory.final_parameters(device=X.device)
+    delta = {n: end[n] - start[n] for n in start}
+    rows = X[:2]
+    s = torch.linspace(0.25, 0.75, len(rows), dtype=X.dtype, device=X.device)
+    with torch.no_grad():
+        train = bound.state(start, rows)
+        vectors = torch.ones_like(forward_at(module, start, rows))
+        static = bound.static(rows, rows)
+        try:
+            with RowPoints(start, delta, s):
+                state = bound.state(start, rows)
+            batched = bound.contract_vector(state, train, vectors, static)
+        except Exception:  # an engine the batched forward cannot reach
+            return False
+        direct = []
+        for i, a in enumerate(s):
+            point = {n: start[n] + a * delta[n] for n in start}
+            state = bound.state(point, rows[i : i + 1])
+            own = None if static is None else static[i : i + 1]
+            direct.append(bound.contract_vector(state, train, vectors, own))
+        direct = torch.cat(direct)
+    scale = direct.abs().max().item() + 1e-300
+    return bool((batched - direct).abs().max() <= 1e-6 * scale)
 
 
 def _jvp(module, parameters, X, tangent):

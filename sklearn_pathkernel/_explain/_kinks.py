@@ -37,10 +37,11 @@ import warnings
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 from torch.func import vmap
 from torch.overrides import TorchFunctionMode
 
-from .._model._network import forward_at
+from .._model._network import InputAdapter, forward_at
 from ..engines import TORCH_FUNC_LOCK
 
 #: Brackets per step segment: patterns are first compared at GRID + 1 points.
@@ -250,20 +251,48 @@ def _affine_slots():
     return slots
 
 
-_AFFINE = _affine_slots()
+def _each_argument():
+    """Functions affine in each tensor argument: True where ``f(0) = 0``."""
+    everywhere = (torch, torch.Tensor)
+    linear = ["matmul", "mm", "bmm", "mul", "expand", "__matmul__", "__rmatmul__"]
+    linear += ["__mul__", "__rmul__"]
+    shifts = ["add", "sub", "__add__", "__radd__", "__sub__", "__rsub__"]
+    each = {f: True for f in _functions(everywhere, linear)}
+    each.update({f: False for f in _functions(everywhere, shifts)})
+    return each
 
 
-class _NotAffine(Exception):
-    """A parameter is used otherwise than in the weight or bias of a layer."""
+_AFFINE, _EACH = _affine_slots(), _each_argument()
 
 
-class _RowPoints(PatternRecorder):
+class NotAffine(Exception):
+    """A parameter enters the forward pass otherwise than affinely, per row."""
+
+
+class RowPoints(PatternRecorder):
     """A batched forward in which row ``i`` sees the parameters at ``s[i]``.
 
-    A layer linear in its weight and bias gives, at ``w + s d``,
-    ``f(w) + s (f(d) - f(0))`` on each row: two evaluations at shared
-    parameters, where ``torch.func.vmap`` would make a copy of every
-    parameter per row. Any other use of a parameter raises ``_NotAffine``.
+    The parameters passed to the forward must be ``start`` itself (the
+    same tensors). A function affine in the parameters it is given (a
+    layer's weight and bias, or one operand of ``matmul``, ``mul``,
+    ``expand``, ``add``...) gives, at ``start + s delta``,
+    ``f(start) + s (f(delta) - f(0))`` on each row: two or three
+    evaluations at shared parameters, where ``torch.func.vmap`` would copy
+    every parameter per row. Any other use of a parameter, or an output
+    whose first dimension is not the rows, raises :class:`NotAffine`.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from sklearn_pathkernel._explain._kinks import RowPoints
+    >>> net = torch.nn.Linear(1, 1)
+    >>> start = {"weight": torch.ones(1, 1), "bias": torch.zeros(1)}
+    >>> delta = {"weight": torch.ones(1, 1), "bias": torch.ones(1)}
+    >>> s = torch.tensor([0.0, 0.5, 1.0])
+    >>> with RowPoints(start, delta, s):  # 3 rows of x = 2: (1 + s) 2 + s
+    ...     out = torch.func.functional_call(net, start, (torch.full((3, 1), 2.0),))
+    >>> out.flatten()
+    tensor([2.0000, 3.5000, 5.0000])
     """
 
     def __init__(self, start, delta, s):
@@ -272,32 +301,66 @@ class _RowPoints(PatternRecorder):
         self.s = s
 
     def _call(self, func, args, kwargs):
-        tensors = [a for a in (*args, *kwargs.values()) if torch.is_tensor(a)]
-        moved = [t for t in tensors if id(t) in self.moves]
+        moved = [a for a in (*args, *kwargs.values()) if self._moves(a)]
         if not moved:
+            if any(self._moves(a) for a in _nested(args, kwargs)):
+                raise NotAffine("a parameter inside a list")
             return func(*args, **kwargs)
-        slots = [_arg(args, kwargs, i, name) for i, name in _AFFINE.get(func, ())]
-        if not slots or any(all(t is not u for u in slots) for t in moved):
-            raise _NotAffine(getattr(func, "__name__", repr(func)))
         out = func(*args, **kwargs)
         moved_args, moved_kwargs = self._swap(args, kwargs, lambda t: self.moves[id(t)])
         change = func(*moved_args, **moved_kwargs)
-        weight, bias = (slots + [None])[:2]
-        linear = id(weight) in self.moves and (bias is None or id(bias) in self.moves)
-        if not linear:  # a frozen weight or bias, or a norm without weight
+        if not self._linear(func, args, kwargs, moved):
             zero_args, zero_kwargs = self._swap(args, kwargs, torch.zeros_like)
             change = change - func(*zero_args, **zero_kwargs)
-        if out.shape[0] != self.s.shape[0]:
-            raise _NotAffine("a layer whose first dimension is not the rows")
+        if not self._rows(func, args, kwargs, out):
+            raise NotAffine("an output whose first dimension is not the rows")
         return out + self.s.reshape(-1, *[1] * (out.ndim - 1)) * change
+
+    def _moves(self, a):
+        return torch.is_tensor(a) and id(a) in self.moves
+
+    def _rows(self, func, args, kwargs, out):
+        """Whether ``out`` runs over the rows, as an input other than a
+        parameter does (or a parameter expanded to them)."""
+        n = len(self.s)
+        if not torch.is_tensor(out) or out.ndim == 0 or len(out) != n:
+            return False
+        inputs = [a for a in (*args, *kwargs.values()) if torch.is_tensor(a)]
+        by_rows = [a for a in inputs if not self._moves(a) and a.ndim and len(a) == n]
+        return bool(by_rows) or getattr(func, "__name__", "") == "expand"
+
+    def _linear(self, func, args, kwargs, moved):
+        """Whether ``func`` is linear (``f(0) = 0``) in the moving parameters.
+
+        Raises :class:`NotAffine` when it is not even affine in them.
+        """
+        name = getattr(func, "__name__", repr(func))
+        if _rule(_AFFINE, func) is not None:
+            slots = [_arg(args, kwargs, i, n) for i, n in _AFFINE[func]]
+            if any(all(t is not u for u in slots) for t in moved):
+                raise NotAffine(f"a parameter outside {name}'s weight and bias")
+            weight, bias = slots
+            return self._moves(weight) and (bias is None or self._moves(bias))
+        if _rule(_EACH, func) is None or len(moved) > 1:
+            raise NotAffine(f"a parameter in {name}")
+        return _EACH[func]
 
     def _swap(self, args, kwargs, replace):
         """``(args, kwargs)`` with each moving parameter replaced."""
 
         def one(a):
-            return replace(a) if torch.is_tensor(a) and id(a) in self.moves else a
+            return replace(a) if self._moves(a) else a
 
         return [one(a) for a in args], {k: one(v) for k, v in kwargs.items()}
+
+
+def _nested(args, kwargs):
+    """The tensors inside the lists and tuples among a call's arguments."""
+    for a in (*args, *kwargs.values()):
+        if isinstance(a, (list, tuple)):
+            yield from _nested(a, {})
+        else:
+            yield a
 
 
 def probe(module, start, end, X):
@@ -353,13 +416,13 @@ def probe(module, start, end, X):
 
 
 def _batched_agrees(module, start, end, X):
-    """Whether the batched forward of :class:`_RowPoints` is the network's."""
+    """Whether the batched forward of :class:`RowPoints` is the network's."""
     delta = {n: end[n] - start[n] for n in start}
     s = torch.linspace(0.25, 0.75, X.shape[0], dtype=X.dtype, device=X.device)
     try:
-        with _RowPoints(start, delta, s):
+        with RowPoints(start, delta, s):
             batched = forward_at(module, start, X)
-    except _NotAffine:
+    except NotAffine:
         return False
     direct = torch.cat(
         [
@@ -374,12 +437,12 @@ def _batched_agrees(module, start, end, X):
 def patterns(module, start, delta, s, X, *, batched):
     """Each row's pattern at its own point ``start + s[i] * delta``: (n, P) int64.
 
-    ``batched``: one forward through :class:`_RowPoints`; otherwise ``vmap``
+    ``batched``: one forward through :class:`RowPoints`; otherwise ``vmap``
     over (``s``, rows), in chunks that bound the per-row parameters it
     materialises.
     """
     if batched:
-        with TORCH_FUNC_LOCK, torch.no_grad(), _RowPoints(start, delta, s) as mode:
+        with TORCH_FUNC_LOCK, torch.no_grad(), RowPoints(start, delta, s) as mode:
             forward_at(module, start, X)
         return mode.flat(rows=X.shape[0])
 
@@ -527,6 +590,51 @@ def _padded(found, n):
     return kinks
 
 
+#: Layers of a chain that carry no parameter and keep each piece's degree.
+_PIECEWISE_LINEAR = (
+    nn.ReLU, nn.LeakyReLU, nn.Hardtanh, nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d,
+    nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d, nn.AdaptiveMaxPool3d, nn.AvgPool1d,
+    nn.AvgPool2d, nn.AvgPool3d, nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d,
+    nn.AdaptiveAvgPool3d, nn.Flatten, nn.Unflatten, nn.Identity, nn.Dropout,
+)  # fmt: skip
+#: Layers affine in their parameters (and, on each piece, in their input).
+_AFFINE_LAYERS = (
+    nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.BatchNorm1d, nn.BatchNorm2d,
+    nn.BatchNorm3d, nn.Embedding, nn.PReLU,
+)  # fmt: skip
+
+
+def chain_layers(module):
+    """The parameterised layers of a chain, or None for another network.
+
+    For an ``nn.Sequential`` (nested ones included, an :class:`InputAdapter`
+    around it allowed) of layers affine in their trainable parameters and
+    piecewise-linear or linear layers without parameters, the count ``L``
+    of layers whose parameters train: on each piece between kinks the
+    Jacobian is a polynomial of degree ``L - 1`` at most, which
+    ``ceil(L / 2)`` Gauss-Legendre nodes integrate exactly.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from sklearn_pathkernel._explain._kinks import chain_layers
+    >>> net = torch.nn.Sequential(torch.nn.Linear(2, 3), torch.nn.ReLU(),
+    ...                           torch.nn.Linear(3, 1))
+    >>> chain_layers(net), chain_layers(torch.nn.Sequential(torch.nn.Tanh()))
+    (2, None)
+    """
+    if type(module) is InputAdapter:
+        module = module.module
+    if type(module) in _AFFINE_LAYERS:  # not a subclass: its own forward
+        return int(any(p.requires_grad for p in module.parameters()))
+    if type(module) in _PIECEWISE_LINEAR:
+        return 0
+    if type(module) is not nn.Sequential:
+        return None
+    counts = [chain_layers(child) for child in module]
+    return None if None in counts else sum(counts)
+
+
 def piece_rounds(kinks, nodes, weights):
     """Per-row quadrature over the pieces between kinks, in rounds.
 
@@ -568,3 +676,28 @@ def piece_rounds(kinks, nodes, weights):
         for node, weight in zip(nodes, weights):
             rounds.append((rows, a[rows] + node * width, weight * width))
     return rounds
+
+
+def in_chunks(rounds, size):
+    """:func:`piece_rounds`' (row, point, weight) triples in chunks of ``size``.
+
+    A row may appear several times in a chunk (several of its nodes): its
+    terms are added up by whoever adds the chunk (``index_add_``).
+
+    Examples
+    --------
+    >>> import torch
+    >>> from sklearn_pathkernel._explain._kinks import in_chunks, piece_rounds
+    >>> kinks = torch.tensor([[0.25], [1.0]], dtype=torch.float64)
+    >>> for rows, s, w in in_chunks(piece_rounds(kinks, [0.5], [1.0]), 2):
+    ...     print(rows.tolist(), s.tolist(), w.tolist())
+    [0, 1] [0.125, 0.5] [0.25, 1.0]
+    [0] [0.625] [0.75]
+    """
+    if not rounds:
+        return []
+    rows, s, w = (torch.cat(parts) for parts in zip(*rounds))
+    return [
+        (rows[i : i + size], s[i : i + size], w[i : i + size])
+        for i in range(0, len(rows), size)
+    ]

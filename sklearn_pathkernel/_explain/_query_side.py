@@ -33,7 +33,7 @@ from torch.func import grad, jacrev, vmap
 from .._compute._tasks import Shared
 from .._model._network import forward_at
 from ..engines import TORCH_FUNC_LOCK
-from ._kinks import piece_rounds, segment_kinks
+from ._kinks import in_chunks, piece_rounds, segment_kinks
 
 
 @dataclass
@@ -227,7 +227,8 @@ def _segment_jacobian_T(walk, start, end, Xq):
             walk.module, start, end, Xq, batched=walk.batched_patterns
         )
         rounds = piece_rounds(kinks, walk.nodes, walk.node_weights)
-        return _rows_jacobian_T(walk.module, start, end, rounds, Xq, walk.n_outputs)
+        chunks = in_chunks(rounds, Xq.shape[0])
+        return _rows_jacobian_T(walk.module, start, end, chunks, Xq, walk.n_outputs)
     points = [
         {n: start[n] + a * (end[n] - start[n]) for n in start} for a in walk.nodes
     ]
@@ -237,7 +238,8 @@ def _segment_jacobian_T(walk, start, end, Xq):
 def _rows_jacobian_T(module, start, end, rounds, Xq, n_outputs):
     """``sum_rounds w J(x; start + s (end - start))^T`` with per-row ``s`` and ``w``.
 
-    ``rounds`` as :func:`piece_rounds` gives them; (d, n_q O) float64, in
+    ``rounds``: (rows, s, w) triples, a row possibly several times (its
+    terms add up); (d, n_q O) float64, in
     the columns of :func:`_query_jacobian_T`.
     """
     delta = {n: end[n] - start[n] for n in start}
