@@ -68,7 +68,7 @@ def test_the_recorder_sees_modules_functions_and_comparisons():
 def test_a_smooth_network_makes_no_decision():
     net = _mlp(3, 5, 2, activation=nn.Tanh)
     start, end = _segment(net, 0)
-    assert probe(net, start, end, torch.randn(2, 3, dtype=torch.float64)) == (
+    assert probe(net, start, torch.randn(2, 3, dtype=torch.float64)) == (
         [],
         False,
     )
@@ -109,10 +109,10 @@ def test_batched_patterns_need_every_parameter_affine():
     net = _Scaled().double()
     start, end = _segment(net, 5)
     X = torch.randn(2, 3, dtype=torch.float64)
-    assert probe(net, start, end, X) == (["relu"], False)
+    assert probe(net, start, X) == (["relu"], False)
     net.log_scale.requires_grad_(False)  # no longer moves along the path
-    del start["log_scale"], end["log_scale"]
-    assert probe(net, start, end, X) == (["relu"], True)
+    del start["log_scale"]
+    assert probe(net, start, X) == (["relu"], True)
 
 
 def _cnn():
@@ -139,7 +139,7 @@ def test_kinks_agree_with_brute_force_sampling(case, batched):
     X = torch.randn(4, 25 if case == "cnn" else 3, dtype=torch.float64)
     net = {"mlp": lambda: _mlp(3, 6, 6, 6, 2), "cnn": _cnn, "scaled": _Scaled}[case]()
     start, end = _segment(net.double(), 2, scale=0.5)
-    assert probe(net, start, end, X)[1] is (case != "scaled")
+    assert probe(net, start, X)[1] is (case != "scaled")
     kinks = segment_kinks(net, start, end, X, batched=batched)
     fine = torch.linspace(0, 1, 2001, dtype=torch.float64)
     delta = {n: end[n] - start[n] for n in start}
@@ -178,7 +178,7 @@ def test_the_probe_refuses_a_forward_that_cannot_run_row_by_row():
     net = Branchy().double()
     start, end = _segment(net, 4)
     with pytest.raises(RuntimeError):
-        probe(net, start, end, torch.randn(2, 2, dtype=torch.float64))
+        probe(net, start, torch.randn(2, 2, dtype=torch.float64))
 
 
 @pytest.mark.parametrize("n_nodes", [1, 2, 3])

@@ -11,7 +11,9 @@ The first-order form is exact as the step size goes to zero; its error is
 first order in the step size. The exact form replaces the query-side
 Jacobian ``J_t(x)`` by its average over the segment ``w_t -> w_{t+1}``
 (Gauss-Legendre nodes), which turns the identity into an exact one for any
-step size, up to quadrature and rounding.
+step size, up to quadrature and rounding. For a piecewise-linear network
+(relu) each segment is first split where a query's activation pattern
+changes, and each piece integrated on its own (``_explain/_kinks.py``).
 
 Nothing of shape (n_X, n_train, O, O) is formed: each step's loss
 derivatives are folded into the training rows' engine states first
@@ -47,6 +49,7 @@ from ._kinks import (
     in_chunks,
     piece_rounds,
     probe,
+    probe_direction,
     segment_kinks,
 )
 from ._query_side import QueryWalk, parameters_after, walk_block
@@ -273,10 +276,11 @@ def decompose_path(
         piecewise-linear networks exact. Plain sgd stays on the engines when
         the engine's query states follow per-row points (structured); other
         solvers and engines walk the steps backwards
-        (``_explain/_query_side.py``). "auto" does so when the forward pass makes such decisions and can
-        be evaluated row by row (``torch.func.vmap``), else warns and
-        integrates across kinks; True insists (an error when it cannot);
-        False never splits. Ignored when ``exact=False``.
+        (``_explain/_query_side.py``). "auto" splits when the forward pass
+        makes such decisions and can be evaluated row by row
+        (``torch.func.vmap``), else warns and integrates across kinks; True
+        insists (an error when it cannot); False never splits. Ignored when
+        ``exact=False``.
     kernel : {"path", "loss_weighted"}, default="path"
         What :attr:`KernelMachine.kernel` holds: the path kernel, or the
         loss-weighted path kernel of Remark 2 (then all coefficients are -1).
@@ -316,6 +320,15 @@ def decompose_path(
     ...                          torch.tensor(X[:3]), exact=True)
     >>> machine.contributions.shape, bool(machine.error["max_rel"] < 1e-10)
     ((3, 100, 1), True)
+
+    A relu network's steps are split at each query's kinks:
+
+    >>> relu = PathKernelRegressor((8,), activation="relu", max_iter=10,
+    ...                            dtype="float64", random_state=0).fit(X, y)
+    >>> machine = decompose_path(relu.module_, relu.trajectory_, torch.tensor(X),
+    ...                          torch.tensor(X[:3]), exact=True)
+    >>> machine.kinks, bool(machine.error["max_rel"] < 1e-12)
+    (True, True)
     """
     _check_options(trajectory, exact=exact, n_nodes=n_nodes, kernel=kernel, kinks=kinks)
     module, dtype, device = placement(module, device)
@@ -796,11 +809,10 @@ def _engine_takes_row_points(module, bound, trajectory, X):
     engine) follows the batched forward; one that runs autograd through
     the module (hooks, Jacobian, ntk_vp) would take its backward at the
     shared parameters. Checked on two rows against states at each row's
-    own point.
+    own point, along a direction as large as the parameters.
     """
     start = trajectory.parameters(0, device=X.device)
-    end = trajectory.final_parameters(device=X.device)
-    delta = {n: end[n] - start[n] for n in start}
+    delta = probe_direction(start)
     rows = X[:2]
     s = torch.linspace(0.25, 0.75, len(rows), dtype=X.dtype, device=X.device)
     with torch.no_grad():
@@ -821,7 +833,8 @@ def _engine_takes_row_points(module, bound, trajectory, X):
             direct.append(bound.contract_vector(state, train, vectors, own))
         direct = torch.cat(direct)
     scale = direct.abs().max().item() + 1e-300
-    return bool((batched - direct).abs().max() <= 1e-6 * scale)
+    tolerance = 1e-8 if X.dtype == torch.float64 else 1e-3
+    return bool((batched - direct).abs().max() <= tolerance * scale)
 
 
 def _jvp(module, parameters, X, tangent):
@@ -841,9 +854,8 @@ def _kink_search(module, trajectory, X, kinks):
     if kinks is False:
         return None
     start = trajectory.parameters(0, device=X.device)
-    end = trajectory.final_parameters(device=X.device)
     try:
-        names, batched = probe(module, start, end, X[:2])
+        names, batched = probe(module, start, X[:2])
     except Exception as exc:  # the user's module under torch.func.vmap
         if kinks is True:
             raise ValueError(

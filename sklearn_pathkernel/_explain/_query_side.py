@@ -22,6 +22,12 @@ batch rows' per-example gradients ``c_{i,s} J_s(x_i)^T g_{i,s}`` (blocks of
 the same walk with ``q_s = Ptilde_s J_s(x)^T``: ``Ptilde_s`` comes from the
 same recursion with ``z_t = eps_t P_t`` (a vector), and ``J_s`` is taken at
 the checkpoint that stands for step ``s``.
+
+For a piecewise-linear network's exact form, each row's ``Jbar_t(x)`` is
+summed over the pieces of the step between its kinks (``_kinks.py``), at
+per-row points; plain sgd then walks too, with ``kappa = 1``, ``rho = 0``,
+``gamma = 1``, ``delta = 0``, when the engine cannot build its query states
+at per-row points.
 """
 
 from dataclasses import dataclass
