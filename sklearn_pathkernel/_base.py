@@ -750,8 +750,8 @@ class BasePathKernelEstimator(BaseEstimator):
             leaky_relu, hardtanh, max-pooling, ...): split each step where
             a query's activation pattern changes and integrate each piece,
             which makes the decomposition exact. "auto" does so whenever
-            the network has such kinks; False integrates across them
-            (faster, not exact); True insists. See ``decompose_path``.
+            the network has such kinks; False integrates across them (not
+            exact); True insists. See ``decompose_path``.
         kernel : {"path", "loss_weighted"}, default="path"
             What the result's ``kernel`` holds: ``K_path(x, x_i)``, or the
             loss-weighted path kernel of Remark 2 (one output only).
