@@ -727,7 +727,7 @@ class BasePathKernelEstimator(BaseEstimator):
             )
         return self._fit_diagonal
 
-    def decompose(self, X, *, exact=False, n_nodes=4, kernel="path"):
+    def decompose(self, X, *, exact=False, n_nodes=4, kinks="auto", kernel="path"):
         """Explain the network's outputs at ``X`` as a sum over training rows.
 
         The trained network is the initial one plus what each training row
@@ -742,10 +742,20 @@ class BasePathKernelEstimator(BaseEstimator):
         exact : bool, default=False
             False: the paper's first-order form, whose error shrinks with the
             step size. True: average the query-side Jacobian over each step
-            (Gauss-Legendre), which reproduces the network to rounding for
-            smooth activations; needs ``record_every=1``.
+            (Gauss-Legendre), which reproduces the network to rounding, for
+            piecewise-linear activations (relu) too (see ``kinks``); needs
+            ``record_every=1``.
         n_nodes : int, default=4
-            Quadrature nodes per step for ``exact=True``.
+            Quadrature nodes per step for ``exact=True``, or per piece of a
+            step between kinks: four are exact on the pieces of a
+            piecewise-linear network of up to 8 parameterised layers.
+        kinks : "auto" or bool, default="auto"
+            For ``exact=True`` with a piecewise-linear network (relu,
+            leaky_relu, hardtanh, max-pooling, ...): split each step where
+            a query's activation pattern changes and integrate each piece,
+            which makes the decomposition exact. "auto" does so whenever
+            the network has such kinks; False integrates across them (not
+            exact); True insists. See ``decompose_path``.
         kernel : {"path", "loss_weighted"}, default="path"
             What the result's ``kernel`` holds: ``K_path(x, x_i)``, or the
             loss-weighted path kernel of Remark 2 (one output only).
@@ -777,6 +787,7 @@ class BasePathKernelEstimator(BaseEstimator):
             X,
             exact=exact,
             n_nodes=n_nodes,
+            kinks=kinks,
             kernel=kernel,
             verbose=self.verbose,
             **self._kernel_options(),

@@ -6,15 +6,16 @@ import warnings
 import numpy as np
 import pytest
 import torch
-from _oracle import tangent_kernel_reference
+from _oracle import jacobian_rows, tangent_kernel_reference
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from sklearn.datasets import load_breast_cancer, load_diabetes, load_iris
+from sklearn.datasets import load_breast_cancer, load_diabetes, load_digits, load_iris
 from sklearn.exceptions import ConvergenceWarning, NotFittedError
 from sklearn.preprocessing import scale
 
 from sklearn_pathkernel import KernelMachine, PathKernelClassifier, PathKernelRegressor
 from sklearn_pathkernel._compute import _blocking
+from sklearn_pathkernel._explain import _decompose
 from sklearn_pathkernel._explain._decompose import decompose_path
 from sklearn_pathkernel._kernels import _path
 
@@ -459,3 +460,260 @@ def test_property_exact_form_reproduces_small_smooth_networks(
     assert machine.error["max_abs"] < 1e-9 * max(
         1.0, np.abs(machine.network_output).max()
     )
+
+
+# -- exact across kinks: piecewise-linear networks ---------------------------
+RELU_SOLVERS = {
+    "sgd": {},
+    "minibatch": {"batch_size": 20, "alpha": 0.05},
+    "momentum": {"batch_size": 25, "momentum": 0.9, "nesterovs_momentum": False},
+    "adam": {"solver": "adam", "learning_rate_init": 0.05, "batch_size": 25},
+}
+
+
+@pytest.fixture(scope="module")
+def iris():
+    X, y = load_iris(return_X_y=True)
+    return scale(X)[::3], y[::3]  # 50 rows, 3 classes
+
+
+@pytest.mark.parametrize(
+    "layers, solver",
+    [
+        ((8,), "sgd"),
+        ((8,), "adam"),
+        ((8, 8), "minibatch"),
+        ((8, 8), "momentum"),
+        ((6, 6, 6), "sgd"),
+        ((6, 6, 6), "adam"),
+    ],
+)
+def test_exact_form_is_exact_across_relu_kinks(layers, solver, iris):
+    """Split at the pattern changes, each piece is a polynomial of degree
+    below the number of Linear layers: ceil(L / 2) nodes integrate it."""
+    X, y = iris
+    est = _fit(
+        PathKernelClassifier, X, y, hidden_layer_sizes=layers, activation="relu",
+        max_iter=3, **{"learning_rate_init": 0.3, **RELU_SOLVERS[solver]},
+    )  # fmt: skip
+    n_nodes = (len(layers) + 2) // 2
+    machine = est.decompose(X[:4], exact=True, n_nodes=n_nodes)
+    assert machine.kinks and machine.error["max_rel"] <= 1e-10, machine.error
+    # The same nodes across the kinks: the case has kinks to find.
+    across = est.decompose(X[:4], exact=True, n_nodes=n_nodes, kinks=False)
+    assert not across.kinks and across.error["max_rel"] > 1e-5
+
+
+class _LeakyHardtanh(torch.nn.Module):
+    """Functional calls inside forward, not modules: found all the same."""
+
+    def __init__(self, n_features, n_outputs):
+        super().__init__()
+        self.a = torch.nn.Linear(n_features, 8)
+        self.b = torch.nn.Linear(8, 8)
+        self.c = torch.nn.Linear(8, n_outputs)
+
+    def forward(self, x):
+        h = torch.nn.functional.leaky_relu(self.a(x), 0.1)
+        return self.c(torch.nn.functional.hardtanh(self.b(h), -0.5, 0.5))
+
+
+def _max_pooling_cnn(n_features, n_outputs):
+    return torch.nn.Sequential(
+        torch.nn.Conv2d(1, 3, 3),
+        torch.nn.ReLU(),
+        torch.nn.MaxPool2d(2),
+        torch.nn.Flatten(),
+        torch.nn.Linear(27, n_outputs),
+    )
+
+
+@pytest.mark.parametrize("network", ["leaky_relu, hardtanh", "max-pooling cnn"])
+def test_exact_form_is_exact_across_kinks_of_user_modules(network):
+    X, y = load_digits(return_X_y=True)
+    X, y = X[:40] / 16, y[:40]
+    if network == "max-pooling cnn":
+        params = {"module": _max_pooling_cnn, "input_shape": (1, 8, 8)}
+        n_nodes = 1  # conv, linear: pieces of degree 1
+    else:
+        params = {"module": _LeakyHardtanh}
+        n_nodes = 2  # three Linear layers: degree 2
+    est = _fit(
+        PathKernelClassifier, X, y, max_iter=1, batch_size=20,
+        learning_rate_init=0.5, **params,
+    )  # fmt: skip
+    machine = est.decompose(X[:3], exact=True, n_nodes=n_nodes)
+    assert machine.kinks and machine.error["max_rel"] <= 1e-10, machine.error
+    across = est.decompose(X[:3], exact=True, n_nodes=n_nodes, kinks=False)
+    assert across.error["max_rel"] > 1e-5
+
+
+def _relu_patterns(module, start, end, x, s):
+    """The sign of every ReLU's input at one row, at each of the points
+    ``s`` of the segment: a plain forward, layer by layer, (len(s), units)."""
+    s = torch.as_tensor(s, dtype=x.dtype).reshape(-1)
+    h, signs = x.expand(len(s), -1), []
+    for index, layer in enumerate(module):
+        if isinstance(layer, torch.nn.Linear):
+            W, b = (
+                start[f"{index}.{n}"]
+                + s.reshape(-1, *[1] * start[f"{index}.{n}"].ndim)
+                * (end[f"{index}.{n}"] - start[f"{index}.{n}"])
+                for n in ("weight", "bias")
+            )
+            h = torch.einsum("soi,si->so", W, h) + b
+        else:
+            signs.append(h > 0)
+            h = torch.relu(h)
+    return torch.cat(signs, 1)
+
+
+def _pieces(module, start, end, x):
+    """[0, kinks..., 1] along the segment at one row: sampled on 401
+    points, each change then bisected 50 times."""
+    grid = np.linspace(0, 1, 401)
+    sampled = _relu_patterns(module, start, end, x, grid)
+    edges = [0.0]
+    for k in (sampled[1:] != sampled[:-1]).any(1).nonzero().flatten().tolist():
+        lo, hi = grid[k], grid[k + 1]
+        for _ in range(50):
+            mid = (lo + hi) / 2
+            same = torch.equal(
+                _relu_patterns(module, start, end, x, mid)[0], sampled[k]
+            )
+            lo, hi = (mid, hi) if same else (lo, mid)
+        edges.append(hi)
+    return edges + [1.0]
+
+
+def _kinked_reference(est, X_train, X):
+    """Plain sgd's contributions: per query and step, the pieces between
+    kinks, each integrated with 8 Gauss-Legendre nodes of the oracle's
+    Jacobians; ``phi -= eps c_i Jbar(x) J_t(x_i)^T g_i``."""
+    traj, module = est.trajectory_, est.module_
+    ends = [traj.parameters(t) for t in range(len(traj))] + [traj.final_parameters()]
+    nodes, weights = np.polynomial.legendre.leggauss(8)
+    phi = np.zeros((len(X), len(X_train), est.n_outputs_))
+    for t in range(traj.n_steps):
+        start, end = ends[t], ends[t + 1]
+        step = traj.step(t)
+        batch = step.batch.numpy()
+        J_train = jacobian_rows(module, start, X_train[batch])
+        c, g = step.batch_weights.numpy(), step.output_gradients.numpy()
+        for q, x in enumerate(torch.tensor(X)):
+            edges = _pieces(module, start, end, x)
+            jbar = 0.0
+            for a, b in zip(edges[:-1], edges[1:]):
+                for node, weight in zip(nodes, weights):
+                    s = a + (b - a) * (node + 1) / 2
+                    point = {n: start[n] + s * (end[n] - start[n]) for n in start}
+                    jbar += (b - a) * weight / 2 * jacobian_rows(module, point, x[None])
+            phi[q, batch] -= traj.step_sizes[t] * np.einsum(
+                "ad,jbd,j,jb->ja", jbar[0], J_train, c, g
+            )
+    return phi
+
+
+def test_contributions_across_kinks_match_a_plain_reference():
+    rng = np.random.RandomState(7)
+    X, y = rng.randn(12, 3), rng.randn(12, 2)
+    est = _fit(
+        PathKernelRegressor, X, y, hidden_layer_sizes=(5, 5), activation="relu",
+        batch_size=6, max_iter=2, learning_rate_init=0.3,
+        sample_weight=rng.uniform(0.5, 2, 12),
+    )  # fmt: skip
+    machine = est.decompose(X[:3], exact=True)
+    phi = _kinked_reference(est, X, X[:3])
+    scale_ = np.abs(phi).max()
+    np.testing.assert_allclose(
+        machine.contributions, phi, rtol=1e-9, atol=1e-12 * scale_
+    )
+    initial = torch.func.functional_call(
+        est.module_, est.trajectory_.parameters(0), (torch.tensor(X[:3]),)
+    )
+    np.testing.assert_allclose(machine.bias, initial.detach().numpy())  # no L2
+    # The shared nodes across the kinks miss the reference.
+    across = est.decompose(X[:3], exact=True, kinks=False)
+    assert np.abs(across.contributions - phi).max() > 1e-6 * scale_
+
+
+def test_the_engines_and_the_walk_agree_across_kinks(monkeypatch):
+    """Plain sgd takes the engines' products with per-row query states when
+    the engine builds them by explicit tensor code (structured), and the
+    walk otherwise (hooks); both are exact and give the same contributions."""
+    rng = np.random.RandomState(8)
+    X, y = rng.randn(30, 3), rng.randn(30)
+    est = _fit(
+        PathKernelRegressor, X, y, hidden_layer_sizes=(6, 6), activation="relu",
+        batch_size=10, max_iter=2, alpha=0.05, learning_rate_init=0.3,
+    )  # fmt: skip
+    walks = []
+    walk_route = _decompose._walk_route
+    monkeypatch.setattr(
+        _decompose,
+        "_walk_route",
+        lambda *a, **k: walks.append(1) or walk_route(*a, **k),
+    )
+    args = (est.module_, est.trajectory_, torch.tensor(X), torch.tensor(X[:4]))
+    machines = {
+        engine: decompose_path(*args, exact=True, engine=engine)
+        for engine in ("structured", "hooks")
+    }
+    assert walks == [1]  # the hooks engine's states follow no per-row point
+    for machine in machines.values():
+        assert machine.kinks and machine.error["max_rel"] <= 1e-10
+    structured, hooks = machines["structured"], machines["hooks"]
+    scale_ = np.abs(structured.contributions).max()
+    np.testing.assert_allclose(
+        structured.contributions, hooks.contributions, rtol=1e-10, atol=1e-13 * scale_
+    )
+    np.testing.assert_allclose(structured.bias, hooks.bias, rtol=1e-12)
+    # n_nodes=4 on this chain of 3 layers: 2 nodes per piece, the same sums.
+    fewer = decompose_path(*args, exact=True, engine="structured", n_nodes=2)
+    assert np.array_equal(fewer.contributions, structured.contributions)
+
+
+def test_smooth_networks_keep_their_route(diabetes):
+    X, y = diabetes
+    est = _fit(PathKernelRegressor, X[:60], y[:60], hidden_layer_sizes=(8,), max_iter=5)
+    auto = est.decompose(X[:5], exact=True)
+    across = est.decompose(X[:5], exact=True, kinks=False)
+    assert not auto.kinks
+    assert np.array_equal(auto.contributions, across.contributions)
+    assert np.array_equal(auto.bias, across.bias)
+    # Forced, the walk finds no kink: the same decomposition by the other route.
+    forced = est.decompose(X[:5], exact=True, kinks=True)
+    assert forced.kinks
+    np.testing.assert_allclose(
+        forced.contributions, across.contributions, rtol=1e-10, atol=1e-15
+    )
+
+
+class _DataDependent(torch.nn.Module):
+    """A relu network whose forward reads a value: no torch.func.vmap."""
+
+    def __init__(self, n_features, n_outputs):
+        super().__init__()
+        self.a = torch.nn.Linear(n_features, 4)
+        self.b = torch.nn.Linear(4, n_outputs)
+
+    def forward(self, x):
+        h = torch.relu(self.a(x))
+        return self.b(h * 2 if float(h.detach().sum()) > 1e9 else h)
+
+
+def test_kinks_option_and_networks_that_cannot_be_searched(diabetes):
+    X, y = diabetes
+    X, y = X[:30], y[:30]
+    est = _fit(PathKernelRegressor, X, y, module=_DataDependent, max_iter=2)
+    with pytest.raises(ValueError, match="kinks must be 'auto', True or False"):
+        est.decompose(X[:2], exact=True, kinks="yes")
+    with pytest.raises(ValueError, match="kinks=True needs the network's forward"):
+        est.decompose(X[:2], exact=True, kinks=True)
+    with pytest.warns(UserWarning, match="could not search this network for kinks"):
+        machine = est.decompose(X[:2], exact=True)
+    assert not machine.kinks
+    # The first-order form has no use for kinks: no search, no warning.
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert not est.decompose(X[:2]).kinks

@@ -13,6 +13,7 @@ from sklearn_pathkernel._compute import _blocking
 from sklearn_pathkernel._explain._decompose import _quadrature, decompose_path
 from sklearn_pathkernel._explain._query_side import (
     QueryWalk,
+    _rows_jacobian_T,
     flat_jacobian,
     per_example_gradients,
     walk_block,
@@ -236,6 +237,30 @@ def test_flat_jacobian_and_per_example_gradients_match_the_oracle():
         np.einsum("iod,io->id", J, v.numpy()),
         rtol=1e-13,
     )
+
+
+def test_per_row_points_of_the_segment_match_the_oracle():
+    """Across kinks each query row has its own nodes and weights: the
+    columns of ``Jbar^T`` are those rows' weighted oracle Jacobians."""
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(
+        torch.nn.Linear(3, 4), torch.nn.ReLU(), torch.nn.Linear(4, 2)
+    ).double()
+    start = {n: p.detach() for n, p in net.named_parameters()}
+    end = {n: p + torch.randn_like(p) for n, p in start.items()}
+    X = torch.randn(4, 3, dtype=torch.float64)
+    rounds = [
+        (torch.tensor([0, 2]), torch.tensor([0.1, 0.7]), torch.tensor([0.3, 0.5])),
+        (torch.tensor([1, 2, 3]), torch.tensor([0.9, 0.2, 0.4]), torch.ones(3)),
+    ]
+    rounds = [(rows, s.double(), w.double()) for rows, s, w in rounds]
+    JT = _rows_jacobian_T(net, start, end, rounds, X, n_outputs=2)
+    expected = np.zeros((4, 2, JT.shape[0]))
+    for rows, s, w in rounds:
+        for row, a, weight in zip(rows.tolist(), s.tolist(), w.tolist()):
+            point = {n: start[n] + a * (end[n] - start[n]) for n in start}
+            expected[row] += weight * jacobian_rows(net, point, X[row : row + 1])[0]
+    np.testing.assert_allclose(JT.T.reshape(4, 2, -1).numpy(), expected, rtol=1e-13)
 
 
 def test_progress_bar_counts_every_step(capsys):

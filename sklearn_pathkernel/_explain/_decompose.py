@@ -11,7 +11,9 @@ The first-order form is exact as the step size goes to zero; its error is
 first order in the step size. The exact form replaces the query-side
 Jacobian ``J_t(x)`` by its average over the segment ``w_t -> w_{t+1}``
 (Gauss-Legendre nodes), which turns the identity into an exact one for any
-step size, up to quadrature and rounding.
+step size, up to quadrature and rounding. For a piecewise-linear network
+(relu) each segment is first split where a query's activation pattern
+changes, and each piece integrated on its own (``_explain/_kinks.py``).
 
 Nothing of shape (n_X, n_train, O, O) is formed: each step's loss
 derivatives are folded into the training rows' engine states first
@@ -24,12 +26,13 @@ query-side direction ``q_s(x) = sum_{t>=s} eps_t beta_{t,s} P_t Jbar_t(x)^T``
 """
 
 import numbers
+import warnings
 from dataclasses import dataclass
 from typing import NamedTuple
 
 import numpy as np
 import torch
-from torch.func import jvp
+from torch.func import jvp, vmap
 
 from .._compute._blocking import grid, tile_within_budget
 from .._compute._memory import check_result_fits
@@ -40,6 +43,15 @@ from .._kernels._rows import kernel_rows, output_width
 from .._model._network import forward, forward_at, in_evaluation_mode, placement
 from .._training._trajectory import Step
 from ..engines import TORCH_FUNC_LOCK
+from ._kinks import (
+    RowPoints,
+    chain_layers,
+    in_chunks,
+    piece_rounds,
+    probe,
+    probe_direction,
+    segment_kinks,
+)
 from ._query_side import QueryWalk, parameters_after, walk_block
 
 
@@ -85,6 +97,9 @@ class KernelMachine:
         kernel ``-phi_i(x)`` of Remark 2 when so requested (one output).
     exact : bool
         Whether the exact (segment-averaged) form was used.
+    kinks : bool
+        Whether each step's segment was split where a query's activation
+        pattern changes (the exact form of a piecewise-linear network).
 
     Examples
     --------
@@ -107,6 +122,7 @@ class KernelMachine:
     network_output: np.ndarray
     kernel: np.ndarray
     exact: bool
+    kinks: bool = False
 
     def prediction(self):
         """``bias + sum_i contributions_i``, shape (n_X, O)."""
@@ -210,6 +226,7 @@ def decompose_path(
     *,
     exact=False,
     n_nodes=4,
+    kinks="auto",
     kernel="path",
     engine="auto",
     working_memory=None,
@@ -243,9 +260,27 @@ def decompose_path(
         makes the decomposition exact; needs every step's parameters
         (``record_every=1``). Costs ``n_nodes`` times the first-order form.
     n_nodes : int, default=4
-        Gauss-Legendre nodes per step for ``exact=True``. Four reach float64
-        rounding for smooth activations at ordinary step sizes; piecewise
-        linear ones (relu) are exact only between kinks.
+        Gauss-Legendre nodes per step for ``exact=True``, or per piece of a
+        step between kinks. Four reach float64 rounding for smooth
+        activations at ordinary step sizes, and are exact on the pieces of a
+        piecewise-linear network of up to 8 parameterised layers in a chain
+        (its Jacobian is a polynomial of degree below that number there, and
+        ``n`` nodes integrate degree ``2n - 1``). On an ``nn.Sequential``
+        chain the pieces get no more than the ``ceil(L / 2)`` nodes their
+        degree needs (``L`` parameterised layers; one for one hidden layer).
+    kinks : "auto" or bool, default="auto"
+        For ``exact=True``: split each step's segment where a query's
+        activation pattern changes (relu, leaky_relu, hardtanh, max-pooling,
+        a comparison...: every discrete decision of the forward pass), and
+        integrate each piece with ``n_nodes`` nodes, which makes
+        piecewise-linear networks exact. Plain sgd stays on the engines when
+        the engine's query states follow per-row points (structured); other
+        solvers and engines walk the steps backwards
+        (``_explain/_query_side.py``). "auto" splits when the forward pass
+        makes such decisions and can be evaluated row by row
+        (``torch.func.vmap``), else warns and integrates across kinks; True
+        insists (an error when it cannot); False never splits. Ignored when
+        ``exact=False``.
     kernel : {"path", "loss_weighted"}, default="path"
         What :attr:`KernelMachine.kernel` holds: the path kernel, or the
         loss-weighted path kernel of Remark 2 (then all coefficients are -1).
@@ -285,8 +320,17 @@ def decompose_path(
     ...                          torch.tensor(X[:3]), exact=True)
     >>> machine.contributions.shape, bool(machine.error["max_rel"] < 1e-10)
     ((3, 100, 1), True)
+
+    A relu network's steps are split at each query's kinks:
+
+    >>> relu = PathKernelRegressor((8,), activation="relu", max_iter=10,
+    ...                            dtype="float64", random_state=0).fit(X, y)
+    >>> machine = decompose_path(relu.module_, relu.trajectory_, torch.tensor(X),
+    ...                          torch.tensor(X[:3]), exact=True)
+    >>> machine.kinks, bool(machine.error["max_rel"] < 1e-12)
+    (True, True)
     """
-    _check_options(trajectory, exact=exact, n_nodes=n_nodes, kernel=kernel)
+    _check_options(trajectory, exact=exact, n_nodes=n_nodes, kernel=kernel, kinks=kinks)
     module, dtype, device = placement(module, device)
     rows = {"module": module, "dtype": dtype, "device": device}
     X_train = kernel_rows(X_train, name="X_train", **rows)
@@ -312,9 +356,11 @@ def decompose_path(
         remedy="Decompose fewer query rows at a time, e.g. decompose(X[i:j]).",
     )
     options = dict(working_memory=working_memory, n_jobs=n_jobs, verbose=verbose)
+    split = _kink_search(module, trajectory, X, kinks) if exact else None
     contributions, bias = _contributions(
-        module, bound, trajectory, X_train, X, n_outputs, exact, n_nodes, **options
-    )
+        module, bound, trajectory, X_train, X, n_outputs, exact, n_nodes, split,
+        **options,
+    )  # fmt: skip
     if kernel == "loss_weighted":
         kernel_matrix = -contributions[:, :, 0]
     else:
@@ -328,7 +374,12 @@ def decompose_path(
             **options,
         )
     return KernelMachine(
-        bias, contributions, network_output.cpu().numpy(), kernel_matrix, exact
+        bias,
+        contributions,
+        network_output.cpu().numpy(),
+        kernel_matrix,
+        exact,
+        kinks=split is not None,
     )
 
 
@@ -341,22 +392,31 @@ def _contributions(
     n_outputs,
     exact,
     n_nodes,
+    split,
     *,
     working_memory,
     n_jobs,
     verbose,
 ):
-    """``(contributions, bias)`` by the route the solver and the form need."""
+    """``(contributions, bias)`` by the route the solver and the form need.
+
+    ``split``: None, or how :func:`_kink_search` finds the pattern changes.
+    """
+    if split is not None and chain_layers(module) is not None:
+        # No more nodes than the pieces' degree needs: the same result.
+        n_nodes = min(n_nodes, max(1, (chain_layers(module) + 1) // 2))
     nodes, node_weights = _quadrature(n_nodes if exact else 0)
     solver = trajectory.solver
-    if solver.plain or (not exact and not solver.diagonal):
-        # Each step's gradient moves the query once, by p_s J_s(x): the
-        # engines' products between query and training rows.
-        route = _engine_route
-    else:
-        # A gradient acts over later steps through P_t (and Jbar_t): the
-        # backward walk of _explain/_query_side.py.
-        route = _walk_route
+    # Each step's gradient moves the query once, by p_s J_s(x): the engines'
+    # products between query and training rows. Otherwise a gradient acts over
+    # later steps through P_t (and Jbar_t): the backward walk of
+    # _explain/_query_side.py, which also takes per-row nodes between kinks.
+    engine = solver.plain or (not exact and not solver.diagonal)
+    if split is not None:
+        # The engines, when their query states can be built row by row.
+        engine = solver.plain and _engine_takes_row_points(module, bound, trajectory, X)
+        split = {**split, "engine": engine}
+    route = _engine_route if engine else _walk_route
     plan = route(
         module,
         bound,
@@ -368,6 +428,7 @@ def _contributions(
         nodes=nodes,
         node_weights=node_weights,
         working_memory=working_memory,
+        split=split,
     )
     return _gather(plan, trajectory, n_outputs, exact, n_jobs, verbose)
 
@@ -394,6 +455,7 @@ def _engine_route(
     nodes,
     node_weights,
     working_memory,
+    split,
 ):
     """The route through the engines' products: a task per block and checkpoint.
 
@@ -408,6 +470,8 @@ def _engine_route(
         nodes=nodes,
         node_weights=node_weights,
         alpha=trajectory.alpha,
+        kinks=split is not None,
+        batched_patterns=bool(split and split["batched"]),
     )
     itemsize = next(module.parameters()).element_size()
     block = tile_within_budget(
@@ -481,8 +545,10 @@ def _progress(verbose, total, exact):
     )
 
 
-def _check_options(trajectory, *, exact, n_nodes, kernel):
+def _check_options(trajectory, *, exact, n_nodes, kernel, kinks):
     """Refuse what :func:`decompose_path` cannot do, before any work."""
+    if not (isinstance(kinks, bool) or (isinstance(kinks, str) and kinks == "auto")):
+        raise ValueError(f"kinks must be 'auto', True or False; got {kinks!r}.")
     if kernel not in ("path", "loss_weighted"):
         raise ValueError(
             f"kernel must be 'path' or 'loss_weighted'; got {kernel!r} instead."
@@ -508,6 +574,10 @@ class _Walk(Shared):
     nodes: list  # points of each step's segment where the query side is taken
     node_weights: list  # their quadrature weights, summing to 1
     alpha: float  # the L2 strength
+    # Exact form: the nodes of each piece between a query's kinks instead
+    # (_kinks.py), patterns found by a batched forward or not.
+    kinks: bool = False
+    batched_patterns: bool = False
 
 
 def _checkpoints(trajectory, exact):
@@ -560,6 +630,7 @@ def _walk_route(
     nodes,
     node_weights,
     working_memory,
+    split,
 ):
     """The route of ``walk_block`` (``_explain/_query_side.py``).
 
@@ -573,7 +644,9 @@ def _walk_route(
     # Per query row and output: Jbar_s^T (which becomes z_s), B_s and q_s
     # (d each, float64), one node's Jacobian in the network's dtype with
     # jacrev's own copy; its float64 contributions and their transposed copy.
+    # Split at kinks: a node's parameters too, one copy per row (vmap).
     per_row = n_outputs * (d * (3 * 8 + 2 * itemsize) + n_train * 16)
+    per_row += 0 if split is None else d * itemsize
     block = tile_within_budget(working_memory, per_row)
     # Per-example gradients: a fixed block of training rows, a property of
     # the network (as the kernels' column chunks), so bits do not depend on
@@ -589,6 +662,8 @@ def _walk_route(
         node_weights=node_weights,
         exact=exact,
         rows=rows,
+        kinks=split is not None,
+        batched_patterns=bool(split and split["batched"]),
     )
 
     def fold(parts, b, progress):
@@ -628,13 +703,6 @@ def _checkpoint_part(walk, q0, q1, start, steps):
             ("static", q0), lambda: walk.bound.static(Xq, walk.X_train)
         )
         for step, end in steps:
-            points = [start]
-            if end is not None:
-                end = {n: p.to(device) for n, p in end.items()}
-                points = [
-                    {n: start[n] + s * (end[n] - start[n]) for n in start}
-                    for s in walk.nodes
-                ]
             batch = step.batch.to(device)
             train_state = walk.bound.state(start, walk.X_train[batch])
             vectors = (
@@ -643,24 +711,130 @@ def _checkpoint_part(walk, q0, q1, start, steps):
                 * step.output_gradients.to(device, Xq.dtype)
             )
             batch_static = None if static is None else static[:, batch]
-            total, bias_term = None, 0.0
-            for weight, point in zip(walk.node_weights, points):
-                part = walk.bound.contract_vector(
-                    walk.bound.state(point, Xq), train_state, vectors, batch_static
-                )
-                if len(points) == 1:
-                    total = part  # weight 1: added as it is
-                else:
-                    if total is None:
-                        total = torch.zeros_like(part, dtype=torch.float64)
-                    total.add_(part.double(), alpha=weight)
-                if walk.alpha:
-                    # Remark 4: the L2 pull, through the same (averaged) Jacobian.
-                    bias_term = bias_term + weight * walk.alpha * (
-                        step.step_size * _jvp(walk.module, point, Xq, start).double()
-                    )
+            train = (train_state, vectors, batch_static, step.step_size)
+            if end is not None:
+                end = {n: p.to(device) for n, p in end.items()}
+            if walk.kinks:
+                total, bias_term = _kinked_part(walk, Xq, start, end, train)
+            else:
+                total, bias_term = _node_part(walk, Xq, start, end, train)
             parts.append((step.batch, total, bias_term))
     return parts
+
+
+def _node_part(walk, Xq, start, end, train):
+    """A step's contributions and L2 bias term at the segment's shared nodes.
+
+    ``train``: the batch rows' state, the step's vectors, the batch's
+    static Gram and the step size. The first-order form (``end`` None) takes
+    ``start`` alone.
+    """
+    train_state, vectors, batch_static, step_size = train
+    points = [start]
+    if end is not None:
+        points = [
+            {n: start[n] + s * (end[n] - start[n]) for n in start} for s in walk.nodes
+        ]
+    total, bias_term = None, 0.0
+    for weight, point in zip(walk.node_weights, points):
+        part = walk.bound.contract_vector(
+            walk.bound.state(point, Xq), train_state, vectors, batch_static
+        )
+        if len(points) == 1:
+            total = part  # weight 1: added as it is
+        else:
+            if total is None:
+                total = torch.zeros_like(part, dtype=torch.float64)
+            total.add_(part.double(), alpha=weight)
+        if walk.alpha:
+            # Remark 4: the L2 pull, through the same (averaged) Jacobian.
+            bias_term = bias_term + weight * walk.alpha * (
+                step_size * _jvp(walk.module, point, Xq, start).double()
+            )
+    return total, bias_term
+
+
+def _kinked_part(walk, Xq, start, end, train):
+    """:func:`_node_part` at each row's nodes of the pieces between its kinks.
+
+    Each round's query states are taken at per-row points by a batched
+    forward (``RowPoints``), which an engine computing its states by
+    explicit tensor code follows (``_engine_takes_row_points``).
+    """
+    train_state, vectors, batch_static, step_size = train
+    delta = {n: end[n] - start[n] for n in start}
+    kinks = segment_kinks(walk.module, start, end, Xq, batched=walk.batched_patterns)
+    total, bias_term = None, 0.0
+    rounds = piece_rounds(kinks, walk.nodes, walk.node_weights)
+    for rows, s, w in in_chunks(rounds, Xq.shape[0]):
+        rows, w = rows.to(Xq.device), w.to(Xq.device)
+        with RowPoints(start, delta, s.to(Xq)):
+            state = walk.bound.state(start, Xq[rows])
+        part = walk.bound.contract_vector(
+            state,
+            train_state,
+            vectors,
+            None if batch_static is None else batch_static[rows],
+        )
+        if total is None:
+            total = torch.zeros(
+                (Xq.shape[0], *part.shape[1:]), dtype=torch.float64, device=Xq.device
+            )
+        total.index_add_(0, rows, part.double() * w[:, None, None])
+        if walk.alpha:
+            pull = _rows_jvp(walk.module, start, delta, s.to(Xq), Xq[rows], start)
+            if not torch.is_tensor(bias_term):
+                bias_term = torch.zeros_like(total[:, 0])
+            bias_term.index_add_(
+                0, rows, pull.double() * (walk.alpha * step_size * w)[:, None]
+            )
+    return total, bias_term
+
+
+def _rows_jvp(module, start, delta, s, X, tangent):
+    """``J(x_i; start + s_i delta) @ tangent`` row by row: (n, O)."""
+
+    def one_row(s_i, x):
+        point = {n: start[n] + s_i * delta[n] for n in start}
+        return jvp(lambda p: forward_at(module, p, x[None])[0], (point,), (tangent,))[1]
+
+    with TORCH_FUNC_LOCK:
+        return vmap(one_row)(s, X)
+
+
+def _engine_takes_row_points(module, bound, trajectory, X):
+    """Whether ``bound`` builds states at per-row points under ``RowPoints``.
+
+    An engine whose states come from explicit tensor code (the structured
+    engine) follows the batched forward; one that runs autograd through
+    the module (hooks, Jacobian, ntk_vp) would take its backward at the
+    shared parameters. Checked on two rows against states at each row's
+    own point, along a direction as large as the parameters.
+    """
+    start = trajectory.parameters(0, device=X.device)
+    delta = probe_direction(start)
+    rows = X[:2]
+    s = torch.linspace(0.25, 0.75, len(rows), dtype=X.dtype, device=X.device)
+    with torch.no_grad():
+        train = bound.state(start, rows)
+        vectors = torch.ones_like(forward_at(module, start, rows))
+        static = bound.static(rows, rows)
+        try:
+            with RowPoints(start, delta, s):
+                state = bound.state(start, rows)
+            batched = bound.contract_vector(state, train, vectors, static)
+        except Exception:  # an engine the batched forward cannot reach
+            return False
+        direct = []
+        for i, a in enumerate(s):
+            point = {n: start[n] + a * delta[n] for n in start}
+            state = bound.state(point, rows[i : i + 1])
+            own = None if static is None else static[i : i + 1]
+            direct.append(bound.contract_vector(state, train, vectors, own))
+        direct = torch.cat(direct)
+    scale = direct.abs().max().item() + 1e-300
+    tolerance = 1e-8 if X.dtype == torch.float64 else 1e-3
+    return bool((batched - direct).abs().max() <= tolerance * scale)
 
 
 def _jvp(module, parameters, X, tangent):
@@ -668,6 +842,39 @@ def _jvp(module, parameters, X, tangent):
     with TORCH_FUNC_LOCK:
         _, out = jvp(lambda p: forward_at(module, p, X), (parameters,), (tangent,))
     return out
+
+
+def _kink_search(module, trajectory, X, kinks):
+    """How the exact form finds kinks: None (no split) or ``{"batched": bool}``.
+
+    "auto" splits when the forward pass makes discrete decisions
+    (``_kinks.probe``) and can be evaluated row by row; it warns when it
+    cannot, and integrates across the kinks.
+    """
+    if kinks is False:
+        return None
+    start = trajectory.parameters(0, device=X.device)
+    try:
+        names, batched = probe(module, start, X[:2])
+    except Exception as exc:  # the user's module under torch.func.vmap
+        if kinks is True:
+            raise ValueError(
+                "kinks=True needs the network's forward pass row by row "
+                f"(torch.func.vmap), which failed: {exc}. Use kinks=False."
+            ) from exc
+        warnings.warn(
+            "The exact decomposition could not search this network for kinks "
+            "(its forward pass fails under torch.func.vmap: "
+            f"{type(exc).__name__}); it integrates across them with shared "
+            "Gauss-Legendre nodes, exact only for smooth networks. The "
+            "result's error attribute reports the gap.",
+            UserWarning,
+            stacklevel=3,
+        )
+        return None
+    if not names and kinks == "auto":
+        return None  # smooth: today's routes, unchanged
+    return {"batched": batched}
 
 
 def _steps_by_checkpoint(trajectory):

@@ -22,6 +22,12 @@ batch rows' per-example gradients ``c_{i,s} J_s(x_i)^T g_{i,s}`` (blocks of
 the same walk with ``q_s = Ptilde_s J_s(x)^T``: ``Ptilde_s`` comes from the
 same recursion with ``z_t = eps_t P_t`` (a vector), and ``J_s`` is taken at
 the checkpoint that stands for step ``s``.
+
+For a piecewise-linear network's exact form, each row's ``Jbar_t(x)`` is
+summed over the pieces of the step between its kinks (``_kinks.py``), at
+per-row points; plain sgd then walks too, with ``kappa = 1``, ``rho = 0``,
+``gamma = 1``, ``delta = 0``, when the engine cannot build its query states
+at per-row points.
 """
 
 from dataclasses import dataclass
@@ -33,6 +39,7 @@ from torch.func import grad, jacrev, vmap
 from .._compute._tasks import Shared
 from .._model._network import forward_at
 from ..engines import TORCH_FUNC_LOCK
+from ._kinks import in_chunks, piece_rounds, segment_kinks
 
 
 @dataclass
@@ -53,6 +60,10 @@ class QueryWalk(Shared):
     node_weights: list
     exact: bool
     rows: int  # training rows per block of per-example gradients
+    # Exact form: split each segment where a query's activation pattern
+    # changes (_kinks.py), finding the changes by a batched forward or not.
+    kinks: bool = False
+    batched_patterns: bool = False
 
     def __sizeof__(self):
         trajectory = self.trajectory
@@ -157,11 +168,7 @@ def walk_block(walk, q0, q1):
         w = torch.cat([p.reshape(-1) for p in start.values()]).double()
         if walk.exact:
             end = parameters_after(trajectory, s, device)
-            points = [
-                {n: start[n] + a * (end[n] - start[n]) for n in start}
-                for a in walk.nodes
-            ]
-            JT = _query_jacobian_T(walk.module, points, walk.node_weights, Xq)
+            JT = _segment_jacobian_T(walk, start, end, Xq)
         else:
             if cached[0] != k:
                 cached = (k, None)  # free the last one first
@@ -213,6 +220,64 @@ def _training_side(walk, step, parameters, q, phi):
                 product.addmm_(piece.double(), block)
             offset += width
         phi.index_add_(0, rows, product, alpha=-1.0)
+
+
+def _segment_jacobian_T(walk, start, end, Xq):
+    """``Jbar_s(x)^T`` of the exact form: (d, n_q O) float64.
+
+    At the Gauss-Legendre nodes of the segment, or, with ``walk.kinks``, at
+    those of each piece between the query's pattern changes, row by row.
+    """
+    if walk.kinks:
+        kinks = segment_kinks(
+            walk.module, start, end, Xq, batched=walk.batched_patterns
+        )
+        rounds = piece_rounds(kinks, walk.nodes, walk.node_weights)
+        chunks = in_chunks(rounds, Xq.shape[0])
+        return _rows_jacobian_T(walk.module, start, end, chunks, Xq, walk.n_outputs)
+    points = [
+        {n: start[n] + a * (end[n] - start[n]) for n in start} for a in walk.nodes
+    ]
+    return _query_jacobian_T(walk.module, points, walk.node_weights, Xq)
+
+
+def _rows_jacobian_T(module, start, end, rounds, Xq, n_outputs):
+    """``sum_rounds w J(x; start + s (end - start))^T`` with per-row ``s`` and ``w``.
+
+    ``rounds``: (rows, s, w) triples, a row possibly several times (its
+    terms add up); (d, n_q O) float64, in
+    the columns of :func:`_query_jacobian_T`.
+    """
+    delta = {n: end[n] - start[n] for n in start}
+    d = sum(p.numel() for p in start.values())
+    total = torch.zeros(
+        (d, Xq.shape[0] * n_outputs), dtype=torch.float64, device=Xq.device
+    )
+    outputs = torch.arange(n_outputs, device=Xq.device)
+    for rows, s, w in rounds:
+        rows = rows.to(Xq.device)
+        columns = (rows[:, None] * n_outputs + outputs).reshape(-1)
+        weights = w.to(Xq.device).repeat_interleave(n_outputs)[None, :]
+        pieces = _jacobian_pieces_at(module, start, delta, s.to(Xq), Xq[rows])
+        offset = 0
+        for piece in pieces:
+            width = piece.shape[2]
+            part = piece.reshape(len(columns), width).T.double() * weights
+            total[offset : offset + width].index_add_(1, columns, part)
+            offset += width
+    return total
+
+
+def _jacobian_pieces_at(module, start, delta, s, X):
+    """:func:`_jacobian_pieces` with row ``i`` at ``start + s[i] delta``."""
+
+    def one_row(s_i, x):
+        point = {n: start[n] + s_i * delta[n] for n in start}
+        return jacrev(lambda p: forward_at(module, p, x.unsqueeze(0))[0])(point)
+
+    with TORCH_FUNC_LOCK:
+        jac = vmap(one_row)(s, X)
+    return [jac[name].reshape(*jac[name].shape[:2], -1) for name in start]
 
 
 def _query_jacobian_T(module, points, weights, Xq):
