@@ -82,6 +82,11 @@ class KernelMachine:
     Returned by ``decompose`` on the estimators; see
     :func:`decompose_path` for how it is computed.
 
+    Parameters
+    ----------
+    bias, contributions, network_output, kernel, exact
+        Stored as the attributes of the same names.
+
     Attributes
     ----------
     bias : ndarray of shape (n_X, O)
@@ -250,10 +255,10 @@ def decompose_path(
         The trained network (``est.module_``).
     trajectory : Trajectory
         Its recorded path (``est.trajectory_``).
-    X_train : array-like or torch.Tensor of shape (n_train, *input_shape)
+    X_train : array-like or torch.Tensor of shape ``(n_train, *input_shape)``
         The training rows, in the order the trajectory's steps index them;
         converted to the module's dtype and moved to the device of the work.
-    X : array-like or torch.Tensor of shape (n_X, *input_shape)
+    X : array-like or torch.Tensor of shape ``(n_X, *input_shape)``
         Query rows, likewise.
     exact : bool, default=False
         Average the query-side Jacobian over each step's segment, which

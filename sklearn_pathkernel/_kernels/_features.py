@@ -148,7 +148,7 @@ def path_features(
     trajectory : Trajectory
         The recorded path.
     X : array-like or torch.Tensor of shape (n_X, n_features)
-        The rows to map; or a tensor of shape (n_X, *input_shape) (images,
+        The rows to map; or a tensor of shape ``(n_X, *input_shape)`` (images,
         sequences, token ids), as for ``path_kernel``.
     n_components : int
         ``m``, the number of features.

@@ -39,13 +39,13 @@ def tangent_kernel(
     Parameters
     ----------
     module : torch.nn.Module
-        Maps (n_samples, *input_shape) to (n_samples, n_outputs).
+        Maps ``(n_samples, *input_shape)`` to ``(n_samples, n_outputs)``.
     parameters : dict of str to torch.Tensor or None
         Values for (some of) the module's trainable parameters, as for
         ``torch.func.functional_call``; None uses the module's own.
         The kernel is taken with respect to exactly these tensors.
     X : array-like or torch.Tensor of shape (n_X, n_features)
-        Or a tensor of shape (n_X, *input_shape) (images, sequences); an
+        Or a tensor of shape ``(n_X, *input_shape)`` (images, sequences); an
         integer tensor is kept as token ids when the module holds an
         ``nn.Embedding``.
     Y : array-like or torch.Tensor of shape (n_Y, n_features), default=None
@@ -311,7 +311,7 @@ def path_kernel_diagonal(
     trajectory : Trajectory
         The recorded path (e.g. ``est.trajectory_``).
     X : array-like or torch.Tensor of shape (n_X, n_features)
-        Or a tensor of shape (n_X, *input_shape), as for :func:`path_kernel`.
+        Or a tensor of shape ``(n_X, *input_shape)``, as for :func:`path_kernel`.
     engine : {"auto", "structured", "hooks", "jacobian", "ntk_vp"}, default="auto"
         How the Jacobian work is done; see :func:`tangent_kernel`.
     working_memory : float, default=None

@@ -447,7 +447,17 @@ class Trajectory:
         return self.parameters(k, device=device)
 
     def preconditioner(self, t):
-        """Adam's ``P_t`` of step ``t``: a flat CPU tensor, or None for sgd."""
+        """Adam's ``P_t`` of step ``t``: a flat CPU tensor, or None for sgd.
+
+        Parameters
+        ----------
+        t : int
+            Step index.
+
+        Returns
+        -------
+        preconditioner : torch.Tensor of shape (n_parameters,) or None
+        """
         if self._preconditioners is None:
             return None
         return self._preconditioners[t]
@@ -510,6 +520,11 @@ class Trajectory:
     def step(self, t):
         """The batch, batch weights and loss derivatives of step ``t``.
 
+        Parameters
+        ----------
+        t : int
+            Step index.
+
         Returns
         -------
         step : Step
@@ -517,7 +532,17 @@ class Trajectory:
         return Step(*self._steps[t])
 
     def flat_parameters(self, k):
-        """Checkpoint ``k`` as one flat CPU tensor of length ``n_parameters``."""
+        """Checkpoint ``k`` as one flat CPU tensor of length ``n_parameters``.
+
+        Parameters
+        ----------
+        k : int
+            Checkpoint index.
+
+        Returns
+        -------
+        flat : torch.Tensor of shape (n_parameters,)
+        """
         return self._checkpoints[k]
 
     def parameters(self, k, *, device=None):
@@ -540,7 +565,17 @@ class Trajectory:
         return self._unflatten(self._checkpoints[k], device)
 
     def final_parameters(self, *, device=None):
-        """The parameters ``w_T`` after the last step, as a mapping."""
+        """The parameters ``w_T`` after the last step, as a mapping.
+
+        Parameters
+        ----------
+        device : torch.device or str, default=None
+            Where the tensors go; None leaves them on the CPU.
+
+        Returns
+        -------
+        parameters : dict of str to torch.Tensor
+        """
         return self._unflatten(self._final, device)
 
     def _unflatten(self, flat, device):

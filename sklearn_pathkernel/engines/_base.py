@@ -79,7 +79,17 @@ class Engine(ABC):
     @classmethod
     @abstractmethod
     def supports(cls, module):
-        """Whether the engine computes exact kernels for ``module``."""
+        """Whether the engine computes exact kernels for ``module``.
+
+        Parameters
+        ----------
+        module : torch.nn.Module
+            The network.
+
+        Returns
+        -------
+        supported : bool
+        """
 
     @classmethod
     def covers(cls, module):
@@ -89,12 +99,33 @@ class Engine(ABC):
         than it should be preferred for (the hooks engine runs any module,
         but is picked only where its layer rules cover every parametrised
         layer).
+
+        Parameters
+        ----------
+        module : torch.nn.Module
+            The network.
+
+        Returns
+        -------
+        covered : bool
         """
         return cls.supports(module)
 
     @abstractmethod
     def bytes_per_row(self, n_outputs, itemsize):
-        """Bytes one row's state takes while it is built and used."""
+        """Bytes one row's state takes while it is built and used.
+
+        Parameters
+        ----------
+        n_outputs : int
+            The network's number of outputs, ``O``.
+        itemsize : int
+            Bytes per number of the work's dtype.
+
+        Returns
+        -------
+        nbytes : int
+        """
 
     @abstractmethod
     def state(self, parameters, X, metric=None):
@@ -110,6 +141,20 @@ class Engine(ABC):
         ``J(X) diag(metric) J(Y)^T`` (the path kernel of a preconditioned
         solver, docs/design.md, section 12); None is the identity. An
         engine with ``supports_metric = False`` raises for a metric.
+
+        Parameters
+        ----------
+        parameters : dict of str to torch.Tensor
+            The trainable parameters' values at this point of the path.
+        X : torch.Tensor of shape (n, ...)
+            A block of rows, on the work's device and in its dtype.
+        metric : dict of str to torch.Tensor, default=None
+            A positive diagonal metric, parameter by parameter.
+
+        Returns
+        -------
+        state : object
+            Whatever the engine's other methods take as a state.
         """
 
     @abstractmethod
@@ -119,14 +164,35 @@ class Engine(ABC):
         Computed once per pair of blocks and handed to :meth:`contract` and
         :meth:`contract_vector` at every checkpoint (for example the input
         Gram of a first layer that sees the data itself).
+
+        Parameters
+        ----------
+        X, Y : torch.Tensor
+            The two blocks of rows.
+
+        Returns
+        -------
+        static : object or None
         """
 
     @abstractmethod
     def contract(self, state_x, state_y, trace, static=None):
         """The tangent kernel between two states.
 
-        Returns shape (n, m) summed over outputs when ``trace``, else the
-        full (n, m, O, O).
+        Parameters
+        ----------
+        state_x, state_y : object
+            States of two blocks of ``n`` and ``m`` rows at the same point
+            (or, for the exact decomposition, at two points).
+        trace : bool
+            Whether to sum the ``O x O`` kernel's diagonal over outputs.
+        static : object, default=None
+            What :meth:`static` returned for the pair of blocks.
+
+        Returns
+        -------
+        K : torch.Tensor of shape (n, m) or (n, m, O, O)
+            Summed over outputs when ``trace``, else the full kernel.
         """
 
     @abstractmethod
@@ -136,6 +202,19 @@ class Engine(ABC):
         ``vectors`` (m, O) are per-row output vectors of ``Y`` (the
         decomposition's loss derivatives); the ``O x O`` kernel is never
         needed whole.
+
+        Parameters
+        ----------
+        state_x, state_y : object
+            States of two blocks of ``n`` and ``m`` rows.
+        vectors : torch.Tensor of shape (m, O)
+            One output vector per row of the second block.
+        static : object, default=None
+            What :meth:`static` returned for the pair of blocks.
+
+        Returns
+        -------
+        products : torch.Tensor of shape (n, m, O)
         """
 
     @abstractmethod
@@ -160,7 +239,18 @@ class Engine(ABC):
     def diagonal(self, state, X):
         """``K(x_i, x_i)`` summed over outputs, row by row: shape (n,).
 
-        ``state`` is the state of the rows ``X``; no product between rows.
+        No product between rows is formed.
+
+        Parameters
+        ----------
+        state : object
+            The state of the rows ``X``.
+        X : torch.Tensor of shape (n, ...)
+            The rows.
+
+        Returns
+        -------
+        diagonal : torch.Tensor of shape (n,)
         """
 
     @abstractmethod
@@ -173,6 +263,11 @@ class Engine(ABC):
         plain projection (a block of ``vec J``), two for a Kronecker product
         (a Linear layer's ``vec D (x) [a, 1]``). The pieces depend only on
         the module, the trained parameters and ``n_outputs``.
+
+        Parameters
+        ----------
+        n_outputs : int
+            The network's number of outputs, ``O``.
 
         Returns
         -------
@@ -190,7 +285,22 @@ class Engine(ABC):
         each column has mean zero and ``E[s_r(x) s_r(y)] = <T(x), T(y)>``,
         this piece's share of the traced tangent kernel:
         ``_kernels/_features.py`` turns that into unbiased random features
-        (docs/design.md, section 6). ``state`` is the state of the rows ``X``.
+        (docs/design.md, section 6).
+
+        Parameters
+        ----------
+        state : object
+            The state of the rows ``X``.
+        X : torch.Tensor of shape (n, ...)
+            The rows.
+        piece : int
+            Which item of :meth:`sketch_shapes` to sketch.
+        factors : list of torch.Tensor
+            One ``(height, m)`` matrix per height of the piece's shape.
+
+        Returns
+        -------
+        sketch : torch.Tensor of shape (n, m)
         """
 
 
