@@ -115,7 +115,8 @@ def test_estimator_pages_list_their_own_methods(site):
     html, _ = site
     name = "sklearn_pathkernel.PathKernelClassifier"
     page = (html / "generated" / f"{name}.html").read_text()
-    for method in ("fit", "kernel", "kernel_diagonal", "decompose", "predict_proba"):
+    methods = ("fit", "kernel", "kernel_diagonal", "decompose", "predict_proba")
+    for method in methods + ("influence", "self_influence"):
         assert f'id="{name}.{method}"' in page
     # scikit-learn's generated methods are scikit-learn's to document.
     assert f'id="{name}.set_fit_request"' not in page

@@ -84,7 +84,7 @@ class KernelMachine:
 
     Parameters
     ----------
-    bias, contributions, network_output, kernel, exact
+    bias, contributions, network_output, kernel, exact, kinks
         Stored as the attributes of the same names.
 
     Attributes

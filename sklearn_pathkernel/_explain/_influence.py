@@ -76,13 +76,13 @@ def path_influence(
         The module the trajectory was recorded on (e.g. ``est.module_``).
     trajectory : Trajectory
         The recorded path (e.g. ``est.trajectory_``).
-    X_train : array-like or torch.Tensor of shape (n_train, *input_shape)
+    X_train : array-like or torch.Tensor of shape ``(n_train, *input_shape)``
         The training rows (or any rows whose influence is wanted).
     Y_train : array-like of shape (n_train,) or (n_train, O)
         Their targets as the network's outputs see them: values for
         "squared_error", 0/1 for "log_loss" with one output, one-hot rows
         with several.
-    X : array-like or torch.Tensor of shape (n_X, *input_shape), default=None
+    X : array-like or torch.Tensor of shape ``(n_X, *input_shape)``, default=None
         The labelled rows influenced; None means ``X_train`` (then the result
         is exactly symmetric).
     Y : array-like of shape (n_X,) or (n_X, O), default=None
@@ -189,7 +189,7 @@ def path_self_influence(
         The module the trajectory was recorded on (e.g. ``est.module_``).
     trajectory : Trajectory
         The recorded path (e.g. ``est.trajectory_``).
-    X : array-like or torch.Tensor of shape (n, *input_shape)
+    X : array-like or torch.Tensor of shape ``(n, *input_shape)``
     Y : array-like of shape (n,) or (n, O)
         Targets as the network's outputs see them; see :func:`path_influence`.
     loss : {"squared_error", "log_loss"} or callable

@@ -233,6 +233,24 @@ class Engine(ABC):
         ``vectors``: ``O`` times less work than :meth:`state`. Folded
         states meet only folded states, in :meth:`contract` (traced),
         :meth:`contract_vector` (``O = 1``) and :meth:`diagonal`.
+
+        Parameters
+        ----------
+        parameters : dict of str to torch.Tensor
+            The point of the path, by parameter name.
+        X : torch.Tensor of shape (n, ...)
+            A block of rows, on the work's device and in its dtype.
+        vectors : torch.Tensor of shape (n, O) or callable
+            One output vector per row, or a callable that makes them from
+            the rows' outputs ``f`` (n, O) at ``parameters``.
+        metric : dict of str to torch.Tensor, default=None
+            A positive diagonal metric, parameter by parameter.
+
+        Returns
+        -------
+        state : object
+            A folded state, for :meth:`contract`, :meth:`contract_vector`
+            and :meth:`diagonal`.
         """
 
     @abstractmethod
