@@ -161,6 +161,12 @@ def fitted_with_names():
 
 
 # Entry points that take rows after fit: name -> (argument, call(fitted, A)).
+def _targets_for(A):
+    """Zero targets, one per row of whatever ``A`` is (a scalar: one)."""
+    shape = getattr(A, "shape", None) or np.shape(A)
+    return np.zeros(shape[0] if len(shape) else 1)
+
+
 METHODS = {
     "Regressor.predict": ("X", lambda f, A: f["reg"].predict(A)),
     "Classifier.predict": ("X", lambda f, A: f["clf"].predict(A)),
@@ -177,6 +183,12 @@ METHODS = {
     "kernel(X_NEW, Y)": ("Y", lambda f, A: f["reg"].kernel(f["X_new"], A)),
     "kernel_diagonal": ("X", lambda f, A: f["reg"].kernel_diagonal(A)),
     "decompose": ("X", lambda f, A: f["reg"].decompose(A).contributions),
+    # Labelled rows: targets of the same length, so only X can be at fault.
+    "influence": ("X", lambda f, A: f["reg"].influence(A, _targets_for(A))),
+    "self_influence(X, y)": (
+        "X",
+        lambda f, A: f["reg"].self_influence(A, _targets_for(A)),
+    ),
     "Transformer.transform": ("X", lambda f, A: f["transformer"].transform(A)),
     "Features.transform": ("X", lambda f, A: f["features"].transform(A)),
     "Nystroem.transform": ("X", lambda f, A: f["nystroem"].transform(A)),
@@ -636,7 +648,7 @@ def test_values_near_float32_overflow(fitted, method):
     except ValueError as exc:
         assert not method.startswith(_NETWORK_OUTPUTS)
         assert re.match(
-            r"The (path kernel|decomposition|path-kernel features) is not finite: "
+            r"The (path kernel|decomposition|path-kernel features|influence) is not finite: "
             r"computing it in float32 overflowed \(largest absolute value in .*"
             rf"\b{arg}: 3e\+38.*use dtype='float64'",
             str(exc),
@@ -746,6 +758,8 @@ EXERCISES = {
     "kernel(X_NEW, Y)": "BasePathKernelEstimator.kernel",
     "kernel_diagonal": "BasePathKernelEstimator.kernel_diagonal",
     "decompose": "BasePathKernelEstimator.decompose",
+    "influence": "BasePathKernelEstimator.influence",
+    "self_influence(X, y)": "BasePathKernelEstimator.self_influence",
     "Transformer.transform": "PathKernelTransformer.transform",
     "Features.transform": "PathKernelFeatures.transform",
     "Nystroem.transform": "PathKernelNystroem.transform",
