@@ -648,7 +648,8 @@ def test_values_near_float32_overflow(fitted, method):
     except ValueError as exc:
         assert not method.startswith(_NETWORK_OUTPUTS)
         assert re.match(
-            r"The (path kernel|decomposition|path-kernel features|influence) is not finite: "
+            r"The (path kernel|decomposition|path-kernel features|influence) "
+            r"is not finite: "
             r"computing it in float32 overflowed \(largest absolute value in .*"
             rf"\b{arg}: 3e\+38.*use dtype='float64'",
             str(exc),
