@@ -30,12 +30,20 @@ step() {  # step NAME SECONDS COMMAND...: run with a limit, log, keep going
 
 step machine 30 bash -c 'nvidia-smi --query-gpu=name,memory.total,clocks.max.sm,driver_version --format=csv;
     python3 -c "import sys, torch, sklearn, numpy; print(sys.version.split()[0], \"torch\", torch.__version__, \"cuda\", torch.version.cuda, \"sklearn\", sklearn.__version__, \"numpy\", numpy.__version__, \"gpu\", torch.cuda.get_device_name(0) if torch.cuda.is_available() else None)"'
+# pyproject.toml's addopts start pytest-xdist workers; an image without
+# pytest-xdist gets the same options without them.
+extra=()
+if python3 -c "import xdist" 2>/dev/null; then
+    extra+=(-n 14)
+else
+    extra+=(-o "addopts=$(python3 -c 'import tomllib
+options = tomllib.load(open("pyproject.toml", "rb"))["tool"]["pytest"]["ini_options"]
+print(options["addopts"].replace("-n auto --dist loadfile", ""))')")
+fi
 # The tests marked cuda: GPU against CPU for training, kernels, hooks, pickle.
-step cuda_tests 90 python3 -m pytest -q -p no:cacheprovider -rfE --tb=short -m cuda tests
+step cuda_tests 90 python3 -m pytest -q -p no:cacheprovider -rfE --tb=short "${extra[@]}" -m cuda tests
 # Everything else with the GPU visible, in parallel where pytest-xdist is
 # there; -v names each failure as it happens, should the step run out of time.
-extra=()
-python3 -c "import xdist" 2>/dev/null && extra+=(-n 14)
 python3 -c "import pytest_timeout" 2>/dev/null && extra+=(--timeout 120)
 step suite_on_gpu 280 python3 -m pytest -v -p no:cacheprovider -rfE --tb=short \
     --durations 15 "${extra[@]}" tests
