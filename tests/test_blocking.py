@@ -43,3 +43,34 @@ def test_limit_threads_restores_the_count_even_on_error():
     assert torch.get_num_threads() == total
     with _blocking.limit_threads(None):
         assert torch.get_num_threads() == total
+
+
+def test_device_grid_is_square_and_large_within_the_device_budget():
+    cpu = torch.device("cpu")
+    assert _blocking.grid(4 * 1000, cpu) == (512, 512)  # the CPU keeps its grid
+    with _blocking.device_policy(2**34):
+        assert _blocking.grid(4 * 1000, cpu) == (8192, 8192)
+        assert _blocking.grid(4 * 1000) == (512, 512)  # no device: the CPU's
+        tile, chunk = _blocking.grid(2**20, cpu, entry_bytes=4)
+        assert tile == chunk and tile & (tile - 1) == 0
+        quarter = _blocking.device_budget(cpu) // 4
+        assert 2 * tile * 2**20 + 12 * tile**2 <= quarter  # states and products
+        assert 2 * (2 * tile) * 2**20 + 12 * (2 * tile) ** 2 > quarter
+    assert _blocking.device_budget(cpu) is None  # restored
+
+
+def test_device_budget_is_a_fraction_of_the_free_memory():
+    cpu = torch.device("cpu")
+    with _blocking.device_policy(2**30):
+        assert _blocking.device_budget(cpu) == _blocking.DEVICE_MEMORY_FRACTION * 2**30
+        assert _blocking.strip_memory(None, cpu) == 512  # below the 1024 MiB default
+        assert _blocking.strip_memory(100, cpu) == 100
+    assert _blocking.strip_memory(None, cpu) == 1024
+    assert _blocking.device_budget(None) is None
+
+
+def test_a_cuda_device_reads_its_free_memory(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device: (2**34, 2**37))
+    cuda = torch.device("cuda", 0)
+    assert _blocking.device_budget(cuda) == 2**33
+    assert _blocking.grid(4 * 1000, cuda) == (8192, 8192)

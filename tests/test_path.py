@@ -1,7 +1,9 @@
 """Blocked tangent and path kernels against the reference."""
 
+import collections
 import threading
 import warnings
+from contextlib import nullcontext
 
 import numpy as np
 import pytest
@@ -12,6 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from joblib import parallel_config
 from sklearn.exceptions import ConvergenceWarning
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from sklearn_pathkernel import (
     PathKernelClassifier,
@@ -21,7 +24,7 @@ from sklearn_pathkernel import (
 )
 from sklearn_pathkernel._compute import _blocking
 from sklearn_pathkernel._kernels import _path
-from sklearn_pathkernel.engines import ENGINES
+from sklearn_pathkernel.engines import ENGINES, select_engine
 
 
 @pytest.fixture(scope="module")
@@ -604,3 +607,140 @@ def test_a_dask_worker_lost_mid_kernel_changes_no_bit(fitted, small_grid):
             )
     assert killer.killed is not None and killer.killed[1] > 0, killer.killed
     assert np.array_equal(got, expected)
+
+
+# ------------------------------------------ the device tile policy (issue 21)
+
+# One tile pair of `fitted` (544 bytes of state a row, float64) fits a quarter
+# of half of 81,920 bytes for 8-row tiles, not for 16: 30 rows cross 4 tiles.
+_SMALL_DEVICE = 81_920
+
+
+class _Dispatched(TorchDispatchMode):
+    """Counts the torch operations dispatched, and those that wait for the device."""
+
+    def __init__(self):
+        super().__init__()
+        self.ops = collections.Counter()
+        self.synchronising = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        name = func.overloadpacket.__name__
+        self.ops[name] += 1
+        if name in ("_local_scalar_dense", "item") or _copies_to_host(
+            name, args, kwargs
+        ):
+            self.synchronising.append(name)
+        return func(*args, **kwargs)
+
+
+def _copies_to_host(name, args, kwargs):
+    """A copy from a tensor off the CPU into the CPU's memory."""
+    if name == "_to_copy":
+        source, target = args[0].device, kwargs.get("device")
+    elif name == "copy_":
+        source, target = args[1].device, args[0].device
+    else:
+        return False
+    return source.type != "cpu" and torch.device(target or source).type == "cpu"
+
+
+def _ops_per_checkpoint(module, X_t, free_bytes=None):
+    """Operations of one checkpoint's strips of ``K(X, X)``, statics cached.
+
+    ``free_bytes`` forces the device policy (None: the CPU's grid). Returns
+    the counter, the operations that wait for the device, and the tile.
+    """
+    parameters = {n: p.detach().to(X_t.device) for n, p in module.named_parameters()}
+    bound = select_engine(
+        "structured", module, list(parameters), example=torch.zeros(1, X_t.shape[1])
+    )
+    policy = _blocking.device_policy(free_bytes) if free_bytes else nullcontext()
+    with policy:
+        grid = _path._plan_grid(bound, 10, torch.float32, X_t.device)
+        work = _path._Work(bound, X_t, X_t, True, True, (), X_t.device, **grid)
+        blocks = _path._row_blocks(work, None)
+    counted = _Dispatched()
+    for r0, r1 in blocks:
+        _path._strip_part(work, r0, r1, parameters, None)  # the strip's statics
+        with counted:
+            _path._strip_part(work, r0, r1, parameters, None)
+    return counted.ops, counted.synchronising, work.tile
+
+
+def _mlp(*widths):
+    torch.manual_seed(0)
+    layers = []
+    for a, b in zip(widths, widths[1:]):
+        layers += [torch.nn.Linear(a, b), torch.nn.Tanh()]
+    return torch.nn.Sequential(*layers[:-1])
+
+
+def test_device_policy_dispatches_ten_times_fewer_operations_per_checkpoint():
+    # W2's shape (issue 21): meta tensors dispatch every operation of the
+    # kernel without computing it, so 4096 rows count in a fraction of a second.
+    w2 = _mlp(64, 256, 256, 10)
+    X_t = torch.empty(4096, 64, device="meta")
+    cpu, cpu_waits, cpu_tile = _ops_per_checkpoint(w2, X_t)
+    device, device_waits, device_tile = _ops_per_checkpoint(w2, X_t, 2**34)
+    assert (cpu_tile, device_tile) == (512, 8192)
+    assert sum(cpu.values()) >= 10 * sum(device.values())
+    assert cpu_waits == device_waits == []
+
+
+@pytest.mark.parametrize("free_bytes", [None, 2**34, 2**23])
+def test_meta_rows_dispatch_what_real_rows_do(free_bytes):
+    # The counts above are those of real work, without host synchronisation.
+    small = _mlp(64, 8, 8, 10)
+    X = torch.randn(600, 64)
+    real, real_waits, tile = _ops_per_checkpoint(small, X, free_bytes)
+    meta, _, _ = _ops_per_checkpoint(small, X.to("meta"), free_bytes)
+    assert real == meta and real_waits == []
+    assert "_local_scalar_dense" not in real
+    assert tile == {None: 512, 2**34: 8192, 2**23: 128}[free_bytes]
+
+
+@pytest.mark.parametrize("symmetric", [True, False])
+def test_device_policy_kernel_matches_reference(fitted, symmetric):
+    est, X = fitted
+    Z = None if symmetric else X[:13] + 0.1
+    with _blocking.device_policy(_SMALL_DEVICE):
+        grid = _path._plan_grid(_bound(est, X), 2, torch.float64, torch.device("cpu"))
+        got = path_kernel(est.module_, est.trajectory_, X, Z)
+    assert grid["tile"] == 8
+    want = path_kernel_reference(est.module_, est.trajectory_, X, Z)
+    np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-12)
+    if symmetric:
+        assert np.array_equal(got, got.T)
+
+
+def _bound(est, X):
+    return select_engine(
+        "structured",
+        est.module_,
+        est.trajectory_.parameter_names,
+        example=torch.as_tensor(X[:1]),
+    )
+
+
+def test_device_policy_float32_kernel_matches_reference():
+    X = np.random.RandomState(1).randn(40, 5).astype(np.float32)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        est = PathKernelRegressor((16,), max_iter=5, random_state=0).fit(
+            X, X[:, 0] * X[:, 1]
+        )
+    assert next(est.module_.parameters()).dtype == torch.float32
+    with _blocking.device_policy(2**17):  # 16-row tiles: 40 rows cross 3
+        got = path_kernel(est.module_, est.trajectory_, X)
+    want = path_kernel_reference(est.module_, est.trajectory_, X)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+
+
+def test_device_policy_is_bit_identical_across_budgets(fitted):
+    est, X = fitted
+    with _blocking.device_policy(_SMALL_DEVICE):
+        whole = path_kernel(est.module_, est.trajectory_, X, working_memory=1024)
+        strips = path_kernel(est.module_, est.trajectory_, X, working_memory=1e-3)
+    assert np.array_equal(whole, strips)

@@ -15,6 +15,11 @@ Two decisions live here:
   products large and let a symmetric kernel skip all but
   ``(1 + 512 / n) / 2`` of them (``benchmarks/bench_grid.py``).
   ``working_memory`` only decides how many whole tiles one block holds.
+  On a CUDA device the grid is the device's (:func:`grid` with a
+  ``device``): square tiles of up to :data:`DEVICE_TILE_ROWS` rows, so that
+  a GPU gets a few large products instead of thousands of launches, within
+  :data:`DEVICE_MEMORY_FRACTION` of the device's free memory. There the
+  bits are the same for every budget given the device and the tile shape.
 - **Threads.** Concurrent blocks split torch's threads between them, so
   that ``n_jobs`` tasks never run ``n_jobs`` times as many threads as there
   are cores.
@@ -31,20 +36,113 @@ TILE_ROWS = 512
 CHUNK_COLUMNS = 512
 # Largest engine state of one column chunk; wider networks get narrower chunks.
 CHUNK_STATE_BYTES = 128 * 2**20
+# On a CUDA device: the largest square tile, and the share of the device's
+# free memory (torch.cuda.mem_get_info) that one call's work may take. A
+# quarter of that share bounds one tile pair's states and temporaries, so
+# that a strip holds several tiles.
+DEVICE_TILE_ROWS = 8192
+DEVICE_MEMORY_FRACTION = 0.5
+
+# Free bytes that stand in for a CUDA device's (see device_policy), or None.
+_forced_free_bytes = None
 
 
-def grid(state_bytes):
+@contextmanager
+def device_policy(free_bytes):
+    """Cut work on every device as on a CUDA device with ``free_bytes`` free.
+
+    For tests and benchmarks without a GPU: the device grid's shapes and
+    operation counts can be measured on the CPU. Process-wide while inside.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from sklearn_pathkernel._compute._blocking import device_policy, grid
+    >>> with device_policy(2**34):
+    ...     grid(1000, device=torch.device("cpu"))
+    (8192, 8192)
+    >>> grid(1000, device=torch.device("cpu"))
+    (512, 512)
+    """
+    global _forced_free_bytes
+    before, _forced_free_bytes = _forced_free_bytes, int(free_bytes)
+    try:
+        yield
+    finally:
+        _forced_free_bytes = before
+
+
+def device_budget(device):
+    """Bytes a call may take on ``device``; None on the CPU (its grid is fixed).
+
+    :data:`DEVICE_MEMORY_FRACTION` of the free memory that
+    ``torch.cuda.mem_get_info`` reports (or that :func:`device_policy` forces).
+
+    Examples
+    --------
+    >>> import torch
+    >>> from sklearn_pathkernel._compute._blocking import device_budget
+    >>> device_budget(torch.device("cpu")) is None
+    True
+    """
+    if device is None:
+        return None
+    free = _forced_free_bytes
+    if free is None and torch.device(device).type == "cuda":
+        free = torch.cuda.mem_get_info(torch.device(device))[0]
+    return None if free is None else int(DEVICE_MEMORY_FRACTION * free)
+
+
+def strip_memory(working_memory, device):
+    """The MiB one block may take: ``working_memory``, at most the device's share.
+
+    Parameters
+    ----------
+    working_memory : float or None
+        The budget in MiB; scikit-learn's ``working_memory`` setting when None.
+    device : torch.device or None
+        Where the block lives; a CUDA device caps it at :func:`device_budget`.
+
+    Returns
+    -------
+    working_memory : float
+
+    Examples
+    --------
+    >>> import torch
+    >>> from sklearn_pathkernel._compute._blocking import device_policy, strip_memory
+    >>> strip_memory(64, torch.device("cpu"))
+    64
+    >>> with device_policy(2**21):  # 2 MiB free: half of it
+    ...     strip_memory(64, torch.device("cpu"))
+    1.0
+    """
+    if working_memory is None:
+        working_memory = get_config()["working_memory"]
+    budget = device_budget(device)
+    return working_memory if budget is None else min(working_memory, budget / 2**20)
+
+
+def grid(state_bytes, device=None, *, entry_bytes=8):
     """``(tile, chunk)``: rows per row tile and columns per column chunk.
 
     Parameters
     ----------
     state_bytes : int
         Bytes of engine state per row.
+    device : torch.device, default=None
+        Where the work runs. The CPU's grid (and None's) is fixed; a CUDA
+        device gets square tiles of up to :data:`DEVICE_TILE_ROWS` rows
+        within a quarter of :func:`device_budget`.
+    entry_bytes : int, default=8
+        Bytes per entry of one tile pair's product; on a device the grid
+        budgets three such temporaries.
 
     Returns
     -------
     tile, chunk : int
-        Powers of two, ``tile <= chunk <= CHUNK_COLUMNS``.
+        Powers of two: ``tile <= chunk <= CHUNK_COLUMNS`` on the CPU,
+        ``tile == chunk <= DEVICE_TILE_ROWS`` on a device.
 
     Examples
     --------
@@ -52,6 +150,14 @@ def grid(state_bytes):
     >>> grid(1000), grid(2**20)
     ((512, 512), (128, 128))
     """
+    budget = device_budget(device)
+    if budget is not None:
+        tile = DEVICE_TILE_ROWS
+        while tile > 1 and (
+            2 * tile * state_bytes + 3 * tile * tile * entry_bytes > budget // 4
+        ):
+            tile //= 2
+        return tile, tile
     chunk = CHUNK_COLUMNS
     while chunk > 1 and chunk * state_bytes > CHUNK_STATE_BYTES:
         chunk //= 2

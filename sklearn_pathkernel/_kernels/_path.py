@@ -9,6 +9,7 @@ import torch
 from .._compute._blocking import (
     grid,
     rows_within_budget,
+    strip_memory,
     tile_within_budget,
 )
 from .._compute._progress import progress_bar
@@ -520,7 +521,7 @@ def kernel_sum(
             trace=trace,
             extra=extra,
             device=X_t.device,
-            **_plan_grid(bound, n_outputs, network_dtype),
+            **_plan_grid(bound, n_outputs, network_dtype, X_t.device, math.prod(extra)),
         )
         blocks = [
             (r0, r1)
@@ -566,11 +567,16 @@ def _fingerprint(points, X_t, Y_t, symmetric, trace):
     return fingerprint_of(X_t, None if symmetric else Y_t, trace, weights, *tensors)
 
 
-def _plan_grid(bound, n_outputs, dtype):
-    """The tile grid and per-row state size of this engine and network."""
+def _plan_grid(bound, n_outputs, dtype, device, numbers=1):
+    """The tile grid and per-row state size of this engine and network.
+
+    The grid is the policy of ``device`` (``_compute/_blocking.py``): the
+    CPU's fixed 512-row grid, or a CUDA device's large square tiles;
+    ``numbers`` are the numbers per kernel entry (``O * O`` in full).
+    """
     itemsize = torch.finfo(dtype).bits // 8
     state_bytes = bound.bytes_per_row(n_outputs, itemsize)
-    tile, chunk = grid(state_bytes)
+    tile, chunk = grid(state_bytes, device, entry_bytes=itemsize * numbers)
     return {
         "tile": tile,
         "chunk": chunk,
@@ -580,11 +586,16 @@ def _plan_grid(bound, n_outputs, dtype):
 
 
 def _row_blocks(work, working_memory):
-    """``(r0, r1)`` of each strip: as many whole row tiles as the budget holds."""
+    """``(r0, r1)`` of each strip: as many whole row tiles as the budget holds.
+
+    On a CUDA device the budget is also at most the device's share of its
+    free memory (``strip_memory``): strips are whole tiles of a grid that
+    does not depend on the budget, so this changes no bits.
+    """
     n, m = work.X_t.shape[0], work.Y_t.shape[0]
     numbers = math.prod(work.extra)
     block = rows_within_budget(
-        working_memory,
+        strip_memory(working_memory, work.device),
         # Per row: its engine state, and across the m columns the float64
         # strip, the cached static Gram and one checkpoint's contraction ...
         work.state_bytes + m * (8 + 2 * work.itemsize) * numbers,
@@ -636,8 +647,22 @@ def _run_strips(result, work, points, blocks, n_jobs, verbose):
                         part, alpha=weight
                     )
                 progress.update(1)
-            result.array[r0:r1, c_start:] = strip.cpu().numpy()
+            result.array[r0:r1, c_start:] = _to_host(strip)
             result.mark_done(r0, r1)
+
+
+def _to_host(strip):
+    """The finished strip as a numpy array: its one trip to the host.
+
+    From a CUDA device through pinned memory, which the copy engine reads
+    without a staging copy.
+    """
+    if strip.device.type != "cuda":
+        return strip.cpu().numpy()
+    host = torch.empty(strip.shape, dtype=strip.dtype, pin_memory=True)
+    host.copy_(strip, non_blocking=True)
+    torch.cuda.current_stream(strip.device).synchronize()
+    return host.numpy()
 
 
 def _first_column(r0, chunk, symmetric):
