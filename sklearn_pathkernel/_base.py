@@ -33,6 +33,7 @@ from ._model._network import (
     check_token_range,
     forward,
     make_mlp,
+    mlp_linears,
     mode_changes_output,
     placement,
 )
@@ -165,6 +166,11 @@ class BasePathKernelEstimator(BaseEstimator):
         "n_jobs": [None, Integral],
         "random_state": ["random_state"],
         "verbose": ["verbose"],
+        # MLP's: accepted so that its parameter dicts carry over; True is
+        # refused at fit (continuing a recorded path is not supported yet).
+        "warm_start": ["boolean"],
+        # MLP's budget of lbfgs's function calls; lbfgs itself is refused.
+        "max_fun": [Interval(Integral, 1, None, closed="left")],
     }
 
     def __init__(
@@ -205,6 +211,8 @@ class BasePathKernelEstimator(BaseEstimator):
         n_jobs=None,
         random_state=None,
         verbose=0,
+        warm_start=False,
+        max_fun=15000,
     ):
         self.hidden_layer_sizes = hidden_layer_sizes
         self.activation = activation
@@ -241,6 +249,8 @@ class BasePathKernelEstimator(BaseEstimator):
         self.n_jobs = n_jobs
         self.random_state = random_state
         self.verbose = verbose
+        self.warm_start = warm_start
+        self.max_fun = max_fun
 
     # -- subclass hooks ---------------------------------------------------
     def _validate_targets(self, X, y):
@@ -287,6 +297,7 @@ class BasePathKernelEstimator(BaseEstimator):
         self : object
             The fitted estimator.
         """
+        self._refuse_unsupported()
         X, y, sample_weight, input_shape = self._validate_fit_data(X, y, sample_weight)
         solver = self._solver()
         targets, loss, target_attributes = self._encode_targets(y)
@@ -387,6 +398,16 @@ class BasePathKernelEstimator(BaseEstimator):
         self._fit_sample_weight = sample_weight  # weights the kernel's scale
         self._fit_diagonal = None  # K_path(x_i, x_i), computed when first needed
         self._fit_mode_changed = mode_changed  # dropout: decompose cannot be exact
+
+    def _refuse_unsupported(self):
+        """Refuse, with the reason, the MLP settings accepted only by name."""
+        if self.warm_start:
+            raise ValueError(
+                f"{type(self).__name__} does not support warm_start=True yet: "
+                "continuing training would have to extend the recorded path, "
+                "which is not supported. Use warm_start=False (each fit starts "
+                "from a new initialisation)."
+            )
 
     def _solver(self):
         """The update rule the parameters describe; refuses "lbfgs" with the reason."""
@@ -513,6 +534,59 @@ class BasePathKernelEstimator(BaseEstimator):
                 f"got {shape!r} instead."
             )
         return tuple(int(s) for s in shape)
+
+    # -- MLP's fitted attributes ------------------------------------------
+    # Read from module_ (and the fit's records) each time, so they never fall
+    # out of step with the network and add nothing to pickles or saved files.
+    # Before fit they raise NotFittedError, an AttributeError: hasattr is False.
+    def _mlp_linears(self, name):
+        """The fitted network's Linear layers, for MLP's weight attributes."""
+        check_is_fitted(self)
+        linears = mlp_linears(self.module_)
+        if linears is None:
+            raise AttributeError(
+                f"{type(self).__name__}.{name} describes the default MLP (or an "
+                "nn.Sequential of biased Linear layers separated by one "
+                "activation); this estimator's module_ has another form. Read "
+                "its weights from module_ itself."
+            )
+        return linears
+
+    @property
+    def coefs_(self):
+        """MLP's ``coefs_``: ``coefs_[i]``, shape (n_in, n_out), layer i's weights.
+
+        A copy of the network's weights, transposed into scikit-learn's layout.
+        """
+        return [
+            np.ascontiguousarray(layer.weight.detach().cpu().numpy().T)
+            for layer in self._mlp_linears("coefs_")
+        ]
+
+    @property
+    def intercepts_(self):
+        """MLP's ``intercepts_``: ``intercepts_[i]``, shape (n_out,), layer i's bias."""
+        return [
+            layer.bias.detach().cpu().numpy().copy()
+            for layer in self._mlp_linears("intercepts_")
+        ]
+
+    @property
+    def n_layers_(self):
+        """MLP's ``n_layers_``: the input, the hidden layers and the output."""
+        return len(self._mlp_linears("n_layers_")) + 1
+
+    @property
+    def loss_(self):
+        """MLP's ``loss_``: ``loss_curve_[-1]``; None when no epoch finished."""
+        check_is_fitted(self)
+        return self.loss_curve_[-1] if self.loss_curve_ else None
+
+    @property
+    def t_(self):
+        """MLP's ``t_``: training rows seen, ``n_iter_`` times their number."""
+        check_is_fitted(self)
+        return self.n_iter_ * self._fit_X.shape[0]
 
     # -- using the fitted network -----------------------------------------
     def _validate_X(self, X, name="X"):

@@ -193,6 +193,15 @@ default="auto"
     verbose : int, default=0
         Print the loss after each epoch, and how :meth:`kernel` runs (engine,
         blocks), when positive.
+    warm_start : bool, default=False
+        MLP's parameter, accepted so that its parameter dicts carry over;
+        True raises a ``ValueError`` at fit: continuing from the previous
+        fit would have to extend the recorded path, which is not supported
+        yet. Each fit starts from a new initialisation.
+    max_fun : int, default=15000
+        MLP's budget of loss evaluations for ``solver="lbfgs"``, which is
+        refused (see ``solver``): accepted so that MLP's parameter dicts
+        carry over, and otherwise unused.
 """
 )
 
@@ -215,6 +224,26 @@ _ATTRIBUTES_DOC = """
         that epoch. None without ``early_stopping``.
     n_iter_ : int
         Number of epochs run.
+    loss_ : float or None
+        The last epoch's loss, ``loss_curve_[-1]``, as MLP's; None when
+        training diverged before an epoch finished.
+    t_ : int
+        Training rows seen, as MLP counts them: ``n_iter_`` times the number
+        of training rows (without those ``early_stopping`` held out).
+    coefs_ : list of ndarray
+        MLP's layout of the default network's weights, one per layer:
+        ``coefs_[i]``, of shape (n_in, n_out), is the ``i``-th ``Linear``
+        layer's ``weight.T``, in the network's dtype. Read from ``module_``
+        each time, as copies: editing them leaves the network as it is.
+        Only for the default MLP, or a ``module`` of that form (an
+        ``nn.Sequential`` of biased ``Linear`` layers separated by one of
+        the ``activation`` functions);
+        reading them raises an ``AttributeError`` for any other network.
+    intercepts_ : list of ndarray
+        The same for the biases: ``intercepts_[i]`` has shape (n_out,).
+    n_layers_ : int
+        Layers as MLP counts them, the input and output included:
+        ``len(hidden_layer_sizes) + 2``. Only where ``coefs_`` is.
     n_outputs_ : int
         Width of the network's output.
     n_features_in_ : int

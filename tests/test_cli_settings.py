@@ -93,7 +93,11 @@ def test_a_tuple_parameter_always_takes_a_tuple(text, value):
 
 # -- names -------------------------------------------------------------------------
 def test_every_parameter_but_module_is_settable():
-    constraints = PathKernelClassifier._parameter_constraints
+    # Either estimator's parameters: the regressor's add MLPRegressor's loss.
+    constraints = PathKernelRegressor._parameter_constraints
+    assert set(PathKernelClassifier._parameter_constraints) == set(constraints) - {
+        "loss"
+    }
     assert list(parameter_constraints()) == list(constraints)  # same parameters
     refused = [name for name, c in constraints.items() if refusal(name, c)]
     assert refused == ["module"]
@@ -173,7 +177,7 @@ def test_help_lists_every_parameter_from_the_constraints(capsys):
             continue
         name, _, text = line.strip().partition(" ")
         listed[name] = text.strip()
-    expected = [n for n in PathKernelClassifier._parameter_constraints if n != "module"]
+    expected = [n for n in PathKernelRegressor._parameter_constraints if n != "module"]
     assert list(listed) == expected
     assert listed["quadrature"].startswith("'adaptive'|'left'|'simpson'|'trapezoid'")
     assert listed["kernel_nodes"] == (

@@ -565,3 +565,139 @@ def test_schedules_are_for_sgd_only_as_in_mlp(toy):
         y,
     )
     np.testing.assert_array_equal(est.trajectory_.step_sizes, 0.1)
+
+
+# -- MLP's parameters and fitted attributes ---------------------------------------
+def _mlp_pair(kind, n_classes, hidden):
+    """Small data, and our estimator and MLP's with the same settings, fitted."""
+    from sklearn.neural_network import MLPClassifier, MLPRegressor
+
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((30, 4))
+    if kind == "regressor":
+        y = X[:, 0] - X[:, 1] ** 2 if n_classes == 1 else X[:, :2]
+        ours, mlp = PathKernelRegressor, MLPRegressor
+    else:
+        y = np.arange(30) % n_classes
+        ours, mlp = PathKernelClassifier, MLPClassifier
+    # tol=0: both run all their epochs, so that t_ counts the same rows.
+    params = dict(hidden_layer_sizes=hidden, max_iter=4, tol=0.0, random_state=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        est = ours(**params, dtype="float64", batch_size=7).fit(X, y)
+        reference = mlp(**params, activation="tanh", batch_size=7).fit(X, y)
+    return X, est, reference
+
+
+@pytest.mark.parametrize(
+    "kind, n_classes, hidden",
+    [
+        ("regressor", 1, (5, 3)),
+        ("regressor", 2, ()),
+        ("classifier", 2, (5,)),
+        ("classifier", 3, (5, 3)),
+    ],
+)
+def test_mlp_attributes_have_mlps_names_shapes_and_values(kind, n_classes, hidden):
+    X, est, mlp = _mlp_pair(kind, n_classes, hidden)
+    assert [c.shape for c in est.coefs_] == [c.shape for c in mlp.coefs_]
+    assert [b.shape for b in est.intercepts_] == [b.shape for b in mlp.intercepts_]
+    assert (est.n_layers_, est.out_activation_) == (mlp.n_layers_, mlp.out_activation_)
+    assert est.n_layers_ == len(hidden) + 2
+    assert (est.t_, est.n_iter_) == (mlp.t_, mlp.n_iter_) == (4 * 30, 4)
+    assert est.loss_ == est.loss_curve_[-1] and isinstance(est.loss_, float)
+    linears = [m for m in est.module_ if isinstance(m, torch.nn.Linear)]
+    np.testing.assert_array_equal(est.coefs_[0], linears[0].weight.detach().numpy().T)
+    assert est.coefs_[0].dtype == np.float64 and est.coefs_[0].flags.c_contiguous
+    # MLP's forward pass, in numpy, from the attributes alone.
+    out = X
+    for i, (W, b) in enumerate(zip(est.coefs_, est.intercepts_)):
+        out = out @ W + b
+        out = np.tanh(out) if i < len(est.coefs_) - 1 else out
+    if kind == "regressor":
+        np.testing.assert_allclose(est.predict(X), out.reshape(est.predict(X).shape))
+    else:
+        scores = est.decision_function(X)
+        np.testing.assert_allclose(scores, out.reshape(scores.shape))
+
+
+def test_mlp_attributes_are_copies_read_from_the_network():
+    X, est, _ = _mlp_pair("classifier", 2, (5,))
+    before = est.decision_function(X)
+    est.coefs_[0][:] = 0.0
+    est.intercepts_[0][:] = 0.0
+    np.testing.assert_array_equal(est.decision_function(X), before)
+    with torch.no_grad():
+        est.module_[0].weight.mul_(2.0)  # the attributes follow the network
+    np.testing.assert_array_equal(
+        est.coefs_[0], est.module_[0].weight.detach().numpy().T
+    )
+    with pytest.raises(AttributeError):
+        est.coefs_ = []
+
+
+def test_mlp_attributes_before_fit_and_for_other_networks():
+    names = ["coefs_", "intercepts_", "n_layers_", "out_activation_", "loss_", "t_"]
+    for cls in ESTIMATORS:
+        assert not any(hasattr(cls(), name) for name in names)
+    X, y = np.random.default_rng(0).standard_normal((20, 3)), np.arange(20) % 2
+    conv = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.LayerNorm(4))
+    conv.append(torch.nn.Linear(4, 1))
+    est = _quiet(PathKernelClassifier(module=conv, max_iter=2), X, y)
+    for name in ["coefs_", "intercepts_", "n_layers_"]:
+        with pytest.raises(AttributeError, match=rf"{name} describes the default MLP"):
+            getattr(est, name)
+    assert (est.out_activation_, est.t_) == ("logistic", 2 * 20)
+    # A user nn.Sequential of the default MLP's form has them.
+    mlp = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.ReLU())
+    mlp.append(torch.nn.Linear(4, 1))
+    est = _quiet(PathKernelClassifier(module=mlp, max_iter=2), X, y)
+    assert [c.shape for c in est.coefs_] == [(3, 4), (4, 1)]
+
+
+def test_mlps_parameter_dicts_construct_and_fit():
+    from sklearn.neural_network import MLPClassifier, MLPRegressor
+
+    X, y = np.random.default_rng(0).standard_normal((40, 3)), np.arange(40) % 3
+    for ours, mlp, target in [
+        (PathKernelClassifier, MLPClassifier, y),
+        (PathKernelRegressor, MLPRegressor, X[:, 0]),
+    ]:
+        params = mlp().get_params()
+        est = ours(**params)
+        assert {k: v for k, v in est.get_params().items() if k in params} == params
+        est.set_params(max_iter=3, hidden_layer_sizes=(8,))
+        _quiet(est, X, target)
+        assert est.n_iter_ == 3 and clone(est).get_params() == est.get_params()
+
+
+def test_the_regressor_takes_the_base_parameters_and_mlps_loss():
+    import inspect
+
+    base = inspect.signature(PathKernelClassifier).parameters
+    ours = dict(inspect.signature(PathKernelRegressor).parameters)
+    assert ours.pop("loss").default == "squared_error"
+    assert list(ours.values()) == list(base.values())
+    est = PathKernelRegressor((3,), alpha=0.5, max_fun=7, loss="poisson")
+    assert (est.hidden_layer_sizes, est.alpha, est.max_fun) == ((3,), 0.5, 7)
+    assert est.loss == "poisson"
+
+
+@pytest.mark.parametrize(
+    "cls, params, match",
+    [
+        (PathKernelRegressor, {"warm_start": True}, "does not support warm_start=True"),
+        (
+            PathKernelClassifier,
+            {"warm_start": True},
+            "does not support warm_start=True",
+        ),
+        (PathKernelRegressor, {"loss": "poisson"}, "does not support loss='poisson'"),
+    ],
+)
+def test_mlp_settings_not_supported_yet_are_refused_at_fit(cls, params, match):
+    X, y = np.random.default_rng(0).standard_normal((10, 2)), np.arange(10) % 2
+    est = cls(max_iter=1, **params)
+    with pytest.raises(ValueError, match=match):
+        est.fit(X, y)
+    assert not hasattr(est, "module_")

@@ -84,6 +84,44 @@ def make_mlp(n_features, n_outputs, hidden_layer_sizes, activation, *, generator
     return nn.Sequential(*layers)
 
 
+def mlp_linears(module):
+    """The ``Linear`` layers of a network shaped as :func:`make_mlp` builds it.
+
+    scikit-learn's ``coefs_`` and ``intercepts_`` describe such a network
+    only: an ``nn.Sequential`` of biased ``Linear`` layers separated by one
+    and the same activation of ``ACTIVATIONS``.
+
+    Parameters
+    ----------
+    module : torch.nn.Module
+        A trained network.
+
+    Returns
+    -------
+    linears : list of torch.nn.Linear or None
+        The layers in order, or None when ``module`` has another form.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from sklearn_pathkernel._model._network import make_mlp, mlp_linears
+    >>> net = make_mlp(3, 1, (8,), "tanh", generator=torch.Generator().manual_seed(0))
+    >>> [layer.weight.shape for layer in mlp_linears(net)]
+    [torch.Size([8, 3]), torch.Size([1, 8])]
+    >>> mlp_linears(torch.nn.Sequential(torch.nn.Linear(3, 1), torch.nn.Tanh())) is None
+    True
+    """
+    if type(module) is not nn.Sequential or len(module) % 2 == 0:
+        return None
+    linears, between = list(module)[::2], list(module)[1::2]
+    if not all(type(m) is nn.Linear and m.bias is not None for m in linears):
+        return None
+    kinds = {type(m) for m in between}
+    if len(kinds) > 1 or not kinds <= set(ACTIVATIONS.values()):
+        return None
+    return linears
+
+
 def build_module(spec, n_features, n_outputs, *, seed):
     """Turn the estimator's ``module`` parameter into a fresh module.
 

@@ -97,6 +97,9 @@ PARAMETERS = {
     "n_jobs": Parameter("None|int", None),
     "random_state": Parameter("int (seed)|None", None),
     "verbose": Parameter("int", 0),
+    "warm_start": Parameter("true|false", False),
+    "max_fun": Parameter("int in [1, inf)", 15000),
+    "loss": Parameter("'poisson'|'squared_error'", "squared_error"),
 }
 
 # The kernel command's defaults where they differ from the estimators': a
