@@ -241,14 +241,8 @@ class PathKernelClassifier(ClassifierMixin, BasePathKernelEstimator):
                 f"{type(self).__name__} needs samples of at least 2 classes in "
                 f"y; got only one class: {classes.tolist()[0]!r}."
             )
-        if len(classes) == 2:
-            return (
-                codes.reshape(-1, 1).astype(np.float64),
-                BINARY_LOGISTIC,
-                {"classes_": classes},
-            )
-        targets = np.eye(len(classes))[codes]
-        return targets, SOFTMAX_CROSS_ENTROPY, {"classes_": classes}
+        loss = BINARY_LOGISTIC if len(classes) == 2 else SOFTMAX_CROSS_ENTROPY
+        return _logit_targets(codes, len(classes)), loss, {"classes_": classes}
 
     def _validation_score(self, outputs, targets, sample_weight):
         if outputs.shape[1] == 1:
@@ -282,10 +276,7 @@ class PathKernelClassifier(ClassifierMixin, BasePathKernelEstimator):
                 f"{np.unique(y[~known])[:5].tolist()}; classes_ is "
                 f"{self.classes_.tolist()}."
             )
-        codes = np.searchsorted(self.classes_, y)
-        if len(self.classes_) == 2:
-            return codes.reshape(-1, 1).astype(np.float64)
-        return np.eye(len(self.classes_))[codes]
+        return _logit_targets(np.searchsorted(self.classes_, y), len(self.classes_))
 
     def decision_function(self, X):
         """The network's logits.
@@ -350,3 +341,11 @@ class PathKernelClassifier(ClassifierMixin, BasePathKernelEstimator):
         scores = self.decision_function(X)
         codes = (scores > 0).astype(int) if scores.ndim == 1 else scores.argmax(axis=1)
         return self.classes_[codes]
+
+
+def _logit_targets(codes, n_classes):
+    """Class codes as the logits see them: one 0/1 column for two classes
+    (one logit), one-hot rows for more. Training and influence share it."""
+    if n_classes == 2:
+        return codes.reshape(-1, 1).astype(np.float64)
+    return np.eye(n_classes)[codes]
