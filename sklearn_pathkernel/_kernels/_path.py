@@ -647,22 +647,8 @@ def _run_strips(result, work, points, blocks, n_jobs, verbose):
                         part, alpha=weight
                     )
                 progress.update(1)
-            result.array[r0:r1, c_start:] = _to_host(strip)
+            result.array[r0:r1, c_start:] = strip.cpu().numpy()
             result.mark_done(r0, r1)
-
-
-def _to_host(strip):
-    """The finished strip as a numpy array: its one trip to the host.
-
-    From a CUDA device through pinned memory, which the copy engine reads
-    without a staging copy.
-    """
-    if strip.device.type != "cuda":
-        return strip.cpu().numpy()
-    host = torch.empty(strip.shape, dtype=strip.dtype, pin_memory=True)
-    host.copy_(strip, non_blocking=True)
-    torch.cuda.current_stream(strip.device).synchronize()
-    return host.numpy()
 
 
 def _first_column(r0, chunk, symmetric):
