@@ -2,11 +2,13 @@
 
 import math
 
+import numpy as np
 import pytest
 import torch
 
 from sklearn_pathkernel._training._losses import (
     BINARY_LOGISTIC,
+    POISSON,
     SOFTMAX_CROSS_ENTROPY,
     SQUARED_ERROR,
 )
@@ -19,6 +21,9 @@ def _random_problem(loss, n_outputs, seed):
         y = torch.randn(7, n_outputs, generator=gen, dtype=torch.float64)
     elif loss is BINARY_LOGISTIC:
         y = torch.randint(0, 2, (7, n_outputs), generator=gen).to(torch.float64)
+    elif loss is POISSON:
+        f = f / 3.0  # log-means of moderate counts
+        y = torch.randint(0, 6, (7, n_outputs), generator=gen).to(torch.float64)
     else:
         labels = torch.randint(0, n_outputs, (7,), generator=gen)
         y = torch.nn.functional.one_hot(labels, n_outputs).to(torch.float64)
@@ -31,8 +36,11 @@ def _random_problem(loss, n_outputs, seed):
         (SQUARED_ERROR, 1),
         (SQUARED_ERROR, 3),
         (BINARY_LOGISTIC, 1),
+        (BINARY_LOGISTIC, 3),  # multilabel: one logit per label
         (SOFTMAX_CROSS_ENTROPY, 2),
         (SOFTMAX_CROSS_ENTROPY, 4),
+        (POISSON, 1),
+        (POISSON, 2),
     ],
 )
 @pytest.mark.parametrize("seed", [0, 1])
@@ -144,7 +152,31 @@ def test_softmax_finite_for_huge_logits():
         (SQUARED_ERROR, "squared_error"),
         (BINARY_LOGISTIC, "log_loss"),
         (SOFTMAX_CROSS_ENTROPY, "log_loss"),
+        (POISSON, "poisson"),
     ],
 )
 def test_loss_names(loss, name):
     assert loss.name == name
+
+
+def test_poisson_is_mlps_half_deviance_on_the_log_mean():
+    from sklearn.neural_network._base import poisson_loss
+
+    f = torch.tensor([[0.0, -1.0], [2.0, 0.5], [-3.0, 1.0]], dtype=torch.float64)
+    y = torch.tensor([[0.0, 2.0], [5.0, 0.0], [1.0, 3.0]], dtype=torch.float64)
+    # MLPRegressor's loss on its output exp(f): the rows' mean, summed over
+    # outputs; the per-row value is exp(f) - y f plus MLP's constant.
+    mlp = poisson_loss(y.numpy(), np.exp(f.numpy()))
+    assert POISSON.value(f, y).mean().item() == pytest.approx(mlp, rel=1e-14)
+    constant = (torch.xlogy(y, y) - y).sum(dim=1)
+    torch.testing.assert_close(
+        POISSON.value(f, y), (torch.exp(f) - y * f).sum(dim=1) + constant
+    )
+    torch.testing.assert_close(POISSON.gradient(f, y), torch.exp(f) - y)
+    # Zero where the mean is the count, zero counts included (0 log 0 = 0).
+    counts = torch.tensor([[5.0], [1.0], [2.0]], dtype=torch.float64)
+    torch.testing.assert_close(
+        POISSON.value(torch.log(counts), counts), torch.zeros(3, dtype=torch.float64)
+    )
+    zero = POISSON.value(torch.tensor([[-50.0]], dtype=torch.float64), y[:1, :1])
+    assert 0.0 <= zero.item() < 1e-20

@@ -27,10 +27,15 @@ import torch
 from .._kernels._path import diagonal_sum, kernel_engine, kernel_points, kernel_sum
 from .._kernels._rows import kernel_rows, output_width
 from .._model._network import in_evaluation_mode, placement
-from .._training._losses import BINARY_LOGISTIC, SOFTMAX_CROSS_ENTROPY, SQUARED_ERROR
+from .._training._losses import (
+    BINARY_LOGISTIC,
+    POISSON,
+    SOFTMAX_CROSS_ENTROPY,
+    SQUARED_ERROR,
+)
 
 #: The losses ``loss=`` names: per-row ``dl/df`` for ``O`` outputs.
-LOSSES = ("squared_error", "log_loss")
+LOSSES = ("squared_error", "log_loss", "binary_log_loss", "poisson")
 
 
 @in_evaluation_mode
@@ -65,7 +70,9 @@ def path_influence(
     for "log_loss" with several outputs, ``nn.BCEWithLogitsLoss(
     reduction="sum")`` with one, and for "squared_error" a ``loss_fn`` of
     ``0.5 * ((f - y) ** 2).sum()`` (``nn.MSELoss(reduction="sum")`` has
-    twice the gradient: 4 times this influence). Training itself takes the
+    twice the gradient: 4 times this influence); ``nn.BCEWithLogitsLoss(
+    reduction="sum")`` for "binary_log_loss" and ``nn.PoissonNLLLoss(
+    reduction="sum")`` (``log_input=True``) for "poisson". Training itself takes the
     mean ``sum_i c_{i,t} l_i`` (``c`` the batch weights, ``1 / |B_t|`` without
     sample weights): the step a row actually took is ``c_{i,t}`` times its
     TracIn gradient (docs/design.md, section 4).
@@ -80,17 +87,20 @@ def path_influence(
         The training rows (or any rows whose influence is wanted).
     Y_train : array-like of shape (n_train,) or (n_train, O)
         Their targets as the network's outputs see them: values for
-        "squared_error", 0/1 for "log_loss" with one output, one-hot rows
-        with several.
+        "squared_error", counts for "poisson", 0/1 for "log_loss" with one
+        output, one-hot rows with several, 0/1 per output (indicator rows)
+        for "binary_log_loss".
     X : array-like or torch.Tensor of shape ``(n_X, *input_shape)``, default=None
         The labelled rows influenced; None means ``X_train`` (then the result
         is exactly symmetric).
     Y : array-like of shape (n_X,) or (n_X, O), default=None
         Their targets; given exactly when ``X`` is.
-    loss : {"squared_error", "log_loss"} or callable
+    loss : {"squared_error", "log_loss", "binary_log_loss", "poisson"} or callable
         The per-row loss whose derivatives weigh the kernel:
-        ``0.5 * ||f - y||^2``, or the logistic (one output) or softmax
-        cross-entropy loss on the logits. A callable
+        ``0.5 * ||f - y||^2``; the logistic (one output) or softmax
+        cross-entropy loss on the logits; the logistic loss on each output
+        (multilabel); or the Poisson loss ``exp(f) - y f`` on the log of
+        the mean (``dl/df = exp(f) - y``). A callable
         ``gradient(outputs, targets) -> dl/df`` takes and returns
         ``(n, O)`` tensors.
     parameter_names : list of str, default=None
@@ -192,7 +202,7 @@ def path_self_influence(
     X : array-like or torch.Tensor of shape ``(n, *input_shape)``
     Y : array-like of shape (n,) or (n, O)
         Targets as the network's outputs see them; see :func:`path_influence`.
-    loss : {"squared_error", "log_loss"} or callable
+    loss : {"squared_error", "log_loss", "binary_log_loss", "poisson"} or callable
         See :func:`path_influence`.
     parameter_names : list of str, default=None
         The parameters whose gradients count; None: all of the trajectory's.
@@ -291,6 +301,10 @@ def loss_gradient(loss):
         return SQUARED_ERROR.gradient
     if loss == "log_loss":
         return _log_loss_gradient
+    if loss == "binary_log_loss":
+        return BINARY_LOGISTIC.gradient
+    if loss == "poisson":
+        return POISSON.gradient
     raise ValueError(
         f"loss must be one of {list(LOSSES)} or a callable gradient(outputs, "
         f"targets); got {loss!r} instead."

@@ -40,7 +40,8 @@ def _squared_gradient(f, y):
 
 
 def _logistic_value(f, y):
-    # y in {0, 1}, one logit per row; softplus keeps large logits finite.
+    # y in {0, 1}, one logit per column (binary or multilabel), summed over
+    # the columns; softplus keeps large logits finite.
     return (torch.nn.functional.softplus(f) - y * f).sum(dim=1)
 
 
@@ -57,6 +58,19 @@ def _softmax_gradient(f, y):
     return torch.softmax(f, dim=1) - y
 
 
+def _poisson_value(f, y):
+    # f = log(mu), y >= 0: the half Poisson deviance y log(y / mu) - y + mu,
+    # as MLPRegressor's loss_curve_ reports it. The constant
+    # xlogy(y, y) - y has no gradient; it makes the value 0 at mu = y.
+    return (torch.exp(f) - y * f + torch.xlogy(y, y) - y).sum(dim=1)
+
+
+def _poisson_gradient(f, y):
+    return torch.exp(f) - y
+
+
 SQUARED_ERROR = Loss("squared_error", _squared_value, _squared_gradient)
 BINARY_LOGISTIC = Loss("log_loss", _logistic_value, _logistic_gradient)
 SOFTMAX_CROSS_ENTROPY = Loss("log_loss", _softmax_value, _softmax_gradient)
+#: On the log of the mean (the log link): the network's output is ``log(mu)``.
+POISSON = Loss("poisson", _poisson_value, _poisson_gradient)
