@@ -670,10 +670,18 @@ _FITTED = {
 }
 # Set only sometimes: feature_names_in_ (fitted on a DataFrame), the
 # _fit_diagonal cache (filled by the first "mean_diagonal" kernel),
-# _fit_mode_changed and _fit_targets (absent from files of older versions),
-# and set_output's configuration (on fitted and unfitted transformers alike).
+# _fit_mode_changed, _fit_targets, the regressor's _fit_loss and the
+# classifier's _multilabel (absent from files of older versions), and
+# set_output's configuration (on fitted and unfitted transformers alike).
 _NETWORK_OPTIONAL = frozenset(
-    {"feature_names_in_", "_fit_diagonal", "_fit_mode_changed", "_fit_targets"}
+    {
+        "feature_names_in_",
+        "_fit_diagonal",
+        "_fit_mode_changed",
+        "_fit_targets",
+        "_fit_loss",
+        "_multilabel",
+    }
 )
 _TRANSFORMER_OPTIONAL = frozenset({"feature_names_in_"})
 _ANY_TIME = frozenset({"_sklearn_output_config"})
@@ -1082,12 +1090,7 @@ class _Loader:
             none=True,
         )
         self.integer(values["n_iter_"], f"{where}.n_iter_")
-        if "_y_ndim" in values:
-            ndim = self.integer(values["_y_ndim"], f"{where}._y_ndim", 1, 2)
-            if ndim == 1 and n_outputs != 1:
-                self.fail(f"{where}._y_ndim", f"1-D targets but {n_outputs} outputs")
-        if "classes_" in values:
-            self._check_classes(values["classes_"], n_outputs, f"{where}.classes_")
+        self._check_targets(values, n_outputs, where)
         module = self._module(
             attributes["module_"], params, n_features, n_outputs, f"{where}.module_"
         )
@@ -1102,13 +1105,31 @@ class _Loader:
         for i, item in enumerate(names):
             self.string(item, f"{where}[{i}]")
 
-    def _check_classes(self, classes, n_outputs, where):
-        """As the classifier's _encode_targets: 2 classes, 1 output; K > 2, K."""
+    def _check_targets(self, values, n_outputs, where):
+        """What the targets were: the regressor's y and loss, the classes."""
+        if "_y_ndim" in values:
+            ndim = self.integer(values["_y_ndim"], f"{where}._y_ndim", 1, 2)
+            if ndim == 1 and n_outputs != 1:
+                self.fail(f"{where}._y_ndim", f"1-D targets but {n_outputs} outputs")
+        if "_fit_loss" in values:
+            choices = {"squared_error", "poisson"}
+            self.string(values["_fit_loss"], f"{where}._fit_loss", choices)
+        multilabel = "_multilabel" in values and self.boolean(
+            values["_multilabel"], f"{where}._multilabel"
+        )
+        if "classes_" in values:
+            self._check_classes(
+                values["classes_"], n_outputs, f"{where}.classes_", multilabel
+            )
+
+    def _check_classes(self, classes, n_outputs, where, multilabel=False):
+        """As the classifier's _encode_targets: 2 classes, 1 output; K > 2, K;
+        L labels of a multilabel fit, L."""
         self.array(classes, where, None, (None,))
         n_classes = len(classes)
         if n_classes < 2:
             self.fail(where, f"{n_classes} classes; a classifier has at least 2")
-        expected = 1 if n_classes == 2 else n_classes
+        expected = 1 if n_classes == 2 and not multilabel else n_classes
         if n_outputs != expected:
             self.fail(
                 where,

@@ -6,10 +6,13 @@ import warnings
 import numpy as np
 import pytest
 import torch
+from _oracle import path_kernel_reference
+from scipy.special import expit, log_expit
 from sklearn.base import clone
 from sklearn.datasets import load_breast_cancer, load_diabetes
-from sklearn.exceptions import ConvergenceWarning
+from sklearn.exceptions import ConvergenceWarning, DataConversionWarning
 from sklearn.kernel_ridge import KernelRidge
+from sklearn.metrics import r2_score
 from sklearn.model_selection import GridSearchCV, train_test_split
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
@@ -692,7 +695,6 @@ def test_the_regressor_takes_the_base_parameters_and_mlps_loss():
             {"warm_start": True},
             "does not support warm_start=True",
         ),
-        (PathKernelRegressor, {"loss": "poisson"}, "does not support loss='poisson'"),
     ],
 )
 def test_mlp_settings_not_supported_yet_are_refused_at_fit(cls, params, match):
@@ -701,3 +703,160 @@ def test_mlp_settings_not_supported_yet_are_refused_at_fit(cls, params, match):
     with pytest.raises(ValueError, match=match):
         est.fit(X, y)
     assert not hasattr(est, "module_")
+
+
+# -- Poisson regression (log link) and multilabel classification ------------
+def _counts(n=30, seed=0):
+    rng = np.random.default_rng(seed)
+    X = rng.standard_normal((n, 3))
+    return X, rng.poisson(np.exp(0.7 * X[:, 0] - 0.3 * X[:, 1]))
+
+
+def test_poisson_learns_the_log_mean_and_decomposes_it():
+    X, y = _counts()
+    est = _quiet(
+        PathKernelRegressor(
+            (6,), loss="poisson", max_iter=15, dtype="float64", random_state=0
+        ),
+        X,
+        y,
+    )
+    f = est._network_output(X[:4])
+    assert est.out_activation_ == "exp"
+    np.testing.assert_array_equal(est.predict(X[:4]), np.exp(f).ravel())
+    assert est.loss_curve_[-1] < est.loss_curve_[0]
+    # The kernel machine decomposes the network's output f = log(mu).
+    machine = est.decompose(X[:4], exact=True)
+    np.testing.assert_allclose(machine.prediction(), f, rtol=0, atol=1e-10)
+    np.testing.assert_allclose(
+        np.exp(machine.prediction()).ravel(), est.predict(X[:4]), rtol=1e-9
+    )
+    np.testing.assert_allclose(
+        est.kernel(X[:4], X[4:7]),
+        path_kernel_reference(est.module_, est.trajectory_, X[:4], X[4:7]),
+        rtol=1e-10,
+    )
+    # The loss trained with stays: set_params changes neither link nor loss.
+    est.set_params(loss="squared_error")
+    assert est.out_activation_ == "exp" and est._influence_loss == "poisson"
+
+
+def test_poisson_trains_as_mlp_and_scores_its_predictions():
+    from sklearn.neural_network import MLPRegressor
+
+    X, y = _counts(60)
+    params = {"hidden_layer_sizes": (8,), "loss": "poisson", "max_iter": 150}
+    params.update(solver="sgd", momentum=0.0, batch_size=60, activation="tanh")
+    params.update(learning_rate_init=0.1, alpha=0.0)
+    ours = _quiet(PathKernelRegressor(**params, random_state=0), X, y)
+    mlp = _quiet(MLPRegressor(**params, random_state=0), X, y)
+    # The same loss scale: MLP's half deviance, from its own start.
+    assert abs(ours.loss_curve_[-1] - mlp.loss_curve_[-1]) < 0.05
+    assert ours.score(X, y) == pytest.approx(r2_score(y, ours.predict(X)))
+    early = _quiet(
+        PathKernelRegressor(**params, early_stopping=True, random_state=0), X, y
+    )
+    assert len(early.validation_scores_) == early.n_iter_
+    assert np.isfinite(early.validation_scores_).all()
+
+
+def test_poisson_needs_non_negative_targets():
+    X, y = _counts()
+    est = PathKernelRegressor((4,), loss="poisson", max_iter=2)
+    with pytest.raises(ValueError, match=r"y must be non-negative for loss='poisson'"):
+        est.fit(X, y - 1.0)
+    assert not hasattr(est, "module_")
+    _quiet(est, X, y)
+    with pytest.raises(ValueError, match=r"y must be non-negative for loss='poisson'"):
+        est.influence(X[:2], [1.0, -2.0])
+
+
+def _multilabel(n=40, seed=0):
+    rng = np.random.default_rng(seed)
+    X = rng.standard_normal((n, 3))
+    Y = np.column_stack([X[:, 0] > 0, X[:, 1] > 0.5, X[:, 0] + X[:, 2] > 0])
+    return X, Y.astype(int)
+
+
+def test_multilabel_as_mlp_with_one_logit_per_label():
+    from sklearn.neural_network import MLPClassifier
+
+    X, Y = _multilabel()
+    clf = _quiet(
+        PathKernelClassifier((8,), max_iter=40, dtype="float64", random_state=0),
+        X,
+        Y,
+    )
+    mlp = _quiet(MLPClassifier((8,), max_iter=5, random_state=0), X, Y)
+    np.testing.assert_array_equal(clf.classes_, mlp.classes_)
+    assert clf.out_activation_ == mlp.out_activation_ == "logistic"
+    assert clf.n_outputs_ == 3 and clf.__sklearn_tags__().classifier_tags.multi_label
+    scores = clf.decision_function(X)
+    assert scores.shape == Y.shape
+    np.testing.assert_array_equal(clf.predict(X), (scores > 0).astype(int))
+    assert clf.predict(X).dtype == mlp.predict(X).dtype
+    np.testing.assert_allclose(clf.predict_proba(X), expit(scores))
+    np.testing.assert_allclose(clf.predict_log_proba(X), log_expit(scores))
+    subset = (clf.predict(X) == Y).all(axis=1).mean()
+    assert clf.score(X, Y) == subset > 0.7
+    # The kernel machine decomposes each label's logit.
+    machine = clf.decompose(X[:4], exact=True)
+    np.testing.assert_allclose(machine.prediction(), scores[:4], rtol=0, atol=1e-10)
+    np.testing.assert_allclose(
+        clf.kernel(X[:4]),
+        path_kernel_reference(clf.module_, clf.trajectory_, X[:4]),
+        rtol=1e-10,
+    )
+
+
+def test_multilabel_early_stopping_scores_subset_accuracy():
+    X, Y = _multilabel(60)
+    params = {"max_iter": 20, "dtype": "float64", "random_state": 0}
+    clf = PathKernelClassifier((8,), early_stopping=True, n_iter_no_change=50, **params)
+    clf = _quiet(clf, X, Y)
+    # The last epoch's score is the final network's on the held-out rows:
+    # they are the rows early stopping did not train on.
+    held = ~(X[:, None, :] == clf._fit_X[None]).all(axis=2).any(axis=1)
+    assert held.sum() == 6
+    assert clf.validation_scores_[-1] == clf.score(X[held], Y[held])
+
+
+@pytest.mark.parametrize(
+    "y, match",
+    [
+        (np.column_stack([np.arange(12) % 2, np.arange(12) % 3]), "multiclass-multi"),
+        (np.column_stack([np.arange(12) % 2, 2 * (np.arange(12) % 2)]), "0/1 per"),
+        (np.column_stack([np.arange(12) % 2, np.arange(12) * 0.5]), "continuous"),
+    ],
+)
+def test_2d_y_must_be_a_multilabel_indicator(y, match):
+    X = np.random.default_rng(0).standard_normal((12, 2))
+    with pytest.raises(ValueError, match=match):
+        PathKernelClassifier((3,), max_iter=1).fit(X, y)
+
+
+def test_a_column_of_labels_is_one_label_per_row():
+    X, Y = _multilabel()
+    params = {"max_iter": 3, "random_state": 0}
+    with pytest.warns(DataConversionWarning, match="column-vector y"):
+        column = _quiet(PathKernelClassifier((4,), **params), X, Y[:, :1])
+    flat = _quiet(PathKernelClassifier((4,), **params), X, Y[:, 0])
+    np.testing.assert_array_equal(
+        column.decision_function(X), flat.decision_function(X)
+    )
+    assert column.predict(X).shape == (40,)
+
+
+def test_saved_files_keep_the_loss_and_the_multilabel_fit(tmp_path):
+    from sklearn_pathkernel import load, save
+
+    X, y = _counts()
+    reg = _quiet(PathKernelRegressor((4,), loss="poisson", max_iter=3), X, y)
+    X, Y = _multilabel()
+    clf = _quiet(PathKernelClassifier((4,), max_iter=3), X, Y[:, :2])
+    for est in (reg, clf):
+        save(est, tmp_path / "est.skpk")
+        loaded = load(tmp_path / "est.skpk")
+        np.testing.assert_array_equal(loaded.predict(X), est.predict(X))
+        assert loaded.out_activation_ == est.out_activation_
+    assert loaded.predict_proba(X).shape == (40, 2)  # 2 labels: 2 logits

@@ -44,7 +44,9 @@ def _loss_gradients(module, parameters, X, T, loss):
     f, T = f.double(), torch.as_tensor(T, dtype=torch.float64)
     if loss == "squared_error":
         g = f - T
-    elif f.shape[1] == 1:
+    elif loss == "poisson":
+        g = torch.exp(f) - T
+    elif loss == "binary_log_loss" or f.shape[1] == 1:
         g = torch.sigmoid(f) - T
     else:
         g = torch.softmax(f, dim=1) - T
@@ -94,6 +96,29 @@ def test_regressor_and_binary_classifier_influence():
     clf.fit(X, labels)
     want, _ = _reference(clf, X[:3], (labels[:3] == "yes")[:, None], "log_loss")
     np.testing.assert_allclose(clf.influence(X[:3], labels[:3]), want, rtol=1e-10)
+
+
+def test_poisson_and_multilabel_influence_use_their_loss_derivatives():
+    X, _ = _blobs(24)
+    counts = np.random.default_rng(1).poisson(np.exp(0.5 * X[:, 0]))
+    params = {"max_iter": 6, "dtype": "float64", "random_state": 0}
+    reg = PathKernelRegressor((5,), loss="poisson", learning_rate_init=0.05, **params)
+    reg.fit(X, counts)
+    want, own = _reference(reg, X[:3], counts[:3, None], "poisson")
+    np.testing.assert_allclose(reg.influence(X[:3], counts[:3]), want, rtol=1e-10)
+    np.testing.assert_allclose(reg.self_influence()[:3], own, rtol=1e-10)
+    # Multilabel: the logistic loss on each label's logit, not the softmax.
+    Y = np.column_stack([X[:, 0] > 0, X[:, 1] > 0, X[:, 2] > 1]).astype(int)
+    clf = PathKernelClassifier((5,), **params).fit(X, Y)
+    want, own = _reference(clf, X[:3], Y[:3], "binary_log_loss")
+    np.testing.assert_allclose(clf.influence(X[:3], Y[:3]), want, rtol=1e-10)
+    np.testing.assert_allclose(clf.self_influence(X[:3], Y[:3]), own, rtol=1e-10)
+    softmax, _ = _reference(clf, X[:3], Y[:3], "log_loss")
+    assert not np.allclose(want, softmax)
+    with pytest.raises(ValueError, match=r"y must have shape \(2, 3\)"):
+        clf.influence(X[:2], Y[:2, 0])
+    with pytest.raises(ValueError, match="multilabel indicator"):
+        clf.influence(X[:2], 2 * Y[:2])
 
 
 def test_self_influence_is_the_diagonal_and_blocking_keeps_the_bits():
