@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 import torch
 from sklearn.exceptions import ConvergenceWarning
+from sklearn.neural_network._stochastic_optimizers import SGDOptimizer
 from torch.func import functional_call
 
 from sklearn_pathkernel._model._network import forward, make_mlp, trainable_parameters
@@ -346,6 +347,48 @@ def test_minibatch_steps_follow_formula():
         )
         torch.testing.assert_close(step.output_gradients, g, rtol=1e-12, atol=1e-14)
         torch.testing.assert_close(nxt, expected, rtol=1e-12, atol=1e-14)
+
+
+@pytest.mark.parametrize("nesterov", [False, True])
+@pytest.mark.parametrize("schedule", ["invscaling", "adaptive"])
+def test_momentum_under_a_schedule_steps_as_scikit_learns_sgd(schedule, nesterov):
+    # MLP's velocity form: each recorded step is scikit-learn's SGDOptimizer
+    # update, fed the gradient computed by hand at the recorded w_t and the
+    # step size the schedule gave (which changes, or the test is empty).
+    X, Y, s = _data(SQUARED_ERROR, n=6, seed=3)
+    module = _mlp(3, 2, seed=3)
+    solver = Solver(
+        "sgd", momentum=0.9, nesterov=nesterov, alpha=0.01, momentum_form="velocity"
+    )
+    adaptive = {"tol": 1e9, "n_iter_no_change": 1} if schedule == "adaptive" else {}
+    traj = _train(
+        module, X, Y, SQUARED_ERROR, solver=solver, learning_rate=schedule,
+        learning_rate_init=0.2, max_iter=4, batch_size=3, sample_weight=s, **adaptive,
+    ).trajectory  # fmt: skip
+    assert len(set(traj.step_sizes.tolist())) >= 3
+    initial = _mlp(3, 2, seed=3)
+    w = [traj.flat_parameters(0).numpy().copy()]
+    sk = SGDOptimizer(w, 0.2, momentum=0.9, nesterov=nesterov)
+    for t in range(traj.n_steps):
+        flat, step = traj.flat_parameters(t), traj.step(t)
+        moved, _, _, _ = _reference_update(
+            initial, flat, X, Y, SQUARED_ERROR, step.batch, s, 1.0, 0.01
+        )
+        sk.learning_rate = step.step_size
+        sk.update_params(w, [(flat - moved).numpy()])
+        nxt = traj.flat_parameters(t + 1) if t + 1 < len(traj) else _flat(module)
+        np.testing.assert_allclose(nxt.numpy(), w[0], rtol=1e-10, atol=1e-13)
+
+
+def test_constant_rate_momentum_trains_the_same_bits_in_both_forms():
+    X, Y, s = _data(SQUARED_ERROR, n=6, seed=4)
+    runs = []
+    for form in ("buffer", "velocity"):
+        module = _mlp(3, 2, seed=4)
+        solver = Solver("sgd", momentum=0.9, nesterov=True, momentum_form=form)
+        _train(module, X, Y, SQUARED_ERROR, solver=solver, max_iter=3, batch_size=3)
+        runs.append(_flat(module))
+    assert torch.equal(*runs)
 
 
 def test_minibatch_epoch_loss_is_weighted_mean_of_batches():

@@ -7,7 +7,8 @@ writes it::
 
 The backward pass is seeded with ``c_{i,t} g_{i,t}``, the very numbers the
 trajectory records, and the resulting gradient goes to a ``torch.optim``
-optimiser (SGD with momentum or Nesterov, Adam, AdamW: ``_solvers``), whose
+optimiser (SGD with momentum or Nesterov, in scikit-learn's velocity form
+when the solver asks for it; Adam, AdamW: ``_solvers``), whose
 step the trajectory records with whatever the decomposition needs (Adam's
 preconditioner), so that the recorded path and the decomposition agree to
 rounding. Early stopping keeps the best validation epoch, and the path ends
@@ -309,7 +310,8 @@ class _GradientDescent:
         grads = torch.autograd.grad(out, self.params, grad_outputs=c[:, None] * g)
         for p, grad in zip(self.params, grads):
             p.grad = grad
-        self.optimizer.param_groups[0]["lr"] = eps
+        # A new rate; in MLP's velocity form it also rescales momentum buffers.
+        self.options.solver.set_step_size(self.optimizer, eps)
         self.optimizer.step()  # adds the coupled L2 (weight_decay) itself
         for p in self.params:
             p.grad = None
