@@ -360,7 +360,7 @@ def test_momentum_under_a_schedule_steps_as_scikit_learns_sgd(schedule, nesterov
     solver = Solver(
         "sgd", momentum=0.9, nesterov=nesterov, alpha=0.01, momentum_form="velocity"
     )
-    adaptive = {"tol": 1e9, "n_iter_no_change": 1} if schedule == "adaptive" else {}
+    adaptive = {"tol": 1e9, "n_iter_no_change": 0} if schedule == "adaptive" else {}
     traj = _train(
         module, X, Y, SQUARED_ERROR, solver=solver, learning_rate=schedule,
         learning_rate_init=0.2, max_iter=4, batch_size=3, sample_weight=s, **adaptive,
@@ -484,8 +484,9 @@ def test_full_batch_ignores_generator_and_large_batch_size():
 @pytest.mark.parametrize(
     "lr, tol, n_iter_no_change, expected_n_iter",
     [
-        (0.01, 1e6, 2, 3),  # nothing counts as an improvement: stop after 1 + 2
-        (1e-12, 1e-3, 3, 4),  # the loss barely moves: stop after 1 + 3
+        # MLP's rule: stop after more than n_iter_no_change epochs without gain.
+        (0.01, 1e6, 2, 4),  # nothing counts as an improvement: stop after 1 + 3
+        (1e-12, 1e-3, 3, 5),  # the loss barely moves: stop after 1 + 4
     ],
 )
 def test_tol_stop_converges_without_warning(lr, tol, n_iter_no_change, expected_n_iter):
@@ -807,9 +808,9 @@ def test_verbose_reports_stop(capsys):
         verbose=1,
     )
     lines = capsys.readouterr().out.splitlines()
-    assert len(lines) == 2 + 3 + 1  # header, rule, three epochs, the reason
-    assert [int(line.split()[0]) for line in lines[2:5]] == [1, 2, 3]
-    assert "Stopping" in lines[5]
+    assert len(lines) == 2 + 4 + 1  # header, rule, four epochs, the reason
+    assert [int(line.split()[0]) for line in lines[2:6]] == [1, 2, 3, 4]
+    assert "Stopping" in lines[6]
 
 
 def test_verbose_zero_prints_nothing(capsys):

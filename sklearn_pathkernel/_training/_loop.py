@@ -64,8 +64,8 @@ class TrainingOptions:
         Reshuffle rows every epoch (minibatch only).
     tol, n_iter_no_change : float, int
         Stop when the epoch loss (or, with ``validation``, the validation
-        score) has not improved by ``tol`` for ``n_iter_no_change``
-        consecutive epochs.
+        score) has not improved by ``tol`` for more than ``n_iter_no_change``
+        consecutive epochs (scikit-learn's rule: ``n_iter_no_change + 1``).
     validation : callable or None
         Early stopping: ``validation(module)`` scores the module on held-out
         rows (higher is better) after each epoch; training ends at the best
@@ -214,7 +214,8 @@ class _GradientDescent:
                 self.eps = (
                     options.learning_rate_init / (rows_seen + 1) ** options.power_t
                 )
-            if no_improvement >= options.n_iter_no_change:
+            # Strictly more, as MLP: n_iter_no_change + 1 epochs without gain.
+            if no_improvement > options.n_iter_no_change:
                 what = "Validation score" if options.validation else "Training loss"
                 if self._sgd_schedule("adaptive") and self.eps > ADAPTIVE_FLOOR:
                     self.eps /= ADAPTIVE_DIVISOR
