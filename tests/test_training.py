@@ -999,3 +999,74 @@ def test_trajectory_dir_naming_a_file_is_refused_before_training(tmp_path, monke
     with pytest.raises(ValueError, match=message):
         PathKernelRegressor((4,), max_iter=2, trajectory_dir=a_file).fit(X, y)
     assert a_file.read_text() == "taken"
+
+
+# -- parity with scikit-learn's MLP (issue 22; benchmarks/bench_mlp_parity.py) --
+
+
+def _mlp_start(n_features, n_outputs, hidden, seed):
+    """MLP's initial relu network for ``random_state=seed``, as a torch module.
+
+    scikit-learn's ``_initialize`` draws layer by layer the weights, then
+    the biases, uniform in ``+-sqrt(6 / (fan_in + fan_out))``.
+    """
+    rng = np.random.RandomState(seed)
+    widths = [n_features, *hidden, n_outputs]
+    layers = []
+    for fan_in, fan_out in zip(widths[:-1], widths[1:]):
+        bound = np.sqrt(6.0 / (fan_in + fan_out))
+        weight = rng.uniform(-bound, bound, (fan_in, fan_out))
+        bias = rng.uniform(-bound, bound, fan_out)
+        linear = torch.nn.Linear(fan_in, fan_out, dtype=F64)
+        with torch.no_grad():
+            linear.weight.copy_(torch.from_numpy(weight.T))
+            linear.bias.copy_(torch.from_numpy(bias))
+        layers += [linear, torch.nn.ReLU()]
+    return torch.nn.Sequential(*layers[:-1])
+
+
+@pytest.mark.parametrize(
+    "config",
+    [
+        # Nesterov under invscaling, full batch: the row issue 22 reported.
+        dict(learning_rate="invscaling", learning_rate_init=0.2, batch_size=178),
+        # adaptive drops the rate (tol 0.02, 2 epochs) in minibatches.
+        dict(
+            learning_rate="adaptive", learning_rate_init=0.05, batch_size=50,
+            tol=0.02, n_iter_no_change=2,
+        ),
+    ],
+    ids=["invscaling-full", "adaptive-minibatch"],
+)  # fmt: skip
+def test_from_mlps_start_training_is_mlps_training(config):
+    # Same initial network, same batches (no shuffling), no L2: the update
+    # rule, schedules and stopping rule are MLP's, to rounding.
+    from sklearn.datasets import load_wine
+    from sklearn.neural_network import MLPClassifier
+    from sklearn.preprocessing import scale
+
+    from sklearn_pathkernel import PathKernelClassifier
+
+    X, y = load_wine(return_X_y=True)
+    X = scale(X)
+    params = dict(
+        MLPClassifier().get_params(),
+        hidden_layer_sizes=(8,), solver="sgd", momentum=0.9,
+        nesterovs_momentum=True, alpha=0.0, shuffle=False, max_iter=25,
+        random_state=3, **config,
+    )  # fmt: skip
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        mlp = MLPClassifier(**params).fit(X, y)
+        ours = PathKernelClassifier(
+            **{k: v for k, v in params.items() if k != "hidden_layer_sizes"},
+            module=_mlp_start(13, 3, (8,), 3),
+            dtype="float64",
+        ).fit(X, y)
+    assert ours.n_iter_ == mlp.n_iter_
+    assert len(set(ours.trajectory_.step_sizes.tolist())) > 1  # a schedule ran
+    np.testing.assert_allclose(ours.loss_curve_, mlp.loss_curve_, rtol=1e-9)
+    layers = [m for m in ours.module_ if isinstance(m, torch.nn.Linear)]
+    for layer, coef, intercept in zip(layers, mlp.coefs_, mlp.intercepts_):
+        np.testing.assert_allclose(layer.weight.detach().numpy().T, coef, atol=1e-9)
+        np.testing.assert_allclose(layer.bias.detach().numpy(), intercept, atol=1e-9)
