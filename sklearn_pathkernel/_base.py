@@ -433,6 +433,8 @@ class BasePathKernelEstimator(BaseEstimator):
             epsilon=self.epsilon,
             alpha=0.0 if decoupled else self.alpha,
             weight_decay=self.alpha if decoupled else 0.0,
+            # MLP's SGDOptimizer: the velocity keeps eps_s inside the sum.
+            momentum_form="velocity" if self.solver == "sgd" else "buffer",
         )
 
     def _batch_size(self, n_samples):

@@ -109,8 +109,8 @@ _PARAMETERS_DOC = (
         form (no L2 term in the bias, Remark 4 of the paper).
     tol : float, default=1e-4
         Training stops when the epoch loss (with ``early_stopping``, the
-        validation score) has not improved by ``tol`` for
-        ``n_iter_no_change`` consecutive epochs.
+        validation score) has not improved by ``tol`` for more than
+        ``n_iter_no_change`` consecutive epochs (MLP's rule).
     n_iter_no_change : int, default=10
         See ``tol``.
     early_stopping : bool, default=False

@@ -106,7 +106,7 @@ from ._model._network import (
 )
 from ._model._validation import resolve_device
 from ._training._quadrature import RULES, check_rule
-from ._training._solvers import SOLVERS, Solver
+from ._training._solvers import MOMENTUM_FORMS, SOLVERS, Solver
 from ._training._trajectory import PACKED_KEYS, Trajectory
 from ._transformers import PathKernelTransformer
 from .exceptions import InconsistentVersionWarning
@@ -1362,6 +1362,8 @@ class _Loader:
                 self.string(v, at, SOLVERS)
             elif key == "nesterov":
                 self.boolean(v, at)
+            elif key == "momentum_form":  # absent in older files: "buffer"
+                self.string(v, at, MOMENTUM_FORMS)
             elif not (self.number(v, at) >= 0 and math.isfinite(v)):
                 self.fail(at, f"expected a finite number >= 0, got {v!r}")
         return Solver(**value)

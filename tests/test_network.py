@@ -117,11 +117,12 @@ def test_make_mlp_advances_generator():
 def test_make_mlp_glorot_bound(activation):
     widths = [20, 30, 10]
     net = make_mlp(20, 10, (30,), activation, generator=_gen(0))
-    gain = math.sqrt(2.0) if activation == "logistic" else 1.0
+    # scikit-learn's _init_coef: factor 2 for the logistic activation, else 6.
+    factor = 2.0 if activation == "logistic" else 6.0
     linears = [m for m in net if isinstance(m, nn.Linear)]
     assert len(linears) == 2
     for linear, fan_in, fan_out in zip(linears, widths[:-1], widths[1:]):
-        bound = gain * math.sqrt(6.0 / (fan_in + fan_out))
+        bound = math.sqrt(factor / (fan_in + fan_out))
         for p in (linear.weight, linear.bias):
             assert p.abs().max().item() <= bound
         # The bound is reached, not just respected: the draw spans the interval.

@@ -1,5 +1,6 @@
 """The backward walk of the query side, against a direct double sum."""
 
+import dataclasses
 import warnings
 
 import numpy as np
@@ -24,7 +25,17 @@ SOLVERS = {
     "nesterov": {"solver": "sgd", "momentum": 0.8, "nesterovs_momentum": True},
     "adam": {"solver": "adam", "learning_rate_init": 0.05},
     "adamw": {"solver": "adamw", "learning_rate_init": 0.05},
-}
+    # Schedules: MLP's velocity keeps eps_s inside the sum.
+    "momentum-invscaling": {
+        "solver": "sgd", "momentum": 0.8, "nesterovs_momentum": False,
+        "learning_rate": "invscaling", "power_t": 0.5,
+    },
+    "nesterov-adaptive": {
+        "solver": "sgd", "momentum": 0.8, "nesterovs_momentum": True,
+        "learning_rate": "adaptive", "tol": 1e9, "n_iter_no_change": 1,
+        "max_iter": 4,  # the rate drops after the third epoch
+    },
+}  # fmt: skip
 
 
 def _fit(Est, X, y, **params):
@@ -52,6 +63,13 @@ def _beta(solver, t, s):
     return mu ** (t - s)
 
 
+def _rate(solver, eps, t, s):
+    """The step size of ``G_s`` in step ``t``: ``eps_s`` in sgd's velocity form
+    (scikit-learn's ``v = mu v - eps_t g``), ``eps_t`` otherwise."""
+    velocity = solver.name == "sgd" and solver.momentum_form == "velocity"
+    return eps[s] if velocity else eps[t]
+
+
 def _between(start, end, a):
     return {n: start[n] + a * (end[n] - start[n]) for n in start}
 
@@ -63,9 +81,10 @@ def _flat(parameters):
 def _reference(est, X_train, X, exact, n_nodes=4):
     """The decomposition by a plain double loop over ``t >= s`` of the formula.
 
-    ``q_s(x) = sum_{t>=s} eps_t beta_{t,s} P_t Jbar_t(x)^T`` (exact) or
-    ``Ptilde_s J_{k(s)}(x)^T`` with ``Ptilde_s = sum_{t>=s} eps_t beta_{t,s}
-    P_t`` (first order), Jacobians from the autograd oracle.
+    ``q_s(x) = sum_{t>=s} e_{t,s} beta_{t,s} P_t Jbar_t(x)^T`` (exact) or
+    ``Ptilde_s J_{k(s)}(x)^T`` with ``Ptilde_s = sum_{t>=s} e_{t,s} beta_{t,s}
+    P_t`` (first order), ``e_{t,s}`` from :func:`_rate`, Jacobians from the
+    autograd oracle.
     """
     traj, module = est.trajectory_, est.module_
     solver, T = traj.solver, traj.n_steps
@@ -108,10 +127,14 @@ def _reference(est, X_train, X, exact, n_nodes=4):
     for s in range(T):
         if exact:
             q = sum(
-                eps[t] * _beta(solver, t, s) * P[t] * jbar[t] for t in range(s, T)
+                _rate(solver, eps, t, s) * _beta(solver, t, s) * P[t] * jbar[t]
+                for t in range(s, T)
             )  # (n, O, d): q_s(x)^T
         else:
-            metric = sum(eps[t] * _beta(solver, t, s) * P[t] for t in range(s, T))
+            metric = sum(
+                _rate(solver, eps, t, s) * _beta(solver, t, s) * P[t]
+                for t in range(s, T)
+            )
             q = metric * jbar[s]
         step = traj.step(s)
         batch = step.batch.numpy()
@@ -135,17 +158,44 @@ def test_the_recursion_matches_the_double_sum(name, exact):
         X,
         y,
         batch_size=4,
-        max_iter=2,
         alpha=0.1,
         activation="tanh",
-        **SOLVERS[name],
+        **{"max_iter": 2, **SOLVERS[name]},
     )
+    if "-" in name:  # a schedule: the rate changes along the path
+        assert len(set(est.trajectory_.step_sizes.tolist())) >= 2
+        assert est.trajectory_.solver.momentum_form == "velocity"  # MLP's
     machine = est.decompose(X[:3], exact=exact)
     phi, bias = _reference(est, X, X[:3], exact)
     np.testing.assert_allclose(machine.contributions, phi, rtol=1e-12, atol=1e-14)
     np.testing.assert_allclose(machine.bias, bias, rtol=1e-12, atol=1e-14)
     if exact:
         assert machine.error["max_rel"] < 1e-10
+
+
+@pytest.mark.parametrize("nesterov", [False, True])
+def test_constant_rate_velocity_form_gives_the_old_bits(nesterov):
+    """At a constant rate the velocity form's ratio eps_s / eps_{s+1} is 1.0:
+    kernel and both decompositions are the buffer form's, bit for bit."""
+    rng = np.random.RandomState(3)
+    X, y = rng.randn(8, 2), rng.randn(8)
+    est = _fit(
+        PathKernelRegressor, X, y, batch_size=4, max_iter=2, alpha=0.1,
+        momentum=0.8, nesterovs_momentum=nesterov,
+    )  # fmt: skip
+    traj = est.trajectory_
+    assert traj.solver.momentum_form == "velocity"
+    results = []
+    for form in ("velocity", "buffer"):
+        traj.solver = dataclasses.replace(traj.solver, momentum_form=form)
+        exact, first = est.decompose(X[:3], exact=True), est.decompose(X[:3])
+        walked = _walk(est, X[:3], exact=True)
+        results.append(
+            [est.kernel(X[:4]), exact.contributions, exact.bias, first.contributions]
+            + list(walked)
+        )
+    for new, old in zip(*results):
+        assert np.array_equal(new, old)
 
 
 def test_first_order_on_a_thinned_adam_path_matches_the_double_sum():

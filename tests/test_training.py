@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 import torch
 from sklearn.exceptions import ConvergenceWarning
+from sklearn.neural_network._stochastic_optimizers import SGDOptimizer
 from torch.func import functional_call
 
 from sklearn_pathkernel._model._network import forward, make_mlp, trainable_parameters
@@ -348,6 +349,48 @@ def test_minibatch_steps_follow_formula():
         torch.testing.assert_close(nxt, expected, rtol=1e-12, atol=1e-14)
 
 
+@pytest.mark.parametrize("nesterov", [False, True])
+@pytest.mark.parametrize("schedule", ["invscaling", "adaptive"])
+def test_momentum_under_a_schedule_steps_as_scikit_learns_sgd(schedule, nesterov):
+    # MLP's velocity form: each recorded step is scikit-learn's SGDOptimizer
+    # update, fed the gradient computed by hand at the recorded w_t and the
+    # step size the schedule gave (which changes, or the test is empty).
+    X, Y, s = _data(SQUARED_ERROR, n=6, seed=3)
+    module = _mlp(3, 2, seed=3)
+    solver = Solver(
+        "sgd", momentum=0.9, nesterov=nesterov, alpha=0.01, momentum_form="velocity"
+    )
+    adaptive = {"tol": 1e9, "n_iter_no_change": 0} if schedule == "adaptive" else {}
+    traj = _train(
+        module, X, Y, SQUARED_ERROR, solver=solver, learning_rate=schedule,
+        learning_rate_init=0.2, max_iter=4, batch_size=3, sample_weight=s, **adaptive,
+    ).trajectory  # fmt: skip
+    assert len(set(traj.step_sizes.tolist())) >= 3
+    initial = _mlp(3, 2, seed=3)
+    w = [traj.flat_parameters(0).numpy().copy()]
+    sk = SGDOptimizer(w, 0.2, momentum=0.9, nesterov=nesterov)
+    for t in range(traj.n_steps):
+        flat, step = traj.flat_parameters(t), traj.step(t)
+        moved, _, _, _ = _reference_update(
+            initial, flat, X, Y, SQUARED_ERROR, step.batch, s, 1.0, 0.01
+        )
+        sk.learning_rate = step.step_size
+        sk.update_params(w, [(flat - moved).numpy()])
+        nxt = traj.flat_parameters(t + 1) if t + 1 < len(traj) else _flat(module)
+        np.testing.assert_allclose(nxt.numpy(), w[0], rtol=1e-10, atol=1e-13)
+
+
+def test_constant_rate_momentum_trains_the_same_bits_in_both_forms():
+    X, Y, s = _data(SQUARED_ERROR, n=6, seed=4)
+    runs = []
+    for form in ("buffer", "velocity"):
+        module = _mlp(3, 2, seed=4)
+        solver = Solver("sgd", momentum=0.9, nesterov=True, momentum_form=form)
+        _train(module, X, Y, SQUARED_ERROR, solver=solver, max_iter=3, batch_size=3)
+        runs.append(_flat(module))
+    assert torch.equal(*runs)
+
+
 def test_minibatch_epoch_loss_is_weighted_mean_of_batches():
     # With a zero step size every batch sees w_0, so the epoch loss is the
     # sample-weighted mean loss over all rows.
@@ -441,8 +484,9 @@ def test_full_batch_ignores_generator_and_large_batch_size():
 @pytest.mark.parametrize(
     "lr, tol, n_iter_no_change, expected_n_iter",
     [
-        (0.01, 1e6, 2, 3),  # nothing counts as an improvement: stop after 1 + 2
-        (1e-12, 1e-3, 3, 4),  # the loss barely moves: stop after 1 + 3
+        # MLP's rule: stop after more than n_iter_no_change epochs without gain.
+        (0.01, 1e6, 2, 4),  # nothing counts as an improvement: stop after 1 + 3
+        (1e-12, 1e-3, 3, 5),  # the loss barely moves: stop after 1 + 4
     ],
 )
 def test_tol_stop_converges_without_warning(lr, tol, n_iter_no_change, expected_n_iter):
@@ -764,9 +808,9 @@ def test_verbose_reports_stop(capsys):
         verbose=1,
     )
     lines = capsys.readouterr().out.splitlines()
-    assert len(lines) == 2 + 3 + 1  # header, rule, three epochs, the reason
-    assert [int(line.split()[0]) for line in lines[2:5]] == [1, 2, 3]
-    assert "Stopping" in lines[5]
+    assert len(lines) == 2 + 4 + 1  # header, rule, four epochs, the reason
+    assert [int(line.split()[0]) for line in lines[2:6]] == [1, 2, 3, 4]
+    assert "Stopping" in lines[6]
 
 
 def test_verbose_zero_prints_nothing(capsys):
@@ -955,3 +999,74 @@ def test_trajectory_dir_naming_a_file_is_refused_before_training(tmp_path, monke
     with pytest.raises(ValueError, match=message):
         PathKernelRegressor((4,), max_iter=2, trajectory_dir=a_file).fit(X, y)
     assert a_file.read_text() == "taken"
+
+
+# -- parity with scikit-learn's MLP (issue 22; benchmarks/bench_mlp_parity.py) --
+
+
+def _mlp_start(n_features, n_outputs, hidden, seed):
+    """MLP's initial relu network for ``random_state=seed``, as a torch module.
+
+    scikit-learn's ``_initialize`` draws layer by layer the weights, then
+    the biases, uniform in ``+-sqrt(6 / (fan_in + fan_out))``.
+    """
+    rng = np.random.RandomState(seed)
+    widths = [n_features, *hidden, n_outputs]
+    layers = []
+    for fan_in, fan_out in zip(widths[:-1], widths[1:]):
+        bound = np.sqrt(6.0 / (fan_in + fan_out))
+        weight = rng.uniform(-bound, bound, (fan_in, fan_out))
+        bias = rng.uniform(-bound, bound, fan_out)
+        linear = torch.nn.Linear(fan_in, fan_out, dtype=F64)
+        with torch.no_grad():
+            linear.weight.copy_(torch.from_numpy(weight.T))
+            linear.bias.copy_(torch.from_numpy(bias))
+        layers += [linear, torch.nn.ReLU()]
+    return torch.nn.Sequential(*layers[:-1])
+
+
+@pytest.mark.parametrize(
+    "config",
+    [
+        # Nesterov under invscaling, full batch: the row issue 22 reported.
+        dict(learning_rate="invscaling", learning_rate_init=0.2, batch_size=178),
+        # adaptive drops the rate (tol 0.02, 2 epochs) in minibatches.
+        dict(
+            learning_rate="adaptive", learning_rate_init=0.05, batch_size=50,
+            tol=0.02, n_iter_no_change=2,
+        ),
+    ],
+    ids=["invscaling-full", "adaptive-minibatch"],
+)  # fmt: skip
+def test_from_mlps_start_training_is_mlps_training(config):
+    # Same initial network, same batches (no shuffling), no L2: the update
+    # rule, schedules and stopping rule are MLP's, to rounding.
+    from sklearn.datasets import load_wine
+    from sklearn.neural_network import MLPClassifier
+    from sklearn.preprocessing import scale
+
+    from sklearn_pathkernel import PathKernelClassifier
+
+    X, y = load_wine(return_X_y=True)
+    X = scale(X)
+    params = dict(
+        MLPClassifier().get_params(),
+        hidden_layer_sizes=(8,), solver="sgd", momentum=0.9,
+        nesterovs_momentum=True, alpha=0.0, shuffle=False, max_iter=25,
+        random_state=3, **config,
+    )  # fmt: skip
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        mlp = MLPClassifier(**params).fit(X, y)
+        ours = PathKernelClassifier(
+            **{k: v for k, v in params.items() if k != "hidden_layer_sizes"},
+            module=_mlp_start(13, 3, (8,), 3),
+            dtype="float64",
+        ).fit(X, y)
+    assert ours.n_iter_ == mlp.n_iter_
+    assert len(set(ours.trajectory_.step_sizes.tolist())) > 1  # a schedule ran
+    np.testing.assert_allclose(ours.loss_curve_, mlp.loss_curve_, rtol=1e-9)
+    layers = [m for m in ours.module_ if isinstance(m, torch.nn.Linear)]
+    for layer, coef, intercept in zip(layers, mlp.coefs_, mlp.intercepts_):
+        np.testing.assert_allclose(layer.weight.detach().numpy().T, coef, atol=1e-9)
+        np.testing.assert_allclose(layer.bias.detach().numpy(), intercept, atol=1e-9)

@@ -1,19 +1,23 @@
 """The decomposition for solvers whose gradients act over several steps.
 
 With momentum, Nesterov, Adam or AdamW a gradient taken at step ``s`` moves
-the parameters at every later step ``t``, by ``eps_t beta_{t,s} P_t``
-(docs/design.md, section 4, "Other solvers"). Collecting, for each ``s``,
-what its gradient did to the query's output gives the query-side direction::
+the parameters at every later step ``t``, by ``e_{t,s} beta_{t,s} P_t``
+(docs/design.md, sections 4 and 12; ``e_{t,s}`` is ``eps_t``, or ``eps_s`` in
+sgd's velocity form). Collecting, for each ``s``, what its gradient did to
+the query's output gives the query-side direction::
 
-    q_s(x) = sum_{t>=s} eps_t beta_{t,s} P_t Jbar_t(x)^T        (d x O per query)
+    q_s(x) = sum_{t>=s} e_{t,s} beta_{t,s} P_t Jbar_t(x)^T      (d x O per query)
     phi_i(x) = - sum_s c_{i,s} (J_s(x_i) q_s(x))^T g_{i,s}
     b(x) = f(x; w_0) - alpha sum_s q_s(x)^T w_s - lambda sum_t eps_t Jbar_t(x) w_t
 
 ``beta_{t,s} = gamma kappa_t rho^(t-s) + delta [s = t]`` makes ``q_s`` a
 backward recursion in ``s`` (``Solver.recursion``, ``_training/_solvers.py``)::
 
-    z_t = eps_t P_t Jbar_t(x)^T,   B_s = kappa_s z_s + rho B_{s+1},
+    z_t = eps_t P_t Jbar_t(x)^T,   B_s = kappa_s z_s + r_s B_{s+1},
     q_s = gamma B_s + delta z_s
+
+with ``r_s = Solver.carry(s)``: ``rho``, times ``eps_s / eps_{s+1}`` in the
+velocity form (exactly ``rho`` at a constant rate).
 
 so a query block carries one ``d x (n_q O)`` matrix down the steps and never
 anything of size ``n_train x d``. The training side of step ``s`` is its
@@ -158,7 +162,8 @@ def walk_block(walk, q0, q1):
     bias = torch.zeros(n_q * n_outputs, dtype=torch.float64, device=device)
     carried, cached = None, (None, None)  # first order: (k, J_k(x)^T)
     for s in range(trajectory.n_steps - 1, -1, -1):
-        kappa, rho, gamma, delta = solver.recursion(s)
+        kappa, _, gamma, delta = solver.recursion(s)
+        rho = solver.carry(s, step_sizes)  # times eps_s / eps_{s+1} for velocity
         eps = float(step_sizes[s])
         P = trajectory.preconditioner(s)
         P = None if P is None else P.to(device, torch.float64)

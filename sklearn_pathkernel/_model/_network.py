@@ -38,9 +38,10 @@ ACTIVATIONS = {
 def make_mlp(n_features, n_outputs, hidden_layer_sizes, activation, *, generator):
     """Build the default multilayer perceptron with Glorot-uniform weights.
 
-    The initialisation follows scikit-learn's ``MLPRegressor`` (uniform in
-    ``+-sqrt(6 / (fan_in + fan_out))``, times ``sqrt(2)`` for the logistic
-    activation), drawn from ``generator`` so that no global seed is touched.
+    The initialisation follows scikit-learn's ``MLPRegressor`` (weights and
+    biases uniform in ``+-sqrt(factor / (fan_in + fan_out))``, ``factor`` 6,
+    or 2 for the logistic activation), drawn from ``generator`` so that no
+    global seed is touched.
 
     Parameters
     ----------
@@ -69,12 +70,12 @@ def make_mlp(n_features, n_outputs, hidden_layer_sizes, activation, *, generator
     torch.Size([5, 1])
     """
     widths = [n_features, *hidden_layer_sizes, n_outputs]
-    gain = math.sqrt(2.0) if activation == "logistic" else 1.0
+    factor = 2.0 if activation == "logistic" else 6.0  # MLP's _init_coef
     layers = []
     for i, (fan_in, fan_out) in enumerate(zip(widths[:-1], widths[1:])):
         # skip_init: the default initialisation would draw from the global RNG.
         linear = torch.nn.utils.skip_init(nn.Linear, fan_in, fan_out)
-        bound = gain * math.sqrt(6.0 / (fan_in + fan_out))
+        bound = math.sqrt(factor / (fan_in + fan_out))
         with torch.no_grad():
             linear.weight.uniform_(-bound, bound, generator=generator)
             linear.bias.uniform_(-bound, bound, generator=generator)

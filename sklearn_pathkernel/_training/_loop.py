@@ -7,7 +7,8 @@ writes it::
 
 The backward pass is seeded with ``c_{i,t} g_{i,t}``, the very numbers the
 trajectory records, and the resulting gradient goes to a ``torch.optim``
-optimiser (SGD with momentum or Nesterov, Adam, AdamW: ``_solvers``), whose
+optimiser (SGD with momentum or Nesterov, in scikit-learn's velocity form
+when the solver asks for it; Adam, AdamW: ``_solvers``), whose
 step the trajectory records with whatever the decomposition needs (Adam's
 preconditioner), so that the recorded path and the decomposition agree to
 rounding. Early stopping keeps the best validation epoch, and the path ends
@@ -63,8 +64,8 @@ class TrainingOptions:
         Reshuffle rows every epoch (minibatch only).
     tol, n_iter_no_change : float, int
         Stop when the epoch loss (or, with ``validation``, the validation
-        score) has not improved by ``tol`` for ``n_iter_no_change``
-        consecutive epochs.
+        score) has not improved by ``tol`` for more than ``n_iter_no_change``
+        consecutive epochs (scikit-learn's rule: ``n_iter_no_change + 1``).
     validation : callable or None
         Early stopping: ``validation(module)`` scores the module on held-out
         rows (higher is better) after each epoch; training ends at the best
@@ -213,7 +214,8 @@ class _GradientDescent:
                 self.eps = (
                     options.learning_rate_init / (rows_seen + 1) ** options.power_t
                 )
-            if no_improvement >= options.n_iter_no_change:
+            # Strictly more, as MLP: n_iter_no_change + 1 epochs without gain.
+            if no_improvement > options.n_iter_no_change:
                 what = "Validation score" if options.validation else "Training loss"
                 if self._sgd_schedule("adaptive") and self.eps > ADAPTIVE_FLOOR:
                     self.eps /= ADAPTIVE_DIVISOR
@@ -309,7 +311,8 @@ class _GradientDescent:
         grads = torch.autograd.grad(out, self.params, grad_outputs=c[:, None] * g)
         for p, grad in zip(self.params, grads):
             p.grad = grad
-        self.optimizer.param_groups[0]["lr"] = eps
+        # A new rate; in MLP's velocity form it also rescales momentum buffers.
+        self.options.solver.set_step_size(self.optimizer, eps)
         self.optimizer.step()  # adds the coupled L2 (weight_decay) itself
         for p in self.params:
             p.grad = None

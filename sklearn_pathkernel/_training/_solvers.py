@@ -2,12 +2,18 @@
 
 Every solver is written in one form (docs/design.md, section 12)::
 
-    w_{t+1} - w_t = -eps_t P_t sum_{s<=t} beta_{t,s} G_s  -  eps_t lambda w_t
+    w_{t+1} - w_t = -P_t sum_{s<=t} e_{t,s} beta_{t,s} G_s  -  eps_t lambda w_t
     G_s = sum_i c_{i,s} J_s(x_i)^T g_{i,s} + alpha w_s
 
-with a diagonal preconditioner ``P_t`` (the identity but for Adam) and
+with a diagonal preconditioner ``P_t`` (the identity but for Adam),
 coefficients of one geometric shape,
-``beta_{t,s} = gamma kappa_t rho^(t-s) + delta [s = t]``:
+``beta_{t,s} = gamma kappa_t rho^(t-s) + delta [s = t]``, and the step size
+``e_{t,s}`` either outside the sum (``e_{t,s} = eps_t``: Adam, and
+``torch.optim.SGD``'s buffer ``buf = mu buf + g``, step ``eps_t buf``) or
+inside it (``e_{t,s} = eps_s``: scikit-learn's velocity ``v = mu v - eps_t g``,
+``Solver.momentum_form == "velocity"``, what the estimators train with). The
+two agree at a constant step size; under a schedule the velocity keeps the
+steps already taken in parameter units:
 
 ========== =============== ======== ======== =======
 solver     kappa_t         rho      gamma    delta
@@ -19,16 +25,22 @@ Adam(W)    1/(1-b1^(t+1))  b1       1 - b1   0
 ========== =============== ======== ======== =======
 
 That shape is what makes every sum over later steps a backward recursion:
-``B_s = kappa_s x_s + rho B_{s+1}``, then ``gamma B_s + delta x_s``. The path
-kernel's effective step ``Ptilde_s = sum_{t>=s} eps_t beta_{t,s} P_t`` is one
-(``x_t = eps_t P_t``); the exact decomposition's query side is another
-(``x_t = eps_t P_t Jbar_t(x)^T``).
+``B_s = kappa_s eps_s x_s + r_s B_{s+1}``, then ``gamma B_s + delta eps_s x_s``,
+with ``r_s = rho`` (step size outside) or ``rho eps_s / eps_{s+1}`` (inside:
+the carried sum is rescaled to the earlier step's rate; exactly ``rho`` at a
+constant rate, so constant-rate results are the same bits in both forms). The
+path kernel's effective step ``Ptilde_s = sum_{t>=s} e_{t,s} beta_{t,s} P_t``
+is one (``x_t = P_t``); the exact decomposition's query side is another
+(``x_t = P_t Jbar_t(x)^T``).
 """
 
 from dataclasses import dataclass
 
 import numpy as np
 import torch
+
+#: Where sgd's momentum keeps the step size (``Solver.momentum_form``).
+MOMENTUM_FORMS = ("buffer", "velocity")
 
 #: Solver names, as scikit-learn's MLP spells them ("adamw" is ours).
 SOLVERS = ("sgd", "adam", "adamw")
@@ -59,6 +71,17 @@ class Solver:
         Coupled L2 strength (sgd, adam): ``G`` adds ``alpha * w``.
     weight_decay : float
         Decoupled decay ``lambda`` (adamw): the step adds ``-eps * lambda * w``.
+    momentum_form : {"buffer", "velocity"}
+        What sgd's momentum accumulates. "buffer": the gradients, as
+        ``torch.optim.SGD`` does (``buf = mu buf + g``, step ``eps_t buf``),
+        so a change of step size rescales every remembered gradient.
+        "velocity": the steps, as scikit-learn's ``SGDOptimizer`` does
+        (``v = mu v - eps_t g``; Nesterov steps ``mu v - eps_t g``), so a
+        remembered step keeps the rate it was taken at. Training keeps the
+        optimiser's buffers at ``-v / eps_t`` (:meth:`set_step_size`). The two
+        agree while the step size is constant. The default is the older
+        meaning, that of a solver saved before the field existed; the
+        estimators ask for "velocity", MLP's form. Adam ignores it.
 
     Examples
     --------
@@ -67,6 +90,9 @@ class Solver:
     (1.0, 0.9, 1.0, 0.0)
     >>> Solver("adam").diagonal
     True
+    >>> velocity = Solver("sgd", momentum=0.9, momentum_form="velocity")
+    >>> velocity.carry(0, [0.2, 0.1])  # rho * eps_0 / eps_1
+    1.8
     """
 
     name: str = "sgd"
@@ -77,6 +103,19 @@ class Solver:
     epsilon: float = 1e-8
     alpha: float = 0.0
     weight_decay: float = 0.0
+    momentum_form: str = "buffer"
+
+    def __post_init__(self):
+        if self.momentum_form not in MOMENTUM_FORMS:
+            raise ValueError(
+                f"momentum_form must be one of {MOMENTUM_FORMS}, got "
+                f"{self.momentum_form!r}."
+            )
+
+    @property
+    def steps_inside(self):
+        """Whether ``eps_s`` is inside the sum (sgd's velocity form)."""
+        return self.name == "sgd" and self.momentum_form == "velocity"
 
     @property
     def diagonal(self):
@@ -98,6 +137,38 @@ class Solver:
         if self.nesterov:
             return 1.0, self.momentum, self.momentum, 1.0
         return 1.0, self.momentum, 1.0, 0.0
+
+    def carry(self, s, step_sizes):
+        """``r_s``: what the backward sum carried from step ``s + 1`` is scaled by.
+
+        ``rho``, times ``eps_s / eps_{s+1}`` when the step size is inside the
+        sum (exactly ``rho`` at a constant rate).
+        """
+        rho = self.recursion(s)[1]
+        if self.steps_inside and rho and s + 1 < len(step_sizes):
+            rho = rho * (float(step_sizes[s]) / float(step_sizes[s + 1]))
+        return rho
+
+    def set_step_size(self, optimizer, step_size):
+        """Give ``optimizer`` the step size ``step_size`` for its next step.
+
+        In the velocity form the momentum buffers are rescaled by
+        ``eps_old / eps_new``, so that they keep holding ``-v / eps`` for the
+        new rate and torch's step ``eps (mu buf + g)`` (heavy ball) or
+        ``eps (g + mu (mu buf + g))`` (Nesterov) is scikit-learn's. Nothing
+        is touched when the rate does not change.
+        """
+        group = optimizer.param_groups[0]
+        old = group["lr"]
+        if step_size == old:
+            return
+        group["lr"] = step_size
+        if not (self.steps_inside and self.momentum):
+            return
+        for p in group["params"]:
+            buffer = optimizer.state.get(p, {}).get("momentum_buffer")
+            if buffer is not None:
+                buffer.mul_(old / step_size)
 
     def optimizer(self, parameters, learning_rate):
         """The ``torch.optim`` optimiser that takes these steps."""
@@ -142,7 +213,10 @@ class Solver:
 
 
 def backward_sums(solver, step_sizes, terms):
-    """``sum_{t>=s} eps_t beta_{t,s} x_t`` for every ``s``, latest first.
+    """``sum_{t>=s} e_{t,s} beta_{t,s} x_t`` for every ``s``, latest first.
+
+    ``e_{t,s}`` is ``eps_t``, or ``eps_s`` in the velocity form (module
+    docstring).
 
     Parameters
     ----------
@@ -160,18 +234,22 @@ def backward_sums(solver, step_sizes, terms):
     """
     carried = None
     for s in range(len(step_sizes) - 1, -1, -1):
-        kappa, rho, gamma, delta = solver.recursion(s)
+        kappa, _, gamma, delta = solver.recursion(s)
         x = step_sizes[s] * terms(s)
-        carried = kappa * x if carried is None else kappa * x + rho * carried
+        if carried is None:
+            carried = kappa * x
+        else:
+            carried = kappa * x + solver.carry(s, step_sizes) * carried
         yield s, gamma * carried + delta * x
 
 
 def effective_step_sizes(solver, step_sizes):
-    """``p_s = sum_{t>=s} eps_t beta_{t,s}``: the scalar part of ``Ptilde_s``.
+    """``p_s = sum_{t>=s} e_{t,s} beta_{t,s}``: the scalar part of ``Ptilde_s``.
 
     For sgd it is ``eps_s``; for heavy-ball momentum
-    ``eps (1 - mu^(T-s)) / (1 - mu)`` at a constant step; for Adam about
-    ``eps_s`` away from the first steps.
+    ``eps (1 - mu^(T-s)) / (1 - mu)`` at a constant step, and in the
+    velocity form ``eps_s (1 - mu^(T-s)) / (1 - mu)`` under any schedule;
+    for Adam about ``eps_s`` away from the first steps.
 
     Returns
     -------
