@@ -686,12 +686,6 @@ def test_the_regressor_takes_the_base_parameters_and_mlps_loss():
 @pytest.mark.parametrize(
     "cls, params, match",
     [
-        (PathKernelRegressor, {"warm_start": True}, "does not support warm_start=True"),
-        (
-            PathKernelClassifier,
-            {"warm_start": True},
-            "does not support warm_start=True",
-        ),
         (PathKernelRegressor, {"loss": "poisson"}, "does not support loss='poisson'"),
     ],
 )
