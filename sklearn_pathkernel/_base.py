@@ -590,7 +590,7 @@ class BasePathKernelEstimator(BaseEstimator):
         classifier = is_classifier(self)
         if not extend and not (partial and classifier):
             return self._encode_targets(y)
-        _, loss, attributes = self._encode_targets(self.classes_ if classifier else y)
+        loss, attributes = self._continued_loss(y)
         if extend and not classifier:
             n_outputs = 1 if np.ndim(y) == 1 else y.shape[1]
             if n_outputs != self.n_outputs_:
@@ -602,6 +602,17 @@ class BasePathKernelEstimator(BaseEstimator):
                 )
         targets = self._influence_targets(y, n_rows)
         return targets, loss, {} if extend else attributes
+
+    def _continued_loss(self, y):
+        """``(loss, attributes)`` of a path whose outputs are fixed already.
+
+        A classifier's come from its ``classes_`` (``y`` of one call may lack
+        some), a regressor's from ``y``. A subclass whose outputs are fixed
+        by something else (multilabel indicators) overrides this.
+        """
+        labels = self.classes_ if is_classifier(self) else y
+        _, loss, attributes = self._encode_targets(labels)
+        return loss, attributes
 
     def _row_offset(self, X, sample_weight, targets):
         """Where a continuation's rows start in the kernel machine's rows.

@@ -777,3 +777,16 @@ def test_interrupted_continuation_takes_its_steps_back_off_the_path(toy, monkeyp
     reference = PathKernelRegressor((5,), momentum=0.9, batch_size=10, random_state=0)
     reference.partial_fit(X, y).partial_fit(X[:20] + 1, y[:20])
     assert _same_parameters(est.partial_fit(X[:20] + 1, y[:20]), reference)
+
+
+def test_a_gaussian_process_kernel_sees_the_extended_path(toy):
+    """PathKernel remembers its last matrix per path: a continuation, which
+    extends the same trajectory object, must not be served the old one."""
+    X, y = toy
+    est = PathKernelRegressor((4,), random_state=0).partial_fit(X, y)
+    kernel = PathKernel(est)
+    before = kernel(X[:5])
+    assert np.array_equal(kernel(X[:5]), before)  # remembered
+    est.partial_fit(X, y)
+    assert np.array_equal(kernel(X[:5]), est.kernel(X[:5]))
+    assert not np.array_equal(kernel(X[:5]), before)

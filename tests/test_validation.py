@@ -800,9 +800,10 @@ EXERCISES = {
 }
 
 
-def _public_methods_taking_rows():
+def _public_methods_taking_rows(fits=False):
     """Every method of the public classes, defined in this package, that takes
-    X or Y after fitting (fit itself has its own matrix, FITS)."""
+    X or Y after fitting (fit itself has its own matrix, FITS, and partial_fit
+    its own, PARTIAL_FITS); with ``fits``, the partial_fit methods instead."""
     import inspect
 
     import sklearn_pathkernel
@@ -816,7 +817,9 @@ def _public_methods_taking_rows():
             public = not attribute.startswith("_") or attribute == "__call__"
             ours = function.__module__.startswith("sklearn_pathkernel")
             takes_rows = {"X", "Y"} & set(inspect.signature(function).parameters)
-            if public and ours and takes_rows and not attribute.startswith("fit"):
+            fitting = attribute.startswith("fit") or attribute == "partial_fit"
+            wanted = attribute == "partial_fit" if fits else not fitting
+            if public and ours and takes_rows and wanted:
                 found.add(function.__qualname__)
     return found
 
@@ -825,6 +828,8 @@ def test_matrix_covers_every_entry_point():
     """A public method that takes rows and has no row in METHODS fails here."""
     assert set(EXERCISES) == set(METHODS)
     assert _public_methods_taking_rows() == set(EXERCISES.values())
+    partial_fits = {f"PathKernel{name}" for name in PARTIAL_FITS}
+    assert _public_methods_taking_rows(fits=True) == partial_fits
 
 
 # -- shapes and token ids ------------------------------------------------------
