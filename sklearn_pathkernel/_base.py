@@ -73,6 +73,10 @@ _MODE_PROBE_ROWS = 64
 _METHOD_CONSTRAINTS = {"normalize": [None, StrOptions(set(NORMALIZATIONS))]}
 
 
+# A continuation's rows are looked for among the stored ones at no more than
+# this many places where their first row occurs (identical rows repeat).
+_MAX_ROW_MATCHES = 64
+
 # What validation sets from X (and a continuation checks X against).
 _INPUT_ATTRIBUTES = ("n_features_in_", "feature_names_in_")
 
@@ -490,8 +494,13 @@ class BasePathKernelEstimator(BaseEstimator):
         """
         try:
             with _seeded_global_rng(job.seed, job.device), warnings.catch_warnings():
-                if job.partial:  # one epoch is all partial_fit asks for
-                    warnings.simplefilter("ignore", ConvergenceWarning)
+                if job.partial:  # one epoch is all partial_fit asks for (not
+                    # DivergenceWarning, a ConvergenceWarning too)
+                    warnings.filterwarnings(
+                        "ignore",
+                        ".*gradient descent reached max_iter",
+                        ConvergenceWarning,
+                    )
                 if self.tokens:
                     check_token_range(job.module, job.X_all, name="X")
                 check_module_output(job.module, job.X_t[:2], job.Y_t.shape[1])
@@ -617,16 +626,24 @@ class BasePathKernelEstimator(BaseEstimator):
     def _row_offset(self, X, sample_weight, targets):
         """Where a continuation's rows start in the kernel machine's rows.
 
-        0 when they are exactly the rows it holds (a warm start on the same
-        data: nothing is duplicated), else after them.
+        Rows already held, in the same order with the same targets and
+        weights (a warm start on the same data, or a loop of partial_fit
+        calls over the same batches), are the same training rows: their
+        start, so nothing is duplicated. Else ``len(_fit_X)``: appended.
         """
-        same = (
-            X.shape == self._fit_X.shape
-            and np.array_equal(X, self._fit_X)
-            and np.array_equal(sample_weight, self._fit_sample_weight)
-            and np.array_equal(targets, self._fit_targets)
-        )
-        return 0 if same else self._fit_X.shape[0]
+        stored, n = self._fit_X, X.shape[0]
+        if n > stored.shape[0]:
+            return stored.shape[0]
+        starts = np.flatnonzero((stored[: stored.shape[0] - n + 1] == X[0]).all(axis=1))
+        for start in starts[:_MAX_ROW_MATCHES]:
+            rows = slice(start, start + n)
+            if (
+                np.array_equal(stored[rows], X)
+                and np.array_equal(self._fit_targets[rows], targets)
+                and np.array_equal(self._fit_sample_weight[rows], sample_weight)
+            ):
+                return int(start)
+        return stored.shape[0]
 
     def _set_fitted(self, job):
         """Assign the fitted attributes together: an interrupted fit changes nothing.
@@ -637,10 +654,13 @@ class BasePathKernelEstimator(BaseEstimator):
         result, (X, sample_weight, targets) = job.result, job.rows
         rows_seen = job.rows_seen + X.shape[0] * result.n_iter
         history = self._history(result) if job.extend else vars(result)
-        if job.extend and job.offset:
+        if job.extend and job.offset == self._fit_X.shape[0]:  # new rows
             X = np.concatenate([self._fit_X, X])
             sample_weight = np.concatenate([self._fit_sample_weight, sample_weight])
             targets = np.concatenate([self._fit_targets, targets])
+        elif job.extend:  # rows held already (_row_offset)
+            X, sample_weight = self._fit_X, self._fit_sample_weight
+            targets = self._fit_targets
         self.module_ = job.module
         self.trajectory_ = result.trajectory
         self.loss_curve_ = history["loss_curve"]

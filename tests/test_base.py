@@ -22,6 +22,7 @@ from sklearn_pathkernel import (
     PathKernelTransformer,
     path_kernel,
 )
+from sklearn_pathkernel.exceptions import DivergenceWarning
 
 ESTIMATORS = [PathKernelRegressor, PathKernelClassifier]
 
@@ -790,3 +791,38 @@ def test_a_gaussian_process_kernel_sees_the_extended_path(toy):
     est.partial_fit(X, y)
     assert np.array_equal(kernel(X[:5]), est.kernel(X[:5]))
     assert not np.array_equal(kernel(X[:5]), before)
+
+
+def test_a_continuation_that_diverges_keeps_the_path_before_it(toy):
+    """The diverging step is dropped, its epoch is not counted, and the
+    optimiser's state (which took that step) is not kept: no continuation."""
+    X, y = toy
+    est = PathKernelRegressor((6,), activation="relu", momentum=0.9, random_state=0)
+    est.partial_fit(X, y)
+    final, curve = est.trajectory_.final_parameters(), list(est.loss_curve_)
+    est.set_params(learning_rate_init=1e4)
+    with pytest.warns(DivergenceWarning, match="training diverged at step 2"):
+        est.partial_fit(X, y * 1e6)
+    assert est.trajectory_.n_steps == 1 and est.loss_curve_ == curve
+    assert est.n_iter_ == 1 and est._fit_X.shape == (80, 3)
+    assert all(
+        torch.equal(final[k], v) for k, v in est.trajectory_.final_parameters().items()
+    )
+    with pytest.raises(ValueError, match="training diverged and stepped back"):
+        est.partial_fit(X, y)
+
+
+def test_repeated_batches_are_the_same_training_rows(toy):
+    """A loop of partial_fit calls over the same batches (epochs of a stream)
+    keeps one copy of each row; other targets make other rows."""
+    X, y = toy
+    est = PathKernelRegressor((5,), dtype="float64", batch_size=10, random_state=0)
+    for _ in range(2):
+        for rows in (slice(0, 20), slice(20, 40)):
+            est.partial_fit(X[rows], y[rows])
+    assert est._fit_X.shape == (40, 3) and est.t_ == 80
+    steps = est.trajectory_.step
+    assert steps(5).batch.max() < 20 <= steps(7).batch.min()  # each batch's rows
+    assert est.decompose(X[:3], exact=True).error["max_rel"] <= 1e-10
+    est.partial_fit(X[5:25], y[5:25] + 1)
+    assert est._fit_X.shape == (60, 3)

@@ -463,7 +463,9 @@ class _GradientDescent:
         trajectory._set_final(self.last_from)
         # Count only epochs whose every update was kept, so that
         # len(loss_curve) == n_iter and both describe the path that remains.
-        result.n_iter = min(result.n_iter, n_good // self.steps_per_epoch)
+        result.n_iter = min(
+            result.n_iter, (n_good - self.first_step) // self.steps_per_epoch
+        )
         del result.loss_curve[result.n_iter :]
         result.diverged = True
         warnings.warn(
