@@ -955,7 +955,7 @@ def test_saved_path_continues_bit_for_bit_as_if_never_saved(params, data, tmp_pa
     for each in (est, saved, pickled):
         each.partial_fit(X[12:], y[12:])
         each.set_params(warm_start=True, max_iter=2)
-        _fit(each, X[:5], y[:5])
+        _fit(each, X[:5], y[:5] + 0.5)  # other targets: 5 rows more
     _assert_same(est, saved)
     _assert_same(est, pickled)
     assert est.t_ == 24 + 10 and est._fit_X.shape == (29, N_FEATURES)
