@@ -484,7 +484,9 @@ class BasePathKernelEstimator(BaseEstimator):
 
         A continuation loads the optimiser's saved state (a copy: training
         changes it in place), so that momentum buffers and Adam's moments and
-        step count go on as if training had never stopped.
+        step count go on as if training had never stopped; and the last
+        step's size as its rate, which the state may be scaled by (the
+        velocity form keeps ``-v / eps`` in torch's buffer).
         """
         params = [p for _, p in trainable_parameters(job.module)]
         solver = job.options.solver
@@ -495,6 +497,8 @@ class BasePathKernelEstimator(BaseEstimator):
         if state is not None:
             saved = job.optimizer.state_dict()
             saved["state"] = _state_copy(state)
+            if self.trajectory_.n_steps:
+                saved["param_groups"][0]["lr"] = float(self.trajectory_.step_sizes[-1])
             job.optimizer.load_state_dict(saved)
         job.trajectory = self.trajectory_
         job.mark = self.trajectory_._mark()
