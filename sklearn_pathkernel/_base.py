@@ -636,12 +636,20 @@ class BasePathKernelEstimator(BaseEstimator):
     def _continued_loss(self, y):
         """``(loss, attributes)`` of a path whose outputs are fixed already.
 
-        A classifier's come from its ``classes_`` (``y`` of one call may lack
-        some), a regressor's from ``y``. A subclass whose outputs are fixed
-        by something else (multilabel indicators) overrides this.
+        From ``_encode_targets`` of labels that show the outputs: a
+        classifier's ``classes_`` (one call's ``y`` may lack some), or ``y``
+        itself (a regressor's values, a label-indicator matrix). Encoding
+        only to learn the loss leaves a fitted estimator as it was (it may
+        set attributes); ``_influence_targets`` then checks ``y`` against
+        the outputs.
         """
-        labels = self.classes_ if is_classifier(self) else y
+        own_labels = not is_classifier(self) or np.ndim(y) == 2
+        labels = y if own_labels else self.classes_
+        before = dict(vars(self))
         _, loss, attributes = self._encode_targets(labels)
+        if hasattr(self, "n_outputs_"):
+            vars(self).clear()
+            vars(self).update(before)
         return loss, attributes
 
     def _row_offset(self, X, sample_weight, targets):
