@@ -1,6 +1,7 @@
 """Shared estimator base: parameters, validation, device, training, kernel."""
 
 import copy
+import dataclasses
 import os
 import warnings
 from contextlib import contextmanager
@@ -10,6 +11,7 @@ from numbers import Integral, Real
 import numpy as np
 import torch
 from sklearn.base import BaseEstimator, _fit_context, is_classifier
+from sklearn.exceptions import ConvergenceWarning
 from sklearn.model_selection import train_test_split
 from sklearn.utils import check_random_state
 from sklearn.utils._param_validation import (
@@ -18,7 +20,12 @@ from sklearn.utils._param_validation import (
     StrOptions,
     validate_parameter_constraints,
 )
-from sklearn.utils.validation import _check_sample_weight, check_is_fitted
+from sklearn.utils.multiclass import _check_partial_fit_first_call
+from sklearn.utils.validation import (
+    _check_sample_weight,
+    check_is_fitted,
+    validate_data,
+)
 
 from ._explain._decompose import decompose_path
 from ._explain._influence import path_influence, path_self_influence
@@ -36,6 +43,7 @@ from ._model._network import (
     mlp_linears,
     mode_changes_output,
     placement,
+    trainable_parameters,
 )
 from ._model._validation import (
     DTYPES,
@@ -63,6 +71,62 @@ _MODE_PROBE_ROWS = 64
 # The arguments of methods that take options, checked on entry as
 # ``_parameter_constraints`` checks the constructor's at fit.
 _METHOD_CONSTRAINTS = {"normalize": [None, StrOptions(set(NORMALIZATIONS))]}
+
+
+# A continuation's rows are looked for among the stored ones at no more than
+# this many places where their first row occurs (identical rows repeat).
+_MAX_ROW_MATCHES = 64
+
+# What validation sets from X (and a continuation checks X against).
+_INPUT_ATTRIBUTES = ("n_features_in_", "feature_names_in_")
+
+
+@dataclasses.dataclass
+class _TrainingJob:
+    """One run of ``train`` for fit or partial_fit, and what it produced.
+
+    ``extend``: the run continues ``trajectory`` (``mark`` is where it
+    ended, ``offset`` where the run's rows go in the kernel machine's).
+    """
+
+    extend: bool
+    partial: bool
+    module: object = None
+    X_t: object = None
+    Y_t: object = None
+    weight_t: object = None
+    X_all: object = None
+    rows: tuple = ()
+    loss: object = None
+    target_attributes: dict = dataclasses.field(default_factory=dict)
+    options: object = None
+    optimizer: object = None
+    generator: object = None
+    seed: int = 0
+    device: object = None
+    trajectory: object = None
+    mark: tuple = None
+    rows_seen: int = 0
+    offset: int = 0
+    mode_changed: bool = False
+    result: object = None
+
+
+def _state_copy(state, device=None):
+    """A copy of an optimiser's per-parameter state, its tensors cloned.
+
+    Training changes the state in place (momentum buffers, moments): the
+    estimator's own stays as the path left it. Faster than ``deepcopy``.
+    """
+    return {
+        index: {
+            key: value.detach().to(device, copy=True)
+            if torch.is_tensor(value)
+            else value
+            for key, value in entries.items()
+        }
+        for index, entries in state.items()
+    }
 
 
 def _restore_on_failure(fit):
@@ -166,8 +230,7 @@ class BasePathKernelEstimator(BaseEstimator):
         "n_jobs": [None, Integral],
         "random_state": ["random_state"],
         "verbose": ["verbose"],
-        # MLP's: accepted so that its parameter dicts carry over; True is
-        # refused at fit (continuing a recorded path is not supported yet).
+        # MLP's: True makes fit continue the recorded path (as partial_fit).
         "warm_start": ["boolean"],
         # MLP's budget of lbfgs's function calls; lbfgs itself is refused.
         "max_fun": [Interval(Integral, 1, None, closed="left")],
@@ -278,6 +341,11 @@ class BasePathKernelEstimator(BaseEstimator):
     def fit(self, X, y, sample_weight=None):
         """Train the network by gradient descent and record its path.
 
+        With ``warm_start=True`` on a fitted estimator, training continues
+        the recorded path instead of starting a new one: up to ``max_iter``
+        more epochs from the current parameters and optimiser state (see
+        ``partial_fit``).
+
         Parameters
         ----------
         X : array-like of shape (n_samples, n_features)
@@ -297,57 +365,388 @@ class BasePathKernelEstimator(BaseEstimator):
         self : object
             The fitted estimator.
         """
-        self._refuse_unsupported()
-        X, y, sample_weight, input_shape = self._validate_fit_data(X, y, sample_weight)
-        solver = self._solver()
-        targets, loss, target_attributes = self._encode_targets(y)
-        device = resolve_device(self.device)
-        dtype = DTYPES[self.dtype]
-        random_state = check_random_state(self.random_state)
-        seed = int(random_state.randint(np.iinfo(np.int32).max))
-        generator = torch.Generator().manual_seed(seed)
-        validation, X_all = None, X  # X_all: the token check sees held-out rows too
-        if self.early_stopping:
-            X, targets, sample_weight, validation = self._hold_out(
-                X, y, targets, sample_weight, random_state, dtype, device
+        extend = bool(self.warm_start) and hasattr(self, "trajectory_")
+        job = self._training_job(X, y, sample_weight, extend=extend, partial=False)
+        # train() is called here, right under the decorators, so that its
+        # warnings point at the user's call of fit (_loop's _USER_FRAME).
+        with self._guarded(job):
+            job.result = train(
+                job.module,
+                job.X_t,
+                job.Y_t,
+                job.loss,
+                sample_weight=job.weight_t,
+                options=job.options,
+                generator=job.generator,
+                owner=type(self).__name__,
+                trajectory=job.trajectory,
+                optimizer=job.optimizer,
+                rows_seen=job.rows_seen,
+            )
+        return self._set_fitted(job)
+
+    @_restore_on_failure
+    @_fit_context(prefer_skip_nested_validation=True)
+    def _partial_fit(self, X, y, sample_weight=None, classes=None):
+        """``partial_fit``'s body: one epoch over ``X``, extending the path if any.
+
+        As MLP's: no stopping rule and no early stopping (``early_stopping``
+        is ignored), no ConvergenceWarning; ``classes`` on a classifier's
+        first call.
+        """
+        extend = hasattr(self, "trajectory_")
+        if is_classifier(self):
+            self._partial_fit_classes(classes)
+        job = self._training_job(X, y, sample_weight, extend=extend, partial=True)
+        with self._guarded(job):
+            job.result = train(
+                job.module,
+                job.X_t,
+                job.Y_t,
+                job.loss,
+                sample_weight=job.weight_t,
+                options=job.options,
+                generator=job.generator,
+                owner=type(self).__name__,
+                trajectory=job.trajectory,
+                optimizer=job.optimizer,
+                rows_seen=job.rows_seen,
+            )
+        return self._set_fitted(job)
+
+    def _partial_fit_classes(self, classes):
+        """``classes_`` from ``classes`` on the first call; later, the same or None."""
+        if _check_partial_fit_first_call(self, classes) and len(self.classes_) < 2:
+            raise ValueError(
+                f"{type(self).__name__}.partial_fit needs classes of at least 2 "
+                f"labels; got classes={self.classes_.tolist()}."
             )
 
-        X_t = to_tensor(X, dtype=dtype, device=device, name="X")
-        Y_t = to_tensor(targets, dtype=dtype, device=device, name="y")
-        module = self._initial_module(X.shape[1], targets.shape[1], generator, seed)
+    def _training_job(self, X, y, sample_weight, *, extend, partial):
+        """Everything a run of ``train`` needs, checked: a new path or the current one.
+
+        ``extend``: continue the recorded path (same module, trajectory and
+        optimiser state). ``partial``: one epoch, without early stopping.
+        """
+        if extend:
+            self._check_continuable()
+        job = _TrainingJob(extend=extend, partial=partial)
+        before = {k: v for k, v in vars(self).items() if k in _INPUT_ATTRIBUTES}
+        X_given = X
+        X, y, sample_weight, input_shape = self._validate_fit_data(X, y, sample_weight)
+        if extend:
+            self._check_same_inputs(X_given, before)
+        targets, job.loss, job.target_attributes = self._targets(
+            y, X.shape[0], extend, partial
+        )
+        job.device, dtype = resolve_device(self.device), DTYPES[self.dtype]
+        random_state = check_random_state(self.random_state)
+        job.seed = int(random_state.randint(np.iinfo(np.int32).max))
+        job.generator = torch.Generator().manual_seed(job.seed)
+        validation, job.X_all = None, X  # the token check sees held-out rows too
+        if self.early_stopping and not partial:  # MLP's partial_fit ignores it
+            X, targets, sample_weight, validation = self._hold_out(
+                X, y, targets, sample_weight, random_state, dtype, job.device
+            )
+        job.rows = (X, sample_weight, np.array(targets, dtype=np.float64))
+        job.X_t = to_tensor(X, dtype=dtype, device=job.device, name="X")
+        job.Y_t = to_tensor(targets, dtype=dtype, device=job.device, name="y")
+        job.weight_t = to_tensor(
+            sample_weight, dtype=dtype, device=job.device, name="sample_weight"
+        )
+        job.module = self._training_module(job, input_shape, targets.shape[1], dtype)
+        options = self._training_options(self._solver(), X.shape[0], validation)
+        job.options = dataclasses.replace(options, max_iter=1) if partial else options
+        self._continue_optimizer(job)
+        return job
+
+    def _training_module(self, job, input_shape, n_outputs, dtype):
+        """A new module on the device, or a copy of ``module_`` to continue.
+
+        A copy, so that a continuation that fails leaves ``module_`` as it was.
+        """
+        if job.extend:
+            module = copy.deepcopy(self.module_).to(device=job.device)
+            module.train()
+            return module
+        n_features = job.X_t.shape[1]
+        module = self._initial_module(n_features, n_outputs, job.generator, job.seed)
         module = adapt_input(module, input_shape, self.tokens)
-        module = module.to(device=device, dtype=dtype)
+        module = module.to(device=job.device, dtype=dtype)
         owner = f"The 'module' of {type(self).__name__}"
         check_rows_independent(module, owner=owner)
+        return module
 
-        with _seeded_global_rng(seed, device):
-            if self.tokens:
-                check_token_range(module, X_all, name="X")
-            check_module_output(module, X_t[:2], targets.shape[1])
-            result = train(
-                module,
-                X_t,
-                Y_t,
-                loss,
-                sample_weight=to_tensor(
-                    sample_weight, dtype=dtype, device=device, name="sample_weight"
+    def _continue_optimizer(self, job):
+        """The optimiser, the path and the rows seen that training starts from.
+
+        A continuation loads the optimiser's saved state (a copy: training
+        changes it in place), so that momentum buffers and Adam's moments and
+        step count go on as if training had never stopped; and the last
+        step's size as its rate, which the state may be scaled by (the
+        velocity form keeps ``-v / eps`` in torch's buffer).
+        """
+        params = [p for _, p in trainable_parameters(job.module)]
+        solver = job.options.solver
+        job.optimizer = solver.optimizer(params, job.options.learning_rate_init)
+        if not job.extend:
+            return
+        state = getattr(self, "_optimizer_state", None)
+        if state is not None:
+            saved = job.optimizer.state_dict()
+            saved["state"] = _state_copy(state)
+            if self.trajectory_.n_steps:
+                saved["param_groups"][0]["lr"] = float(self.trajectory_.step_sizes[-1])
+            job.optimizer.load_state_dict(saved)
+        job.trajectory = self.trajectory_
+        job.mark = self.trajectory_._mark()
+        job.rows_seen = self.t_
+        job.offset = self._row_offset(*job.rows)
+
+    @contextmanager
+    def _guarded(self, job):
+        """Around ``train``: the checks, the seeded RNG, and undoing a failed run.
+
+        A continuation that does not finish (an error, Ctrl-C) takes its
+        steps back off the path, which ``_restore_on_failure`` cannot do (it
+        restores attributes, and the path is changed in place).
+        """
+        try:
+            with _seeded_global_rng(job.seed, job.device), warnings.catch_warnings():
+                if job.partial:  # one epoch is all partial_fit asks for (not
+                    # DivergenceWarning, a ConvergenceWarning too)
+                    warnings.filterwarnings(
+                        "ignore",
+                        ".*gradient descent reached max_iter",
+                        ConvergenceWarning,
+                    )
+                if self.tokens:
+                    check_token_range(job.module, job.X_all, name="X")
+                check_module_output(job.module, job.X_t[:2], job.Y_t.shape[1])
+                yield
+                if job.extend:  # the new steps index the rows after the old ones
+                    job.trajectory._shift_rows(job.mark[0], job.offset)
+                # Kernels are computed in eval mode: the training steps differ
+                # from them when the module's training mode changes its outputs.
+                job.mode_changed = mode_changes_output(
+                    job.module, job.X_t[:_MODE_PROBE_ROWS]
+                )
+        except BaseException:
+            if job.mark is not None:
+                job.trajectory._rewind(job.mark)
+            raise
+        job.module.eval()
+
+    def _check_continuable(self):
+        """Refuse, naming them, changes that would make the path two paths.
+
+        The recorded steps fix the update rule, the recording and the
+        network; a continuation must keep them. ``learning_rate_init`` and
+        its schedule may change: every step records its own size.
+        """
+        trajectory, name = self.trajectory_, type(self).__name__
+        changed = [
+            what
+            for what, same in [
+                (
+                    "the update rule (solver, momentum, nesterovs_momentum, beta_1, "
+                    "beta_2, epsilon, alpha)",
+                    self._solver() == trajectory.solver,
                 ),
-                options=self._training_options(solver, X.shape[0], validation),
-                generator=generator,
-                owner=type(self).__name__,
+                ("record_every", self.record_every == trajectory.record_every),
+                ("quadrature", self.quadrature == trajectory.quadrature),
+                ("kernel_nodes", self.kernel_nodes == trajectory._kernel_nodes),
+                ("dtype", DTYPES[self.dtype] == next(self.module_.parameters()).dtype),
+                ("hidden_layer_sizes", self._same_architecture()),
+            ]
+            if not same
+        ]
+        if changed:
+            raise ValueError(
+                f"{name} cannot continue its path (warm_start=True or partial_fit): "
+                f"{', '.join(changed)} changed since it was recorded, and one path "
+                "has one update rule and one network. Set them back, or fit a new "
+                "path with warm_start=False."
             )
-            # Kernels are computed in eval mode: the training steps differ
-            # from them when the module's training mode changes its outputs.
-            mode_changed = mode_changes_output(module, X_t[:_MODE_PROBE_ROWS])
-        module.eval()
-        self._set_fitted(module, result, X, sample_weight, mode_changed)
+        why = None
+        if getattr(self, "_fit_targets", None) is None:
+            why = "was saved by a version that did not keep the training targets"
+        elif not (trajectory.solver.plain or self._has_optimizer_state()):
+            why = (
+                "did not keep its optimiser's state (momentum buffers, Adam's "
+                "moments) at the path's end: training diverged and stepped back, "
+                "early_stopping ended the path before its last epoch, or an "
+                "older version saved it"
+            )
+        if why is not None:
+            raise ValueError(
+                f"This {name} {why}, so its path cannot be continued with the same "
+                "update rule. Fit a new path (warm_start=False)."
+            )
+
+    def _has_optimizer_state(self):
+        return getattr(self, "_optimizer_state", None) is not None
+
+    def _same_architecture(self):
+        """Whether the default MLP's hidden widths are still ``hidden_layer_sizes``."""
+        linears = mlp_linears(self.module_) if self.module is None else None
+        if linears is None:
+            return True
+        return [layer.out_features for layer in linears[:-1]] == (
+            self._hidden_layer_sizes()
+        )
+
+    def _check_same_inputs(self, X_given, before):
+        """A continuation takes the features it was trained on (sklearn's checks).
+
+        ``_validate_fit_data`` reset ``n_features_in_``; put the recorded
+        ones back and check ``X`` against them as ``predict`` would.
+        """
+        for key in _INPUT_ATTRIBUTES:
+            vars(self).pop(key, None)
+        vars(self).update(before)
+        validate_data(self, X_given, reset=False, skip_check_array=True)
+
+    def _targets(self, y, n_rows, extend, partial):
+        """``(targets, loss, attributes)``: ``y`` as the network's outputs see it.
+
+        A new path encodes ``y`` (``_encode_targets``). A continued one, or
+        a classifier's first ``partial_fit`` (``classes`` given), encodes it
+        against the outputs already fixed: a label outside ``classes_`` or
+        another number of outputs is a ValueError.
+        """
+        classifier = is_classifier(self)
+        if not extend and not (partial and classifier):
+            return self._encode_targets(y)
+        loss, attributes = self._continued_loss(y)
+        if extend and not classifier:
+            n_outputs = 1 if np.ndim(y) == 1 else y.shape[1]
+            if n_outputs != self.n_outputs_:
+                raise ValueError(
+                    f"y has {n_outputs} output(s) (columns), but this "
+                    f"{type(self).__name__} was trained with {self.n_outputs_}: a "
+                    "continued path (warm_start=True, partial_fit) keeps its "
+                    "network's outputs."
+                )
+        targets = self._influence_targets(y, n_rows)
+        return targets, loss, {} if extend else attributes
+
+    def _continued_loss(self, y):
+        """``(loss, attributes)`` of a path whose outputs are fixed already.
+
+        From ``_encode_targets`` of labels that show the outputs: a
+        classifier's ``classes_`` (one call's ``y`` may lack some), or ``y``
+        itself (a regressor's values, a label-indicator matrix). Encoding
+        only to learn the loss leaves a fitted estimator as it was (it may
+        set attributes); ``_influence_targets`` then checks ``y`` against
+        the outputs.
+        """
+        own_labels = not is_classifier(self) or np.ndim(y) == 2
+        labels = y if own_labels else self.classes_
+        before = dict(vars(self))
+        _, loss, attributes = self._encode_targets(labels)
+        if hasattr(self, "n_outputs_"):
+            vars(self).clear()
+            vars(self).update(before)
+        return loss, attributes
+
+    def _row_offset(self, X, sample_weight, targets):
+        """Where a continuation's rows start in the kernel machine's rows.
+
+        Rows already held, in the same order with the same targets and
+        weights (a warm start on the same data, or a loop of partial_fit
+        calls over the same batches), are the same training rows: their
+        start, so nothing is duplicated. Else ``len(_fit_X)``: appended.
+        """
+        stored, n = self._fit_X, X.shape[0]
+        if n > stored.shape[0]:
+            return stored.shape[0]
+        starts = np.flatnonzero((stored[: stored.shape[0] - n + 1] == X[0]).all(axis=1))
+        for start in starts[:_MAX_ROW_MATCHES]:
+            rows = slice(start, start + n)
+            if (
+                np.array_equal(stored[rows], X)
+                and np.array_equal(self._fit_targets[rows], targets)
+                and np.array_equal(self._fit_sample_weight[rows], sample_weight)
+            ):
+                return int(start)
+        return stored.shape[0]
+
+    def _set_fitted(self, job):
+        """Assign the fitted attributes together: an interrupted fit changes nothing.
+
+        A continuation appends to what was there: the rows (unless they are
+        the same), the loss curve, the epochs and the rows seen.
+        """
+        result, (X, sample_weight, targets) = job.result, job.rows
+        rows_seen = job.rows_seen + X.shape[0] * result.n_iter
+        history = self._history(result) if job.extend else vars(result)
+        if job.extend and job.offset == self._fit_X.shape[0]:  # new rows
+            X = np.concatenate([self._fit_X, X])
+            sample_weight = np.concatenate([self._fit_sample_weight, sample_weight])
+            targets = np.concatenate([self._fit_targets, targets])
+        elif job.extend:  # rows held already (_row_offset)
+            X, sample_weight = self._fit_X, self._fit_sample_weight
+            targets = self._fit_targets
+        self.module_ = job.module
+        self.trajectory_ = result.trajectory
+        self.loss_curve_ = history["loss_curve"]
+        self.best_loss_ = history["best_loss"]
+        self.validation_scores_ = history["validation_scores"]
+        # None when training diverged before a first epoch was scored.
+        self.best_validation_score_ = (
+            history["best_validation_score"] if history["validation_scores"] else None
+        )
+        self.n_iter_ = history["n_iter"]
+        self._rows_seen = rows_seen  # t_
+        self._fit_X = X  # the kernel machine sums over these rows
+        self._fit_sample_weight = sample_weight  # weights the kernel's scale
         # The training rows' targets as the network's outputs see them: the
         # loss derivatives of influence and self_influence need them.
-        self._fit_targets = np.array(targets, dtype=np.float64)
+        self._fit_targets = targets
+        self._fit_diagonal = None  # K_path(x_i, x_i), computed when first needed
+        # dropout: decompose cannot be exact (on any part of the path)
+        self._fit_mode_changed = job.mode_changed or (
+            job.extend and getattr(self, "_fit_mode_changed", False)
+        )
+        self._keep_optimizer_state(job)
         self.n_outputs_ = targets.shape[1]
-        for name, value in target_attributes.items():
+        for name, value in job.target_attributes.items():
             setattr(self, name, value)
         return self
+
+    def _history(self, result):
+        """The fitted records with a continuation's ``result`` appended."""
+        scores = self.validation_scores_
+        if result.validation_scores is not None:
+            scores = (scores or []) + result.validation_scores
+        best = [self.best_validation_score_, result.best_validation_score]
+        losses = [v for v in (self.best_loss_, result.best_loss) if v is not None]
+        return {
+            "loss_curve": self.loss_curve_ + result.loss_curve,
+            "best_loss": min(losses) if losses else None,
+            "validation_scores": scores,
+            "best_validation_score": max(
+                (v for v in best if v is not None), default=None
+            ),
+            "n_iter": self.n_iter_ + result.n_iter,
+        }
+
+    def _keep_optimizer_state(self, job):
+        """Keep the optimiser's state (on the CPU) for the next continuation.
+
+        None when it no longer belongs to the path's end: training diverged
+        and stepped back, or early stopping ended the path at an earlier
+        epoch; a continuation of a solver with state is then refused.
+        """
+        result = job.result
+        scores = result.validation_scores or []
+        rewound = bool(scores) and int(np.argmax(scores)) != len(scores) - 1
+        self._optimizer_state = (
+            None
+            if result.diverged or rewound
+            else _state_copy(job.optimizer.state_dict()["state"], device="cpu")
+        )
 
     def _validate_fit_data(self, X, y, sample_weight):
         """``(X, y, sample_weight, input_shape)`` checked for training."""
@@ -381,33 +780,6 @@ class BasePathKernelEstimator(BaseEstimator):
             trajectory_dir=self.trajectory_dir,
             verbose=self.verbose,
         )
-
-    def _set_fitted(self, module, result, X, sample_weight, mode_changed):
-        """Assign the fitted attributes together: an interrupted fit changes nothing."""
-        self.module_ = module
-        self.trajectory_ = result.trajectory
-        self.loss_curve_ = result.loss_curve
-        self.best_loss_ = result.best_loss
-        self.validation_scores_ = result.validation_scores
-        # None when training diverged before a first epoch was scored.
-        self.best_validation_score_ = (
-            result.best_validation_score if result.validation_scores else None
-        )
-        self.n_iter_ = result.n_iter
-        self._fit_X = X  # the kernel machine sums over these rows
-        self._fit_sample_weight = sample_weight  # weights the kernel's scale
-        self._fit_diagonal = None  # K_path(x_i, x_i), computed when first needed
-        self._fit_mode_changed = mode_changed  # dropout: decompose cannot be exact
-
-    def _refuse_unsupported(self):
-        """Refuse, with the reason, the MLP settings accepted only by name."""
-        if self.warm_start:
-            raise ValueError(
-                f"{type(self).__name__} does not support warm_start=True yet: "
-                "continuing training would have to extend the recorded path, "
-                "which is not supported. Use warm_start=False (each fit starts "
-                "from a new initialisation)."
-            )
 
     def _solver(self):
         """The update rule the parameters describe; refuses "lbfgs" with the reason."""
@@ -586,9 +958,10 @@ class BasePathKernelEstimator(BaseEstimator):
 
     @property
     def t_(self):
-        """MLP's ``t_``: training rows seen, ``n_iter_`` times their number."""
+        """MLP's ``t_``: training rows seen, over every epoch of every call."""
         check_is_fitted(self)
-        return self.n_iter_ * self._fit_X.shape[0]
+        rows_seen = getattr(self, "_rows_seen", None)  # absent from older files
+        return self.n_iter_ * self._fit_X.shape[0] if rows_seen is None else rows_seen
 
     # -- using the fitted network -----------------------------------------
     def _validate_X(self, X, name="X"):

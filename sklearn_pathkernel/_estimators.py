@@ -235,6 +235,45 @@ class PathKernelRegressor(RegressorMixin, BasePathKernelEstimator):
         tags.target_tags.multi_output = True
         return tags
 
+    def partial_fit(self, X, y, sample_weight=None):
+        """One epoch of training on ``X``, continuing the recorded path.
+
+        As MLPRegressor's: one pass over the rows in minibatches of
+        ``batch_size``, no stopping rule, ``early_stopping`` ignored. The
+        first call starts a path; later calls append their steps to it, from
+        the current parameters and optimiser state, and the rows join the
+        kernel machine's rows from the step they were seen (see
+        ``fit`` with ``warm_start=True``).
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+            Training rows; the same features on every call.
+        y : array-like of shape (n_samples,) or (n_samples, n_targets)
+            Targets; the same number of outputs on every call.
+        sample_weight : array-like of shape (n_samples,), default=None
+            Non-negative weights.
+
+        Returns
+        -------
+        self : object
+            The estimator, trained one more epoch.
+
+        Examples
+        --------
+        >>> from sklearn.datasets import load_diabetes
+        >>> from sklearn.preprocessing import scale
+        >>> from sklearn_pathkernel import PathKernelRegressor
+        >>> X, y = load_diabetes(return_X_y=True)
+        >>> X, y = scale(X), scale(y)
+        >>> est = PathKernelRegressor((8,), batch_size=100, random_state=0)
+        >>> for rows in (slice(0, 200), slice(200, 442)):
+        ...     est = est.partial_fit(X[rows], y[rows])
+        >>> est.n_iter_, est.t_, est.trajectory_.n_steps, est.kernel(X[:3]).shape
+        (2, 442, 5, (3, 3))
+        """
+        return self._partial_fit(X, y, sample_weight=sample_weight)
+
 
 @fill_docstring
 class PathKernelClassifier(ClassifierMixin, BasePathKernelEstimator):
@@ -454,6 +493,52 @@ class PathKernelClassifier(ClassifierMixin, BasePathKernelEstimator):
             return (scores > 0).astype(int)
         codes = (scores > 0).astype(int) if scores.ndim == 1 else scores.argmax(axis=1)
         return self.classes_[codes]
+
+    def partial_fit(self, X, y, sample_weight=None, classes=None):
+        """One epoch of training on ``X``, continuing the recorded path.
+
+        As MLPClassifier's: one pass over the rows in minibatches of
+        ``batch_size``, no stopping rule, ``early_stopping`` ignored;
+        ``classes`` is required on the first call and fixes ``classes_``.
+        Later calls append their steps to the path, from the current
+        parameters and optimiser state, and the rows join the kernel
+        machine's rows from the step they were seen.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+            Training rows; the same features on every call.
+        y : array-like of shape (n_samples,)
+            Labels, each one of ``classes``; one call need not hold them all.
+        sample_weight : array-like of shape (n_samples,), default=None
+            Non-negative weights.
+        classes : array-like of shape (n_classes,), default=None
+            Every label of every call; required on the first call (of an
+            unfitted estimator), then optional and the same. After
+            ``sample_weight``, as in MLPClassifier's signature.
+
+        Returns
+        -------
+        self : object
+            The estimator, trained one more epoch.
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> from sklearn.datasets import load_iris
+        >>> from sklearn.preprocessing import scale
+        >>> from sklearn_pathkernel import PathKernelClassifier
+        >>> X, y = load_iris(return_X_y=True)
+        >>> X = scale(X)
+        >>> clf = PathKernelClassifier((8,), random_state=0)
+        >>> clf = clf.partial_fit(X[::2], y[::2], classes=np.unique(y))
+        >>> clf = clf.partial_fit(X[1::2], y[1::2])
+        >>> clf.classes_.tolist(), clf.n_iter_, clf.trajectory_.n_steps
+        ([0, 1, 2], 2, 2)
+        >>> clf.decompose(X[:2]).contributions.shape  # both calls' rows
+        (2, 150, 3)
+        """
+        return self._partial_fit(X, y, sample_weight=sample_weight, classes=classes)
 
 
 def _logit_targets(codes, n_classes):

@@ -105,16 +105,19 @@ class PathKernel(Kernel):
         normalisation are the same. A copy is returned, since callers may
         add to its diagonal in place.
         """
+        trajectory = getattr(self.estimator, "trajectory_", None)
         key = (
-            getattr(self.estimator, "trajectory_", None),
+            trajectory,
             getattr(self.estimator, "kernel_normalize", None),
+            # partial_fit and warm starts extend the same trajectory in place
+            getattr(trajectory, "n_steps", None),
         )
         cached = getattr(self, "_last", None)
         if (
             key[0] is not None
             and cached is not None
             and cached[0][0] is key[0]
-            and cached[0][1] == key[1]
+            and cached[0][1:] == key[1:]
             and _same(cached[1], X)
             and _same(cached[2], Y)
         ):

@@ -26,7 +26,10 @@ An ``<estimator>`` is ``{"__kind__": "estimator", "class": name, "params":
 estimator's ``__dict__``: the fitted attributes (``module_``,
 ``trajectory_``, ``classes_``, ``n_features_in_``...) and the private ones
 (``_fit_X``, ``_fit_sample_weight``...), so that the loaded estimator is the
-saved one, attribute for attribute. Values are plain data or tensors, or a
+saved one, attribute for attribute; among them ``_optimizer_state`` (the
+optimiser's per-parameter state, by index, from which ``partial_fit`` and
+warm starts continue the path) and ``_rows_seen`` (``t_``), which files of
+older versions lack. Values are plain data or tensors, or a
 dict tagged with ``"__kind__"`` for what is neither:
 
 - ``"ndarray"``: numeric and boolean arrays as a tensor (raw bytes as a
@@ -670,8 +673,10 @@ _FITTED = {
 }
 # Set only sometimes: feature_names_in_ (fitted on a DataFrame), the
 # _fit_diagonal cache (filled by the first "mean_diagonal" kernel),
-# _fit_mode_changed, _fit_targets, the regressor's _fit_loss and the
-# classifier's _multilabel (absent from files of older versions), and
+# _fit_mode_changed, _fit_targets, the regressor's _fit_loss, the
+# classifier's _multilabel, and what a continuation (partial_fit, warm_start)
+# starts from, _optimizer_state and _rows_seen (all absent from files of older
+# versions, which load but continue a path only for plain sgd), and
 # set_output's configuration (on fitted and unfitted transformers alike).
 _NETWORK_OPTIONAL = frozenset(
     {
@@ -681,6 +686,8 @@ _NETWORK_OPTIONAL = frozenset(
         "_fit_targets",
         "_fit_loss",
         "_multilabel",
+        "_optimizer_state",
+        "_rows_seen",
     }
 )
 _TRANSFORMER_OPTIONAL = frozenset({"feature_names_in_"})
@@ -1095,9 +1102,43 @@ class _Loader:
             attributes["module_"], params, n_features, n_outputs, f"{where}.module_"
         )
         values["module_"] = module
+        if "_rows_seen" in values:
+            self.integer(values["_rows_seen"], f"{where}._rows_seen")
+        if values.get("_optimizer_state") is not None:
+            self._optimizer_state(
+                values["_optimizer_state"], module, f"{where}._optimizer_state"
+            )
         values["trajectory_"] = self._trajectory(
             attributes["trajectory_"], module, n_rows, n_outputs, f"{where}.trajectory_"
         )
+
+    def _optimizer_state(self, state, module, where):
+        """The optimiser's state per trainable parameter (by index), as torch keeps it.
+
+        Each entry a tensor shaped and typed as its parameter (momentum
+        buffers, Adam's moments), a scalar tensor (Adam's step count), a
+        number or None.
+        """
+        trainable = [p for _, p in trainable_parameters(module)]
+        if type(state) is not dict:
+            self.fail(where, f"expected a dict, got {_show(state)}")
+        for index, entries in state.items():
+            at = f"{where}[{index!r}]"
+            self.integer(index, f"{where} key", 0, len(trainable) - 1)
+            if type(entries) is not dict:
+                self.fail(at, f"expected a dict, got {_show(entries)}")
+            parameter = trainable[index]
+            for key, value in entries.items():
+                self.string(key, f"{at} key")
+                if value is None or type(value) in (int, float, bool):
+                    continue
+                if type(value) is torch.Tensor and value.ndim == 0:
+                    if not value.is_floating_point():
+                        self.fail(f"{at}[{key!r}]", f"a {value.dtype} scalar")
+                    continue
+                self.tensor(
+                    value, f"{at}[{key!r}]", parameter.dtype, tuple(parameter.shape)
+                )
 
     def _check_feature_names(self, names, n_features, where):
         where = f"{where}.feature_names_in_"

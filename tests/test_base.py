@@ -22,6 +22,7 @@ from sklearn_pathkernel import (
     PathKernelTransformer,
     path_kernel,
 )
+from sklearn_pathkernel.exceptions import DivergenceWarning
 
 ESTIMATORS = [PathKernelRegressor, PathKernelClassifier]
 
@@ -618,3 +619,210 @@ def test_trajectory_dir_keeps_the_path_on_disk_and_save_embeds_it(toy, tmp_path)
     assert np.array_equal(loaded.kernel(X), memory.kernel(X))
     again = pickle.loads(pickle.dumps(loaded))
     assert np.array_equal(again.kernel(X), memory.kernel(X))
+
+
+# -- continuing a path: partial_fit and warm_start ------------------------------
+CONTINUED = {
+    "sgd": {},
+    "nesterov": {"momentum": 0.9},
+    "adam": {"solver": "adam", "learning_rate_init": 0.01},
+}
+
+
+def _same_parameters(a, b):
+    pa, pb = a.trajectory_.final_parameters(), b.trajectory_.final_parameters()
+    return all(torch.equal(pa[name], pb[name]) for name in pa)
+
+
+@pytest.mark.parametrize(
+    "solver", [*CONTINUED, "invscaling"], ids=[*CONTINUED, "invscaling"]
+)
+def test_continuing_takes_the_steps_one_fit_takes(toy, solver):
+    """Full batch, so that each epoch is one step whatever the seed: three
+    partial_fit calls, and fit + warm-start fit, take bit for bit the steps
+    of one fit of three epochs. A fresh optimiser (lost momentum, Adam's
+    step count) or a restarted invscaling schedule would not."""
+    X, y = toy
+    params = CONTINUED.get(solver, {"learning_rate": "invscaling", "momentum": 0.5})
+    params = dict(hidden_layer_sizes=(5,), dtype="float64", random_state=0, **params)
+    one = _quiet(PathKernelRegressor(max_iter=3, tol=0, **params), X, y)
+    parts = PathKernelRegressor(**params)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ConvergenceWarning)  # partial_fit: none
+        for _ in range(3):
+            parts.partial_fit(X, y)
+    warm = _quiet(PathKernelRegressor(max_iter=1, warm_start=True, **params), X, y)
+    _quiet(warm.set_params(max_iter=2, tol=0), X, y)
+    for est in (parts, warm):
+        assert _same_parameters(est, one)
+        assert est.loss_curve_ == one.loss_curve_
+        assert (est.n_iter_, est.t_, est.trajectory_.n_steps) == (3, 120, 3)
+        assert est._fit_X.shape == (40, 3)  # the same rows are kept once
+    assert np.array_equal(parts.kernel(X[:5]), one.kernel(X[:5]))
+
+
+@pytest.mark.parametrize("solver", ["sgd", "adam"])
+def test_three_partial_fits_on_other_rows_give_one_exact_path(toy, solver):
+    """Each call's rows join the kernel machine from its first step on: the
+    kernel is the oracle's over the whole path, and the exact decomposition
+    over all the rows reproduces the final network."""
+    X, y = toy
+    weights = np.random.RandomState(1).uniform(0.5, 2, len(X))
+    est = PathKernelRegressor(
+        (5,), dtype="float64", batch_size=8, random_state=0, **CONTINUED[solver]
+    )
+    for rows in (slice(0, 10), slice(10, 25), slice(25, 40)):
+        est.partial_fit(X[rows], y[rows], sample_weight=weights[rows])
+    trajectory = est.trajectory_
+    assert trajectory.n_steps == 2 + 2 + 2 and est.t_ == 40 and est.n_iter_ == 3
+    assert np.array_equal(est._fit_X, X) and np.array_equal(
+        est._fit_sample_weight, weights
+    )
+    last_call = [trajectory.step(t).batch for t in (4, 5)]  # 25..39, shuffled
+    assert sorted(torch.cat(last_call).tolist()) == list(range(25, 40))
+    K = est.kernel(X[:6], X[30:])
+    want = path_kernel_reference(est.module_, trajectory, X[:6], X[30:])
+    np.testing.assert_allclose(K, want, rtol=1e-10, atol=1e-12)
+    machine = est.decompose(X[:4], exact=True, n_nodes=6)
+    assert machine.contributions.shape == (4, 40, 1)
+    assert machine.error["max_rel"] <= 1e-10, machine.error
+
+
+def test_warm_start_on_new_rows_extends_the_path_in_float32(toy):
+    X, y = toy
+    est = PathKernelClassifier((5,), momentum=0.9, batch_size=10, random_state=0)
+    labels = (y > 0).astype(int)
+    _quiet(est.set_params(max_iter=2), X[:20], labels[:20])
+    _quiet(est.set_params(warm_start=True, max_iter=3), X[20:], labels[20:])
+    assert est.trajectory_.n_steps == 4 + 6 and est._fit_X.shape == (40, 3)
+    assert len(est.loss_curve_) == est.n_iter_ == 5 and est.t_ == 40 + 60
+    A, B = X[:5].astype(np.float32), X[18:24].astype(np.float32)
+    K = est.kernel(A, B)
+    want = path_kernel_reference(est.module_, est.trajectory_, A, B)
+    np.testing.assert_allclose(K, want, rtol=1e-6, atol=1e-7)
+    contributions = est.decompose(X[:3], exact=True).contributions
+    assert np.abs(contributions[:, 20:]).sum() > 0  # the new rows count
+
+
+def test_warm_start_with_float64_decomposes_exactly(toy):
+    X, y = toy
+    est = PathKernelRegressor((5,), dtype="float64", momentum=0.9, random_state=0)
+    _quiet(est.set_params(max_iter=3, batch_size=10), X[:25], y[:25])
+    _quiet(est.set_params(warm_start=True, max_iter=2), X[25:], y[25:])
+    machine = est.decompose(X[:4], exact=True, n_nodes=6)
+    assert machine.error["max_rel"] <= 1e-10, machine.error
+    K = est.kernel(X[:4])
+    want = path_kernel_reference(est.module_, est.trajectory_, X[:4])
+    np.testing.assert_allclose(K, want, rtol=1e-10, atol=1e-12)
+
+
+def test_classifier_partial_fit_takes_classes_first_and_keeps_them(toy):
+    X, y = toy
+    labels = np.where(y > 0, "yes", "no")
+    est = PathKernelClassifier((4,), random_state=0, early_stopping=True)
+    with pytest.raises(ValueError, match="classes must be passed on the first call"):
+        est.partial_fit(X, labels)
+    with pytest.raises(ValueError, match="classes of at least 2 labels"):
+        est.partial_fit(X, labels, classes=["yes"])
+    assert not hasattr(est, "classes_")
+    est.partial_fit(X[:5], labels[:5], classes=["yes", "no", "maybe"])
+    assert est.classes_.tolist() == ["maybe", "no", "yes"]
+    assert est.validation_scores_ is None  # early_stopping is ignored, as by MLP
+    with pytest.raises(ValueError, match=r"labels not seen in training: \['never'\]"):
+        est.partial_fit(X[:2], ["yes", "never"])
+    with pytest.raises(ValueError, match="is not the same as on last call"):
+        est.partial_fit(X[:2], labels[:2], classes=["no", "yes"])
+    with pytest.raises(ValueError, match="X has 2 features, but PathKernelClassifier"):
+        est.partial_fit(X[:2, :2], labels[:2])
+    assert est._fit_X.shape == (5, 3) and est.n_iter_ == 1
+
+
+def test_continuing_refuses_another_network_or_update_rule(toy):
+    X, y = toy
+    est = PathKernelRegressor((4,), momentum=0.9, random_state=0).partial_fit(X, y)
+    with pytest.raises(ValueError, match="y has 2 output"):
+        est.partial_fit(X, np.column_stack([y, y]))
+    for change, what in [
+        ({"momentum": 0.5}, "the update rule"),
+        ({"hidden_layer_sizes": (6,)}, "hidden_layer_sizes"),
+        ({"dtype": "float64", "record_every": 2}, "record_every, .*dtype"),
+    ]:
+        est_changed = pickle.loads(pickle.dumps(est)).set_params(**change)
+        with pytest.raises(ValueError, match=f"cannot continue its path.*{what}"):
+            est_changed.partial_fit(X, y)
+    # Without the optimiser's state (an older file) momentum cannot go on;
+    # plain sgd, which has none, can.
+    del est._optimizer_state
+    with pytest.raises(ValueError, match="did not keep its optimiser's state"):
+        est.partial_fit(X, y)
+    plain = PathKernelRegressor((4,), random_state=0).partial_fit(X, y)
+    del plain._optimizer_state, plain._rows_seen
+    assert plain.partial_fit(X, y).t_ == 80
+
+
+def test_interrupted_continuation_takes_its_steps_back_off_the_path(toy, monkeypatch):
+    X, y = toy
+    est = PathKernelRegressor((5,), momentum=0.9, batch_size=10, random_state=0)
+    est.partial_fit(X, y)
+    before = dict(vars(est))
+    n_steps, K = est.trajectory_.n_steps, est.kernel(X[:6])
+    state = {k: v.clone() for k, v in est._optimizer_state[0].items()}
+    _interrupt_at_step(monkeypatch, 2)  # the second of two steps
+    with pytest.raises(KeyboardInterrupt):
+        est.partial_fit(X[:20] + 1, y[:20])
+    monkeypatch.undo()
+    assert all(vars(est)[name] is value for name, value in before.items())
+    assert est.trajectory_.n_steps == n_steps
+    assert np.array_equal(est.kernel(X[:6]), K)
+    assert all(torch.equal(state[k], est._optimizer_state[0][k]) for k in state)
+    reference = PathKernelRegressor((5,), momentum=0.9, batch_size=10, random_state=0)
+    reference.partial_fit(X, y).partial_fit(X[:20] + 1, y[:20])
+    assert _same_parameters(est.partial_fit(X[:20] + 1, y[:20]), reference)
+
+
+def test_a_gaussian_process_kernel_sees_the_extended_path(toy):
+    """PathKernel remembers its last matrix per path: a continuation, which
+    extends the same trajectory object, must not be served the old one."""
+    X, y = toy
+    est = PathKernelRegressor((4,), random_state=0).partial_fit(X, y)
+    kernel = PathKernel(est)
+    before = kernel(X[:5])
+    assert np.array_equal(kernel(X[:5]), before)  # remembered
+    est.partial_fit(X, y)
+    assert np.array_equal(kernel(X[:5]), est.kernel(X[:5]))
+    assert not np.array_equal(kernel(X[:5]), before)
+
+
+def test_a_continuation_that_diverges_keeps_the_path_before_it(toy):
+    """The diverging step is dropped, its epoch is not counted, and the
+    optimiser's state (which took that step) is not kept: no continuation."""
+    X, y = toy
+    est = PathKernelRegressor((6,), activation="relu", momentum=0.9, random_state=0)
+    est.partial_fit(X, y)
+    final, curve = est.trajectory_.final_parameters(), list(est.loss_curve_)
+    est.set_params(learning_rate_init=1e4)
+    with pytest.warns(DivergenceWarning, match="training diverged at step 2"):
+        est.partial_fit(X, y * 1e6)
+    assert est.trajectory_.n_steps == 1 and est.loss_curve_ == curve
+    assert est.n_iter_ == 1 and est._fit_X.shape == (80, 3)
+    assert all(
+        torch.equal(final[k], v) for k, v in est.trajectory_.final_parameters().items()
+    )
+    with pytest.raises(ValueError, match="training diverged and stepped back"):
+        est.partial_fit(X, y)
+
+
+def test_repeated_batches_are_the_same_training_rows(toy):
+    """A loop of partial_fit calls over the same batches (epochs of a stream)
+    keeps one copy of each row; other targets make other rows."""
+    X, y = toy
+    est = PathKernelRegressor((5,), dtype="float64", batch_size=10, random_state=0)
+    for _ in range(2):
+        for rows in (slice(0, 20), slice(20, 40)):
+            est.partial_fit(X[rows], y[rows])
+    assert est._fit_X.shape == (40, 3) and est.t_ == 80
+    steps = est.trajectory_.step
+    assert steps(5).batch.max() < 20 <= steps(7).batch.min()  # each batch's rows
+    assert est.decompose(X[:3], exact=True).error["max_rel"] <= 1e-10
+    est.partial_fit(X[5:25], y[5:25] + 1)
+    assert est._fit_X.shape == (60, 3)

@@ -196,3 +196,22 @@ def test_record_store_packs_pending_steps_in_groups_and_reads_them_all(monkeypat
     sizes, lengths, *_ = store.packed()
     assert sizes == [step[0] for step in steps]
     assert lengths == [len(step[1]) for step in steps]
+
+
+@pytest.mark.parametrize("on_disk", [False, True])
+def test_shift_batches_moves_the_later_steps_rows_only(tmp_path, on_disk):
+    """A continued path's steps index rows after the ones already there."""
+    store = RecordStore(tmp_path if on_disk else None)
+    steps = _steps(9)
+    for step in steps[:5]:
+        store.append(step)
+    store.flush()
+    for step in steps[5:]:  # some still pending: the shift packs them first
+        store.append(step)
+    store.shift_batches(5, 100)
+    for t, step in enumerate(steps):
+        want = step[1] + (100 if t >= 5 else 0)
+        assert torch.equal(store[t][1], want), t
+        _assert_same_bits(store[t][3], step[3])  # the rest untouched
+    store.shift_batches(9, 7)  # no step from there: nothing to do
+    assert torch.equal(store[8][1], steps[8][1] + 100)

@@ -688,25 +688,6 @@ def test_the_regressor_takes_the_base_parameters_and_mlps_loss():
     assert est.loss == "poisson"
 
 
-@pytest.mark.parametrize(
-    "cls, params, match",
-    [
-        (PathKernelRegressor, {"warm_start": True}, "does not support warm_start=True"),
-        (
-            PathKernelClassifier,
-            {"warm_start": True},
-            "does not support warm_start=True",
-        ),
-    ],
-)
-def test_mlp_settings_not_supported_yet_are_refused_at_fit(cls, params, match):
-    X, y = np.random.default_rng(0).standard_normal((10, 2)), np.arange(10) % 2
-    est = cls(max_iter=1, **params)
-    with pytest.raises(ValueError, match=match):
-        est.fit(X, y)
-    assert not hasattr(est, "module_")
-
-
 # -- Poisson regression (log link) and multilabel classification ------------
 def _counts(n=30, seed=0):
     rng = np.random.default_rng(seed)

@@ -937,3 +937,68 @@ def test_fuzzed_files_are_refused_or_load_the_same(seed, tmp_path, monkeypatch):
 def test_fuzzed_files_many_more(seed, tmp_path, monkeypatch):
     outcomes, escapes = _fuzz(seed, 300, tmp_path, monkeypatch)
     assert escapes == []
+
+
+# -- continuing a saved path (partial_fit, warm_start) --------------------------
+@pytest.mark.parametrize(
+    "params",
+    [{"momentum": 0.9}, {"solver": "adam", "learning_rate_init": 0.01}],
+    ids=["nesterov", "adam"],
+)
+def test_saved_path_continues_bit_for_bit_as_if_never_saved(params, data, tmp_path):
+    """The optimiser's state and the rows seen travel with the path."""
+    X, Y, y = data
+    est = PathKernelRegressor((4,), batch_size=7, random_state=0, **params)
+    est.partial_fit(X[:12], y[:12])
+    saved, pickled = _round_trip(est, "save", tmp_path), _round_trip(est, "pickle", 0)
+    _assert_same(est, saved)
+    for each in (est, saved, pickled):
+        each.partial_fit(X[12:], y[12:])
+        each.set_params(warm_start=True, max_iter=2)
+        _fit(each, X[:5], y[:5] + 0.5)  # other targets: 5 rows more
+    _assert_same(est, saved)
+    _assert_same(est, pickled)
+    assert est.t_ == 24 + 10 and est._fit_X.shape == (29, N_FEATURES)
+
+
+def test_files_without_the_optimiser_state_load_and_refuse_to_continue_momentum(
+    data, tmp_path
+):
+    """As files of older versions: they lack _optimizer_state and _rows_seen."""
+    X, Y, y = data
+    path = tmp_path / "model.pt"
+    for params in ({"momentum": 0.9}, {}):
+        est = PathKernelRegressor((4,), random_state=0, **params).partial_fit(X, y)
+        save(est, path)
+        _rewrite(
+            path,
+            lambda r: [
+                r["estimator"]["attributes"].pop(name)
+                for name in ("_optimizer_state", "_rows_seen")
+            ],
+        )
+        loaded = load(path)
+        assert loaded.t_ == 24 and np.array_equal(loaded.predict(Y), est.predict(Y))
+        if params:
+            with pytest.raises(ValueError, match="did not keep its optimiser's state"):
+                loaded.partial_fit(X, y)
+        else:  # plain sgd keeps no state: it continues as the saved one does
+            loaded.partial_fit(X, y)
+            assert np.array_equal(loaded.predict(Y), est.partial_fit(X, y).predict(Y))
+
+
+def test_damaged_optimiser_state_is_refused(data, tmp_path):
+    X, Y, y = data
+    est = PathKernelRegressor((4,), momentum=0.9, random_state=0).partial_fit(X, y)
+    path = tmp_path / "model.pt"
+    save(est, path)
+
+    def shrink(record):
+        state = record["estimator"]["attributes"]["_optimizer_state"]
+        key, entries = state["items"][0]
+        name, _ = entries["items"][0]
+        entries["items"][0] = (name, torch.zeros(2))
+
+    _rewrite(path, shrink)
+    with pytest.raises(ValueError, match=r"_optimizer_state\[0\]\['momentum_buffer'\]"):
+        load(path)

@@ -561,3 +561,20 @@ def test_records_follow_the_checkpoints_when_they_spill(monkeypatch):
     del traj
     gc.collect()
     assert not os.path.exists(path)
+
+
+def test_a_continuation_shifts_its_rows_and_rewinds_to_its_mark():
+    traj = _build([0.1, 0.2, 0.3])
+    mark = traj._mark()
+    kernel_before = traj.kernel_nodes()
+    for t in (3, 4):
+        traj._append_step(_flat(t), _step(0.5, t))
+    traj._set_final(_flat(5))
+    traj._shift_rows(3, 10)
+    assert traj.step(2).batch.tolist() == [2, 3]
+    assert traj.step(3).batch.tolist() == [13, 14]
+    assert [node.step for node in traj.kernel_nodes()] == [0, 1, 2, 3, 4]
+    traj._rewind(mark)
+    assert traj.n_steps == 3 and len(traj) == 3
+    assert torch.equal(traj.final_parameters()["b"], _flat(3)[6:])
+    assert traj.kernel_nodes() == kernel_before

@@ -4,6 +4,7 @@ The matrix (second half) runs every public entry point against every kind
 of bad or unusual input.
 """
 
+import copy
 import re
 import warnings
 
@@ -279,6 +280,9 @@ class Case:
         self.build = build
         self.methods = methods
         self.fit = methods if fit == "same" else fit
+        # partial_fit on a fitted estimator: fit's rules for rows and values,
+        # the methods' for the number of features.
+        self.partial_fit = self.methods if self.fit is None else self.fit
         self.reference = reference or (lambda A: np.asarray(A, dtype=np.float64))
 
 
@@ -457,6 +461,32 @@ def test_methods_bad_input(fitted, method, case):
     arg, call = METHODS[method]
     bad = case.build(X_NEW.copy())
     _check(lambda A: call(fitted, A), bad, case.methods, arg, case.reference)
+
+
+def _partial_fit(name):
+    """partial_fit of a copy of the fitted ``name`` (the fixture stays as it is)."""
+
+    def call(f, A):
+        est = copy.deepcopy(f[name])
+        y = _targets_for(A).astype(int if name == "clf" else float)
+        est.partial_fit(A, y)
+        return est.decision_function(X_NEW) if name == "clf" else est.predict(X_NEW)
+
+    return call
+
+
+PARTIAL_FITS = {
+    "Regressor.partial_fit": _partial_fit("reg"),
+    "Classifier.partial_fit": _partial_fit("clf"),
+}
+
+
+@pytest.mark.parametrize("fit, case", _params(X_CASES, PARTIAL_FITS, "partial_fit"))
+def test_partial_fit_bad_X(fitted, fit, case):
+    """One more epoch on bad rows: fit's errors, the methods' feature count."""
+    bad = case.build(X_NEW.copy())
+    call = PARTIAL_FITS[fit]
+    _check(lambda A: call(fitted, A), bad, case.partial_fit, "X", case.reference)
 
 
 @pytest.mark.parametrize("fit, case", _params(X_CASES, FITS, "fit"))
@@ -770,9 +800,10 @@ EXERCISES = {
 }
 
 
-def _public_methods_taking_rows():
+def _public_methods_taking_rows(fits=False):
     """Every method of the public classes, defined in this package, that takes
-    X or Y after fitting (fit itself has its own matrix, FITS)."""
+    X or Y after fitting (fit itself has its own matrix, FITS, and partial_fit
+    its own, PARTIAL_FITS); with ``fits``, the partial_fit methods instead."""
     import inspect
 
     import sklearn_pathkernel
@@ -786,7 +817,9 @@ def _public_methods_taking_rows():
             public = not attribute.startswith("_") or attribute == "__call__"
             ours = function.__module__.startswith("sklearn_pathkernel")
             takes_rows = {"X", "Y"} & set(inspect.signature(function).parameters)
-            if public and ours and takes_rows and not attribute.startswith("fit"):
+            fitting = attribute.startswith("fit") or attribute == "partial_fit"
+            wanted = attribute == "partial_fit" if fits else not fitting
+            if public and ours and takes_rows and wanted:
                 found.add(function.__qualname__)
     return found
 
@@ -795,6 +828,8 @@ def test_matrix_covers_every_entry_point():
     """A public method that takes rows and has no row in METHODS fails here."""
     assert set(EXERCISES) == set(METHODS)
     assert _public_methods_taking_rows() == set(EXERCISES.values())
+    partial_fits = {f"PathKernel{name}" for name in PARTIAL_FITS}
+    assert _public_methods_taking_rows(fits=True) == partial_fits
 
 
 # -- shapes and token ids ------------------------------------------------------

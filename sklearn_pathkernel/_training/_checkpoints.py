@@ -310,6 +310,19 @@ class RecordStore:
         if self._rows is not None:
             self._rows.truncate(int(self._steps.view()["end"][-1]) if n else 0)
 
+    def shift_batches(self, first, offset):
+        """Add ``offset`` to the row indices of steps ``first`` and later, in place.
+
+        A continued path's steps index the rows of their own call; the
+        kernel machine keeps every call's rows, concatenated.
+        """
+        self.flush()
+        if first >= len(self) or not offset:
+            return
+        start = int(self._steps.view()["end"][first - 1]) if first else 0
+        end = int(self._steps.view()["end"][-1])
+        self._rows.view()["batch"][start:end] += offset
+
     def to_disk(self):
         """Move the rows to a file in ``directory`` (the temporary one when None).
 

@@ -116,8 +116,27 @@ class TrainingResult:
     diverged: bool = False
 
 
-def train(module, X, Y, loss, *, sample_weight, options, generator, owner="estimator"):
+def train(
+    module,
+    X,
+    Y,
+    loss,
+    *,
+    sample_weight,
+    options,
+    generator,
+    owner="estimator",
+    trajectory=None,
+    optimizer=None,
+    rows_seen=0,
+):
     """Train ``module`` in place with ``options.solver``, recording the path.
+
+    With ``trajectory`` (and ``optimizer``) given, training continues that
+    path: ``module`` holds its final parameters, the new steps are appended
+    after its last one (numbered on from there) and ``optimizer`` carries
+    its state (momentum buffers, Adam's moments and step count), so that
+    the longer path follows one update rule (``partial_fit``, warm starts).
 
     Parameters
     ----------
@@ -134,6 +153,15 @@ def train(module, X, Y, loss, *, sample_weight, options, generator, owner="estim
         Source of the shuffling order (on the CPU).
     owner : str
         Estimator name for messages.
+    trajectory : Trajectory, default=None
+        The path to extend; None starts a new one.
+    optimizer : torch.optim.Optimizer, default=None
+        ``options.solver``'s optimiser over ``module``'s trainable
+        parameters, with the state the path left it in; None makes a
+        fresh one.
+    rows_seen : int, default=0
+        Training rows the path has already seen: "invscaling" continues
+        its step size from there.
 
     Returns
     -------
@@ -142,15 +170,37 @@ def train(module, X, Y, loss, *, sample_weight, options, generator, owner="estim
         back (a :class:`DivergenceWarning` says so); the module then holds
         the last parameters with a finite loss.
     """
-    return _GradientDescent(module, X, Y, loss, sample_weight, options, owner).run(
-        generator
-    )
+    return _GradientDescent(
+        module,
+        X,
+        Y,
+        loss,
+        sample_weight,
+        options,
+        owner,
+        trajectory=trajectory,
+        optimizer=optimizer,
+        rows_seen=rows_seen,
+    ).run(generator)
 
 
 class _GradientDescent:
     """One run of :func:`train`: the loop, its stopping rules and its rollback."""
 
-    def __init__(self, module, X, Y, loss, sample_weight, options, owner):
+    def __init__(
+        self,
+        module,
+        X,
+        Y,
+        loss,
+        sample_weight,
+        options,
+        owner,
+        *,
+        trajectory=None,
+        optimizer=None,
+        rows_seen=0,
+    ):
         named = trainable_parameters(module)
         if not named:
             raise ValueError(f"The 'module' of {owner} has no trainable parameters.")
@@ -159,8 +209,8 @@ class _GradientDescent:
         self.sample_weight = sample_weight
         self.options = options
         self.owner = owner
-        self.result = TrainingResult(
-            Trajectory(
+        if trajectory is None:
+            trajectory = Trajectory(
                 {name: tuple(p.shape) for name, p in named},
                 record_every=options.record_every,
                 solver=options.solver,
@@ -168,7 +218,7 @@ class _GradientDescent:
                 kernel_nodes=options.kernel_nodes,
                 directory=options.trajectory_dir,
             )
-        )
+        self.result = TrainingResult(trajectory)
         self.named = dict(named)
         self.probe = (
             KernelProbe(module, list(self.named), X, options.adaptive_tol)
@@ -176,17 +226,26 @@ class _GradientDescent:
             else None
         )
         self.last_from = None  # w_t of the last recorded step: where a rollback returns
+        self.first_step = trajectory.n_steps  # > 0 when continuing a path
         self.steps_per_epoch = 1
-        self.optimizer = options.solver.optimizer(
-            self.params, options.learning_rate_init
+        self.optimizer = (
+            options.solver.optimizer(self.params, options.learning_rate_init)
+            if optimizer is None
+            else optimizer
         )
+        # Rows the path has seen: "invscaling" sets eps from them (MLP's t_).
+        self.rows_seen = int(rows_seen)
         self.eps = float(options.learning_rate_init)  # this epoch's step size
+        if self.rows_seen and self._sgd_schedule("invscaling"):
+            self.eps = options.learning_rate_init / (self.rows_seen + 1) ** (
+                options.power_t
+            )
         self.best = None  # early stopping: (n_steps, flat parameters) of the best epoch
 
     def run(self, generator):
         options, result = self.options, self.result
         total_weight = float(self.sample_weight.sum())
-        best_loss, no_improvement, rows_seen = np.inf, 0, 0
+        best_loss, no_improvement, rows_seen = np.inf, 0, self.rows_seen
         if options.validation is not None:
             result.validation_scores, result.best_validation_score = [], -np.inf
         log = EpochLog(options.verbose)
@@ -407,7 +466,9 @@ class _GradientDescent:
         trajectory._set_final(self.last_from)
         # Count only epochs whose every update was kept, so that
         # len(loss_curve) == n_iter and both describe the path that remains.
-        result.n_iter = min(result.n_iter, n_good // self.steps_per_epoch)
+        result.n_iter = min(
+            result.n_iter, (n_good - self.first_step) // self.steps_per_epoch
+        )
         del result.loss_curve[result.n_iter :]
         result.diverged = True
         warnings.warn(

@@ -234,6 +234,29 @@ class Trajectory:
         if self._adaptive_steps is not None:
             self._adaptive_steps = [s for s in self._adaptive_steps if s < n_steps]
 
+    def _shift_rows(self, first_step, offset):
+        """Make steps ``first_step`` and later index rows ``offset`` further on.
+
+        Used when training continues on new rows (``partial_fit``, a warm
+        start): its steps index the call's rows, which the kernel machine
+        appends after the ``offset`` rows it already has.
+        """
+        self._steps.shift_batches(int(first_step), int(offset))
+
+    def _mark(self):
+        """Where the path ends now, for :meth:`_rewind`: ``(n_steps, w_T)``."""
+        return self.n_steps, self._final
+
+    def _rewind(self, mark):
+        """Return to the end ``mark`` (from :meth:`_mark`): drop the later steps.
+
+        Undoes a continuation that did not finish, so that the path stays
+        the one the estimator's network ended on.
+        """
+        n_steps, final = mark
+        self._truncate(n_steps)
+        self._set_final(final)
+
     # -- persistence --------------------------------------------------------
     def __getstate__(self):
         # Thousands of small tensors pickle one by one, slowly: pack the
