@@ -556,10 +556,16 @@ _Y_BY_KIND = {
         None,
         _error(ValueError, "Unknown label type: continuous"),
     ),
-    "2-D y": (
-        lambda y: np.column_stack([y, y]),
+    # Two 0/1 columns: a multilabel indicator, one logistic output per label.
+    "2-D y": (lambda y: np.column_stack([y, y]), None, FINE),
+    "2-D labels": (
+        lambda y: np.column_stack([y, y + 2]),
         None,
-        _error(ValueError, r"y should be a 1d array, got an array of shape \(12, 2\)"),
+        _error(
+            ValueError,
+            r"^y of shape \(12, 2\) must be 1-D labels or a multilabel indicator "
+            r"matrix .*; got multiclass-multioutput targets",
+        ),
     ),
     "integer y": (lambda y: np.round(3 * y).astype(int), FINE, FINE),
     "1e39 in y": (
