@@ -1,6 +1,5 @@
 """Blocked tangent and path kernels against the reference."""
 
-import collections
 import threading
 import warnings
 from contextlib import nullcontext
@@ -9,12 +8,12 @@ import numpy as np
 import pytest
 import torch
 from _cluster import local_cluster
+from _dispatch import Dispatched
 from _oracle import path_kernel_reference, tangent_kernel_reference
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from joblib import parallel_config
 from sklearn.exceptions import ConvergenceWarning
-from torch.utils._python_dispatch import TorchDispatchMode
 
 from sklearn_pathkernel import (
     PathKernelClassifier,
@@ -616,36 +615,6 @@ def test_a_dask_worker_lost_mid_kernel_changes_no_bit(fitted, small_grid):
 _SMALL_DEVICE = 81_920
 
 
-class _Dispatched(TorchDispatchMode):
-    """Counts the torch operations dispatched, and those that wait for the device."""
-
-    def __init__(self):
-        super().__init__()
-        self.ops = collections.Counter()
-        self.synchronising = []
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        kwargs = kwargs or {}
-        name = func.overloadpacket.__name__
-        self.ops[name] += 1
-        if name in ("_local_scalar_dense", "item") or _copies_to_host(
-            name, args, kwargs
-        ):
-            self.synchronising.append(name)
-        return func(*args, **kwargs)
-
-
-def _copies_to_host(name, args, kwargs):
-    """A copy from a tensor off the CPU into the CPU's memory."""
-    if name == "_to_copy":
-        source, target = args[0].device, kwargs.get("device")
-    elif name == "copy_":
-        source, target = args[1].device, args[0].device
-    else:
-        return False
-    return source.type != "cpu" and torch.device(target or source).type == "cpu"
-
-
 def _ops_per_checkpoint(module, X_t, free_bytes=None):
     """Operations of one checkpoint's strips of ``K(X, X)``, statics cached.
 
@@ -661,7 +630,7 @@ def _ops_per_checkpoint(module, X_t, free_bytes=None):
         grid = _path._plan_grid(bound, 10, torch.float32, X_t.device)
         work = _path._Work(bound, X_t, X_t, True, True, (), X_t.device, **grid)
         blocks = _path._row_blocks(work, None)
-    counted = _Dispatched()
+    counted = Dispatched()
     for r0, r1 in blocks:
         _path._strip_part(work, r0, r1, parameters, None)  # the strip's statics
         with counted:
@@ -744,3 +713,40 @@ def test_device_policy_is_bit_identical_across_budgets(fitted):
         whole = path_kernel(est.module_, est.trajectory_, X, working_memory=1024)
         strips = path_kernel(est.module_, est.trajectory_, X, working_memory=1e-3)
     assert np.array_equal(whole, strips)
+
+
+def _diagonal_ops_per_checkpoint(module, X_t, free_bytes=None):
+    """Operations of one checkpoint's ``_diagonal_part`` over every row block."""
+    parameters = {n: p.detach().to(X_t.device) for n, p in module.named_parameters()}
+    bound = select_engine(
+        "structured", module, list(parameters), example=torch.zeros(1, X_t.shape[1])
+    )
+    policy = _blocking.device_policy(free_bytes) if free_bytes else nullcontext()
+    with policy:
+        tile = _blocking.tile_within_budget(
+            None, bound.bytes_per_row(10, 4), X_t.device
+        )
+    rows = _path._Rows(bound=bound, X_t=X_t, tile=tile, device=X_t.device)
+    counted = Dispatched()
+    with counted:
+        for r0, r1 in _path.row_blocks(X_t.shape[0], tile):
+            _path._diagonal_part(rows, r0, r1, parameters, None)
+    return counted, tile
+
+
+def test_device_policy_diagonal_dispatches_fewer_operations_per_checkpoint():
+    w2 = _mlp(64, 256, 256, 10)
+    X_t = torch.empty(20_000, 64, device="meta")
+    cpu, cpu_tile = _diagonal_ops_per_checkpoint(w2, X_t)
+    device, device_tile = _diagonal_ops_per_checkpoint(w2, X_t, 2**34)
+    assert (cpu_tile, device_tile) == (512, 8192)
+    assert cpu.total >= 10 * device.total
+    assert cpu.synchronising == device.synchronising == []
+
+
+def test_device_policy_diagonal_matches_reference(fitted):
+    est, X = fitted
+    with _blocking.device_policy(_SMALL_DEVICE):
+        got = _path.path_kernel_diagonal(est.module_, est.trajectory_, X)
+    want = np.diag(path_kernel_reference(est.module_, est.trajectory_, X))
+    np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-12)

@@ -202,19 +202,34 @@ def rows_within_budget(
     return max(1, min(rows, n_rows))
 
 
-def tile_within_budget(working_memory, bytes_per_row):
+def tile_within_budget(working_memory, bytes_per_row, device=None):
     """Rows per block for row-by-row work: ``TILE_ROWS``, or a power of two fewer.
 
     The block fixes the shapes of every product, hence the rounding; taking
     it from this short list, not straight from the budget, keeps results
-    bit-identical across every budget that holds a full tile.
+    bit-identical across every budget that holds a full tile. On a CUDA
+    device (``device``, as for :func:`grid`) the tile is the device's: up to
+    :data:`DEVICE_TILE_ROWS` rows within a quarter of :func:`device_budget`,
+    whatever ``working_memory`` says, so that a GPU gets a few large
+    products per checkpoint.
 
     Examples
     --------
-    >>> from sklearn_pathkernel._compute._blocking import tile_within_budget
+    >>> import torch
+    >>> from sklearn_pathkernel._compute._blocking import (
+    ...     device_policy, tile_within_budget)
     >>> tile_within_budget(None, 1000), tile_within_budget(1, 2**20 // 100)
     (512, 64)
+    >>> with device_policy(2**34):
+    ...     tile_within_budget(1, 1000, torch.device("cpu"))
+    8192
     """
+    budget = device_budget(device)
+    if budget is not None:
+        tile = DEVICE_TILE_ROWS
+        while tile > 1 and tile * bytes_per_row > budget // 4:
+            tile //= 2
+        return tile
     rows = rows_within_budget(working_memory, bytes_per_row, TILE_ROWS)
     return 1 << (rows.bit_length() - 1)
 

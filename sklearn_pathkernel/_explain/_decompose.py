@@ -486,6 +486,7 @@ def _engine_route(
         # and three temporaries.
         bound.bytes_per_row(n_outputs, itemsize) * (1 + len(nodes))
         + n_train * n_outputs * (16 + 3 * itemsize),
+        X.device,  # a CUDA device's tiles: a few query blocks
     )
 
     def fold(parts, b, progress):
@@ -652,11 +653,11 @@ def _walk_route(
     # Split at kinks: a node's parameters too, one copy per row (vmap).
     per_row = n_outputs * (d * (3 * 8 + 2 * itemsize) + n_train * 16)
     per_row += 0 if split is None else d * itemsize
-    block = tile_within_budget(working_memory, per_row)
+    block = tile_within_budget(working_memory, per_row, X.device)
     # Per-example gradients: a fixed block of training rows, a property of
-    # the network (as the kernels' column chunks), so bits do not depend on
-    # the budget.
-    rows = grid(d * (8 + 2 * itemsize))[1]
+    # the network and device (as the kernels' column chunks), so bits do not
+    # depend on the budget.
+    rows = grid(d * (8 + 2 * itemsize), X.device)[1]
     walk = QueryWalk(
         module=module,
         trajectory=trajectory,

@@ -43,7 +43,10 @@ dtype and device: the features depend on the seed, the engine's pieces and
 ``m``, not on the blocking of the rows, the budget, the device or what runs
 the tasks (one per block of rows and checkpoint, ``_compute/_tasks.py``; a
 thread keeps a checkpoint's factors for its next task, so they are drawn once
-per call and thread when they fit the budget together).
+per call and thread when they fit the budget together). The factors are
+the same on every device; the rounding of the features is that of the row
+tile, which on a CUDA device is the device's (up to 8192 rows, a few large
+products per checkpoint; ``tile_within_budget``).
 """
 
 import math
@@ -53,7 +56,7 @@ import numpy as np
 import torch
 from sklearn import get_config
 
-from .._compute._blocking import tile_within_budget
+from .._compute._blocking import device_budget, tile_within_budget
 from .._compute._tasks import Shared, block_parts, compact, row_blocks, to_device
 from .._model._network import in_evaluation_mode, placement
 from ._path import path_engine
@@ -83,7 +86,9 @@ def gaussian_factor(seed, k, piece, j, height, n_components):
     return torch.randn((height, n_components), generator=generator, dtype=torch.float64)
 
 
-def plan(engine, shapes, n_outputs, itemsize, n_components, working_memory):
+def plan(
+    engine, shapes, n_outputs, itemsize, n_components, working_memory, device=None
+):
     """``(tile, groups)``: rows per block, and pieces whose factors are kept together.
 
     Half the budget sets the row tile, from the fixed grid
@@ -93,6 +98,8 @@ def plan(engine, shapes, n_outputs, itemsize, n_components, working_memory):
     built again. The groups change no bit of the result (every piece adds
     its own float64 term to the features, in piece order); the tile does
     only when the budget cannot hold a full one (docs/design.md, section 8).
+    On a CUDA device (``device``) the budget is the device's
+    (:func:`_memory_for`) and the tile the device's.
 
     Examples
     --------
@@ -106,12 +113,11 @@ def plan(engine, shapes, n_outputs, itemsize, n_components, working_memory):
     >>> plan(engine, shapes, 1, 4, 100, 2)  # room for one factor at a time
     (16, [[0], [1]])
     """
-    if working_memory is None:
-        working_memory = get_config()["working_memory"]
+    working_memory = _memory_for(working_memory, device)
     per_row = engine.bytes_per_row(n_outputs, itemsize)
     # The float64 features, a piece's result in both dtypes, the input side.
     per_row += (16 + 2 * itemsize) * n_components
-    tile = tile_within_budget(working_memory / 2, per_row)
+    tile = tile_within_budget(working_memory / 2, per_row, device)
     # Factors are kept in the work's dtype; one float64 draw is alive at a time.
     largest = max((max(heights) for heights in shapes), default=0)
     budget = working_memory * 2**20 - tile * per_row - 8 * largest * n_components
@@ -200,7 +206,7 @@ def path_features(
         n_outputs = output_width(module, X_t)
     shapes = bound.sketch_shapes(n_outputs)
     tile, groups = plan(
-        bound, shapes, n_outputs, dtype.itemsize, n_components, working_memory
+        bound, shapes, n_outputs, dtype.itemsize, n_components, working_memory, device
     )
     sketch = _Sketch(
         bound=bound,
@@ -213,8 +219,7 @@ def path_features(
         seed=seed,
     )
     # A task's result is (rows, m) float64: at most a quarter of the budget.
-    if working_memory is None:
-        working_memory = get_config()["working_memory"]
+    working_memory = _memory_for(working_memory, device)
     result_tiles = working_memory * 2**20 / 4 // (tile * n_components * 8)
     blocks = row_blocks(n, tile, tiles_per_block=int(max(1, min(8, result_tiles))))
     features = torch.zeros((n, n_components), dtype=torch.float64, device=device)
@@ -233,6 +238,21 @@ def path_features(
             features[r0:r1] += part_features
             diagonal[r0:r1] += part_diagonal
     return features.cpu().numpy(), diagonal.cpu().numpy()
+
+
+def _memory_for(working_memory, device):
+    """The MiB the features may take: ``working_memory``, or a CUDA device's budget.
+
+    On a device the tile is the device's, larger than ``working_memory``
+    would give; the factors and each task's result are then budgeted in
+    the device's memory (``device_budget``) as well.
+    """
+    budget = device_budget(device)
+    if budget is not None:
+        return budget / 2**20
+    if working_memory is None:
+        return get_config()["working_memory"]
+    return working_memory
 
 
 def _checkpoints(trajectory):

@@ -367,10 +367,11 @@ def diagonal_sum(bound, points, X_t, *, bytes_per_row, working_memory, n_jobs):
 
     The row-by-row counterpart of :func:`kernel_sum`: tiles of the fixed
     grid (``bytes_per_row`` of engine state each, within
-    ``working_memory``), a task per block of rows and point, parts added in
-    point order in float64. Returns a float64 numpy array ``(n_X,)``.
+    ``working_memory``; on a CUDA device the device's tiles,
+    ``tile_within_budget``), a task per block of rows and point, parts added
+    in point order in float64. Returns a float64 numpy array ``(n_X,)``.
     """
-    tile = tile_within_budget(working_memory, bytes_per_row)
+    tile = tile_within_budget(working_memory, bytes_per_row, X_t.device)
     rows = _Rows(bound=bound, X_t=X_t, tile=tile, device=X_t.device)
     blocks = row_blocks(X_t.shape[0], tile)
     diagonal = torch.zeros(X_t.shape[0], dtype=torch.float64, device=X_t.device)
