@@ -57,9 +57,12 @@ class Dispatched(TorchDispatchMode):
 def copies_to_host(name, args, kwargs):
     """A copy from a tensor off the CPU into the CPU's memory."""
     if name == "_to_copy":
-        source, target = args[0].device, kwargs.get("device")
+        source, target = args[0], kwargs.get("device")
     elif name == "copy_":
-        source, target = args[1].device, args[0].device
+        source, target = args[1], args[0].device
     else:
         return False
+    if not isinstance(source, torch.Tensor):  # a Python number
+        return False
+    source = source.device
     return source.type != "cpu" and torch.device(target or source).type == "cpu"

@@ -760,7 +760,8 @@ def test_device_policy_dispatches_fewer_operations_per_checkpoint(exact, monkeyp
 
 
 @pytest.mark.parametrize(
-    "solver", [{}, {"solver": "adam"}]  # the engines' route; the backward walk
+    "solver",
+    [{}, {"solver": "adam"}],  # the engines' route; the backward walk
 )
 def test_device_policy_decomposition_matches_the_default(solver, monkeypatch):
     rng = np.random.RandomState(1)
@@ -768,6 +769,16 @@ def test_device_policy_decomposition_matches_the_default(solver, monkeypatch):
     est = _fit(PathKernelRegressor, X, np.sin(X[:, 0]), hidden_layer_sizes=(6,),
                max_iter=3, batch_size=10, alpha=0.01, **solver)  # fmt: skip
     sizes = _query_block_sizes(monkeypatch)
+    waits = []
+    task = _decompose._checkpoint_part
+
+    def counted(*args):  # the engines' route: nothing waits for the device
+        with Dispatched() as mode:
+            parts = task(*args)
+        waits.extend(mode.synchronising)
+        return parts
+
+    monkeypatch.setattr(_decompose, "_checkpoint_part", counted)
     for exact in (False, True):
         want = est.decompose(X, exact=exact)
         with _blocking.device_policy(2**17):  # a small device: blocks of 8 rows
@@ -782,3 +793,4 @@ def test_device_policy_decomposition_matches_the_default(solver, monkeypatch):
             np.testing.assert_allclose(got.contributions, phi, rtol=1e-8, atol=1e-12)
             np.testing.assert_allclose(got.bias, bias, rtol=1e-8, atol=1e-12)
     assert sizes[0] == 512 and 1 < sizes[1] < 30, sizes
+    assert waits == []

@@ -1,5 +1,6 @@
 """Blocked tangent and path kernels against the reference."""
 
+import collections
 import threading
 import warnings
 from contextlib import nullcontext
@@ -18,7 +19,9 @@ from sklearn.exceptions import ConvergenceWarning
 from sklearn_pathkernel import (
     PathKernelClassifier,
     PathKernelRegressor,
+    path_influence,
     path_kernel,
+    path_self_influence,
     tangent_kernel,
 )
 from sklearn_pathkernel._compute import _blocking
@@ -750,3 +753,43 @@ def test_device_policy_diagonal_matches_reference(fitted):
         got = _path.path_kernel_diagonal(est.module_, est.trajectory_, X)
     want = np.diag(path_kernel_reference(est.module_, est.trajectory_, X))
     np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-12)
+
+
+def _waits_in(monkeypatch, *functions):
+    """Operations that wait for the device inside each task function of ``_path``."""
+    waits = collections.Counter()
+    for name in functions:
+        task = getattr(_path, name)
+
+        def counted(*args, task=task, name=name, **kwargs):
+            with Dispatched() as mode:
+                result = task(*args, **kwargs)
+            waits.update(f"{name}: {op}" for op in mode.synchronising)
+            return result
+
+        monkeypatch.setattr(_path, name, counted)
+    return waits
+
+
+@pytest.mark.parametrize("solver", ["sgd", "adam"])  # adam: the metric kernel
+def test_no_operation_inside_the_checkpoint_loops_waits_for_the_device(
+    solver, monkeypatch
+):
+    X = np.random.RandomState(2).randn(20, 3)
+    y = np.sin(X[:, 0])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        est = PathKernelRegressor(
+            (6,), max_iter=3, dtype="float64", random_state=0, solver=solver
+        ).fit(X, y)
+    waits = _waits_in(monkeypatch, "_strip_part", "_diagonal_part")
+    with _blocking.device_policy(2**22):  # the device grid (hooks: 4-row tiles)
+        for engine in sorted(ENGINES):
+            path_kernel(est.module_, est.trajectory_, X, X[:7], engine=engine)
+            path_kernel(est.module_, est.trajectory_, X, trace=False, engine=engine)
+            _path.path_kernel_diagonal(est.module_, est.trajectory_, X, engine=engine)
+        # TracIn folds the loss derivatives into the states of row handles,
+        # which the loops look up tile by tile.
+        path_influence(est.module_, est.trajectory_, X, y, loss="squared_error")
+        path_self_influence(est.module_, est.trajectory_, X, y, loss="squared_error")
+    assert not waits, waits
