@@ -793,3 +793,73 @@ def test_no_operation_inside_the_checkpoint_loops_waits_for_the_device(
         path_influence(est.module_, est.trajectory_, X, y, loss="squared_error")
         path_self_influence(est.module_, est.trajectory_, X, y, loss="squared_error")
     assert not waits, waits
+
+
+def _out_of_memory_at(monkeypatch, name, call):
+    """``_path.<name>`` raises a CUDA out-of-memory error at its ``call``-th call.
+
+    Returns the tile of every call, the failing one included.
+    """
+    tiles = []
+    task = getattr(_path, name)
+
+    def failing(shared, *args):
+        tiles.append(shared.tile)
+        if len(tiles) == call:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate")
+        return task(shared, *args)
+
+    monkeypatch.setattr(_path, name, failing)
+    return tiles
+
+
+@pytest.mark.parametrize("symmetric", [True, False])
+# The first strip's first task, or the second strip's: the first is kept.
+@pytest.mark.parametrize("call", [1, 13])
+def test_device_out_of_memory_retries_with_half_the_tile(
+    fitted, symmetric, call, monkeypatch
+):
+    est, X = fitted
+    Z = None if symmetric else X + 0.1
+    tiles = _out_of_memory_at(monkeypatch, "_strip_part", call)
+    retry = "ran out of CUDA memory with 8-row tiles; retrying with 4-row tiles"
+    with (
+        _blocking.device_policy(_SMALL_DEVICE),  # strips of 24 rows, then 12
+        pytest.warns(RuntimeWarning, match=retry),
+    ):
+        got = path_kernel(est.module_, est.trajectory_, X, Z)
+    assert tiles[:call] == [8] * call and set(tiles[call:]) == {4}
+    want = path_kernel_reference(est.module_, est.trajectory_, X, Z)
+    np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-12)
+    if symmetric:
+        assert np.array_equal(got, got.T)
+
+
+def test_device_out_of_memory_in_the_diagonal_retries_with_half_the_tile(
+    fitted, monkeypatch
+):
+    est, X = fitted
+    tiles = _out_of_memory_at(monkeypatch, "_diagonal_part", 2)
+    with (
+        _blocking.device_policy(_SMALL_DEVICE * 8),
+        pytest.warns(RuntimeWarning, match="diagonal ran out of CUDA memory"),
+    ):
+        got = _path.path_kernel_diagonal(est.module_, est.trajectory_, X)
+    assert tiles[:2] == [tiles[0]] * 2 and set(tiles[2:]) == {tiles[0] // 2}
+    want = np.diag(path_kernel_reference(est.module_, est.trajectory_, X))
+    np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-12)
+
+
+def test_out_of_memory_with_one_row_tiles_is_raised(fitted, monkeypatch):
+    est, X = fitted
+
+    def failing(*args):
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory.")
+
+    monkeypatch.setattr(_path, "_strip_part", failing)
+    with (
+        _blocking.device_policy(_SMALL_DEVICE),
+        pytest.warns(RuntimeWarning, match="retrying with 1-row tiles"),
+        pytest.raises(torch.cuda.OutOfMemoryError, match="CUDA out of memory"),
+    ):
+        path_kernel(est.module_, est.trajectory_, X)

@@ -25,6 +25,7 @@ Two decisions live here:
   are cores.
 """
 
+import warnings
 from contextlib import contextmanager
 
 import torch
@@ -162,6 +163,58 @@ def grid(state_bytes, device=None, *, entry_bytes=8):
     while chunk > 1 and chunk * state_bytes > CHUNK_STATE_BYTES:
         chunk //= 2
     return min(TILE_ROWS, chunk), chunk
+
+
+def halve_on_device_oom(attempt, tile, *, what):
+    """``attempt(tile)``, again with half the tile after a CUDA out-of-memory error.
+
+    Device memory is shared: what was free when the grid was chosen may
+    have been taken since. ``attempt`` must start its work afresh (whatever
+    it wrote before the error is either complete, e.g. a kernel strip
+    recorded as done, or thrown away); each retry warns, and a one-row tile
+    that still runs out re-raises the error.
+
+    Parameters
+    ----------
+    attempt : callable
+        ``attempt(tile)`` does the work with row tiles of ``tile`` rows.
+    tile : int
+        The first try's tile.
+    what : str
+        Names the work in the warning.
+
+    Examples
+    --------
+    >>> import torch, warnings
+    >>> from sklearn_pathkernel._compute._blocking import halve_on_device_oom
+    >>> def attempt(tile):
+    ...     if tile > 2:
+    ...         raise torch.cuda.OutOfMemoryError("CUDA out of memory.")
+    ...     return tile
+    >>> with warnings.catch_warnings(record=True) as caught:
+    ...     warnings.simplefilter("always")
+    ...     halve_on_device_oom(attempt, 8, what="The kernel")
+    2
+    >>> print(caught[0].message)  # doctest: +ELLIPSIS
+    The kernel ran out of CUDA memory with 8-row tiles; retrying with 4-row ...
+    """
+    while True:
+        try:
+            return attempt(tile)
+        except torch.cuda.OutOfMemoryError:
+            if tile <= 1:
+                raise
+            warnings.warn(
+                f"{what} ran out of CUDA memory with {tile}-row tiles; retrying "
+                f"with {tile // 2}-row tiles (other processes may have taken the "
+                "memory it found free). Lower working_memory or free device "
+                "memory to avoid the retry.",
+                RuntimeWarning,
+                stacklevel=3,
+            )
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()  # what the failed try left cached
+            tile //= 2
 
 
 def rows_within_budget(

@@ -1,13 +1,14 @@
 """Tangent and path kernels, blocked over rows under a memory budget."""
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
 
 from .._compute._blocking import (
     grid,
+    halve_on_device_oom,
     rows_within_budget,
     strip_memory,
     tile_within_budget,
@@ -370,17 +371,27 @@ def diagonal_sum(bound, points, X_t, *, bytes_per_row, working_memory, n_jobs):
     ``working_memory``; on a CUDA device the device's tiles,
     ``tile_within_budget``), a task per block of rows and point, parts added
     in point order in float64. Returns a float64 numpy array ``(n_X,)``.
+    A CUDA out-of-memory error starts it again with half the tile
+    (``halve_on_device_oom``).
     """
-    tile = tile_within_budget(working_memory, bytes_per_row, X_t.device)
-    rows = _Rows(bound=bound, X_t=X_t, tile=tile, device=X_t.device)
-    blocks = row_blocks(X_t.shape[0], tile)
-    diagonal = torch.zeros(X_t.shape[0], dtype=torch.float64, device=X_t.device)
-    for _, parts in block_parts(
-        _diagonal_part, rows, blocks, _checkpoints(points), n_jobs=n_jobs
-    ):
-        for (weight, _, _), tiles in zip(points, parts):
-            for a0, part in tiles:
-                diagonal[a0 : a0 + tile] += float(weight) * part.double()
+
+    def attempt(tile):
+        rows = _Rows(bound=bound, X_t=X_t, tile=tile, device=X_t.device)
+        blocks = row_blocks(X_t.shape[0], tile)
+        diagonal = torch.zeros(X_t.shape[0], dtype=torch.float64, device=X_t.device)
+        for _, parts in block_parts(
+            _diagonal_part, rows, blocks, _checkpoints(points), n_jobs=n_jobs
+        ):
+            for (weight, _, _), tiles in zip(points, parts):
+                for a0, part in tiles:
+                    diagonal[a0 : a0 + tile] += float(weight) * part.double()
+        return diagonal
+
+    diagonal = halve_on_device_oom(
+        attempt,
+        tile_within_budget(working_memory, bytes_per_row, X_t.device),
+        what="The path kernel's diagonal",
+    )
     return diagonal.cpu().numpy()
 
 
@@ -524,14 +535,15 @@ def kernel_sum(
             device=X_t.device,
             **_plan_grid(bound, n_outputs, network_dtype, X_t.device, math.prod(extra)),
         )
-        blocks = [
-            (r0, r1)
-            for r0, r1 in _row_blocks(work, working_memory)
-            if not result.is_done(r0, r1)
-        ]
-        _run_strips(result, work, points, blocks, n_jobs, verbose)
+        tile = halve_on_device_oom(
+            lambda tile: _strips_with_tile(
+                result, work, tile, points, working_memory, n_jobs, verbose
+            ),
+            work.tile,
+            what="The path kernel",
+        )
         if symmetric:
-            _mirror_upper(K, work.tile)
+            _mirror_upper(K, tile)
         result.finish()
     return K
 
@@ -608,6 +620,29 @@ def _row_blocks(work, working_memory):
         multiple_of=work.tile,
     )
     return [(r0, min(r0 + block, n)) for r0 in range(0, n, block)]
+
+
+def _strips_with_tile(result, work, tile, points, working_memory, n_jobs, verbose):
+    """Compute the strips not yet done with row tiles of ``tile`` rows.
+
+    ``work.tile`` the first time; after a CUDA out-of-memory error
+    (``halve_on_device_oom``) a smaller tile, the column chunk and the
+    strip's budget shrinking with it. Strips written before the error are
+    complete and kept (any tile's strip holds every entry on and above the
+    diagonal, so the mirror may use the last tile); a strip in progress was
+    never written. Returns the tile.
+    """
+    if tile != work.tile:  # a new grid, and no statics cached on the old one
+        shrink = work.tile // tile
+        work = replace(work, tile=tile, chunk=max(1, work.chunk // shrink))
+        working_memory = strip_memory(working_memory, work.device) / shrink
+    blocks = [
+        (r0, r1)
+        for r0, r1 in _row_blocks(work, working_memory)
+        if not result.is_done(r0, r1)
+    ]
+    _run_strips(result, work, points, blocks, n_jobs, verbose)
+    return tile
 
 
 def _run_strips(result, work, points, blocks, n_jobs, verbose):
