@@ -794,3 +794,32 @@ def test_device_policy_decomposition_matches_the_default(solver, monkeypatch):
             np.testing.assert_allclose(got.bias, bias, rtol=1e-8, atol=1e-12)
     assert sizes[0] == 512 and 1 < sizes[1] < 30, sizes
     assert waits == []
+
+
+@pytest.mark.parametrize("solver, task", [("sgd", "_checkpoint_part"),
+                                          ("adam", "walk_block")])  # fmt: skip
+def test_device_out_of_memory_retries_with_half_the_block(solver, task, monkeypatch):
+    rng = np.random.RandomState(1)
+    X = rng.randn(30, 3)
+    est = _fit(PathKernelRegressor, X, np.sin(X[:, 0]), hidden_layer_sizes=(6,),
+               max_iter=3, batch_size=10, solver=solver)  # fmt: skip
+    want = est.decompose(X, exact=True)
+    sizes, original = [], getattr(_decompose, task)
+
+    def failing(shared, q0, q1, *args):
+        sizes.append(q1 - q0)
+        if len(sizes) == 2:  # the second task: what the first gave is dropped
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory.")
+        return original(shared, q0, q1, *args)
+
+    monkeypatch.setattr(_decompose, task, failing)
+    with (
+        _blocking.device_policy(2**17),
+        pytest.warns(RuntimeWarning, match="decomposition ran out of CUDA memory"),
+    ):
+        got = est.decompose(X, exact=True)
+    assert sizes[2] == sizes[0] // 2, sizes
+    np.testing.assert_allclose(
+        got.contributions, want.contributions, rtol=1e-10, atol=1e-14
+    )
+    np.testing.assert_allclose(got.bias, want.bias, rtol=1e-10, atol=1e-14)

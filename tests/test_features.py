@@ -372,3 +372,28 @@ def test_device_policy_features_match_the_reference(engine, data):
     np.testing.assert_allclose(phi, want, rtol=1e-10, atol=1e-12)
     K = path_kernel_reference(est.module_, est.trajectory_, data)
     np.testing.assert_allclose(diagonal, np.diag(K), rtol=1e-10)
+
+
+def test_device_out_of_memory_retries_with_half_the_tile(data, monkeypatch):
+    est = _fitted("two-hidden-two-targets", data)
+    bound = select_engine("structured", est.module_, est.trajectory_.parameter_names)
+    per_row = bound.bytes_per_row(2, 8) + 32 * 5
+    want = _kronecker_reference(est, data, 3, 5)
+    tiles, task = [], features_module._sketch_part
+
+    def failing(sketch, *args):
+        tiles.append(sketch.tile)
+        if len(tiles) == 2:  # the second task: the sums so far are dropped
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory.")
+        return task(sketch, *args)
+
+    monkeypatch.setattr(features_module, "_sketch_part", failing)
+    with (
+        _blocking.device_policy(96 * per_row),  # 8-row tiles
+        pytest.warns(RuntimeWarning, match="with 8-row tiles; retrying with 4-row"),
+    ):
+        phi, diagonal = _features(est, data, n_components=5, seed=3)
+    assert tiles[:2] == [8, 8] and set(tiles[2:]) == {4}
+    np.testing.assert_allclose(phi, want, rtol=1e-10, atol=1e-12)
+    K = path_kernel_reference(est.module_, est.trajectory_, data)
+    np.testing.assert_allclose(diagonal, np.diag(K), rtol=1e-10)

@@ -34,7 +34,7 @@ import numpy as np
 import torch
 from torch.func import jvp, vmap
 
-from .._compute._blocking import grid, tile_within_budget
+from .._compute._blocking import grid, halve_on_device_oom, tile_within_budget
 from .._compute._memory import check_result_fits
 from .._compute._progress import progress_bar
 from .._compute._tasks import Shared, block_parts, compact, row_blocks
@@ -435,7 +435,14 @@ def _contributions(
         working_memory=working_memory,
         split=split,
     )
-    return _gather(plan, trajectory, n_outputs, exact, n_jobs, verbose)
+    # A CUDA out-of-memory error starts the blocks again with half as many rows.
+    return halve_on_device_oom(
+        lambda block: _gather(
+            plan._replace(block=block), trajectory, n_outputs, exact, n_jobs, verbose
+        ),
+        plan.block,
+        what="The decomposition",
+    )
 
 
 class _Route(NamedTuple):
@@ -706,7 +713,7 @@ def _checkpoint_part(walk, q0, q1, start, steps):
     parts = []
     with torch.no_grad():
         static = walk.cached(
-            ("static", q0), lambda: walk.bound.static(Xq, walk.X_train)
+            ("static", q0, q1), lambda: walk.bound.static(Xq, walk.X_train)
         )
         for step, end in steps:
             batch = step.batch.to(device)

@@ -50,13 +50,17 @@ products per checkpoint; ``tile_within_budget``).
 """
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
 from sklearn import get_config
 
-from .._compute._blocking import device_budget, tile_within_budget
+from .._compute._blocking import (
+    device_budget,
+    halve_on_device_oom,
+    tile_within_budget,
+)
 from .._compute._tasks import Shared, block_parts, compact, row_blocks, to_device
 from .._model._network import in_evaluation_mode, placement
 from ._path import path_engine
@@ -200,7 +204,6 @@ def path_features(
     """
     module, dtype, device = placement(module, device)
     X_t = kernel_rows(X, name="X", module=module, dtype=dtype, device=device)
-    n = X_t.shape[0]
     bound = path_engine(engine, module, trajectory, example=X_t[:1])
     with torch.no_grad():
         n_outputs = output_width(module, X_t)
@@ -218,12 +221,29 @@ def path_features(
         n_components=n_components,
         seed=seed,
     )
+    features, diagonal = halve_on_device_oom(
+        lambda tile: _sketch_with_tile(
+            replace(sketch, tile=tile), trajectory, working_memory, n_jobs
+        ),
+        tile,
+        what="The path features",
+    )
+    return features.cpu().numpy(), diagonal.cpu().numpy()
+
+
+def _sketch_with_tile(sketch, trajectory, working_memory, n_jobs):
+    """Features and diagonal of every row, float64 on the device, from scratch.
+
+    A try of ``halve_on_device_oom``: after a CUDA out-of-memory error it
+    runs again, with a smaller ``sketch.tile`` and fresh sums.
+    """
+    n, m, tile = sketch.X_t.shape[0], sketch.n_components, sketch.tile
     # A task's result is (rows, m) float64: at most a quarter of the budget.
-    working_memory = _memory_for(working_memory, device)
-    result_tiles = working_memory * 2**20 / 4 // (tile * n_components * 8)
+    working_memory = _memory_for(working_memory, sketch.device)
+    result_tiles = working_memory * 2**20 / 4 // (tile * m * 8)
     blocks = row_blocks(n, tile, tiles_per_block=int(max(1, min(8, result_tiles))))
-    features = torch.zeros((n, n_components), dtype=torch.float64, device=device)
-    diagonal = torch.zeros(n, dtype=torch.float64, device=device)
+    features = torch.zeros((n, m), dtype=torch.float64, device=sketch.device)
+    diagonal = torch.zeros(n, dtype=torch.float64, device=sketch.device)
     for (r0, r1), parts in block_parts(
         _sketch_part,
         sketch,
@@ -237,7 +257,7 @@ def path_features(
         for part_features, part_diagonal in parts:
             features[r0:r1] += part_features
             diagonal[r0:r1] += part_diagonal
-    return features.cpu().numpy(), diagonal.cpu().numpy()
+    return features, diagonal
 
 
 def _memory_for(working_memory, device):
