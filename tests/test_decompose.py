@@ -742,15 +742,14 @@ def test_device_policy_dispatches_fewer_operations_per_checkpoint(exact, monkeyp
     rng = np.random.RandomState(0)
     X = rng.randn(2048, 3)
     est = _fit(PathKernelRegressor, X[:40], X[:40, 0], hidden_layer_sizes=(4,),
-               max_iter=3)  # fmt: skip
+               max_iter=2)  # fmt: skip
     sizes = _query_block_sizes(monkeypatch)
     counts = []
     for policy in (nullcontext(), _blocking.device_policy(2**34)):
         counted = Dispatched()
         with policy, counted:
-            machine = est.decompose(X, exact=exact)
+            est.decompose(X, exact=exact, n_nodes=2)
         counts.append(counted)
-        assert machine.error["max_rel"] < (1e-8 if exact else 1)
     assert sizes == [512, 8192]  # 4 query blocks, then one
     per_checkpoint = [c.total / est.trajectory_.n_steps for c in counts]
     assert per_checkpoint[0] >= 3 * per_checkpoint[1], per_checkpoint
@@ -767,7 +766,7 @@ def test_device_policy_decomposition_matches_the_default(solver, monkeypatch):
     rng = np.random.RandomState(1)
     X = rng.randn(30, 3)
     est = _fit(PathKernelRegressor, X, np.sin(X[:, 0]), hidden_layer_sizes=(6,),
-               max_iter=3, batch_size=10, alpha=0.01, **solver)  # fmt: skip
+               max_iter=2, batch_size=10, alpha=0.01, **solver)  # fmt: skip
     sizes = _query_block_sizes(monkeypatch)
     waits = []
     task = _decompose._checkpoint_part
@@ -779,7 +778,8 @@ def test_device_policy_decomposition_matches_the_default(solver, monkeypatch):
         return parts
 
     monkeypatch.setattr(_decompose, "_checkpoint_part", counted)
-    for exact in (False, True):
+    # Adam's first order walks backwards as its exact form does.
+    for exact in (False, True) if not solver else (False,):
         want = est.decompose(X, exact=exact)
         with _blocking.device_policy(2**17):  # a small device: blocks of 8 rows
             got = est.decompose(X, exact=exact)
@@ -802,8 +802,9 @@ def test_device_out_of_memory_retries_with_half_the_block(solver, task, monkeypa
     rng = np.random.RandomState(1)
     X = rng.randn(30, 3)
     est = _fit(PathKernelRegressor, X, np.sin(X[:, 0]), hidden_layer_sizes=(6,),
-               max_iter=3, batch_size=10, solver=solver)  # fmt: skip
-    want = est.decompose(X, exact=True)
+               max_iter=2, batch_size=10, solver=solver)  # fmt: skip
+    exact = solver == "sgd"  # Adam's first order walks backwards too
+    want = est.decompose(X, exact=exact)
     sizes, original = [], getattr(_decompose, task)
 
     def failing(shared, q0, q1, *args):
@@ -817,7 +818,7 @@ def test_device_out_of_memory_retries_with_half_the_block(solver, task, monkeypa
         _blocking.device_policy(2**17),
         pytest.warns(RuntimeWarning, match="decomposition ran out of CUDA memory"),
     ):
-        got = est.decompose(X, exact=True)
+        got = est.decompose(X, exact=exact)
     assert sizes[2] == sizes[0] // 2, sizes
     np.testing.assert_allclose(
         got.contributions, want.contributions, rtol=1e-10, atol=1e-14
