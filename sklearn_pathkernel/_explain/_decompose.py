@@ -296,7 +296,9 @@ def decompose_path(
     working_memory : float, default=None
         Budget in MiB for one block of query rows. Blocks hold 512 rows
         whenever that fits, and a power of two fewer otherwise, so results
-        are bit-identical across every budget that fits 512 rows.
+        are bit-identical across every budget that fits 512 rows. On a CUDA
+        device blocks are the device's (up to 8192 rows within half its
+        free memory), whatever the budget.
     n_jobs : int, default=None
         Each query block and checkpoint is a joblib task, threads unless a
         ``joblib.parallel_config`` chooses another backend (dask, for a

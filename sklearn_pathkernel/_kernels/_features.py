@@ -170,7 +170,9 @@ def path_features(
         ``vec J``. Each engine gives its own (equally valid) features.
     working_memory : float, default=None
         Budget in MiB for one block of rows' states and the factors kept at
-        once; scikit-learn's ``working_memory`` setting when None.
+        once; scikit-learn's ``working_memory`` setting when None. On a CUDA
+        device the device's own budget (half its free memory) and tiles
+        take its place (docs/design.md, section 8).
     device : str or torch.device, default=None
         Where to compute; the module's device when None.
     n_jobs : int, default=None

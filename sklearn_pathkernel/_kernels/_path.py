@@ -318,7 +318,8 @@ def path_kernel_diagonal(
         How the Jacobian work is done; see :func:`tangent_kernel`.
     working_memory : float, default=None
         Budget in MiB for one tile of rows' engine states; scikit-learn's
-        ``working_memory`` setting when None.
+        ``working_memory`` setting when None. On a CUDA device the tile is
+        the device's (up to 8192 rows within half its free memory).
     device : str or torch.device, default=None
         Where to compute; the module's device when None.
     n_jobs : int, default=None
