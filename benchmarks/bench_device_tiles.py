@@ -7,6 +7,9 @@ float32), on meta tensors so that nothing is computed:
 
 - ``kernel``: the symmetric path kernel's strips (``_strip_part``, statics
   cached);
+- ``stacked``: the same with 16 checkpoints, stacked on the device grid as
+  many at a time as the budget holds (``_checkpoint_tasks``,
+  ``_stacked_strip_part``), the strip's weighted sums included;
 - ``diagonal``: ``path_kernel_diagonal``'s tiles (``_diagonal_part``);
 - ``sketch``: ``path_features``' Kronecker sketch, 100 components
   (``_sketch_part``, the checkpoint's factors drawn beforehand);
@@ -38,6 +41,11 @@ from sklearn_pathkernel._training._trajectory import Step
 from sklearn_pathkernel.engines import select_engine
 
 WAITS = {"_local_scalar_dense", "item", "nonzero", "masked_select", "_unique2"}
+# Operations that only describe memory already there: no kernel launch on a GPU.
+VIEWS = {
+    "view", "_unsafe_view", "expand", "permute", "transpose", "t", "slice",
+    "unsqueeze", "squeeze", "select", "as_strided", "alias", "detach", "_reshape_alias",
+}  # fmt: skip
 N_TRAIN, BATCH, COMPONENTS = 5000, 128, 100
 
 
@@ -69,6 +77,33 @@ def kernel(bound, params, X):
     blocks = _path._row_blocks(work, None)
     calls = [lambda b=b: _path._strip_part(work, *b, params, None) for b in blocks]
     return work.tile, _counted(calls)
+
+
+def kernel_stacked(bound, params, X, n_checkpoints=16):
+    """The kernel's strips with its checkpoints stacked (``_checkpoint_tasks``).
+
+    Counts each strip's tasks and the strip's weighted sums, per checkpoint.
+    """
+    grid = _path._plan_grid(bound, 10, torch.float32, X.device)
+    work = _path._Work(bound, X, X, True, True, (), X.device, **grid)
+    blocks = _path._row_blocks(work, None)
+    points = [(0.1, lambda: params, lambda: None)] * n_checkpoints
+    tasks = _path._checkpoint_tasks(work, points, max(b - a for a, b in blocks))
+    counter = Counter()
+    for r0, r1 in blocks:
+        strip = torch.zeros(r1 - r0, X.shape[0], device=X.device)
+        for checkpoint, weight in zip(tasks.checkpoints, tasks.weights):
+            tasks.function(work, r0, r1, *checkpoint())  # the statics
+            with counter:
+                for (a0, a1, b0, b1), part in tasks.function(
+                    work, r0, r1, *checkpoint()
+                ):
+                    _path._add_weighted(strip[a0 - r0 : a1 - r0, b0:b1], part, weight)
+    stacked = len(points) // len(tasks.weights)
+    ops = collections.Counter(
+        {name: count / n_checkpoints for name, count in counter.ops.items()}
+    )
+    return f"{work.tile}, {stacked} stacked", ops
 
 
 def diagonal(bound, params, X):
@@ -112,7 +147,12 @@ def decompose(bound, params, X, net):
     return block, _counted(calls)
 
 
-WORK = {"kernel": kernel, "diagonal": diagonal, "sketch": sketch}
+WORK = {
+    "kernel": kernel,
+    "stacked": kernel_stacked,
+    "diagonal": diagonal,
+    "sketch": sketch,
+}
 
 
 def per_checkpoint(net, what, n, free_bytes):
@@ -130,7 +170,9 @@ def main():
     parser.add_argument("--rows", type=int, nargs="+", default=[4096, 20000])
     parser.add_argument("--free-gib", type=float, nargs="+", default=[16, 130])
     parser.add_argument(
-        "--work", nargs="+", default=["kernel", "diagonal", "sketch", "decompose"]
+        "--work",
+        nargs="+",
+        default=["kernel", "stacked", "diagonal", "sketch", "decompose"],
     )
     args = parser.parse_args()
     torch.manual_seed(0)
@@ -147,10 +189,12 @@ def main():
                 tile, ops = per_checkpoint(net, what, n, free and int(free * 2**30))
                 policy = "CPU grid" if free is None else f"device, {free:g} GiB free"
                 waits = sum(ops[w] for w in WAITS)
+                launches = sum(c for o, c in ops.items() if o not in VIEWS)
                 print(
-                    f"{what:9s} n={n:6d} {policy:24s} tile {tile:5d}: "
-                    f"{sum(ops.values()):6d} ops/checkpoint, "
-                    f"{ops['mm'] + ops['addmm'] + ops['bmm']} matmuls, "
+                    f"{what:9s} n={n:6d} {policy:24s} tile {tile!s:>5}: "
+                    f"{sum(ops.values()):6g} ops/checkpoint "
+                    f"({launches:g} not views), "
+                    f"{ops['mm'] + ops['addmm'] + ops['bmm']:g} matmuls, "
                     f"{waits} synchronising"
                 )
 

@@ -863,3 +863,74 @@ def test_out_of_memory_with_one_row_tiles_is_raised(fitted, monkeypatch):
         pytest.raises(torch.cuda.OutOfMemoryError, match="CUDA out of memory"),
     ):
         path_kernel(est.module_, est.trajectory_, X)
+
+
+def _stacks(monkeypatch):
+    """Records the size of every stack of checkpoints a strip task gets."""
+    sizes, task = [], _path._stacked_strip_part
+
+    def recording(work, r0, r1, stacked):
+        sizes.append(next(iter(stacked.values())).shape[0])
+        return task(work, r0, r1, stacked)
+
+    monkeypatch.setattr(_path, "_stacked_strip_part", recording)
+    return sizes
+
+
+@pytest.mark.parametrize("Z, trace", [(None, True), ("other", True), (None, False)])
+def test_stacked_checkpoints_match_the_reference(fitted, Z, trace, monkeypatch):
+    est, X = fitted
+    Z = X[:13] + 0.1 if Z == "other" else None
+    sizes = _stacks(monkeypatch)
+    with _blocking.device_policy(2**30):  # room for all 12 checkpoints at once
+        got = path_kernel(est.module_, est.trajectory_, X, Z, trace=trace)
+    assert sizes and set(sizes) == {12}
+    want = path_kernel_reference(est.module_, est.trajectory_, X, Z, trace=trace)
+    np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-12)
+    if Z is None and trace:
+        assert np.array_equal(got, got.T)
+
+
+def test_checkpoints_are_stacked_only_where_the_budget_holds_them(fitted, monkeypatch):
+    est, X = fitted
+    sizes = _stacks(monkeypatch)
+    with _blocking.device_policy(2**21):  # one 30-row strip, stacks of a few
+        small = path_kernel(est.module_, est.trajectory_, X)
+    assert sizes and 1 < max(sizes) < 12
+    sizes.clear()
+    path_kernel(est.module_, est.trajectory_, X)  # the CPU: one per checkpoint
+    path_kernel(est.module_, est.trajectory_, X, engine="jacobian")
+    assert sizes == []
+    want = path_kernel_reference(est.module_, est.trajectory_, X)
+    np.testing.assert_allclose(small, want, rtol=1e-10, atol=1e-12)
+
+
+def test_stacked_checkpoints_dispatch_fewer_operations_per_checkpoint(monkeypatch):
+    # W2 on meta rows, 16 checkpoints: the strip's tasks and its weighted sums.
+    w2 = _mlp(64, 256, 256, 10)
+    X_t = torch.empty(4096, 64, device="meta")
+    parameters = {n: p.detach().to("meta") for n, p in w2.named_parameters()}
+    bound = select_engine(
+        "structured", w2, list(parameters), example=torch.zeros(1, 64)
+    )
+    points = [(0.1, lambda: parameters, lambda: None)] * 16
+    counts = []
+    for most in (1, 16):  # one task per checkpoint, as before; all 16 stacked
+        monkeypatch.setattr(_path, "MAX_STACKED_CHECKPOINTS", most)
+        with _blocking.device_policy(2**37):
+            grid = _path._plan_grid(bound, 10, torch.float32, X_t.device)
+            work = _path._Work(bound, X_t, X_t, True, True, (), X_t.device, **grid)
+            tasks = _path._checkpoint_tasks(work, points, 4096)
+        counted = Dispatched()
+        strip = torch.zeros(4096, 4096, device="meta")
+        for checkpoint, weight in zip(tasks.checkpoints, tasks.weights):
+            tasks.function(work, 0, 4096, *checkpoint())  # the statics
+            with counted:
+                for (a0, a1, b0, b1), part in tasks.function(
+                    work, 0, 4096, *checkpoint()
+                ):
+                    _path._add_weighted(strip[a0:a1, b0:b1], part, weight)
+        counts.append((len(tasks.weights), counted))
+    (single, one), (stacks, stacked) = counts
+    assert (single, stacks) == (16, 1)
+    assert one.total >= 4 * stacked.total and stacked.synchronising == []

@@ -2,11 +2,13 @@
 
 import math
 from dataclasses import dataclass, replace
+from typing import NamedTuple
 
 import numpy as np
 import torch
 
 from .._compute._blocking import (
+    device_budget,
     grid,
     halve_on_device_oom,
     rows_within_budget,
@@ -669,7 +671,8 @@ def _run_strips(result, work, points, blocks, n_jobs, verbose):
             f"up to {blocks[0][1] - blocks[0][0]} rows in tiles of "
             f"{work.tile} x {work.chunk}"
         )
-    strips = block_parts(_strip_part, work, blocks, _checkpoints(points), n_jobs=n_jobs)
+    tasks = _checkpoint_tasks(work, points, max(r1 - r0 for r0, r1 in blocks))
+    strips = block_parts(tasks.function, work, blocks, tasks.checkpoints, n_jobs=n_jobs)
     with progress:
         for (r0, r1), parts in strips:
             c_start = _first_column(r0, work.chunk, work.symmetric)
@@ -678,14 +681,102 @@ def _run_strips(result, work, points, blocks, n_jobs, verbose):
                 dtype=torch.float64,
                 device=work.device,
             )
-            for (weight, _, _), tiles in zip(points, parts):
+            for weight, tiles in zip(tasks.weights, parts):
                 for (a0, a1, b0, b1), part in tiles:
-                    strip[a0 - r0 : a1 - r0, b0 - c_start : b1 - c_start].add_(
-                        part, alpha=weight
+                    _add_weighted(
+                        strip[a0 - r0 : a1 - r0, b0 - c_start : b1 - c_start],
+                        part,
+                        weight,
                     )
-                progress.update(1)
+                progress.update(1 if isinstance(weight, float) else len(weight))
             result.array[r0:r1, c_start:] = strip.cpu().numpy()
             result.mark_done(r0, r1)
+
+
+def _add_weighted(target, part, weight):
+    """``target += weight * part``: one checkpoint's part, or a stack's.
+
+    A stack (``weight`` a float64 tensor, one weight per checkpoint) is
+    weighted and summed in float64 in one product.
+    """
+    if isinstance(weight, torch.Tensor):
+        part = torch.tensordot(weight.to(target.device), part.double(), dims=1)
+        weight = 1.0
+    target.add_(part, alpha=weight)
+
+
+class _CheckpointTasks(NamedTuple):
+    """A strip's tasks over the checkpoints: one each, or stacks of them."""
+
+    function: object  # the task: _strip_part, or _stacked_strip_part
+    checkpoints: list  # each task's checkpoint arguments, loaded when called
+    weights: list  # each task's weight: a float, or a float64 tensor (a stack)
+
+
+#: The most checkpoints one task stacks (``_stacked_strip_part``).
+MAX_STACKED_CHECKPOINTS = 16
+
+
+def _checkpoint_tasks(work, points, strip_rows):
+    """One task per checkpoint, or on a CUDA device stacks of checkpoints.
+
+    Stacks are for the structured engine without a metric, whose states are
+    explicit tensor code that ``torch.func.vmap`` batches: one launch per
+    operation for the whole stack instead of one per checkpoint. As many
+    checkpoints as a quarter of ``device_budget`` holds of a strip's states,
+    returned parts and one tile pair's temporaries, at most
+    :data:`MAX_STACKED_CHECKPOINTS`. The CPU keeps one task per checkpoint.
+    """
+    single = _CheckpointTasks(
+        _strip_part, _checkpoints(points), [float(w) for w, _, _ in points]
+    )
+    budget = device_budget(work.device)
+    if budget is None or work.bound.name != "structured" or points[0][2]() is not None:
+        return single
+    numbers, m = math.prod(work.extra), work.Y_t.shape[0]
+    tile, chunk = min(work.tile, strip_rows), min(work.chunk, m)  # as they are
+    per_checkpoint = (strip_rows + chunk) * work.state_bytes + (
+        strip_rows * m + 3 * tile * chunk
+    ) * work.itemsize * numbers
+    size = int(min(len(points), MAX_STACKED_CHECKPOINTS, budget // 4 // per_checkpoint))
+    if size <= 1:
+        return single
+    groups = [points[k : k + size] for k in range(0, len(points), size)]
+    return _CheckpointTasks(
+        _stacked_strip_part,
+        [
+            lambda group=group: (_stack([load() for _, load, _ in group]),)
+            for group in groups
+        ],
+        [
+            torch.tensor([float(w) for w, _, _ in g], dtype=torch.float64)
+            for g in groups
+        ],
+    )
+
+
+def _stack(checkpoints):
+    """Checkpoints' parameter mappings as one mapping of stacked tensors."""
+    return {
+        name: torch.stack([c[name] for c in checkpoints]) for name in checkpoints[0]
+    }
+
+
+def _stacked_strip_part(work, r0, r1, stacked):
+    """:func:`_strip_part` of a stack of checkpoints at once.
+
+    ``torch.func.vmap`` over the stacked parameters runs each of the task's
+    operations once for the whole stack. Returns ``[(key, parts)]`` with
+    ``parts`` of shape ``(len(stack), ...)``, not yet weighted.
+    """
+    stacked = to_device(stacked, work.device)
+    _, pairs = _pairs(work, r0, r1)
+    keys = [(*a, *b) for b, tiles in pairs.items() for a in tiles]
+
+    def one(parameters):
+        return [part for _, part in _strip_part(work, r0, r1, parameters, None)]
+
+    return list(zip(keys, torch.func.vmap(one)(stacked)))
 
 
 def _first_column(r0, chunk, symmetric):
