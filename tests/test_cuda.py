@@ -6,10 +6,20 @@ import warnings
 import numpy as np
 import pytest
 import torch
+from _dispatch import Dispatched
 from sklearn.exceptions import ConvergenceWarning
 
-from sklearn_pathkernel import PathKernelRegressor, path_kernel, tangent_kernel
+from sklearn_pathkernel import (
+    PathKernelRegressor,
+    path_features,
+    path_influence,
+    path_kernel,
+    path_kernel_diagonal,
+    tangent_kernel,
+)
+from sklearn_pathkernel._explain import _decompose
 from sklearn_pathkernel._explain._decompose import decompose_path
+from sklearn_pathkernel._kernels import _features, _path
 
 pytestmark = [
     pytest.mark.cuda,
@@ -145,3 +155,54 @@ def test_a_dataframe_gives_the_bits_of_its_array_on_the_gpu(data):
     column_major = np.asfortranarray(X)
     assert np.array_equal(est.predict(column_major), est.predict(X))
     assert np.array_equal(est.kernel(column_major), est.kernel(X))
+
+
+def test_every_path_on_the_gpu_agrees_with_the_cpu(data, device="cuda"):
+    # Issue 21 item 2: the diagonal, the features, both decompositions and
+    # TracIn run on the device's grid there, and agree with the CPU's.
+    X, y = data
+    results = []
+    for est in (_fit(device, X, y), _fit("cpu", X, y)):
+        module, trajectory = est.module_, est.trajectory_
+        results.append(
+            (
+                path_kernel_diagonal(module, trajectory, X),
+                *path_features(module, trajectory, X, n_components=8, seed=0),
+                est.decompose(X[:5]).contributions,
+                est.decompose(X[:5], exact=True).contributions,
+                path_influence(module, trajectory, X, y, loss="squared_error"),
+            )
+        )
+    for on_gpu, on_cpu in zip(*results):
+        np.testing.assert_allclose(on_gpu, on_cpu, rtol=1e-8, atol=1e-12)
+
+
+def test_no_operation_in_the_gpu_loops_waits_for_the_host(
+    data, monkeypatch, device="cuda"
+):
+    # Issue 21 items 1 and 4 on the device itself: inside the tasks of the
+    # kernel, the diagonal, the sketch and the decomposition, no copy to the
+    # host and no scalar read back.
+    X, y = data
+    est = _fit(device, X, y)
+    waits = []
+    for module, name in [
+        (_path, "_strip_part"),
+        (_path, "_diagonal_part"),
+        (_features, "_sketch_part"),
+        (_decompose, "_checkpoint_part"),
+    ]:
+
+        def counted(*args, task=getattr(module, name), name=name):
+            with Dispatched() as mode:
+                result = task(*args)
+            waits.extend(f"{name}: {op}" for op in mode.synchronising)
+            return result
+
+        monkeypatch.setattr(module, name, counted)
+    est.kernel(X)
+    path_kernel_diagonal(est.module_, est.trajectory_, X)
+    path_features(est.module_, est.trajectory_, X, n_components=8, seed=0)
+    est.decompose(X[:5])
+    path_influence(est.module_, est.trajectory_, X, y, loss="squared_error")
+    assert waits == []

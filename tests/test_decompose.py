@@ -2,10 +2,12 @@
 
 import time
 import warnings
+from contextlib import nullcontext
 
 import numpy as np
 import pytest
 import torch
+from _dispatch import Dispatched
 from _oracle import jacobian_rows, tangent_kernel_reference
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -717,3 +719,108 @@ def test_kinks_option_and_networks_that_cannot_be_searched(diabetes):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert not est.decompose(X[:2]).kinks
+
+
+# ------------------------------------------ the device tile policy (issue 21)
+
+
+def _query_block_sizes(monkeypatch):
+    """Records the query block of every decomposition from now on."""
+    sizes = []
+    original = _decompose._query_blocks
+
+    def recording(module, trajectory, X, block):
+        sizes.append(block)
+        return original(module, trajectory, X, block)
+
+    monkeypatch.setattr(_decompose, "_query_blocks", recording)
+    return sizes
+
+
+@pytest.mark.parametrize("exact", [False, True])
+def test_device_policy_dispatches_fewer_operations_per_checkpoint(exact, monkeypatch):
+    rng = np.random.RandomState(0)
+    X = rng.randn(2048, 3)
+    est = _fit(PathKernelRegressor, X[:40], X[:40, 0], hidden_layer_sizes=(4,),
+               max_iter=2)  # fmt: skip
+    sizes = _query_block_sizes(monkeypatch)
+    counts = []
+    for policy in (nullcontext(), _blocking.device_policy(2**34)):
+        counted = Dispatched()
+        with policy, counted:
+            est.decompose(X, exact=exact, n_nodes=2)
+        counts.append(counted)
+    assert sizes == [512, 8192]  # 4 query blocks, then one
+    per_checkpoint = [c.total / est.trajectory_.n_steps for c in counts]
+    assert per_checkpoint[0] >= 3 * per_checkpoint[1], per_checkpoint
+    assert counts[1].synchronising.count("_local_scalar_dense") <= (
+        counts[0].synchronising.count("_local_scalar_dense")
+    )
+
+
+@pytest.mark.parametrize(
+    "solver",
+    [{}, {"solver": "adam"}],  # the engines' route; the backward walk
+)
+def test_device_policy_decomposition_matches_the_default(solver, monkeypatch):
+    rng = np.random.RandomState(1)
+    X = rng.randn(30, 3)
+    est = _fit(PathKernelRegressor, X, np.sin(X[:, 0]), hidden_layer_sizes=(6,),
+               max_iter=2, batch_size=10, alpha=0.01, **solver)  # fmt: skip
+    sizes = _query_block_sizes(monkeypatch)
+    waits = []
+    task = _decompose._checkpoint_part
+
+    def counted(*args):  # the engines' route: nothing waits for the device
+        with Dispatched() as mode:
+            parts = task(*args)
+        waits.extend(mode.synchronising)
+        return parts
+
+    monkeypatch.setattr(_decompose, "_checkpoint_part", counted)
+    # Adam's first order walks backwards as its exact form does.
+    for exact in (False, True) if not solver else (False,):
+        want = est.decompose(X, exact=exact)
+        with _blocking.device_policy(2**17):  # a small device: blocks of 8 rows
+            got = est.decompose(X, exact=exact)
+        np.testing.assert_allclose(
+            got.contributions, want.contributions, rtol=1e-10, atol=1e-14
+        )
+        np.testing.assert_allclose(got.bias, want.bias, rtol=1e-10, atol=1e-14)
+        np.testing.assert_allclose(got.kernel, want.kernel, rtol=1e-10, atol=1e-14)
+        if not solver and not exact:  # plain sgd: Theorem 1 term by term
+            phi, bias = _reference_decomposition(est, X, X)
+            np.testing.assert_allclose(got.contributions, phi, rtol=1e-8, atol=1e-12)
+            np.testing.assert_allclose(got.bias, bias, rtol=1e-8, atol=1e-12)
+    assert sizes[0] == 512 and 1 < sizes[1] < 30, sizes
+    assert waits == []
+
+
+@pytest.mark.parametrize("solver, task", [("sgd", "_checkpoint_part"),
+                                          ("adam", "walk_block")])  # fmt: skip
+def test_device_out_of_memory_retries_with_half_the_block(solver, task, monkeypatch):
+    rng = np.random.RandomState(1)
+    X = rng.randn(30, 3)
+    est = _fit(PathKernelRegressor, X, np.sin(X[:, 0]), hidden_layer_sizes=(6,),
+               max_iter=2, batch_size=10, solver=solver)  # fmt: skip
+    exact = solver == "sgd"  # Adam's first order walks backwards too
+    want = est.decompose(X, exact=exact)
+    sizes, original = [], getattr(_decompose, task)
+
+    def failing(shared, q0, q1, *args):
+        sizes.append(q1 - q0)
+        if len(sizes) == 2:  # the second task: what the first gave is dropped
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory.")
+        return original(shared, q0, q1, *args)
+
+    monkeypatch.setattr(_decompose, task, failing)
+    with (
+        _blocking.device_policy(2**17),
+        pytest.warns(RuntimeWarning, match="decomposition ran out of CUDA memory"),
+    ):
+        got = est.decompose(X, exact=exact)
+    assert sizes[2] == sizes[0] // 2, sizes
+    np.testing.assert_allclose(
+        got.contributions, want.contributions, rtol=1e-10, atol=1e-14
+    )
+    np.testing.assert_allclose(got.bias, want.bias, rtol=1e-10, atol=1e-14)

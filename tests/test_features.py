@@ -1,13 +1,17 @@
 """Random path-kernel features (``_features.py``) against the autograd oracle."""
 
+from contextlib import nullcontext
+
 import numpy as np
 import pytest
 import torch
+from _dispatch import Dispatched
 from _oracle import jacobian_rows, path_kernel_reference
 from torch import nn
 
 from sklearn_pathkernel import PathKernelClassifier, PathKernelRegressor
 from sklearn_pathkernel._compute import _blocking
+from sklearn_pathkernel._kernels import _features as features_module
 from sklearn_pathkernel._kernels._features import gaussian_factor, path_features, plan
 from sklearn_pathkernel.engines import _jacobian, select_engine
 
@@ -305,3 +309,91 @@ def test_auto_takes_the_engine_select_engine_picks(case, data):
     if case == "regressor":  # another engine gives other (equally valid) features
         other, _ = _features(est, X, n_components=7, seed=0, engine="jacobian")
         assert not np.allclose(auto, other)
+
+
+# ------------------------------------------ the device tile policy (issue 21)
+
+
+def _sketch_ops_per_checkpoint(module, X_t, m, free_bytes=None):
+    """Operations of one checkpoint's ``_sketch_part`` over every row block.
+
+    The checkpoint's factors are drawn (and cached) before counting.
+    """
+    parameters = {n: p.detach().to(X_t.device) for n, p in module.named_parameters()}
+    bound = select_engine(
+        "structured", module, list(parameters), example=torch.zeros(1, X_t.shape[1])
+    )
+    shapes = bound.sketch_shapes(10)
+    with _blocking.device_policy(free_bytes) if free_bytes else nullcontext():
+        tile, groups = plan(bound, shapes, 10, 4, m, None, X_t.device)
+    sketch = features_module._Sketch(bound, X_t, tile, X_t.device, shapes, groups, m, 0)
+    blocks = features_module.row_blocks(X_t.shape[0], tile)
+    features_module._sketch_part(sketch, *blocks[0], 0, 1.0, parameters, None)
+    counted = Dispatched()
+    with counted:
+        for r0, r1 in blocks:
+            features_module._sketch_part(sketch, r0, r1, 0, 1.0, parameters, None)
+    return counted, tile
+
+
+def test_device_policy_sketch_dispatches_fewer_operations_per_checkpoint():
+    torch.manual_seed(0)
+    w2 = nn.Sequential(
+        nn.Linear(64, 256),
+        nn.Tanh(),
+        nn.Linear(256, 256),
+        nn.Tanh(),
+        nn.Linear(256, 10),
+    )
+    X_t = torch.empty(20_000, 64, device="meta")
+    cpu, cpu_tile = _sketch_ops_per_checkpoint(w2, X_t, 100)
+    device, device_tile = _sketch_ops_per_checkpoint(w2, X_t, 100, 2**34)
+    assert (cpu_tile, device_tile) == (512, 8192)
+    assert cpu.total >= 10 * device.total
+    assert cpu.synchronising == device.synchronising == []
+
+
+@pytest.mark.parametrize("engine", ["structured", "jacobian"])
+def test_device_policy_features_match_the_reference(engine, data):
+    est = _fitted("two-hidden-two-targets", data)
+    bound = select_engine(engine, est.module_, est.trajectory_.parameter_names)
+    per_row = bound.bytes_per_row(2, 8) + 32 * 5
+    # A quarter of half the free memory holds 8 rows, not 16: 30 rows, 4 tiles.
+    with _blocking.device_policy(96 * per_row):
+        tile, _ = plan(
+            bound, bound.sketch_shapes(2), 2, 8, 5, None, torch.device("cpu")
+        )
+        phi, diagonal = _features(est, data, n_components=5, seed=3, engine=engine)
+    assert tile == 8
+    if engine == "structured":
+        want = _kronecker_reference(est, data, 3, 5)
+    else:
+        want = _projection_reference(est, data, 3, 5, engine)
+    np.testing.assert_allclose(phi, want, rtol=1e-10, atol=1e-12)
+    K = path_kernel_reference(est.module_, est.trajectory_, data)
+    np.testing.assert_allclose(diagonal, np.diag(K), rtol=1e-10)
+
+
+def test_device_out_of_memory_retries_with_half_the_tile(data, monkeypatch):
+    est = _fitted("two-hidden-two-targets", data)
+    bound = select_engine("structured", est.module_, est.trajectory_.parameter_names)
+    per_row = bound.bytes_per_row(2, 8) + 32 * 5
+    want = _kronecker_reference(est, data, 3, 5)
+    tiles, task = [], features_module._sketch_part
+
+    def failing(sketch, *args):
+        tiles.append(sketch.tile)
+        if len(tiles) == 2:  # the second task: the sums so far are dropped
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory.")
+        return task(sketch, *args)
+
+    monkeypatch.setattr(features_module, "_sketch_part", failing)
+    with (
+        _blocking.device_policy(96 * per_row),  # 8-row tiles
+        pytest.warns(RuntimeWarning, match="with 8-row tiles; retrying with 4-row"),
+    ):
+        phi, diagonal = _features(est, data, n_components=5, seed=3)
+    assert tiles[:2] == [8, 8] and set(tiles[2:]) == {4}
+    np.testing.assert_allclose(phi, want, rtol=1e-10, atol=1e-12)
+    K = path_kernel_reference(est.module_, est.trajectory_, data)
+    np.testing.assert_allclose(diagonal, np.diag(K), rtol=1e-10)

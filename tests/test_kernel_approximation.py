@@ -2,10 +2,12 @@
 
 import pickle
 import warnings
+from contextlib import nullcontext
 
 import numpy as np
 import pytest
 import torch
+from _dispatch import Dispatched
 from sklearn.base import clone
 from sklearn.datasets import load_breast_cancer, load_diabetes
 from sklearn.exceptions import ConvergenceWarning, NotFittedError
@@ -453,3 +455,34 @@ def test_features_and_kernel_on_the_gpu_agree_with_the_cpu(toy30):
         )
     for on_cpu, on_gpu in zip(results["cpu"], results["cuda"]):
         np.testing.assert_allclose(on_gpu, on_cpu, rtol=1e-8, atol=1e-12)
+
+
+# -- the device tile policy (issue 21) ---------------------------------------
+def test_nystroem_on_the_device_grid_dispatches_fewer_operations(toy):
+    X, y = toy
+    ny = PathKernelNystroem(_net(), n_components=10, random_state=0).fit(X, y)
+    rows = np.random.RandomState(1).randn(4096, 3)
+    runs = []
+    for policy in (nullcontext(), _blocking.device_policy(2**34)):
+        counted = Dispatched()
+        with policy, counted:
+            runs.append((counted, ny.transform(rows)))
+    (cpu, on_cpu), (device, on_device) = runs
+    assert cpu.total >= 3 * device.total  # 8 row tiles a checkpoint, then one
+    # The rows' finiteness checks (one each for X and the landmarks), once a
+    # call: none inside the loop over checkpoints and tiles.
+    assert cpu.synchronising == device.synchronising == ["_local_scalar_dense"] * 2
+    np.testing.assert_allclose(on_device, on_cpu, rtol=1e-10, atol=1e-14)
+
+
+def test_nystroem_on_the_device_grid_matches_the_reference(toy):
+    X, y = toy
+    with _blocking.device_policy(2**17):  # a small device: tiles of a few rows
+        ny = PathKernelNystroem(_net(), n_components=10, random_state=0).fit(X, y)
+        Z = ny.transform(X)
+    K_LL = ny.estimator_.kernel(ny.components_)
+    np.testing.assert_allclose(
+        ny.normalization_, _reference_inverse_sqrt(K_LL), rtol=1e-8, atol=0
+    )
+    expected = ny.estimator_.kernel(X, ny.components_) @ _reference_inverse_sqrt(K_LL)
+    np.testing.assert_allclose(Z, expected, rtol=1e-8, atol=1e-12)

@@ -9,17 +9,19 @@ import numpy as np
 import pytest
 import torch
 from _cluster import local_cluster
+from _dispatch import Dispatched
 from _oracle import path_kernel_reference, tangent_kernel_reference
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from joblib import parallel_config
 from sklearn.exceptions import ConvergenceWarning
-from torch.utils._python_dispatch import TorchDispatchMode
 
 from sklearn_pathkernel import (
     PathKernelClassifier,
     PathKernelRegressor,
+    path_influence,
     path_kernel,
+    path_self_influence,
     tangent_kernel,
 )
 from sklearn_pathkernel._compute import _blocking
@@ -616,36 +618,6 @@ def test_a_dask_worker_lost_mid_kernel_changes_no_bit(fitted, small_grid):
 _SMALL_DEVICE = 81_920
 
 
-class _Dispatched(TorchDispatchMode):
-    """Counts the torch operations dispatched, and those that wait for the device."""
-
-    def __init__(self):
-        super().__init__()
-        self.ops = collections.Counter()
-        self.synchronising = []
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        kwargs = kwargs or {}
-        name = func.overloadpacket.__name__
-        self.ops[name] += 1
-        if name in ("_local_scalar_dense", "item") or _copies_to_host(
-            name, args, kwargs
-        ):
-            self.synchronising.append(name)
-        return func(*args, **kwargs)
-
-
-def _copies_to_host(name, args, kwargs):
-    """A copy from a tensor off the CPU into the CPU's memory."""
-    if name == "_to_copy":
-        source, target = args[0].device, kwargs.get("device")
-    elif name == "copy_":
-        source, target = args[1].device, args[0].device
-    else:
-        return False
-    return source.type != "cpu" and torch.device(target or source).type == "cpu"
-
-
 def _ops_per_checkpoint(module, X_t, free_bytes=None):
     """Operations of one checkpoint's strips of ``K(X, X)``, statics cached.
 
@@ -661,7 +633,7 @@ def _ops_per_checkpoint(module, X_t, free_bytes=None):
         grid = _path._plan_grid(bound, 10, torch.float32, X_t.device)
         work = _path._Work(bound, X_t, X_t, True, True, (), X_t.device, **grid)
         blocks = _path._row_blocks(work, None)
-    counted = _Dispatched()
+    counted = Dispatched()
     for r0, r1 in blocks:
         _path._strip_part(work, r0, r1, parameters, None)  # the strip's statics
         with counted:
@@ -744,3 +716,221 @@ def test_device_policy_is_bit_identical_across_budgets(fitted):
         whole = path_kernel(est.module_, est.trajectory_, X, working_memory=1024)
         strips = path_kernel(est.module_, est.trajectory_, X, working_memory=1e-3)
     assert np.array_equal(whole, strips)
+
+
+def _diagonal_ops_per_checkpoint(module, X_t, free_bytes=None):
+    """Operations of one checkpoint's ``_diagonal_part`` over every row block."""
+    parameters = {n: p.detach().to(X_t.device) for n, p in module.named_parameters()}
+    bound = select_engine(
+        "structured", module, list(parameters), example=torch.zeros(1, X_t.shape[1])
+    )
+    policy = _blocking.device_policy(free_bytes) if free_bytes else nullcontext()
+    with policy:
+        tile = _blocking.tile_within_budget(
+            None, bound.bytes_per_row(10, 4), X_t.device
+        )
+    rows = _path._Rows(bound=bound, X_t=X_t, tile=tile, device=X_t.device)
+    counted = Dispatched()
+    with counted:
+        for r0, r1 in _path.row_blocks(X_t.shape[0], tile):
+            _path._diagonal_part(rows, r0, r1, parameters, None)
+    return counted, tile
+
+
+def test_device_policy_diagonal_dispatches_fewer_operations_per_checkpoint():
+    w2 = _mlp(64, 256, 256, 10)
+    X_t = torch.empty(20_000, 64, device="meta")
+    cpu, cpu_tile = _diagonal_ops_per_checkpoint(w2, X_t)
+    device, device_tile = _diagonal_ops_per_checkpoint(w2, X_t, 2**34)
+    assert (cpu_tile, device_tile) == (512, 8192)
+    assert cpu.total >= 10 * device.total
+    assert cpu.synchronising == device.synchronising == []
+
+
+def test_device_policy_diagonal_matches_reference(fitted):
+    est, X = fitted
+    with _blocking.device_policy(_SMALL_DEVICE):
+        got = _path.path_kernel_diagonal(est.module_, est.trajectory_, X)
+    want = np.diag(path_kernel_reference(est.module_, est.trajectory_, X))
+    np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-12)
+
+
+def _waits_in(monkeypatch, *functions):
+    """Operations that wait for the device inside each task function of ``_path``."""
+    waits = collections.Counter()
+    for name in functions:
+        task = getattr(_path, name)
+
+        def counted(*args, task=task, name=name, **kwargs):
+            with Dispatched() as mode:
+                result = task(*args, **kwargs)
+            waits.update(f"{name}: {op}" for op in mode.synchronising)
+            return result
+
+        monkeypatch.setattr(_path, name, counted)
+    return waits
+
+
+@pytest.mark.parametrize("solver", ["sgd", "adam"])  # adam: the metric kernel
+def test_no_operation_inside_the_checkpoint_loops_waits_for_the_device(
+    solver, monkeypatch
+):
+    X = np.random.RandomState(2).randn(20, 3)
+    y = np.sin(X[:, 0])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        est = PathKernelRegressor(
+            (6,), max_iter=3, dtype="float64", random_state=0, solver=solver
+        ).fit(X, y)
+    waits = _waits_in(monkeypatch, "_strip_part", "_diagonal_part")
+    with _blocking.device_policy(2**22):  # the device grid (hooks: 4-row tiles)
+        for engine in sorted(ENGINES):
+            path_kernel(est.module_, est.trajectory_, X, X[:7], engine=engine)
+            path_kernel(est.module_, est.trajectory_, X, trace=False, engine=engine)
+            _path.path_kernel_diagonal(est.module_, est.trajectory_, X, engine=engine)
+        # TracIn folds the loss derivatives into the states of row handles,
+        # which the loops look up tile by tile.
+        path_influence(est.module_, est.trajectory_, X, y, loss="squared_error")
+        path_self_influence(est.module_, est.trajectory_, X, y, loss="squared_error")
+    assert not waits, waits
+
+
+def _out_of_memory_at(monkeypatch, name, call):
+    """``_path.<name>`` raises a CUDA out-of-memory error at its ``call``-th call.
+
+    Returns the tile of every call, the failing one included.
+    """
+    tiles = []
+    task = getattr(_path, name)
+
+    def failing(shared, *args):
+        tiles.append(shared.tile)
+        if len(tiles) == call:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate")
+        return task(shared, *args)
+
+    monkeypatch.setattr(_path, name, failing)
+    return tiles
+
+
+@pytest.mark.parametrize("symmetric", [True, False])
+# The first strip's first task, or the second strip's: the first is kept.
+@pytest.mark.parametrize("call", [1, 13])
+def test_device_out_of_memory_retries_with_half_the_tile(
+    fitted, symmetric, call, monkeypatch
+):
+    est, X = fitted
+    Z = None if symmetric else X + 0.1
+    tiles = _out_of_memory_at(monkeypatch, "_strip_part", call)
+    retry = "ran out of CUDA memory with 8-row tiles; retrying with 4-row tiles"
+    with (
+        _blocking.device_policy(_SMALL_DEVICE),  # strips of 24 rows, then 12
+        pytest.warns(RuntimeWarning, match=retry),
+    ):
+        got = path_kernel(est.module_, est.trajectory_, X, Z)
+    assert tiles[:call] == [8] * call and set(tiles[call:]) == {4}
+    want = path_kernel_reference(est.module_, est.trajectory_, X, Z)
+    np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-12)
+    if symmetric:
+        assert np.array_equal(got, got.T)
+
+
+def test_device_out_of_memory_in_the_diagonal_retries_with_half_the_tile(
+    fitted, monkeypatch
+):
+    est, X = fitted
+    tiles = _out_of_memory_at(monkeypatch, "_diagonal_part", 2)
+    with (
+        _blocking.device_policy(_SMALL_DEVICE * 8),
+        pytest.warns(RuntimeWarning, match="diagonal ran out of CUDA memory"),
+    ):
+        got = _path.path_kernel_diagonal(est.module_, est.trajectory_, X)
+    assert tiles[:2] == [tiles[0]] * 2 and set(tiles[2:]) == {tiles[0] // 2}
+    want = np.diag(path_kernel_reference(est.module_, est.trajectory_, X))
+    np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-12)
+
+
+def test_out_of_memory_with_one_row_tiles_is_raised(fitted, monkeypatch):
+    est, X = fitted
+
+    def failing(*args):
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory.")
+
+    monkeypatch.setattr(_path, "_strip_part", failing)
+    with (
+        _blocking.device_policy(_SMALL_DEVICE),
+        pytest.warns(RuntimeWarning, match="retrying with 1-row tiles"),
+        pytest.raises(torch.cuda.OutOfMemoryError, match="CUDA out of memory"),
+    ):
+        path_kernel(est.module_, est.trajectory_, X)
+
+
+def _stacks(monkeypatch):
+    """Records the size of every stack of checkpoints a strip task gets."""
+    sizes, task = [], _path._stacked_strip_part
+
+    def recording(work, r0, r1, stacked):
+        sizes.append(next(iter(stacked.values())).shape[0])
+        return task(work, r0, r1, stacked)
+
+    monkeypatch.setattr(_path, "_stacked_strip_part", recording)
+    return sizes
+
+
+@pytest.mark.parametrize("Z, trace", [(None, True), ("other", True), (None, False)])
+def test_stacked_checkpoints_match_the_reference(fitted, Z, trace, monkeypatch):
+    est, X = fitted
+    Z = X[:13] + 0.1 if Z == "other" else None
+    sizes = _stacks(monkeypatch)
+    with _blocking.device_policy(2**30):  # room for all 12 checkpoints at once
+        got = path_kernel(est.module_, est.trajectory_, X, Z, trace=trace)
+    assert sizes and set(sizes) == {12}
+    want = path_kernel_reference(est.module_, est.trajectory_, X, Z, trace=trace)
+    np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-12)
+    if Z is None and trace:
+        assert np.array_equal(got, got.T)
+
+
+def test_checkpoints_are_stacked_only_where_the_budget_holds_them(fitted, monkeypatch):
+    est, X = fitted
+    sizes = _stacks(monkeypatch)
+    with _blocking.device_policy(2**21):  # one 30-row strip, stacks of a few
+        small = path_kernel(est.module_, est.trajectory_, X)
+    assert sizes and 1 < max(sizes) < 12
+    sizes.clear()
+    path_kernel(est.module_, est.trajectory_, X)  # the CPU: one per checkpoint
+    path_kernel(est.module_, est.trajectory_, X, engine="jacobian")
+    assert sizes == []
+    want = path_kernel_reference(est.module_, est.trajectory_, X)
+    np.testing.assert_allclose(small, want, rtol=1e-10, atol=1e-12)
+
+
+def test_stacked_checkpoints_dispatch_fewer_operations_per_checkpoint(monkeypatch):
+    # W2 on meta rows, 16 checkpoints: the strip's tasks and its weighted sums.
+    w2 = _mlp(64, 256, 256, 10)
+    X_t = torch.empty(4096, 64, device="meta")
+    parameters = {n: p.detach().to("meta") for n, p in w2.named_parameters()}
+    bound = select_engine(
+        "structured", w2, list(parameters), example=torch.zeros(1, 64)
+    )
+    points = [(0.1, lambda: parameters, lambda: None)] * 16
+    counts = []
+    for most in (1, 16):  # one task per checkpoint, as before; all 16 stacked
+        monkeypatch.setattr(_path, "MAX_STACKED_CHECKPOINTS", most)
+        with _blocking.device_policy(2**37):
+            grid = _path._plan_grid(bound, 10, torch.float32, X_t.device)
+            work = _path._Work(bound, X_t, X_t, True, True, (), X_t.device, **grid)
+            tasks = _path._checkpoint_tasks(work, points, 4096)
+        counted = Dispatched()
+        strip = torch.zeros(4096, 4096, device="meta")
+        for checkpoint, weight in zip(tasks.checkpoints, tasks.weights):
+            tasks.function(work, 0, 4096, *checkpoint())  # the statics
+            with counted:
+                for (a0, a1, b0, b1), part in tasks.function(
+                    work, 0, 4096, *checkpoint()
+                ):
+                    _path._add_weighted(strip[a0:a1, b0:b1], part, weight)
+        counts.append((len(tasks.weights), counted))
+    (single, one), (stacks, stacked) = counts
+    assert (single, stacks) == (16, 1)
+    assert one.total >= 4 * stacked.total and stacked.synchronising == []

@@ -25,6 +25,7 @@ Two decisions live here:
   are cores.
 """
 
+import warnings
 from contextlib import contextmanager
 
 import torch
@@ -164,6 +165,58 @@ def grid(state_bytes, device=None, *, entry_bytes=8):
     return min(TILE_ROWS, chunk), chunk
 
 
+def halve_on_device_oom(attempt, tile, *, what):
+    """``attempt(tile)``, again with half the tile after a CUDA out-of-memory error.
+
+    Device memory is shared: what was free when the grid was chosen may
+    have been taken since. ``attempt`` must start its work afresh (whatever
+    it wrote before the error is either complete, e.g. a kernel strip
+    recorded as done, or thrown away); each retry warns, and a one-row tile
+    that still runs out re-raises the error.
+
+    Parameters
+    ----------
+    attempt : callable
+        ``attempt(tile)`` does the work with row tiles of ``tile`` rows.
+    tile : int
+        The first try's tile.
+    what : str
+        Names the work in the warning.
+
+    Examples
+    --------
+    >>> import torch, warnings
+    >>> from sklearn_pathkernel._compute._blocking import halve_on_device_oom
+    >>> def attempt(tile):
+    ...     if tile > 2:
+    ...         raise torch.cuda.OutOfMemoryError("CUDA out of memory.")
+    ...     return tile
+    >>> with warnings.catch_warnings(record=True) as caught:
+    ...     warnings.simplefilter("always")
+    ...     halve_on_device_oom(attempt, 8, what="The kernel")
+    2
+    >>> print(caught[0].message)  # doctest: +ELLIPSIS
+    The kernel ran out of CUDA memory with 8-row tiles; retrying with 4-row ...
+    """
+    while True:
+        try:
+            return attempt(tile)
+        except torch.cuda.OutOfMemoryError:
+            if tile <= 1:
+                raise
+            warnings.warn(
+                f"{what} ran out of CUDA memory with {tile}-row tiles; retrying "
+                f"with {tile // 2}-row tiles (other processes may have taken the "
+                "memory it found free). Lower working_memory or free device "
+                "memory to avoid the retry.",
+                RuntimeWarning,
+                stacklevel=3,
+            )
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()  # what the failed try left cached
+            tile //= 2
+
+
 def rows_within_budget(
     working_memory, bytes_per_row, n_rows, *, fixed_bytes=0, multiple_of=1
 ):
@@ -202,19 +255,34 @@ def rows_within_budget(
     return max(1, min(rows, n_rows))
 
 
-def tile_within_budget(working_memory, bytes_per_row):
+def tile_within_budget(working_memory, bytes_per_row, device=None):
     """Rows per block for row-by-row work: ``TILE_ROWS``, or a power of two fewer.
 
     The block fixes the shapes of every product, hence the rounding; taking
     it from this short list, not straight from the budget, keeps results
-    bit-identical across every budget that holds a full tile.
+    bit-identical across every budget that holds a full tile. On a CUDA
+    device (``device``, as for :func:`grid`) the tile is the device's: up to
+    :data:`DEVICE_TILE_ROWS` rows within a quarter of :func:`device_budget`,
+    whatever ``working_memory`` says, so that a GPU gets a few large
+    products per checkpoint.
 
     Examples
     --------
-    >>> from sklearn_pathkernel._compute._blocking import tile_within_budget
+    >>> import torch
+    >>> from sklearn_pathkernel._compute._blocking import (
+    ...     device_policy, tile_within_budget)
     >>> tile_within_budget(None, 1000), tile_within_budget(1, 2**20 // 100)
     (512, 64)
+    >>> with device_policy(2**34):
+    ...     tile_within_budget(1, 1000, torch.device("cpu"))
+    8192
     """
+    budget = device_budget(device)
+    if budget is not None:
+        tile = DEVICE_TILE_ROWS
+        while tile > 1 and tile * bytes_per_row > budget // 4:
+            tile //= 2
+        return tile
     rows = rows_within_budget(working_memory, bytes_per_row, TILE_ROWS)
     return 1 << (rows.bit_length() - 1)
 

@@ -34,7 +34,7 @@ import numpy as np
 import torch
 from torch.func import jvp, vmap
 
-from .._compute._blocking import grid, tile_within_budget
+from .._compute._blocking import grid, halve_on_device_oom, tile_within_budget
 from .._compute._memory import check_result_fits
 from .._compute._progress import progress_bar
 from .._compute._tasks import Shared, block_parts, compact, row_blocks
@@ -296,7 +296,9 @@ def decompose_path(
     working_memory : float, default=None
         Budget in MiB for one block of query rows. Blocks hold 512 rows
         whenever that fits, and a power of two fewer otherwise, so results
-        are bit-identical across every budget that fits 512 rows.
+        are bit-identical across every budget that fits 512 rows. On a CUDA
+        device blocks are the device's (up to 8192 rows within half its
+        free memory), whatever the budget.
     n_jobs : int, default=None
         Each query block and checkpoint is a joblib task, threads unless a
         ``joblib.parallel_config`` chooses another backend (dask, for a
@@ -435,7 +437,14 @@ def _contributions(
         working_memory=working_memory,
         split=split,
     )
-    return _gather(plan, trajectory, n_outputs, exact, n_jobs, verbose)
+    # A CUDA out-of-memory error starts the blocks again with half as many rows.
+    return halve_on_device_oom(
+        lambda block: _gather(
+            plan._replace(block=block), trajectory, n_outputs, exact, n_jobs, verbose
+        ),
+        plan.block,
+        what="The decomposition",
+    )
 
 
 class _Route(NamedTuple):
@@ -486,6 +495,7 @@ def _engine_route(
         # and three temporaries.
         bound.bytes_per_row(n_outputs, itemsize) * (1 + len(nodes))
         + n_train * n_outputs * (16 + 3 * itemsize),
+        X.device,  # a CUDA device's tiles: a few query blocks
     )
 
     def fold(parts, b, progress):
@@ -652,11 +662,11 @@ def _walk_route(
     # Split at kinks: a node's parameters too, one copy per row (vmap).
     per_row = n_outputs * (d * (3 * 8 + 2 * itemsize) + n_train * 16)
     per_row += 0 if split is None else d * itemsize
-    block = tile_within_budget(working_memory, per_row)
+    block = tile_within_budget(working_memory, per_row, X.device)
     # Per-example gradients: a fixed block of training rows, a property of
-    # the network (as the kernels' column chunks), so bits do not depend on
-    # the budget.
-    rows = grid(d * (8 + 2 * itemsize))[1]
+    # the network and device (as the kernels' column chunks), so bits do not
+    # depend on the budget.
+    rows = grid(d * (8 + 2 * itemsize), X.device)[1]
     walk = QueryWalk(
         module=module,
         trajectory=trajectory,
@@ -705,7 +715,7 @@ def _checkpoint_part(walk, q0, q1, start, steps):
     parts = []
     with torch.no_grad():
         static = walk.cached(
-            ("static", q0), lambda: walk.bound.static(Xq, walk.X_train)
+            ("static", q0, q1), lambda: walk.bound.static(Xq, walk.X_train)
         )
         for step, end in steps:
             batch = step.batch.to(device)

@@ -388,14 +388,19 @@ class _FoldedRows:
         self.gradient, self.n_outputs, self.dtype = gradient, n_outputs, dtype
         starts = np.cumsum([0] + [len(r) for r in rows])
         self.starts = starts[:-1]
-        device = rows[0].device
-        self.handles = [
-            torch.arange(a, b, device=device) for a, b in zip(starts[:-1], starts[1:])
-        ]
+        # One range over every set, each set a view of it: a tile's first
+        # handle is then its offset in that storage, read without waiting
+        # for the device (int() of a CUDA tensor would, at every tile).
+        self._all = torch.arange(int(starts[-1]), device=rows[0].device)
+        self.handles = [self._all[a:b] for a, b in zip(starts[:-1], starts[1:])]
 
     def _lookup(self, handles):
         """The rows and targets a tile of handles stands for."""
-        first = int(handles[0])
+        storage = self._all.untyped_storage().data_ptr()
+        if handles.untyped_storage().data_ptr() == storage:
+            first = handles.storage_offset()
+        else:  # not a view of the handles (a copy): read its first value
+            first = int(handles[0])
         k = int(np.searchsorted(self.starts, first, side="right")) - 1
         a = first - int(self.starts[k])
         b = a + handles.shape[0]

@@ -43,17 +43,24 @@ dtype and device: the features depend on the seed, the engine's pieces and
 ``m``, not on the blocking of the rows, the budget, the device or what runs
 the tasks (one per block of rows and checkpoint, ``_compute/_tasks.py``; a
 thread keeps a checkpoint's factors for its next task, so they are drawn once
-per call and thread when they fit the budget together).
+per call and thread when they fit the budget together). The factors are
+the same on every device; the rounding of the features is that of the row
+tile, which on a CUDA device is the device's (up to 8192 rows, a few large
+products per checkpoint; ``tile_within_budget``).
 """
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
 from sklearn import get_config
 
-from .._compute._blocking import tile_within_budget
+from .._compute._blocking import (
+    device_budget,
+    halve_on_device_oom,
+    tile_within_budget,
+)
 from .._compute._tasks import Shared, block_parts, compact, row_blocks, to_device
 from .._model._network import in_evaluation_mode, placement
 from ._path import path_engine
@@ -83,7 +90,9 @@ def gaussian_factor(seed, k, piece, j, height, n_components):
     return torch.randn((height, n_components), generator=generator, dtype=torch.float64)
 
 
-def plan(engine, shapes, n_outputs, itemsize, n_components, working_memory):
+def plan(
+    engine, shapes, n_outputs, itemsize, n_components, working_memory, device=None
+):
     """``(tile, groups)``: rows per block, and pieces whose factors are kept together.
 
     Half the budget sets the row tile, from the fixed grid
@@ -93,6 +102,8 @@ def plan(engine, shapes, n_outputs, itemsize, n_components, working_memory):
     built again. The groups change no bit of the result (every piece adds
     its own float64 term to the features, in piece order); the tile does
     only when the budget cannot hold a full one (docs/design.md, section 8).
+    On a CUDA device (``device``) the budget is the device's
+    (:func:`_memory_for`) and the tile the device's.
 
     Examples
     --------
@@ -106,12 +117,11 @@ def plan(engine, shapes, n_outputs, itemsize, n_components, working_memory):
     >>> plan(engine, shapes, 1, 4, 100, 2)  # room for one factor at a time
     (16, [[0], [1]])
     """
-    if working_memory is None:
-        working_memory = get_config()["working_memory"]
+    working_memory = _memory_for(working_memory, device)
     per_row = engine.bytes_per_row(n_outputs, itemsize)
     # The float64 features, a piece's result in both dtypes, the input side.
     per_row += (16 + 2 * itemsize) * n_components
-    tile = tile_within_budget(working_memory / 2, per_row)
+    tile = tile_within_budget(working_memory / 2, per_row, device)
     # Factors are kept in the work's dtype; one float64 draw is alive at a time.
     largest = max((max(heights) for heights in shapes), default=0)
     budget = working_memory * 2**20 - tile * per_row - 8 * largest * n_components
@@ -160,7 +170,9 @@ def path_features(
         ``vec J``. Each engine gives its own (equally valid) features.
     working_memory : float, default=None
         Budget in MiB for one block of rows' states and the factors kept at
-        once; scikit-learn's ``working_memory`` setting when None.
+        once; scikit-learn's ``working_memory`` setting when None. On a CUDA
+        device the device's own budget (half its free memory) and tiles
+        take its place (docs/design.md, section 8).
     device : str or torch.device, default=None
         Where to compute; the module's device when None.
     n_jobs : int, default=None
@@ -194,13 +206,12 @@ def path_features(
     """
     module, dtype, device = placement(module, device)
     X_t = kernel_rows(X, name="X", module=module, dtype=dtype, device=device)
-    n = X_t.shape[0]
     bound = path_engine(engine, module, trajectory, example=X_t[:1])
     with torch.no_grad():
         n_outputs = output_width(module, X_t)
     shapes = bound.sketch_shapes(n_outputs)
     tile, groups = plan(
-        bound, shapes, n_outputs, dtype.itemsize, n_components, working_memory
+        bound, shapes, n_outputs, dtype.itemsize, n_components, working_memory, device
     )
     sketch = _Sketch(
         bound=bound,
@@ -212,13 +223,29 @@ def path_features(
         n_components=n_components,
         seed=seed,
     )
+    features, diagonal = halve_on_device_oom(
+        lambda tile: _sketch_with_tile(
+            replace(sketch, tile=tile), trajectory, working_memory, n_jobs
+        ),
+        tile,
+        what="The path features",
+    )
+    return features.cpu().numpy(), diagonal.cpu().numpy()
+
+
+def _sketch_with_tile(sketch, trajectory, working_memory, n_jobs):
+    """Features and diagonal of every row, float64 on the device, from scratch.
+
+    A try of ``halve_on_device_oom``: after a CUDA out-of-memory error it
+    runs again, with a smaller ``sketch.tile`` and fresh sums.
+    """
+    n, m, tile = sketch.X_t.shape[0], sketch.n_components, sketch.tile
     # A task's result is (rows, m) float64: at most a quarter of the budget.
-    if working_memory is None:
-        working_memory = get_config()["working_memory"]
-    result_tiles = working_memory * 2**20 / 4 // (tile * n_components * 8)
+    working_memory = _memory_for(working_memory, sketch.device)
+    result_tiles = working_memory * 2**20 / 4 // (tile * m * 8)
     blocks = row_blocks(n, tile, tiles_per_block=int(max(1, min(8, result_tiles))))
-    features = torch.zeros((n, n_components), dtype=torch.float64, device=device)
-    diagonal = torch.zeros(n, dtype=torch.float64, device=device)
+    features = torch.zeros((n, m), dtype=torch.float64, device=sketch.device)
+    diagonal = torch.zeros(n, dtype=torch.float64, device=sketch.device)
     for (r0, r1), parts in block_parts(
         _sketch_part,
         sketch,
@@ -232,7 +259,22 @@ def path_features(
         for part_features, part_diagonal in parts:
             features[r0:r1] += part_features
             diagonal[r0:r1] += part_diagonal
-    return features.cpu().numpy(), diagonal.cpu().numpy()
+    return features, diagonal
+
+
+def _memory_for(working_memory, device):
+    """The MiB the features may take: ``working_memory``, or a CUDA device's budget.
+
+    On a device the tile is the device's, larger than ``working_memory``
+    would give; the factors and each task's result are then budgeted in
+    the device's memory (``device_budget``) as well.
+    """
+    budget = device_budget(device)
+    if budget is not None:
+        return budget / 2**20
+    if working_memory is None:
+        return get_config()["working_memory"]
+    return working_memory
 
 
 def _checkpoints(trajectory):

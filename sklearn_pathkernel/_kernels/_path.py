@@ -1,13 +1,16 @@
 """Tangent and path kernels, blocked over rows under a memory budget."""
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from typing import NamedTuple
 
 import numpy as np
 import torch
 
 from .._compute._blocking import (
+    device_budget,
     grid,
+    halve_on_device_oom,
     rows_within_budget,
     strip_memory,
     tile_within_budget,
@@ -317,7 +320,8 @@ def path_kernel_diagonal(
         How the Jacobian work is done; see :func:`tangent_kernel`.
     working_memory : float, default=None
         Budget in MiB for one tile of rows' engine states; scikit-learn's
-        ``working_memory`` setting when None.
+        ``working_memory`` setting when None. On a CUDA device the tile is
+        the device's (up to 8192 rows within half its free memory).
     device : str or torch.device, default=None
         Where to compute; the module's device when None.
     n_jobs : int, default=None
@@ -367,19 +371,30 @@ def diagonal_sum(bound, points, X_t, *, bytes_per_row, working_memory, n_jobs):
 
     The row-by-row counterpart of :func:`kernel_sum`: tiles of the fixed
     grid (``bytes_per_row`` of engine state each, within
-    ``working_memory``), a task per block of rows and point, parts added in
-    point order in float64. Returns a float64 numpy array ``(n_X,)``.
+    ``working_memory``; on a CUDA device the device's tiles,
+    ``tile_within_budget``), a task per block of rows and point, parts added
+    in point order in float64. Returns a float64 numpy array ``(n_X,)``.
+    A CUDA out-of-memory error starts it again with half the tile
+    (``halve_on_device_oom``).
     """
-    tile = tile_within_budget(working_memory, bytes_per_row)
-    rows = _Rows(bound=bound, X_t=X_t, tile=tile, device=X_t.device)
-    blocks = row_blocks(X_t.shape[0], tile)
-    diagonal = torch.zeros(X_t.shape[0], dtype=torch.float64, device=X_t.device)
-    for _, parts in block_parts(
-        _diagonal_part, rows, blocks, _checkpoints(points), n_jobs=n_jobs
-    ):
-        for (weight, _, _), tiles in zip(points, parts):
-            for a0, part in tiles:
-                diagonal[a0 : a0 + tile] += float(weight) * part.double()
+
+    def attempt(tile):
+        rows = _Rows(bound=bound, X_t=X_t, tile=tile, device=X_t.device)
+        blocks = row_blocks(X_t.shape[0], tile)
+        diagonal = torch.zeros(X_t.shape[0], dtype=torch.float64, device=X_t.device)
+        for _, parts in block_parts(
+            _diagonal_part, rows, blocks, _checkpoints(points), n_jobs=n_jobs
+        ):
+            for (weight, _, _), tiles in zip(points, parts):
+                for a0, part in tiles:
+                    diagonal[a0 : a0 + tile] += float(weight) * part.double()
+        return diagonal
+
+    diagonal = halve_on_device_oom(
+        attempt,
+        tile_within_budget(working_memory, bytes_per_row, X_t.device),
+        what="The path kernel's diagonal",
+    )
     return diagonal.cpu().numpy()
 
 
@@ -523,14 +538,15 @@ def kernel_sum(
             device=X_t.device,
             **_plan_grid(bound, n_outputs, network_dtype, X_t.device, math.prod(extra)),
         )
-        blocks = [
-            (r0, r1)
-            for r0, r1 in _row_blocks(work, working_memory)
-            if not result.is_done(r0, r1)
-        ]
-        _run_strips(result, work, points, blocks, n_jobs, verbose)
+        tile = halve_on_device_oom(
+            lambda tile: _strips_with_tile(
+                result, work, tile, points, working_memory, n_jobs, verbose
+            ),
+            work.tile,
+            what="The path kernel",
+        )
         if symmetric:
-            _mirror_upper(K, work.tile)
+            _mirror_upper(K, tile)
         result.finish()
     return K
 
@@ -609,6 +625,29 @@ def _row_blocks(work, working_memory):
     return [(r0, min(r0 + block, n)) for r0 in range(0, n, block)]
 
 
+def _strips_with_tile(result, work, tile, points, working_memory, n_jobs, verbose):
+    """Compute the strips not yet done with row tiles of ``tile`` rows.
+
+    ``work.tile`` the first time; after a CUDA out-of-memory error
+    (``halve_on_device_oom``) a smaller tile, the column chunk and the
+    strip's budget shrinking with it. Strips written before the error are
+    complete and kept (any tile's strip holds every entry on and above the
+    diagonal, so the mirror may use the last tile); a strip in progress was
+    never written. Returns the tile.
+    """
+    if tile != work.tile:  # a new grid, and no statics cached on the old one
+        shrink = work.tile // tile
+        work = replace(work, tile=tile, chunk=max(1, work.chunk // shrink))
+        working_memory = strip_memory(working_memory, work.device) / shrink
+    blocks = [
+        (r0, r1)
+        for r0, r1 in _row_blocks(work, working_memory)
+        if not result.is_done(r0, r1)
+    ]
+    _run_strips(result, work, points, blocks, n_jobs, verbose)
+    return tile
+
+
 def _run_strips(result, work, points, blocks, n_jobs, verbose):
     """Compute the strips into ``result``, with progress.
 
@@ -632,7 +671,8 @@ def _run_strips(result, work, points, blocks, n_jobs, verbose):
             f"up to {blocks[0][1] - blocks[0][0]} rows in tiles of "
             f"{work.tile} x {work.chunk}"
         )
-    strips = block_parts(_strip_part, work, blocks, _checkpoints(points), n_jobs=n_jobs)
+    tasks = _checkpoint_tasks(work, points, max(r1 - r0 for r0, r1 in blocks))
+    strips = block_parts(tasks.function, work, blocks, tasks.checkpoints, n_jobs=n_jobs)
     with progress:
         for (r0, r1), parts in strips:
             c_start = _first_column(r0, work.chunk, work.symmetric)
@@ -641,14 +681,102 @@ def _run_strips(result, work, points, blocks, n_jobs, verbose):
                 dtype=torch.float64,
                 device=work.device,
             )
-            for (weight, _, _), tiles in zip(points, parts):
+            for weight, tiles in zip(tasks.weights, parts):
                 for (a0, a1, b0, b1), part in tiles:
-                    strip[a0 - r0 : a1 - r0, b0 - c_start : b1 - c_start].add_(
-                        part, alpha=weight
+                    _add_weighted(
+                        strip[a0 - r0 : a1 - r0, b0 - c_start : b1 - c_start],
+                        part,
+                        weight,
                     )
-                progress.update(1)
+                progress.update(1 if isinstance(weight, float) else len(weight))
             result.array[r0:r1, c_start:] = strip.cpu().numpy()
             result.mark_done(r0, r1)
+
+
+def _add_weighted(target, part, weight):
+    """``target += weight * part``: one checkpoint's part, or a stack's.
+
+    A stack (``weight`` a float64 tensor, one weight per checkpoint) is
+    weighted and summed in float64 in one product.
+    """
+    if isinstance(weight, torch.Tensor):
+        part = torch.tensordot(weight.to(target.device), part.double(), dims=1)
+        weight = 1.0
+    target.add_(part, alpha=weight)
+
+
+class _CheckpointTasks(NamedTuple):
+    """A strip's tasks over the checkpoints: one each, or stacks of them."""
+
+    function: object  # the task: _strip_part, or _stacked_strip_part
+    checkpoints: list  # each task's checkpoint arguments, loaded when called
+    weights: list  # each task's weight: a float, or a float64 tensor (a stack)
+
+
+#: The most checkpoints one task stacks (``_stacked_strip_part``).
+MAX_STACKED_CHECKPOINTS = 16
+
+
+def _checkpoint_tasks(work, points, strip_rows):
+    """One task per checkpoint, or on a CUDA device stacks of checkpoints.
+
+    Stacks are for the structured engine without a metric, whose states are
+    explicit tensor code that ``torch.func.vmap`` batches: one launch per
+    operation for the whole stack instead of one per checkpoint. As many
+    checkpoints as a quarter of ``device_budget`` holds of a strip's states,
+    returned parts and one tile pair's temporaries, at most
+    :data:`MAX_STACKED_CHECKPOINTS`. The CPU keeps one task per checkpoint.
+    """
+    single = _CheckpointTasks(
+        _strip_part, _checkpoints(points), [float(w) for w, _, _ in points]
+    )
+    budget = device_budget(work.device)
+    if budget is None or work.bound.name != "structured" or points[0][2]() is not None:
+        return single
+    numbers, m = math.prod(work.extra), work.Y_t.shape[0]
+    tile, chunk = min(work.tile, strip_rows), min(work.chunk, m)  # as they are
+    per_checkpoint = (strip_rows + chunk) * work.state_bytes + (
+        strip_rows * m + 3 * tile * chunk
+    ) * work.itemsize * numbers
+    size = int(min(len(points), MAX_STACKED_CHECKPOINTS, budget // 4 // per_checkpoint))
+    if size <= 1:
+        return single
+    groups = [points[k : k + size] for k in range(0, len(points), size)]
+    return _CheckpointTasks(
+        _stacked_strip_part,
+        [
+            lambda group=group: (_stack([load() for _, load, _ in group]),)
+            for group in groups
+        ],
+        [
+            torch.tensor([float(w) for w, _, _ in g], dtype=torch.float64)
+            for g in groups
+        ],
+    )
+
+
+def _stack(checkpoints):
+    """Checkpoints' parameter mappings as one mapping of stacked tensors."""
+    return {
+        name: torch.stack([c[name] for c in checkpoints]) for name in checkpoints[0]
+    }
+
+
+def _stacked_strip_part(work, r0, r1, stacked):
+    """:func:`_strip_part` of a stack of checkpoints at once.
+
+    ``torch.func.vmap`` over the stacked parameters runs each of the task's
+    operations once for the whole stack. Returns ``[(key, parts)]`` with
+    ``parts`` of shape ``(len(stack), ...)``, not yet weighted.
+    """
+    stacked = to_device(stacked, work.device)
+    _, pairs = _pairs(work, r0, r1)
+    keys = [(*a, *b) for b, tiles in pairs.items() for a in tiles]
+
+    def one(parameters):
+        return [part for _, part in _strip_part(work, r0, r1, parameters, None)]
+
+    return list(zip(keys, torch.func.vmap(one)(stacked)))
 
 
 def _first_column(r0, chunk, symmetric):

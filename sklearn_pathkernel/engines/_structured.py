@@ -251,6 +251,11 @@ class StructuredEngine(Engine):
                 input_gram = input_gram[:, :, None, None]
             if total is None:
                 total = signal_gram * input_gram
+            elif torch._C._functorch.is_batchedtensor(total):
+                # Under torch.func.vmap (a stack of checkpoints, the path
+                # kernel on a device): addcmul_ has no batching rule and
+                # would run once per checkpoint.
+                total.add_(signal_gram * input_gram)
             else:
                 total.addcmul_(signal_gram, input_gram)
         return total
