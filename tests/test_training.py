@@ -1316,3 +1316,67 @@ def test_the_probe_decides_on_the_device_as_reading_the_change_would():
     assert bool(probe.moved(far)) and not torch.equal(probe.last, last)
     # A NaN change makes a node, as "not (change <= tol * norm)" did.
     assert bool(probe.moved({n: p * float("nan") for n, p in start.items()}))
+
+
+class _DeviceWaits(TorchDispatchMode):
+    """Operations that make the host wait for a CUDA device: value reads of
+    device tensors and blocking copies from the device."""
+
+    def __init__(self):
+        super().__init__()
+        self.waits = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        name = func.overloadpacket.__name__
+        source = args[0] if name != "copy_" else args[1]
+        on_device = isinstance(source, torch.Tensor) and source.device.type == "cuda"
+        positional = args[2] if name == "copy_" and len(args) > 2 else False
+        blocking = not kwargs.get("non_blocking", positional)
+        to_host = torch.device(kwargs.get("device") or args[0].device).type == "cpu"
+        copies = name in ("_to_copy", "copy_") and blocking and to_host
+        if on_device and (name == "_local_scalar_dense" or copies):
+            self.waits.append(name)
+        return func(*args, **kwargs)
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("solver", [Solver("sgd", momentum=0.9), Solver("adam")])
+def test_on_cuda_steps_do_not_wait_and_the_path_is_the_cpus(monkeypatch, solver):
+    from sklearn_pathkernel._training import _loop
+
+    X, Y, s = _data(SOFTMAX_CROSS_ENTROPY, n=32, n_outputs=3, seed=6)
+    waits, step = _DeviceWaits(), _loop._GradientDescent._step
+
+    def counted_step(self, *args):
+        with waits:
+            return step(self, *args)
+
+    results = {}
+    for device in ("cpu", "cuda"):
+        module = _mlp(3, 3, hidden=(5,), seed=6).to(device)
+        if device == "cuda":
+            monkeypatch.setattr(_loop._GradientDescent, "_step", counted_step)
+        results[device] = _train(
+            module,
+            X.to(device),
+            Y.to(device),
+            SOFTMAX_CROSS_ENTROPY,
+            sample_weight=s.to(device),
+            solver=solver,
+            learning_rate_init=0.01,
+            max_iter=2,
+            batch_size=4,
+        )
+    assert waits.waits == []
+    cpu, gpu = results["cpu"].trajectory, results["cuda"].trajectory
+    assert gpu.n_steps == cpu.n_steps == 16
+    for t in range(cpu.n_steps):
+        assert not gpu.flat_parameters(t).is_pinned()  # no locked host memory kept
+        torch.testing.assert_close(gpu.flat_parameters(t), cpu.flat_parameters(t))
+        for a, b in zip(gpu.step(t)[1:], cpu.step(t)[1:]):
+            torch.testing.assert_close(a, b)
+        if solver.diagonal:
+            torch.testing.assert_close(gpu.preconditioner(t), cpu.preconditioner(t))
+    np.testing.assert_allclose(results["cuda"].loss_curve, results["cpu"].loss_curve)
