@@ -13,6 +13,12 @@ step the trajectory records with whatever the decomposition needs (Adam's
 preconditioner), so that the recorded path and the decomposition agree to
 rounding. Early stopping keeps the best validation epoch, and the path ends
 there.
+
+No step waits for the host (docs/design.md, section 2): a step is queued on
+the device with its checks (a finite objective and ``g``) kept as device
+tensors, and its record copied to the host without blocking; the checks are
+read a window of steps at a time, at the latest at the end of each epoch,
+and a failed one rolls back exactly as a check read at once would.
 """
 
 import warnings
