@@ -7,6 +7,7 @@ The reference update is docs/design.md, section 2:
 with ``c_{i,t} = s_i / sum_{j in B_t} s_j`` and ``g = dl/df`` in closed form.
 """
 
+import contextlib
 import copy
 import gc
 import math
@@ -20,6 +21,7 @@ import torch
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.neural_network._stochastic_optimizers import SGDOptimizer
 from torch.func import functional_call
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from sklearn_pathkernel._model._network import forward, make_mlp, trainable_parameters
 from sklearn_pathkernel._training._loop import TrainingOptions, train
@@ -1070,3 +1072,318 @@ def test_from_mlps_start_training_is_mlps_training(config):
     for layer, coef, intercept in zip(layers, mlp.coefs_, mlp.intercepts_):
         np.testing.assert_allclose(layer.weight.detach().numpy().T, coef, atol=1e-9)
         np.testing.assert_allclose(layer.bias.detach().numpy(), intercept, atol=1e-9)
+
+
+# -- (8): steps that do not wait for the host (issue 21, item 3) ---------------
+
+
+class _Reads(TorchDispatchMode):
+    """Records what would make the host wait for a device: reads of tensor values.
+
+    ``aten::_local_scalar_dense`` (``.item()``, ``float()``, ``bool()``); and
+    ``Tensor.tolist``/``Tensor.numpy``, which dispatch nothing on the CPU, so
+    :func:`_count_reads` patches them to call :meth:`read`. Each read is
+    tagged with whether it happened inside a training step. ``ignored()``
+    gives tensors that torch itself keeps on the host on every device
+    (``torch.optim.Adam``'s step counts, read by Adam each step): reading
+    them waits for nothing.
+    """
+
+    def __init__(self, ignored):
+        super().__init__()
+        self.ignored = ignored
+        self.in_step = False
+        self.reads = []
+
+    def read(self, name):
+        self.reads.append((name, self.in_step))
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        name = func.overloadpacket.__name__
+        if name == "_local_scalar_dense" and not any(
+            args[0] is t for t in self.ignored()
+        ):
+            self.read(name)
+        return func(*args, **(kwargs or {}))
+
+
+def _count_reads(
+    monkeypatch, solver, *, batch_size, quadrature="left", epochs=2, counting=True
+):
+    """Reads inside the training steps, reads in all, and the result.
+
+    ``counting=False`` trains the same without counting (faster).
+    """
+    from sklearn_pathkernel._training import _loop
+
+    X, Y, s = _data(SOFTMAX_CROSS_ENTROPY, n=32, n_outputs=3, seed=6)
+    module = _mlp(3, 3, hidden=(5,), seed=6)
+    optimizer = solver.optimizer([p for _, p in trainable_parameters(module)], 0.01)
+    counter = _Reads(
+        lambda: [state["step"] for state in optimizer.state.values() if "step" in state]
+    )
+    step = _loop._GradientDescent._step
+
+    def counted_step(self, *args):
+        counter.in_step = True
+        try:
+            return step(self, *args)
+        finally:
+            counter.in_step = False
+
+    def reading(real, name):
+        def method(tensor, *args, **kwargs):
+            counter.read(name)
+            return real(tensor, *args, **kwargs)
+
+        return method
+
+    with monkeypatch.context() as patch, warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        if counting:
+            patch.setattr(_loop._GradientDescent, "_step", counted_step)
+        for name in ("tolist", "numpy") if counting else ():
+            patch.setattr(
+                torch.Tensor, name, reading(getattr(torch.Tensor, name), name)
+            )
+        options = _options(
+            sample_weight=s,
+            solver=solver,
+            learning_rate_init=0.01,
+            max_iter=epochs,
+            batch_size=batch_size,
+            quadrature=quadrature,
+        )
+        with counter if counting else contextlib.nullcontext():
+            result = train(
+                module, X, Y, SOFTMAX_CROSS_ENTROPY, optimizer=optimizer, **options
+            )
+    inside = [name for name, in_step in counter.reads if in_step]
+    return inside, [name for name, _ in counter.reads], result
+
+
+SOLVERS_READING = [
+    pytest.param(Solver("sgd"), "left", id="sgd"),
+    pytest.param(
+        Solver("sgd", momentum=0.9, nesterov=True, momentum_form="velocity"),
+        "left",
+        id="nesterov",
+    ),
+    pytest.param(Solver("adam"), "left", id="adam"),
+    pytest.param(Solver("sgd"), "adaptive", id="adaptive"),
+]
+
+
+@pytest.mark.parametrize("solver, quadrature", SOLVERS_READING)
+def test_a_training_step_reads_nothing_back(monkeypatch, solver, quadrature):
+    inside, whole, result = _count_reads(
+        monkeypatch, solver, batch_size=4, quadrature=quadrature
+    )
+    assert result.trajectory.n_steps == 16  # 8 steps an epoch, 2 epochs
+    assert inside == []  # main's loop: 3 reads a step (11 with Adam)
+    # The reads an epoch (its weight sums, the queued steps' checks) do not
+    # grow with its steps: the same with half as many.
+    _, fewer, _ = _count_reads(monkeypatch, solver, batch_size=8, quadrature=quadrature)
+    assert len(whole) == len(fewer) <= 12, (whole, fewer)
+
+
+def _reading_every_step(module, X, Y, loss, s, solver, lr, batches):
+    """main's loop before issue 21: every step reads its checks at once.
+
+    Replays ``batches`` (a recorded path's) and returns per step ``(w_t, c,
+    g, P_t)``, the weighted losses, and ``w_T``.
+    """
+    params = [p for _, p in trainable_parameters(module)]
+    optimizer = solver.optimizer(params, lr)
+    steps, losses = [], []
+    for batch in batches:
+        current = flatten_parameters(params)
+        out = forward(module, X[batch])
+        weight_sum = float(s[batch].sum())
+        with torch.no_grad():
+            c = s[batch] / weight_sum
+            g = loss.gradient(out, Y[batch])
+            objective = float((c * loss.value(out, Y[batch])).sum())
+        assert np.isfinite(objective) and bool(torch.isfinite(g).all())
+        grads = torch.autograd.grad(out, params, grad_outputs=c[:, None] * g)
+        for p, grad in zip(params, grads):
+            p.grad = grad
+        solver.set_step_size(optimizer, lr)
+        optimizer.step()
+        for p in params:
+            p.grad = None
+        steps.append((current, c, g, solver.preconditioner(optimizer, params)))
+        losses.append(objective * weight_sum / float(s.sum()))
+    return steps, losses, flatten_parameters(params)
+
+
+@pytest.mark.parametrize("solver, quadrature", SOLVERS_READING[:3])
+def test_queued_steps_record_the_bits_of_reading_every_step(
+    monkeypatch, solver, quadrature
+):
+    _, _, result = _count_reads(monkeypatch, solver, batch_size=4, counting=False)
+    traj = result.trajectory
+    X, Y, s = _data(SOFTMAX_CROSS_ENTROPY, n=32, n_outputs=3, seed=6)
+    batches = [traj.step(t).batch for t in range(traj.n_steps)]
+    steps, losses, final = _reading_every_step(
+        _mlp(3, 3, hidden=(5,), seed=6),
+        X,
+        Y,
+        SOFTMAX_CROSS_ENTROPY,
+        s,
+        solver,
+        0.01,
+        batches,
+    )
+    for t, (w, c, g, P) in enumerate(steps):
+        step = traj.step(t)
+        assert torch.equal(traj.flat_parameters(t), w), t
+        assert torch.equal(step.batch_weights, c), t
+        assert torch.equal(step.output_gradients, g), t
+        assert (P is None) == (traj.preconditioner(t) is None)
+        assert P is None or torch.equal(traj.preconditioner(t), P), t
+    assert torch.equal(flatten_parameters(traj.final_parameters().values()), final)
+    # The same sum in the same order: the loss curve to the last bit.
+    expected = []
+    for e in range(2):
+        total = 0.0
+        for value in losses[8 * e : 8 * e + 8]:
+            total += value
+        expected.append(total)
+    assert result.loss_curve == expected
+
+
+def _diverging_minibatch_run(solver, lr, batch_size):
+    module, X, Y, s = _divergence_problem()
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        result = train(
+            module,
+            X,
+            Y,
+            SQUARED_ERROR,
+            **_options(
+                sample_weight=s,
+                solver=solver,
+                learning_rate_init=lr,
+                max_iter=50,
+                batch_size=batch_size,
+            ),
+        )
+    return module, result, [(w.category, str(w.message), w.filename) for w in record]
+
+
+@pytest.mark.parametrize(
+    "solver, lr, batch_size",
+    [(Solver("sgd"), LR_DIVERGE, 3), (Solver("adam"), 5e153, 2)],
+    ids=["sgd", "adam"],
+)
+def test_a_divergence_inside_the_queued_steps_ends_as_reading_every_step(
+    monkeypatch, solver, lr, batch_size
+):
+    # Three or four steps an epoch, all queued before their checks are read;
+    # a window of one step reads each step's checks before the next, as
+    # main's loop did.
+    from sklearn_pathkernel._training import _loop
+
+    module, result, warned = _diverging_minibatch_run(solver, lr, batch_size)
+    monkeypatch.setattr(_loop, "WINDOW_BYTES", 1)
+    one_module, one, one_warned = _diverging_minibatch_run(solver, lr, batch_size)
+    assert result.diverged and one.diverged
+    bad_step = int(re.search(r"diverged at step (\d+)", warned[0][1]).group(1))
+    per_epoch = -(-8 // batch_size)
+    assert bad_step % per_epoch != per_epoch - 1  # steps were queued after it
+    assert bad_step > 1
+    assert warned == one_warned  # the same warnings, from the same frame
+    assert torch.equal(_flat(module), _flat(one_module))
+    assert (result.loss_curve, result.n_iter) == (one.loss_curve, one.n_iter)
+    traj, one_traj = result.trajectory, one.trajectory
+    assert traj.n_steps == one_traj.n_steps == bad_step - 1
+    assert torch.equal(traj._checkpoints.matrix(), one_traj._checkpoints.matrix())
+    for t in range(traj.n_steps):
+        assert all(
+            torch.equal(a, b) for a, b in zip(traj.step(t)[1:], one_traj.step(t)[1:])
+        )
+
+
+def test_the_probe_decides_on_the_device_as_reading_the_change_would():
+    from sklearn_pathkernel._training._probe import KernelProbe
+
+    X, _, _ = _data(SQUARED_ERROR, n=12, seed=3)
+    module = _mlp(3, 2, seed=3)
+    probe = KernelProbe(module, _names(module), X, tol=0.05)
+    start = {n: p.detach() for n, p in trainable_parameters(module)}
+    moved = probe.moved(start)
+    assert moved.dtype == torch.bool and moved.shape == () and bool(moved)
+    last = probe.last.clone()
+    near = {n: p * (1 + 1e-6) for n, p in start.items()}
+    assert not bool(probe.moved(near))
+    assert torch.equal(probe.last, last)  # not a node: the last node's kernel stays
+    far = {n: 3 * p for n, p in start.items()}
+    assert bool(probe.moved(far)) and not torch.equal(probe.last, last)
+    # A NaN change makes a node, as "not (change <= tol * norm)" did.
+    assert bool(probe.moved({n: p * float("nan") for n, p in start.items()}))
+
+
+class _DeviceWaits(TorchDispatchMode):
+    """Operations that make the host wait for a CUDA device: value reads of
+    device tensors and blocking copies from the device."""
+
+    def __init__(self):
+        super().__init__()
+        self.waits = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        name = func.overloadpacket.__name__
+        source = args[0] if name != "copy_" else args[1]
+        on_device = isinstance(source, torch.Tensor) and source.device.type == "cuda"
+        positional = args[2] if name == "copy_" and len(args) > 2 else False
+        blocking = not kwargs.get("non_blocking", positional)
+        to_host = torch.device(kwargs.get("device") or args[0].device).type == "cpu"
+        copies = name in ("_to_copy", "copy_") and blocking and to_host
+        if on_device and (name == "_local_scalar_dense" or copies):
+            self.waits.append(name)
+        return func(*args, **kwargs)
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("solver", [Solver("sgd", momentum=0.9), Solver("adam")])
+def test_on_cuda_steps_do_not_wait_and_the_path_is_the_cpus(monkeypatch, solver):
+    from sklearn_pathkernel._training import _loop
+
+    X, Y, s = _data(SOFTMAX_CROSS_ENTROPY, n=32, n_outputs=3, seed=6)
+    waits, step = _DeviceWaits(), _loop._GradientDescent._step
+
+    def counted_step(self, *args):
+        with waits:
+            return step(self, *args)
+
+    results = {}
+    for device in ("cpu", "cuda"):
+        module = _mlp(3, 3, hidden=(5,), seed=6).to(device)
+        if device == "cuda":
+            monkeypatch.setattr(_loop._GradientDescent, "_step", counted_step)
+        results[device] = _train(
+            module,
+            X.to(device),
+            Y.to(device),
+            SOFTMAX_CROSS_ENTROPY,
+            sample_weight=s.to(device),
+            solver=solver,
+            learning_rate_init=0.01,
+            max_iter=2,
+            batch_size=4,
+        )
+    assert waits.waits == []
+    cpu, gpu = results["cpu"].trajectory, results["cuda"].trajectory
+    assert gpu.n_steps == cpu.n_steps == 16
+    for t in range(cpu.n_steps):
+        assert not gpu.flat_parameters(t).is_pinned()  # no locked host memory kept
+        torch.testing.assert_close(gpu.flat_parameters(t), cpu.flat_parameters(t))
+        for a, b in zip(gpu.step(t)[1:], cpu.step(t)[1:]):
+            torch.testing.assert_close(a, b)
+        if solver.diagonal:
+            torch.testing.assert_close(gpu.preconditioner(t), cpu.preconditioner(t))
+    np.testing.assert_allclose(results["cuda"].loss_curve, results["cpu"].loss_curve)

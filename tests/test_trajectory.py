@@ -121,6 +121,18 @@ def test_append_step_copies_parameters():
     assert torch.equal(traj.final_parameters()["b"], _flat(1)[6:])
 
 
+def test_append_step_without_copy_keeps_the_host_tensors_it_is_given():
+    # Training hands over fresh host tensors (its records are copied off the
+    # device once): copy=False keeps them, the preconditioner too; copy=True
+    # copies both.
+    traj = Trajectory(SHAPES, solver=Solver("adam"))
+    flat, P = _flat(0), _flat(1).abs() + 1.0
+    traj._append_step(flat, _step(0.1), preconditioner=P, copy=False)
+    assert traj.flat_parameters(0) is flat and traj.preconditioner(0) is P
+    traj._append_step(flat, _step(0.1), preconditioner=P)
+    assert traj.preconditioner(1) is not P and torch.equal(traj.preconditioner(1), P)
+
+
 def test_append_step_detaches():
     traj = Trajectory(SHAPES)
     flat = _flat(0).requires_grad_(True) * 1.0

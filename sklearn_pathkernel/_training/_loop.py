@@ -13,10 +13,17 @@ step the trajectory records with whatever the decomposition needs (Adam's
 preconditioner), so that the recorded path and the decomposition agree to
 rounding. Early stopping keeps the best validation epoch, and the path ends
 there.
+
+No step waits for the host (docs/design.md, section 2): a step is queued on
+the device with its checks (a finite objective and ``g``) kept as device
+tensors, and its record copied to the host without blocking; the checks are
+read a window of steps at a time, at the latest at the end of each epoch,
+and a failed one rolls back exactly as a check read at once would.
 """
 
 import warnings
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -36,6 +43,25 @@ _USER_FRAME = 5
 # A final epoch loss this many times the first one: training blew up while
 # staying finite (gradient descent with a sane step size does not do that).
 _GROWTH_LIMIT = 10.0
+
+#: Bytes of flat vectors (each step's ``w_t``, and Adam's ``P_t``) that the
+#: steps queued on the device may hold before their checks are read: a
+#: rollback returns to the ``w_{t-1}`` of whichever of them failed first.
+WINDOW_BYTES = 256 << 20
+
+
+class _Queued(NamedTuple):
+    """A step taken on the device whose checks have not been read yet."""
+
+    t: int
+    start: torch.Tensor  # w_t, on the device: a later rollback's target
+    objective: torch.Tensor  # 0-d, at w_t
+    finite: torch.Tensor  # 0-d bool: g is finite
+    node: object  # 0-d bool: the probe made t a node ("adaptive"); or None
+    weight: float  # the batch's sample-weight sum, from the host
+    step: Step  # the record, its tensors on the host (still filling on CUDA)
+    checkpoint: object  # w_t on the host when t is a checkpoint, else None
+    preconditioner: object  # Adam's P_t on the host, else None
 
 
 @dataclass(frozen=True)
@@ -241,24 +267,19 @@ class _GradientDescent:
                 options.power_t
             )
         self.best = None  # early stopping: (n_steps, flat parameters) of the best epoch
+        self._queue_setup(trajectory)
 
     def run(self, generator):
         options, result = self.options, self.result
-        total_weight = float(self.sample_weight.sum())
         best_loss, no_improvement, rows_seen = np.inf, 0, self.rows_seen
         if options.validation is not None:
             result.validation_scores, result.best_validation_score = [], -np.inf
         log = EpochLog(options.verbose)
         for epoch in range(options.max_iter):
-            batches = self._batches(generator)
-            self.steps_per_epoch = len(batches)
-            epoch_loss = 0.0
-            for batch in batches:
-                step_loss, batch_weight = self._step(batch)
-                if step_loss is None:
-                    self._restore_best()
-                    return result  # diverged and rolled back
-                epoch_loss += step_loss * batch_weight / total_weight
+            epoch_loss = self._epoch(generator)
+            if epoch_loss is None:
+                self._restore_best()
+                return result  # diverged and rolled back
             result.loss_curve.append(epoch_loss)
             result.n_iter = epoch + 1
             rows_seen += self.X.shape[0]
@@ -295,6 +316,113 @@ class _GradientDescent:
             result.best_loss = float(best_loss)
         self._restore_best()
         return self._finish()
+
+    def _queue_setup(self, trajectory):
+        """What queuing steps without reading them back needs (:meth:`_epoch`)."""
+        self.queued = []  # steps taken, not yet checked nor recorded
+        self.t = trajectory.n_steps  # the next step's index on the path
+        self.device = self.X.device
+        # Host copies go through pinned memory, filled while the device runs
+        # on; elsewhere (the CPU, other devices) they are plain copies.
+        self.async_copies = self.device.type == "cuda"
+        self.host_weight = self.sample_weight.cpu()  # weight sums without reading
+        self.total_weight = float(self.host_weight.sum())
+        diagonal = self.options.solver.diagonal
+        d = sum(p.numel() for p in self.params)
+        per_step = d * self.params[0].element_size() * (2 if diagonal else 1)
+        self.window_steps = max(1, WINDOW_BYTES // max(per_step, 1))
+        # Adam's step count, known on the host (its state keeps it in a tensor).
+        first = self.optimizer.state.get(self.params[0], {}) if diagonal else {}
+        self.optimizer_steps = int(float(first["step"])) if "step" in first else 0
+
+    def _epoch(self, generator):
+        """One pass over the data: the epoch's loss, or None after a rollback.
+
+        Every step is queued on the device without reading anything back;
+        the queued steps' checks are read together, when they hold
+        :data:`WINDOW_BYTES` of parameters and at the end of the epoch
+        (:meth:`_settle`).
+        """
+        plan = self._plan(generator)
+        self.steps_per_epoch = len(plan)
+        epoch_loss = 0.0
+        for batch, rows, weight_sum in plan:
+            self._step(batch, rows, weight_sum)
+            if len(self.queued) >= self.window_steps:
+                epoch_loss = self._settle(epoch_loss)
+                if epoch_loss is None:
+                    return None
+        return self._settle(epoch_loss)
+
+    def _plan(self, generator):
+        """This epoch's batches: ``(rows on the device, on the host, weight sum)``.
+
+        The host rows are what the step records keep, and the weight sums
+        come from the host copy of ``sample_weight``: no step waits for the
+        device to know them. Moving the rows costs one transfer an epoch.
+        """
+        batches = list(self._batches(generator))
+        lengths = [len(batch) for batch in batches]
+        if batches[0].device.type == "cpu":
+            rows = batches
+            if self.device.type != "cpu":
+                on_host = torch.cat(rows)
+                if self.async_copies:
+                    on_host = on_host.pin_memory()
+                moved = on_host.to(self.device, non_blocking=self.async_copies)
+                batches = list(torch.split(moved, lengths))
+        else:
+            rows = list(torch.split(torch.cat(batches).cpu(), lengths))
+        sums = torch.stack([self.host_weight[r].sum() for r in rows]).tolist()
+        return list(zip(batches, rows, sums))
+
+    def _settle(self, epoch_loss):
+        """Read the queued steps' checks at once, and record those that pass.
+
+        The first step whose objective or ``g`` is not finite rolls the run
+        back as if it had stopped there (the steps after it are dropped):
+        returns None then, else ``epoch_loss`` plus the steps' share.
+        """
+        queued, self.queued = self.queued, []
+        if not queued:
+            return epoch_loss
+        values = torch.stack([q.objective for q in queued]).tolist()
+        flags = [q.finite for q in queued] + [
+            q.node for q in queued if q.node is not None
+        ]
+        flags = torch.stack(flags).tolist()
+        nodes = iter(flags[len(queued) :])
+        if self.async_copies:  # the host copies are complete from here on
+            torch.cuda.current_stream(self.device).synchronize()
+        for q, value, finite in zip(queued, values, flags):
+            if not (np.isfinite(value) and finite):
+                # _roll_back <- _settle <- _epoch <- run <- train
+                self._roll_back(value, start=q.start, frames=4)
+                return None
+            self._record(q, q.node is not None and next(nodes))
+            epoch_loss += value * q.weight / self.total_weight
+        return epoch_loss
+
+    def _record(self, q, node):
+        """Hand a checked step to the trajectory (host tensors, complete)."""
+        trajectory = self.result.trajectory
+        trajectory._append_step(
+            q.start if q.checkpoint is None else self._kept(q.checkpoint),
+            q.step,
+            preconditioner=None
+            if q.preconditioner is None
+            else self._kept(q.preconditioner),
+            copy=False,  # fresh tensors
+        )
+        if node:
+            trajectory._add_adaptive_node(q.t)
+        self.last_from = q.start
+
+    def _kept(self, host):
+        """``host`` as the trajectory keeps it: out of pinned memory, if it was in."""
+        if not self.async_copies:
+            return host
+        return torch.empty(host.shape, dtype=host.dtype).copy_(host)
 
     def _sgd_schedule(self, name):
         """Whether the step-size schedule ``name`` applies (sgd only, as MLP)."""
@@ -346,54 +474,63 @@ class _GradientDescent:
         )
         return torch.split(order.to(self.X.device), batch_size)
 
-    def _step(self, batch):
-        """Take and record one step in place.
+    def _step(self, batch, rows, weight_sum):
+        """Queue one step on the device, reading nothing back.
 
-        Returns the objective at ``w_t`` (None when it or ``g`` is not
-        finite: then the run has rolled back) and the batch's sample weight.
+        ``batch`` are its rows on the device, ``rows`` the same on the host
+        and ``weight_sum`` their sample weights' sum. Its checks (a finite
+        objective and ``g``) are read later, by :meth:`_settle`, and its
+        record goes to the host meanwhile.
         """
         current = flatten_parameters(self.params)
         out = forward(self.module, self.X[batch])
         weights = self.sample_weight[batch]
-        weight_sum = float(weights.sum())
-        objective, c, g = self._evaluate(out, self.Y[batch], weights, weight_sum)
-        if c is None:
-            self._roll_back(objective)
-            return None, weight_sum
-        eps = self.eps
-        t = self.result.trajectory.n_steps
-        node = (
-            self.probe is not None
-            and t % self.options.record_every == 0
-            and self.probe.moved({n: p.detach() for n, p in self.named.items()})
+        objective, finite, c, g = self._evaluate(
+            out, self.Y[batch], weights, weight_sum
         )
+        eps, t = self.eps, self.t
+        checkpoint = t % self.options.record_every == 0
+        node = None
+        if self.probe is not None and checkpoint:
+            node = self.probe.moved({n: p.detach() for n, p in self.named.items()})
         grads = torch.autograd.grad(out, self.params, grad_outputs=c[:, None] * g)
         for p, grad in zip(self.params, grads):
             p.grad = grad
         # A new rate; in MLP's velocity form it also rescales momentum buffers.
         self.options.solver.set_step_size(self.optimizer, eps)
         self.optimizer.step()  # adds the coupled L2 (weight_decay) itself
+        self.optimizer_steps += 1
         for p in self.params:
             p.grad = None
-        step = Step(float(eps), batch.cpu(), c.cpu(), g.cpu())
-        self.result.trajectory._append_step(
-            current,
-            step,
-            preconditioner=self.options.solver.preconditioner(
-                self.optimizer, self.params
-            ),
-            copy=False,  # a fresh copy
+        preconditioner = self.options.solver.preconditioner(
+            self.optimizer, self.params, step=self.optimizer_steps
         )
-        if node:
-            self.result.trajectory._add_adaptive_node(t)
-        self.last_from = current
-        return objective, weight_sum
+        host = self._to_host
+        self.queued.append(
+            _Queued(
+                t,
+                current,
+                objective,
+                finite,
+                node,
+                weight_sum,
+                Step(float(eps), rows, host(c), host(g)),
+                host(current) if checkpoint else None,
+                None if preconditioner is None else host(preconditioner),
+            )
+        )
+        self.t += 1
+
+    def _to_host(self, tensor):
+        """A host copy of ``tensor``, queued (pinned) on CUDA: read it after a sync."""
+        return tensor.to("cpu", non_blocking=self.async_copies)
 
     def _evaluate(self, out, target, weights, weight_sum):
-        """Objective, batch weights ``c`` and ``g`` at outputs ``out``.
+        """Objective, whether ``g`` is finite, ``c`` and ``g`` at outputs ``out``.
 
-        Returns ``(objective, None, None)`` when the objective or ``g`` is not
-        finite: the one divergence test, used at every step and at the end.
+        All on the device, nothing read back: the objective not being finite,
+        or ``g``, is the one divergence test (:meth:`_diverged`), used at
+        every step and at the end.
         """
         alpha = self.options.solver.alpha
         with torch.no_grad():
@@ -405,19 +542,20 @@ class _GradientDescent:
                 objective = objective + 0.5 * alpha * sum(
                     (p * p).sum() for p in self.params
                 )
-            objective = float(objective)
-        if not (np.isfinite(objective) and bool(torch.isfinite(g).all())):
-            return objective, None, None
-        return objective, c, g
+            finite = torch.isfinite(g).all()
+        return objective, finite, c, g
 
     def _finish(self):
         """Check the final parameters, warn as needed, and close the path."""
         with torch.no_grad():
             out = forward(self.module, self.X)
-        total = float(self.sample_weight.sum())
-        if self._evaluate(out, self.Y, self.sample_weight, total)[1] is None:
+        objective, finite, _, _ = self._evaluate(
+            out, self.Y, self.sample_weight, self.total_weight
+        )
+        if not (np.isfinite(float(objective)) and bool(finite)):
             # The last update overflowed: step back to the last finite parameters.
-            self._roll_back(float("inf"))
+            # _roll_back <- _finish <- run <- train
+            self._roll_back(float("inf"), frames=3)
             return self.result
         self.result.trajectory._set_final(flatten_parameters(self.params))
         grew = self._warn_if_the_loss_grew()
@@ -446,15 +584,19 @@ class _GradientDescent:
         )
         return True
 
-    def _roll_back(self, bad_loss):
+    def _roll_back(self, bad_loss, *, start=None, frames):
         """Return to the parameters of the last recorded step, and warn.
 
         That step is what led to non-finite outputs, so it is dropped from
         the path: the trajectory still ends at the parameters the module
-        keeps.
+        keeps. ``start`` is where the failed step started (steps queued
+        after it have moved the module on); ``frames`` counts the calls
+        between this one and ``train``, for the warning's stack level.
         """
         result, trajectory = self.result, self.result.trajectory
         if self.last_from is None:
+            if start is not None:
+                self._load(start)  # the parameters training started from
             raise ValueError(
                 f"{self.owner}: the loss is not finite at the initial parameters "
                 f"(loss={bad_loss}). Check y for huge values (rescale it, e.g. "
@@ -478,8 +620,7 @@ class _GradientDescent:
             f"learning_rate_init (now {self.options.learning_rate_init}), or "
             "rescale X and y.",
             DivergenceWarning,
-            # _roll_back <- _step <- run <- train, or <- _finish <- run <- train
-            stacklevel=_USER_FRAME + 3,
+            stacklevel=_USER_FRAME + frames,
         )
 
     def _load(self, flat):

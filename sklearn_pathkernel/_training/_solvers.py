@@ -193,20 +193,22 @@ class Solver:
             weight_decay=decay,
         )
 
-    def preconditioner(self, optimizer, parameters):
+    def preconditioner(self, optimizer, parameters, step=None):
         """Adam's ``P_t = 1 / (sqrt(v_t / (1 - beta_2^(t+1))) + epsilon)``, flat.
 
         Read from the optimiser's state right after its step, computed as
         ``torch.optim.Adam`` computes its denominator, so that the recorded
         step is the one taken. None for sgd (``P_t`` is the identity).
+        ``step``, the optimiser's step count when the caller knows it, spares
+        reading it from the state (training reads nothing back each step).
         """
         if not self.diagonal:
             return None
         pieces = []
         for p in parameters:
             state = optimizer.state[p]
-            step = float(state["step"])
-            correction = (1.0 - self.beta_2**step) ** 0.5
+            count = float(state["step"] if step is None else step)
+            correction = (1.0 - self.beta_2**count) ** 0.5
             denominator = (state["exp_avg_sq"].sqrt() / correction).add_(self.epsilon)
             pieces.append(denominator.reciprocal().reshape(-1))
         return torch.cat(pieces).detach()

@@ -191,8 +191,9 @@ class Trajectory:
         """Record step ``t = n_steps`` taken from ``flat_parameters``.
 
         ``preconditioner`` is the step's flat ``P_t`` (Adam), None for sgd.
-        ``copy=False`` takes ownership of a CPU tensor nobody else will
-        change (training passes fresh ``flatten_parameters`` results).
+        ``copy=False`` takes ownership of CPU tensors nobody else will
+        change (training passes fresh ``flatten_parameters`` results and
+        preconditioners, already on the host).
         """
         if (preconditioner is None) != (self._preconditioners is None):
             raise ValueError(
@@ -205,7 +206,9 @@ class Trajectory:
             )
             self._checkpoint_steps.append(len(self._steps))
         if preconditioner is not None:
-            self._preconditioners.append(_to_cpu(preconditioner))
+            self._preconditioners.append(
+                _to_cpu(preconditioner) if copy else preconditioner.to("cpu")
+            )
         if self._checkpoints.on_disk:
             self._steps.to_disk()  # the records follow the parameters there
         self._steps.append(step)
