@@ -18,8 +18,10 @@ MLP's default ``tol`` and ``n_iter_no_change``.
 own initial network (scikit-learn's Glorot draw for that seed, passed as
 ``module=``, float64) and neither shuffles, so both take the same batches
 from the same point; the table then gives the largest per-seed score
-difference and how far the loss curves are apart. Without it, each library
-draws its own initialisation and order from the seed, as a user would.
+difference and how far the loss curves are apart. Without it, as a user
+would run it: each estimator draws from its seed, and the default MLP of
+ours draws scikit-learn's numbers (the same initial network, early-stopping
+split and shuffling order as MLP's for an int ``random_state``), in float32.
 
 Run with one torch thread; the scores do not depend on threads or load.
 

@@ -13,7 +13,7 @@ import torch
 from sklearn.base import BaseEstimator, _fit_context, is_classifier
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.model_selection import train_test_split
-from sklearn.utils import check_random_state
+from sklearn.utils import check_random_state, shuffle
 from sklearn.utils._param_validation import (
     Interval,
     InvalidParameterError,
@@ -165,6 +165,43 @@ def _seeded_global_rng(seed, device):
             with torch.cuda.device(device):
                 torch.cuda.manual_seed(seed)
         yield
+
+
+class _MLPStream:
+    """scikit-learn's MLP random stream: what it draws, in its order.
+
+    One per call of fit or partial_fit, on the ``RandomState`` that
+    ``check_random_state(random_state)`` gives (MLP's ``_random_state``,
+    made anew at each call): the initial network (``make_mlp``, on a new
+    path only), early stopping's split (``_hold_out``), then each epoch's
+    shuffle of the training rows (``epoch_order``, which the training
+    loop's batches call).
+    """
+
+    def __init__(self, random_state):
+        self.random_state = random_state
+        # Early stopping: MLP's training rows (its split's order), as
+        # positions among ours (kept sorted); None: the same rows.
+        self.rows = None
+        self._order = None
+
+    def epoch_order(self, n_samples, shuffle_rows):
+        """This epoch's order of the training rows: MLP's ``sample_idx``.
+
+        MLP shuffles its previous order, starting from ``arange`` at each
+        call, and without shuffling goes through its training rows as its
+        split left them.
+        """
+        if self._order is None:
+            self._order = np.arange(n_samples)
+        if shuffle_rows:
+            self._order = shuffle(self._order, random_state=self.random_state)
+        return self._order if self.rows is None else self.rows[self._order]
+
+
+def _first_seed(random_state):
+    """The torch seed drawn from ``random_state``: its next int32."""
+    return int(random_state.randint(np.iinfo(np.int32).max))
 
 
 class BasePathKernelEstimator(BaseEstimator):
@@ -440,13 +477,15 @@ class BasePathKernelEstimator(BaseEstimator):
             y, X.shape[0], extend, partial
         )
         job.device, dtype = resolve_device(self.device), DTYPES[self.dtype]
-        random_state = check_random_state(self.random_state)
-        job.seed = int(random_state.randint(np.iinfo(np.int32).max))
-        job.generator = torch.Generator().manual_seed(job.seed)
+        random_state = self._random_sources(job)
+        # Before the split, as MLP draws its initial network before it.
+        job.module = self._training_module(
+            job, X.shape[1], input_shape, targets.shape[1], dtype
+        )
         validation, job.X_all = None, X  # the token check sees held-out rows too
         if self.early_stopping and not partial:  # MLP's partial_fit ignores it
             X, targets, sample_weight, validation = self._hold_out(
-                X, y, targets, sample_weight, random_state, dtype, job.device
+                X, y, targets, sample_weight, random_state, job, dtype
             )
         job.rows = (X, sample_weight, np.array(targets, dtype=np.float64))
         job.X_t = to_tensor(X, dtype=dtype, device=job.device, name="X")
@@ -454,13 +493,33 @@ class BasePathKernelEstimator(BaseEstimator):
         job.weight_t = to_tensor(
             sample_weight, dtype=dtype, device=job.device, name="sample_weight"
         )
-        job.module = self._training_module(job, input_shape, targets.shape[1], dtype)
         options = self._training_options(self._solver(), X.shape[0], validation)
         job.options = dataclasses.replace(options, max_iter=1) if partial else options
         self._continue_optimizer(job)
         return job
 
-    def _training_module(self, job, input_shape, n_outputs, dtype):
+    def _random_sources(self, job):
+        """Seed ``job``'s randomness from ``random_state``; return MLP's stream.
+
+        The default MLP draws what scikit-learn's MLP draws, from the same
+        ``RandomState`` in the same order (``_MLPStream``). torch's global
+        RNG, which nothing in that network uses, is seeded with the first
+        int32 of a *copy* of the stream (the seed earlier versions drew), so
+        that the stream stays MLP's. A user module keeps that earlier
+        scheme: the int32 is drawn from the stream itself (before early
+        stopping's split) and seeds the module's initialisation, the global
+        RNG (dropout) and a ``torch.Generator`` that shuffles.
+        """
+        random_state = check_random_state(self.random_state)
+        if self.module is None:
+            job.seed = _first_seed(copy.deepcopy(random_state))
+            job.generator = _MLPStream(random_state)
+        else:
+            job.seed = _first_seed(random_state)
+            job.generator = torch.Generator().manual_seed(job.seed)
+        return random_state
+
+    def _training_module(self, job, n_features, input_shape, n_outputs, dtype):
         """A new module on the device, or a copy of ``module_`` to continue.
 
         A copy, so that a continuation that fails leaves ``module_`` as it was.
@@ -469,8 +528,9 @@ class BasePathKernelEstimator(BaseEstimator):
             module = copy.deepcopy(self.module_).to(device=job.device)
             module.train()
             return module
-        n_features = job.X_t.shape[1]
-        module = self._initial_module(n_features, n_outputs, job.generator, job.seed)
+        module = self._initial_module(
+            n_features, n_outputs, job.generator, job.seed, dtype
+        )
         module = adapt_input(module, input_shape, self.tokens)
         module = module.to(device=job.device, dtype=dtype)
         owner = f"The 'module' of {type(self).__name__}"
@@ -815,13 +875,17 @@ class BasePathKernelEstimator(BaseEstimator):
             return min(200, n_samples)
         return self.batch_size
 
-    def _hold_out(self, X, y, targets, sample_weight, random_state, dtype, device):
+    def _hold_out(self, X, y, targets, sample_weight, random_state, job, dtype):
         """Early stopping: split off ``validation_fraction`` of the rows.
 
-        Stratified for a classifier, as MLP does. Returns the training part
-        and ``validation(module)``, which scores the module on the rest.
+        Stratified for a classifier with one output, as MLP does (a user
+        module: any classifier of 1-D labels). Returns the training part,
+        in the rows' order, and ``validation(module)``, which scores the
+        module on the rest; MLP's stream learns MLP's order of those rows.
         """
-        stratify = y if is_classifier(self) and np.ndim(y) == 1 else None
+        mlp = isinstance(job.generator, _MLPStream)
+        one_output = targets.shape[1] == 1 if mlp else np.ndim(y) == 1
+        stratify = y if is_classifier(self) and one_output else None
         try:
             train, held = train_test_split(
                 np.arange(X.shape[0]),
@@ -841,8 +905,10 @@ class BasePathKernelEstimator(BaseEstimator):
                 f"{len(held)} for validation and {len(train)} for training. "
                 "Increase validation_fraction or the size of the dataset."
             )
+        if mlp:  # MLP trains on X[train] in the split's order
+            job.generator.rows = np.searchsorted(np.sort(train), train)
         train, held = np.sort(train), np.sort(held)
-        X_held = to_tensor(X[held], dtype=dtype, device=device, name="X")
+        X_held = to_tensor(X[held], dtype=dtype, device=job.device, name="X")
         targets_held, weight_held = targets[held], sample_weight[held]
 
         def validation(module):
@@ -851,7 +917,7 @@ class BasePathKernelEstimator(BaseEstimator):
 
         return X[train], targets[train], sample_weight[train], validation
 
-    def _initial_module(self, n_features, n_outputs, generator, seed):
+    def _initial_module(self, n_features, n_outputs, generator, seed, dtype):
         if self.module is not None:
             return build_module(self.module, n_features, n_outputs, seed=seed)
         if self.input_shape is not None or self.tokens:
@@ -866,7 +932,8 @@ class BasePathKernelEstimator(BaseEstimator):
             n_outputs,
             self._hidden_layer_sizes(),
             self.activation,
-            generator=generator,
+            random_state=generator.random_state,  # MLP's draws (_MLPStream)
+            dtype=dtype,
         )
 
     def _hidden_layer_sizes(self):

@@ -201,6 +201,154 @@ def test_structured_engine_on_a_module_it_cannot_handle_is_a_clear_error(toy):
         est.set_params(engine="structured").kernel(X[:3])
 
 
+# -- MLP's random draws -----------------------------------------------------------
+def _mlp_and_ours(kind, **params):
+    """MLP and ours, both from MLP's parameter dict with ``params`` changed."""
+    from sklearn.neural_network import MLPClassifier, MLPRegressor
+
+    mlp = MLPRegressor() if kind == "regressor" else MLPClassifier()
+    ours = PathKernelRegressor if kind == "regressor" else PathKernelClassifier
+    params = dict(mlp.get_params(), **params)
+    return mlp.set_params(**params), ours(**params)
+
+
+def _labels(kind, y):
+    classes = {"regressor": None, "binary": 2, "multiclass": 3}[kind]
+    return (
+        y
+        if classes is None
+        else np.digitize(y, np.quantile(y, [0.4, 0.7][: classes - 1]))
+    )
+
+
+@pytest.mark.parametrize(
+    "kind, activation, hidden",
+    [
+        ("regressor", "relu", (6,)),
+        ("binary", "logistic", (5, 4)),
+        ("multiclass", "tanh", ()),
+    ],
+)
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_the_default_mlp_starts_from_mlps_initial_network(
+    toy, kind, activation, hidden, dtype
+):
+    """MLP after one epoch of a step too small to move a float64 weight (lr
+    1e-300) holds its initial draws; ours, at the path's first checkpoint,
+    holds them cast to ``dtype``."""
+    X, y = toy
+    params = dict(hidden_layer_sizes=hidden, activation=activation, random_state=7)
+    mlp, ours = _mlp_and_ours(kind, learning_rate_init=1e-300, max_iter=1, **params)
+    y = _labels(kind, y)
+    _quiet(mlp, X, y)
+    _quiet(ours.set_params(dtype=dtype, max_iter=1), X, y)
+    start = ours.trajectory_.parameters_at(0)
+    names = [name for name, _ in ours.module_.named_parameters()]
+    assert len(names) == 2 * len(mlp.coefs_)
+    for W, b, w_name, b_name in zip(
+        mlp.coefs_, mlp.intercepts_, names[::2], names[1::2]
+    ):
+        np.testing.assert_array_equal(start[w_name].numpy().T, W.astype(dtype))
+        np.testing.assert_array_equal(start[b_name].numpy(), b.astype(dtype))
+
+
+def _recorded_shuffles(monkeypatch):
+    """MLP's ``sample_idx`` after each of its shuffles, as it draws them."""
+    from sklearn.neural_network import _multilayer_perceptron as mlp_module
+
+    orders, draw = [], mlp_module.shuffle
+
+    def recording(*args, **kwargs):
+        orders.append(draw(*args, **kwargs))
+        return orders[-1]
+
+    monkeypatch.setattr(mlp_module, "shuffle", recording)
+    return orders
+
+
+def test_minibatches_are_mlps_in_each_epoch_and_call(toy, monkeypatch):
+    """Each epoch's batches are MLP's (its shuffle of the previous order, cut
+    by gen_batches); partial_fit starts MLP's stream anew at each call."""
+    from sklearn.utils import gen_batches
+
+    X, y = toy
+    params = dict(hidden_layer_sizes=(4,), batch_size=16, random_state=3)
+    mlp, ours = _mlp_and_ours("regressor", max_iter=3, **params)
+    orders = _recorded_shuffles(monkeypatch)
+    _quiet(mlp, X, y)
+    mlp_once, ours_once = _mlp_and_ours("regressor", **params)
+    mlp_once.partial_fit(X, y).partial_fit(X, y)
+    _quiet(ours, X, y)
+    ours_once.partial_fit(X, y).partial_fit(X, y)
+    assert len(orders) == 3 + 2
+    for est, epochs in [(ours, orders[:3]), (ours_once, orders[3:])]:
+        want = [order[s] for order in epochs for s in gen_batches(len(X), 16)]
+        steps = [est.trajectory_.step(t).batch.numpy() for t in range(len(want))]
+        assert est.trajectory_.n_steps == len(want) == len(epochs) * 3
+        for got, expected in zip(steps, want):
+            np.testing.assert_array_equal(got, expected)
+
+
+@pytest.mark.parametrize("kind", ["binary", "multiclass", "regressor"])
+def test_mlps_draws_leave_a_random_state_as_mlps_leave_it(toy, kind):
+    """Ours draws from a RandomState exactly what MLP draws: the initial
+    network, early stopping's split (stratified as MLP's) and a shuffle per
+    epoch (full batch too); torch's seed comes from a copy."""
+    X, y = toy
+    y = _labels(kind, y)
+    streams = [np.random.RandomState(5) for _ in range(2)]
+    for est, stream in zip(
+        _mlp_and_ours(kind, hidden_layer_sizes=(3,), max_iter=4), streams
+    ):
+        _quiet(est.set_params(random_state=stream, early_stopping=True), X, y)
+    assert streams[0].randint(2**31) == streams[1].randint(2**31)
+
+
+@pytest.mark.parametrize(
+    "kind, params",
+    [
+        ("binary", dict(momentum=0.9, early_stopping=True, batch_size=12)),
+        (
+            "regressor",
+            dict(
+                learning_rate="invscaling",
+                momentum=0.5,
+                shuffle=False,
+                early_stopping=True,
+                validation_fraction=0.3,
+                batch_size=8,
+            ),
+        ),
+    ],
+    ids=["nesterov-early-stopping", "invscaling-unshuffled"],
+)
+def test_one_parameter_dict_trains_as_mlp_trains(toy, kind, params):
+    """In float64 without L2 (the one remaining difference of form) the
+    whole path is MLP's: the same start, split and batches. As a user
+    writes it (float32, MLP's default alpha), the scores agree."""
+    X, y = toy
+    y = _labels(kind, y)
+    params = dict(
+        params,
+        hidden_layer_sizes=(6,),
+        max_iter=8,
+        random_state=1,
+        learning_rate_init=0.05,
+        solver="sgd",
+    )
+    mlp, ours = _mlp_and_ours(kind, alpha=0.0, **params)
+    _quiet(mlp, X, y)
+    _quiet(ours.set_params(dtype="float64"), X, y)
+    for W, V in zip(mlp.coefs_ + mlp.intercepts_, ours.coefs_ + ours.intercepts_):
+        np.testing.assert_allclose(V, W, rtol=0, atol=1e-12)
+    np.testing.assert_allclose(
+        ours.validation_scores_, mlp.validation_scores_, atol=1e-12
+    )
+    mlp, ours = (_quiet(est, X, y) for est in _mlp_and_ours(kind, **params))
+    assert ours.n_iter_ == mlp.n_iter_
+    assert abs(ours.score(X, y) - mlp.score(X, y)) < 1e-3
+
+
 # -- interrupted fits ----------------------------------------------------------
 def _interrupt_at_step(monkeypatch, step, exception=KeyboardInterrupt):
     """Make the training loop raise ``exception`` when it reaches ``step``."""

@@ -494,9 +494,11 @@ def test_exact_form_is_exact_across_relu_kinks(layers, solver, iris):
     """Split at the pattern changes, each piece is a polynomial of degree
     below the number of Linear layers: ceil(L / 2) nodes integrate it."""
     X, y = iris
+    # A seed whose paths take these four queries across kinks in every case.
     est = _fit(
         PathKernelClassifier, X, y, hidden_layer_sizes=layers, activation="relu",
-        max_iter=3, **{"learning_rate_init": 0.3, **RELU_SOLVERS[solver]},
+        max_iter=3, random_state=2,
+        **{"learning_rate_init": 0.3, **RELU_SOLVERS[solver]},
     )  # fmt: skip
     n_nodes = (len(layers) + 2) // 2
     machine = est.decompose(X[:4], exact=True, n_nodes=n_nodes)
@@ -622,7 +624,7 @@ def test_contributions_across_kinks_match_a_plain_reference():
     est = _fit(
         PathKernelRegressor, X, y, hidden_layer_sizes=(5, 5), activation="relu",
         batch_size=6, max_iter=2, learning_rate_init=0.3,
-        sample_weight=rng.uniform(0.5, 2, 12),
+        sample_weight=rng.uniform(0.5, 2, 12), random_state=1,  # kinks crossed
     )  # fmt: skip
     machine = est.decompose(X[:3], exact=True)
     phi = _kinked_reference(est, X, X[:3])

@@ -430,3 +430,36 @@ def test_mode_changes_output_detects_dropout_and_leaves_the_rng_alone():
     assert mode_changes_output(dropout, X)
     assert not mode_changes_output(dropout.eval(), X)
     assert torch.equal(torch.get_rng_state(), state)
+
+
+@pytest.mark.parametrize("activation, factor", [("logistic", 2.0), ("relu", 6.0)])
+def test_make_mlp_from_a_random_state_draws_mlps_numbers_in_mlps_order(
+    activation, factor
+):
+    """scikit-learn's _init_coef, layer by layer: the (fan_in, fan_out) coef,
+    then the intercept, in float64, cast to the dtype asked for."""
+    rng, replay = np.random.RandomState(4), np.random.RandomState(4)
+    net = make_mlp(3, 2, (5, 4), activation, random_state=rng, dtype=torch.float64)
+    net32 = make_mlp(3, 2, (5,), activation, random_state=np.random.RandomState(4))
+    for fan_in, fan_out, layer in zip((3, 5, 4), (5, 4, 2), list(net)[::2]):
+        bound = np.sqrt(factor / (fan_in + fan_out))
+        coef = replay.uniform(-bound, bound, (fan_in, fan_out))
+        np.testing.assert_array_equal(layer.weight.detach().numpy(), coef.T)
+        np.testing.assert_array_equal(
+            layer.bias.detach().numpy(), replay.uniform(-bound, bound, fan_out)
+        )
+        if fan_in == 3:
+            assert net32[0].weight.dtype == torch.float32
+            np.testing.assert_array_equal(
+                net32[0].weight.detach().numpy(), coef.T.astype(np.float32)
+            )
+    assert rng.randint(2**31) == replay.randint(2**31)  # as many draws
+
+
+def test_make_mlp_takes_one_source_of_weights():
+    with pytest.raises(TypeError, match="exactly one of generator and random_state"):
+        make_mlp(3, 1, (4,), "relu")
+    with pytest.raises(TypeError, match="exactly one of generator and random_state"):
+        make_mlp(
+            3, 1, (4,), "relu", generator=_gen(0), random_state=np.random.RandomState(0)
+        )

@@ -35,13 +35,26 @@ ACTIVATIONS = {
 }
 
 
-def make_mlp(n_features, n_outputs, hidden_layer_sizes, activation, *, generator):
+def make_mlp(
+    n_features,
+    n_outputs,
+    hidden_layer_sizes,
+    activation,
+    *,
+    generator=None,
+    random_state=None,
+    dtype=torch.float32,
+):
     """Build the default multilayer perceptron with Glorot-uniform weights.
 
-    The initialisation follows scikit-learn's ``MLPRegressor`` (weights and
-    biases uniform in ``+-sqrt(factor / (fan_in + fan_out))``, ``factor`` 6,
-    or 2 for the logistic activation), drawn from ``generator`` so that no
-    global seed is touched.
+    The initialisation is scikit-learn's (``MLPRegressor._init_coef``:
+    weights and biases uniform in ``+-sqrt(factor / (fan_in + fan_out))``,
+    ``factor`` 6, or 2 for the logistic activation). With ``random_state``
+    the numbers are MLP's own: layer by layer, the ``(fan_in, fan_out)``
+    weights then the biases, drawn in float64 from that ``RandomState``
+    (advancing it as MLP's ``_initialize`` does) and cast to ``dtype``.
+    With ``generator`` they are drawn from a ``torch.Generator`` instead.
+    No global seed is touched either way.
 
     Parameters
     ----------
@@ -53,33 +66,60 @@ def make_mlp(n_features, n_outputs, hidden_layer_sizes, activation, *, generator
         Widths of the hidden layers; empty gives a linear model.
     activation : {"identity", "logistic", "tanh", "relu"}
         Elementwise activation after each hidden layer.
-    generator : torch.Generator
+    generator : torch.Generator, default=None
         Source of the initial weights (on the CPU).
+    random_state : numpy.random.RandomState, default=None
+        Source of the initial weights, as scikit-learn's MLP draws them;
+        exactly one of ``generator`` and ``random_state`` is given.
+    dtype : torch.dtype, default=torch.float32
+        Of the parameters.
 
     Returns
     -------
     module : torch.nn.Sequential
-        ``Linear`` layers separated by the activation, in float32 on the CPU.
+        ``Linear`` layers separated by the activation, on the CPU.
 
     Examples
     --------
+    >>> import numpy as np
     >>> import torch
     >>> from sklearn_pathkernel._model._network import make_mlp
     >>> net = make_mlp(3, 1, (8,), "tanh", generator=torch.Generator().manual_seed(0))
     >>> net(torch.zeros(5, 3)).shape
     torch.Size([5, 1])
+    >>> net = make_mlp(3, 1, (8,), "tanh", random_state=np.random.RandomState(0),
+    ...                dtype=torch.float64)
+    >>> bound = np.sqrt(6 / (3 + 8))  # MLP's first draw: layer 0's coef
+    >>> first = np.random.RandomState(0).uniform(-bound, bound, (3, 8))
+    >>> bool(np.array_equal(net[0].weight.detach().numpy().T, first))
+    True
     """
+    if (generator is None) == (random_state is None):
+        raise TypeError("make_mlp takes exactly one of generator and random_state.")
     widths = [n_features, *hidden_layer_sizes, n_outputs]
     factor = 2.0 if activation == "logistic" else 6.0  # MLP's _init_coef
     layers = []
     for i, (fan_in, fan_out) in enumerate(zip(widths[:-1], widths[1:])):
         # skip_init: the default initialisation would draw from the global RNG.
-        linear = torch.nn.utils.skip_init(nn.Linear, fan_in, fan_out)
+        linear = torch.nn.utils.skip_init(
+            nn.Linear, fan_in, fan_out, dtype=torch.float64
+        )
         bound = math.sqrt(factor / (fan_in + fan_out))
         with torch.no_grad():
-            linear.weight.uniform_(-bound, bound, generator=generator)
-            linear.bias.uniform_(-bound, bound, generator=generator)
-        layers.append(linear)
+            if random_state is None:
+                draws = [
+                    torch.empty(shape, dtype=torch.float32).uniform_(
+                        -bound, bound, generator=generator
+                    )
+                    for shape in ((fan_out, fan_in), (fan_out,))
+                ]
+            else:  # MLP's order: coef (fan_in, fan_out), then intercept
+                coef = random_state.uniform(-bound, bound, (fan_in, fan_out))
+                intercept = random_state.uniform(-bound, bound, fan_out)
+                draws = [torch.from_numpy(coef.T), torch.from_numpy(intercept)]
+            linear.weight.copy_(draws[0])
+            linear.bias.copy_(draws[1])
+        layers.append(linear.to(dtype))
         if i < len(widths) - 2:
             layers.append(ACTIVATIONS[activation]())
     return nn.Sequential(*layers)

@@ -462,16 +462,30 @@ class _GradientDescent:
         self.last_from = None
 
     def _batches(self, generator):
-        """This epoch's batches of row indices, on the device of ``X``."""
+        """This epoch's batches of row indices, on the device of ``X``.
+
+        ``generator`` orders the rows: a ``torch.Generator`` (``randperm``),
+        or scikit-learn's MLP stream (the default MLP's), whose
+        ``epoch_order(n_samples, shuffle)`` draws the epoch's order as
+        ``MLPClassifier`` does, then cut as its ``gen_batches`` cuts it.
+        One batch of all the rows takes them in row order (MLP's stream is
+        still drawn from): the same sum, and continued full-batch paths
+        stay bit-identical to one fit.
+        """
         n_samples = self.X.shape[0]
         batch_size = self.options.batch_size
-        if batch_size is None or batch_size >= n_samples:
+        full = batch_size is None or batch_size >= n_samples
+        if not isinstance(generator, torch.Generator):
+            order = generator.epoch_order(n_samples, self.options.shuffle)
+            order = torch.as_tensor(order, dtype=torch.int64)
+        elif full:
+            order = None
+        elif self.options.shuffle:
+            order = torch.randperm(n_samples, generator=generator)
+        else:
+            order = torch.arange(n_samples)
+        if full:
             return [torch.arange(n_samples, device=self.X.device)]
-        order = (
-            torch.randperm(n_samples, generator=generator)
-            if self.options.shuffle
-            else torch.arange(n_samples)
-        )
         return torch.split(order.to(self.X.device), batch_size)
 
     def _step(self, batch, rows, weight_sum):
