@@ -187,9 +187,13 @@ default="auto"
         bit-identical whatever runs them. None runs one task at a time with
         all of torch's threads.
     random_state : int, RandomState instance or None, default=None
-        Seeds the initial weights and the shuffling through a local
-        ``torch.Generator``; the global torch RNG is never reseeded. An int
-        gives bit-identical predictions and kernels on the CPU.
+        For the default MLP, the numbers scikit-learn's MLP draws, from the
+        same ``RandomState`` in the same order (the initial weights, early
+        stopping's split, each epoch's shuffle), so an int gives MLP's
+        start and batches. A user ``module``'s initialisation, dropout and
+        shuffling are seeded from it through torch, the global torch RNG
+        restored after fit. An int gives bit-identical predictions and
+        kernels on the CPU.
     verbose : int, default=0
         Print the loss after each epoch, and how :meth:`kernel` runs (engine,
         blocks), when positive.

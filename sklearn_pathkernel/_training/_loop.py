@@ -175,8 +175,9 @@ def train(
     sample_weight : torch.Tensor of shape (n_samples,)
         Non-negative weights; the per-batch weights are ``s_i / sum_B s_j``.
     options : TrainingOptions
-    generator : torch.Generator
-        Source of the shuffling order (on the CPU).
+    generator : torch.Generator or MLP stream
+        Source of the shuffling order (on the CPU): a ``torch.Generator``, or
+        the default MLP's stream of scikit-learn draws (``epoch_order``).
     owner : str
         Estimator name for messages.
     trajectory : Trajectory, default=None
@@ -361,18 +362,13 @@ class _GradientDescent:
         come from the host copy of ``sample_weight``: no step waits for the
         device to know them. Moving the rows costs one transfer an epoch.
         """
-        batches = list(self._batches(generator))
-        lengths = [len(batch) for batch in batches]
-        if batches[0].device.type == "cpu":
-            rows = batches
-            if self.device.type != "cpu":
-                on_host = torch.cat(rows)
-                if self.async_copies:
-                    on_host = on_host.pin_memory()
-                moved = on_host.to(self.device, non_blocking=self.async_copies)
-                batches = list(torch.split(moved, lengths))
-        else:
-            rows = list(torch.split(torch.cat(batches).cpu(), lengths))
+        rows = batches = list(self._batches(generator))
+        if self.device.type != "cpu":
+            on_host = torch.cat(rows)
+            if self.async_copies:
+                on_host = on_host.pin_memory()
+            moved = on_host.to(self.device, non_blocking=self.async_copies)
+            batches = list(torch.split(moved, [len(r) for r in rows]))
         sums = torch.stack([self.host_weight[r].sum() for r in rows]).tolist()
         return list(zip(batches, rows, sums))
 
@@ -462,7 +458,7 @@ class _GradientDescent:
         self.last_from = None
 
     def _batches(self, generator):
-        """This epoch's batches of row indices, on the device of ``X``.
+        """This epoch's batches of row indices, on the host (``_plan`` moves them).
 
         ``generator`` orders the rows: a ``torch.Generator`` (``randperm``),
         or scikit-learn's MLP stream (the default MLP's), whose
@@ -485,8 +481,8 @@ class _GradientDescent:
         else:
             order = torch.arange(n_samples)
         if full:
-            return [torch.arange(n_samples, device=self.X.device)]
-        return torch.split(order.to(self.X.device), batch_size)
+            return [torch.arange(n_samples)]
+        return torch.split(order, batch_size)
 
     def _step(self, batch, rows, weight_sum):
         """Queue one step on the device, reading nothing back.
