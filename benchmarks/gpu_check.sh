@@ -75,8 +75,10 @@ step cuda_tests 80 python3 -m pytest -q -p no:cacheprovider -rfE --tb=short "${e
 # Everything else with the GPU visible, in parallel where pytest-xdist is
 # there; -v names each failure as it happens, should the step run out of time.
 python3 -c "import pytest_timeout" 2>/dev/null && extra+=(--timeout 120)
-step suite_on_gpu 250 python3 -m pytest -v -p no:cacheprovider -rfE --tb=short \
+step suite_on_gpu 230 python3 -m pytest -v -p no:cacheprovider -rfE --tb=short \
     --durations 15 "${extra[@]}" tests
 step bench_kernel 90 python3 benchmarks/bench_kernel.py --device cuda
 step bench_hooks 80 python3 benchmarks/bench_hooks.py --device cuda
+# Recording against plain training (issue 21 item 3: at most 1.15x).
+step bench_recording 30 python3 benchmarks/bench_recording.py --device cuda --repeats 3
 exit $status
