@@ -46,7 +46,11 @@ class BasePathKernelTransformer(
         refuse_nd(X, name="X")
         X, y = validate_data(self, X, y, multi_output=True, dtype=FLOAT_DTYPES)
         if self.estimator is None:
-            classes = type_of_target(y) in ("binary", "multiclass")
+            classes = type_of_target(y) in (
+                "binary",
+                "multiclass",
+                "multilabel-indicator",
+            )
             default = PathKernelClassifier if classes else PathKernelRegressor
             estimator = default(random_state=self.random_state)
         else:
@@ -98,8 +102,9 @@ class PathKernelTransformer(BasePathKernelTransformer):
         The (unfitted) network whose path kernel is used; any estimator with
         ``fit(X, y)`` and ``kernel(X, Y)`` works. It is cloned at ``fit``.
         None takes ``PathKernelClassifier()`` when ``y`` holds class labels
-        (binary or multiclass, as ``type_of_target`` says; integer targets
-        count as classes) and ``PathKernelRegressor()`` otherwise.
+        (binary, multiclass or a multilabel indicator, as ``type_of_target``
+        says; integer targets count as classes) and ``PathKernelRegressor()``
+        otherwise.
     {normalize}
     random_state : int, RandomState instance or None, default=None
         Seeds the default estimator when ``estimator`` is None; a given

@@ -89,6 +89,10 @@ def test_default_estimator_follows_the_target(Transformer, toy):
     assert isinstance(
         Transformer(random_state=0).fit(X, labels).estimator_, PathKernelClassifier
     )
+    indicator = np.column_stack([y > 0, X[:, 0] > 0]).astype(int)  # multilabel
+    assert isinstance(
+        Transformer(random_state=0).fit(X, indicator).estimator_, PathKernelClassifier
+    )
     reg = Transformer(random_state=0).fit(X, y).estimator_
     assert isinstance(reg, PathKernelRegressor) and reg.random_state == 0
 
