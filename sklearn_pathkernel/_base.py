@@ -404,23 +404,8 @@ class BasePathKernelEstimator(BaseEstimator):
         """
         extend = bool(self.warm_start) and hasattr(self, "trajectory_")
         job = self._training_job(X, y, sample_weight, extend=extend, partial=False)
-        # train() is called here, right under the decorators, so that its
-        # warnings point at the user's call of fit (_loop's _USER_FRAME).
-        with self._guarded(job):
-            job.result = train(
-                job.module,
-                job.X_t,
-                job.Y_t,
-                job.loss,
-                sample_weight=job.weight_t,
-                options=job.options,
-                generator=job.generator,
-                owner=type(self).__name__,
-                trajectory=job.trajectory,
-                optimizer=job.optimizer,
-                rows_seen=job.rows_seen,
-            )
-        return self._set_fitted(job)
+        # user <- _restore_on_failure <- _fit_context <- fit <- _train <- train
+        return self._train(job, user_frame=6)
 
     @_restore_on_failure
     @_fit_context(prefer_skip_nested_validation=True)
@@ -435,6 +420,16 @@ class BasePathKernelEstimator(BaseEstimator):
         if is_classifier(self):
             self._partial_fit_classes(classes)
         job = self._training_job(X, y, sample_weight, extend=extend, partial=True)
+        # user <- partial_fit <- _restore_on_failure <- _fit_context
+        # <- _partial_fit <- _train <- train
+        return self._train(job, user_frame=7)
+
+    def _train(self, job, user_frame):
+        """Run ``job``'s training, then assign what it fitted.
+
+        ``user_frame`` is how far up the stack the user's call is, from
+        ``train``: its warnings point there.
+        """
         with self._guarded(job):
             job.result = train(
                 job.module,
@@ -448,6 +443,7 @@ class BasePathKernelEstimator(BaseEstimator):
                 trajectory=job.trajectory,
                 optimizer=job.optimizer,
                 rows_seen=job.rows_seen,
+                user_frame=user_frame,
             )
         return self._set_fitted(job)
 

@@ -377,6 +377,16 @@ def test_training_warnings_point_at_the_callers_line(Est, toy):
     assert record[0].filename == __file__
 
 
+def test_partial_fit_warnings_point_at_the_callers_line(toy):
+    X, y = toy  # partial_fit is one call deeper than fit, and says so
+    net = PathKernelRegressor(
+        (16,), activation="relu", learning_rate_init=1e3, batch_size=2, random_state=0
+    )
+    with pytest.warns(DivergenceWarning) as record:
+        net.partial_fit(X, 100 * y)
+    assert record[0].filename == __file__
+
+
 def test_a_loss_that_grows_but_stays_finite_is_divergence(toy):
     X, y = toy
     with warnings.catch_warnings(record=True) as record:

@@ -36,7 +36,8 @@ from ._probe import KernelProbe
 from ._solvers import ADAPTIVE_DIVISOR, ADAPTIVE_FLOOR, Solver
 from ._trajectory import Step, Trajectory, flatten_parameters
 
-# Frames between a warning raised in train() and the user's call of fit:
+# Frames between a warning raised in train() and the user's call of fit,
+# train's own included, when no caller says otherwise (``user_frame``):
 # train <- fit <- _fit_context <- _restore_on_failure <- user.
 _USER_FRAME = 5
 
@@ -155,6 +156,7 @@ def train(
     trajectory=None,
     optimizer=None,
     rows_seen=0,
+    user_frame=_USER_FRAME,
 ):
     """Train ``module`` in place with ``options.solver``, recording the path.
 
@@ -189,6 +191,9 @@ def train(
     rows_seen : int, default=0
         Training rows the path has already seen: "invscaling" continues
         its step size from there.
+    user_frame : int, default=5
+        How many frames up from ``train`` the user's call is, ``train``
+        included: the stack level at which its warnings point.
 
     Returns
     -------
@@ -208,6 +213,7 @@ def train(
         trajectory=trajectory,
         optimizer=optimizer,
         rows_seen=rows_seen,
+        user_frame=user_frame,
     ).run(generator)
 
 
@@ -227,6 +233,7 @@ class _GradientDescent:
         trajectory=None,
         optimizer=None,
         rows_seen=0,
+        user_frame=_USER_FRAME,
     ):
         named = trainable_parameters(module)
         if not named:
@@ -236,6 +243,7 @@ class _GradientDescent:
         self.sample_weight = sample_weight
         self.options = options
         self.owner = owner
+        self.user_frame = user_frame
         if trajectory is None:
             trajectory = Trajectory(
                 {name: tuple(p.shape) for name, p in named},
@@ -575,7 +583,7 @@ class _GradientDescent:
                 f"max_iter={self.options.max_iter} epochs and the loss is still "
                 "improving. Increase max_iter, or raise tol to stop earlier.",
                 ConvergenceWarning,
-                stacklevel=_USER_FRAME + 2,  # _finish <- run <- train
+                stacklevel=self.user_frame + 2,  # _finish <- run <- train
             )
         return self.result
 
@@ -590,7 +598,7 @@ class _GradientDescent:
             "yet. Use a smaller learning_rate_init (now "
             f"{self.options.learning_rate_init}), or rescale X and y.",
             DivergenceWarning,
-            stacklevel=_USER_FRAME + 3,  # <- _finish <- run <- train
+            stacklevel=self.user_frame + 3,  # <- _finish <- run <- train
         )
         return True
 
@@ -630,7 +638,7 @@ class _GradientDescent:
             f"learning_rate_init (now {self.options.learning_rate_init}), or "
             "rescale X and y.",
             DivergenceWarning,
-            stacklevel=_USER_FRAME + frames,
+            stacklevel=self.user_frame + frames,
         )
 
     def _load(self, flat):
