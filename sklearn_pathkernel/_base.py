@@ -13,7 +13,7 @@ import torch
 from sklearn.base import BaseEstimator, _fit_context, is_classifier
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.model_selection import train_test_split
-from sklearn.utils import check_random_state, shuffle
+from sklearn.utils import check_random_state
 from sklearn.utils._param_validation import (
     Interval,
     InvalidParameterError,
@@ -56,6 +56,7 @@ from ._model._validation import (
     validate_other,
     validate_X,
 )
+from ._training._draws import MLPStream, first_seed, seeded_global_rng
 from ._training._loop import TrainingOptions, train
 from ._training._quadrature import RULES
 from ._training._solvers import SCHEDULES, SOLVERS, Solver
@@ -148,60 +149,6 @@ def _restore_on_failure(fit):
             raise
 
     return wrapper
-
-
-@contextmanager
-def _seeded_global_rng(seed, device):
-    """torch's global RNG seeded with ``seed``, the caller's stream restored after.
-
-    Dropout draws its masks from the global RNG (and on a GPU from that
-    device's): seeding it from ``random_state`` makes training reproducible
-    without changing the caller's own random stream.
-    """
-    devices = [device] if device.type == "cuda" else []
-    with torch.random.fork_rng(devices=devices):
-        torch.default_generator.manual_seed(seed)
-        if device.type == "cuda":
-            with torch.cuda.device(device):
-                torch.cuda.manual_seed(seed)
-        yield
-
-
-class _MLPStream:
-    """scikit-learn's MLP random stream: what it draws, in its order.
-
-    One per call of fit or partial_fit, on the ``RandomState`` that
-    ``check_random_state(random_state)`` gives (MLP's ``_random_state``,
-    made anew at each call): the initial network (``make_mlp``, on a new
-    path only), early stopping's split (``_hold_out``), then each epoch's
-    shuffle of the training rows (``epoch_order``, which the training
-    loop's batches call).
-    """
-
-    def __init__(self, random_state):
-        self.random_state = random_state
-        # Early stopping: MLP's training rows (its split's order), as
-        # positions among ours (kept sorted); None: the same rows.
-        self.rows = None
-        self._order = None
-
-    def epoch_order(self, n_samples, shuffle_rows):
-        """This epoch's order of the training rows: MLP's ``sample_idx``.
-
-        MLP shuffles its previous order, starting from ``arange`` at each
-        call, and without shuffling goes through its training rows as its
-        split left them.
-        """
-        if self._order is None:
-            self._order = np.arange(n_samples)
-        if shuffle_rows:
-            self._order = shuffle(self._order, random_state=self.random_state)
-        return self._order if self.rows is None else self.rows[self._order]
-
-
-def _first_seed(random_state):
-    """The torch seed drawn from ``random_state``: its next int32."""
-    return int(random_state.randint(np.iinfo(np.int32).max))
 
 
 class BasePathKernelEstimator(BaseEstimator):
@@ -498,7 +445,7 @@ class BasePathKernelEstimator(BaseEstimator):
         """Seed ``job``'s randomness from ``random_state``; return MLP's stream.
 
         The default MLP draws what scikit-learn's MLP draws, from the same
-        ``RandomState`` in the same order (``_MLPStream``). torch's global
+        ``RandomState`` in the same order (``MLPStream``). torch's global
         RNG, which nothing in that network uses, is seeded with the first
         int32 of a *copy* of the stream (the seed earlier versions drew), so
         that the stream stays MLP's. A user module keeps that earlier
@@ -508,10 +455,10 @@ class BasePathKernelEstimator(BaseEstimator):
         """
         random_state = check_random_state(self.random_state)
         if self.module is None:
-            job.seed = _first_seed(copy.deepcopy(random_state))
-            job.generator = _MLPStream(random_state)
+            job.seed = first_seed(copy.deepcopy(random_state))
+            job.generator = MLPStream(random_state)
         else:
-            job.seed = _first_seed(random_state)
+            job.seed = first_seed(random_state)
             job.generator = torch.Generator().manual_seed(job.seed)
         return random_state
 
@@ -568,7 +515,7 @@ class BasePathKernelEstimator(BaseEstimator):
         restores attributes, and the path is changed in place).
         """
         try:
-            with _seeded_global_rng(job.seed, job.device), warnings.catch_warnings():
+            with seeded_global_rng(job.seed, job.device), warnings.catch_warnings():
                 if job.partial:  # one epoch is all partial_fit asks for (not
                     # DivergenceWarning, a ConvergenceWarning too)
                     warnings.filterwarnings(
@@ -879,7 +826,7 @@ class BasePathKernelEstimator(BaseEstimator):
         in the rows' order, and ``validation(module)``, which scores the
         module on the rest; MLP's stream learns MLP's order of those rows.
         """
-        mlp = isinstance(job.generator, _MLPStream)
+        mlp = isinstance(job.generator, MLPStream)
         one_output = targets.shape[1] == 1 if mlp else np.ndim(y) == 1
         stratify = y if is_classifier(self) and one_output else None
         try:
@@ -928,7 +875,7 @@ class BasePathKernelEstimator(BaseEstimator):
             n_outputs,
             self._hidden_layer_sizes(),
             self.activation,
-            random_state=generator.random_state,  # MLP's draws (_MLPStream)
+            random_state=generator.random_state,  # MLP's draws (MLPStream)
             dtype=dtype,
         )
 
