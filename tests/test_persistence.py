@@ -933,7 +933,7 @@ def test_fuzzed_files_are_refused_or_load_the_same(seed, tmp_path, monkeypatch):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("seed", [1, 2, 3, 4, 5, 6, 7])
+@pytest.mark.parametrize("seed", [1, 2, 3])
 def test_fuzzed_files_many_more(seed, tmp_path, monkeypatch):
     outcomes, escapes = _fuzz(seed, 300, tmp_path, monkeypatch)
     assert escapes == []
