@@ -631,7 +631,7 @@ class BasePathKernelEstimator(BaseEstimator):
                     "continued path (warm_start=True, partial_fit) keeps its "
                     "network's outputs."
                 )
-        targets = self._influence_targets(y, n_rows)
+        targets = self._outputs_targets(y, n_rows)
         return targets, loss, {} if extend else attributes
 
     def _continued_loss(self, y):
@@ -641,7 +641,7 @@ class BasePathKernelEstimator(BaseEstimator):
         classifier's ``classes_`` (one call's ``y`` may lack some), or ``y``
         itself (a regressor's values, a label-indicator matrix). Encoding
         only to learn the loss leaves a fitted estimator as it was (it may
-        set attributes); ``_influence_targets`` then checks ``y`` against
+        set attributes); ``_outputs_targets`` then checks ``y`` against
         the outputs.
         """
         own_labels = not is_classifier(self) or np.ndim(y) == 2
@@ -1304,7 +1304,7 @@ class BasePathKernelEstimator(BaseEstimator):
         """
         check_is_fitted(self)
         X = self._validate_X(X)
-        targets = self._influence_targets(y, X.shape[0])
+        targets = self._outputs_targets(y, X.shape[0])
         scores = path_influence(
             self.module_,
             self.trajectory_,
@@ -1360,7 +1360,7 @@ class BasePathKernelEstimator(BaseEstimator):
             X, targets = self._fit_X, self._training_targets()
         else:
             X = self._validate_X(X)
-            targets = self._influence_targets(y, X.shape[0])
+            targets = self._outputs_targets(y, X.shape[0])
         scores = path_self_influence(
             self.module_,
             self.trajectory_,
@@ -1374,8 +1374,13 @@ class BasePathKernelEstimator(BaseEstimator):
     #: The loss of influence's derivatives (``path_influence``'s ``loss``).
     _influence_loss = None
 
-    def _influence_targets(self, y, n_rows):
-        """Labels or targets ``y`` as the network's outputs see them: (n_rows, O)."""
+    def _outputs_targets(self, y, n_rows):
+        """Labels or targets ``y`` as the fitted network's outputs see them.
+
+        Shape (n_rows, O), checked against the outputs already fixed (a
+        classifier's ``classes_``): what influence and a continued path
+        (``partial_fit``, ``warm_start``) train or score against.
+        """
         raise NotImplementedError
 
     def _training_targets(self):

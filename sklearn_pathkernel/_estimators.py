@@ -206,7 +206,7 @@ class PathKernelRegressor(RegressorMixin, BasePathKernelEstimator):
         check_is_fitted(self)
         return "exp" if self._trained_loss() == "poisson" else "identity"
 
-    def _influence_targets(self, y, n_rows):
+    def _outputs_targets(self, y, n_rows):
         targets = influence_targets(y, n_rows, self.n_outputs_, name="y")
         if self._trained_loss() == "poisson":
             _check_counts(targets, name="y")
@@ -392,7 +392,7 @@ class PathKernelClassifier(ClassifierMixin, BasePathKernelEstimator):
         single = len(self.classes_) > 2 and not self._is_multilabel()
         return "softmax" if single else "logistic"
 
-    def _influence_targets(self, y, n_rows):
+    def _outputs_targets(self, y, n_rows):
         """Labels as the logits see them: codes for one logit, one-hot rows;
         indicator rows for multilabel."""
         if self._is_multilabel():
