@@ -12,7 +12,6 @@ import numpy as np
 import torch
 from sklearn.base import BaseEstimator, _fit_context, is_classifier
 from sklearn.exceptions import ConvergenceWarning
-from sklearn.model_selection import train_test_split
 from sklearn.utils import check_random_state
 from sklearn.utils._param_validation import (
     Interval,
@@ -67,9 +66,10 @@ from ._training._continuation import (
     state_at_path_end,
 )
 from ._training._draws import MLPStream, first_seed, seeded_global_rng
-from ._training._loop import TrainingOptions, train
+from ._training._loop import train
 from ._training._quadrature import RULES
-from ._training._solvers import SCHEDULES, SOLVERS, Solver
+from ._training._settings import held_out_rows, loop_options, update_rule
+from ._training._solvers import SCHEDULES, SOLVERS
 from .engines import ENGINES
 
 # Rows per forward pass at predict time: bounds activation memory on large X.
@@ -424,7 +424,7 @@ class BasePathKernelEstimator(BaseEstimator):
         job.weight_t = to_tensor(
             sample_weight, dtype=dtype, device=job.device, name="sample_weight"
         )
-        options = self._training_options(self._solver(), X.shape[0], validation)
+        options = loop_options(self, update_rule(self), X.shape[0], validation)
         job.options = dataclasses.replace(options, max_iter=1) if partial else options
         self._continue_optimizer(job)
         return job
@@ -525,10 +525,10 @@ class BasePathKernelEstimator(BaseEstimator):
         """Refuse, naming them, changes that would make the path two paths.
 
         ``check_continuable`` with what the parameters say now. In this
-        order: "lbfgs" is refused by ``_solver`` before any width is checked.
+        order: "lbfgs" is refused by ``update_rule`` before any width is checked.
         """
         settings = {
-            "solver": self._solver(),
+            "solver": update_rule(self),
             "record_every": self.record_every,
             "quadrature": self.quadrature,
             "kernel_nodes": self.kernel_nodes,
@@ -659,61 +659,6 @@ class BasePathKernelEstimator(BaseEstimator):
         )
         return X, y, sample_weight, input_shape
 
-    def _training_options(self, solver, n_samples, validation):
-        """The loop's options, from the estimator's parameters."""
-        return TrainingOptions(
-            learning_rate_init=self.learning_rate_init,
-            max_iter=self.max_iter,
-            solver=solver,
-            learning_rate=self.learning_rate,
-            power_t=self.power_t,
-            batch_size=self._batch_size(n_samples),
-            shuffle=self.shuffle,
-            tol=self.tol,
-            n_iter_no_change=self.n_iter_no_change,
-            validation=validation,
-            record_every=self.record_every,
-            quadrature=self.quadrature,
-            kernel_nodes=self.kernel_nodes,
-            adaptive_tol=self.adaptive_tol,
-            trajectory_dir=self.trajectory_dir,
-            verbose=self.verbose,
-        )
-
-    def _solver(self):
-        """The update rule the parameters describe; refuses "lbfgs" with the reason."""
-        if self.solver == "lbfgs":
-            raise ValueError(
-                f"{type(self).__name__} does not support solver='lbfgs': L-BFGS "
-                "moves along directions built from many past gradients and chosen "
-                "by a line search, so a step is not a fixed linear map of the "
-                "training rows' gradients and has no step-wise path kernel or "
-                "exact decomposition. Use solver='sgd' (with momentum) or 'adam'."
-            )
-        decoupled = self.solver == "adamw"
-        return Solver(
-            self.solver,
-            momentum=self.momentum if self.solver == "sgd" else 0.0,
-            nesterov=(
-                self.solver == "sgd"
-                and bool(self.nesterovs_momentum)
-                and self.momentum > 0
-            ),
-            beta_1=self.beta_1,
-            beta_2=self.beta_2,
-            epsilon=self.epsilon,
-            alpha=0.0 if decoupled else self.alpha,
-            weight_decay=self.alpha if decoupled else 0.0,
-            # MLP's SGDOptimizer: the velocity keeps eps_s inside the sum.
-            momentum_form="velocity" if self.solver == "sgd" else "buffer",
-        )
-
-    def _batch_size(self, n_samples):
-        """Rows per step: ``"auto"`` is ``min(200, n_samples)``, as for MLP."""
-        if isinstance(self.batch_size, str):
-            return min(200, n_samples)
-        return self.batch_size
-
     def _hold_out(self, X, y, targets, sample_weight, random_state, job, dtype):
         """Early stopping: split off ``validation_fraction`` of the rows.
 
@@ -725,25 +670,9 @@ class BasePathKernelEstimator(BaseEstimator):
         mlp = isinstance(job.generator, MLPStream)
         one_output = targets.shape[1] == 1 if mlp else np.ndim(y) == 1
         stratify = y if is_classifier(self) and one_output else None
-        try:
-            train, held = train_test_split(
-                np.arange(X.shape[0]),
-                test_size=self.validation_fraction,
-                random_state=random_state,
-                stratify=stratify,
-            )
-        except ValueError as error:  # e.g. fewer rows of a class than classes
-            raise ValueError(
-                f"early_stopping cannot hold out validation_fraction="
-                f"{self.validation_fraction} of {X.shape[0]} rows: {error}"
-            ) from error
-        if len(held) < 2 or len(train) < 2:
-            raise ValueError(
-                f"The validation set is too small: validation_fraction="
-                f"{self.validation_fraction} of {X.shape[0]} rows leaves "
-                f"{len(held)} for validation and {len(train)} for training. "
-                "Increase validation_fraction or the size of the dataset."
-            )
+        train, held = held_out_rows(
+            X.shape[0], self.validation_fraction, random_state, stratify
+        )
         if mlp:  # MLP trains on X[train] in the split's order
             job.generator.rows = np.searchsorted(np.sort(train), train)
         train, held = np.sort(train), np.sort(held)
