@@ -12,7 +12,6 @@ import numpy as np
 import torch
 from sklearn.base import BaseEstimator, _fit_context, is_classifier
 from sklearn.exceptions import ConvergenceWarning
-from sklearn.model_selection import train_test_split
 from sklearn.utils import check_random_state
 from sklearn.utils._param_validation import (
     Interval,
@@ -56,10 +55,21 @@ from ._model._validation import (
     validate_other,
     validate_X,
 )
+from ._training._continuation import (
+    check_continuable,
+    check_same_outputs,
+    extending,
+    joined_history,
+    joined_rows,
+    resume_optimizer,
+    row_offset,
+    state_at_path_end,
+)
 from ._training._draws import MLPStream, first_seed, seeded_global_rng
-from ._training._loop import TrainingOptions, train
+from ._training._loop import train
 from ._training._quadrature import RULES
-from ._training._solvers import SCHEDULES, SOLVERS, Solver
+from ._training._settings import held_out_rows, loop_options, update_rule
+from ._training._solvers import SCHEDULES, SOLVERS
 from .engines import ENGINES
 
 # Rows per forward pass at predict time: bounds activation memory on large X.
@@ -72,11 +82,6 @@ _MODE_PROBE_ROWS = 64
 # The arguments of methods that take options, checked on entry as
 # ``_parameter_constraints`` checks the constructor's at fit.
 _METHOD_CONSTRAINTS = {"normalize": [None, StrOptions(set(NORMALIZATIONS))]}
-
-
-# A continuation's rows are looked for among the stored ones at no more than
-# this many places where their first row occurs (identical rows repeat).
-_MAX_ROW_MATCHES = 64
 
 # What validation sets from X (and a continuation checks X against).
 _INPUT_ATTRIBUTES = ("n_features_in_", "feature_names_in_")
@@ -111,23 +116,6 @@ class _TrainingJob:
     offset: int = 0
     mode_changed: bool = False
     result: object = None
-
-
-def _state_copy(state, device=None):
-    """A copy of an optimiser's per-parameter state, its tensors cloned.
-
-    Training changes the state in place (momentum buffers, moments): the
-    estimator's own stays as the path left it. Faster than ``deepcopy``.
-    """
-    return {
-        index: {
-            key: value.detach().to(device, copy=True)
-            if torch.is_tensor(value)
-            else value
-            for key, value in entries.items()
-        }
-        for index, entries in state.items()
-    }
 
 
 def _restore_on_failure(fit):
@@ -436,7 +424,7 @@ class BasePathKernelEstimator(BaseEstimator):
         job.weight_t = to_tensor(
             sample_weight, dtype=dtype, device=job.device, name="sample_weight"
         )
-        options = self._training_options(self._solver(), X.shape[0], validation)
+        options = loop_options(self, update_rule(self), X.shape[0], validation)
         job.options = dataclasses.replace(options, max_iter=1) if partial else options
         self._continue_optimizer(job)
         return job
@@ -495,108 +483,67 @@ class BasePathKernelEstimator(BaseEstimator):
         if not job.extend:
             return
         state = getattr(self, "_optimizer_state", None)
-        if state is not None:
-            saved = job.optimizer.state_dict()
-            saved["state"] = _state_copy(state)
-            if self.trajectory_.n_steps:
-                saved["param_groups"][0]["lr"] = float(self.trajectory_.step_sizes[-1])
-            job.optimizer.load_state_dict(saved)
+        resume_optimizer(job.optimizer, state, self.trajectory_)
         job.trajectory = self.trajectory_
         job.mark = self.trajectory_._mark()
         job.rows_seen = self.t_
-        job.offset = self._row_offset(*job.rows)
+        job.offset = row_offset(self._fit_rows(), job.rows)
 
     @contextmanager
     def _guarded(self, job):
         """Around ``train``: the checks, the seeded RNG, and undoing a failed run.
 
-        A continuation that does not finish (an error, Ctrl-C) takes its
-        steps back off the path, which ``_restore_on_failure`` cannot do (it
-        restores attributes, and the path is changed in place).
+        A continuation joins its steps to the path, or takes them back off
+        it when it does not finish (an error, Ctrl-C), which
+        ``_restore_on_failure`` cannot do (it restores attributes, and the
+        path is changed in place): ``extending``.
         """
-        try:
-            with seeded_global_rng(job.seed, job.device), warnings.catch_warnings():
-                if job.partial:  # one epoch is all partial_fit asks for (not
-                    # DivergenceWarning, a ConvergenceWarning too)
-                    warnings.filterwarnings(
-                        "ignore",
-                        ".*gradient descent reached max_iter",
-                        ConvergenceWarning,
-                    )
-                if self.tokens:
-                    check_token_range(job.module, job.X_all, name="X")
-                check_module_output(job.module, job.X_t[:2], job.Y_t.shape[1])
-                yield
-                if job.extend:  # the new steps index the rows after the old ones
-                    job.trajectory._shift_rows(job.mark[0], job.offset)
-                # Kernels are computed in eval mode: the training steps differ
-                # from them when the module's training mode changes its outputs.
-                job.mode_changed = mode_changes_output(
-                    job.module, job.X_t[:_MODE_PROBE_ROWS]
+        with (
+            extending(job.trajectory, job.mark, job.offset),
+            seeded_global_rng(job.seed, job.device),
+            warnings.catch_warnings(),
+        ):
+            if job.partial:  # one epoch is all partial_fit asks for (not
+                # DivergenceWarning, a ConvergenceWarning too)
+                warnings.filterwarnings(
+                    "ignore",
+                    ".*gradient descent reached max_iter",
+                    ConvergenceWarning,
                 )
-        except BaseException:
-            if job.mark is not None:
-                job.trajectory._rewind(job.mark)
-            raise
+            if self.tokens:
+                check_token_range(job.module, job.X_all, name="X")
+            check_module_output(job.module, job.X_t[:2], job.Y_t.shape[1])
+            yield
+            # Kernels are computed in eval mode: the training steps differ
+            # from them when the module's training mode changes its outputs.
+            job.mode_changed = mode_changes_output(
+                job.module, job.X_t[:_MODE_PROBE_ROWS]
+            )
         job.module.eval()
 
     def _check_continuable(self):
         """Refuse, naming them, changes that would make the path two paths.
 
-        The recorded steps fix the update rule, the recording and the
-        network; a continuation must keep them. ``learning_rate_init`` and
-        its schedule may change: every step records its own size.
+        ``check_continuable`` with what the parameters say now. In this
+        order: "lbfgs" is refused by ``update_rule`` before any width is checked.
         """
-        trajectory, name = self.trajectory_, type(self).__name__
-        changed = [
-            what
-            for what, same in [
-                (
-                    "the update rule (solver, momentum, nesterovs_momentum, beta_1, "
-                    "beta_2, epsilon, alpha)",
-                    self._solver() == trajectory.solver,
-                ),
-                ("record_every", self.record_every == trajectory.record_every),
-                ("quadrature", self.quadrature == trajectory.quadrature),
-                ("kernel_nodes", self.kernel_nodes == trajectory._kernel_nodes),
-                ("dtype", DTYPES[self.dtype] == next(self.module_.parameters()).dtype),
-                ("hidden_layer_sizes", self._same_architecture()),
-            ]
-            if not same
-        ]
-        if changed:
-            raise ValueError(
-                f"{name} cannot continue its path (warm_start=True or partial_fit): "
-                f"{', '.join(changed)} changed since it was recorded, and one path "
-                "has one update rule and one network. Set them back, or fit a new "
-                "path with warm_start=False."
-            )
-        why = None
-        if getattr(self, "_fit_targets", None) is None:
-            why = "was saved by a version that did not keep the training targets"
-        elif not (trajectory.solver.plain or self._has_optimizer_state()):
-            why = (
-                "did not keep its optimiser's state (momentum buffers, Adam's "
-                "moments) at the path's end: training diverged and stepped back, "
-                "early_stopping ended the path before its last epoch, or an "
-                "older version saved it"
-            )
-        if why is not None:
-            raise ValueError(
-                f"This {name} {why}, so its path cannot be continued with the same "
-                "update rule. Fit a new path (warm_start=False)."
-            )
-
-    def _has_optimizer_state(self):
-        return getattr(self, "_optimizer_state", None) is not None
-
-    def _same_architecture(self):
-        """Whether the default MLP's hidden widths are still ``hidden_layer_sizes``."""
-        linears = mlp_linears(self.module_) if self.module is None else None
-        if linears is None:
-            return True
-        return [layer.out_features for layer in linears[:-1]] == (
-            self._hidden_layer_sizes()
+        settings = {
+            "solver": update_rule(self),
+            "record_every": self.record_every,
+            "quadrature": self.quadrature,
+            "kernel_nodes": self.kernel_nodes,
+            "dtype": DTYPES[self.dtype],
+            "hidden_widths": (
+                self._hidden_layer_sizes() if self.module is None else None
+            ),
+        }
+        check_continuable(
+            type(self).__name__,
+            self.trajectory_,
+            self.module_,
+            settings,
+            has_targets=getattr(self, "_fit_targets", None) is not None,
+            optimizer_state=getattr(self, "_optimizer_state", None),
         )
 
     def _check_same_inputs(self, X_given, before):
@@ -623,14 +570,7 @@ class BasePathKernelEstimator(BaseEstimator):
             return self._encode_targets(y)
         loss, attributes = self._continued_loss(y)
         if extend and not classifier:
-            n_outputs = 1 if np.ndim(y) == 1 else y.shape[1]
-            if n_outputs != self.n_outputs_:
-                raise ValueError(
-                    f"y has {n_outputs} output(s) (columns), but this "
-                    f"{type(self).__name__} was trained with {self.n_outputs_}: a "
-                    "continued path (warm_start=True, partial_fit) keeps its "
-                    "network's outputs."
-                )
+            check_same_outputs(y, self.n_outputs_, type(self).__name__)
         targets = self._outputs_targets(y, n_rows)
         return targets, loss, {} if extend else attributes
 
@@ -653,27 +593,9 @@ class BasePathKernelEstimator(BaseEstimator):
             vars(self).update(before)
         return loss, attributes
 
-    def _row_offset(self, X, sample_weight, targets):
-        """Where a continuation's rows start in the kernel machine's rows.
-
-        Rows already held, in the same order with the same targets and
-        weights (a warm start on the same data, or a loop of partial_fit
-        calls over the same batches), are the same training rows: their
-        start, so nothing is duplicated. Else ``len(_fit_X)``: appended.
-        """
-        stored, n = self._fit_X, X.shape[0]
-        if n > stored.shape[0]:
-            return stored.shape[0]
-        starts = np.flatnonzero((stored[: stored.shape[0] - n + 1] == X[0]).all(axis=1))
-        for start in starts[:_MAX_ROW_MATCHES]:
-            rows = slice(start, start + n)
-            if (
-                np.array_equal(stored[rows], X)
-                and np.array_equal(self._fit_targets[rows], targets)
-                and np.array_equal(self._fit_sample_weight[rows], sample_weight)
-            ):
-                return int(start)
-        return stored.shape[0]
+    def _fit_rows(self):
+        """The kernel machine's rows: ``(_fit_X, _fit_sample_weight, _fit_targets)``."""
+        return self._fit_X, self._fit_sample_weight, self._fit_targets
 
     def _set_fitted(self, job):
         """Assign the fitted attributes together: an interrupted fit changes nothing.
@@ -681,16 +603,13 @@ class BasePathKernelEstimator(BaseEstimator):
         A continuation appends to what was there: the rows (unless they are
         the same), the loss curve, the epochs and the rows seen.
         """
-        result, (X, sample_weight, targets) = job.result, job.rows
-        rows_seen = job.rows_seen + X.shape[0] * result.n_iter
-        history = self._history(result) if job.extend else vars(result)
-        if job.extend and job.offset == self._fit_X.shape[0]:  # new rows
-            X = np.concatenate([self._fit_X, X])
-            sample_weight = np.concatenate([self._fit_sample_weight, sample_weight])
-            targets = np.concatenate([self._fit_targets, targets])
-        elif job.extend:  # rows held already (_row_offset)
-            X, sample_weight = self._fit_X, self._fit_sample_weight
-            targets = self._fit_targets
+        result, rows = job.result, job.rows
+        rows_seen = job.rows_seen + rows[0].shape[0] * result.n_iter
+        history = vars(result)
+        if job.extend:
+            history = joined_history(self._fitted_history(), result)
+            rows = joined_rows(self._fit_rows(), rows, job.offset)
+        X, sample_weight, targets = rows
         self.module_ = job.module
         self.trajectory_ = result.trajectory
         self.loss_curve_ = history["loss_curve"]
@@ -712,44 +631,21 @@ class BasePathKernelEstimator(BaseEstimator):
         self._fit_mode_changed = job.mode_changed or (
             job.extend and getattr(self, "_fit_mode_changed", False)
         )
-        self._keep_optimizer_state(job)
+        self._optimizer_state = state_at_path_end(result, job.optimizer)
         self.n_outputs_ = targets.shape[1]
         for name, value in job.target_attributes.items():
             setattr(self, name, value)
         return self
 
-    def _history(self, result):
-        """The fitted records with a continuation's ``result`` appended."""
-        scores = self.validation_scores_
-        if result.validation_scores is not None:
-            scores = (scores or []) + result.validation_scores
-        best = [self.best_validation_score_, result.best_validation_score]
-        losses = [v for v in (self.best_loss_, result.best_loss) if v is not None]
+    def _fitted_history(self):
+        """The fitted records, as ``joined_history`` takes them."""
         return {
-            "loss_curve": self.loss_curve_ + result.loss_curve,
-            "best_loss": min(losses) if losses else None,
-            "validation_scores": scores,
-            "best_validation_score": max(
-                (v for v in best if v is not None), default=None
-            ),
-            "n_iter": self.n_iter_ + result.n_iter,
+            "loss_curve": self.loss_curve_,
+            "best_loss": self.best_loss_,
+            "validation_scores": self.validation_scores_,
+            "best_validation_score": self.best_validation_score_,
+            "n_iter": self.n_iter_,
         }
-
-    def _keep_optimizer_state(self, job):
-        """Keep the optimiser's state (on the CPU) for the next continuation.
-
-        None when it no longer belongs to the path's end: training diverged
-        and stepped back, or early stopping ended the path at an earlier
-        epoch; a continuation of a solver with state is then refused.
-        """
-        result = job.result
-        scores = result.validation_scores or []
-        rewound = bool(scores) and int(np.argmax(scores)) != len(scores) - 1
-        self._optimizer_state = (
-            None
-            if result.diverged or rewound
-            else _state_copy(job.optimizer.state_dict()["state"], device="cpu")
-        )
 
     def _validate_fit_data(self, X, y, sample_weight):
         """``(X, y, sample_weight, input_shape)`` checked for training."""
@@ -763,61 +659,6 @@ class BasePathKernelEstimator(BaseEstimator):
         )
         return X, y, sample_weight, input_shape
 
-    def _training_options(self, solver, n_samples, validation):
-        """The loop's options, from the estimator's parameters."""
-        return TrainingOptions(
-            learning_rate_init=self.learning_rate_init,
-            max_iter=self.max_iter,
-            solver=solver,
-            learning_rate=self.learning_rate,
-            power_t=self.power_t,
-            batch_size=self._batch_size(n_samples),
-            shuffle=self.shuffle,
-            tol=self.tol,
-            n_iter_no_change=self.n_iter_no_change,
-            validation=validation,
-            record_every=self.record_every,
-            quadrature=self.quadrature,
-            kernel_nodes=self.kernel_nodes,
-            adaptive_tol=self.adaptive_tol,
-            trajectory_dir=self.trajectory_dir,
-            verbose=self.verbose,
-        )
-
-    def _solver(self):
-        """The update rule the parameters describe; refuses "lbfgs" with the reason."""
-        if self.solver == "lbfgs":
-            raise ValueError(
-                f"{type(self).__name__} does not support solver='lbfgs': L-BFGS "
-                "moves along directions built from many past gradients and chosen "
-                "by a line search, so a step is not a fixed linear map of the "
-                "training rows' gradients and has no step-wise path kernel or "
-                "exact decomposition. Use solver='sgd' (with momentum) or 'adam'."
-            )
-        decoupled = self.solver == "adamw"
-        return Solver(
-            self.solver,
-            momentum=self.momentum if self.solver == "sgd" else 0.0,
-            nesterov=(
-                self.solver == "sgd"
-                and bool(self.nesterovs_momentum)
-                and self.momentum > 0
-            ),
-            beta_1=self.beta_1,
-            beta_2=self.beta_2,
-            epsilon=self.epsilon,
-            alpha=0.0 if decoupled else self.alpha,
-            weight_decay=self.alpha if decoupled else 0.0,
-            # MLP's SGDOptimizer: the velocity keeps eps_s inside the sum.
-            momentum_form="velocity" if self.solver == "sgd" else "buffer",
-        )
-
-    def _batch_size(self, n_samples):
-        """Rows per step: ``"auto"`` is ``min(200, n_samples)``, as for MLP."""
-        if isinstance(self.batch_size, str):
-            return min(200, n_samples)
-        return self.batch_size
-
     def _hold_out(self, X, y, targets, sample_weight, random_state, job, dtype):
         """Early stopping: split off ``validation_fraction`` of the rows.
 
@@ -829,25 +670,9 @@ class BasePathKernelEstimator(BaseEstimator):
         mlp = isinstance(job.generator, MLPStream)
         one_output = targets.shape[1] == 1 if mlp else np.ndim(y) == 1
         stratify = y if is_classifier(self) and one_output else None
-        try:
-            train, held = train_test_split(
-                np.arange(X.shape[0]),
-                test_size=self.validation_fraction,
-                random_state=random_state,
-                stratify=stratify,
-            )
-        except ValueError as error:  # e.g. fewer rows of a class than classes
-            raise ValueError(
-                f"early_stopping cannot hold out validation_fraction="
-                f"{self.validation_fraction} of {X.shape[0]} rows: {error}"
-            ) from error
-        if len(held) < 2 or len(train) < 2:
-            raise ValueError(
-                f"The validation set is too small: validation_fraction="
-                f"{self.validation_fraction} of {X.shape[0]} rows leaves "
-                f"{len(held)} for validation and {len(train)} for training. "
-                "Increase validation_fraction or the size of the dataset."
-            )
+        train, held = held_out_rows(
+            X.shape[0], self.validation_fraction, random_state, stratify
+        )
         if mlp:  # MLP trains on X[train] in the split's order
             job.generator.rows = np.searchsorted(np.sort(train), train)
         train, held = np.sort(train), np.sort(held)
