@@ -203,15 +203,17 @@ def _synchronize(device):
 
 
 def _best(runs, repeats, device):
-    """Best seconds of each of ``runs`` (name -> callable), alternating.
+    """Best seconds of each of ``runs`` (name -> callable), alternating, the
+    order reversed every other repeat (what runs first pays for warming up).
 
     CPU seconds of this process on the CPU (a shared machine's load does not
     count), wall seconds on a GPU (what the overlap saves is waiting).
     """
     clock = time.perf_counter if device.type == "cuda" else time.process_time
     best = dict.fromkeys(runs, float("inf"))
-    for _ in range(repeats):
-        for name, run in runs.items():
+    for repeat in range(repeats):
+        order = list(runs.items())
+        for name, run in order if repeat % 2 == 0 else reversed(order):  # ABBA
             _synchronize(device)
             start = clock()
             run()
