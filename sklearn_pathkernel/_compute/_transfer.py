@@ -48,7 +48,8 @@ class CudaCopier:
     >>> if torch.cuda.is_available():
     ...     copier = CudaCopier(torch.device("cuda"))
     ...     buffer = copier.allocate(3)
-    ...     copier.start(torch.ones(3, device="cuda"), buffer).wait()
+    ...     strip = torch.ones(3, dtype=torch.float64, device="cuda")
+    ...     copier.start(strip, buffer).wait()
     ...     assert buffer.tolist() == [1.0, 1.0, 1.0]
     """
 
