@@ -206,3 +206,110 @@ def test_no_operation_in_the_gpu_loops_waits_for_the_host(
     est.decompose(X[:5])
     path_influence(est.module_, est.trajectory_, X, y, loss="squared_error")
     assert waits == []
+
+
+# -- strips through pinned buffers (issue 21 item 1, _compute/_transfer.py) -------
+
+
+def _transfer_modules():
+    from sklearn_pathkernel._compute import _blocking, _result, _transfer
+
+    return _blocking, _result, _transfer
+
+
+def test_strips_reach_the_host_through_pinned_buffers_after_their_compute():
+    # Each strip is handed in while its product still runs: the copy must
+    # wait for it (the event), and the strip's memory, freed at once and
+    # filled by the next allocation, must not be reused before the copy has
+    # read it (record_stream).
+    _, _result, _transfer = _transfer_modules()
+    A = torch.randn(4096, 4096, device="cuda", generator=torch.Generator("cuda"))
+    result = _result.open_result(
+        None, (12, 4096), dtype=np.float64, fingerprint=None, what="K", remedy=""
+    )
+    kept = []
+    with _transfer.StripWriter(result, torch.device("cuda")) as writer:
+        for r0 in range(0, 12, 4):
+            strip = (A @ A)[r0 : r0 + 4].double()
+            kept.append(strip.clone())
+            writer.put(strip, r0, r0 + 4, 0)
+            del strip
+            torch.full((4, 4096), float("nan"), dtype=torch.float64, device="cuda")
+    assert not writer._pending and result.is_done(0, 4) and result.is_done(8, 12)
+    assert np.array_equal(result.array, torch.cat(kept).cpu().numpy())
+    assert len(writer._free) == 2 and all(b.is_pinned() for b in writer._free)
+
+
+def _small_device_tiles(monkeypatch):
+    """8-row device tiles, one tile a strip: 50 rows make 7 strips."""
+    _blocking, _, _ = _transfer_modules()
+    monkeypatch.setattr(_blocking, "DEVICE_TILE_ROWS", 8)
+    return {"working_memory": 1e-4}
+
+
+class _Synchronous:
+    """A copier that copies at once into pageable memory: today's ``.cpu()``."""
+
+    def allocate(self, numel):
+        return torch.empty(numel, dtype=torch.float64)
+
+    def start(self, strip, target):
+        target.copy_(strip)
+        return type(
+            "Done", (), {"done": lambda self: True, "wait": lambda self: None}
+        )()
+
+
+@pytest.mark.parametrize("symmetric", [True, False])
+@pytest.mark.parametrize("trace", [True, False])
+def test_overlapped_strips_give_the_kernel_of_a_synchronous_write(
+    data, monkeypatch, symmetric, trace
+):
+    X, y = data
+    est = _fit("cuda", X, y)
+    options = {**_small_device_tiles(monkeypatch), "trace": trace}
+    Y = None if symmetric else X[:21] * 0.5
+    overlapped = path_kernel(est.module_, est.trajectory_, X, Y, **options)
+    _, _, _transfer = _transfer_modules()
+    writers = []
+
+    def synchronous(result, device, n_strips):
+        writers.append(_transfer.StripWriter(result, device, copier=_Synchronous()))
+        return writers[-1]
+
+    monkeypatch.setattr(_path, "StripWriter", synchronous)
+    plain = path_kernel(est.module_, est.trajectory_, X, Y, **options)
+    assert writers and not writers[0]._pending
+    assert np.array_equal(overlapped, plain)  # same device and tiles: same bits
+    on_cpu = path_kernel(est.module_, est.trajectory_, X, Y, device="cpu", **options)
+    np.testing.assert_allclose(overlapped, on_cpu, rtol=1e-8, atol=1e-12)
+
+
+def test_an_interrupted_gpu_kernel_resumes_to_the_same_bits(
+    data, monkeypatch, tmp_path
+):
+    # KeyboardInterrupt with a strip in flight: only strips whose bytes
+    # arrived are recorded, so the resumed file equals an uninterrupted run.
+    X, y = data
+    est = _fit("cuda", X, y)
+    options = _small_device_tiles(monkeypatch)
+    whole = path_kernel(est.module_, est.trajectory_, X, **options)
+    _, _, _transfer = _transfer_modules()
+
+    class Interrupted(_transfer.StripWriter):
+        def put(self, *args):
+            super().put(*args)
+            if len(self.result._done) == 2:  # the third strip in flight
+                raise KeyboardInterrupt
+
+    path = tmp_path / "K.npy"
+    with monkeypatch.context() as patch:
+        patch.setattr(_path, "StripWriter", Interrupted)
+        with pytest.raises(KeyboardInterrupt):
+            path_kernel(est.module_, est.trajectory_, X, out=path, **options)
+    import json
+
+    progress = json.loads((tmp_path / "K.npy.progress.json").read_text())
+    assert 2 <= len(progress["done"]) <= 3
+    resumed = path_kernel(est.module_, est.trajectory_, X, out=path, **options)
+    assert np.array_equal(np.asarray(resumed), whole)

@@ -18,6 +18,7 @@ from .._compute._blocking import (
 from .._compute._progress import progress_bar
 from .._compute._result import fingerprint_of, open_result
 from .._compute._tasks import Shared, block_parts, compact, row_blocks, to_device
+from .._compute._transfer import StripWriter
 from .._model._network import in_evaluation_mode, placement
 from ..engines import select_engine
 from ._rows import kernel_rows, output_width
@@ -652,8 +653,10 @@ def _run_strips(result, work, points, blocks, n_jobs, verbose):
     """Compute the strips into ``result``, with progress.
 
     One task per strip and checkpoint (``_strip_part``); the strip adds its
-    checkpoints' parts in order, and is written, and recorded as done, as
-    soon as its last checkpoint arrives.
+    checkpoints' parts in order, and is handed to a ``StripWriter`` as soon
+    as its last checkpoint arrives: written and recorded as done at once on
+    the CPU; on CUDA copied to a pinned buffer while the next strip is
+    computed, and recorded only once its bytes are in (``_compute/_transfer.py``).
     """
     if not blocks:
         return  # every strip was written by an earlier, interrupted call
@@ -673,7 +676,8 @@ def _run_strips(result, work, points, blocks, n_jobs, verbose):
         )
     tasks = _checkpoint_tasks(work, points, max(r1 - r0 for r0, r1 in blocks))
     strips = block_parts(tasks.function, work, blocks, tasks.checkpoints, n_jobs=n_jobs)
-    with progress:
+    writer = StripWriter(result, work.device, n_strips=len(blocks))
+    with progress, writer:
         for (r0, r1), parts in strips:
             c_start = _first_column(r0, work.chunk, work.symmetric)
             strip = torch.zeros(
@@ -689,8 +693,7 @@ def _run_strips(result, work, points, blocks, n_jobs, verbose):
                         weight,
                     )
                 progress.update(1 if isinstance(weight, float) else len(weight))
-            result.array[r0:r1, c_start:] = strip.cpu().numpy()
-            result.mark_done(r0, r1)
+            writer.put(strip, r0, r1, c_start)
 
 
 def _add_weighted(target, part, weight):
