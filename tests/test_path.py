@@ -1013,7 +1013,7 @@ def test_out_of_memory_in_a_stack_retries_with_smaller_stacks(fitted, monkeypatc
         got = path_kernel(est.module_, est.trajectory_, X)
     assert calls[0] == (2048, 12)
     assert {tile for tile, _ in calls[1:]} == {1024}
-    assert max(size for _, size in calls[1:]) == 8  # 16 // 2
+    assert {size for _, size in calls[1:]} == {6}  # 12 // 2
     want = path_kernel_reference(est.module_, est.trajectory_, X)
     np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-12)
     assert np.array_equal(got, got.T)

@@ -11,9 +11,9 @@ along a new first axis. This module is the one place that decides:
   device policy (a CUDA device, or ``device_policy`` on the CPU); as many
   checkpoints as a quarter of ``device_budget`` holds of what one
   checkpoint's task keeps alive, at most :data:`MAX_STACKED_CHECKPOINTS`;
-  after a CUDA out-of-memory error the budget and that bound are divided by
-  how much the tile shrank, so a retry's stacks are smaller and take less
-  memory than before;
+  after a CUDA out-of-memory error the stack and its budget are divided by
+  how much the tile shrank, so a retry stacks fewer checkpoints in less
+  memory;
 - **which checkpoints go together** (:func:`consecutive_groups`): runs of
   consecutive checkpoints, in order, with equal shapes where asked;
 - **how a stack travels and runs** (:func:`stack_mappings`,
@@ -47,15 +47,17 @@ def stack_size(device, per_checkpoint, n_checkpoints, *, shrink=1):
         Checkpoints there are; the answer never exceeds it.
     shrink : int, default=1
         By how much the tile shrank after out-of-memory errors (a power of
-        two): the stack's budget and its largest size are divided by it, so
-        a retry stacks fewer checkpoints in less memory.
+        two): the stack's budget and the stack itself are divided by it, so
+        a retry stacks fewer checkpoints, in less memory, even where the
+        smaller tile saves nothing (a tile larger than the rows there are).
 
     Returns
     -------
     size : int
-        At least 1, at most ``MAX_STACKED_CHECKPOINTS // shrink``, with
-        ``size * per_checkpoint`` within a quarter of ``device_budget``
-        divided by ``shrink``.
+        At least 1; at most ``MAX_STACKED_CHECKPOINTS // shrink`` and
+        ``n_checkpoints // shrink`` (unless 1), with ``size *
+        per_checkpoint`` within a quarter of ``device_budget`` divided by
+        ``shrink``.
 
     Examples
     --------
@@ -76,8 +78,8 @@ def stack_size(device, per_checkpoint, n_checkpoints, *, shrink=1):
     if budget is None or n_checkpoints <= 1:
         return 1
     shrink = max(1, int(shrink))
-    fits = budget // 4 // shrink // max(1, int(per_checkpoint))
-    return int(max(1, min(n_checkpoints, MAX_STACKED_CHECKPOINTS // shrink, fits)))
+    fits = budget // 4 // max(1, int(per_checkpoint))
+    return int(max(1, min(n_checkpoints, MAX_STACKED_CHECKPOINTS, fits) // shrink))
 
 
 def consecutive_groups(items, size, key=None):
