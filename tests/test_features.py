@@ -445,8 +445,8 @@ def test_stacked_features_in_a_metric_match_the_default(data, monkeypatch):
     np.testing.assert_allclose(diagonal, np.diag(K), rtol=1e-10)
 
 
-def _stacked_sketch_ops(n_checkpoints, stacked):
-    """W2's sketch of 20,000 meta rows over 16 checkpoints: operations per task run.
+def _stacked_sketch_ops(n_checkpoints, stacked, n=20_000):
+    """W2's sketch of ``n`` meta rows over ``n_checkpoints``: operations of its tasks.
 
     The factors are drawn (and cached) before counting, as in the other count.
     """
@@ -457,7 +457,7 @@ def _stacked_sketch_ops(n_checkpoints, stacked):
     )  # fmt: skip
     parameters = {n: p.detach().to("meta") for n, p in w2.named_parameters()}
     bound = select_engine("structured", w2, list(parameters))
-    X_t = torch.empty(20_000, 64, device="meta")
+    X_t = torch.empty(n, 64, device="meta")
     shapes = bound.sketch_shapes(10)
     with _blocking.device_policy(2**40):
         tile, groups = plan(bound, shapes, 10, 4, 100, None, X_t.device)
@@ -484,8 +484,8 @@ def _stacked_sketch_ops(n_checkpoints, stacked):
 
 
 def test_stacked_sketch_dispatches_fewer_operations_per_checkpoint():
-    one = _stacked_sketch_ops(16, stacked=False)
-    stacked = _stacked_sketch_ops(16, stacked=True)
+    one = _stacked_sketch_ops(8, stacked=False, n=8192)
+    stacked = _stacked_sketch_ops(8, stacked=True, n=8192)
     assert one.total >= 4 * stacked.total
     assert one.synchronising == stacked.synchronising == []
 

@@ -921,27 +921,28 @@ def _w2_on_meta():
     return bound, parameters
 
 
-def _stacked_kernel_ops(monkeypatch, most, metric):
-    """W2's strip of 4,096 meta rows over 16 checkpoints, stacks of ``most``.
+def _stacked_kernel_ops(monkeypatch, most, metric, n=4096, checkpoints=16):
+    """W2's strip of ``n`` meta rows over ``checkpoints``, stacks of ``most``.
 
     Returns the number of tasks and the operations of the strip's tasks and
     weighted sums (statics cached).
     """
     bound, parameters = _w2_on_meta()
-    X_t = torch.empty(4096, 64, device="meta")
-    metrics = {n: torch.ones_like(p) for n, p in parameters.items()}
-    points = [(0.1, lambda: parameters, lambda: metrics if metric else None)] * 16
+    X_t = torch.empty(n, 64, device="meta")
+    metrics = {name: torch.ones_like(p) for name, p in parameters.items()}
+    points = [(0.1, lambda: parameters, lambda: metrics if metric else None)]
+    points *= checkpoints
     monkeypatch.setattr(_stacks, "MAX_STACKED_CHECKPOINTS", most)
     with _blocking.device_policy(2**37):
         grid = _path._plan_grid(bound, 10, torch.float32, X_t.device)
         work = _path._Work(bound, X_t, X_t, True, True, (), X_t.device, **grid)
-        tasks = _path._checkpoint_tasks(work, points, 4096)
+        tasks = _path._checkpoint_tasks(work, points, n)
     counted = Dispatched()
-    strip = torch.zeros(4096, 4096, device="meta")
+    strip = torch.zeros(n, n, device="meta")
     for checkpoint, weight in zip(tasks.checkpoints, tasks.weights):
-        tasks.function(work, 0, 4096, *checkpoint())  # the statics
+        tasks.function(work, 0, n, *checkpoint())  # the statics
         with counted:
-            for (a0, a1, b0, b1), part in tasks.function(work, 0, 4096, *checkpoint()):
+            for (a0, a1, b0, b1), part in tasks.function(work, 0, n, *checkpoint()):
                 _path._add_weighted(strip[a0:a1, b0:b1], part, weight)
     return len(tasks.weights), counted
 
@@ -950,30 +951,33 @@ def _stacked_kernel_ops(monkeypatch, most, metric):
 def test_stacked_checkpoints_dispatch_fewer_operations_per_checkpoint(
     metric, monkeypatch
 ):
-    # One task per checkpoint, as before; then all 16 stacked.
-    single, one = _stacked_kernel_ops(monkeypatch, 1, metric)
-    stacks, stacked = _stacked_kernel_ops(monkeypatch, 16, metric)
-    assert (single, stacks) == (16, 1)
+    # One task per checkpoint, as before; then all stacked. (Adam's kernel
+    # contracts in row sub-blocks: fewer rows and checkpoints count faster.)
+    n, checkpoints = (512, 8) if metric else (4096, 16)
+    single, one = _stacked_kernel_ops(monkeypatch, 1, metric, n, checkpoints)
+    stacks, stacked = _stacked_kernel_ops(monkeypatch, 16, metric, n, checkpoints)
+    assert (single, stacks) == (checkpoints, 1)
     assert one.total >= 4 * stacked.total and stacked.synchronising == []
 
 
-def _stacked_diagonal_ops(monkeypatch, most, metric):
-    """W2's diagonal of 20,000 meta rows over 16 checkpoints, stacks of ``most``.
+def _stacked_diagonal_ops(monkeypatch, most, metric, n=20_000, checkpoints=16):
+    """W2's diagonal of ``n`` meta rows over ``checkpoints``, stacks of ``most``.
 
     The tasks of ``diagonal_sum`` and their weighted sums, as it adds them.
     """
     bound, parameters = _w2_on_meta()
     metrics = {n: torch.ones_like(p) for n, p in parameters.items()}
-    points = [(0.1, lambda: parameters, lambda: metrics if metric else None)] * 16
-    X_t = torch.empty(20_000, 64, device="meta")
+    points = [(0.1, lambda: parameters, lambda: metrics if metric else None)]
+    points *= checkpoints
+    X_t = torch.empty(n, 64, device="meta")
     bytes_per_row = bound.bytes_per_row(10, 4)
     monkeypatch.setattr(_stacks, "MAX_STACKED_CHECKPOINTS", most)
     with _blocking.device_policy(2**40):
         tile = _blocking.tile_within_budget(None, bytes_per_row, X_t.device)
         rows = _path._Rows(bound=bound, X_t=X_t, tile=tile, device=X_t.device)
-        blocks = _path.row_blocks(20_000, tile)
+        blocks = _path.row_blocks(n, tile)
         tasks = _path._diagonal_tasks(rows, points, blocks, bytes_per_row, 1)
-    diagonal = torch.zeros(20_000, dtype=torch.float64, device="meta")
+    diagonal = torch.zeros(n, dtype=torch.float64, device="meta")
     with Dispatched() as counted:
         for r0, r1 in blocks:
             for checkpoint, weight in zip(tasks.checkpoints, tasks.weights):
@@ -989,8 +993,8 @@ def _stacked_diagonal_ops(monkeypatch, most, metric):
 def test_stacked_diagonal_dispatches_fewer_operations_per_checkpoint(
     metric, monkeypatch
 ):
-    single, one = _stacked_diagonal_ops(monkeypatch, 1, metric)
-    stacks, stacked = _stacked_diagonal_ops(monkeypatch, 16, metric)
+    single, one = _stacked_diagonal_ops(monkeypatch, 1, metric, 8192)
+    stacks, stacked = _stacked_diagonal_ops(monkeypatch, 16, metric, 8192)
     assert (single, stacks) == (16, 1)
     assert one.total >= 4 * stacked.total and stacked.synchronising == []
 
