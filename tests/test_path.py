@@ -953,7 +953,7 @@ def test_stacked_checkpoints_dispatch_fewer_operations_per_checkpoint(
 ):
     # One task per checkpoint, as before; then all stacked. (Adam's kernel
     # contracts in row sub-blocks: fewer rows and checkpoints count faster.)
-    n, checkpoints = (512, 8) if metric else (4096, 16)
+    n, checkpoints = (256, 8) if metric else (4096, 16)
     single, one = _stacked_kernel_ops(monkeypatch, 1, metric, n, checkpoints)
     stacks, stacked = _stacked_kernel_ops(monkeypatch, 16, metric, n, checkpoints)
     assert (single, stacks) == (checkpoints, 1)
@@ -1050,9 +1050,10 @@ def test_stacked_checkpoints_in_a_metric_match_the_reference(
     with _blocking.device_policy(2**30):  # room for all 12 checkpoints at once
         got = path_kernel(est.module_, est.trajectory_, X, Z, trace=trace)
     assert sizes and set(sizes) == {12}
-    want = path_kernel_reference(est.module_, est.trajectory_, X, Z, trace=trace)
-    np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-12)
     np.testing.assert_allclose(got, default, rtol=1e-12, atol=1e-14)
+    if Z is None and trace:  # the default is checked against it elsewhere
+        want = path_kernel_reference(est.module_, est.trajectory_, X)
+        np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-12)
     if Z is None and trace:
         assert np.array_equal(got, got.T)
 
