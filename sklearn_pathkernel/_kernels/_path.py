@@ -759,8 +759,14 @@ def _run_strips(result, work, points, blocks, n_jobs, verbose):
             result.mark_done(r0, r1)
 
 
-# The kernel's strips add their parts through the one shared implementation.
-_add_weighted = add_weighted
+def _add_weighted(target, part, weight):
+    """``target += weight * part``: one checkpoint's part, or a stack's.
+
+    A stack (``weight`` a float64 tensor, one weight per checkpoint) is
+    weighted and summed in float64 in one product (``add_weighted``, the
+    one implementation the stacked loops share).
+    """
+    add_weighted(target, part, weight)
 
 
 class _CheckpointTasks(NamedTuple):
