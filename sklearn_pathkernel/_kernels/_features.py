@@ -46,7 +46,9 @@ thread keeps a checkpoint's factors for its next task, so they are drawn once
 per call and thread when they fit the budget together). The factors are
 the same on every device; the rounding of the features is that of the row
 tile, which on a CUDA device is the device's (up to 8192 rows, a few large
-products per checkpoint; ``tile_within_budget``).
+products per checkpoint; ``tile_within_budget``). There the structured
+engine's tasks also take stacks of checkpoints, each with its own factors,
+under one ``torch.func.vmap`` (``_compute/_stacks.py``).
 """
 
 import math
