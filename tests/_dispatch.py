@@ -28,6 +28,10 @@ WAITING = frozenset(
 )
 
 
+# Operations that only touch metadata on the host, besides views.
+METADATA = frozenset({"lift_fresh", "detach", "_unsafe_view"})
+
+
 class Dispatched(TorchDispatchMode):
     """Counts the operations dispatched, and lists those that wait for the device.
 
@@ -39,12 +43,15 @@ class Dispatched(TorchDispatchMode):
     def __init__(self):
         super().__init__()
         self.ops = collections.Counter()
+        self.views = collections.Counter()
         self.synchronising = []
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         name = func.overloadpacket.__name__
         self.ops[name] += 1
+        if func.is_view or name in METADATA:
+            self.views[name] += 1
         if name in WAITING or copies_to_host(name, args, kwargs):
             self.synchronising.append(name)
         return func(*args, **kwargs)
@@ -52,6 +59,16 @@ class Dispatched(TorchDispatchMode):
     @property
     def total(self):
         return sum(self.ops.values())
+
+    @property
+    def launches(self):
+        """Operations that would launch a kernel on a GPU: all but views.
+
+        A view (``view``, ``expand``, ``permute``, ``select``...) or a
+        constant's lift only changes a tensor's metadata on the host;
+        ``torch.func.vmap`` adds many of them around its batched products.
+        """
+        return self.total - sum(self.views.values())
 
 
 def copies_to_host(name, args, kwargs):

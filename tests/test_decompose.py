@@ -16,10 +16,11 @@ from sklearn.exceptions import ConvergenceWarning, NotFittedError
 from sklearn.preprocessing import scale
 
 from sklearn_pathkernel import KernelMachine, PathKernelClassifier, PathKernelRegressor
-from sklearn_pathkernel._compute import _blocking
+from sklearn_pathkernel._compute import _blocking, _stacks
 from sklearn_pathkernel._explain import _decompose
 from sklearn_pathkernel._explain._decompose import decompose_path
 from sklearn_pathkernel._kernels import _path
+from sklearn_pathkernel.engines import select_engine
 
 
 def _fit(Est, X, y, sample_weight=None, **params):
@@ -753,7 +754,9 @@ def test_device_policy_dispatches_fewer_operations_per_checkpoint(exact, monkeyp
             est.decompose(X, exact=exact, n_nodes=2)
         counts.append(counted)
     assert sizes == [512, 8192]  # 4 query blocks, then one
-    per_checkpoint = [c.total / est.trajectory_.n_steps for c in counts]
+    # Launches, not views: a stack of two checkpoints under vmap trades a few
+    # products for more views (metadata on the host, no kernel on a GPU).
+    per_checkpoint = [c.launches / est.trajectory_.n_steps for c in counts]
     assert per_checkpoint[0] >= 3 * per_checkpoint[1], per_checkpoint
     assert counts[1].synchronising.count("_local_scalar_dense") <= (
         counts[0].synchronising.count("_local_scalar_dense")
@@ -826,3 +829,136 @@ def test_device_out_of_memory_retries_with_half_the_block(solver, task, monkeypa
         got.contributions, want.contributions, rtol=1e-10, atol=1e-14
     )
     np.testing.assert_allclose(got.bias, want.bias, rtol=1e-10, atol=1e-14)
+
+
+# ----------------------------- stacks of checkpoints on a device (issue 21)
+
+
+def _stacked_tasks(monkeypatch):
+    """Records the size of every stack, and what waits for the device in it."""
+    sizes, waits, task = [], [], _decompose._stacked_checkpoint_part
+
+    def recording(walk, q0, q1, start, steps):
+        sizes.append(next(iter(start.values())).shape[0])
+        with Dispatched() as mode:
+            parts = task(walk, q0, q1, start, steps)
+        waits.extend(mode.synchronising)
+        return parts
+
+    monkeypatch.setattr(_decompose, "_stacked_checkpoint_part", recording)
+    return sizes, waits
+
+
+@pytest.mark.parametrize("params", [{}, {"batch_size": 10, "alpha": 0.01}])
+def test_stacked_checkpoints_match_the_default_and_the_theorem(params, monkeypatch):
+    rng = np.random.RandomState(1)
+    X = rng.randn(30, 3)
+    est = _fit(PathKernelRegressor, X, np.sin(X[:, 0]), hidden_layer_sizes=(6,),
+               max_iter=3, **params)  # fmt: skip
+    n_checkpoints = est.trajectory_.n_steps
+    sizes, waits = _stacked_tasks(monkeypatch)
+    for exact in (False, True):
+        want = est.decompose(X, exact=exact)
+        sizes.clear()
+        with _blocking.device_policy(2**30):
+            got = est.decompose(X, exact=exact)
+        assert sizes and sum(sizes) == n_checkpoints and max(sizes) > 1, sizes
+        np.testing.assert_allclose(
+            got.contributions, want.contributions, rtol=1e-12, atol=1e-15
+        )
+        np.testing.assert_allclose(got.bias, want.bias, rtol=1e-12, atol=1e-15)
+        if exact:
+            assert got.error["max_rel"] < 1e-10
+        else:  # Theorem 1 term by term
+            phi, bias = _reference_decomposition(est, X, X)
+            np.testing.assert_allclose(got.contributions, phi, rtol=1e-8, atol=1e-12)
+            np.testing.assert_allclose(got.bias, bias, rtol=1e-8, atol=1e-12)
+    assert waits == []
+
+
+class _Progress:
+    def update(self, n):
+        pass
+
+
+def _w2_decomposition_ops(most, exact, checkpoints=16):
+    """W2's first-order (or exact) route: 2,048 meta queries against 1,797 rows.
+
+    ``checkpoints`` steps, one checkpoint each, full batch, stacks of
+    ``most``; the tasks of one query block and the caller's fold of their
+    parts, with the statics cached.
+    """
+    torch.manual_seed(0)
+    layers = [torch.nn.Linear(64, 256), torch.nn.Tanh(), torch.nn.Linear(256, 256),
+              torch.nn.Tanh(), torch.nn.Linear(256, 10)]  # fmt: skip
+    w2 = torch.nn.Sequential(*layers)
+    parameters = {n: p.detach().to("meta") for n, p in w2.named_parameters()}
+    bound = select_engine("structured", w2, list(parameters))
+    X, X_train = torch.empty(2048, 64, device="meta"), torch.empty(1797, 64)
+    X_train = X_train.to("meta")
+    nodes, weights = _decompose._quadrature(2 if exact else 0)
+    walk = _decompose._Walk(w2, bound, X_train, X, nodes, weights, 0.0)
+    step = _decompose.Step(
+        0.1, torch.arange(1797).to("meta"), torch.empty(1797, device="meta"),
+        torch.empty(1797, 10, device="meta"),
+    )  # fmt: skip
+    records = [(step, parameters if exact else None)]
+    if most == 1:
+        function = _decompose._checkpoint_part
+        tasks = [(parameters, records)] * checkpoints
+    else:
+        stacked = _stacks.stack_mappings([parameters] * checkpoints)
+        stacked_step = _decompose.Step(
+            torch.full((checkpoints,), 0.1, dtype=torch.float64),
+            *(torch.stack([field] * checkpoints) for field in step[1:]),
+        )
+        end = stacked if exact else None
+        function, tasks = (
+            _decompose._stacked_checkpoint_part,
+            [(stacked, [(stacked_step, end)])],
+        )
+    function(walk, 0, 2048, *tasks[0])  # the block's static Gram
+    b = torch.empty(2048, 10, dtype=torch.float64, device="meta")
+    phi = torch.zeros(2048, 1797, 10, dtype=torch.float64, device="meta")
+    with Dispatched() as counted:
+        for task in tasks:
+            for batch, part, bias_term in function(walk, 0, 2048, *task):
+                phi.index_add_(1, batch.to(b.device), part.double())
+                b -= bias_term
+    return counted
+
+
+@pytest.mark.parametrize("exact", [False, True])
+def test_stacked_checkpoints_dispatch_fewer_operations_per_checkpoint(exact):
+    one = _w2_decomposition_ops(1, exact, checkpoints=8)
+    stacked = _w2_decomposition_ops(8, exact, checkpoints=8)
+    assert one.total >= 2 * stacked.total, (one.total, stacked.total)
+    assert one.launches >= 4 * stacked.launches, (one.launches, stacked.launches)
+    assert one.synchronising == stacked.synchronising == []
+
+
+def test_out_of_memory_in_a_stack_retries_with_smaller_stacks(monkeypatch):
+    rng = np.random.RandomState(1)
+    X = rng.randn(30, 3)
+    est = _fit(PathKernelRegressor, X, np.sin(X[:, 0]), hidden_layer_sizes=(6,),
+               max_iter=4)  # fmt: skip
+    want = est.decompose(X)
+    calls, task = [], _decompose._stacked_checkpoint_part
+
+    def failing(walk, q0, q1, start, steps):
+        calls.append((q1 - q0, next(iter(start.values())).shape[0]))
+        if len(calls) == 1:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory.")
+        return task(walk, q0, q1, start, steps)
+
+    monkeypatch.setattr(_decompose, "_stacked_checkpoint_part", failing)
+    with (
+        _blocking.device_policy(2**30),  # one block of 30 rows, 4 stacked
+        pytest.warns(RuntimeWarning, match="decomposition ran out of CUDA memory"),
+    ):
+        got = est.decompose(X)
+    assert calls[0] == (30, 4)
+    assert {size for _, size in calls[1:]} == {2}  # 4 // 2
+    np.testing.assert_allclose(
+        got.contributions, want.contributions, rtol=1e-12, atol=1e-15
+    )

@@ -1,6 +1,7 @@
 """Jacobian engines against the per-example autograd reference."""
 
 import inspect
+import warnings
 
 import numpy as np
 import pytest
@@ -532,3 +533,52 @@ def test_states_in_and_out_of_a_metric_do_not_meet(engine):
             bound.contract(plain, weighed, True, bound.static(X, Y))
         with pytest.raises(ValueError, match="both be taken in a metric"):
             bound.contract_vector(weighed, plain, torch.ones(4, 2), None)
+
+
+@pytest.mark.parametrize("in_metric", [False, True])
+def test_structured_engine_runs_a_stack_of_checkpoints_under_vmap(in_metric):
+    """Every product, batched over stacked parameters (and metrics), is the loop.
+
+    The device's checkpoint stacks (``_compute/_stacks.py``) rely on it; no
+    operation may fall back to a loop over the stack (torch warns when one
+    has no batching rule, e.g. ``addcmul_``, ``addmm_``).
+    """
+    net = _mlp(3, 3)
+    params = _params(net)
+    points = [
+        {n: p + 0.1 * k * torch.sin(torch.arange(p.numel())).view_as(p).double()
+         for n, p in params.items()}
+        for k in range(3)
+    ]  # fmt: skip
+    metrics = [_metric(params, seed=k) if in_metric else None for k in range(3)]
+    X, Y = _data((6, 3), (4, 3))
+    bound = select_engine("structured", net, list(params), metric=in_metric)
+    vectors = torch.linspace(-1, 1, 12, dtype=torch.float64).view(4, 3)
+    factors = [
+        tuple(_data(*[(h, 5) for h in heights], seed=7 + piece))
+        for piece, heights in enumerate(bound.sketch_shapes(3))
+    ]
+
+    def products(parameters, metric):
+        sx, sy = (bound.state(parameters, Z, metric=metric) for Z in (X, Y))
+        static = bound.static(X, Y)
+        return (
+            bound.contract(sx, sy, True, static),
+            bound.contract(sx, sy, False, static),
+            bound.contract_vector(sx, sy, vectors, static),
+            bound.diagonal(sx, X),
+            *(bound.sketch(sx, X, piece, f) for piece, f in enumerate(factors)),
+        )
+
+    stack = [
+        {n: torch.stack([m[n] for m in ms]) for n in ms[0]} if ms[0] else None
+        for ms in (points, metrics)
+    ]
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)  # a batching-rule fallback
+        batched = torch.func.vmap(products, in_dims=(0, 0 if in_metric else None))(
+            *stack
+        )
+        for k, (p, m) in enumerate(zip(points, metrics)):
+            for got, want in zip(batched, products(p, m)):
+                _close(got[k].numpy(), want.numpy())

@@ -10,7 +10,7 @@ from _oracle import jacobian_rows, path_kernel_reference
 from torch import nn
 
 from sklearn_pathkernel import PathKernelClassifier, PathKernelRegressor
-from sklearn_pathkernel._compute import _blocking
+from sklearn_pathkernel._compute import _blocking, _stacks
 from sklearn_pathkernel._kernels import _features as features_module
 from sklearn_pathkernel._kernels._features import gaussian_factor, path_features, plan
 from sklearn_pathkernel.engines import _jacobian, select_engine
@@ -397,3 +397,123 @@ def test_device_out_of_memory_retries_with_half_the_tile(data, monkeypatch):
     np.testing.assert_allclose(phi, want, rtol=1e-10, atol=1e-12)
     K = path_kernel_reference(est.module_, est.trajectory_, data)
     np.testing.assert_allclose(diagonal, np.diag(K), rtol=1e-10)
+
+
+# ----------------------------- stacks of checkpoints on a device (issue 21)
+
+
+def _stack_sizes(monkeypatch):
+    """Records how many checkpoints every stacked sketch task gets."""
+    sizes, task = [], features_module._stacked_sketch_part
+
+    def recording(sketch, r0, r1, ks, *args):
+        sizes.append(len(ks))
+        return task(sketch, r0, r1, ks, *args)
+
+    monkeypatch.setattr(features_module, "_stacked_sketch_part", recording)
+    return sizes
+
+
+def test_stacked_features_match_the_reference(data, monkeypatch):
+    est = _fitted("two-hidden-two-targets", data)
+    n_nodes = len(est.trajectory_.kernel_nodes())
+    default = _features(est, data, n_components=5, seed=3)
+    sizes = _stack_sizes(monkeypatch)
+    with _blocking.device_policy(2**30):  # one tile, every checkpoint stacked
+        phi, diagonal = _features(est, data, n_components=5, seed=3)
+    assert sizes == [n_nodes] and n_nodes > 1
+    want = _kronecker_reference(est, data, 3, 5)  # the same draws per checkpoint
+    np.testing.assert_allclose(phi, want, rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(phi, default[0], rtol=1e-12, atol=1e-14)
+    K = path_kernel_reference(est.module_, est.trajectory_, data)
+    np.testing.assert_allclose(diagonal, np.diag(K), rtol=1e-10)
+    np.testing.assert_allclose(diagonal, default[1], rtol=1e-12)
+
+
+def test_stacked_features_in_a_metric_match_the_default(data, monkeypatch):
+    est = PathKernelRegressor(
+        (6,), solver="adam", learning_rate_init=0.01, max_iter=6,
+        dtype="float64", random_state=0, kernel_nodes=None,
+    ).fit(data, np.sin(data[:, 0]))  # fmt: skip
+    want = _features(est, data, n_components=7, seed=1)
+    sizes = _stack_sizes(monkeypatch)
+    with _blocking.device_policy(2**30):
+        phi, diagonal = _features(est, data, n_components=7, seed=1)
+    assert sizes == [len(est.trajectory_.kernel_nodes())]
+    np.testing.assert_allclose(phi, want[0], rtol=1e-12, atol=1e-14)
+    K = path_kernel_reference(est.module_, est.trajectory_, data)
+    np.testing.assert_allclose(diagonal, np.diag(K), rtol=1e-10)
+
+
+def _stacked_sketch_ops(n_checkpoints, stacked, n=20_000):
+    """W2's sketch of ``n`` meta rows over ``n_checkpoints``: operations of its tasks.
+
+    The factors are drawn (and cached) before counting, as in the other count.
+    """
+    torch.manual_seed(0)
+    w2 = nn.Sequential(
+        nn.Linear(64, 256), nn.Tanh(), nn.Linear(256, 256), nn.Tanh(),
+        nn.Linear(256, 10),
+    )  # fmt: skip
+    parameters = {n: p.detach().to("meta") for n, p in w2.named_parameters()}
+    bound = select_engine("structured", w2, list(parameters))
+    X_t = torch.empty(n, 64, device="meta")
+    shapes = bound.sketch_shapes(10)
+    with _blocking.device_policy(2**40):
+        tile, groups = plan(bound, shapes, 10, 4, 100, None, X_t.device)
+    sketch = features_module._Sketch(
+        bound, X_t, tile, X_t.device, shapes, groups, 100, 0,
+        bound.bytes_per_row(10, 4),
+    )  # fmt: skip
+    blocks = features_module.row_blocks(X_t.shape[0], tile)
+    if stacked:
+        ks = tuple(range(n_checkpoints))
+        weights = torch.full((n_checkpoints,), 0.1, dtype=torch.float64)
+        tasks = [(ks, weights, _stacks.stack_mappings([parameters] * len(ks)), None)]
+        function = features_module._stacked_sketch_part
+    else:
+        tasks = [(k, 0.1, parameters, None) for k in range(n_checkpoints)]
+        function = features_module._sketch_part
+    counted = Dispatched()
+    for task in tasks:
+        function(sketch, *blocks[0], *task)  # draws the factors
+        with counted:
+            for r0, r1 in blocks:
+                function(sketch, r0, r1, *task)
+    return counted
+
+
+def test_stacked_sketch_dispatches_fewer_operations_per_checkpoint():
+    one = _stacked_sketch_ops(8, stacked=False, n=8192)
+    stacked = _stacked_sketch_ops(8, stacked=True, n=8192)
+    assert one.total >= 4 * stacked.total
+    assert one.synchronising == stacked.synchronising == []
+
+
+def test_out_of_memory_in_a_stack_retries_with_smaller_stacks(data, monkeypatch):
+    est = _fitted("two-hidden-two-targets", data)
+    want = _kronecker_reference(est, data, 3, 5)
+    calls = []
+
+    def recording(name, fail):
+        task = getattr(features_module, name)
+
+        def run(sketch, r0, r1, ks, *args):
+            calls.append((sketch.tile, len(ks) if isinstance(ks, tuple) else 1))
+            if fail and len(calls) == 1:
+                raise torch.cuda.OutOfMemoryError("CUDA out of memory.")
+            return task(sketch, r0, r1, ks, *args)
+
+        monkeypatch.setattr(features_module, name, run)
+
+    recording("_stacked_sketch_part", fail=True)
+    recording("_sketch_part", fail=False)
+    with (
+        _blocking.device_policy(2**30),
+        pytest.warns(RuntimeWarning, match="path features ran out of CUDA memory"),
+    ):
+        phi, _ = _features(est, data, n_components=5, seed=3)
+    (tile, size), *retry = calls
+    assert size == len(est.trajectory_.kernel_nodes()) == 2
+    assert retry == [(tile // 2, 1)] * 2  # 2 // 2: one checkpoint per task
+    np.testing.assert_allclose(phi, want, rtol=1e-10, atol=1e-12)

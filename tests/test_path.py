@@ -24,7 +24,7 @@ from sklearn_pathkernel import (
     path_self_influence,
     tangent_kernel,
 )
-from sklearn_pathkernel._compute import _blocking
+from sklearn_pathkernel._compute import _blocking, _stacks
 from sklearn_pathkernel._kernels import _path
 from sklearn_pathkernel.engines import ENGINES, select_engine
 
@@ -782,7 +782,13 @@ def test_no_operation_inside_the_checkpoint_loops_waits_for_the_device(
         est = PathKernelRegressor(
             (6,), max_iter=3, dtype="float64", random_state=0, solver=solver
         ).fit(X, y)
-    waits = _waits_in(monkeypatch, "_strip_part", "_diagonal_part")
+    waits = _waits_in(
+        monkeypatch,
+        "_strip_part",
+        "_diagonal_part",
+        "_stacked_strip_part",  # the structured engine's stacks of checkpoints
+        "_stacked_diagonal_part",
+    )
     with _blocking.device_policy(2**22):  # the device grid (hooks: 4-row tiles)
         for engine in sorted(ENGINES):
             path_kernel(est.module_, est.trajectory_, X, X[:7], engine=engine)
@@ -865,15 +871,15 @@ def test_out_of_memory_with_one_row_tiles_is_raised(fitted, monkeypatch):
         path_kernel(est.module_, est.trajectory_, X)
 
 
-def _stacks(monkeypatch):
-    """Records the size of every stack of checkpoints a strip task gets."""
-    sizes, task = [], _path._stacked_strip_part
+def _stack_sizes(monkeypatch, name="_stacked_strip_part"):
+    """Records the size of every stack of checkpoints a ``name`` task gets."""
+    sizes, task = [], getattr(_path, name)
 
-    def recording(work, r0, r1, stacked):
+    def recording(shared, r0, r1, stacked, metric=None):
         sizes.append(next(iter(stacked.values())).shape[0])
-        return task(work, r0, r1, stacked)
+        return task(shared, r0, r1, stacked, metric)
 
-    monkeypatch.setattr(_path, "_stacked_strip_part", recording)
+    monkeypatch.setattr(_path, name, recording)
     return sizes
 
 
@@ -881,7 +887,7 @@ def _stacks(monkeypatch):
 def test_stacked_checkpoints_match_the_reference(fitted, Z, trace, monkeypatch):
     est, X = fitted
     Z = X[:13] + 0.1 if Z == "other" else None
-    sizes = _stacks(monkeypatch)
+    sizes = _stack_sizes(monkeypatch)
     with _blocking.device_policy(2**30):  # room for all 12 checkpoints at once
         got = path_kernel(est.module_, est.trajectory_, X, Z, trace=trace)
     assert sizes and set(sizes) == {12}
@@ -893,7 +899,7 @@ def test_stacked_checkpoints_match_the_reference(fitted, Z, trace, monkeypatch):
 
 def test_checkpoints_are_stacked_only_where_the_budget_holds_them(fitted, monkeypatch):
     est, X = fitted
-    sizes = _stacks(monkeypatch)
+    sizes = _stack_sizes(monkeypatch)
     with _blocking.device_policy(2**21):  # one 30-row strip, stacks of a few
         small = path_kernel(est.module_, est.trajectory_, X)
     assert sizes and 1 < max(sizes) < 12
@@ -905,32 +911,163 @@ def test_checkpoints_are_stacked_only_where_the_budget_holds_them(fitted, monkey
     np.testing.assert_allclose(small, want, rtol=1e-10, atol=1e-12)
 
 
-def test_stacked_checkpoints_dispatch_fewer_operations_per_checkpoint(monkeypatch):
-    # W2 on meta rows, 16 checkpoints: the strip's tasks and its weighted sums.
+def _w2_on_meta():
+    """W2 (MLP 64-256-256-10) and its parameters on meta tensors."""
     w2 = _mlp(64, 256, 256, 10)
-    X_t = torch.empty(4096, 64, device="meta")
     parameters = {n: p.detach().to("meta") for n, p in w2.named_parameters()}
     bound = select_engine(
-        "structured", w2, list(parameters), example=torch.zeros(1, 64)
+        "structured", w2, list(parameters), example=torch.zeros(1, 64), metric=True
     )
-    points = [(0.1, lambda: parameters, lambda: None)] * 16
-    counts = []
-    for most in (1, 16):  # one task per checkpoint, as before; all 16 stacked
-        monkeypatch.setattr(_path, "MAX_STACKED_CHECKPOINTS", most)
-        with _blocking.device_policy(2**37):
-            grid = _path._plan_grid(bound, 10, torch.float32, X_t.device)
-            work = _path._Work(bound, X_t, X_t, True, True, (), X_t.device, **grid)
-            tasks = _path._checkpoint_tasks(work, points, 4096)
-        counted = Dispatched()
-        strip = torch.zeros(4096, 4096, device="meta")
-        for checkpoint, weight in zip(tasks.checkpoints, tasks.weights):
-            tasks.function(work, 0, 4096, *checkpoint())  # the statics
-            with counted:
-                for (a0, a1, b0, b1), part in tasks.function(
-                    work, 0, 4096, *checkpoint()
-                ):
-                    _path._add_weighted(strip[a0:a1, b0:b1], part, weight)
-        counts.append((len(tasks.weights), counted))
-    (single, one), (stacks, stacked) = counts
+    return bound, parameters
+
+
+def _stacked_kernel_ops(monkeypatch, most, metric, n=4096, checkpoints=16):
+    """W2's strip of ``n`` meta rows over ``checkpoints``, stacks of ``most``.
+
+    Returns the number of tasks and the operations of the strip's tasks and
+    weighted sums (statics cached).
+    """
+    bound, parameters = _w2_on_meta()
+    X_t = torch.empty(n, 64, device="meta")
+    metrics = {name: torch.ones_like(p) for name, p in parameters.items()}
+    points = [(0.1, lambda: parameters, lambda: metrics if metric else None)]
+    points *= checkpoints
+    monkeypatch.setattr(_stacks, "MAX_STACKED_CHECKPOINTS", most)
+    with _blocking.device_policy(2**37):
+        grid = _path._plan_grid(bound, 10, torch.float32, X_t.device)
+        work = _path._Work(bound, X_t, X_t, True, True, (), X_t.device, **grid)
+        tasks = _path._checkpoint_tasks(work, points, n)
+    counted = Dispatched()
+    strip = torch.zeros(n, n, device="meta")
+    for checkpoint, weight in zip(tasks.checkpoints, tasks.weights):
+        tasks.function(work, 0, n, *checkpoint())  # the statics
+        with counted:
+            for (a0, a1, b0, b1), part in tasks.function(work, 0, n, *checkpoint()):
+                _path._add_weighted(strip[a0:a1, b0:b1], part, weight)
+    return len(tasks.weights), counted
+
+
+@pytest.mark.parametrize("metric", [False, True])  # plain; Adam's metric kernel
+def test_stacked_checkpoints_dispatch_fewer_operations_per_checkpoint(
+    metric, monkeypatch
+):
+    # One task per checkpoint, as before; then all stacked. (Adam's kernel
+    # contracts in row sub-blocks: fewer rows and checkpoints count faster.)
+    n, checkpoints = (256, 8) if metric else (4096, 16)
+    single, one = _stacked_kernel_ops(monkeypatch, 1, metric, n, checkpoints)
+    stacks, stacked = _stacked_kernel_ops(monkeypatch, 16, metric, n, checkpoints)
+    assert (single, stacks) == (checkpoints, 1)
+    assert one.total >= 4 * stacked.total and stacked.synchronising == []
+
+
+def _stacked_diagonal_ops(monkeypatch, most, metric, n=20_000, checkpoints=16):
+    """W2's diagonal of ``n`` meta rows over ``checkpoints``, stacks of ``most``.
+
+    The tasks of ``diagonal_sum`` and their weighted sums, as it adds them.
+    """
+    bound, parameters = _w2_on_meta()
+    metrics = {n: torch.ones_like(p) for n, p in parameters.items()}
+    points = [(0.1, lambda: parameters, lambda: metrics if metric else None)]
+    points *= checkpoints
+    X_t = torch.empty(n, 64, device="meta")
+    bytes_per_row = bound.bytes_per_row(10, 4)
+    monkeypatch.setattr(_stacks, "MAX_STACKED_CHECKPOINTS", most)
+    with _blocking.device_policy(2**40):
+        tile = _blocking.tile_within_budget(None, bytes_per_row, X_t.device)
+        rows = _path._Rows(bound=bound, X_t=X_t, tile=tile, device=X_t.device)
+        blocks = _path.row_blocks(n, tile)
+        tasks = _path._diagonal_tasks(rows, points, blocks, bytes_per_row, 1)
+    diagonal = torch.zeros(n, dtype=torch.float64, device="meta")
+    with Dispatched() as counted:
+        for r0, r1 in blocks:
+            for checkpoint, weight in zip(tasks.checkpoints, tasks.weights):
+                for a0, part in tasks.function(rows, r0, r1, *checkpoint()):
+                    if isinstance(weight, float):
+                        diagonal[a0 : a0 + tile] += weight * part.double()
+                    else:
+                        diagonal[a0 : a0 + tile] += _stacks.weighted_sum(weight, part)
+    return len(tasks.weights), counted
+
+
+@pytest.mark.parametrize("metric", [False, True])
+def test_stacked_diagonal_dispatches_fewer_operations_per_checkpoint(
+    metric, monkeypatch
+):
+    single, one = _stacked_diagonal_ops(monkeypatch, 1, metric, 8192)
+    stacks, stacked = _stacked_diagonal_ops(monkeypatch, 16, metric, 8192)
     assert (single, stacks) == (16, 1)
     assert one.total >= 4 * stacked.total and stacked.synchronising == []
+
+
+def test_out_of_memory_in_a_stack_retries_with_smaller_stacks(fitted, monkeypatch):
+    est, X = fitted
+    calls, task = [], _path._stacked_strip_part
+
+    def failing(work, r0, r1, stacked, metric=None):
+        calls.append((work.tile, next(iter(stacked.values())).shape[0]))
+        if len(calls) == 1:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory.")
+        return task(work, r0, r1, stacked, metric)
+
+    monkeypatch.setattr(_path, "_stacked_strip_part", failing)
+    with (
+        _blocking.device_policy(2**30),  # 2048-row tiles, all 12 stacked
+        pytest.warns(RuntimeWarning, match="retrying with 1024-row tiles"),
+    ):
+        got = path_kernel(est.module_, est.trajectory_, X)
+    assert calls[0] == (2048, 12)
+    assert {tile for tile, _ in calls[1:]} == {1024}
+    assert {size for _, size in calls[1:]} == {6}  # 12 // 2
+    want = path_kernel_reference(est.module_, est.trajectory_, X)
+    np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-12)
+    assert np.array_equal(got, got.T)
+
+
+@pytest.fixture(scope="module")
+def fitted_adam():
+    """A float64 regressor trained with Adam: 12 kernel nodes, each in a metric."""
+    rng = np.random.RandomState(1)
+    X = rng.randn(30, 4)
+    Y = np.column_stack([np.sin(X[:, 0]), X[:, 1] * X[:, 2]])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        est = PathKernelRegressor(
+            (6,), max_iter=12, solver="adam", learning_rate_init=0.01,
+            dtype="float64", random_state=0, kernel_nodes=None,
+        ).fit(X, Y)  # fmt: skip
+    assert est.trajectory_.solver.diagonal
+    return est, X
+
+
+@pytest.mark.parametrize("Z, trace", [(None, True), ("other", True), (None, False)])
+def test_stacked_checkpoints_in_a_metric_match_the_reference(
+    fitted_adam, Z, trace, monkeypatch
+):
+    est, X = fitted_adam
+    Z = X[:13] + 0.1 if Z == "other" else None
+    default = path_kernel(est.module_, est.trajectory_, X, Z, trace=trace)
+    sizes = _stack_sizes(monkeypatch)
+    with _blocking.device_policy(2**30):  # room for all 12 checkpoints at once
+        got = path_kernel(est.module_, est.trajectory_, X, Z, trace=trace)
+    assert sizes and set(sizes) == {12}
+    np.testing.assert_allclose(got, default, rtol=1e-12, atol=1e-14)
+    if Z is None and trace:  # the default is checked against it elsewhere
+        want = path_kernel_reference(est.module_, est.trajectory_, X)
+        np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-12)
+    if Z is None and trace:
+        assert np.array_equal(got, got.T)
+
+
+@pytest.mark.parametrize("solver", ["sgd", "adam"])
+def test_stacked_diagonal_matches_the_reference(
+    fitted, fitted_adam, solver, monkeypatch
+):
+    est, X = fitted if solver == "sgd" else fitted_adam
+    default = _path.path_kernel_diagonal(est.module_, est.trajectory_, X)
+    sizes = _stack_sizes(monkeypatch, "_stacked_diagonal_part")
+    with _blocking.device_policy(2**19):  # one block of 30 rows, stacks of 3
+        got = _path.path_kernel_diagonal(est.module_, est.trajectory_, X)
+    assert sizes and 1 < max(sizes) < 12, sizes
+    want = np.diag(path_kernel_reference(est.module_, est.trajectory_, X))
+    np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(got, default, rtol=1e-12, atol=1e-14)

@@ -37,7 +37,14 @@ from torch.func import jvp, vmap
 from .._compute._blocking import grid, halve_on_device_oom, tile_within_budget
 from .._compute._memory import check_result_fits
 from .._compute._progress import progress_bar
-from .._compute._tasks import Shared, block_parts, compact, row_blocks
+from .._compute._stacks import (
+    consecutive_groups,
+    stack_mappings,
+    stack_size,
+    stacked_call,
+    weighted_sum,
+)
+from .._compute._tasks import Shared, block_parts, compact, row_blocks, to_device
 from .._kernels._path import kernel_engine, kernel_points, kernel_sum
 from .._kernels._rows import kernel_rows, output_width
 from .._model._network import forward, forward_at, in_evaluation_mode, placement
@@ -455,6 +462,9 @@ class _Route(NamedTuple):
     checkpoints: list  # callables giving each checkpoint's task arguments
     fold: object  # fold(parts, b, progress) -> (phi, bias) of one block
     block: int  # query rows per block
+    # tasks(block) -> (function, checkpoints) for blocks of that many rows
+    # (stacks of checkpoints on a device), or None: function and checkpoints.
+    tasks: object = None
 
 
 def _engine_route(
@@ -511,7 +521,17 @@ def _engine_route(
                 progress.update(1)
         return phi, b
 
-    return _Route(_checkpoint_part, walk, _checkpoints(trajectory, exact), fold, block)
+    def tasks(rows):
+        # Checkpoints go in stacks on a device (structured engine); fewer
+        # after an out-of-memory error halved the block.
+        per_row = bound.bytes_per_row(n_outputs, itemsize)
+        return _checkpoint_tasks(
+            trajectory, walk, exact, per_row, rows, shrink=block // rows
+        )
+
+    return _Route(
+        _checkpoint_part, walk, _checkpoints(trajectory, exact), fold, block, tasks
+    )
 
 
 def _gather(plan, trajectory, n_outputs, exact, n_jobs, verbose):
@@ -528,7 +548,10 @@ def _gather(plan, trajectory, n_outputs, exact, n_jobs, verbose):
     contributions = np.zeros((X.shape[0], n_train, n_outputs))
     bias = np.zeros((X.shape[0], n_outputs))
     progress = _progress(verbose, len(blocks) * trajectory.n_steps, exact)
-    runs = block_parts(plan.function, walk, blocks, plan.checkpoints, n_jobs=n_jobs)
+    function, checkpoints = plan.function, plan.checkpoints
+    if plan.tasks is not None:
+        function, checkpoints = plan.tasks(plan.block)
+    runs = block_parts(function, walk, blocks, checkpoints, n_jobs=n_jobs)
     with progress:
         for ((q0, q1), parts), b in zip(runs, outputs):
             phi, b = plan.fold(parts, b, progress)
@@ -609,6 +632,114 @@ def _checkpoints(trajectory, exact):
             _step_records(trajectory, steps, exact, step_sizes),
         )
         for k, steps in enumerate(_steps_by_checkpoint(trajectory))
+    ]
+
+
+def _checkpoint_tasks(trajectory, walk, exact, per_row, block, shrink):
+    """``(task, checkpoints)``: one task per checkpoint, or on a device stacks.
+
+    The structured engine's products run a stack of checkpoints under
+    ``torch.func.vmap`` (``_compute/_stacks.py``): checkpoints in a row
+    whose steps have the same batch sizes (with ``record_every=1`` and a
+    full batch, all of them), as many as a quarter of the device's budget
+    holds of one checkpoint's query and batch states and its steps'
+    contributions, fewer by ``shrink`` after an out-of-memory error. Not
+    across kinks: their search waits for the device. Elsewhere, and on the
+    CPU, one task per checkpoint.
+    """
+    single = (_checkpoint_part, _checkpoints(trajectory, exact))
+    if walk.bound.name != "structured" or walk.kinks:
+        return single
+    by_checkpoint = list(enumerate(_steps_by_checkpoint(trajectory)))
+    batches = {
+        k: tuple(trajectory.step(t).batch.shape[0] for t in steps)
+        for k, steps in by_checkpoint
+    }
+    widest = max((max(b, default=0) for b in batches.values()), default=0)
+    steps = max(len(b) for b in batches.values())
+    n_outputs = trajectory.step(0).output_gradients.shape[1]
+    per_checkpoint = per_row * (block * (1 + len(walk.nodes)) + widest) + (
+        steps * block * widest * n_outputs * (16 + 3 * walk.X.element_size())
+    )
+    size = stack_size(walk.X.device, per_checkpoint, len(by_checkpoint), shrink=shrink)
+    if size <= 1:
+        return single
+    groups = consecutive_groups(by_checkpoint, size, key=lambda kc: batches[kc[0]])
+    step_sizes = trajectory.effective_step_sizes
+    return _stacked_checkpoint_part, [
+        lambda group=group: _stacked_arguments(trajectory, group, exact, step_sizes)
+        for group in groups
+    ]
+
+
+def _stacked_arguments(trajectory, group, exact, step_sizes):
+    """A stack of checkpoints' task arguments: stacked parameters and records.
+
+    Each checkpoint of ``group`` (``(k, steps)``, equal batch sizes) gives
+    its parameters and its steps' records (:func:`_step_records`); the
+    records at each step position are stacked: step sizes into a float64
+    tensor, batches, weights, loss derivatives and ends along a new axis.
+    """
+    records = [
+        _step_records(trajectory, steps, exact, step_sizes) for _, steps in group
+    ]
+    stacked = []
+    for position in zip(*records):  # the j-th step of every checkpoint
+        steps = [step for step, _ in position]
+        stacked.append(
+            (
+                Step(
+                    torch.tensor([s.step_size for s in steps], dtype=torch.float64),
+                    *(torch.stack(fields) for fields in list(zip(*steps))[1:]),
+                ),
+                None
+                if position[0][1] is None
+                else stack_mappings([e for _, e in position]),
+            )
+        )
+    start = stack_mappings([compact(trajectory.parameters(k)) for k, _ in group])
+    return start, stacked
+
+
+def _stacked_checkpoint_part(walk, q0, q1, start, steps):
+    """:func:`_checkpoint_part` of a stack of checkpoints at once (``vmap``).
+
+    Returns the parts of :func:`_checkpoint_part` for each checkpoint of
+    the stack in turn, so the caller folds them in checkpoint and step
+    order as it does one checkpoint's.
+    """
+    Xq = walk.X[q0:q1]
+    device = Xq.device
+    start = to_device(start, device)
+    with torch.no_grad():
+        static = walk.cached(
+            ("static", q0, q1), lambda: walk.bound.static(Xq, walk.X_train)
+        )
+
+        def one(start, step_size, batch, batch_weights, output_gradients, end):
+            train_state = walk.bound.state(start, walk.X_train[batch])
+            vectors = (
+                -step_size.to(Xq.dtype)
+                * batch_weights.to(Xq.dtype)[:, None]
+                * output_gradients.to(Xq.dtype)
+            )
+            batch_static = None if static is None else static[:, batch]
+            train = (train_state, vectors, batch_static, step_size)
+            nodes = _node_part if end is None else _nodes_at_once
+            total, bias_term = nodes(walk, Xq, start, end, train)
+            return (total, bias_term) if walk.alpha else (total,)
+
+        stacked = []
+        for step, end in steps:
+            out = stacked_call(
+                one, start, *to_device(step._asdict(), device).values(),
+                to_device(end, device),
+            )  # fmt: skip
+            stacked.append((step.batch, *out))
+    return [
+        (batch[k], total[k], bias[0][k] if bias else 0.0)
+        for k in range(next(iter(start.values())).shape[0])
+        for batch, total, *bias in stacked
     ]
 
 
@@ -767,6 +898,33 @@ def _node_part(walk, Xq, start, end, train):
                 step_size * _jvp(walk.module, point, Xq, start).double()
             )
     return total, bias_term
+
+
+def _nodes_at_once(walk, Xq, start, end, train):
+    """:func:`_node_part` of the exact form, every node of the segment at once.
+
+    The query states at the segment's nodes go through ``torch.func.vmap``
+    over the node (one launch per operation for all nodes; a checkpoint
+    stack's task, ``_stacked_checkpoint_part``), and their parts are
+    weighted and summed in float64 in one product.
+    """
+    train_state, vectors, batch_static, step_size = train
+    s = torch.tensor(walk.nodes, dtype=Xq.dtype, device=Xq.device)
+    weights = torch.tensor(walk.node_weights, dtype=torch.float64)
+
+    def at(s_q):
+        point = {n: start[n] + s_q * (end[n] - start[n]) for n in start}
+        state = walk.bound.state(point, Xq)
+        part = walk.bound.contract_vector(state, train_state, vectors, batch_static)
+        if not walk.alpha:
+            return (part,)
+        return part, _jvp(walk.module, point, Xq, start)
+
+    out = stacked_call(at, s)
+    bias_term = 0.0
+    if walk.alpha:  # Remark 4: the L2 pull, through the averaged Jacobian
+        bias_term = walk.alpha * (step_size * weighted_sum(weights, out[1]))
+    return weighted_sum(weights, out[0]), bias_term
 
 
 def _kinked_part(walk, Xq, start, end, train):

@@ -46,7 +46,9 @@ thread keeps a checkpoint's factors for its next task, so they are drawn once
 per call and thread when they fit the budget together). The factors are
 the same on every device; the rounding of the features is that of the row
 tile, which on a CUDA device is the device's (up to 8192 rows, a few large
-products per checkpoint; ``tile_within_budget``).
+products per checkpoint; ``tile_within_budget``). There the structured
+engine's tasks also take stacks of checkpoints, each with its own factors,
+under one ``torch.func.vmap`` (``_compute/_stacks.py``).
 """
 
 import math
@@ -60,6 +62,13 @@ from .._compute._blocking import (
     device_budget,
     halve_on_device_oom,
     tile_within_budget,
+)
+from .._compute._stacks import (
+    consecutive_groups,
+    stack_mappings,
+    stack_size,
+    stacked_call,
+    weighted_sum,
 )
 from .._compute._tasks import Shared, block_parts, compact, row_blocks, to_device
 from .._model._network import in_evaluation_mode, placement
@@ -222,10 +231,15 @@ def path_features(
         groups=groups,
         n_components=n_components,
         seed=seed,
+        state_bytes=bound.bytes_per_row(n_outputs, dtype.itemsize),
     )
     features, diagonal = halve_on_device_oom(
-        lambda tile: _sketch_with_tile(
-            replace(sketch, tile=tile), trajectory, working_memory, n_jobs
+        lambda smaller: _sketch_with_tile(
+            replace(sketch, tile=smaller),
+            trajectory,
+            working_memory,
+            n_jobs,
+            shrink=tile // smaller,
         ),
         tile,
         what="The path features",
@@ -233,11 +247,12 @@ def path_features(
     return features.cpu().numpy(), diagonal.cpu().numpy()
 
 
-def _sketch_with_tile(sketch, trajectory, working_memory, n_jobs):
+def _sketch_with_tile(sketch, trajectory, working_memory, n_jobs, shrink=1):
     """Features and diagonal of every row, float64 on the device, from scratch.
 
     A try of ``halve_on_device_oom``: after a CUDA out-of-memory error it
-    runs again, with a smaller ``sketch.tile`` and fresh sums.
+    runs again, with a smaller ``sketch.tile`` (``shrink`` times smaller
+    than the first), smaller checkpoint stacks and fresh sums.
     """
     n, m, tile = sketch.X_t.shape[0], sketch.n_components, sketch.tile
     # A task's result is (rows, m) float64: at most a quarter of the budget.
@@ -246,11 +261,12 @@ def _sketch_with_tile(sketch, trajectory, working_memory, n_jobs):
     blocks = row_blocks(n, tile, tiles_per_block=int(max(1, min(8, result_tiles))))
     features = torch.zeros((n, m), dtype=torch.float64, device=sketch.device)
     diagonal = torch.zeros(n, dtype=torch.float64, device=sketch.device)
+    function, checkpoints = _sketch_tasks(sketch, trajectory, blocks, shrink)
     for (r0, r1), parts in block_parts(
-        _sketch_part,
+        function,
         sketch,
         blocks,
-        _checkpoints(trajectory),
+        checkpoints,
         n_jobs=n_jobs,
         # Checkpoints outside, row blocks inside: a thread's factors are
         # drawn once per checkpoint when they fit the budget together.
@@ -306,6 +322,119 @@ class _Sketch(Shared):
     groups: list  # pieces whose factors are kept together (``plan``)
     n_components: int
     seed: int
+    state_bytes: int = 0  # the engine's state per row
+
+
+def _sketch_tasks(sketch, trajectory, blocks, shrink):
+    """``(task, checkpoints)``: one task per checkpoint, or on a device stacks.
+
+    The structured engine's Kronecker sketch runs a stack of checkpoints
+    under ``torch.func.vmap`` (``_compute/_stacks.py``), each checkpoint
+    with its own factors, drawn as they are for one (:func:`gaussian_factor`
+    of ``(seed, k, piece, j)``). A checkpoint's task keeps one tile's state,
+    one factor group and the tile's features alive; the stack takes what a
+    quarter of the device's budget holds of them (divided by ``shrink``
+    after an out-of-memory error). Elsewhere, and on the CPU, one task per
+    checkpoint.
+    """
+    single = (_sketch_part, _checkpoints(trajectory))
+    nodes = [
+        (k, node) for k, node in enumerate(trajectory.kernel_nodes()) if node.weight
+    ]
+    if sketch.bound.name != "structured" or not nodes:
+        return single
+    m, itemsize = sketch.n_components, sketch.X_t.element_size()
+    rows = min(sketch.tile, max(r1 - r0 for r0, r1 in blocks))
+    factors = max(
+        sum(sum(sketch.shapes[piece]) for piece in group) for group in sketch.groups
+    )
+    per_checkpoint = (
+        rows * sketch.state_bytes
+        + factors * m * itemsize
+        + rows * m * (16 + 2 * itemsize)  # the pieces' parts, float64 sums
+    )
+    size = stack_size(sketch.device, per_checkpoint, len(nodes), shrink=shrink)
+    if size <= 1:
+        return single
+    return _stacked_sketch_part, [
+        _stacked_nodes(trajectory, group) for group in consecutive_groups(nodes, size)
+    ]
+
+
+def _stacked_nodes(trajectory, group):
+    """A stack of kernel nodes' task arguments, loaded when called.
+
+    ``(ks, weights, parameters, metric)``: their indices, float64 weights,
+    and stacked parameters and metrics.
+    """
+    return lambda: (
+        tuple(k for k, _ in group),
+        torch.tensor([float(node.weight) for _, node in group], dtype=torch.float64),
+        stack_mappings([compact(trajectory.parameters_at(n.step)) for _, n in group]),
+        stack_mappings(
+            [compact(trajectory.kernel_metric_at(n.step)) for _, n in group]
+        ),
+    )
+
+
+def _stacked_sketch_part(sketch, r0, r1, ks, weights, parameters, metric):
+    """:func:`_sketch_part` of a stack of checkpoints ``ks`` at once.
+
+    Under ``torch.func.vmap`` over the stacked parameters, metrics and
+    factors (checkpoint ``k``'s factors are those of ``k`` alone); each
+    checkpoint's pieces are summed in float64, then the stack's features
+    weighted by ``sqrt(weight_k / m)`` and its diagonals by ``weight_k`` in
+    one float64 product each.
+    """
+    bound, X_t, tile, m = sketch.bound, sketch.X_t, sketch.tile, sketch.n_components
+    parameters = to_device(parameters, sketch.device)
+    metric = to_device(metric, sketch.device)
+    scales = (weights / m).sqrt()
+    features = torch.zeros((r1 - r0, m), dtype=torch.float64, device=sketch.device)
+    diagonal = torch.zeros(r1 - r0, dtype=torch.float64, device=sketch.device)
+    with torch.no_grad():
+        for g, group in enumerate(sketch.groups):
+            factors = sketch.cached(
+                ("factors", ks, g),
+                lambda group=group: _stacked_factors(sketch, ks, group),
+            )
+            for a0 in range(r0, r1, tile):
+                rows = X_t[a0 : min(a0 + tile, r1)]
+
+                def one(parameters, metric, factors, rows=rows, group=group, g=g):
+                    state = bound.state(parameters, rows, metric=metric)
+                    parts = [
+                        bound.sketch(state, rows, piece, factors[piece]).double()
+                        for piece in group
+                    ]
+                    total = sum(parts[1:], parts[0])
+                    if g:
+                        return (total,)
+                    return total, bound.diagonal(state, rows).double()
+
+                out = stacked_call(one, parameters, metric, factors)
+                features[a0 - r0 : a0 - r0 + tile] += weighted_sum(scales, out[0])
+                if g == 0:
+                    diagonal[a0 - r0 : a0 - r0 + tile] += weighted_sum(weights, out[1])
+    return features, diagonal
+
+
+def _stacked_factors(sketch, ks, group):
+    """The factors of ``group``'s pieces for each checkpoint of ``ks``, stacked.
+
+    Each is drawn as for one checkpoint (:func:`gaussian_factor`), then
+    stacked and cast to the work's dtype and device: ``(len(ks), height, m)``.
+    """
+    m, dtype = sketch.n_components, sketch.X_t.dtype
+    return {
+        piece: tuple(
+            torch.stack(
+                [gaussian_factor(sketch.seed, k, piece, j, height, m) for k in ks]
+            ).to(device=sketch.device, dtype=dtype)
+            for j, height in enumerate(sketch.shapes[piece])
+        )
+        for piece in group
+    }
 
 
 def _sketch_part(sketch, r0, r1, k, weight, parameters, metric):

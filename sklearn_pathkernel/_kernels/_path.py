@@ -8,7 +8,6 @@ import numpy as np
 import torch
 
 from .._compute._blocking import (
-    device_budget,
     grid,
     halve_on_device_oom,
     rows_within_budget,
@@ -17,6 +16,14 @@ from .._compute._blocking import (
 )
 from .._compute._progress import progress_bar
 from .._compute._result import fingerprint_of, open_result
+from .._compute._stacks import (
+    add_weighted,
+    consecutive_groups,
+    stack_mappings,
+    stack_size,
+    stacked_call,
+    weighted_sum,
+)
 from .._compute._tasks import Shared, block_parts, compact, row_blocks, to_device
 from .._compute._transfer import StripWriter
 from .._model._network import in_evaluation_mode, placement
@@ -375,28 +382,70 @@ def diagonal_sum(bound, points, X_t, *, bytes_per_row, working_memory, n_jobs):
     ``working_memory``; on a CUDA device the device's tiles,
     ``tile_within_budget``), a task per block of rows and point, parts added
     in point order in float64. Returns a float64 numpy array ``(n_X,)``.
-    A CUDA out-of-memory error starts it again with half the tile
-    (``halve_on_device_oom``).
+    On a device the structured engine's checkpoints go in stacks
+    (:func:`_diagonal_tasks`). A CUDA out-of-memory error starts it again
+    with half the tile and smaller stacks (``halve_on_device_oom``).
     """
+    first = tile_within_budget(working_memory, bytes_per_row, X_t.device)
 
     def attempt(tile):
         rows = _Rows(bound=bound, X_t=X_t, tile=tile, device=X_t.device)
         blocks = row_blocks(X_t.shape[0], tile)
+        tasks = _diagonal_tasks(rows, points, blocks, bytes_per_row, first // tile)
         diagonal = torch.zeros(X_t.shape[0], dtype=torch.float64, device=X_t.device)
         for _, parts in block_parts(
-            _diagonal_part, rows, blocks, _checkpoints(points), n_jobs=n_jobs
+            tasks.function, rows, blocks, tasks.checkpoints, n_jobs=n_jobs
         ):
-            for (weight, _, _), tiles in zip(points, parts):
+            for weight, tiles in zip(tasks.weights, parts):
                 for a0, part in tiles:
-                    diagonal[a0 : a0 + tile] += float(weight) * part.double()
+                    if isinstance(weight, float):
+                        diagonal[a0 : a0 + tile] += weight * part.double()
+                    else:  # a stack: its float64 weights in one product
+                        diagonal[a0 : a0 + tile] += weighted_sum(weight, part)
         return diagonal
 
-    diagonal = halve_on_device_oom(
-        attempt,
-        tile_within_budget(working_memory, bytes_per_row, X_t.device),
-        what="The path kernel's diagonal",
-    )
+    diagonal = halve_on_device_oom(attempt, first, what="The path kernel's diagonal")
     return diagonal.cpu().numpy()
+
+
+def _diagonal_tasks(rows, points, blocks, bytes_per_row, shrink):
+    """The diagonal's tasks: one per checkpoint, or on a device stacks of them.
+
+    As :func:`_checkpoint_tasks`: the structured engine, plain or in a
+    metric; a checkpoint's task keeps one tile's state and its block's
+    parts alive (``stack_size``, divided by ``shrink`` after an
+    out-of-memory error).
+    """
+    single = _CheckpointTasks(
+        _diagonal_part, _checkpoints(points), [float(w) for w, _, _ in points]
+    )
+    if rows.bound.name != "structured":
+        return single
+    block_rows = max(r1 - r0 for r0, r1 in blocks)
+    # One tile's state at a time (as many rows as there are), the parts.
+    per_checkpoint = min(rows.tile, block_rows) * bytes_per_row + block_rows * 8
+    size = stack_size(rows.device, per_checkpoint, len(points), shrink=shrink)
+    if size <= 1:
+        return single
+    groups = consecutive_groups(points, size)
+    return _CheckpointTasks(
+        _stacked_diagonal_part,
+        [_stacked_point(group) for group in groups],
+        [_stack_weights(group) for group in groups],
+    )
+
+
+def _stack_weights(group):
+    """A stack of points' weights, float64 (``weighted_sum``)."""
+    return torch.tensor([float(w) for w, _, _ in group], dtype=torch.float64)
+
+
+def _stacked_point(group):
+    """A stack of points' task arguments ``(parameters, metric)``, when called."""
+    return lambda: (
+        stack_mappings([compact(load()) for _, load, _ in group]),
+        stack_mappings([compact(load_metric()) for _, _, load_metric in group]),
+    )
 
 
 @dataclass
@@ -422,6 +471,19 @@ def _diagonal_part(rows, r0, r1, parameters, metric):
             state = rows.bound.state(parameters, X, metric=metric)
             parts.append((a0, rows.bound.diagonal(state, X)))
     return parts
+
+
+def _stacked_diagonal_part(rows, r0, r1, stacked, metric=None):
+    """:func:`_diagonal_part` of a stack of checkpoints at once (``vmap``).
+
+    Returns ``[(a0, parts)]`` with ``parts`` of shape ``(len(stack), rows)``.
+    """
+    stacked, metric = to_device(stacked, rows.device), to_device(metric, rows.device)
+
+    def one(parameters, metric):
+        return [part for _, part in _diagonal_part(rows, r0, r1, parameters, metric)]
+
+    return list(zip(range(r0, r1, rows.tile), stacked_call(one, stacked, metric)))
 
 
 @in_evaluation_mode
@@ -570,6 +632,7 @@ class _Work(Shared):
     chunk: int  # columns per column chunk
     state_bytes: int  # engine state per row
     itemsize: int
+    shrink: int = 1  # how many times the tile was halved (out of device memory)
 
 
 def _fingerprint(points, X_t, Y_t, symmetric, trace):
@@ -630,15 +693,18 @@ def _strips_with_tile(result, work, tile, points, working_memory, n_jobs, verbos
     """Compute the strips not yet done with row tiles of ``tile`` rows.
 
     ``work.tile`` the first time; after a CUDA out-of-memory error
-    (``halve_on_device_oom``) a smaller tile, the column chunk and the
-    strip's budget shrinking with it. Strips written before the error are
-    complete and kept (any tile's strip holds every entry on and above the
-    diagonal, so the mirror may use the last tile); a strip in progress was
+    (``halve_on_device_oom``) a smaller tile, the column chunk, the
+    strip's budget and the checkpoint stacks' budget shrinking with it.
+    Strips written before the error are complete and kept (any tile's
+    strip holds every entry on and above the diagonal, so the mirror may
+    use the last tile); a strip in progress was
     never written. Returns the tile.
     """
     if tile != work.tile:  # a new grid, and no statics cached on the old one
         shrink = work.tile // tile
-        work = replace(work, tile=tile, chunk=max(1, work.chunk // shrink))
+        work = replace(
+            work, tile=tile, chunk=max(1, work.chunk // shrink), shrink=shrink
+        )
         working_memory = strip_memory(working_memory, work.device) / shrink
     blocks = [
         (r0, r1)
@@ -700,12 +766,10 @@ def _add_weighted(target, part, weight):
     """``target += weight * part``: one checkpoint's part, or a stack's.
 
     A stack (``weight`` a float64 tensor, one weight per checkpoint) is
-    weighted and summed in float64 in one product.
+    weighted and summed in float64 in one product (``add_weighted``, the
+    one implementation the stacked loops share).
     """
-    if isinstance(weight, torch.Tensor):
-        part = torch.tensordot(weight.to(target.device), part.double(), dims=1)
-        weight = 1.0
-    target.add_(part, alpha=weight)
+    add_weighted(target, part, weight)
 
 
 class _CheckpointTasks(NamedTuple):
@@ -716,70 +780,58 @@ class _CheckpointTasks(NamedTuple):
     weights: list  # each task's weight: a float, or a float64 tensor (a stack)
 
 
-#: The most checkpoints one task stacks (``_stacked_strip_part``).
-MAX_STACKED_CHECKPOINTS = 16
-
-
 def _checkpoint_tasks(work, points, strip_rows):
     """One task per checkpoint, or on a CUDA device stacks of checkpoints.
 
-    Stacks are for the structured engine without a metric, whose states are
-    explicit tensor code that ``torch.func.vmap`` batches: one launch per
-    operation for the whole stack instead of one per checkpoint. As many
-    checkpoints as a quarter of ``device_budget`` holds of a strip's states,
-    returned parts and one tile pair's temporaries, at most
-    :data:`MAX_STACKED_CHECKPOINTS`. The CPU keeps one task per checkpoint.
+    Stacks are for the structured engine, plain or in a metric (Adam's
+    path kernel: each checkpoint's metric is stacked with its parameters),
+    whose states are explicit tensor code that ``torch.func.vmap`` batches:
+    one launch per operation for the whole stack instead of one per
+    checkpoint. As many checkpoints as a quarter of ``device_budget`` holds
+    of a strip's states, returned parts and one tile pair's temporaries
+    (``stack_size``; divided by ``work.shrink`` after an out-of-memory
+    error). The CPU keeps one task per checkpoint.
     """
     single = _CheckpointTasks(
         _strip_part, _checkpoints(points), [float(w) for w, _, _ in points]
     )
-    budget = device_budget(work.device)
-    if budget is None or work.bound.name != "structured" or points[0][2]() is not None:
+    if work.bound.name != "structured":
         return single
     numbers, m = math.prod(work.extra), work.Y_t.shape[0]
     tile, chunk = min(work.tile, strip_rows), min(work.chunk, m)  # as they are
     per_checkpoint = (strip_rows + chunk) * work.state_bytes + (
         strip_rows * m + 3 * tile * chunk
     ) * work.itemsize * numbers
-    size = int(min(len(points), MAX_STACKED_CHECKPOINTS, budget // 4 // per_checkpoint))
+    in_metric = points[0][2]() is not None
+    if in_metric:  # the metric's sub-blocks: about one column chunk's state
+        per_checkpoint += chunk * work.state_bytes
+    size = stack_size(work.device, per_checkpoint, len(points), shrink=work.shrink)
     if size <= 1:
         return single
-    groups = [points[k : k + size] for k in range(0, len(points), size)]
+    groups = consecutive_groups(points, size)
     return _CheckpointTasks(
         _stacked_strip_part,
-        [
-            lambda group=group: (_stack([load() for _, load, _ in group]),)
-            for group in groups
-        ],
-        [
-            torch.tensor([float(w) for w, _, _ in g], dtype=torch.float64)
-            for g in groups
-        ],
+        [_stacked_point(group) for group in groups],
+        [_stack_weights(group) for group in groups],
     )
 
 
-def _stack(checkpoints):
-    """Checkpoints' parameter mappings as one mapping of stacked tensors."""
-    return {
-        name: torch.stack([c[name] for c in checkpoints]) for name in checkpoints[0]
-    }
-
-
-def _stacked_strip_part(work, r0, r1, stacked):
+def _stacked_strip_part(work, r0, r1, stacked, metric=None):
     """:func:`_strip_part` of a stack of checkpoints at once.
 
-    ``torch.func.vmap`` over the stacked parameters runs each of the task's
-    operations once for the whole stack. Returns ``[(key, parts)]`` with
-    ``parts`` of shape ``(len(stack), ...)``, not yet weighted.
+    ``torch.func.vmap`` over the stacked parameters (and metrics) runs each
+    of the task's operations once for the whole stack. Returns
+    ``[(key, parts)]`` with ``parts`` of shape ``(len(stack), ...)``, not
+    yet weighted.
     """
-    stacked = to_device(stacked, work.device)
+    stacked, metric = to_device(stacked, work.device), to_device(metric, work.device)
     _, pairs = _pairs(work, r0, r1)
     keys = [(*a, *b) for b, tiles in pairs.items() for a in tiles]
 
-    def one(parameters):
-        return [part for _, part in _strip_part(work, r0, r1, parameters, None)]
+    def one(parameters, metric):
+        return [part for _, part in _strip_part(work, r0, r1, parameters, metric)]
 
-    return list(zip(keys, torch.func.vmap(one)(stacked)))
+    return list(zip(keys, stacked_call(one, stacked, metric)))
 
 
 def _first_column(r0, chunk, symmetric):

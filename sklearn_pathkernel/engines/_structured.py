@@ -251,7 +251,7 @@ class StructuredEngine(Engine):
                 input_gram = input_gram[:, :, None, None]
             if total is None:
                 total = signal_gram * input_gram
-            elif torch._C._functorch.is_batchedtensor(total):
+            elif _is_batched(total):
                 # Under torch.func.vmap (a stack of checkpoints, the path
                 # kernel on a device): addcmul_ has no batching rule and
                 # would run once per checkpoint.
@@ -421,14 +421,17 @@ class StructuredEngine(Engine):
             if M is None:  # a layer with nothing trained
                 continue
             if total is None:
-                total = A_x.new_zeros(shape)
+                total = _new_zeros(shape, M, A_x)
             term(total, A_x, A_y, D_x, D_y, M, n_outputs, vectors)
         return total
 
     def _traced_term(self, total, A_x, A_y, D_x, D_y, M, n_outputs, vectors):
         """Add one layer's traced term in its metric to ``total`` (n, m)."""
         if D_x is None:  # identity signals: G_D[j] = 1 for every unit
-            total.addmm_(A_x * M.sum(dim=0), A_y.T)
+            if _is_batched(total):  # addmm_ has no batching rule: vmap would loop
+                total.add_((A_x * M.sum(dim=0)) @ A_y.T)
+            else:
+                total.addmm_(A_x * M.sum(dim=0), A_y.T)
             return
         width, inputs = M.shape
         m = A_y.shape[0]
@@ -513,7 +516,7 @@ class StructuredEngine(Engine):
         padded = padded.view(o1 - o0, width, m).transpose(0, 1).contiguous()
         signals = D[:, o0:o1].permute(2, 0, 1).contiguous()
         root = M.sqrt()
-        out = A.new_empty(n, m)
+        out = _new_zeros((n, m), V, M, A)
         per_row = (A.shape[1] + 2 * width) * m + width * (o1 - o0)
         for r0, r1 in self._sub_blocks(n, m, D.shape[1], per_row):
             projected = torch.bmm(signals[:, r0:r1], padded)  # (h_l, r, m)
@@ -534,6 +537,27 @@ class StructuredEngine(Engine):
         budget = max(m * self.bytes_per_row(n_outputs, 1), METRIC_TEMPORARIES)
         rows = max(1, budget // per_row)
         return [(r0, min(r0 + rows, n)) for r0 in range(0, n, rows)]
+
+
+def _is_batched(tensor):
+    """Whether ``tensor`` is batched by ``torch.func.vmap`` (a stack of checkpoints).
+
+    On a device the loops run a stack of checkpoints under vmap
+    (``_compute/_stacks.py``); in-place products without a batching rule
+    (``addcmul_``, ``addmm_``) would run once per checkpoint there.
+    """
+    return torch._C._functorch.is_batchedtensor(tensor)
+
+
+def _new_zeros(shape, *likes):
+    """Zeros of ``shape`` like the first of ``likes`` that vmap batches, or the first.
+
+    Under ``torch.func.vmap`` a result written into in place must be batched
+    as its terms are: the rows ``X`` are shared by a stack of checkpoints,
+    their parameters and metrics are not.
+    """
+    like = next((t for t in likes if _is_batched(t)), likes[0])
+    return like.new_zeros(shape)
 
 
 def _derivative(activation, z, a):
