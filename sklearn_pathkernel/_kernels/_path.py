@@ -25,7 +25,7 @@ from .._compute._stacks import (
     weighted_sum,
 )
 from .._compute._tasks import Shared, block_parts, compact, row_blocks, to_device
-from .._compute._transfer import StripWriter
+from .._compute._transfer import IN_FLIGHT, StripWriter
 from .._model._network import in_evaluation_mode, placement
 from ..engines import select_engine
 from ._rows import kernel_rows, output_width
@@ -674,11 +674,13 @@ def _row_blocks(work, working_memory):
     """
     n, m = work.X_t.shape[0], work.Y_t.shape[0]
     numbers = math.prod(work.extra)
+    # On CUDA the strips being copied to the host (StripWriter) are alive too.
+    strips = 1 + (IN_FLIGHT if work.device.type == "cuda" else 0)
     block = rows_within_budget(
         strip_memory(working_memory, work.device),
         # Per row: its engine state, and across the m columns the float64
-        # strip, the cached static Gram and one checkpoint's contraction ...
-        work.state_bytes + m * (8 + 2 * work.itemsize) * numbers,
+        # strip(s), the cached static Gram and one checkpoint's contraction ...
+        work.state_bytes + m * (8 * strips + 2 * work.itemsize) * numbers,
         max(n, m),
         # ... on top of one column chunk's state and a contraction's
         # temporaries (input Gram, signal Gram, their product).
