@@ -382,7 +382,10 @@ def test_a_killed_process_is_refused_then_resumed_bit_for_bit(
     process = _start(tmp_path, [0.0], others=0, pause=0.1)  # ~1.7 s of strips
     sidecar = tmp_path / "K.npy.progress.json"
     done = []
-    for _ in range(3000):
+    # A deadline, not a count of polls: a loaded machine may take a minute
+    # to start the other interpreter.
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
         with contextlib.suppress(OSError, ValueError, KeyError):
             done = json.loads(sidecar.read_text())["done"]
         if len(done) >= 2 or process.poll() is not None:
