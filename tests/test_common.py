@@ -15,8 +15,12 @@ from sklearn_pathkernel import (
     PathKernelTransformer,
 )
 
-# Small networks keep the ~60 checks per estimator fast; the defaults of the
-# optimiser are left as users get them.
+pytestmark = pytest.mark.filterwarnings(
+    "ignore::sklearn.exceptions.ConvergenceWarning"  # short training, on purpose
+)
+
+# Small networks and short training keep the ~60 checks per estimator fast;
+# the defaults of the optimiser are left as users get them.
 # The default dtype (float32) runs every check. float64 must pass every check
 # too, but most checks test the API, which does not depend on the dtype: the
 # float64 twins run the checks whose outcome depends on numbers or dtypes
@@ -25,24 +29,33 @@ from sklearn_pathkernel import (
 # follows the checks' targets: a classifier for labels, a regressor for
 # values) runs the checks that see what that estimator does
 # (DEFAULT_ESTIMATOR_CHECKS); the whole battery runs on a small network.
+# Twenty epochs, not the default 200: a check calls the same code whatever
+# the number of epochs, and fits tens of times, each for every epoch (then
+# works on every recorded step). The checks that ask for a trained model
+# still pass with room to spare: 0.90 accuracy on sklearn's blobs (it asks
+# for 0.83; 0.93 after 200 epochs), R^2 0.75 on its regression data (it asks
+# for 0.5; 0.83). The default estimator keeps the default.
+MAX_ITER = 20
 DEFAULT_DTYPE = [
-    cls(hidden_layer_sizes=(16,), random_state=0)
+    cls(hidden_layer_sizes=(16,), max_iter=MAX_ITER, random_state=0)
     for cls in (PathKernelRegressor, PathKernelClassifier)
 ]
 FLOAT64_TWINS = [
-    cls(hidden_layer_sizes=(16,), dtype="float64", random_state=0)
+    cls(hidden_layer_sizes=(16,), dtype="float64", max_iter=MAX_ITER, random_state=0)
     for cls in (PathKernelRegressor, PathKernelClassifier)
 ]
 DEFAULT_ESTIMATOR = PathKernelTransformer(random_state=0)
 FULL_BATTERY = DEFAULT_DTYPE + [
     # Around a small float64 network, with a normalisation.
     PathKernelTransformer(
-        PathKernelRegressor((16,), dtype="float64", random_state=0),
+        PathKernelRegressor((16,), dtype="float64", max_iter=MAX_ITER, random_state=0),
         normalize="cosine",
     ),
     PathKernelFeatures(
         # Every tenth step: the features' per-row Jacobians cost per checkpoint.
-        PathKernelRegressor((16,), dtype="float64", record_every=10, random_state=0),
+        PathKernelRegressor(
+            (16,), dtype="float64", max_iter=MAX_ITER, record_every=10, random_state=0
+        ),
         n_components=20,
         normalize="mean_diagonal",
         random_state=0,
@@ -93,7 +106,7 @@ _FLOAT32_ROUNDING = {
         "float32 matrix products round differently for different batch sizes; "
         "results agree to about 3e-7 relative (float64 passes)"
     ),
-}
+}  # Rounding, so luck: after 20 epochs the float32 regressor passes (XPASS).
 
 
 def _dtype(estimator):

@@ -5,8 +5,6 @@ import json
 import os
 import signal
 import socket
-import subprocess
-import sys
 import time
 import warnings
 from collections import namedtuple
@@ -14,9 +12,9 @@ from collections import namedtuple
 import filelock
 import numpy as np
 import pytest
+from _cluster import forkserver, run_script
 from sklearn.exceptions import ConvergenceWarning
 
-import sklearn_pathkernel
 from sklearn_pathkernel import PathKernelRegressor
 from sklearn_pathkernel import path_kernel as _path_kernel
 from sklearn_pathkernel._compute import _blocking, _result
@@ -303,7 +301,25 @@ for turn, shift in enumerate(shifts):
 """
 
 
-def _start(tmp_path, shifts, *, others=1, pause=0.02):
+# What a writing process imports, once for the module: each test's process
+# is forked from a server that has imported it, instead of starting an
+# interpreter that imports torch and scikit-learn for seconds of CPU.
+_PRELOAD = [
+    "_cluster",
+    "sklearn.exceptions",
+    "sklearn_pathkernel._estimators",
+    "sklearn_pathkernel._kernels._path",
+    "sklearn_pathkernel._compute._result",
+]
+
+
+@pytest.fixture(scope="module")
+def server():
+    with forkserver(_PRELOAD) as context:
+        yield context
+
+
+def _start(server, tmp_path, shifts, *, others=1, pause=0.02):
     """A process that writes ``K(X + shift)`` to ``tmp_path / "K.npy"`` for
     each shift in turn.
 
@@ -311,26 +327,25 @@ def _start(tmp_path, shifts, *, others=1, pause=0.02):
     turn too, and reports whether it got the bits of the kernel computed in
     memory, and when its strips ran.
     """
-    script = tmp_path / "write_kernel.py"
-    script.write_text(_SCRIPT)
-    root = os.path.dirname(os.path.dirname(sklearn_pathkernel.__file__))
+    script = str(tmp_path / "write_kernel.py")
     arguments = [tmp_path / "K.npy", tmp_path / "ready", 1 + others, 60, pause]
-    return subprocess.Popen(
-        [sys.executable, str(script), *map(str, arguments + list(shifts))],
-        env={**os.environ, "PYTHONPATH": root, "OMP_NUM_THREADS": "1"},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    argv = [script, *map(str, arguments + list(shifts))]
+    output = (str(tmp_path / "stdout.txt"), str(tmp_path / "stderr.txt"))
+    process = server.Process(target=run_script, args=(_SCRIPT, argv, *output))
+    process.output = output
+    process.start()
+    return process
 
 
 def _reports(process, returncode=0):
     """What the process printed, once it is over."""
     try:
-        out, err = process.communicate(timeout=120)
+        process.join(timeout=120)
     finally:
         process.kill()
-    assert process.returncode == returncode, err
+        process.join()
+    out, err = (open(name).read() for name in process.output)
+    assert process.exitcode == returncode, err
     return [json.loads(line) for line in out.splitlines()]
 
 
@@ -355,13 +370,13 @@ def _write_here(fitted, path, monkeypatch, turn, pause=0.02):
     return {"equal": np.array_equal(np.asarray(K), expected), "times": times}
 
 
-@pytest.mark.slow  # another Python process: ~8 s, more under load
+@pytest.mark.slow  # another process: ~5 s, more under load
 def test_two_processes_writing_one_file_take_turns(
-    fitted, small_grid, tmp_path, monkeypatch
+    fitted, small_grid, server, tmp_path, monkeypatch
 ):
     # First another process writes other rows, then the same call as here:
     # each waits for the other's lock; none crashes or gets a wrong kernel.
-    process = _start(tmp_path, [1.0, 0.0])
+    process = _start(server, tmp_path, [1.0, 0.0])
     try:
         here = [_write_here(fitted, tmp_path / "K.npy", monkeypatch, t) for t in (0, 1)]
     finally:
@@ -376,16 +391,19 @@ def test_two_processes_writing_one_file_take_turns(
 
 
 def test_a_killed_process_is_refused_then_resumed_bit_for_bit(
-    fitted, small_grid, tmp_path, monkeypatch
+    fitted, small_grid, server, tmp_path, monkeypatch
 ):
     expected = path_kernel(fitted, working_memory=1e-4)
-    process = _start(tmp_path, [0.0], others=0, pause=0.1)  # ~1.7 s of strips
+    process = _start(server, tmp_path, [0.0], others=0, pause=0.1)  # ~1.7 s of strips
     sidecar = tmp_path / "K.npy.progress.json"
     done = []
-    for _ in range(3000):
+    # A deadline, not a count of polls: a loaded machine may take a minute
+    # to start the other interpreter.
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
         with contextlib.suppress(OSError, ValueError, KeyError):
             done = json.loads(sidecar.read_text())["done"]
-        if len(done) >= 2 or process.poll() is not None:
+        if len(done) >= 2 or process.exitcode is not None:
             break
         time.sleep(0.01)
     # While it writes, another process's call waits, then gives up.
@@ -393,7 +411,7 @@ def test_a_killed_process_is_refused_then_resumed_bit_for_bit(
     holder = rf"\(pid {process.pid} on {socket.gethostname()}, which holds"
     with pytest.raises(TimeoutError, match=holder):
         path_kernel(fitted, working_memory=1e-4, out=tmp_path / "K.npy")
-    process.send_signal(signal.SIGKILL)
+    process.kill()  # SIGKILL
     _reports(process, returncode=-signal.SIGKILL)
     assert len(done) >= 2
 
