@@ -83,7 +83,7 @@ def path_kernel_ridge(normalize, max_iter=100):
 models = {
     "network (PathKernelRegressor)": GridSearchCV(
         scaled_target([("net", network())]),
-        {"regressor__net__learning_rate_init": [0.05, 0.1, 0.2]},
+        {"regressor__net__learning_rate_init": [0.1, 0.2]},
         cv=3,
     ),
     "KernelRidge on the path kernel": GridSearchCV(
