@@ -11,11 +11,12 @@ its example as ``python examples/<name>.py`` would (``__main__``,
 ``__file__``, ``sys.argv[0]``, ``sys.path[0]``, a figure state of its own)
 in a folder of its own, one thread, its output in two files. The server
 prints one line per finished example, ``<name> <exit status> <CPU
-seconds>``; each test
-reads lines until its own.
+seconds>``; each test reads lines until its own.
 
-Two at a time keeps both cores busy; small networks run faster on one
-thread than on two anyway.
+Two at a time keeps both cores busy, and this file from being the suite's
+tail; small networks run faster on one thread than on two anyway. The other
+xdist worker meanwhile runs other files: three single-threaded processes
+share two cores without spinning.
 """
 
 import ast
