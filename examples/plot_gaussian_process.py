@@ -64,11 +64,11 @@ seconds = {}
 start = time.perf_counter()
 net = PathKernelRegressor(
     (64,),
-    learning_rate_init=0.05,
-    max_iter=2000,
-    record_every=40,
+    learning_rate_init=0.1,
+    max_iter=1000,
+    record_every=20,
     tol=0,
-    n_iter_no_change=2000,
+    n_iter_no_change=1000,
     dtype="float64",
     random_state=0,
 ).fit(X_train, y_train)

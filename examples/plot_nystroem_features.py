@@ -48,8 +48,8 @@ warnings.simplefilter("ignore", ConvergenceWarning)
 
 # %%
 # Three quarters of the digits to train, one to test, standardized on the
-# training rows. A small network, every twentieth step of its 100-step path
-# kept (5 checkpoints): the cost of every method grows with the number of
+# training rows. A small network, every tenth step of its 50-step path kept
+# (5 checkpoints): the cost of every method grows with the number of
 # checkpoints. Nyström features cost ``n x n_components`` kernel entries;
 # random features a sketch of every row's gradients per checkpoint.
 X, y = load_digits(return_X_y=True)
@@ -57,7 +57,7 @@ X_train, X_test, y_train, y_test = train_test_split(X, y, stratify=y, random_sta
 scaler = StandardScaler().fit(X_train)
 X_train, X_test = scaler.transform(X_train), scaler.transform(X_test)
 network = PathKernelClassifier(
-    (16,), max_iter=100, record_every=20, tol=0, random_state=0
+    (16,), learning_rate_init=0.2, max_iter=50, record_every=10, tol=0, random_state=0
 )
 
 
