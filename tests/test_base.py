@@ -8,6 +8,7 @@ import warnings
 import numpy as np
 import pytest
 import torch
+from _interrupt import interrupt_at_step
 from _oracle import path_kernel_reference
 from sklearn.exceptions import ConvergenceWarning, NotFittedError
 from sklearn.model_selection import cross_val_score
@@ -349,19 +350,6 @@ def test_one_parameter_dict_trains_as_mlp_trains(toy, kind, params):
 
 
 # -- interrupted fits ----------------------------------------------------------
-def _interrupt_at_step(monkeypatch, step, exception=KeyboardInterrupt):
-    """Make the training loop raise ``exception`` when it reaches ``step``."""
-    from sklearn_pathkernel._training import _loop as _training
-
-    real_step, calls = _training._GradientDescent._step, []
-
-    def interrupted(*args, **kwargs):
-        calls.append(None)
-        if len(calls) == step:
-            raise exception()
-        return real_step(*args, **kwargs)
-
-    monkeypatch.setattr(_training._GradientDescent, "_step", interrupted)
 
 
 @pytest.mark.parametrize("Est", ESTIMATORS)
@@ -372,7 +360,7 @@ def test_interrupted_refit_leaves_the_previous_model_whole(Est, toy, monkeypatch
     before = dict(vars(est))
     prediction, K = est.predict(X), est.kernel(X[:7])
 
-    _interrupt_at_step(monkeypatch, 3)
+    interrupt_at_step(monkeypatch, 3)
     with pytest.raises(KeyboardInterrupt):
         est.fit(X[:, :2] * 3, y)  # other data: validation resets n_features_in_
     monkeypatch.undo()
@@ -387,7 +375,7 @@ def test_interrupted_refit_leaves_the_previous_model_whole(Est, toy, monkeypatch
 def test_interrupted_first_fit_leaves_an_unfitted_estimator(toy, monkeypatch):
     X, y = toy
     est = PathKernelRegressor((5,), max_iter=6, random_state=0)
-    _interrupt_at_step(monkeypatch, 2)
+    interrupt_at_step(monkeypatch, 2)
     with pytest.raises(KeyboardInterrupt):
         est.fit(X, y)
     assert not hasattr(est, "n_features_in_")
@@ -399,7 +387,7 @@ def test_fit_failing_late_also_restores(toy, monkeypatch):
     X, y = toy
     est = _quiet(PathKernelRegressor((5,), max_iter=3, random_state=0), X, y)
     module = est.module_
-    _interrupt_at_step(monkeypatch, 1, exception=MemoryError)
+    interrupt_at_step(monkeypatch, 1, exception=MemoryError)
     with pytest.raises(MemoryError):
         est.fit(X[:10], y[:10])
     assert est.module_ is module and len(est._fit_X) == 40

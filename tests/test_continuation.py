@@ -12,6 +12,7 @@ import warnings
 import numpy as np
 import pytest
 import torch
+from _interrupt import interrupt_at_step
 from _oracle import path_kernel_reference
 from sklearn.exceptions import ConvergenceWarning
 from torch import nn
@@ -26,21 +27,6 @@ def _quiet(est, X, y, **fit_params):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
         return est.fit(X, y, **fit_params)
-
-
-def _interrupt_at_step(monkeypatch, step, exception=KeyboardInterrupt):
-    """Make the training loop raise ``exception`` when it reaches ``step``."""
-    from sklearn_pathkernel._training import _loop as _training
-
-    real_step, calls = _training._GradientDescent._step, []
-
-    def interrupted(*args, **kwargs):
-        calls.append(None)
-        if len(calls) == step:
-            raise exception()
-        return real_step(*args, **kwargs)
-
-    monkeypatch.setattr(_training._GradientDescent, "_step", interrupted)
 
 
 @pytest.fixture
@@ -480,7 +466,7 @@ def test_interrupted_continuation_takes_its_steps_back_off_the_path(toy, monkeyp
     before = dict(vars(est))
     n_steps, K = est.trajectory_.n_steps, est.kernel(X[:6])
     state = {k: v.clone() for k, v in est._optimizer_state[0].items()}
-    _interrupt_at_step(monkeypatch, 2)  # the second of two steps
+    interrupt_at_step(monkeypatch, 2)  # the second of two steps
     with pytest.raises(KeyboardInterrupt):
         est.partial_fit(X[:20] + 1, y[:20])
     monkeypatch.undo()

@@ -427,9 +427,14 @@ def _diagonal_tasks(rows, points, blocks, bytes_per_row, shrink):
     size = stack_size(rows.device, per_checkpoint, len(points), shrink=shrink)
     if size <= 1:
         return single
+    return _stacked_tasks(_stacked_diagonal_part, points, size)
+
+
+def _stacked_tasks(function, points, size):
+    """``function``'s tasks over stacks of ``size`` consecutive points."""
     groups = consecutive_groups(points, size)
     return _CheckpointTasks(
-        _stacked_diagonal_part,
+        function,
         [_stacked_point(group) for group in groups],
         [_stack_weights(group) for group in groups],
     )
@@ -810,12 +815,7 @@ def _checkpoint_tasks(work, points, strip_rows):
     size = stack_size(work.device, per_checkpoint, len(points), shrink=work.shrink)
     if size <= 1:
         return single
-    groups = consecutive_groups(points, size)
-    return _CheckpointTasks(
-        _stacked_strip_part,
-        [_stacked_point(group) for group in groups],
-        [_stack_weights(group) for group in groups],
-    )
+    return _stacked_tasks(_stacked_strip_part, points, size)
 
 
 def _stacked_strip_part(work, r0, r1, stacked, metric=None):
