@@ -9,8 +9,7 @@ import pytest
 import torch
 from _dispatch import Dispatched
 from _oracle import jacobian_rows, tangent_kernel_reference
-from hypothesis import given, settings
-from hypothesis import strategies as st
+from _property import given, settings, st
 from sklearn.datasets import load_breast_cancer, load_diabetes, load_digits, load_iris
 from sklearn.exceptions import ConvergenceWarning, NotFittedError
 from sklearn.preprocessing import scale

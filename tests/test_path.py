@@ -11,8 +11,7 @@ import torch
 from _cluster import local_cluster
 from _dispatch import Dispatched
 from _oracle import path_kernel_reference, tangent_kernel_reference
-from hypothesis import given, settings
-from hypothesis import strategies as st
+from _property import given, settings, st
 from joblib import parallel_config
 from sklearn.exceptions import ConvergenceWarning
 
