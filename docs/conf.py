@@ -1,8 +1,9 @@
 """Sphinx configuration: user guide, API reference and example gallery.
 
 Build with ``sphinx-build -W -b html docs docs/_build/html`` (the gallery's
-scripts are then run, about a minute and a half on 2 cores); ``-D plot_gallery=0`` builds the
-gallery pages without running them, as ``tests/test_docs.py`` does. No part
+scripts are then run, about a minute and a half on 2 cores); ``-D
+plot_gallery=0`` builds the gallery pages without running them, as
+``tests/test_docs.py`` does. No part
 of the build needs a network: intersphinx links to the Python, NumPy,
 scikit-learn and PyTorch documentation only when
 ``SKLEARN_PATHKERNEL_DOCS_INTERSPHINX=1`` is set.
