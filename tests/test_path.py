@@ -144,6 +144,29 @@ def small_grid(monkeypatch):
     monkeypatch.setattr(_blocking, "CHUNK_COLUMNS", 8)
 
 
+@pytest.fixture(scope="module")
+def unblocked(fitted):
+    """``(kernel in one block, oracle)`` for an engine and rows, computed once.
+
+    The budgets and workers of one engine and one pair of row sets are all
+    compared with the same two matrices: computing them once per pair keeps
+    the grid of cases cheap.
+    """
+    est, _ = fitted
+    cache = {}
+
+    def get(engine, X, Y):
+        key = (engine, X.shape[0], Y is None)
+        if key not in cache:  # called under the test's small_grid
+            cache[key] = (
+                path_kernel(est.module_, est.trajectory_, X, Y, engine=engine),
+                path_kernel_reference(est.module_, est.trajectory_, X, Y),
+            )
+        return cache[key]
+
+    return get
+
+
 # Budgets from one-tile blocks to everything in one block.
 @pytest.mark.parametrize("working_memory", [1e-4, 0.03, None])
 @pytest.mark.parametrize("symmetric", [True, False])
@@ -152,13 +175,13 @@ def small_grid(monkeypatch):
     [("structured", None), ("structured", 2), ("jacobian", None), ("ntk_vp", 2)],
 )
 def test_result_is_bit_identical_across_block_sizes(
-    fitted, small_grid, working_memory, symmetric, engine, n_jobs
+    fitted, small_grid, unblocked, working_memory, symmetric, engine, n_jobs
 ):
     est, X = fitted
     if engine != "structured":
         X = X[:13]  # the torch.func engines pay a fixed cost per tiny tile
     Y = None if symmetric else X[:11] * 0.5
-    whole = path_kernel(est.module_, est.trajectory_, X, Y, engine=engine)
+    whole, reference = unblocked(engine, X, Y)
     blocked = path_kernel(
         est.module_,
         est.trajectory_,
@@ -169,7 +192,6 @@ def test_result_is_bit_identical_across_block_sizes(
         n_jobs=n_jobs,
     )
     assert np.array_equal(blocked, whole)
-    reference = path_kernel_reference(est.module_, est.trajectory_, X, Y)
     np.testing.assert_allclose(blocked, reference, rtol=1e-9, atol=1e-12)
 
 
