@@ -8,9 +8,9 @@ import warnings
 import numpy as np
 import pytest
 import torch
-from _interrupt import interrupt_at_step
+from _fits import interrupt_at_step, quiet_fit
 from _oracle import path_kernel_reference
-from sklearn.exceptions import ConvergenceWarning, NotFittedError
+from sklearn.exceptions import NotFittedError
 from sklearn.model_selection import cross_val_score
 from sklearn.svm import SVR
 from torch import nn
@@ -27,12 +27,6 @@ from sklearn_pathkernel import (
 ESTIMATORS = [PathKernelRegressor, PathKernelClassifier]
 
 
-def _quiet(est, X, y, **fit_params):
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", ConvergenceWarning)
-        return est.fit(X, y, **fit_params)
-
-
 @pytest.fixture
 def toy():
     rng = np.random.RandomState(0)
@@ -43,7 +37,7 @@ def toy():
 def test_fit_touches_no_global_random_state(toy):
     X, y = toy
     torch_state, numpy_state = torch.get_rng_state(), np.random.get_state()[1].copy()
-    _quiet(PathKernelRegressor((5,), max_iter=3, batch_size=8, random_state=0), X, y)
+    quiet_fit(PathKernelRegressor((5,), max_iter=3, batch_size=8, random_state=0), X, y)
     assert torch.equal(torch.get_rng_state(), torch_state)
     assert np.array_equal(np.random.get_state()[1], numpy_state)
 
@@ -53,10 +47,10 @@ def test_fit_touches_no_global_random_state(toy):
 def test_same_seed_gives_bit_identical_predictions_and_kernel(Est, toy):
     X, y = toy
     y = y if Est is PathKernelRegressor else (y > 0).astype(int)
-    fits = [_quiet(Est((10,), max_iter=15, random_state=3), X, y) for _ in range(2)]
+    fits = [quiet_fit(Est((10,), max_iter=15, random_state=3), X, y) for _ in range(2)]
     assert np.array_equal(fits[0].predict(X), fits[1].predict(X))
     assert np.array_equal(fits[0].kernel(X), fits[1].kernel(X))
-    other = _quiet(Est((10,), max_iter=15, random_state=4), X, y)
+    other = quiet_fit(Est((10,), max_iter=15, random_state=4), X, y)
     assert not np.array_equal(fits[0].kernel(X), other.kernel(X))
 
 
@@ -64,7 +58,7 @@ def test_same_seed_gives_bit_identical_predictions_and_kernel(Est, toy):
 def test_pickle_round_trip(Est, toy):
     X, y = toy
     y = y if Est is PathKernelRegressor else (y > 0).astype(int)
-    est = _quiet(Est((6,), max_iter=10, random_state=0), X, y)
+    est = quiet_fit(Est((6,), max_iter=10, random_state=0), X, y)
     loaded = pickle.loads(pickle.dumps(est))
     assert np.array_equal(loaded.predict(X), est.predict(X))
     assert np.array_equal(loaded.kernel(X), est.kernel(X))
@@ -75,7 +69,7 @@ def test_pickling_leaves_the_estimator_as_it_was(toy):
     # Python 3.11+ object.__getstate__ returns the live __dict__, so an edit
     # there would move the fitted estimator itself (seen on a GPU).
     X, y = toy
-    est = _quiet(PathKernelRegressor((6,), max_iter=5, random_state=0), X, y)
+    est = quiet_fit(PathKernelRegressor((6,), max_iter=5, random_state=0), X, y)
     state = est.__getstate__()
     assert state is not est.__dict__
     state["module_"] = None
@@ -88,7 +82,7 @@ def test_pickle_puts_the_network_back_on_its_device_or_warns(toy, monkeypatch):
     # state is written as a GPU-fitted estimator's would be.
     X, y = toy
     est = PathKernelRegressor((6,), max_iter=5, device="cpu", random_state=0)
-    est = _quiet(est, X, y)
+    est = quiet_fit(est, X, y)
     state = est.__getstate__()
     assert "_module_device" not in state  # a CPU network records nothing
     state["_module_device"] = "cuda:0"
@@ -146,7 +140,7 @@ def test_missing_cuda_device_is_a_clear_error(toy, monkeypatch):
         ValueError, match="asks for 'cuda', but torch.cuda.is_available"
     ):
         PathKernelRegressor(device="cuda").fit(X, y)
-    reg = _quiet(PathKernelRegressor((4,), max_iter=2, device="auto"), X, y)
+    reg = quiet_fit(PathKernelRegressor((4,), max_iter=2, device="auto"), X, y)
     assert next(reg.module_.parameters()).device.type == "cpu"
 
 
@@ -155,7 +149,7 @@ def test_missing_cuda_device_is_a_clear_error(toy, monkeypatch):
 )
 def test_dtype_sets_the_network_precision(toy, dtype, torch_dtype):
     X, y = toy
-    reg = _quiet(PathKernelRegressor((4,), max_iter=2, dtype=dtype), X, y)
+    reg = quiet_fit(PathKernelRegressor((4,), max_iter=2, dtype=dtype), X, y)
     assert next(reg.module_.parameters()).dtype == torch_dtype
     assert reg.predict(X).dtype == np.float64
 
@@ -163,7 +157,7 @@ def test_dtype_sets_the_network_precision(toy, dtype, torch_dtype):
 @pytest.mark.parametrize("engine", ["structured", "hooks", "jacobian", "ntk_vp"])
 def test_kernel_engines_agree_through_the_estimator(toy, engine):
     X, y = toy
-    est = _quiet(
+    est = quiet_fit(
         PathKernelRegressor((6,), max_iter=5, dtype="float64", random_state=0), X, y
     )
     auto = est.kernel(X[:10], X)
@@ -173,7 +167,7 @@ def test_kernel_engines_agree_through_the_estimator(toy, engine):
 
 def test_verbose_reports_epochs_and_the_kernel_engine(toy, capsys):
     X, y = toy
-    est = _quiet(PathKernelRegressor((4,), max_iter=3, verbose=1), X, y)
+    est = quiet_fit(PathKernelRegressor((4,), max_iter=3, verbose=1), X, y)
     rows = capsys.readouterr().out.splitlines()[2:]  # below the table's header
     assert [row.split()[0] for row in rows] == ["1", "2", "3"]
     est.kernel(X[:5])
@@ -195,7 +189,7 @@ def test_structured_engine_on_a_module_it_cannot_handle_is_a_clear_error(toy):
         def forward(self, x):
             return 2 * self.linear(x)
 
-    est = _quiet(PathKernelRegressor(module=Doubled(), max_iter=2), X, y)
+    est = quiet_fit(PathKernelRegressor(module=Doubled(), max_iter=2), X, y)
     assert est.kernel(X[:3]).shape == (3, 3)  # "auto" falls back to jacobian
     with pytest.raises(ValueError, match="The 'structured' engine does not support"):
         est.set_params(engine="structured").kernel(X[:3])
@@ -240,8 +234,8 @@ def test_the_default_mlp_starts_from_mlps_initial_network(
     params = dict(hidden_layer_sizes=hidden, activation=activation, random_state=7)
     mlp, ours = _mlp_and_ours(kind, learning_rate_init=1e-300, max_iter=1, **params)
     y = _labels(kind, y)
-    _quiet(mlp, X, y)
-    _quiet(ours.set_params(dtype=dtype, max_iter=1), X, y)
+    quiet_fit(mlp, X, y)
+    quiet_fit(ours.set_params(dtype=dtype, max_iter=1), X, y)
     start = ours.trajectory_.parameters_at(0)
     names = [name for name, _ in ours.module_.named_parameters()]
     assert len(names) == 2 * len(mlp.coefs_)
@@ -275,10 +269,10 @@ def test_minibatches_are_mlps_in_each_epoch_and_call(toy, monkeypatch):
     params = dict(hidden_layer_sizes=(4,), batch_size=16, random_state=3)
     mlp, ours = _mlp_and_ours("regressor", max_iter=3, **params)
     orders = _recorded_shuffles(monkeypatch)
-    _quiet(mlp, X, y)
+    quiet_fit(mlp, X, y)
     mlp_once, ours_once = _mlp_and_ours("regressor", **params)
     mlp_once.partial_fit(X, y).partial_fit(X, y)
-    _quiet(ours, X, y)
+    quiet_fit(ours, X, y)
     ours_once.partial_fit(X, y).partial_fit(X, y)
     assert len(orders) == 3 + 2
     for est, epochs in [(ours, orders[:3]), (ours_once, orders[3:])]:
@@ -300,7 +294,7 @@ def test_mlps_draws_leave_a_random_state_as_mlps_leave_it(toy, kind):
     for est, stream in zip(
         _mlp_and_ours(kind, hidden_layer_sizes=(3,), max_iter=4), streams
     ):
-        _quiet(est.set_params(random_state=stream, early_stopping=True), X, y)
+        quiet_fit(est.set_params(random_state=stream, early_stopping=True), X, y)
     assert streams[0].randint(2**31) == streams[1].randint(2**31)
 
 
@@ -337,14 +331,14 @@ def test_one_parameter_dict_trains_as_mlp_trains(toy, kind, params):
         solver="sgd",
     )
     mlp, ours = _mlp_and_ours(kind, alpha=0.0, **params)
-    _quiet(mlp, X, y)
-    _quiet(ours.set_params(dtype="float64"), X, y)
+    quiet_fit(mlp, X, y)
+    quiet_fit(ours.set_params(dtype="float64"), X, y)
     for W, V in zip(mlp.coefs_ + mlp.intercepts_, ours.coefs_ + ours.intercepts_):
         np.testing.assert_allclose(V, W, rtol=0, atol=1e-12)
     np.testing.assert_allclose(
         ours.validation_scores_, mlp.validation_scores_, atol=1e-12
     )
-    mlp, ours = (_quiet(est, X, y) for est in _mlp_and_ours(kind, **params))
+    mlp, ours = (quiet_fit(est, X, y) for est in _mlp_and_ours(kind, **params))
     assert ours.n_iter_ == mlp.n_iter_
     assert abs(ours.score(X, y) - mlp.score(X, y)) < 1e-3
 
@@ -356,7 +350,7 @@ def test_one_parameter_dict_trains_as_mlp_trains(toy, kind, params):
 def test_interrupted_refit_leaves_the_previous_model_whole(Est, toy, monkeypatch):
     X, y = toy
     y = y if Est is PathKernelRegressor else (y > 0).astype(int)
-    est = _quiet(Est((5,), max_iter=6, random_state=0), X, y)
+    est = quiet_fit(Est((5,), max_iter=6, random_state=0), X, y)
     before = dict(vars(est))
     prediction, K = est.predict(X), est.kernel(X[:7])
 
@@ -385,7 +379,7 @@ def test_interrupted_first_fit_leaves_an_unfitted_estimator(toy, monkeypatch):
 
 def test_fit_failing_late_also_restores(toy, monkeypatch):
     X, y = toy
-    est = _quiet(PathKernelRegressor((5,), max_iter=3, random_state=0), X, y)
+    est = quiet_fit(PathKernelRegressor((5,), max_iter=3, random_state=0), X, y)
     module = est.module_
     interrupt_at_step(monkeypatch, 1, exception=MemoryError)
     with pytest.raises(MemoryError):
@@ -400,7 +394,7 @@ def test_kernel_on_disk_equals_the_kernel_in_memory(
     toy, tmp_path, normalize, symmetric
 ):
     X, y = toy
-    est = _quiet(PathKernelRegressor((5,), max_iter=4, random_state=0), X, y)
+    est = quiet_fit(PathKernelRegressor((5,), max_iter=4, random_state=0), X, y)
     Y = None if symmetric else X[:7] + 0.5
     expected = est.kernel(X, Y, normalize=normalize)
     K = est.kernel(X, Y, normalize=normalize, out=tmp_path / "K.npy")
@@ -410,7 +404,7 @@ def test_kernel_on_disk_equals_the_kernel_in_memory(
 
 def test_kernel_in_float32_on_disk_is_normalised_in_float32(toy, tmp_path):
     X, y = toy
-    est = _quiet(PathKernelRegressor((5,), max_iter=4, random_state=0), X, y)
+    est = quiet_fit(PathKernelRegressor((5,), max_iter=4, random_state=0), X, y)
     K = est.kernel(X, normalize="cosine", out=tmp_path / "K.npy", dtype=np.float32)
     assert K.dtype == np.float32
     np.testing.assert_allclose(K, est.kernel(X, normalize="cosine"), rtol=1e-6)
@@ -475,7 +469,7 @@ def _shaped_fit(kind, **params):
     est = PathKernelRegressor(
         **_SHAPED[kind], max_iter=3, learning_rate_init=0.05, dtype="float64", **params
     )
-    return _quiet(est.set_params(random_state=0), X, y), X, y
+    return quiet_fit(est.set_params(random_state=0), X, y), X, y
 
 
 @pytest.mark.parametrize("kind", list(_SHAPED))
@@ -524,7 +518,7 @@ def test_token_ids_reach_the_module_as_int64_from_any_array():
             return super().forward(tokens)
 
     X, y = _shaped_data("tokens")
-    est = _quiet(
+    est = quiet_fit(
         PathKernelRegressor(module=Recording, tokens=True, max_iter=2), X, y[:, 0]
     )
     assert set(seen) == {torch.int64}
@@ -619,7 +613,7 @@ def test_training_mode_batchnorm_is_refused_before_training(toy):
     ):
         PathKernelRegressor(module=net()).fit(X, y)
     # In eval mode it normalises with fixed running statistics: rows independent.
-    est = _quiet(
+    est = quiet_fit(
         PathKernelRegressor(module=net().eval(), max_iter=3, dtype="float64"), X, y
     )
     np.testing.assert_allclose(
@@ -639,7 +633,7 @@ def test_dropout_trains_seeded_and_everything_after_runs_in_eval_mode(toy):
     X, y = toy
     torch_state = torch.get_rng_state()
     fits = [
-        _quiet(
+        quiet_fit(
             PathKernelRegressor(
                 module=_dropout_net, max_iter=5, dtype="float64", random_state=0
             ),
@@ -663,11 +657,11 @@ def test_dropout_trains_seeded_and_everything_after_runs_in_eval_mode(toy):
 def test_exact_decomposition_of_a_dropout_network_warns_and_reports(toy):
     X, y = toy
     params = {"max_iter": 5, "dtype": "float64", "random_state": 0}
-    est = _quiet(PathKernelRegressor(module=_dropout_net, **params), X, y)
+    est = quiet_fit(PathKernelRegressor(module=_dropout_net, **params), X, y)
     with pytest.warns(UserWarning, match="exact=True cannot reproduce the network"):
         machine = est.decompose(X[:5], exact=True)
     assert machine.error["max_rel"] > 1e-6  # the random masks are not replayed
-    plain = _quiet(
+    plain = quiet_fit(
         PathKernelRegressor(module=_dropout_net(3, 1).eval(), **params), X, y
     )
     with warnings.catch_warnings():
@@ -683,7 +677,7 @@ def test_default_kernel_visits_a_tenth_of_the_steps_and_decomposes_exactly(toy):
     from _oracle import path_kernel_reference
 
     X, y = toy
-    est = _quiet(
+    est = quiet_fit(
         PathKernelRegressor((8,), max_iter=50, dtype="float64", random_state=0), X, y
     )
     traj = est.trajectory_
@@ -701,7 +695,7 @@ def test_higher_order_rules_approach_the_every_step_kernel(toy):
     est = PathKernelRegressor(
         (8,), learning_rate_init=0.05, max_iter=60, dtype="float64", random_state=0
     )
-    est = _quiet(est, X, y)
+    est = quiet_fit(est, X, y)
     every_step = est.trajectory_.with_quadrature("left")
     reference = path_kernel(est.module_, every_step, X[:10])
 
@@ -737,8 +731,8 @@ def test_trajectory_dir_keeps_the_path_on_disk_and_save_embeds_it(toy, tmp_path)
 
     X, y = toy
     options = dict(max_iter=20, dtype="float64", random_state=0)
-    memory = _quiet(PathKernelRegressor((8,), **options), X, y)
-    disk = _quiet(
+    memory = quiet_fit(PathKernelRegressor((8,), **options), X, y)
+    disk = quiet_fit(
         PathKernelRegressor((8,), trajectory_dir=tmp_path / "paths", **options), X, y
     )
     assert disk.trajectory_.on_disk and not memory.trajectory_.on_disk

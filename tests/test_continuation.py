@@ -12,7 +12,7 @@ import warnings
 import numpy as np
 import pytest
 import torch
-from _interrupt import interrupt_at_step
+from _fits import interrupt_at_step, quiet_fit
 from _oracle import path_kernel_reference
 from sklearn.exceptions import ConvergenceWarning
 from torch import nn
@@ -21,12 +21,6 @@ from sklearn_pathkernel import PathKernel, PathKernelClassifier, PathKernelRegre
 from sklearn_pathkernel._model._network import make_mlp
 from sklearn_pathkernel._training import _continuation as continuation
 from sklearn_pathkernel.exceptions import DivergenceWarning
-
-
-def _quiet(est, X, y, **fit_params):
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", ConvergenceWarning)
-        return est.fit(X, y, **fit_params)
 
 
 @pytest.fixture
@@ -41,7 +35,7 @@ def momentum_fit():
     """A tiny fitted path with momentum (so it keeps an optimiser state)."""
     X = np.random.RandomState(0).randn(12, 3)
     est = PathKernelRegressor((4,), momentum=0.9, max_iter=1, random_state=0)
-    return _quiet(est, X, X[:, 0])
+    return quiet_fit(est, X, X[:, 0])
 
 
 # -- the refusals ----------------------------------------------------------------
@@ -123,7 +117,7 @@ def test_a_path_without_targets_or_state_is_refused(momentum_fit):
 
 def test_plain_sgd_needs_no_state():
     X = np.random.RandomState(0).randn(8, 2)
-    est = _quiet(PathKernelRegressor((3,), max_iter=1, random_state=0), X, X[:, 0])
+    est = quiet_fit(PathKernelRegressor((3,), max_iter=1, random_state=0), X, X[:, 0])
     settings = _settings(est, hidden_widths=[3])
     _check(est, settings, state=None)  # no error: plain sgd keeps no state
 
@@ -344,14 +338,14 @@ def test_continuing_takes_the_steps_one_fit_takes(toy, solver):
     X, y = toy
     params = CONTINUED.get(solver, {"learning_rate": "invscaling", "momentum": 0.5})
     params = dict(hidden_layer_sizes=(5,), dtype="float64", random_state=0, **params)
-    one = _quiet(PathKernelRegressor(max_iter=3, tol=0, **params), X, y)
+    one = quiet_fit(PathKernelRegressor(max_iter=3, tol=0, **params), X, y)
     parts = PathKernelRegressor(**params)
     with warnings.catch_warnings():
         warnings.simplefilter("error", ConvergenceWarning)  # partial_fit: none
         for _ in range(3):
             parts.partial_fit(X, y)
-    warm = _quiet(PathKernelRegressor(max_iter=1, warm_start=True, **params), X, y)
-    _quiet(warm.set_params(max_iter=2, tol=0), X, y)
+    warm = quiet_fit(PathKernelRegressor(max_iter=1, warm_start=True, **params), X, y)
+    quiet_fit(warm.set_params(max_iter=2, tol=0), X, y)
     for est in (parts, warm):
         assert _same_parameters(est, one)
         assert est.loss_curve_ == one.loss_curve_
@@ -391,8 +385,8 @@ def test_warm_start_on_new_rows_extends_the_path_in_float32(toy):
     X, y = toy
     est = PathKernelClassifier((5,), momentum=0.9, batch_size=10, random_state=0)
     labels = (y > 0).astype(int)
-    _quiet(est.set_params(max_iter=2), X[:20], labels[:20])
-    _quiet(est.set_params(warm_start=True, max_iter=3), X[20:], labels[20:])
+    quiet_fit(est.set_params(max_iter=2), X[:20], labels[:20])
+    quiet_fit(est.set_params(warm_start=True, max_iter=3), X[20:], labels[20:])
     assert est.trajectory_.n_steps == 4 + 6 and est._fit_X.shape == (40, 3)
     assert len(est.loss_curve_) == est.n_iter_ == 5 and est.t_ == 40 + 60
     A, B = X[:5].astype(np.float32), X[18:24].astype(np.float32)
@@ -406,8 +400,8 @@ def test_warm_start_on_new_rows_extends_the_path_in_float32(toy):
 def test_warm_start_with_float64_decomposes_exactly(toy):
     X, y = toy
     est = PathKernelRegressor((5,), dtype="float64", momentum=0.9, random_state=0)
-    _quiet(est.set_params(max_iter=3, batch_size=10), X[:25], y[:25])
-    _quiet(est.set_params(warm_start=True, max_iter=2), X[25:], y[25:])
+    quiet_fit(est.set_params(max_iter=3, batch_size=10), X[:25], y[:25])
+    quiet_fit(est.set_params(warm_start=True, max_iter=2), X[25:], y[25:])
     machine = est.decompose(X[:4], exact=True, n_nodes=6)
     assert machine.error["max_rel"] <= 1e-10, machine.error
     K = est.kernel(X[:4])

@@ -6,6 +6,7 @@ import warnings
 import numpy as np
 import pytest
 import torch
+from _fits import quiet_fit
 from _oracle import path_kernel_reference
 from scipy.special import expit, log_expit
 from sklearn.base import clone
@@ -22,13 +23,6 @@ from sklearn_pathkernel import PathKernelClassifier, PathKernelRegressor
 from sklearn_pathkernel.exceptions import DivergenceWarning
 
 ESTIMATORS = [PathKernelRegressor, PathKernelClassifier]
-
-
-def _quiet(est, X, y, **fit_params):
-    """Fit without the ConvergenceWarning that short test runs trigger."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", ConvergenceWarning)
-        return est.fit(X, y, **fit_params)
 
 
 @pytest.fixture(scope="module")
@@ -79,7 +73,7 @@ def test_kernel_ridge_on_the_path_kernel_of_diabetes(diabetes):
 def test_svc_on_the_path_kernel_of_breast_cancer(cancer):
     X_train, X_test, y_train, y_test = cancer
     clf = PathKernelClassifier(max_iter=60, random_state=0)
-    clf = _quiet(clf, X_train, y_train)
+    clf = quiet_fit(clf, X_train, y_train)
     precomputed = SVC(kernel="precomputed").fit(clf.kernel(X_train), y_train)
     assert precomputed.score(clf.kernel(X_test, X_train), y_test) > 0.9
     callable_kernel = SVC(kernel=clf.kernel).fit(X_train, y_train)
@@ -93,7 +87,7 @@ def test_svc_on_the_path_kernel_of_breast_cancer(cancer):
 
 def test_kernel_is_symmetric_psd_and_agrees_with_itself(toy):
     X, y = toy
-    reg = _quiet(PathKernelRegressor((12,), max_iter=30, random_state=0), X, y)
+    reg = quiet_fit(PathKernelRegressor((12,), max_iter=30, random_state=0), X, y)
     K = reg.kernel(X)
     assert np.array_equal(K, K.T)
     assert np.linalg.eigvalsh(K).min() > -1e-6 * np.abs(K).max()
@@ -107,7 +101,7 @@ def test_kernel_is_symmetric_psd_and_agrees_with_itself(toy):
 
 def test_loss_decreases_and_attributes_are_set(toy):
     X, y = toy
-    reg = _quiet(PathKernelRegressor((16,), max_iter=50, random_state=0), X, y)
+    reg = quiet_fit(PathKernelRegressor((16,), max_iter=50, random_state=0), X, y)
     assert len(reg.loss_curve_) == reg.n_iter_ == 50
     assert reg.loss_curve_[-1] < 0.5 * reg.loss_curve_[0]
     assert len(reg.trajectory_) == reg.trajectory_.n_steps == 50
@@ -129,7 +123,7 @@ def test_max_iter_warns_and_tol_stops(toy):
 
 def test_minibatch_sgd_and_record_every(toy):
     X, y = toy
-    reg = _quiet(
+    reg = quiet_fit(
         PathKernelRegressor(
             (8,), batch_size=16, max_iter=10, record_every=4, random_state=0
         ),
@@ -146,13 +140,13 @@ def test_sample_weight_equals_repeating_rows_in_float32(toy):
     X, y = toy
     weights = np.arange(len(X)) % 3
     repeated = np.repeat(np.arange(len(X)), weights)
-    a = _quiet(
+    a = quiet_fit(
         PathKernelRegressor((8,), max_iter=20, random_state=0),
         X,
         y,
         sample_weight=weights,
     )
-    b = _quiet(
+    b = quiet_fit(
         PathKernelRegressor((8,), max_iter=20, random_state=0), X[repeated], y[repeated]
     )
     np.testing.assert_allclose(a.predict(X), b.predict(X), rtol=1e-5, atol=1e-6)
@@ -161,7 +155,7 @@ def test_sample_weight_equals_repeating_rows_in_float32(toy):
 @pytest.mark.parametrize("activation", ["identity", "logistic", "tanh", "relu"])
 def test_every_activation_learns(toy, activation):
     X, y = toy
-    reg = _quiet(
+    reg = quiet_fit(
         PathKernelRegressor((16,), activation=activation, max_iter=40, random_state=0),
         X,
         y,
@@ -171,7 +165,7 @@ def test_every_activation_learns(toy, activation):
 
 def test_empty_hidden_layers_give_a_linear_model(toy):
     X, y = toy
-    reg = _quiet(PathKernelRegressor((), max_iter=5, random_state=0), X, y)
+    reg = quiet_fit(PathKernelRegressor((), max_iter=5, random_state=0), X, y)
     assert isinstance(reg.module_[0], torch.nn.Linear) and len(reg.module_) == 1
     # The path kernel of a linear model is (sum of step sizes) * (X X^T + 1).
     np.testing.assert_allclose(reg.kernel(X), 0.5 * (X @ X.T + 1), rtol=1e-5)
@@ -180,9 +174,9 @@ def test_empty_hidden_layers_give_a_linear_model(toy):
 # -- targets ----------------------------------------------------------------
 def test_regressor_keeps_the_shape_of_y(toy):
     X, y = toy
-    one_d = _quiet(PathKernelRegressor((4,), max_iter=2), X, y)
-    column = _quiet(PathKernelRegressor((4,), max_iter=2), X, y[:, None])
-    two = _quiet(PathKernelRegressor((4,), max_iter=2), X, np.column_stack([y, -y]))
+    one_d = quiet_fit(PathKernelRegressor((4,), max_iter=2), X, y)
+    column = quiet_fit(PathKernelRegressor((4,), max_iter=2), X, y[:, None])
+    two = quiet_fit(PathKernelRegressor((4,), max_iter=2), X, np.column_stack([y, -y]))
     assert one_d.predict(X).shape == (40,)
     assert column.predict(X).shape == (40, 1)
     assert two.predict(X).shape == (40, 2) and two.n_outputs_ == 2
@@ -192,7 +186,7 @@ def test_regressor_keeps_the_shape_of_y(toy):
 def test_binary_classifier_with_string_labels(toy):
     X, y = toy
     labels = np.where(y > 0, "yes", "no")
-    clf = _quiet(PathKernelClassifier((8,), max_iter=40, random_state=0), X, labels)
+    clf = quiet_fit(PathKernelClassifier((8,), max_iter=40, random_state=0), X, labels)
     assert list(clf.classes_) == ["no", "yes"] and clf.n_outputs_ == 1
     scores, proba = clf.decision_function(X), clf.predict_proba(X)
     assert scores.shape == (40,) and proba.shape == (40, 2)
@@ -205,7 +199,7 @@ def test_binary_classifier_with_string_labels(toy):
 def test_multiclass_classifier(toy):
     X, _ = toy
     y = np.digitize(X[:, 0], [-0.5, 0.5])
-    clf = _quiet(PathKernelClassifier((8,), max_iter=60, random_state=0), X, y)
+    clf = quiet_fit(PathKernelClassifier((8,), max_iter=60, random_state=0), X, y)
     assert clf.n_outputs_ == 3 and clf.decision_function(X).shape == (40, 3)
     proba = clf.predict_proba(X)
     np.testing.assert_allclose(proba.sum(axis=1), 1.0)
@@ -220,10 +214,10 @@ def test_user_module_instance_is_copied_not_trained_in_place(toy):
         torch.nn.Linear(3, 6), torch.nn.GELU(), torch.nn.Linear(6, 1)
     )
     before = [p.detach().clone() for p in net.parameters()]
-    reg = _quiet(PathKernelRegressor(module=net, max_iter=20), X, y)
+    reg = quiet_fit(PathKernelRegressor(module=net, max_iter=20), X, y)
     assert all(torch.equal(a, b) for a, b in zip(before, net.parameters()))
     assert reg.module_ is not net and reg.loss_curve_[-1] < reg.loss_curve_[0]
-    refit = _quiet(clone(reg), X, y)  # same starting weights: same result
+    refit = quiet_fit(clone(reg), X, y)  # same starting weights: same result
     assert np.array_equal(refit.predict(X), reg.predict(X))
 
 
@@ -238,7 +232,7 @@ def test_user_module_factory_is_seeded(toy):
         )
 
     fits = [
-        _quiet(PathKernelRegressor(module=factory, max_iter=5, random_state=1), X, y)
+        quiet_fit(PathKernelRegressor(module=factory, max_iter=5, random_state=1), X, y)
         for _ in range(2)
     ]
     assert np.array_equal(fits[0].kernel(X[:4]), fits[1].kernel(X[:4]))
@@ -261,7 +255,7 @@ def test_pipeline_grid_search_and_clone(toy):
     grid = GridSearchCV(
         pipe, {"pathkernelregressor__learning_rate_init": [0.03, 0.1]}, cv=2
     )
-    _quiet(grid, X, y)
+    quiet_fit(grid, X, y)
     assert grid.best_params_["pathkernelregressor__learning_rate_init"] in (0.03, 0.1)
     cloned = clone(grid.best_estimator_[-1])
     assert not hasattr(cloned, "module_")
@@ -319,7 +313,7 @@ def test_bad_sample_weight(toy, weights, message):
 
 def test_wrong_number_of_features_after_fit(toy):
     X, y = toy
-    reg = _quiet(PathKernelRegressor((4,), max_iter=2), X, y)
+    reg = quiet_fit(PathKernelRegressor((4,), max_iter=2), X, y)
     expected = "X has 2 features, but PathKernelRegressor is expecting 3 features"
     with pytest.raises(ValueError, match=expected):
         reg.predict(X[:, :2])
@@ -447,8 +441,8 @@ def test_mlp_parameter_dicts_carry_over(solver, cancer):
         max_iter=6,
         random_state=0,
     )
-    mlp = _quiet(MLPClassifier(**params), X, y)
-    ours = _quiet(PathKernelClassifier(**params), X, y)
+    mlp = quiet_fit(MLPClassifier(**params), X, y)
+    ours = quiet_fit(PathKernelClassifier(**params), X, y)
     assert ours.get_params()["solver"] == mlp.get_params()["solver"] == solver
     assert ours.score(X, y) > 0.8
     assert (mlp.best_validation_score_ is None) == (ours.best_validation_score_ is None)
@@ -472,7 +466,9 @@ def test_lbfgs_is_refused_with_the_reason(toy):
 )
 def test_every_solver_learns_and_gives_a_psd_kernel(toy, params):
     X, y = toy
-    est = _quiet(PathKernelRegressor((8,), max_iter=40, random_state=0, **params), X, y)
+    est = quiet_fit(
+        PathKernelRegressor((8,), max_iter=40, random_state=0, **params), X, y
+    )
     assert est.loss_curve_[-1] < 0.5 * est.loss_curve_[0]
     K = est.kernel(X[:20])
     np.testing.assert_array_equal(K, K.T)
@@ -481,20 +477,22 @@ def test_every_solver_learns_and_gives_a_psd_kernel(toy, params):
 
 def test_adamw_alpha_is_the_decoupled_decay(toy):
     X, y = toy
-    est = _quiet(PathKernelRegressor((4,), solver="adamw", alpha=0.3, max_iter=3), X, y)
+    est = quiet_fit(
+        PathKernelRegressor((4,), solver="adamw", alpha=0.3, max_iter=3), X, y
+    )
     solver = est.trajectory_.solver
     assert (solver.alpha, solver.weight_decay) == (0.0, 0.3)
 
 
 def test_momentum_without_nesterov_when_momentum_is_zero(toy):
     X, y = toy
-    est = _quiet(PathKernelRegressor((4,), momentum=0.0, max_iter=2), X, y)
+    est = quiet_fit(PathKernelRegressor((4,), momentum=0.0, max_iter=2), X, y)
     assert est.trajectory_.solver.nesterov is False
 
 
 def test_early_stopping_ends_the_path_at_the_best_epoch(cancer):
     X, _, y, _ = cancer
-    est = _quiet(
+    est = quiet_fit(
         PathKernelClassifier(
             (16,),
             solver="adam",
@@ -534,7 +532,7 @@ def test_early_stopping_needs_a_validation_set(toy):
 
 def test_adaptive_schedule_divides_the_step_by_five(toy):
     X, y = toy
-    est = _quiet(
+    est = quiet_fit(
         PathKernelRegressor(
             (4,),
             learning_rate="adaptive",
@@ -555,7 +553,7 @@ def test_adaptive_schedule_divides_the_step_by_five(toy):
 
 def test_invscaling_schedule_follows_rows_seen(toy):
     X, y = toy
-    est = _quiet(
+    est = quiet_fit(
         PathKernelRegressor(
             (4,), learning_rate="invscaling", power_t=0.5, batch_size=25, max_iter=3
         ),
@@ -572,7 +570,7 @@ def test_invscaling_schedule_follows_rows_seen(toy):
 
 def test_schedules_are_for_sgd_only_as_in_mlp(toy):
     X, y = toy
-    est = _quiet(
+    est = quiet_fit(
         PathKernelRegressor(
             (4,), solver="adam", learning_rate="invscaling", max_iter=3
         ),
@@ -658,7 +656,7 @@ def test_mlp_attributes_before_fit_and_for_other_networks():
     X, y = np.random.default_rng(0).standard_normal((20, 3)), np.arange(20) % 2
     conv = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.LayerNorm(4))
     conv.append(torch.nn.Linear(4, 1))
-    est = _quiet(PathKernelClassifier(module=conv, max_iter=2), X, y)
+    est = quiet_fit(PathKernelClassifier(module=conv, max_iter=2), X, y)
     for name in ["coefs_", "intercepts_", "n_layers_"]:
         with pytest.raises(AttributeError, match=rf"{name} describes the default MLP"):
             getattr(est, name)
@@ -666,7 +664,7 @@ def test_mlp_attributes_before_fit_and_for_other_networks():
     # A user nn.Sequential of the default MLP's form has them.
     mlp = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.ReLU())
     mlp.append(torch.nn.Linear(4, 1))
-    est = _quiet(PathKernelClassifier(module=mlp, max_iter=2), X, y)
+    est = quiet_fit(PathKernelClassifier(module=mlp, max_iter=2), X, y)
     assert [c.shape for c in est.coefs_] == [(3, 4), (4, 1)]
 
 
@@ -682,7 +680,7 @@ def test_mlps_parameter_dicts_construct_and_fit():
         est = ours(**params)
         assert {k: v for k, v in est.get_params().items() if k in params} == params
         est.set_params(max_iter=3, hidden_layer_sizes=(8,))
-        _quiet(est, X, target)
+        quiet_fit(est, X, target)
         assert est.n_iter_ == 3 and clone(est).get_params() == est.get_params()
 
 
@@ -707,7 +705,7 @@ def _counts(n=30, seed=0):
 
 def test_poisson_learns_the_log_mean_and_decomposes_it():
     X, y = _counts()
-    est = _quiet(
+    est = quiet_fit(
         PathKernelRegressor(
             (6,), loss="poisson", max_iter=15, dtype="float64", random_state=0
         ),
@@ -741,12 +739,12 @@ def test_poisson_trains_as_mlp_and_scores_its_predictions():
     params = {"hidden_layer_sizes": (8,), "loss": "poisson", "max_iter": 150}
     params.update(solver="sgd", momentum=0.0, batch_size=60, activation="tanh")
     params.update(learning_rate_init=0.1, alpha=0.0)
-    ours = _quiet(PathKernelRegressor(**params, random_state=0), X, y)
-    mlp = _quiet(MLPRegressor(**params, random_state=0), X, y)
+    ours = quiet_fit(PathKernelRegressor(**params, random_state=0), X, y)
+    mlp = quiet_fit(MLPRegressor(**params, random_state=0), X, y)
     # The same loss scale: MLP's half deviance, from its own start.
     assert abs(ours.loss_curve_[-1] - mlp.loss_curve_[-1]) < 0.05
     assert ours.score(X, y) == pytest.approx(r2_score(y, ours.predict(X)))
-    early = _quiet(
+    early = quiet_fit(
         PathKernelRegressor(**params, early_stopping=True, random_state=0), X, y
     )
     assert len(early.validation_scores_) == early.n_iter_
@@ -759,7 +757,7 @@ def test_poisson_needs_non_negative_targets():
     with pytest.raises(ValueError, match=r"y must be non-negative for loss='poisson'"):
         est.fit(X, y - 1.0)
     assert not hasattr(est, "module_")
-    _quiet(est, X, y)
+    quiet_fit(est, X, y)
     with pytest.raises(ValueError, match=r"y must be non-negative for loss='poisson'"):
         est.influence(X[:2], [1.0, -2.0])
 
@@ -775,12 +773,12 @@ def test_multilabel_as_mlp_with_one_logit_per_label():
     from sklearn.neural_network import MLPClassifier
 
     X, Y = _multilabel()
-    clf = _quiet(
+    clf = quiet_fit(
         PathKernelClassifier((8,), max_iter=40, dtype="float64", random_state=0),
         X,
         Y,
     )
-    mlp = _quiet(MLPClassifier((8,), max_iter=5, random_state=0), X, Y)
+    mlp = quiet_fit(MLPClassifier((8,), max_iter=5, random_state=0), X, Y)
     np.testing.assert_array_equal(clf.classes_, mlp.classes_)
     assert clf.out_activation_ == mlp.out_activation_ == "logistic"
     assert clf.n_outputs_ == 3 and clf.__sklearn_tags__().classifier_tags.multi_label
@@ -806,7 +804,7 @@ def test_multilabel_early_stopping_scores_subset_accuracy():
     X, Y = _multilabel(60)
     params = {"max_iter": 20, "dtype": "float64", "random_state": 0}
     clf = PathKernelClassifier((8,), early_stopping=True, n_iter_no_change=50, **params)
-    clf = _quiet(clf, X, Y)
+    clf = quiet_fit(clf, X, Y)
     # The last epoch's score is the final network's on the held-out rows:
     # they are the rows early stopping did not train on.
     held = ~(X[:, None, :] == clf._fit_X[None]).all(axis=2).any(axis=1)
@@ -832,8 +830,8 @@ def test_a_column_of_labels_is_one_label_per_row():
     X, Y = _multilabel()
     params = {"max_iter": 3, "random_state": 0}
     with pytest.warns(DataConversionWarning, match="column-vector y"):
-        column = _quiet(PathKernelClassifier((4,), **params), X, Y[:, :1])
-    flat = _quiet(PathKernelClassifier((4,), **params), X, Y[:, 0])
+        column = quiet_fit(PathKernelClassifier((4,), **params), X, Y[:, :1])
+    flat = quiet_fit(PathKernelClassifier((4,), **params), X, Y[:, 0])
     np.testing.assert_array_equal(
         column.decision_function(X), flat.decision_function(X)
     )
@@ -844,9 +842,9 @@ def test_saved_files_keep_the_loss_and_the_multilabel_fit(tmp_path):
     from sklearn_pathkernel import load, save
 
     X, y = _counts()
-    reg = _quiet(PathKernelRegressor((4,), loss="poisson", max_iter=3), X, y)
+    reg = quiet_fit(PathKernelRegressor((4,), loss="poisson", max_iter=3), X, y)
     X, Y = _multilabel()
-    clf = _quiet(PathKernelClassifier((4,), max_iter=3), X, Y[:, :2])
+    clf = quiet_fit(PathKernelClassifier((4,), max_iter=3), X, Y[:, :2])
     for est in (reg, clf):
         save(est, tmp_path / "est.skpk")
         loaded = load(tmp_path / "est.skpk")

@@ -145,15 +145,21 @@ def _options(sample_weight=None, generator=None, **overrides):
     )
 
 
-def _train(module, X, Y, loss, **overrides):
-    """Train; a ConvergenceWarning for max_iter is expected and dropped, any
-    other warning (a DivergenceWarning in particular) fails the test."""
+def _train_recording(module, X, Y, loss, **overrides):
+    """Train with every warning recorded: ``(result, warnings)``."""
     options = _options(**overrides)
     if options["sample_weight"] is None:
         options["sample_weight"] = torch.ones(X.shape[0], dtype=X.dtype)
     with warnings.catch_warnings(record=True) as record:
         warnings.simplefilter("always")
         result = train(module, X, Y, loss, **options)
+    return result, record
+
+
+def _train(module, X, Y, loss, **overrides):
+    """Train; a ConvergenceWarning for max_iter is expected and dropped, any
+    other warning (a DivergenceWarning in particular) fails the test."""
+    result, record = _train_recording(module, X, Y, loss, **overrides)
     unexpected = [
         w
         for w in record
@@ -494,21 +500,17 @@ def test_full_batch_ignores_generator_and_large_batch_size():
 def test_tol_stop_converges_without_warning(lr, tol, n_iter_no_change, expected_n_iter):
     X, Y, s = _data(SQUARED_ERROR)
     module = _mlp(3, 2)
-    with warnings.catch_warnings(record=True) as record:
-        warnings.simplefilter("always")
-        result = train(
-            module,
-            X,
-            Y,
-            SQUARED_ERROR,
-            **_options(
-                sample_weight=s,
-                learning_rate_init=lr,
-                tol=tol,
-                n_iter_no_change=n_iter_no_change,
-                max_iter=50,
-            ),
-        )
+    result, record = _train_recording(
+        module,
+        X,
+        Y,
+        SQUARED_ERROR,
+        sample_weight=s,
+        learning_rate_init=lr,
+        tol=tol,
+        n_iter_no_change=n_iter_no_change,
+        max_iter=50,
+    )
     assert not [w for w in record if issubclass(w.category, ConvergenceWarning)]
     assert result.converged is True
     assert result.diverged is False
@@ -1255,21 +1257,17 @@ def test_queued_steps_record_the_bits_of_reading_every_step(
 
 def _diverging_minibatch_run(solver, lr, batch_size):
     module, X, Y, s = _divergence_problem()
-    with warnings.catch_warnings(record=True) as record:
-        warnings.simplefilter("always")
-        result = train(
-            module,
-            X,
-            Y,
-            SQUARED_ERROR,
-            **_options(
-                sample_weight=s,
-                solver=solver,
-                learning_rate_init=lr,
-                max_iter=50,
-                batch_size=batch_size,
-            ),
-        )
+    result, record = _train_recording(
+        module,
+        X,
+        Y,
+        SQUARED_ERROR,
+        sample_weight=s,
+        solver=solver,
+        learning_rate_init=lr,
+        max_iter=50,
+        batch_size=batch_size,
+    )
     return module, result, [(w.category, str(w.message), w.filename) for w in record]
 
 

@@ -1,4 +1,15 @@
-"""Interrupting a fit at a chosen step, for the tests of what a failure leaves."""
+"""Fits for the tests: quietly (a short fit is on purpose), or interrupted at a step."""
+
+import warnings
+
+from sklearn.exceptions import ConvergenceWarning
+
+
+def quiet_fit(est, X, y, **fit_params):
+    """``est.fit(X, y)`` without the ConvergenceWarning a short fit gives."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        return est.fit(X, y, **fit_params)
 
 
 def interrupt_at_step(monkeypatch, step, exception=KeyboardInterrupt):
