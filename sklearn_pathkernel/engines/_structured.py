@@ -421,7 +421,7 @@ class StructuredEngine(Engine):
             if M is None:  # a layer with nothing trained
                 continue
             if total is None:
-                total = _new_zeros(shape, M, A_x)
+                total = _batched_like(M, A_x).new_zeros(shape)
             term(total, A_x, A_y, D_x, D_y, M, n_outputs, vectors)
         return total
 
@@ -516,7 +516,7 @@ class StructuredEngine(Engine):
         padded = padded.view(o1 - o0, width, m).transpose(0, 1).contiguous()
         signals = D[:, o0:o1].permute(2, 0, 1).contiguous()
         root = M.sqrt()
-        out = _new_zeros((n, m), V, M, A)
+        out = _batched_like(V, M, A).new_empty(n, m)  # every row is written
         per_row = (A.shape[1] + 2 * width) * m + width * (o1 - o0)
         for r0, r1 in self._sub_blocks(n, m, D.shape[1], per_row):
             projected = torch.bmm(signals[:, r0:r1], padded)  # (h_l, r, m)
@@ -549,15 +549,14 @@ def _is_batched(tensor):
     return torch._C._functorch.is_batchedtensor(tensor)
 
 
-def _new_zeros(shape, *likes):
-    """Zeros of ``shape`` like the first of ``likes`` that vmap batches, or the first.
+def _batched_like(*likes):
+    """The first of ``likes`` that vmap batches, or the first: what to allocate like.
 
     Under ``torch.func.vmap`` a result written into in place must be batched
     as its terms are: the rows ``X`` are shared by a stack of checkpoints,
     their parameters and metrics are not.
     """
-    like = next((t for t in likes if _is_batched(t)), likes[0])
-    return like.new_zeros(shape)
+    return next((t for t in likes if _is_batched(t)), likes[0])
 
 
 def _derivative(activation, z, a):
