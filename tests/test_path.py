@@ -964,7 +964,7 @@ def _stacked_kernel_ops(monkeypatch, most, metric, n=4096, checkpoints=16):
         tasks.function(work, 0, n, *checkpoint())  # the statics
         with counted:
             for (a0, a1, b0, b1), part in tasks.function(work, 0, n, *checkpoint()):
-                _path._add_weighted(strip[a0:a1, b0:b1], part, weight)
+                _stacks.add_weighted(strip[a0:a1, b0:b1], part, weight)
     return len(tasks.weights), counted
 
 

@@ -760,23 +760,13 @@ def _run_strips(result, work, points, blocks, n_jobs, verbose):
             )
             for weight, tiles in zip(tasks.weights, parts):
                 for (a0, a1, b0, b1), part in tiles:
-                    _add_weighted(
+                    add_weighted(
                         strip[a0 - r0 : a1 - r0, b0 - c_start : b1 - c_start],
                         part,
                         weight,
                     )
                 progress.update(1 if isinstance(weight, float) else len(weight))
             writer.put(strip, r0, r1, c_start)
-
-
-def _add_weighted(target, part, weight):
-    """``target += weight * part``: one checkpoint's part, or a stack's.
-
-    A stack (``weight`` a float64 tensor, one weight per checkpoint) is
-    weighted and summed in float64 in one product (``add_weighted``, the
-    one implementation the stacked loops share).
-    """
-    add_weighted(target, part, weight)
 
 
 class _CheckpointTasks(NamedTuple):
