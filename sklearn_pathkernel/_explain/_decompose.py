@@ -34,7 +34,12 @@ import numpy as np
 import torch
 from torch.func import jvp, vmap
 
-from .._compute._blocking import grid, halve_on_device_oom, tile_within_budget
+from .._compute._blocking import (
+    device_budget,
+    grid,
+    halve_on_device_oom,
+    tile_within_budget,
+)
 from .._compute._memory import check_result_fits
 from .._compute._progress import progress_bar
 from .._compute._stacks import (
@@ -793,6 +798,10 @@ def _walk_route(
     # Split at kinks: a node's parameters too, one copy per row (vmap).
     per_row = n_outputs * (d * (3 * 8 + 2 * itemsize) + n_train * 16)
     per_row += 0 if split is None else d * itemsize
+    if exact and split is None and device_budget(X.device) is not None:
+        # On a device every node's Jacobian at once, and a float64 copy.
+        n = len(nodes)
+        per_row += n_outputs * d * ((n - 1) * 2 * itemsize + (n + 1) * 8)
     block = tile_within_budget(working_memory, per_row, X.device)
     # Per-example gradients: a fixed block of training rows, a property of
     # the network and device (as the kernels' column chunks), so bits do not

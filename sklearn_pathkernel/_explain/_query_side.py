@@ -27,6 +27,13 @@ the same walk with ``q_s = Ptilde_s J_s(x)^T``: ``Ptilde_s`` comes from the
 same recursion with ``z_t = eps_t P_t`` (a vector), and ``J_s`` is taken at
 the checkpoint that stands for step ``s``.
 
+On a device (a CUDA device, or the CPU under ``device_policy``) the walk is
+shaped for it: the path's checkpoints, preconditioners and step records go
+up once per call (:class:`PathTensors`), so that no step copies from the
+host or waits for the device, and the exact form's nodes are one batched
+Jacobian per step (:func:`_nodes_jacobian_T`). The CPU's numbers are
+computed as before, bit for bit.
+
 For a piecewise-linear network's exact form, each row's ``Jbar_t(x)`` is
 summed over the pieces of the step between its kinks (``_kinks.py``), at
 per-row points; plain sgd then walks too, with ``kappa = 1``, ``rho = 0``,
@@ -40,6 +47,7 @@ import numpy as np
 import torch
 from torch.func import grad, jacrev, vmap
 
+from .._compute._blocking import device_budget
 from .._compute._tasks import Shared
 from .._model._network import forward_at
 from ..engines import TORCH_FUNC_LOCK
@@ -142,7 +150,8 @@ def walk_block(walk, q0, q1):
     """The contributions and bias terms of the query rows ``q0:q1``.
 
     Walks the steps from the last to the first, carrying ``B_s`` (module
-    docstring); everything is accumulated in float64.
+    docstring); everything is accumulated in float64. The path's tensors
+    come from :class:`PathTensors`: on a device, uploaded once per call.
 
     Returns
     -------
@@ -158,6 +167,10 @@ def walk_block(walk, q0, q1):
     n_train = walk.X_train.shape[0]
     step_sizes = trajectory.step_sizes
     steps = trajectory.checkpoint_steps
+    path = walk.cached(
+        ("path", str(device)),
+        lambda: PathTensors(trajectory, device, walk.X.dtype, after=walk.exact),
+    )
     phi = torch.zeros((n_train, n_q * n_outputs), dtype=torch.float64, device=device)
     bias = torch.zeros(n_q * n_outputs, dtype=torch.float64, device=device)
     carried, cached = None, (None, None)  # first order: (k, J_k(x)^T)
@@ -165,15 +178,13 @@ def walk_block(walk, q0, q1):
         kappa, _, gamma, delta = solver.recursion(s)
         rho = solver.carry(s, step_sizes)  # times eps_s / eps_{s+1} for velocity
         eps = float(step_sizes[s])
-        P = trajectory.preconditioner(s)
-        P = None if P is None else P.to(device, torch.float64)
+        P = path.preconditioner(s)
         # The training side's parameters: w_s, or the checkpoint standing for s.
         k = int(np.searchsorted(steps, s, side="right")) - 1
-        start = trajectory.parameters(k, device=device)
-        w = torch.cat([p.reshape(-1) for p in start.values()]).double()
+        flat, start = path.parameters(k)
+        w = flat.double()
         if walk.exact:
-            end = parameters_after(trajectory, s, device)
-            JT = _segment_jacobian_T(walk, start, end, Xq)
+            JT = _segment_jacobian_T(walk, path, flat, k, Xq)
         else:
             if cached[0] != k:
                 cached = (k, None)  # free the last one first
@@ -192,24 +203,20 @@ def walk_block(walk, q0, q1):
         q = gamma * carried + delta * z if delta else gamma * carried
         if not walk.exact:
             q = JT * (q[:, None] if torch.is_tensor(q) else q)
-        _training_side(walk, trajectory.step(s), start, q, phi)
+        _training_side(walk, *path.step(s), start, q, phi)
         if solver.alpha:
             bias.add_(w @ q, alpha=solver.alpha)
     phi = phi.T.reshape(n_q, n_outputs, n_train).permute(0, 2, 1)
     return phi, bias.reshape(n_q, n_outputs)
 
 
-def _training_side(walk, step, parameters, q, phi):
+def _training_side(walk, batch, cotangents, parameters, q, phi):
     """``phi[batch] -= (c_i J(x_i)^T g_i) @ q``, a block of batch rows at a time.
 
-    Parameter by parameter (``addmm`` into one product), so that the
-    per-example gradients are never concatenated into a copy.
+    ``cotangents``: the rows' ``c_i g_i``. Parameter by parameter (``addmm``
+    into one product), so that the per-example gradients are never
+    concatenated into a copy.
     """
-    device, dtype = walk.X.device, walk.X.dtype
-    batch = step.batch.to(device)
-    cotangents = step.batch_weights.to(device, dtype)[:, None] * (
-        step.output_gradients.to(device, dtype)
-    )
     for r0 in range(0, len(batch), walk.rows):
         rows = batch[r0 : r0 + walk.rows]
         pieces = _gradient_pieces(
@@ -227,23 +234,180 @@ def _training_side(walk, step, parameters, q, phi):
         phi.index_add_(0, rows, product, alpha=-1.0)
 
 
-def _segment_jacobian_T(walk, start, end, Xq):
+class PathTensors:
+    """The path's tensors a walk reads at each step, on the walk's device.
+
+    On a device (CUDA, or any device under ``device_policy``) every
+    checkpoint, preconditioner and step record the walk reads is uploaded
+    once, in a few copies, when all of it takes at most an eighth of
+    ``device_budget``: a step then copies nothing from the host (a copy from
+    pageable memory makes the host wait for the device). Otherwise, and on
+    the CPU, each step's tensors are read when the step needs them, as
+    before. The numbers are the same either way, so the results' bits do
+    not depend on it.
+
+    Parameters
+    ----------
+    trajectory : Trajectory
+    device : torch.device
+    dtype : torch.dtype
+        The network's: the loss derivatives' dtype in the walk.
+    after : bool
+        Whether the walk reads ``w_{t+1}`` too (the exact form's segments).
+
+    Examples
+    --------
+    >>> import numpy as np, torch
+    >>> from sklearn_pathkernel import PathKernelRegressor
+    >>> from sklearn_pathkernel._compute._blocking import device_policy
+    >>> from sklearn_pathkernel._explain._query_side import PathTensors
+    >>> rng = np.random.RandomState(0)
+    >>> est = PathKernelRegressor((3,), solver="adam", max_iter=2,
+    ...                           random_state=0).fit(rng.randn(20, 2), rng.randn(20))
+    >>> cpu = torch.device("cpu")
+    >>> PathTensors(est.trajectory_, cpu, torch.float32, after=True).resident
+    False
+    >>> with device_policy(2**30):
+    ...     path = PathTensors(est.trajectory_, cpu, torch.float32, after=True)
+    >>> path.resident, path.parameters(0)[1]["0.weight"].shape
+    (True, torch.Size([3, 2]))
+    """
+
+    def __init__(self, trajectory, device, dtype, *, after):
+        self.trajectory, self.device, self.dtype = trajectory, device, dtype
+        first = trajectory.parameters(0)
+        self._names = list(first)
+        self._shapes = [p.shape for p in first.values()]
+        self._numels = [p.numel() for p in first.values()]
+        budget = device_budget(device)
+        self.resident = budget is not None and (
+            _path_bytes(trajectory, after) <= budget // 8
+        )
+        if self.resident:
+            self._upload(after)
+
+    def _upload(self, after):
+        trajectory, device = self.trajectory, self.device
+        flats = [trajectory.flat_parameters(k) for k in range(len(trajectory))]
+        if after:
+            final = trajectory.final_parameters()
+            flats.append(torch.cat([p.reshape(-1) for p in final.values()]))
+        self._flats = torch.stack(flats).to(device)
+        P = [trajectory.preconditioner(t) for t in range(trajectory.n_steps)]
+        self._preconditioners = None if P[0] is None else torch.stack(P).to(device)
+        records = [trajectory.step(t) for t in range(trajectory.n_steps)]
+        self._offsets = np.cumsum([0] + [len(r.batch) for r in records])
+        self._records = [
+            torch.cat([getattr(r, field) for r in records]).to(device)
+            for field in ("batch", "batch_weights", "output_gradients")
+        ]
+
+    def parameters(self, k):
+        """Checkpoint ``k`` (``len(trajectory)``: ``w_T``): ``(flat, mapping)``."""
+        if self.resident:
+            flat = self._flats[k]
+        elif k < len(self.trajectory):
+            flat = self.trajectory.flat_parameters(k).to(self.device)
+        else:
+            final = self.trajectory.final_parameters(device=self.device)
+            flat = torch.cat([p.reshape(-1) for p in final.values()])
+        return flat, self.mapping(flat)
+
+    def mapping(self, flat, leading=None):
+        """A flat vector as a name -> tensor mapping of views.
+
+        ``leading``: the length of a leading dimension of ``flat`` (a stack
+        of flat vectors), kept in front of each shape.
+        """
+        front = () if leading is None else (leading,)
+        pieces = torch.split(flat, self._numels, dim=len(front))
+        return {
+            name: piece.reshape(*front, *shape)
+            for name, piece, shape in zip(self._names, pieces, self._shapes)
+        }
+
+    def preconditioner(self, t):
+        """Adam's ``P_t`` in float64, or None."""
+        if not self.resident:
+            P = self.trajectory.preconditioner(t)
+            return None if P is None else P.to(self.device, torch.float64)
+        P = self._preconditioners
+        return None if P is None else P[t].double()
+
+    def step(self, t):
+        """Step ``t``'s batch and its rows' ``c_i g_i``, shape (b, O)."""
+        if self.resident:
+            lo, hi = self._offsets[t], self._offsets[t + 1]
+            batch, weights, gradients = (r[lo:hi] for r in self._records)
+        else:
+            batch, weights, gradients = self.trajectory.step(t)[1:]
+        device, dtype = self.device, self.dtype
+        cotangents = weights.to(device, dtype)[:, None] * gradients.to(device, dtype)
+        return batch.to(device), cotangents
+
+
+def _path_bytes(trajectory, after):
+    """Bytes of what :class:`PathTensors` uploads of ``trajectory``."""
+    d = trajectory.n_parameters
+    total = (len(trajectory) + after) * d * trajectory.flat_parameters(0).element_size()
+    P = trajectory.preconditioner(0)
+    if P is not None:
+        total += trajectory.n_steps * d * P.element_size()
+    for t in range(trajectory.n_steps):
+        total += sum(tensor.nbytes for tensor in trajectory.step(t)[1:])
+    return total
+
+
+def _segment_jacobian_T(walk, path, flat, k, Xq):
     """``Jbar_s(x)^T`` of the exact form: (d, n_q O) float64.
 
-    At the Gauss-Legendre nodes of the segment, or, with ``walk.kinks``, at
-    those of each piece between the query's pattern changes, row by row.
+    At the Gauss-Legendre nodes of the segment from checkpoint ``k``
+    (``flat``) to the next, or, with ``walk.kinks``, at those of each piece
+    between the query's pattern changes, row by row. The nodes' parameters
+    are taken on the flat vectors (the same numbers as parameter by
+    parameter, in a few launches); on a device every node's Jacobian comes
+    from one ``vmap``.
     """
+    end, start = path.parameters(k + 1)[0], path.mapping(flat)
     if walk.kinks:
+        end = path.mapping(end)
         kinks = segment_kinks(
             walk.module, start, end, Xq, batched=walk.batched_patterns
         )
         rounds = piece_rounds(kinks, walk.nodes, walk.node_weights)
         chunks = in_chunks(rounds, Xq.shape[0])
         return _rows_jacobian_T(walk.module, start, end, chunks, Xq, walk.n_outputs)
-    points = [
-        {n: start[n] + a * (end[n] - start[n]) for n in start} for a in walk.nodes
-    ]
+    step = end - flat
+    if device_budget(Xq.device) is not None:
+        nodes = torch.tensor(walk.nodes, dtype=flat.dtype, device=flat.device)
+        points = path.mapping(flat + nodes[:, None] * step, leading=len(nodes))
+        return _nodes_jacobian_T(walk.module, points, walk.node_weights, Xq)
+    points = [path.mapping(flat + a * step) for a in walk.nodes]
     return _query_jacobian_T(walk.module, points, walk.node_weights, Xq)
+
+
+def _nodes_jacobian_T(module, points, weights, Xq):
+    """:func:`_query_jacobian_T` with the points stacked: one ``vmap`` for all.
+
+    ``points``: a mapping of (n_nodes, *shape) tensors. A device's shape of
+    the work: one batched Jacobian and one weighted sum per parameter,
+    instead of a Jacobian and an addition per node and parameter.
+    """
+
+    def one_row(p, x):
+        return forward_at(module, p, x.unsqueeze(0))[0]
+
+    with TORCH_FUNC_LOCK:
+        jac = vmap(vmap(jacrev(one_row), in_dims=(None, 0)), in_dims=(0, None))(
+            points, Xq
+        )
+    weights = torch.tensor(weights, dtype=torch.float64, device=Xq.device)
+    columns = Xq.shape[0] * next(iter(jac.values())).shape[2]
+    summed = [
+        torch.tensordot(weights, piece.reshape(len(weights), columns, -1).double(), 1)
+        for piece in jac.values()
+    ]  # (columns, numel) each, float64
+    return torch.cat([block.T for block in summed])
 
 
 def _rows_jacobian_T(module, start, end, rounds, Xq, n_outputs):
