@@ -942,19 +942,28 @@ def _w2_on_meta():
     return bound, parameters
 
 
-def _stacked_kernel_ops(monkeypatch, most, metric, n=4096, checkpoints=16):
+def _stacked_kernel_ops(
+    monkeypatch, most, metric, n=4096, checkpoints=16, device_sub_blocks=True
+):
     """W2's strip of ``n`` meta rows over ``checkpoints``, stacks of ``most``.
 
     Returns the number of tasks and the operations of the strip's tasks and
-    weighted sums (statics cached).
+    weighted sums (statics cached). The engine is bound under the device
+    policy, so that its metric sub-blocks are the device's; with
+    ``device_sub_blocks=False`` it is bound before, and sizes them as on the
+    CPU (``METRIC_TEMPORARIES``, as before the device sized them).
     """
-    bound, parameters = _w2_on_meta()
-    X_t = torch.empty(n, 64, device="meta")
-    metrics = {name: torch.ones_like(p) for name, p in parameters.items()}
-    points = [(0.1, lambda: parameters, lambda: metrics if metric else None)]
-    points *= checkpoints
-    monkeypatch.setattr(_stacks, "MAX_STACKED_CHECKPOINTS", most)
-    with _blocking.device_policy(2**37):
+    policy = _blocking.device_policy(2**37)
+    if not device_sub_blocks:
+        bound, parameters = _w2_on_meta()
+    with policy:
+        if device_sub_blocks:
+            bound, parameters = _w2_on_meta()
+        X_t = torch.empty(n, 64, device="meta")
+        metrics = {name: torch.ones_like(p) for name, p in parameters.items()}
+        points = [(0.1, lambda: parameters, lambda: metrics if metric else None)]
+        points *= checkpoints
+        monkeypatch.setattr(_stacks, "MAX_STACKED_CHECKPOINTS", most)
         grid = _path._plan_grid(bound, 10, torch.float32, X_t.device)
         work = _path._Work(bound, X_t, X_t, True, True, (), X_t.device, **grid)
         tasks = _path._checkpoint_tasks(work, points, n)
