@@ -20,6 +20,8 @@ Two decisions live here:
   a GPU gets a few large products instead of thousands of launches, within
   :data:`DEVICE_MEMORY_FRACTION` of the device's free memory. There the
   bits are the same for every budget given the device and the tile shape.
+  Contractions that cut a tile into row sub-blocks (Adam's metric kernel)
+  size them there from the same budget (:func:`sub_block_rows`).
 - **Threads.** Concurrent blocks split torch's threads between them, so
   that ``n_jobs`` tasks never run ``n_jobs`` times as many threads as there
   are cores.
