@@ -1,5 +1,6 @@
 """The tile grid, row budgets and thread limits."""
 
+import pytest
 import torch
 
 from sklearn_pathkernel._compute import _blocking
@@ -74,3 +75,32 @@ def test_a_cuda_device_reads_its_free_memory(monkeypatch):
     cuda = torch.device("cuda", 0)
     assert _blocking.device_budget(cuda) == 2**33
     assert _blocking.grid(4 * 1000, cuda) == (8192, 8192)
+
+
+def test_sub_blocks_share_a_quarter_of_the_device_budget_across_the_stack():
+    quarter = 2**30 // 4
+    for stack in (1, 3, 16):
+        for per_row in (1, 1000, 2**20, 2**31):
+            rows = _blocking.sub_block_rows(10_000, per_row, 2**30, stack=stack)
+            fits = stack * rows * per_row <= quarter
+            assert rows == 10_000 and fits or rows & (rows - 1) == 0
+            # The largest power of two that fits: twice as many would not.
+            assert fits and stack * 2 * rows * per_row > quarter or rows in (1, 10_000)
+    assert _blocking.sub_block_rows(10_000, 2**31, 2**30) == 1  # never none
+    assert _blocking.sub_block_rows(8, 1, 2**30, stack=16) == 8  # never more
+
+
+def test_a_retry_shrinks_the_sub_blocks_as_it_shrinks_the_tile():
+    seen = []
+
+    def attempt(tile):
+        seen.append((tile, _blocking.sub_block_rows(4096, 2**20, 2**34)))
+        if tile > 2:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory.")
+        return tile
+
+    with pytest.warns(RuntimeWarning, match="ran out of CUDA memory"):
+        assert _blocking.halve_on_device_oom(attempt, 8, what="The kernel") == 2
+    # 4 GiB hold 4,096 rows of 1 MiB; half and a quarter of it on the retries.
+    assert seen == [(8, 4096), (4, 2048), (2, 1024)]
+    assert _blocking.sub_block_rows(4096, 2**20, 2**34) == 4096  # and after

@@ -9,6 +9,7 @@ import torch
 from _oracle import flat_metric, jacobian_rows, tangent_kernel_reference
 from torch import nn
 
+from sklearn_pathkernel._compute import _blocking
 from sklearn_pathkernel._model._network import make_mlp
 from sklearn_pathkernel.engines import (
     ENGINES,
@@ -477,9 +478,64 @@ def test_structured_metric_sub_blocks_and_sketch_pieces(monkeypatch):
     # Temporaries bounded so tightly that every sub-block is one row.
     monkeypatch.setattr(bound, "bytes_per_row", lambda n_outputs, itemsize: 1)
     monkeypatch.setattr(_structured, "METRIC_TEMPORARIES", 1)
-    assert bound._sub_blocks(6, 4, 3, per_row=100) == [(i, i + 1) for i in range(6)]
+    like = torch.zeros(1)  # read only under the device policy
+    assert bound._sub_blocks(6, 4, 3, 100, like) == [(i, i + 1) for i in range(6)]
     X, Y = _data((6, 3), (4, 3))
     _check_metric("structured", net, params, X, Y, bound=bound)
+
+
+def _recorded_sub_blocks(monkeypatch):
+    """Records ``(n_rows, per_row, share, stack, rows)`` of every device sizing."""
+    calls, sized = [], _blocking.sub_block_rows
+
+    def recording(n_rows, per_row, budget, *, stack=1):
+        rows = sized(n_rows, per_row, budget, stack=stack)
+        calls.append((n_rows, per_row, budget // 4, stack, rows))
+        return rows
+
+    monkeypatch.setattr(_structured, "sub_block_rows", recording)
+    return calls
+
+
+# Free bytes: an eighth of them for the sub-blocks, 1 KiB (one-row sub-blocks,
+# every temporary here is larger), 8 KiB (a few rows) and 128 MiB (whole tiles).
+@pytest.mark.parametrize("free_bytes", [2**13, 2**16, 2**30])
+def test_structured_metric_sub_blocks_sized_by_the_device_budget(
+    free_bytes, monkeypatch
+):
+    """Traced, full, applied, diagonal and sketch, under the device policy."""
+    net = _mlp(3, 3, "tanh")
+    params = _params(net)
+    X, Y = _data((12, 3), (9, 3))
+    with _blocking.device_policy(free_bytes):  # read once, when bound
+        bound = select_engine(
+            "structured", net, list(params), example=X[:1], metric=True
+        )
+    calls = _recorded_sub_blocks(monkeypatch)
+    _check_metric("structured", net, params, X, Y, bound=bound)
+    assert len(calls) >= 5 and all(stack == 1 for *_, stack, _ in calls)
+    for n_rows, per_row, share, _, rows in calls:
+        # The largest power of two whose temporaries fit the share.
+        assert rows in (1, n_rows) or rows * per_row <= share < 2 * rows * per_row
+    whole = [rows == n_rows for n_rows, *_, rows in calls]
+    if free_bytes == 2**13:
+        assert {rows for *_, rows in calls} == {1}
+    elif free_bytes == 2**16:
+        assert any(1 < c[-1] < c[0] for c in calls) and not all(whole)
+    else:
+        assert all(whole)
+
+
+def test_structured_metric_sub_blocks_on_the_cpu_ignore_the_device(monkeypatch):
+    """Bound without the device policy: the shapes alone size them, as before."""
+    net = _mlp(3, 3, "tanh")
+    params = _params(net)
+    X, Y = _data((12, 3), (9, 3))
+    bound = select_engine("structured", net, list(params), example=X[:1], metric=True)
+    calls = _recorded_sub_blocks(monkeypatch)
+    with _blocking.device_policy(2**13):  # too late: the budget is read when bound
+        _check_metric("structured", net, params, X, Y, bound=bound)
+    assert calls == []
 
 
 @pytest.mark.parametrize("engine", _METRIC_ENGINES)

@@ -25,7 +25,7 @@ from sklearn_pathkernel import (
 )
 from sklearn_pathkernel._compute import _blocking, _stacks
 from sklearn_pathkernel._kernels import _path
-from sklearn_pathkernel.engines import ENGINES, select_engine
+from sklearn_pathkernel.engines import ENGINES, _structured, select_engine
 
 
 @pytest.fixture(scope="module")
@@ -942,19 +942,28 @@ def _w2_on_meta():
     return bound, parameters
 
 
-def _stacked_kernel_ops(monkeypatch, most, metric, n=4096, checkpoints=16):
+def _stacked_kernel_ops(
+    monkeypatch, most, metric, n=4096, checkpoints=16, device_sub_blocks=True
+):
     """W2's strip of ``n`` meta rows over ``checkpoints``, stacks of ``most``.
 
     Returns the number of tasks and the operations of the strip's tasks and
-    weighted sums (statics cached).
+    weighted sums (statics cached). The engine is bound under the device
+    policy, so that its metric sub-blocks are the device's; with
+    ``device_sub_blocks=False`` it is bound before, and sizes them as on the
+    CPU (``METRIC_TEMPORARIES``, as before the device sized them).
     """
-    bound, parameters = _w2_on_meta()
-    X_t = torch.empty(n, 64, device="meta")
-    metrics = {name: torch.ones_like(p) for name, p in parameters.items()}
-    points = [(0.1, lambda: parameters, lambda: metrics if metric else None)]
-    points *= checkpoints
-    monkeypatch.setattr(_stacks, "MAX_STACKED_CHECKPOINTS", most)
-    with _blocking.device_policy(2**37):
+    policy = _blocking.device_policy(2**37)
+    if not device_sub_blocks:
+        bound, parameters = _w2_on_meta()
+    with policy:
+        if device_sub_blocks:
+            bound, parameters = _w2_on_meta()
+        X_t = torch.empty(n, 64, device="meta")
+        metrics = {name: torch.ones_like(p) for name, p in parameters.items()}
+        points = [(0.1, lambda: parameters, lambda: metrics if metric else None)]
+        points *= checkpoints
+        monkeypatch.setattr(_stacks, "MAX_STACKED_CHECKPOINTS", most)
         grid = _path._plan_grid(bound, 10, torch.float32, X_t.device)
         work = _path._Work(bound, X_t, X_t, True, True, (), X_t.device, **grid)
         tasks = _path._checkpoint_tasks(work, points, n)
@@ -979,6 +988,16 @@ def test_stacked_checkpoints_dispatch_fewer_operations_per_checkpoint(
     stacks, stacked = _stacked_kernel_ops(monkeypatch, 16, metric, n, checkpoints)
     assert (single, stacks) == (checkpoints, 1)
     assert one.total >= 4 * stacked.total and stacked.synchronising == []
+
+
+def test_stacked_checkpoints_in_a_metric_take_device_sized_sub_blocks(monkeypatch):
+    # W2's Adam kernel, stacks of 8: sub-blocks sized by the device's budget
+    # against the shapes-only METRIC_TEMPORARIES sizing (about 20 rows).
+    args = (monkeypatch, 16, True, 1024, 8)
+    _, shaped = _stacked_kernel_ops(*args, device_sub_blocks=False)
+    _, device = _stacked_kernel_ops(*args, device_sub_blocks=True)
+    assert shaped.launches >= 8 * device.launches  # 82.4 and 9.6 per checkpoint
+    assert shaped.synchronising == device.synchronising == []
 
 
 def _stacked_diagonal_ops(monkeypatch, most, metric, n=20_000, checkpoints=16):
@@ -1077,6 +1096,67 @@ def test_stacked_checkpoints_in_a_metric_match_the_reference(
         np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-12)
     if Z is None and trace:
         assert np.array_equal(got, got.T)
+
+
+def _recorded_sub_blocks(monkeypatch):
+    """``(stack, rows, bytes)`` of every metric sub-block the device sizes."""
+    calls, sized = [], _structured.sub_block_rows
+
+    def recording(n_rows, per_row, budget, *, stack=1):
+        rows = sized(n_rows, per_row, budget, stack=stack)
+        calls.append((stack, rows, n_rows, stack * rows * per_row))
+        return rows
+
+    monkeypatch.setattr(_structured, "sub_block_rows", recording)
+    return calls
+
+
+# Stacks of a few checkpoints, sub-blocks of a few rows (the full kernel's
+# parts are O * O times larger: it stacks in more memory).
+@pytest.mark.parametrize("trace, free_bytes", [(True, 2**21), (False, 2**23)])
+def test_stacked_checkpoints_in_a_metric_cut_device_sized_sub_blocks(
+    fitted_adam, trace, free_bytes, monkeypatch
+):
+    est, X = fitted_adam
+    sizes, calls = _stack_sizes(monkeypatch), _recorded_sub_blocks(monkeypatch)
+    with _blocking.device_policy(free_bytes):
+        got = path_kernel(est.module_, est.trajectory_, X, trace=trace)
+    assert sizes and 1 < max(sizes) < 12, sizes
+    assert any(stack > 1 and 1 < rows < n for stack, rows, n, _ in calls), calls
+    quarter = free_bytes // 2 // 4  # the sub-blocks' share of the device budget
+    assert all(rows == 1 or total <= quarter for _, rows, _, total in calls)
+    want = path_kernel_reference(est.module_, est.trajectory_, X, trace=trace)
+    np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-12)
+
+
+def test_stacked_checkpoints_in_a_metric_retry_with_smaller_sub_blocks(
+    fitted_adam, monkeypatch
+):
+    est, X = fitted_adam
+    task, failed = _path._stacked_strip_part, []
+
+    def failing(work, r0, r1, stacked, metric=None):
+        if not failed:
+            failed.append(work.tile)
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory.")
+        return task(work, r0, r1, stacked, metric)
+
+    calls = _recorded_sub_blocks(monkeypatch)
+    with _blocking.device_policy(2**21):
+        first = path_kernel(est.module_, est.trajectory_, X)
+        before = max(total for *_, total in calls)
+        calls.clear()
+        monkeypatch.setattr(_path, "_stacked_strip_part", failing)
+        with pytest.warns(RuntimeWarning, match="ran out of CUDA memory"):
+            got = path_kernel(est.module_, est.trajectory_, X)
+    # The retry's tile is still larger than the 30 rows: only the stacks and
+    # the sub-blocks' share (half of it) can shrink.
+    half = 2**21 // 2 // 4 // 2
+    assert calls and all(rows == 1 or total <= half for _, rows, _, total in calls)
+    assert max(total for *_, total in calls) < before
+    want = path_kernel_reference(est.module_, est.trajectory_, X)
+    np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(first, want, rtol=1e-10, atol=1e-12)
 
 
 @pytest.mark.parametrize("solver", ["sgd", "adam"])

@@ -20,6 +20,8 @@ Two decisions live here:
   a GPU gets a few large products instead of thousands of launches, within
   :data:`DEVICE_MEMORY_FRACTION` of the device's free memory. There the
   bits are the same for every budget given the device and the tile shape.
+  Contractions that cut a tile into row sub-blocks (Adam's metric kernel)
+  size them there from the same budget (:func:`sub_block_rows`).
 - **Threads.** Concurrent blocks split torch's threads between them, so
   that ``n_jobs`` tasks never run ``n_jobs`` times as many threads as there
   are cores.
@@ -46,6 +48,10 @@ DEVICE_MEMORY_FRACTION = 0.5
 
 # Free bytes that stand in for a CUDA device's (see device_policy), or None.
 _forced_free_bytes = None
+# By how much halve_on_device_oom has shrunk the tile of the try running now
+# (1: a first try). Process-wide, as the tasks run in worker threads:
+# sub_block_rows shrinks its share by it.
+_retry_shrink = 1
 
 
 @contextmanager
@@ -172,7 +178,8 @@ def halve_on_device_oom(attempt, tile, *, what):
     have been taken since. ``attempt`` must start its work afresh (whatever
     it wrote before the error is either complete, e.g. a kernel strip
     recorded as done, or thrown away); each retry warns, and a one-row tile
-    that still runs out re-raises the error.
+    that still runs out re-raises the error. While a retry runs,
+    :func:`sub_block_rows` shrinks its share as much as the tile shrank.
 
     Parameters
     ----------
@@ -198,7 +205,10 @@ def halve_on_device_oom(attempt, tile, *, what):
     >>> print(caught[0].message)  # doctest: +ELLIPSIS
     The kernel ran out of CUDA memory with 8-row tiles; retrying with 4-row ...
     """
+    global _retry_shrink
+    first = tile
     while True:
+        before, _retry_shrink = _retry_shrink, _retry_shrink * (first // tile)
         try:
             return attempt(tile)
         except torch.cuda.OutOfMemoryError:
@@ -215,6 +225,8 @@ def halve_on_device_oom(attempt, tile, *, what):
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()  # what the failed try left cached
             tile //= 2
+        finally:
+            _retry_shrink = before
 
 
 def rows_within_budget(
@@ -284,6 +296,51 @@ def tile_within_budget(working_memory, bytes_per_row, device=None):
             tile //= 2
         return tile
     rows = rows_within_budget(working_memory, bytes_per_row, TILE_ROWS)
+    return 1 << (rows.bit_length() - 1)
+
+
+def sub_block_rows(n_rows, per_row, budget, *, stack=1):
+    """Rows per sub-block of a tile pair's temporaries, under the device policy.
+
+    Some contractions (Adam's metric kernel, ``engines/_structured.py``) cut
+    a tile's rows into sub-blocks whose temporaries take ``per_row`` bytes a
+    row. Under the device policy the sub-block temporaries of a task may
+    take a quarter of ``budget`` (the grid's tiles and the checkpoint
+    stacks take the two others): the checkpoints of its stack share it, so
+    ``stack * rows * per_row`` stays within it whatever the stack; during a
+    retry of :func:`halve_on_device_oom` the quarter shrinks as the tile did.
+
+    Parameters
+    ----------
+    n_rows : int
+        Rows of the tile to cut; the answer never exceeds it.
+    per_row : int
+        Bytes of temporaries per row of a sub-block, for one checkpoint.
+    budget : int
+        :func:`device_budget`, read once for the call: the rows depend on
+        it, the tile's shape and the stack, never on ``working_memory``.
+    stack : int, default=1
+        Checkpoints contracted at once (``torch.func.vmap``).
+
+    Returns
+    -------
+    rows : int
+        A power of two, or ``n_rows`` when all of them fit; at least 1.
+
+    Examples
+    --------
+    >>> from sklearn_pathkernel._compute._blocking import sub_block_rows
+    >>> sub_block_rows(4096, 2**20, 2**36)  # 16 GiB hold 16,384 rows
+    4096
+    >>> sub_block_rows(4096, 2**20, 2**36, stack=16)  # 1,024 rows each
+    1024
+    >>> sub_block_rows(4096, 3 * 2**20, 2**36, stack=16)  # 341: a power of two
+    256
+    """
+    share = budget // 4 // _retry_shrink
+    rows = max(1, share // max(1, stack * per_row))
+    if rows >= n_rows:
+        return max(1, n_rows)
     return 1 << (rows.bit_length() - 1)
 
 

@@ -25,6 +25,7 @@ import math
 import torch
 from torch import nn
 
+from .._compute._blocking import device_budget, sub_block_rows
 from ._base import Engine, output_vectors
 
 # Elementwise activations the structured engine understands. Those with a
@@ -58,7 +59,8 @@ _ELEMENTWISE = (
 #: piece's signal factor to ``SKETCH_ROWS * m`` numbers for very wide layers.
 SKETCH_ROWS = 8192
 #: Numbers a row sub-block's temporaries in a metric may always take (16 MiB
-#: in float32), however few the columns: rows enough for efficient GEMMs.
+#: in float32), however few the columns: rows enough for efficient GEMMs. On
+#: the CPU only; under the device policy the device's budget sizes them.
 METRIC_TEMPORARIES = 2**22
 
 
@@ -110,6 +112,13 @@ class StructuredEngine(Engine):
         last = self.layers[-1][0] if self.layers else 0
         self.identity_output = bool(self.layers) and all(
             isinstance(c, _IDENTITY) for c in list(module)[last + 1 :]
+        )
+        # In a metric, the device budget (None on the CPU) sizes the row
+        # sub-blocks: read once, when the engine is bound for a call.
+        self._budget = (
+            device_budget(example.device)
+            if metric and isinstance(example, torch.Tensor)
+            else None
         )
 
     @classmethod
@@ -440,10 +449,10 @@ class StructuredEngine(Engine):
         D_xT = D_x.permute(2, 0, 1).contiguous()  # (h_l, n, O)
         D_yT = D_y.permute(2, 1, 0).contiguous()  # (h_l, O, m)
         per_row = width * (inputs + 2 * m + n_outputs)
-        for r0, r1 in self._sub_blocks(A_x.shape[0], m, n_outputs, per_row):
+        for r0, r1 in self._sub_blocks(A_x.shape[0], m, n_outputs, per_row, M):
             G_A = _input_grams(A_x[r0:r1], A_y, M)  # (h_l, r, m)
             G_D = torch.bmm(D_xT[:, r0:r1], D_yT)
-            total[r0:r1] += G_A.mul_(G_D).sum(dim=0)
+            total[r0:r1].add_(G_A.mul_(G_D).sum(dim=0))
 
     def _applied_term(self, total, A_x, A_y, D_x, D_y, M, n_outputs, vectors):
         """Add one layer's ``K[i, j] @ vectors[j]`` in its metric: (n, m, O).
@@ -456,13 +465,13 @@ class StructuredEngine(Engine):
         if D_x is not None:
             folded = torch.einsum("jbw,jb->wj", D_y, vectors).unsqueeze(1)
         per_row = width * (inputs + 2 * m) + m * n_outputs
-        for r0, r1 in self._sub_blocks(A_x.shape[0], m, n_outputs, per_row):
+        for r0, r1 in self._sub_blocks(A_x.shape[0], m, n_outputs, per_row, M):
             G_A = _input_grams(A_x[r0:r1], A_y, M)  # (h_l, r, m)
             if D_x is None:  # identity signals: unit j is output j
-                total[r0:r1] += G_A.permute(1, 2, 0) * vectors
+                total[r0:r1].add_(G_A.permute(1, 2, 0) * vectors)
             else:
                 weighted = G_A.mul_(folded).transpose(0, 1)  # (r, h_l, m)
-                total[r0:r1] += torch.bmm(D_x[r0:r1], weighted).transpose(1, 2)
+                total[r0:r1].add_(torch.bmm(D_x[r0:r1], weighted).transpose(1, 2))
 
     def _full_term(self, total, A_x, A_y, D_x, D_y, M, n_outputs, vectors):
         """Add one layer's ``O x O`` kernel in its metric: (n, m, O, O).
@@ -474,22 +483,22 @@ class StructuredEngine(Engine):
         m = A_y.shape[0]
         if D_x is None:  # identity signals: diagonal, G_A[o] on (o, o)
             per_row = width * (inputs + 2 * m) + m * n_outputs**2
-            for r0, r1 in self._sub_blocks(A_x.shape[0], m, n_outputs, per_row):
+            for r0, r1 in self._sub_blocks(A_x.shape[0], m, n_outputs, per_row, M):
                 G_A = _input_grams(A_x[r0:r1], A_y, M)
-                total[r0:r1] += torch.diag_embed(G_A.permute(1, 2, 0))
+                total[r0:r1].add_(torch.diag_embed(G_A.permute(1, 2, 0)))
             return
         # Here G_A is wanted as (r, m, h_l): from every pair's a_x * a_y, one
         # GEMM with M^T. Then, batched over the rows i, (D_y * G_A[i]) D_x[i]^T.
         M_t = M.T.contiguous()
         D_x_t = D_x.transpose(1, 2).contiguous()  # (n, h_l, O)
         per_row = m * (inputs + width + n_outputs * (width + n_outputs))
-        for r0, r1 in self._sub_blocks(A_x.shape[0], m, n_outputs, per_row):
+        for r0, r1 in self._sub_blocks(A_x.shape[0], m, n_outputs, per_row, M):
             r = r1 - r0
             pairs = A_x[r0:r1].unsqueeze(1) * A_y.unsqueeze(0)  # (r, m, k)
             G_A = (pairs.view(r * m, inputs) @ M_t).view(r, m, 1, width)
             scaled = (D_y.unsqueeze(0) * G_A).view(r, m * n_outputs, width)
             part = torch.bmm(scaled, D_x_t[r0:r1])  # [i, (j, b), a]
-            total[r0:r1] += part.view(r, m, n_outputs, n_outputs).transpose(2, 3)
+            total[r0:r1].add_(part.view(r, m, n_outputs, n_outputs).transpose(2, 3))
 
     def _metric_sketch(self, layer, start, stop, factors):
         """One layer's sketch piece in its metric ``M``.
@@ -518,24 +527,32 @@ class StructuredEngine(Engine):
         root = M.sqrt()
         out = _batched_like(V, M, A).new_empty(n, m)  # every row is written
         per_row = (A.shape[1] + 2 * width) * m + width * (o1 - o0)
-        for r0, r1 in self._sub_blocks(n, m, D.shape[1], per_row):
+        for r0, r1 in self._sub_blocks(n, m, D.shape[1], per_row, M):
             projected = torch.bmm(signals[:, r0:r1], padded)  # (h_l, r, m)
             inputs = A[r0:r1].T.unsqueeze(2) * V.unsqueeze(1)  # (h_{l-1}+1, r, m)
             inputs = (root @ inputs.flatten(1)).view(width, r1 - r0, m)
             out[r0:r1] = projected.mul_(inputs).sum(dim=0)
         return out
 
-    def _sub_blocks(self, n, m, n_outputs, per_row):
+    def _sub_blocks(self, n, m, n_outputs, per_row, like):
         """Row ranges of ``n`` for temporaries of ``per_row`` numbers a row.
 
-        A sub-block takes what ``m`` rows' states take (:meth:`bytes_per_row`:
-        the loops budget one column chunk's state besides the row tile's),
-        or :data:`METRIC_TEMPORARIES` numbers when that is more. It depends
-        on the network and the shapes only, never on the budget: the same
-        bits for every ``working_memory``.
+        On the CPU a sub-block takes what ``m`` rows' states take
+        (:meth:`bytes_per_row`: the loops budget one column chunk's state
+        besides the row tile's), or :data:`METRIC_TEMPORARIES` numbers when
+        that is more: the network and the shapes only, never the budget, so
+        the same bits for every ``working_memory``. Under the device policy
+        (a budget read when the engine was bound) the device's budget sizes
+        them (``sub_block_rows``): a quarter of it, shared by the stack of
+        checkpoints that ``like`` (the metric) is batched over, so that a
+        GPU gets a few large products per layer.
         """
-        budget = max(m * self.bytes_per_row(n_outputs, 1), METRIC_TEMPORARIES)
-        rows = max(1, budget // per_row)
+        if self._budget is not None:
+            bytes_per_row = per_row * like.element_size()
+            rows = sub_block_rows(n, bytes_per_row, self._budget, stack=_stacked(like))
+        else:
+            budget = max(m * self.bytes_per_row(n_outputs, 1), METRIC_TEMPORARIES)
+            rows = max(1, budget // per_row)
         return [(r0, min(r0 + rows, n)) for r0 in range(0, n, rows)]
 
 
@@ -547,6 +564,21 @@ def _is_batched(tensor):
     (``addcmul_``, ``addmm_``) would run once per checkpoint there.
     """
     return torch._C._functorch.is_batchedtensor(tensor)
+
+
+def _stacked(tensor):
+    """How many checkpoints ``torch.func.vmap`` stacks ``tensor`` over (1: none).
+
+    Nested vmaps multiply: the temporaries of one operation are that many
+    times those of one checkpoint.
+    """
+    size = 1
+    functorch = torch._C._functorch
+    while functorch.is_batchedtensor(tensor):
+        dim = functorch.maybe_get_bdim(tensor)
+        tensor = functorch.get_unwrapped(tensor)
+        size *= tensor.shape[dim]
+    return size
 
 
 def _batched_like(*likes):
