@@ -152,9 +152,9 @@ def token_matches(tokens_x, tokens_y):
 
     ``tokens_x`` (n, P) and ``tokens_y`` (m, Q). The pairs (flat positions
     of X and of Y) when they are fewer than one in :data:`SPARSE_TOKENS`
-    position pairs (and, on a device, at most ``n m / 4``: two int64
-    indices a pair, no more than one float32 tile-pair temporary that the
-    grid budgets), else False: every position pair is cheaper. Reads their
+    position pairs (and, on a device, at most ``n m / 2``: two int64
+    indices a pair, 8 bytes per entry of the tile pair, within the three
+    float32 temporaries the grid budgets), else False: every position pair is cheaper. Reads their
     number on the host: on a device the engine's ``static`` calls it, once
     per pair of blocks and call, not per checkpoint.
     """
@@ -162,7 +162,7 @@ def token_matches(tokens_x, tokens_y):
     m, Q = tokens_y.shape[0], tokens_y.shape[1]
     pairs = _token_matches(tokens_x.reshape(-1), tokens_y.reshape(-1))
     found = pairs[0].numel()
-    if on_device(tokens_x) and 4 * found > n * m:
+    if on_device(tokens_x) and 2 * found > n * m:
         return False
     return pairs if found * SPARSE_TOKENS < n * P * m * Q else False
 
