@@ -16,7 +16,11 @@ whole instantiated part is one matrix product). Memory per row: the ghost
 layers' ``P (h_in + O h_out)`` numbers and ``O`` per instantiated
 parameter, plus the forward activations and signals while a state is
 built; ghost products go in sub-blocks of at most ``_ghost.GHOST_SCRATCH``
-numbers, a fixed grid, so results are bit-identical across budgets.
+numbers, a fixed grid, so results are bit-identical across budgets. On
+a device (CUDA, or the device policy forced for tests) the sub-blocks grow
+to the tile pair's size, and an embedding fed by the rows themselves finds
+its matching tokens once per pair of blocks (:meth:`HookEngine.static`),
+so no checkpoint waits for the host.
 """
 
 from torch import nn
