@@ -154,9 +154,10 @@ def token_matches(tokens_x, tokens_y):
     of X and of Y) when they are fewer than one in :data:`SPARSE_TOKENS`
     position pairs (and, on a device, at most ``n m / 2``: two int64
     indices a pair, 8 bytes per entry of the tile pair, within the three
-    float32 temporaries the grid budgets), else False: every position pair is cheaper. Reads their
-    number on the host: on a device the engine's ``static`` calls it, once
-    per pair of blocks and call, not per checkpoint.
+    float32 temporaries the grid budgets), else False: every position pair
+    is cheaper. Reads their number on the host: on a device the engine's
+    ``static`` calls it, once per pair of blocks and call, not per
+    checkpoint.
     """
     n, P = tokens_x.shape[0], tokens_x.shape[1]
     m, Q = tokens_y.shape[0], tokens_y.shape[1]
