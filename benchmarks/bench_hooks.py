@@ -180,12 +180,25 @@ def points(trajectory, k, metric=None):
 
 
 def timed(fn):
+    """``(result, seconds, peak MiB)``: on CUDA the device's peak allocation.
+
+    The host's resident memory says nothing of a GPU run's tensors, so on
+    CUDA the peak is ``torch.cuda.max_memory_allocated`` above what was
+    allocated before the call.
+    """
+    if DEVICE.type == "cuda":
+        torch.cuda.synchronize(DEVICE)
+        torch.cuda.reset_peak_memory_stats(DEVICE)
+        before = torch.cuda.memory_allocated(DEVICE)
     with PeakRSS() as memory:
         start = time.perf_counter()
         K = fn()
         if DEVICE.type == "cuda":
             torch.cuda.synchronize(DEVICE)
         seconds = time.perf_counter() - start
+    if DEVICE.type == "cuda":
+        peak = torch.cuda.max_memory_allocated(DEVICE) - before
+        return K, seconds, peak / 2**20
     return K, seconds, memory.mib
 
 

@@ -42,9 +42,9 @@ class _Tied(nn.Module):
 
 
 class _EmbeddingBag(nn.Module):
-    def __init__(self, padding_idx=None):
+    def __init__(self, padding_idx=None, vocabulary=11):
         super().__init__()
-        self.emb = nn.Embedding(11, 4, padding_idx=padding_idx)
+        self.emb = nn.Embedding(vocabulary, 4, padding_idx=padding_idx)
         self.mlp = nn.Sequential(nn.Linear(4, 5), nn.Tanh(), nn.Linear(5, 3))
 
     def forward(self, tokens):

@@ -8,7 +8,7 @@ from _oracle import tangent_kernel_reference
 from torch import nn
 
 from sklearn_pathkernel.engines import HookEngine, select_engine
-from sklearn_pathkernel.engines._hooks import _attention
+from sklearn_pathkernel.engines._hooks import _attention, _ghost
 
 E = 4  # embedding width of the small attention modules
 
@@ -175,7 +175,7 @@ def test_frozen_projections_are_left_out(case, frozen, metric, monkeypatch):
 
 @pytest.mark.parametrize("case", ["cross-bool-mask", "weights-per-head"])
 def test_rows_in_chunks_give_the_same_kernels(case, monkeypatch):
-    monkeypatch.setattr(_attention, "GHOST_SCRATCH", 1)  # one row at a time
+    monkeypatch.setattr(_ghost, "GHOST_SCRATCH", 1)  # one row at a time
     net, params, X, Y = _setup(case)
     _check(net, params, X, Y, metric=False)
 

@@ -3,11 +3,25 @@
 import numpy as np
 import pytest
 import torch
-from _hook_cases import CASES, _basis, _engine, _floats, _setup, force
+from _dispatch import Dispatched
+from _hook_cases import (
+    CASES,
+    _basis,
+    _check_kernels,
+    _EmbeddingBag,
+    _engine,
+    _floats,
+    _reference,
+    _setup,
+    _tokens,
+    force,
+    metric_of,
+)
 from _oracle import jacobian_rows, tangent_kernel_reference
 from torch import nn
 
 from sklearn_pathkernel import tangent_kernel
+from sklearn_pathkernel._compute import _blocking
 from sklearn_pathkernel.engines import select_engine
 from sklearn_pathkernel.engines._hooks import _engine as _hooks
 from sklearn_pathkernel.engines._hooks import _ghost
@@ -175,3 +189,113 @@ def test_random_features_through_the_hooks_engine(trained_cnn):
     # An unbiased estimate: 4000 components leave about 5% relative noise.
     error = np.abs(phi @ phi.T - K).max() / np.abs(K).max()
     assert error < 0.2
+
+
+# ------------------------------------------------ the device grid (issue 21)
+
+
+def _one_checkpoint(bound, params, X, trace, metric=None, static=None):
+    """A checkpoint's work on one tile of the symmetric kernel: state, contraction."""
+    with torch.no_grad():
+        state = bound.state(params, X, metric=metric)
+        return bound.contract(state, state, trace, static)
+
+
+def _counted(monkeypatch, case, n, trace, metric, old_route):
+    """Operations of one checkpoint on ``n`` rows under the device policy.
+
+    ``old_route`` restores the route the device policy took before the
+    engine knew it (the CPU's ``GHOST_SCRATCH`` sub-blocks and token search).
+    Meta rows, except for token ids (their matches need values).
+    """
+    if case == "embedding":  # a vocabulary where few tokens match
+        torch.manual_seed(0)
+        net = _EmbeddingBag(vocabulary=1000).double().eval()
+        params = {k: p.detach() for k, p in net.named_parameters()}
+        rows = _tokens(n, 6, 1000, 5)
+    else:
+        net, params, _, _ = _setup(case)
+        rows = CASES[case][1](n, 5)
+    bound = _engine(net, params, rows[:1])
+    device = "cpu" if case == "embedding" else "meta"
+    X = rows.to(device)
+    metric = {k: m.to(device) for k, m in metric_of(params).items()} if metric else None
+    params = {k: p.to(device) for k, p in params.items()}
+    with monkeypatch.context() as patch, _blocking.device_policy(2**37):
+        if old_route:
+            patch.setattr(_ghost, "on_device", lambda tensor: False)
+        static = None if old_route else bound.static(X, X)
+        with Dispatched() as counted:
+            _one_checkpoint(bound, params, X, trace, metric, static)
+    return counted
+
+
+@pytest.mark.parametrize(
+    "case, trace, metric, n, fewer",
+    [
+        ("residual-layernorm", False, False, 64, 4),  # the full O x O kernel
+        ("residual-layernorm", True, True, 64, 2),  # Adam's metric, pairwise
+        ("embedding", True, False, 256, 1.3),  # matches from the static
+    ],
+)
+def test_device_policy_dispatches_fewer_operations_per_checkpoint(
+    case, trace, metric, n, fewer, monkeypatch
+):
+    # The CPU's sub-blocks scaled down with the rows (2^21 numbers against
+    # 8192-row tiles in benchmarks/bench_hooks_counts.py: 30-1000x there).
+    monkeypatch.setattr(_ghost, "GHOST_SCRATCH", 2**10)
+    force("ghost", monkeypatch)  # every Kronecker layer in ghost form
+    old = _counted(monkeypatch, case, n, trace, metric, old_route=True)
+    new = _counted(monkeypatch, case, n, trace, metric, old_route=False)
+    assert new.launches * fewer <= old.launches, (old.launches, new.launches)
+    assert new.synchronising == [] and old.total > new.total
+    # The token search (its count is read on the host) left the checkpoint.
+    searched = {"repeat_interleave", "searchsorted"}
+    assert not searched & set(new.ops)
+    assert (case == "embedding") == bool(searched & set(old.ops))
+
+
+@pytest.mark.parametrize(
+    "case, metric",
+    [
+        ("cnn", False),
+        ("residual-layernorm", False),
+        ("residual-layernorm", True),
+        ("embedding", False),
+        ("embedding", True),
+    ],
+)
+def test_device_policy_kernels_equal_the_reference(case, metric, monkeypatch):
+    force("ghost", monkeypatch)
+    with _blocking.device_policy(2**34):
+        _check_kernels(case, metric)  # no static: tokens over every position pair
+        net, params, X, Y = _setup(case)
+        bound = _engine(net, params, X)
+        static = bound.static(X, Y)
+        assert (static is not None) == (case == "embedding")
+        with torch.no_grad():
+            got = bound.contract(bound.state(params, X), bound.state(params, Y), False)
+            found = bound.contract(
+                bound.state(params, X), bound.state(params, Y), False, static
+            )
+    want, _ = _reference(case, False)
+    np.testing.assert_allclose(got.numpy(), want, rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(found.numpy(), want, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("sparse", [1, 10**6], ids=["sparse", "dense"])
+def test_token_matches_from_the_static_keep_the_cpu_bits(sparse, monkeypatch):
+    force("ghost", monkeypatch)
+    monkeypatch.setattr(_ghost, "SPARSE_TOKENS", sparse)
+    net, params, X, Y = _setup("embedding")
+    bound = _engine(net, params, X)
+    static = bound.static(X, Y)
+    assert bool(static.matches[0]) == (sparse == 1)
+    assert static[:, [0, 1]] is None  # a slice: the contraction finds them
+    with torch.no_grad():
+        state_x, state_y = bound.state(params, X), bound.state(params, Y)
+        for trace in (True, False):
+            assert torch.equal(
+                bound.contract(state_x, state_y, trace, static),
+                bound.contract(state_x, state_y, trace),
+            )

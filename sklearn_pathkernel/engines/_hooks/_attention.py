@@ -26,7 +26,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from ._ghost import GHOST_SCRATCH
+from . import _ghost
 
 #: ``MultiheadAttention.forward``'s arguments, in their positional order.
 _ARGUMENTS = (
@@ -237,8 +237,10 @@ def _terms(layer, args, kwargs, Ds, axes, leaves):
     n, n_outputs, L = D_out.shape[:3]
     S = inputs[1].shape[1]
     # The core's temporaries are (rows, O, H, L, S): rows in chunks of a
-    # fixed size keep them within the ghost scratch.
-    step = max(1, GHOST_SCRATCH // (n_outputs * mod.num_heads * L * S))
+    # fixed size keep them within the ghost scratch (on a device, the
+    # rows' share that bytes_per_row reserves: one chunk for a tile).
+    scratch = _ghost.scratch_numbers(D_out, n * _ghost.ROW_SCRATCH)
+    step = max(1, scratch // (n_outputs * mod.num_heads * L * S))
     parts = []
     with torch.no_grad():
         for i0 in range(0, n, step):

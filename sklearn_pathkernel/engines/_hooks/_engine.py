@@ -16,7 +16,11 @@ whole instantiated part is one matrix product). Memory per row: the ghost
 layers' ``P (h_in + O h_out)`` numbers and ``O`` per instantiated
 parameter, plus the forward activations and signals while a state is
 built; ghost products go in sub-blocks of at most ``_ghost.GHOST_SCRATCH``
-numbers, a fixed grid, so results are bit-identical across budgets.
+numbers, a fixed grid, so results are bit-identical across budgets. On
+a device (CUDA, or the device policy forced for tests) the sub-blocks grow
+to the tile pair's size, and an embedding fed by the rows themselves finds
+its matching tokens once per pair of blocks (:meth:`HookEngine.static`),
+so no checkpoint waits for the host.
 """
 
 from torch import nn
@@ -25,7 +29,7 @@ from ..._compute._blocking import TILE_ROWS
 from .._base import Engine
 from . import _ghost
 from ._fallback import quiet_looped_attention
-from ._ghost import contract_ghost, ghost_diagonal, ghost_sketch
+from ._ghost import contract_ghost, ghost_diagonal, ghost_sketch, token_matches
 from ._metric import (
     contract_gradients,
     contract_pairwise,
@@ -169,24 +173,42 @@ class HookEngine(Engine):
         return build_state(self, parameters, X, metric)
 
     def static(self, X, Y):
-        return None
+        """The matching tokens of embeddings fed by the rows themselves, or None.
+
+        Found once per pair of blocks (their number is read on the host)
+        and used at every checkpoint, so no contraction waits for the
+        device. A slice of it (``static[:, batch]``) is None: the
+        contraction then finds them itself (on a device, every position
+        pair instead).
+        """
+        if self.plan is None:
+            self._make_plan(X[:1])
+        matches = {
+            index: token_matches(X.reshape(len(X), -1), Y.reshape(len(Y), -1))
+            for index, term in enumerate(self.plan.ghosts)
+            if term.from_input
+        }
+        return TokenMatches(matches) if matches else None
 
     # ------------------------------------------------------------- contract
 
     def contract(self, state_x, state_y, trace, static=None):
         """Instantiated Gram plus every ghost term: (n, m) or (n, m, O, O)."""
-        return self._contract(state_x, state_y, "trace" if trace else "full")
+        mode = "trace" if trace else "full"
+        return self._contract(state_x, state_y, mode, static=static)
 
-    def _contract(self, state_x, state_y, mode, vectors=None):
+    def _contract(self, state_x, state_y, mode, vectors=None, static=None):
         G_x, G_y = state_x["inst"], state_y["inst"]
         total = None
         if G_x is not None:
             total = contract_gradients(G_x, G_y, mode, vectors)
-        for term, form, tx, ty in zip(
-            self.plan.ghosts, _forms(state_x), state_x["ghost"], state_y["ghost"]
+        matches = static.matches if isinstance(static, TokenMatches) else {}
+        for index, (term, form, tx, ty) in enumerate(
+            zip(self.plan.ghosts, _forms(state_x), state_x["ghost"], state_y["ghost"])
         ):
             if form == "ghost":
-                part = contract_ghost(term, tx, ty, mode, vectors)
+                found = matches.get(index)
+                part = contract_ghost(term, tx, ty, mode, vectors, found)
             elif form == "pairwise":
                 part = contract_pairwise(tx, ty, mode, vectors)
             else:  # sqrt(S) * G: (n, O, h_out, h_in)
@@ -196,7 +218,7 @@ class HookEngine(Engine):
 
     def contract_vector(self, state_x, state_y, vectors, static=None):
         """``K[i, j] @ vectors[j]``: (n, m, O), ``v`` folded into Y's side first."""
-        return self._contract(state_x, state_y, "vector", vectors)
+        return self._contract(state_x, state_y, "vector", vectors, static)
 
     def folded_state(self, parameters, X, vectors, metric=None):
         """:meth:`state` of ``vectors . f``: one backward seeded with them."""
@@ -263,6 +285,20 @@ class HookEngine(Engine):
                     ((stop - start, term.h_in), ("ghost", index, start, stop))
                 )
         return pieces
+
+
+class TokenMatches:
+    """:meth:`HookEngine.static`: matching token pairs per ghost term index.
+
+    Sliced (the decomposition takes ``static[:, batch]`` of a structured
+    engine's input Gram), it is None: the pairs belong to whole blocks.
+    """
+
+    def __init__(self, matches):
+        self.matches = matches
+
+    def __getitem__(self, index):
+        return None
 
 
 def _forms(state):

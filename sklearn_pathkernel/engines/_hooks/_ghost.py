@@ -7,12 +7,18 @@ A layer at ``P`` positions with inputs ``a_p`` and output signals
 ``a_p`` is one-hot and ``a_p . a'_q`` is token equality. Products go in row
 sub-blocks of at most :data:`GHOST_SCRATCH` numbers, sizes set by the
 shapes alone, so results are bit-identical across budgets
-(docs/design.md, section 7.6).
+(docs/design.md, section 7.6). On a device (CUDA, or the device policy
+forced for tests) the sub-blocks grow to the tile pair's own size
+(:func:`scratch_numbers`) and an embedding's matching tokens are not
+searched (their number would make the host wait): a few large products
+per tile pair instead of thousands of small ones.
 """
+
+import math
 
 import torch
 
-from ..._compute._blocking import TILE_ROWS
+from ..._compute._blocking import TILE_ROWS, device_budget
 
 #: Largest temporary of a ghost contraction, in numbers (row sub-blocks of
 #: a fixed size keep every product's shape independent of the budget).
@@ -20,6 +26,33 @@ GHOST_SCRATCH = 2**21
 #: An embedding's ghost term goes through its matching token pairs only
 #: when they are fewer than one in ``SPARSE_TOKENS`` position pairs.
 SPARSE_TOKENS = 8
+#: Scratch numbers per row of a state's tile on a device: what
+#: ``HookEngine.bytes_per_row`` reserves per row (in float64 numbers).
+ROW_SCRATCH = GHOST_SCRATCH // TILE_ROWS
+
+
+def on_device(tensor):
+    """Whether work on ``tensor`` is cut for a device: CUDA or ``device_policy``.
+
+    Decided from the device alone (no value is read), so the same call on
+    the same device always takes the same route.
+    """
+    return tensor.device.type == "cuda" or device_budget(tensor.device) is not None
+
+
+def scratch_numbers(tensor, numbers):
+    """Numbers a sub-block's temporary may hold: :data:`GHOST_SCRATCH` on the CPU.
+
+    On a device, at least ``numbers``: a tile pair's result (``n m``,
+    times ``O`` or ``O^2``), which the device grid budgets three times
+    over for temporaries (``_compute._blocking.grid``), or for row-wise
+    work ``n`` times :data:`ROW_SCRATCH`, which ``bytes_per_row`` budgets.
+    A function of shapes alone: the bits depend on the device and the
+    tile shape only. The CPU keeps :data:`GHOST_SCRATCH` and its bits.
+    """
+    if not on_device(tensor):
+        return GHOST_SCRATCH
+    return max(GHOST_SCRATCH, numbers)
 
 
 def ghost_is_cheaper(terms, n_outputs):
@@ -55,21 +88,31 @@ def _input_gram(term, A_x, A_y):
     return (A_x.reshape(n * P, -1) @ A_y.reshape(m * Q, -1).T).view(n, P, m, Q)
 
 
-def contract_ghost(term, tx, ty, mode, vectors=None):
-    """One ghost term between two blocks, in row sub-blocks of fixed size."""
+def contract_ghost(term, tx, ty, mode, vectors=None, matches=None):
+    """One ghost term between two blocks, in row sub-blocks of fixed size.
+
+    ``matches`` (an embedding's): what :func:`token_matches` found for the
+    two blocks (the pairs, or False for every position pair), or None to
+    decide here.
+    """
     (A_x, D_x), (A_y, D_y) = tx, ty
     n, P, n_outputs, _ = D_x.shape
     m, Q = D_y.shape[0], D_y.shape[1]
+    entries = {"trace": 1, "vector": n_outputs, "full": n_outputs * n_outputs}[mode]
     per_pair = P * Q * (n_outputs * n_outputs if mode == "full" else n_outputs)
-    sy = min(m, max(1, GHOST_SCRATCH // per_pair))
-    sx = min(n, max(1, GHOST_SCRATCH // (per_pair * sy)))
+    scratch = scratch_numbers(D_x, n * m * entries)
+    sy = min(m, max(1, scratch // per_pair))
+    sx = min(n, max(1, scratch // (per_pair * sy)))
     if mode == "vector":
         # Fold v into Y's signals first: (m, Q, h).
         D_y = torch.einsum("jqbh,jb->jqh", D_y, vectors)
-    if term.tokens:
-        pairs = _token_matches(A_x.reshape(-1), A_y.reshape(-1))
-        if pairs[0].numel() * SPARSE_TOKENS < n * P * m * Q:
-            return _sparse_tokens(pairs, D_x, D_y, m, mode)
+    if term.tokens and matches is None and not on_device(D_x):
+        # On a device the matches' number would make the host wait: there
+        # they come from the pair's static (found once per call), or every
+        # position pair goes.
+        matches = token_matches(A_x, A_y)
+    if term.tokens and matches:
+        return _sparse_tokens(matches, D_x, D_y, m, mode)
     if mode == "trace" and P == 1 and Q == 1:  # 7.3's rule, no sub-blocks
         gram = _input_gram(term, A_x, A_y).view(n, m).to(D_x.dtype)
         return gram.mul_(D_x.reshape(n, -1) @ D_y.reshape(m, -1).T)
@@ -104,6 +147,27 @@ def contract_ghost(term, tx, ty, mode, vectors=None):
     return result
 
 
+def token_matches(tokens_x, tokens_y):
+    """An embedding's matching token pairs between two blocks, or False.
+
+    ``tokens_x`` (n, P) and ``tokens_y`` (m, Q). The pairs (flat positions
+    of X and of Y) when they are fewer than one in :data:`SPARSE_TOKENS`
+    position pairs (and, on a device, at most ``n m / 2``: two int64
+    indices a pair, 8 bytes per entry of the tile pair, within the three
+    float32 temporaries the grid budgets), else False: every position pair
+    is cheaper. Reads their number on the host: on a device the engine's
+    ``static`` calls it, once per pair of blocks and call, not per
+    checkpoint.
+    """
+    n, P = tokens_x.shape[0], tokens_x.shape[1]
+    m, Q = tokens_y.shape[0], tokens_y.shape[1]
+    pairs = _token_matches(tokens_x.reshape(-1), tokens_y.reshape(-1))
+    found = pairs[0].numel()
+    if on_device(tokens_x) and 2 * found > n * m:
+        return False
+    return pairs if found * SPARSE_TOKENS < n * P * m * Q else False
+
+
 def _token_matches(tokens_x, tokens_y):
     """Every pair ``(r, c)`` of equal tokens: flat positions of X and of Y.
 
@@ -135,7 +199,8 @@ def _sparse_tokens(pairs, D_x, D_y, m, mode):
     dy = D_y.reshape(-1, n_outputs, h) if mode != "vector" else D_y.reshape(-1, h)
     extra = {"trace": (), "vector": (n_outputs,), "full": (n_outputs, n_outputs)}
     result = D_x.new_zeros(n * m, *extra[mode])
-    step = max(1, GHOST_SCRATCH // (n_outputs * n_outputs * h))
+    scratch = scratch_numbers(D_x, n * m * math.prod(extra[mode]))
+    step = max(1, scratch // (n_outputs * n_outputs * h))
     for t0 in range(0, len(rows), step):
         r, c = rows[t0 : t0 + step], columns[t0 : t0 + step]
         if mode == "trace":
@@ -151,7 +216,7 @@ def _sparse_tokens(pairs, D_x, D_y, m, mode):
 def ghost_diagonal(term, A, D):
     """``sum_o |G_o|^2`` per row of one ghost term, by per-row position Grams."""
     n, P = D.shape[0], D.shape[1]
-    step = max(1, GHOST_SCRATCH // max(1, P * P))
+    step = max(1, scratch_numbers(D, n * ROW_SCRATCH) // max(1, P * P))
     parts = []
     for r0 in range(0, n, step):
         a, d = A[r0 : r0 + step], D[r0 : r0 + step].flatten(2)

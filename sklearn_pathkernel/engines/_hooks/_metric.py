@@ -66,7 +66,8 @@ def contract_pairwise(tx, ty, mode, vectors=None):
     (A_x, D_x, S), (A_y, D_y, _) = tx, ty
     n, P, n_outputs, h = D_x.shape
     m, Q, h_in = D_y.shape[0], D_y.shape[1], A_x.shape[-1]
-    scratch = _ghost.GHOST_SCRATCH
+    entries = {"trace": 1, "vector": n_outputs, "full": n_outputs * n_outputs}[mode]
+    scratch = _ghost.scratch_numbers(D_x, n * m * entries)
     per_pair = P * Q * h * (n_outputs if mode == "full" else 1)
     sy = min(m, max(1, scratch // per_pair))
     sx = min(n, max(1, scratch // (per_pair * sy)), max(1, scratch // (P * h * h_in)))
@@ -108,7 +109,8 @@ def pairwise_diagonal(A, D, S):
     """``sum_{p,q} U^T S V`` of each row with itself: (n,)."""
     n, P, _, h = D.shape
     h_in = A.shape[-1]
-    step = max(1, _ghost.GHOST_SCRATCH // (P * h * max(P, h_in)))
+    scratch = _ghost.scratch_numbers(D, n * _ghost.ROW_SCRATCH)
+    step = max(1, scratch // (P * h * max(P, h_in)))
     parts = []
     for r0 in range(0, n, step):
         a, d = A[r0 : r0 + step], D[r0 : r0 + step]

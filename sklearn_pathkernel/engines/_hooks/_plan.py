@@ -42,6 +42,9 @@ class _Ghost:
         self.tokens = tokens  # the input side is one-hot token ids
         self.positions = positions
         self.metric_form = metric_form
+        # Token ids that are the rows themselves (one call, rows first):
+        # their matches between two blocks are the same at every checkpoint.
+        self.from_input = False
 
 
 class _Layer:
@@ -107,7 +110,9 @@ class Plan:
             layer.ghost = True
             for group, (h_in, h_out, P, tokens) in enumerate(terms):
                 form = _metric_form(h_in, h_out, P, tokens, self.n_outputs)
-                self.ghosts.append(_Ghost(layer, group, h_in, h_out, tokens, P, form))
+                term = _Ghost(layer, group, h_in, h_out, tokens, P, form)
+                term.from_input = tokens and _is_input(calls2, layer.calls)
+                self.ghosts.append(term)
                 # Token inputs are kept as ids: one number a position.
                 numbers += P * ((1 if tokens else h_in) + self.n_outputs * h_out)
                 if form == "instantiated":
@@ -233,6 +238,7 @@ def _probe(module, example, rows):
         record.setdefault(id(mod), []).append(
             {
                 "args": [_shape(a) for a in args],
+                "input": bool(args) and args[0] is X,
                 "kwargs": {k: _shape(v) for k, v in kwargs.items()},
                 "outputs": [tuple(t.shape) for t in output_tensors(output)],
             }
@@ -248,6 +254,11 @@ def _probe(module, example, rows):
         for h in handles:
             h.remove()
     return record
+
+
+def _is_input(calls, axes):
+    """Whether a layer's one call takes the module's input itself, rows first."""
+    return len(calls) == 1 and calls[0]["input"] and axes[0]["args"][0] == 0
 
 
 def _shape(value):
